@@ -1,0 +1,117 @@
+"""ConvNeXt family for ADNI AD vs NC, registered as timm entrypoints.
+
+Each ``adni_convnext_*`` model is timm's own ``ConvNeXt`` built by
+``build_model_with_cfg``; only the pretrained config differs from stock timm:
+1 grayscale channel, 2 classes (index 0 = NC, index 1 = AD), mean/std 0.5, and
+scratch initialisation (never ImageNet weights). The state dict is exactly that
+of the matching stock model (``STOCK_ARCHITECTURES``), so exported weights load
+in plain timm without this package.
+"""
+from __future__ import annotations
+
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.convnext import ConvNeXt, checkpoint_filter_fn
+
+__all__ = [
+    'LABEL_NAMES', 'MEAN', 'STD', 'INTERPOLATION', 'CROP_PCT', 'HF_HUB_ORG', 'STOCK_ARCHITECTURES',
+    'stock_architecture',
+]
+
+LABEL_NAMES = ('NC', 'AD')  # index 1 = AD, the positive class; never alphabetical
+MEAN = (0.5,)
+STD = (0.5,)
+INTERPOLATION = 'bilinear'
+# 256x240 slices are resized (short side) to img_size / crop_pct, then centre-cropped.
+# 1.0 keeps the whole brain: the slices are already tightly framed.
+CROP_PCT = 1.0
+HF_HUB_ORG = 'adni-timm'  # where published weights would live; override with pretrained_cfg_overlay
+
+# adni name -> stock timm name with the same architecture and state-dict keys
+STOCK_ARCHITECTURES = {
+    'adni_convnext_atto': 'convnext_atto',
+    'adni_convnext_nano': 'convnext_nano',
+    'adni_convnext_tiny': 'convnext_tiny',
+    'adni_convnext_small': 'convnext_small',
+    'adni_convnext_base': 'convnext_base',
+}
+
+
+def stock_architecture(model_name: str) -> str:
+    """The stock timm architecture a model name builds (identity for non-adni names)."""
+    return STOCK_ARCHITECTURES.get(model_name.split('.')[0], model_name.split('.')[0])
+
+
+def _cfg(hf_hub_id: str = '', **kwargs):
+    return {
+        'hf_hub_id': hf_hub_id,
+        'num_classes': 2, 'input_size': (1, 224, 224), 'pool_size': (7, 7),
+        'crop_pct': CROP_PCT, 'interpolation': INTERPOLATION,
+        'mean': MEAN, 'std': STD,
+        'first_conv': 'stem.0', 'classifier': 'head.fc',
+        'label_names': LABEL_NAMES,
+        'license': 'other',
+        'description': (
+            'ConvNeXt initialised from scratch (no ImageNet weights) and trained to tell Normal Control (NC) '
+            'from Alzheimer\'s disease (AD) on 2D axial MRI slices of the ADNI AD_NC set. '
+            'Research use only; not a medical device.'),
+        'origin_url': 'https://github.com/adni-timm/adni-timm',
+        'paper_ids': 'arXiv:2201.03545',
+        'paper_name': 'A ConvNet for the 2020s',
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    f'{name}.adni_ad_nc': _cfg(hf_hub_id=f'{HF_HUB_ORG}/{name}.adni_ad_nc') for name in STOCK_ARCHITECTURES
+})
+
+
+def _create_adni_convnext(variant: str, pretrained: bool = False, **kwargs) -> ConvNeXt:
+    kwargs.setdefault('in_chans', 1)
+    kwargs.setdefault('num_classes', 2)
+    try:
+        return build_model_with_cfg(
+            ConvNeXt, variant, pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
+            **kwargs)
+    except Exception as e:  # noqa: BLE001 - only reached when pretrained weights could not be fetched
+        if not pretrained or isinstance(e, (TypeError, ValueError, KeyError)):
+            raise
+        raise RuntimeError(
+            f'{variant}: pretrained weights could not be loaded ({type(e).__name__}: {e}). '
+            f'No weights are published at the default location; point at a repository or folder that holds '
+            f'a model.safetensors, e.g. timm.create_model({variant!r}, pretrained=True, '
+            f"pretrained_cfg_overlay=dict(hf_hub_id='ORG/NAME')), or "
+            f"timm.create_model('local-dir:/path/to/export', pretrained=True). "
+            f'Offline, pre-populate the Hugging Face cache and set HF_HUB_OFFLINE=1.') from e
+
+
+@register_model
+def adni_convnext_atto(pretrained=False, **kwargs) -> ConvNeXt:
+    model_args = dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), conv_mlp=True)
+    return _create_adni_convnext('adni_convnext_atto', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def adni_convnext_nano(pretrained=False, **kwargs) -> ConvNeXt:
+    model_args = dict(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640), conv_mlp=True)
+    return _create_adni_convnext('adni_convnext_nano', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def adni_convnext_tiny(pretrained=False, **kwargs) -> ConvNeXt:
+    model_args = dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768))
+    return _create_adni_convnext('adni_convnext_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def adni_convnext_small(pretrained=False, **kwargs) -> ConvNeXt:
+    model_args = dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768))
+    return _create_adni_convnext('adni_convnext_small', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def adni_convnext_base(pretrained=False, **kwargs) -> ConvNeXt:
+    model_args = dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024))
+    return _create_adni_convnext('adni_convnext_base', pretrained=pretrained, **dict(model_args, **kwargs))
