@@ -49,7 +49,7 @@ def _cfg(hf_hub_id: str = '', **kwargs):
         'mean': MEAN, 'std': STD,
         'first_conv': 'stem.0', 'classifier': 'head.fc',
         'label_names': LABEL_NAMES,
-        'license': 'other',
+        'license': 'apache-2.0',  # code and weights; the ADNI data-use agreement may restrict redistribution
         'description': (
             'ConvNeXt initialised from scratch (no ImageNet weights) and trained to tell Normal Control (NC) '
             'from Alzheimer\'s disease (AD) on 2D axial MRI slices of the ADNI AD_NC set. '

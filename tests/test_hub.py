@@ -1,0 +1,427 @@
+"""Publishing a run to the Hub (HfApi patched: no network) and loading it back offline, three ways."""
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from unittest import mock
+
+import matplotlib
+import pytest
+import timm
+import torch
+import yaml
+from huggingface_hub import ModelCard
+from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.file_download import repo_folder_name
+
+from adni_timm import hub
+from adni_timm.model_card import eval_results_from_metrics
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location('push_to_hub_cli', ROOT / 'push_to_hub.py')
+cli = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cli)
+
+REPO_ID = 'my-lab/adni-convnext-atto'
+IMG = 64
+EXPORT_FILES = {'model.safetensors', 'config.json', 'README.md', 'curves.png', 'confusion_matrix.png', 'roc.png'}
+EXTRA = {
+    'threshold': 0.47, 'threshold_source': 'validation', 'classes': ['NC', 'AD'], 'weights': 'ema', 'epoch': 12,
+    'best_metric': 'val_patient_auc', 'best_value': 0.93, 'model_name': 'adni_convnext_atto', 'img_size': IMG,
+    'data': 'ADNI AD_NC',
+}
+
+
+def _level_metrics(n, acc, sens, spec, auc):
+    return {'n': n, 'accuracy': acc, 'balanced_accuracy': (sens + spec) / 2, 'sensitivity': sens,
+            'specificity': spec, 'precision': 0.8, 'f1': 0.75, 'auc': auc, 'auc_ci': [auc - 0.03, auc + 0.03],
+            'confusion_matrix': [[90, 10], [28, 72]]}
+
+
+METRICS = {
+    'slice': _level_metrics(4000, 0.8123, 0.70, 0.91, 0.8765),
+    'patient': _level_metrics(200, 0.855, 0.78, 0.93, 0.9312),
+    'threshold': 0.47, 'threshold_source': 'validation', 'model': 'RUN', 'data_dir': 'AD_NC', 'split': 'test',
+}
+
+
+def _png(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plt.imsave(path, [[0.0, 1.0]])
+
+
+def make_run(run: Path, extra=None, model=None) -> Path:
+    """A fake train.py run folder, plus things that must never be uploaded (data image, checkpoint, csv)."""
+    model = model or timm.create_model('adni_convnext_atto', pretrained_cfg_overlay=dict(input_size=(1, IMG, IMG)))
+    hub.export_model(model, run / 'best', extra=dict(EXTRA, **(extra or {})))
+    config = {'model': 'adni_convnext_atto', 'epochs': 3, 'img_size': IMG, 'batch_size': 8, 'lr': 5e-4,
+              'weight_decay': 0.05, 'data_dir': '/home/someone/private/AD_NC', 'hub_token': 'hf_SECRETSECRET',
+              'versions': {'torch': str(torch.__version__), 'timm': timm.__version__}, 'git_commit': 'abc123'}
+    (run / 'train_config.yaml').write_text(yaml.safe_dump(config))
+    (run / 'split.json').write_text(json.dumps(
+        {'level': 'patient', 'seed': 0, 'val_fraction': 0.2, 'train': ['1', '2', '3', '4'], 'val': ['5']}))
+    (run / 'metrics.jsonl').write_text('{"epoch": 0, "val_patient_auc": 0.9}\n')
+    _png(run / 'curves.png')
+    (run / 'eval').mkdir()
+    (run / 'eval' / 'metrics.json').write_text(json.dumps(METRICS))
+    for name in ('confusion_matrix.png', 'roc.png'):
+        _png(run / 'eval' / name)
+    (run / 'eval' / 'predictions.csv').write_text('path,label,p_ad\nAD/1_1.jpeg,1,0.9\n')
+    (run / 'checkpoints').mkdir()
+    (run / 'checkpoints' / 'pytorch_model.bin').write_bytes(b'pickle')
+    _png(run / 'best' / '218391_78.jpeg')  # a data image in the weights folder: must never be picked up
+    return run
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    """A run folder, the model behind it, a fixed input and the model's logits on it."""
+    root = tmp_path_factory.mktemp('trained')
+    torch.manual_seed(0)
+    model = timm.create_model('adni_convnext_atto', pretrained_cfg_overlay=dict(input_size=(1, IMG, IMG))).eval()
+    with torch.no_grad():  # move the head off its zero init so that wrong weights give different logits
+        model.head.fc.weight.normal_(0, 0.5)
+    x = torch.randn(2, 1, IMG, IMG, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model(x)
+    torch.save(x, root / 'x.pt')
+    torch.save(logits, root / 'logits.pt')
+    run = make_run(root / 'run', model=model)
+    export = root / 'export'
+    hub.build_export_folder(run, export, run / 'eval' / 'metrics.json', repo_id=REPO_ID)
+    return dict(root=root, run=run, export=export, x=x, logits=logits)
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    return make_run(tmp_path / 'run')
+
+
+@pytest.fixture
+def no_login(monkeypatch, tmp_path):
+    """No HF_TOKEN and no saved login, whatever the machine running the tests has."""
+    for var in ('HF_TOKEN', 'HUGGING_FACE_HUB_TOKEN', 'HF_OIDC_RESOURCE'):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr('huggingface_hub.constants.HF_TOKEN_PATH', str(tmp_path / 'no_token'))
+
+
+def populate_hub_cache(cache: Path, repo_id: str, folder: Path) -> None:
+    """The layout hf_hub_download leaves behind: blobs by hash, snapshot symlinks, refs/main -> commit."""
+    repo = cache / repo_folder_name(repo_id=repo_id, repo_type='model')
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    snapshot = repo / 'snapshots' / commit
+    (repo / 'blobs').mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for f in folder.iterdir():
+        blob = repo / 'blobs' / hashlib.sha256(f.read_bytes()).hexdigest()
+        shutil.copyfile(f, blob)
+        (snapshot / f.name).symlink_to(os.path.relpath(blob, snapshot))
+    (repo / 'refs').mkdir()
+    (repo / 'refs' / 'main').write_text(commit)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the export folder
+
+
+def test_export_folder_holds_exactly_the_allowlist(trained):
+    export, run = trained['export'], trained['run']
+    assert {p.name for p in export.iterdir()} == EXPORT_FILES
+    assert (export / 'model.safetensors').read_bytes() == (run / 'best' / 'model.safetensors').read_bytes()
+    assert (export / 'roc.png').read_bytes() == (run / 'eval' / 'roc.png').read_bytes()
+
+
+def test_published_config_is_our_own_pretrained_cfg(trained):
+    text = (trained['export'] / 'config.json').read_text()
+    config = json.loads(text)
+    assert config['architecture'] == 'convnext_atto'  # stock name: loads without adni_timm
+    assert config['model_args']['in_chans'] == 1 and config['num_classes'] == 2
+    cfg = config['pretrained_cfg']
+    assert cfg['input_size'] == [1, IMG, IMG]
+    assert cfg['mean'] == [0.5] and cfg['std'] == [0.5]
+    assert cfg['label_names'] == ['NC', 'AD']
+    assert cfg['tag'] == 'adni_ad_nc' and cfg['license'] == hub.LICENSE
+    assert not {'hf_hub_id', 'url', 'test_input_size', 'test_crop_pct'} & set(cfg)
+    assert config['adni_timm']['threshold'] == 0.47
+    assert 'no ImageNet weights' in cfg.pop('description')  # the one allowed mention
+    for leftover in ('imagenet', 'in1k', 'in22k', '0.485', '0.229', '0.449'):
+        assert leftover not in json.dumps(config).lower()
+
+
+def test_stock_model_export_loses_imagenet_provenance_and_is_refused_for_its_imagenet_mean(tmp_path):
+    stock = timm.create_model('convnext_atto', in_chans=1, num_classes=2)
+    hub.export_model(stock, tmp_path / 'run' / 'best', extra={'classes': ['NC', 'AD']})
+    cfg = hub.read_export_config(tmp_path / 'run' / 'best')['pretrained_cfg']
+    assert cfg['tag'] == 'adni_ad_nc' and cfg['license'] == hub.LICENSE and cfg['label_names'] == ['NC', 'AD']
+    assert 'test_input_size' not in cfg
+    with pytest.raises(hub.HubError, match=r'mean=\[0\.449\].*adni_convnext'):
+        hub.build_export_folder(tmp_path / 'run', tmp_path / 'export')
+
+
+def test_output_dir_with_other_files_is_refused(run_dir, tmp_path):
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'notes.txt').write_text('keep me')
+    with pytest.raises(hub.HubError, match='notes.txt'):
+        hub.build_export_folder(run_dir, out)
+    assert (out / 'notes.txt').read_text() == 'keep me'
+
+
+def test_rebuilding_drops_plots_that_no_longer_apply(run_dir, tmp_path):
+    out = tmp_path / 'out'
+    hub.build_export_folder(run_dir, out, run_dir / 'eval' / 'metrics.json')
+    files = hub.build_export_folder(run_dir, out)  # no eval this time
+    assert {p.name for p in files} == {p.name for p in out.iterdir()} == {
+        'model.safetensors', 'config.json', 'README.md', 'curves.png'}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the model card
+
+
+def test_card_front_matter_and_eval_results_round_trip(trained):
+    card = ModelCard.load(trained['export'] / 'README.md')
+    data = card.data
+    assert data.library_name == 'timm' and data.pipeline_tag == 'image-classification'
+    assert data.license == 'apache-2.0'
+    assert {'timm', 'image-classification', 'medical-imaging', 'mri', 'alzheimers', 'adni', 'convnext'} <= set(
+        data.tags)
+    assert data.eval_results == eval_results_from_metrics(METRICS)
+    got = {(r.dataset_name, r.metric_type): r.metric_value for r in data.eval_results}
+    assert got == {
+        ('ADNI AD_NC test (slice-level)', 'accuracy'): 0.8123, ('ADNI AD_NC test (slice-level)', 'roc_auc'): 0.8765,
+        ('ADNI AD_NC test (slice-level)', 'recall'): 0.70, ('ADNI AD_NC test (slice-level)', 'specificity'): 0.91,
+        ('ADNI AD_NC test (patient-level)', 'accuracy'): 0.855,
+        ('ADNI AD_NC test (patient-level)', 'roc_auc'): 0.9312,
+        ('ADNI AD_NC test (patient-level)', 'recall'): 0.78,
+        ('ADNI AD_NC test (patient-level)', 'specificity'): 0.93,
+    }
+
+
+def test_card_sections_say_what_the_model_is_and_must_not_be_used_for(trained):
+    text = (trained['export'] / 'README.md').read_text()
+    for heading in ('## Model details', '## Intended use', '### Out-of-scope use', '## Training data',
+                    '## Training procedure', '## Evaluation', '## Limitations and bias', '## How to use',
+                    '## Citation', '## ADNI acknowledgement'):
+        assert heading in text
+    assert 'Not a medical device' in text and 'Not for diagnosis' in text
+    assert 'from scratch' in text and '3.37 M' in text  # convnext_atto with 1 channel, 2 classes
+    assert 'Data Use Agreement' in text and 'No images' in text and '**by patient**' in text
+    assert "timm.create_model('hf-hub:my-lab/adni-convnext-atto', pretrained=True)" in text
+    assert "pretrained_cfg_overlay=dict(hf_hub_id='my-lab/adni-convnext-atto', input_size=(1, 64, 64))" in text
+    assert 'misses 22.0% of AD patients and flags 7.0% of NC patients' in text  # patient sens .78, spec .93
+    assert '![ROC curve](roc.png)' in text and '0.9312 [0.901, 0.961]' in text
+    assert '@inproceedings{liu2022convnet' in text and '@misc{rw2019timm' in text
+    assert 'TODO (publisher)' in text
+    config_block = text.split('```yaml\n')[1].split('```')[0]
+    assert yaml.safe_load(config_block)['lr'] == 5e-4
+    assert 'hf_SECRETSECRET' not in text and 'hub_token' not in text and '/home/someone' not in text
+
+
+def test_synthetic_run_says_so_loudly(tmp_path):
+    run = make_run(tmp_path / 'run', extra={'data': 'synthetic'})
+    hub.build_export_folder(run, tmp_path / 'out', run / 'eval' / 'metrics.json')
+    card = ModelCard.load(tmp_path / 'out' / 'README.md')
+    assert 'WARNING: SYNTHETIC DATA' in card.text
+    assert 'synthetic-data' in card.data.tags
+    assert all(r.dataset_name.startswith('SYNTHETIC') for r in card.data.eval_results)
+    assert 'TODO (publisher)' not in card.text  # no ADNI data, no ADNI acknowledgement
+    config = json.loads((tmp_path / 'out' / 'config.json').read_text())
+    assert config['pretrained_cfg']['description'].startswith('SYNTHETIC')
+
+
+def test_slice_level_split_is_flagged_as_leaky(run_dir, tmp_path):
+    (run_dir / 'split.json').write_text(json.dumps({'level': 'slice', 'seed': 0, 'val_fraction': 0.2,
+                                                    'train': ['a'], 'val': ['b']}))
+    hub.build_export_folder(run_dir, tmp_path / 'out')
+    text = (tmp_path / 'out' / 'README.md').read_text()
+    assert 'by slice' in text and 'optimistic' in text
+    assert 'model-index' not in text and 'Not evaluated on a held-out test split' in text
+
+
+# --------------------------------------------------------------------------------------------------------------
+# loading back
+
+
+def test_stock_timm_loads_the_hub_repo_in_a_fresh_process_without_adni_timm(trained, tmp_path):
+    cache = tmp_path / 'hub_cache'
+    populate_hub_cache(cache, REPO_ID, trained['export'])
+    root = trained['root']
+    script = textwrap.dedent(f"""
+        import json, sys
+        import timm, torch
+        model = timm.create_model('hf-hub:{REPO_ID}', pretrained=True).eval()
+        assert 'adni_timm' not in sys.modules
+        x, expected = torch.load({str(root / 'x.pt')!r}), torch.load({str(root / 'logits.pt')!r})
+        with torch.no_grad():
+            diff = (model(x) - expected).abs().max().item()
+        cfg = timm.data.resolve_data_config(model=model)
+        print(json.dumps(dict(diff=diff, input_size=cfg['input_size'], mean=cfg['mean'], std=cfg['std'],
+                              labels=model.pretrained_cfg.get('label_names'))))
+    """)
+    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(cache), PYTHONPATH='')
+    proc = subprocess.run([sys.executable, '-c', script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out['diff'] < 1e-5
+    assert out['input_size'] == [1, IMG, IMG] and out['mean'] == [0.5] and out['std'] == [0.5]
+    assert out['labels'] == ['NC', 'AD']
+
+
+def test_registered_name_with_hub_overlay_and_local_dir_load_the_same_weights(trained, tmp_path):
+    cache = tmp_path / 'hub_cache'
+    populate_hub_cache(cache, REPO_ID, trained['export'])
+    overlay = timm.create_model('adni_convnext_atto', pretrained=True, cache_dir=cache,
+                                pretrained_cfg_overlay=dict(hf_hub_id=REPO_ID, input_size=(1, IMG, IMG))).eval()
+    local = timm.create_model(f'local-dir:{trained["export"]}', pretrained=True).eval()
+    with torch.no_grad():
+        for model in (overlay, local):
+            torch.testing.assert_close(model(trained['x']), trained['logits'], atol=1e-5, rtol=0)
+    cfg = timm.data.resolve_data_config(model=local)
+    assert tuple(cfg['input_size']) == (1, IMG, IMG) and tuple(cfg['mean']) == (0.5,) and tuple(cfg['std']) == (0.5,)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# push (HfApi patched)
+
+
+def test_push_creates_the_repo_and_uploads_only_the_export_folder(run_dir, tmp_path):
+    uploaded = {}
+
+    def record_upload(**kwargs):
+        folder = Path(kwargs['folder_path'])
+        uploaded.update({p.name: p.read_bytes() for p in folder.iterdir()})
+        return mock.Mock(commit_url='https://huggingface.co/my-lab/x/commit/1', pr_url=None)
+
+    with mock.patch('adni_timm.hub.HfApi') as api_cls:
+        api = api_cls.return_value
+        api.repo_info.return_value.private = True
+        api.upload_folder.side_effect = record_upload
+        result = hub.push_to_hub(run_dir, REPO_ID, private=True, token='hf_test_token', commit_message='v1',
+                                 output_dir=tmp_path / 'export')
+    assert api_cls.call_args.kwargs['token'] == 'hf_test_token'
+    api.create_repo.assert_called_once_with(REPO_ID, repo_type='model', private=True, exist_ok=True)
+    kwargs = api.upload_folder.call_args.kwargs
+    assert kwargs['repo_id'] == REPO_ID and kwargs['commit_message'] == 'v1'
+    assert kwargs['revision'] is None and kwargs['create_pr'] is False
+    assert set(kwargs['allow_patterns']) == EXPORT_FILES == set(uploaded)
+    assert uploaded['model.safetensors'] == (run_dir / 'best' / 'model.safetensors').read_bytes()
+    assert 'model-index' in uploaded['README.md'].decode()  # RUN/eval/metrics.json used by default
+    assert result.commit_url.endswith('/commit/1') and not result.dry_run
+    api.create_branch.assert_not_called()
+
+
+def test_push_to_a_revision_creates_the_branch_and_can_open_a_pr(run_dir, tmp_path):
+    with mock.patch('adni_timm.hub.HfApi') as api_cls:
+        api = api_cls.return_value
+        hub.push_to_hub(run_dir, REPO_ID, revision='v2', token='hf_t', output_dir=tmp_path / 'a')
+        api.create_branch.assert_called_once_with(REPO_ID, branch='v2', repo_type='model', exist_ok=True)
+        hub.push_to_hub(run_dir, REPO_ID, create_pr=True, token='hf_t', output_dir=tmp_path / 'b')
+    assert api.upload_folder.call_args_list[0].kwargs['revision'] == 'v2'
+    assert api.upload_folder.call_args_list[1].kwargs['create_pr'] is True
+    assert api.upload_folder.call_args_list[0].kwargs['commit_message'] == (
+        'Upload adni_convnext_atto (ema weights, epoch 12) with adni-timm')
+
+
+def test_private_push_to_an_existing_public_repo_is_refused(run_dir):
+    with mock.patch('adni_timm.hub.HfApi') as api_cls:
+        api_cls.return_value.repo_info.return_value.private = False
+        with pytest.raises(hub.HubError, match='public'):
+            hub.push_to_hub(run_dir, REPO_ID, private=True, token='hf_t')
+        api_cls.return_value.upload_folder.assert_not_called()
+
+
+def test_token_from_hf_token_env_is_used(run_dir, no_login, monkeypatch):
+    monkeypatch.setenv('HF_TOKEN', 'hf_from_env')
+    with mock.patch('adni_timm.hub.HfApi') as api_cls:
+        hub.push_to_hub(run_dir, REPO_ID)
+    assert api_cls.call_args.kwargs['token'] == 'hf_from_env'
+
+
+def test_a_token_that_leaked_into_the_export_stops_the_upload(run_dir):
+    with mock.patch('adni_timm.hub.HfApi') as api_cls, pytest.raises(hub.UploadError, match='contains your Hub'):
+        hub.push_to_hub(run_dir, REPO_ID, token='adni_convnext_atto')  # a "token" that the card contains
+    api_cls.assert_not_called()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the CLI: one clear line and a non-zero exit for each fault
+
+
+def _cli(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    assert 'Traceback' not in err
+    return code, out, err
+
+
+def test_cli_dry_run_lists_files_with_sizes_and_touches_no_network(run_dir, tmp_path, capsys):
+    with mock.patch('adni_timm.hub.HfApi') as api_cls:
+        code, out, _ = _cli(capsys, '--run', str(run_dir), '--repo-id', REPO_ID, '--dry-run',
+                            '--output-dir', str(tmp_path / 'dry'))
+    assert code == 0
+    api_cls.assert_not_called()
+    size = (tmp_path / 'dry' / 'model.safetensors').stat().st_size
+    assert re.search(rf'^  model\.safetensors +{size:,d} bytes$', out, re.M)
+    assert {line.split()[0] for line in out.splitlines()[1:-1]} == EXPORT_FILES
+
+
+def test_cli_acknowledgement_file_replaces_the_placeholder(run_dir, tmp_path, capsys):
+    ack = tmp_path / 'ack.md'
+    ack.write_text('Data collection and sharing for this project was funded by ADNI (test text).')
+    code, _, _ = _cli(capsys, '--run', str(run_dir), '--repo-id', REPO_ID, '--dry-run', '--acknowledgement', str(ack))
+    text = (run_dir / 'hub' / 'README.md').read_text()
+    assert code == 0 and 'funded by ADNI (test text)' in text and 'TODO (publisher)' not in text
+
+
+@pytest.mark.parametrize('repo_id', ['no-owner', 'a/b/c', 'org/bad name', 'org/-x'])
+def test_cli_malformed_repo_id(run_dir, capsys, repo_id):
+    code, _, err = _cli(capsys, '--run', str(run_dir), '--repo-id', repo_id, '--dry-run')
+    assert code == 1 and 'ORG/NAME' in err and len(err.strip().splitlines()) == 1
+    assert not (run_dir / 'hub').exists()
+
+
+def test_cli_run_without_best_weights(tmp_path, capsys):
+    (tmp_path / 'run').mkdir()
+    code, _, err = _cli(capsys, '--run', str(tmp_path / 'run'), '--repo-id', REPO_ID, '--dry-run')
+    assert code == 1 and 'no best weights' in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_without_a_token_names_the_fix_and_keeps_the_export(run_dir, no_login, capsys):
+    with mock.patch('adni_timm.hub.HfApi') as api_cls:
+        code, _, err = _cli(capsys, '--run', str(run_dir), '--repo-id', REPO_ID)
+    assert code == 1 and 'hf auth login' in err and 'HF_TOKEN' in err
+    api_cls.assert_not_called()
+    assert {p.name for p in (run_dir / 'hub').iterdir()} == EXPORT_FILES
+
+
+@pytest.mark.parametrize('error, expected', [
+    (HfHubHTTPError('500 Server Error: boom', response=mock.Mock(status_code=500, headers={})), 'HTTP 500'),
+    (HfHubHTTPError('401 Unauthorized', response=mock.Mock(status_code=401, headers={})), 'hf auth login'),
+    (ConnectionError('connection refused'), 'could not reach'),
+])
+def test_cli_upload_failure_exits_non_zero_and_keeps_the_export(run_dir, tmp_path, capsys, error, expected):
+    out_dir = tmp_path / 'export'
+    with mock.patch('adni_timm.hub.HfApi') as api_cls:
+        api_cls.return_value.upload_folder.side_effect = error
+        code, _, err = _cli(capsys, '--run', str(run_dir), '--repo-id', REPO_ID, '--token', 'hf_secret_value',
+                            '--output-dir', str(out_dir))
+    assert code == 2 and expected in err and str(out_dir) in err
+    assert 'hf_secret_value' not in err
+    assert {p.name for p in out_dir.iterdir()} == EXPORT_FILES
+
+
+def test_cli_missing_eval_metrics_file(run_dir, tmp_path, capsys):
+    code, _, err = _cli(capsys, '--run', str(run_dir), '--repo-id', REPO_ID, '--dry-run',
+                        '--eval', str(tmp_path / 'nope' / 'metrics.json'))
+    assert code == 1 and 'does not exist' in err and 'evaluate.py' in err
