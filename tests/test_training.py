@@ -1,0 +1,213 @@
+"""train.py end to end on a tiny synthetic set (CPU): run folder, resume after a kill, errors, 2 processes."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from adni_timm.synthetic import generate
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ['--model', 'adni_convnext_atto', '--img-size', '64', '--batch-size', '8', '--epochs', '2',
+        '--warmup-epochs', '1', '--num-workers', '0', '--val-fraction', '0.33', '--lr', '2e-3']
+
+
+@pytest.fixture(scope='module')
+def tiny_data(tmp_path_factory):
+    """SYNTHETIC: 6 train + 3 test patients per class, 4 slices each."""
+    out = tmp_path_factory.mktemp('synthetic') / 'AD_NC'
+    generate(out, train_patients=6, test_patients=3, slices=4, seed=0)
+    return out
+
+
+def with_option(args, flag, value):
+    args = list(args)
+    args[args.index(flag) + 1] = value
+    return args
+
+
+def run_train(*args, env=None, check=True, timeout=300):
+    proc = subprocess.run([sys.executable, str(ROOT / 'train.py'), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f'train.py failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}')
+    return proc
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tiny_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp('runs') / 'tiny'
+    proc = run_train('--data-dir', tiny_data, '--output-dir', run, *TINY)
+    return run, proc
+
+
+def test_run_folder_has_the_contract_files(tiny_run):
+    run, proc = tiny_run
+    for name in ('train_config.yaml', 'split.json', 'metrics.jsonl', 'curves.png',
+                 'best/model.safetensors', 'best/config.json', 'checkpoints/last/trainer_state.json'):
+        assert (run / name).is_file(), name
+    assert not list((run / 'best').glob('*.bin'))
+    record = yaml.safe_load((run / 'train_config.yaml').read_text())
+    assert record['config']['model'] == 'adni_convnext_atto' and record['config']['img_size'] == 64
+    assert {'torch', 'timm', 'accelerate'} <= set(record['versions'])
+    assert 'epoch 2/2' in proc.stderr + proc.stdout
+
+
+def test_split_is_by_patient_and_counts_every_val_slice(tiny_run, tiny_data):
+    run, _ = tiny_run
+    split = json.loads((run / 'split.json').read_text())
+    assert split['level'] == 'patient'
+    assert not set(split['train']) & set(split['val'])
+    assert not (set(split['train']) | set(split['val'])) & set(split['test'])
+    assert len(split['val']) == 4 and len(split['train']) == 8  # stratified: 2 + 2 of 12
+    rows = [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
+    assert [r['epoch'] for r in rows] == [1, 2]
+    for row in rows:
+        assert row['val_slices'] == row['ema_val_slices'] == 4 * 4
+        for key in ('train_loss', 'val_patient_auc', 'val_patient_balanced_accuracy', 'val_slice_accuracy',
+                    'val_patient_sensitivity', 'val_patient_specificity', 'ema_val_patient_auc', 'lr'):
+            assert key in row, key
+
+
+def test_best_export_loads_in_plain_timm_with_the_same_logits(tiny_run, tmp_path):
+    run, _ = tiny_run
+    cfg = json.loads((run / 'best/config.json').read_text())
+    assert cfg['architecture'] == 'convnext_atto'
+    extra = cfg['adni_timm']
+    assert 0.0 <= extra['threshold'] <= 1.0 and extra['threshold_source'] == 'validation'
+    assert extra['weights'] in ('live', 'ema') and extra['classes'] == ['NC', 'AD']
+    # reference logits from the export in this process (adni_timm imported) ...
+    import timm
+    model = timm.create_model(f'local-dir:{run / "best"}', pretrained=True).eval()
+    x = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    torch.save({'x': x, 'logits': model(x).detach()}, tmp_path / 'ref.pt')
+    # ... and in a fresh process that never imports adni_timm
+    code = (
+        'import sys, timm, torch\n'
+        f'm = timm.create_model("local-dir:{run / "best"}", pretrained=True).eval()\n'
+        f'ref = torch.load(r"{tmp_path / "ref.pt"}", weights_only=True)\n'
+        'torch.testing.assert_close(m(ref["x"]), ref["logits"])\n'
+        'assert "adni_timm" not in sys.modules\n'
+        'print(timm.data.resolve_data_config(model=m)["input_size"])\n')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == '(1, 64, 64)'
+
+
+def test_existing_run_folder_is_not_overwritten(tiny_run, tiny_data):
+    run, _ = tiny_run
+    before = (run / 'best/model.safetensors').read_bytes()
+    proc = run_train('--data-dir', tiny_data, '--output-dir', run, *TINY, check=False)
+    assert proc.returncode == 2
+    assert 'already exists' in proc.stderr and '--resume' in proc.stderr and '--overwrite' in proc.stderr
+    assert (run / 'best/model.safetensors').read_bytes() == before
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--lr', '-0.1'], 'lr=-0.1: must be positive'),
+    (['--model', 'no_such_model'], 'not a registered timm model'),
+    (['--opt', 'sgdd'], 'unknown optimizer'),
+    (['--img-size', '70'], 'multiple of 32'),
+])
+def test_bad_config_is_refused_before_any_work(tiny_data, tmp_path, args, message):
+    proc = run_train('--data-dir', tiny_data, '--output-dir', tmp_path / 'run', *args, check=False, timeout=60)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert 'Traceback' not in proc.stderr
+    assert not (tmp_path / 'run').exists()
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path):
+    proc = run_train('--data-dir', tmp_path / 'nope', '--output-dir', tmp_path / 'run', *TINY, check=False)
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+    assert str(tmp_path / 'nope') in proc.stderr
+
+
+def test_resume_after_kill_matches_an_uninterrupted_run(tiny_data, tmp_path):
+    args = [*TINY, '--epochs', '4', '--data-dir', tiny_data]
+    full = tmp_path / 'full'
+    run_train('--output-dir', full, *args)
+    killed = tmp_path / 'killed'
+    proc = subprocess.Popen([sys.executable, str(ROOT / 'train.py'), '--output-dir', str(killed),
+                             *map(str, args)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_file = killed / 'checkpoints/last/trainer_state.json'
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if state_file.is_file() and json.loads(state_file.read_text())['epoch'] >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, 'the run ended before it could be killed midway'
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    epoch_at_kill = json.loads(state_file.read_text())['epoch']
+    assert 1 <= epoch_at_kill < 4
+    run_train('--output-dir', killed, '--resume')
+    from safetensors.torch import load_file
+    a = load_file(full / 'checkpoints/last/model.safetensors')
+    b = load_file(killed / 'checkpoints/last/model.safetensors')
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    rows_full = [json.loads(x) for x in (full / 'metrics.jsonl').read_text().splitlines()]
+    rows_resumed = [json.loads(x) for x in (killed / 'metrics.jsonl').read_text().splitlines()]
+    assert [r['epoch'] for r in rows_resumed] == [1, 2, 3, 4]
+    assert rows_resumed[-1]['train_loss'] == pytest.approx(rows_full[-1]['train_loss'], rel=1e-4)
+    assert json.loads((full / 'split.json').read_text()) == json.loads((killed / 'split.json').read_text())
+
+
+def test_resume_refuses_to_change_the_recipe(tiny_run):
+    run, _ = tiny_run
+    proc = run_train('--output-dir', run, '--resume', '--lr', '0.1', check=False, timeout=60)
+    assert proc.returncode == 2 and "['lr'] cannot change" in proc.stderr
+
+
+def test_non_finite_loss_stops_with_the_last_checkpoint_intact(tiny_data, tmp_path, monkeypatch):
+    from adni_timm import training
+    from adni_timm.config import load_config
+    cfg = load_config(None, dict(zip([a.lstrip('-').replace('-', '_') for a in TINY[::2]], TINY[1::2])))
+    cfg.epochs, cfg.smoothing = 3, 0.0
+    calls = {'n': 0}
+    original = torch.nn.CrossEntropyLoss.forward
+
+    def poisoned(self, logits, target):
+        calls['n'] += 1
+        loss = original(self, logits, target)
+        return loss * float('nan') if calls['n'] > 4 else loss  # 4 steps/epoch: NaN from epoch 2 on
+
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, 'forward', poisoned)
+    with pytest.raises(training.TrainingError, match='non-finite training loss'):
+        training.train(cfg, tiny_data, tmp_path / 'run')
+    state = json.loads((tmp_path / 'run/checkpoints/last/trainer_state.json').read_text())
+    assert state['epoch'] == 1
+    from safetensors.torch import load_file
+    weights = load_file(tmp_path / 'run/checkpoints/last/model.safetensors')
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_two_processes_count_each_val_slice_once_write_from_main_and_agree(tiny_data, tmp_path):
+    probe = tmp_path / 'probe'
+    probe.mkdir()
+    run = tmp_path / 'ddp'
+    # 4 val patients x 4 slices = 16 val slices; batch 3 over 2 processes forces padding of the last batch
+    cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
+           '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no', '--main_process_port', '29513',
+           str(ROOT / 'tests/ddp_probe.py'), '--data-dir', str(tiny_data), '--output-dir', str(run),
+           *with_option(TINY, '--batch-size', '3')]
+    env = {**os.environ, 'ACCELERATE_USE_CPU': '1', 'ADNI_TIMM_PROBE_DIR': str(probe), 'OMP_NUM_THREADS': '1'}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((probe / f'rank{r}.json').read_text()) for r in (0, 1)]
+    assert ranks[0]['weights_sha256'] == ranks[1]['weights_sha256']
+    assert ranks[0]['val_slices'] == [16, 16]
+    rank1_in_run = [p for p in ranks[1]['written'] if str(run) in p]
+    # the only files process 1 writes are its own RNG states, which an exact resume needs
+    assert all(Path(p).name == 'random_states_1.pkl' for p in rank1_in_run), rank1_in_run
+    assert any(str(run) in p for p in ranks[0]['written'])
+    assert (proc.stdout + proc.stderr).count('epoch 2/2 | loss') == 1  # one log line, from the main process
