@@ -84,13 +84,21 @@ def _recorded_data_dir(run_dir: str) -> str:
 
 
 def main(argv=None) -> int:
+    import torch
+
     from adni_timm.data import DataError
+    from adni_timm.evaluation import EvaluationError
     from adni_timm.training import TrainingError
     try:
         result = run(argv)
-    except (ConfigError, DataError, TrainingError, FileNotFoundError) as e:
+    except (ConfigError, DataError, TrainingError, EvaluationError, FileNotFoundError) as e:
         print(f'train.py: error: {e}', file=sys.stderr)
         return 2
+    except torch.OutOfMemoryError:
+        print('train.py: error: the GPU ran out of memory. Lower --batch-size (and raise --grad-accum-steps to keep '
+              'the same effective batch), or lower --img-size; continue with --resume from the last checkpoint.',
+              file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print('train.py: interrupted; continue with --resume', file=sys.stderr)
         return 130

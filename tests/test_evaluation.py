@@ -1,0 +1,400 @@
+"""evaluate.py end to end on a tiny synthetic set with a random adni_convnext_atto in a fake RUN folder."""
+import csv
+import importlib.util
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from accelerate import Accelerator
+from PIL import Image
+
+from adni_timm import data, evaluation, hub, synthetic
+from adni_timm.evaluation import EvaluationError, evaluate, format_table, predict, predict_images, resolve_model
+from adni_timm.metrics import CI_KEYS, METRIC_KEYS
+
+ROOT = Path(__file__).resolve().parents[1]
+STORED_THRESHOLD = 0.37
+FILES = {'metrics.json', 'predictions.csv', 'patients.csv', 'confusion_matrix.png', 'confusion_matrix_slices.png',
+         'roc.png'}
+
+
+def _tiny_model(**kwargs):
+    kwargs.setdefault('pretrained_cfg_overlay', dict(input_size=(1, 64, 64)))
+    return timm.create_model('adni_convnext_atto', **kwargs).eval()
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+    # 3 patients per class and split, 4 slices each: 24 test slices, 6 test patients
+    return synthetic.generate(tmp_path_factory.mktemp('syn') / 'AD_NC', 3, 3, slices=4, seed=0)
+
+
+@pytest.fixture(scope='module')
+def model():
+    torch.manual_seed(0)
+    return _tiny_model()
+
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory, model, data_dir):
+    run = tmp_path_factory.mktemp('runs') / 'tiny'
+    hub.export_model(model, run / 'best', extra={'threshold': STORED_THRESHOLD, 'threshold_source': 'validation',
+                                                 'classes': ['NC', 'AD']})
+    split = data.split_patients(data.scan_split(data_dir, 'train'), val_fraction=0.34, seed=0)
+    (run / 'split.json').write_text(json.dumps(split))
+    return run
+
+
+@pytest.fixture(scope='module')
+def loaded(run_dir):
+    """``dict(model=..., info=...)`` of the run, for tests about something other than loading."""
+    model, info = resolve_model(run_dir)
+    return dict(model=model, info=info)
+
+
+@pytest.fixture(scope='module')
+def direct_probs(model, data_dir):
+    """(plain, flipped) softmax of a direct forward over the test slices."""
+    slices = data.scan_split(data_dir, 'test')
+    return _direct_probs(model, slices), _direct_probs(model, slices, flip=True)
+
+
+@pytest.fixture(scope='module')
+def plain_export(tmp_path_factory, model):
+    """An export folder with no stored threshold and no run around it (like a downloaded model)."""
+    return hub.export_model(model, tmp_path_factory.mktemp('plain') / 'export')
+
+
+def _direct_probs(model, slices, flip=False):
+    tf = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
+    x = torch.stack([tf(Image.open(s.path).convert('L')) for s in slices])
+    with torch.no_grad():
+        return model(x.flip(-1) if flip else x).softmax(-1).numpy()
+
+
+def _read_csv(path):
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+def test_evaluate_run_writes_reports_with_the_stored_threshold(run_dir, data_dir, direct_probs, tmp_path):
+    out = tmp_path / 'eval'
+    result = evaluate(str(run_dir), data_dir, output_dir=out, n_boot=200)
+    assert {p.name for p in out.iterdir()} == FILES
+    assert result['threshold'] == STORED_THRESHOLD and result['threshold_source'] == 'validation'
+    assert (result['model'], result['split'], result['positive_class']) == (str(run_dir), 'test', 'AD')
+    assert result['slice']['n'] == 24 and result['patient']['n'] == 6
+    for level in ('slice', 'patient'):
+        assert set(METRIC_KEYS) <= set(result[level])
+        for key in CI_KEYS:
+            lo, hi = result[level][f'{key}_ci']
+            assert lo <= result[level][key] <= hi
+    assert json.loads((out / 'metrics.json').read_text()) == json.loads(json.dumps(result))
+
+    rows = _read_csv(out / 'predictions.csv')
+    assert list(rows[0]) == ['path', 'patient', 'label', 'p_AD', 'predicted']
+    assert len(rows) == 24 and sorted(r['label'] for r in rows) == ['AD'] * 12 + ['NC'] * 12
+    slices = data.scan_split(data_dir, 'test')
+    assert [r['path'] for r in rows] == [s.path for s in slices]
+    p_ad = np.array([float(r['p_AD']) for r in rows])
+    np.testing.assert_allclose(p_ad, direct_probs[0][:, 1], atol=2e-6)  # the exported weights
+    assert [r['predicted'] for r in rows] == ['AD' if p >= STORED_THRESHOLD else 'NC' for p in p_ad]
+    tn_fp_fn_tp = np.array(result['slice']['confusion_matrix']).ravel()
+    truth = np.array([r['label'] == 'AD' for r in rows])
+    assert tn_fp_fn_tp.tolist() == [sum(~truth & (p_ad < .37)), sum(~truth & (p_ad >= .37)),
+                                    sum(truth & (p_ad < .37)), sum(truth & (p_ad >= .37))]
+
+    patients = _read_csv(out / 'patients.csv')
+    assert len(patients) == 6 and all(r['n_slices'] == '4' for r in patients)
+    for r in patients:
+        mine = [float(x['p_AD']) for x in rows if x['patient'] == r['patient']]
+        assert float(r['p_AD']) == pytest.approx(np.mean(mine), abs=2e-6)
+
+
+def test_format_table_shows_both_levels_and_cis(run_dir, data_dir, loaded):
+    table = format_table(evaluate(str(run_dir), data_dir, n_boot=50, **loaded))
+    assert 'slices (n=24)' in table and 'patients (n=6)' in table
+    assert 'threshold 0.370 (validation)' in table
+    assert len([line for line in table.splitlines() if line.startswith(CI_KEYS)]) == len(CI_KEYS)
+    assert '[[TN,FP],[FN,TP]]' in table and '95% CI' in table
+
+
+def test_predict_equals_a_direct_forward_with_and_without_tta(model, data_dir, direct_probs):
+    slices = data.scan_split(data_dir, 'test')
+    probs = predict(model, slices, batch_size=5)  # 5 does not divide 24: the last batch is short
+    assert probs.shape == (24, 2)
+    np.testing.assert_allclose(probs, direct_probs[0], atol=1e-5)
+    tta = predict(model, slices, batch_size=8, tta=True)
+    np.testing.assert_allclose(tta, (direct_probs[0] + direct_probs[1]) / 2, atol=1e-5)
+    assert not np.allclose(tta, probs)
+
+
+def test_predict_through_an_accelerator_counts_each_slice_once(model, data_dir, direct_probs):
+    slices = data.scan_split(data_dir, 'test')
+    probs = predict(model, slices, batch_size=7, accelerator=Accelerator(cpu=True))
+    np.testing.assert_allclose(probs, direct_probs[0], atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_predict_on_cuda_in_bf16_matches_cpu(data_dir):
+    torch.manual_seed(0)
+    net = _tiny_model()  # its own model: predict moves it to the GPU
+    slices = data.scan_split(data_dir, 'test')
+    reference = _direct_probs(net, slices)
+    probs = predict(net, slices, batch_size=8, tta=True)
+    assert next(net.parameters()).is_cuda and not net.training
+    np.testing.assert_allclose(probs, (reference + _direct_probs(net.cpu(), slices, flip=True)) / 2, atol=3e-2)
+
+
+# ---------------------------------------------------------------------------------------------- model references
+
+@pytest.mark.parametrize('form', ['run', 'run/best', 'local-dir:run/best', 'run/best/model.safetensors'])
+def test_resolve_model_forms(run_dir, model, form):
+    ref = form.replace('run', str(run_dir))
+    loaded, info = resolve_model(ref)
+    assert info == {'model': ref, 'threshold': STORED_THRESHOLD, 'threshold_source': 'validation',
+                    'run_dir': run_dir, 'classes': ['NC', 'AD']}
+    assert not loaded.training
+    x = torch.randn(2, 1, 64, 64)
+    torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_plain_export_has_no_run_and_a_fixed_threshold(plain_export, data_dir):
+    _, info = resolve_model(plain_export)
+    assert info['run_dir'] is None and info['threshold'] is None
+    result = evaluate(str(plain_export), data_dir, n_boot=0)
+    assert (result['threshold'], result['threshold_source']) == (0.5, 'fixed')
+    assert 'accuracy_ci' not in result['patient'] and result['ci'] is None
+
+
+def test_hf_hub_model_loads_from_the_cache_with_its_threshold(run_dir, model, tmp_path, monkeypatch):
+    # a Hub repo as huggingface_hub caches it; HF_HUB_OFFLINE=1 (conftest) makes it the only source
+    import huggingface_hub.constants
+    commit = '0123456789abcdef0123456789abcdef01234567'
+    repo = tmp_path / 'models--adni-timm--tiny'
+    shutil.copytree(run_dir / 'best', repo / 'snapshots' / commit)
+    (repo / 'refs').mkdir()
+    (repo / 'refs' / 'main').write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path))
+    loaded, info = resolve_model('hf-hub:adni-timm/tiny')
+    assert info['threshold'] == STORED_THRESHOLD and info['run_dir'] is None
+    x = torch.randn(1, 1, 64, 64)
+    torch.testing.assert_close(loaded(x), model(x))
+    with pytest.raises(EvaluationError, match='could not load hf-hub:adni-timm/absent.*repository id'):
+        resolve_model('hf-hub:adni-timm/absent')
+
+
+def test_bad_model_references(tmp_path, run_dir):
+    with pytest.raises(EvaluationError, match='does not exist.*hf-hub:ORG/NAME'):
+        resolve_model(tmp_path / 'nope')
+    (tmp_path / 'notes.txt').write_text('hi')
+    with pytest.raises(EvaluationError, match='neither a training run .* nor a timm export folder'):
+        resolve_model(tmp_path)
+    weights = tmp_path / 'w' / 'weights.safetensors'
+    weights.parent.mkdir()
+    shutil.copy(run_dir / 'best' / 'model.safetensors', weights)
+    with pytest.raises(EvaluationError, match='rename the file to model.safetensors'):
+        resolve_model(weights)
+    not_timm = tmp_path / 'hf'
+    shutil.copytree(run_dir / 'best', not_timm)
+    (not_timm / 'config.json').write_text(json.dumps({'model_type': 'bert'}))
+    with pytest.raises(EvaluationError, match='not a timm config'):
+        resolve_model(not_timm)
+
+
+# ---------------------------------------------------------------------------------------------- thresholds
+
+def test_cli_threshold_wins_and_is_applied(run_dir, data_dir, loaded):
+    low = evaluate(str(run_dir), data_dir, threshold=0.0, n_boot=0, **loaded)
+    assert (low['threshold'], low['threshold_source']) == (0.0, 'cli')
+    assert low['patient']['confusion_matrix'] == [[0, 3], [0, 3]]  # everything called AD
+    high = evaluate(str(run_dir), data_dir, threshold=1.0, n_boot=0, **loaded)
+    assert high['patient']['sensitivity'] == 0.0 and high['patient']['specificity'] == 1.0
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(threshold=0.3, target_sensitivity=0.9), 'either --threshold or --target-sensitivity'),
+    (dict(threshold=1.5), r'\[0, 1\]'),
+    (dict(target_sensitivity=0.0), r'\(0, 1\]'),
+    (dict(target_sensitivity=0.9, split='train'), 'cannot be used when evaluating --split train'),
+])
+def test_bad_threshold_options(run_dir, data_dir, loaded, kwargs, match):
+    with pytest.raises(EvaluationError, match=match):
+        evaluate(str(run_dir), data_dir, n_boot=0, **loaded, **kwargs)
+
+
+def _fake_predict(p_by_patient):
+    def fake(model, slices, **kwargs):
+        p = np.array([p_by_patient[s.patient] for s in slices])
+        return np.stack([1 - p, p], axis=1)
+    return fake
+
+
+def _patients(data_dir, split, label):
+    return sorted({s.patient for s in data.scan_split(data_dir, split) if s.label == label})
+
+
+def test_target_sensitivity_is_met_on_the_runs_validation_patients_not_on_test(
+        data_dir, model, tmp_path, monkeypatch):
+    train_ad, train_nc = _patients(data_dir, 'train', 1), _patients(data_dir, 'train', 0)
+    seed0_val = set(data.split_patients(data.scan_split(data_dir, 'train'), seed=0)['val'])
+    val_ad = next(p for p in train_ad if p not in seed0_val)  # differs from the fallback split on purpose
+    run = tmp_path / 'run'
+    hub.export_model(model, run / 'best', extra={'threshold': STORED_THRESHOLD})
+    (run / 'split.json').write_text(json.dumps({'level': 'patient', 'seed': 0, 'val_fraction': 0.3,
+                                                'train': [p for p in train_ad + train_nc[1:] if p != val_ad],
+                                                'val': [val_ad, train_nc[0]]}))
+    # validation AD patient 0.8; other train AD 0.6 / 0.7; test AD 0.3: sensitivity 1.0 needs 0.8 on validation,
+    # 0.6 if the whole train split were used, 0.3 if it were tuned on test
+    p = {pid: 0.1 for pid in train_nc + _patients(data_dir, 'test', 0)}
+    p.update({pid: 0.6 + 0.1 * i for i, pid in enumerate(q for q in train_ad if q != val_ad)})
+    p.update({val_ad: 0.8, **{pid: 0.3 for pid in _patients(data_dir, 'test', 1)}})
+    monkeypatch.setattr(evaluation, 'predict', _fake_predict(p))
+    result = evaluate(str(run), data_dir, target_sensitivity=1.0, n_boot=0)
+    assert result['threshold'] == pytest.approx(0.8) and result['threshold_source'] == 'validation'
+    assert result['threshold_selection'] == {
+        'target_sensitivity': 1.0, 'chosen_on': str(run / 'split.json'), 'validation_patients': 2,
+        'validation_sensitivity': 1.0, 'validation_specificity': 1.0}
+    assert result['patient']['sensitivity'] == 0.0  # the honest consequence on test, not re-tuned
+
+
+def test_target_sensitivity_without_a_run_uses_a_seed0_split_of_train(plain_export, data_dir, monkeypatch, caplog):
+    split = data.split_patients(data.scan_split(data_dir, 'train'), seed=0)
+    val_ad = [pid for pid in split['val'] if pid in _patients(data_dir, 'train', 1)]
+    p = {pid: 0.2 for pid in _patients(data_dir, 'train', 0) + _patients(data_dir, 'test', 0)}
+    p.update({pid: 0.9 for pid in _patients(data_dir, 'train', 1) + _patients(data_dir, 'test', 1)})
+    p.update({pid: 0.65 for pid in val_ad})
+    monkeypatch.setattr(evaluation, 'predict', _fake_predict(p))
+    with caplog.at_level(logging.WARNING, logger='adni_timm.evaluation'):
+        result = evaluate(str(plain_export), data_dir, target_sensitivity=1.0, n_boot=0)
+    assert result['threshold'] == pytest.approx(0.65)
+    assert result['threshold_selection']['chosen_on'] == 'seed-0 patient split of DATA_DIR/train'
+    assert 'optimistic' in caplog.text
+
+
+def test_target_sensitivity_refuses_validation_patients_that_are_also_tested(data_dir, model, tmp_path):
+    leaky = tmp_path / 'leaky'
+    shutil.copytree(data_dir, leaky)
+    test_ad = _patients(leaky, 'test', 1)[0]
+    for f in (leaky / 'test' / 'AD').glob(f'{test_ad}_*.jpeg'):
+        shutil.copy(f, leaky / 'train' / 'AD' / f.name)
+    run = tmp_path / 'run'
+    hub.export_model(model, run / 'best')
+    (run / 'split.json').write_text(json.dumps({'level': 'patient', 'seed': 0, 'val_fraction': 0.3, 'train': [],
+                                                'val': [test_ad, _patients(leaky, 'train', 0)[0]]}))
+    with pytest.raises(EvaluationError, match=f'validation patients .*{test_ad}.* also in the evaluated split'):
+        evaluate(str(run), leaky, target_sensitivity=0.9, n_boot=0)
+
+
+# ---------------------------------------------------------------------------------------------- bad data / model
+
+def test_data_dir_without_the_split(run_dir, data_dir, loaded, tmp_path):
+    with pytest.raises(data.DataError, match='does not exist'):
+        evaluate(str(run_dir), tmp_path / 'missing', n_boot=0, **loaded)
+    only_train = tmp_path / 'only_train'
+    shutil.copytree(data_dir / 'train', only_train / 'train')
+    with pytest.raises(data.DataError, match="no 'test' folder"):
+        evaluate(str(run_dir), only_train, n_boot=0, **loaded)
+
+
+def test_three_channel_model_on_grayscale_data(tmp_path, data_dir):
+    rgb = _tiny_model(in_chans=3, pretrained_cfg_overlay=dict(input_size=(3, 64, 64), mean=(0.5,) * 3,
+                                                              std=(0.5,) * 3))
+    export = hub.export_model(rgb, tmp_path / 'rgb')
+    with pytest.raises(EvaluationError, match='3-channel input but ADNI slices are 1-channel.*in_chans=1'):
+        evaluate(str(export), data_dir, n_boot=0)
+
+
+def test_class_count_must_match_the_model(run_dir, data_dir, loaded):
+    with pytest.raises(EvaluationError, match='2 outputs but the classes are NC,MCI,AD'):
+        evaluate(str(run_dir), data_dir, classes=['NC', 'MCI', 'AD'], n_boot=0, **loaded)
+
+
+def test_three_classes_report_ad_vs_rest(tmp_path):
+    three = synthetic.generate(tmp_path / 'three', 1, 2, slices=2, seed=1, classes=('NC', 'MCI', 'AD'))
+    torch.manual_seed(0)
+    net = _tiny_model(num_classes=3)
+    export = hub.export_model(net, tmp_path / 'export', extra={'classes': ['NC', 'MCI', 'AD']})
+    result = evaluate(str(export), three, output_dir=tmp_path / 'out', n_boot=20)
+    assert result['positive_class'] == 'AD' and result['classes'] == ['NC', 'MCI', 'AD']
+    assert result['patient']['n'] == 6 and sum(map(sum, result['patient']['confusion_matrix'])) == 6
+    assert result['patient']['confusion_matrix'][1][0] + result['patient']['confusion_matrix'][1][1] == 2  # 2 AD
+    rows = _read_csv(tmp_path / 'out' / 'predictions.csv')
+    assert {r['label'] for r in rows} == {'NC', 'MCI', 'AD'} and {r['predicted'] for r in rows} <= {'NC', 'MCI', 'AD'}
+
+
+# ---------------------------------------------------------------------------------------------- unlabelled images
+
+def test_predict_images_folder_file_and_unnamed(run_dir, data_dir, model, tmp_path):
+    folder = data_dir / 'test' / 'AD'
+    result = predict_images(str(run_dir), folder, output_dir=tmp_path / 'pred')
+    slices = sorted(folder.glob('*.jpeg'))
+    assert [r['path'] for r in result['slices']] == [str(f) for f in slices]
+    assert len(result['patients']) == 3 and all(r['n_slices'] == 4 for r in result['patients'])
+    assert result['threshold'] == STORED_THRESHOLD
+    by_path = {r['path']: r['p_AD'] for r in result['slices']}
+    for row in result['patients']:
+        assert row['p_AD'] == pytest.approx(np.mean([v for k, v in by_path.items()
+                                                     if Path(k).name.startswith(row['patient'] + '_')]))
+        assert row['predicted'] == ('AD' if row['p_AD'] >= STORED_THRESHOLD else 'NC')
+    assert len(_read_csv(tmp_path / 'pred' / 'predictions.csv')) == 12
+    assert len(_read_csv(tmp_path / 'pred' / 'patients.csv')) == 3
+
+    unnamed = tmp_path / 'scan.png'
+    Image.open(slices[0]).save(unnamed)
+    single = predict_images(str(run_dir), unnamed, threshold=0.9)
+    assert single['patients'] == [] and single['slices'][0]['patient'] == ''
+    assert single['slices'][0]['p_AD'] == pytest.approx(by_path[str(slices[0])], abs=1e-3)  # PNG of the same pixels
+    assert (single['threshold'], single['threshold_source']) == (0.9, 'cli')
+    with pytest.raises(EvaluationError, match='no .* images found'):
+        predict_images(str(run_dir), tmp_path / 'pred')
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+def _cli():
+    spec = importlib.util.spec_from_file_location('evaluate_cli', ROOT / 'evaluate.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_cli_evaluates_into_the_run_folder(run_dir, data_dir, capsys):
+    assert _cli()(['--model', str(run_dir), '--data-dir', str(data_dir), '--n-boot', '20', '--tta']) == 0
+    out = capsys.readouterr().out
+    assert 'patients (n=6)' in out and f'wrote {run_dir / "eval-test"}' in out
+    assert {p.name for p in (run_dir / 'eval-test').iterdir()} == FILES
+    assert json.loads((run_dir / 'eval-test' / 'metrics.json').read_text())['tta'] is True
+
+
+def test_cli_images_and_usage_errors(run_dir, data_dir, tmp_path, capsys):
+    main = _cli()
+    assert main(['--model', str(run_dir), '--images', str(data_dir / 'test' / 'NC'),
+                 '--output-dir', str(tmp_path / 'p')]) == 0
+    assert 'patient' in capsys.readouterr().out and (tmp_path / 'p' / 'patients.csv').is_file()
+    for argv in (['--model', str(run_dir)],  # no --data-dir
+                 ['--model', str(run_dir), '--data-dir', str(data_dir), '--threshold', '0.3',
+                  '--target-sensitivity', '0.9']):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+    assert main(['--model', str(run_dir), '--data-dir', str(data_dir), '--classes', 'NC']) == 1
+    assert 'at least two distinct class' in capsys.readouterr().err
+
+
+def test_cli_bad_model_is_one_line_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / 'evaluate.py'), '--model', str(tmp_path / 'nope'),
+                           '--data-dir', str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert 'Traceback' not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: model '{tmp_path / 'nope'}' does not exist; pass {evaluation.MODEL_FORMS}."]
