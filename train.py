@@ -14,13 +14,13 @@ import sys
 import time
 from pathlib import Path
 
-from adni_timm.config import CONFIG_DIR, ConfigError, field_types, load_config
+from adni_timm.config import CONFIG_DIR, ConfigError, TrainConfig, field_types, load_config
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description='Train an ADNI AD vs NC classifier with timm and Accelerate.',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        epilog='Overrides default to the preset (--config), else to configs/adni.yaml.')
     parser.add_argument('--data-dir', help='AD_NC folder with train/{NC,AD} (and test/{NC,AD})')
     parser.add_argument('--output-dir', help='run folder to create (see README: run folder)')
     parser.add_argument('--config', help=f'YAML preset: a path, or a name in {CONFIG_DIR} (adni, seed, demo)')
@@ -31,9 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--eval-test', action='store_true', help='evaluate the best model on the test split at the end')
     parser.add_argument('--log-level', default='info', choices=['debug', 'info', 'warning'])
     overrides = parser.add_argument_group('config overrides (keys of the YAML presets)')
+    defaults = TrainConfig()
     for key, type_name in field_types().items():
-        overrides.add_argument(f'--{key.replace("_", "-")}', dest=key, default=None, metavar=type_name.upper()
-                               .replace(' | NONE', '|null'), help=f'override config key {key}')
+        flag = f'--{key.replace("_", "-")}'
+        if type_name == 'bool':  # --cache (= true), --cache false
+            overrides.add_argument(flag, dest=key, nargs='?', const='true', default=None, metavar='true|false',
+                                   help=f'(adni.yaml: {getattr(defaults, key)})')
+        else:
+            overrides.add_argument(flag, dest=key, default=None, help=f'(adni.yaml: {getattr(defaults, key)})',
+                                   metavar=type_name.upper().replace(' | NONE', '|null'))
     return parser
 
 

@@ -211,3 +211,38 @@ def test_two_processes_count_each_val_slice_once_write_from_main_and_agree(tiny_
     assert all(Path(p).name == 'random_states_1.pkl' for p in rank1_in_run), rank1_in_run
     assert any(str(run) in p for p in ranks[0]['written'])
     assert (proc.stdout + proc.stderr).count('epoch 2/2 | loss') == 1  # one log line, from the main process
+
+
+def test_demo_runs_without_data_and_evaluates_on_the_synthetic_test_split(tmp_path):
+    run = tmp_path / 'demo'
+    proc = run_train('--demo', '--output-dir', run, '--model', 'adni_convnext_atto', '--epochs', '1',
+                     '--warmup-epochs', '0', '--num-workers', '0', env={'ADNI_TIMM_CACHE': str(tmp_path / 'cache')})
+    metrics = json.loads((run / 'eval/metrics.json').read_text())
+    assert metrics['split'] == 'test' and metrics['patient']['n'] == 32  # 16 + 16 synthetic test patients
+    assert metrics['threshold_source'] == 'validation'
+    record = yaml.safe_load((run / 'train_config.yaml').read_text())
+    assert 'synthetic' in record['data'].lower() and record['config']['img_size'] == 64  # CPU: reduced size
+    assert f'run folder:   {run}' in proc.stdout and 'test eval:' in proc.stdout
+    assert any((tmp_path / 'cache').glob('synthetic-demo-*/train/AD/*.jpeg'))
+
+
+def test_out_of_memory_prints_a_hint(monkeypatch, capsys, tiny_data, tmp_path):
+    sys.path.insert(0, str(ROOT))
+    import train as train_cli
+    from adni_timm import training
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')
+
+    monkeypatch.setattr(training, 'train', oom)
+    code = train_cli.main(['--data-dir', str(tiny_data), '--output-dir', str(tmp_path / 'run'), *TINY])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert 'out of memory' in err and '--batch-size' in err and '--grad-accum-steps' in err
+
+
+def test_bool_overrides_work_as_flags():
+    sys.path.insert(0, str(ROOT))
+    import train as train_cli
+    args = train_cli.build_parser().parse_args(['--skip-bad-images', '--ema', 'false'])
+    assert args.skip_bad_images == 'true' and args.ema == 'false'
