@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     if not (data_dir / 'train').is_dir():
         synthetic.generate(data_dir, p['train_patients'], p['test_patients'], slices=p['slices'], seed=0,
-                           )
+                           workers=os.cpu_count() or 1)
     gen_s = time.perf_counter() - t0
     n_train = len(data.scan_split(data_dir, 'train'))
 

@@ -1,0 +1,633 @@
+"""ADNI AD_NC layout: scanning, patient-level splits, datasets, loaders, and the ``check`` CLI.
+
+Layout (what ADNI users have, and what ``adni_timm.synthetic`` writes)::
+
+    DATA_DIR/{train,test}/{NC,AD}/<patient>_<slice>.jpeg     (.jpg and .png too)
+
+Labels follow the class list, never the alphabet: NC = 0, AD = 1 (the positive
+class); more classes come from an explicit list such as ``('NC', 'MCI', 'AD')``.
+Validation is carved from train *by patient*, stratified by class: splitting by
+slice puts the same patient on both sides and inflates validation scores.
+
+Images are read as 8-bit grayscale (PIL mode ``'L'``) and preprocessed with timm's
+own ``resolve_data_config`` + ``create_transform``, so the eval transform is exactly
+what anyone who downloads the weights gets from timm. ``preload`` decodes every
+slice once into one contiguous uint8 array (the full AD_NC set is ~1.9 GB) that
+forked loader workers share copy-on-write.
+
+CLI: ``python -m adni_timm.data check DATA_DIR [--classes NC,AD]``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import statistics
+import sys
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from sklearn.model_selection import train_test_split
+from timm.data import create_transform, resolve_data_config
+from timm.data.auto_augment import AugmentOp
+
+__all__ = [
+    'DEFAULT_CLASSES', 'SPLITS', 'IMAGE_EXTENSIONS', 'DataError', 'Slice', 'parse_classes', 'scan_split',
+    'check_no_leakage', 'split_patients', 'split_slices', 'select', 'summarize', 'find_bad_images',
+    'resolve_bad_images', 'build_transforms', 'read_image', 'SliceCache', 'preload', 'SliceDataset',
+    'create_loader', 'main',
+]
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_CLASSES = ('NC', 'AD')  # index 1 = AD, the positive class; never alphabetical
+SPLITS = ('train', 'test')
+IMAGE_EXTENSIONS = ('.jpeg', '.jpg', '.png')
+FILE_NAME_PATTERN = '<patient>_<slice>.jpeg'
+_FILE_NAME = re.compile(r'^(?P<patient>.+)_(?P<slice>\d+)$')  # stem; patient is all before the last '_'
+_HIGH_DEPTH_MODES = {'I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'}
+_GRAY_MODES = {'1', 'L', 'LA', 'La'} | _HIGH_DEPTH_MODES
+_PREVIEW = 10  # items named in an error before "... and N more"
+
+
+class DataError(ValueError):
+    """The data on disk does not fit the expected layout; the message names the file or folder and the fix."""
+
+
+@dataclass(frozen=True)
+class Slice:
+    """One image file: an axial slice of one patient."""
+    path: str
+    patient: str
+    label: int
+    slice_index: int | None
+
+
+def _preview(items: Sequence, n: int = _PREVIEW) -> str:
+    items = [str(i) for i in items]
+    more = f' ... and {len(items) - n} more' if len(items) > n else ''
+    return ', '.join(items[:n]) + more
+
+
+def parse_classes(text: str | Sequence[str]) -> tuple[str, ...]:
+    """'NC,AD' -> ('NC', 'AD'): the class folders in label order (index = label)."""
+    classes = tuple(c.strip() for c in (text.split(',') if isinstance(text, str) else text) if c.strip())
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise DataError(f'classes {text!r}: give at least two distinct class folder names in label order, '
+                        f'e.g. NC,AD (NC = 0, AD = 1) or NC,MCI,AD')
+    return classes
+
+
+# ----------------------------------------------------------------------------------------------- scanning
+
+def _split_dir(data_dir: Path, split: str, classes: Sequence[str]) -> Path:
+    if not data_dir.is_dir():
+        raise DataError(f'DATA_DIR {data_dir} does not exist or is not a folder: pass the folder that holds '
+                        f'train/ and test/ (the ADNI AD_NC folder)')
+    split_dir = data_dir / split
+    if split_dir.is_dir():
+        return split_dir
+    hint = ''
+    subdirs = [p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith('.')]
+    if len(subdirs) == 1:
+        hint = (f' {data_dir} holds a single folder {subdirs[0].name!r}: '
+                f'did you mean --data-dir {subdirs[0]}?')
+    raise DataError(f'no {split!r} folder in {data_dir}: expected {data_dir / split}/{{{",".join(classes)}}}/'
+                    f'{FILE_NAME_PATTERN}.{hint}')
+
+
+def _parse_file_name(path: Path, file_is_patient: bool) -> tuple[str, int | None] | None:
+    if file_is_patient:
+        return path.stem, None
+    m = _FILE_NAME.match(path.stem)
+    return (m['patient'], int(m['slice'])) if m else None
+
+
+def _scan(split_dir: Path, classes: Sequence[str], file_is_patient: bool):
+    """(slices, problems, ignored files) of one split folder; problems are messages, not exceptions."""
+    problems, ignored, slices, unnamed = [], [], [], []
+    folders = sorted(p for p in split_dir.iterdir() if not p.name.startswith('.'))
+    for p in folders:
+        if not p.is_dir():
+            ignored.append(p)
+        elif p.name not in classes:
+            case = next((c for c in classes if c.lower() == p.name.lower()), None)
+            hint = f' (folder names are case-sensitive: rename it to {case})' if case else ''
+            problems.append(
+                f'unknown class folder {p}{hint}: the classes are {",".join(classes)} (label = position). '
+                f'Pass --classes with every class in label order (e.g. NC,MCI,AD), or move the folder out.')
+    for label, name in enumerate(classes):
+        folder = split_dir / name
+        if not folder.is_dir():
+            problems.append(f'missing class folder {folder}: create it with the {name} slices, '
+                            f'or leave {name} out of --classes')
+            continue
+        images = []
+        for f in sorted(folder.iterdir()):
+            if f.name.startswith('.'):
+                continue
+            (images if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS else ignored).append(f)
+        if not images:
+            problems.append(f'empty class folder {folder}: it holds no {"/".join(IMAGE_EXTENSIONS)} files; '
+                            f'put the {name} slices there, or leave {name} out of --classes')
+        for f in images:
+            parsed = _parse_file_name(f, file_is_patient)
+            if parsed is None:
+                unnamed.append(f)
+            else:
+                slices.append(Slice(str(f), parsed[0], label, parsed[1]))
+    if unnamed:
+        problems.append(
+            f'{len(unnamed)} file name(s) without a patient id in {split_dir}: {_preview(unnamed)}. '
+            f'Expected {FILE_NAME_PATTERN} (e.g. 218391_78.jpeg: patient 218391, slice 78). Rename them, or '
+            f'treat each file as its own patient with file_is_patient=True (--file-is-patient); then '
+            f'no patient-level grouping is possible.')
+    problems += _patients_in_two_classes(slices)
+    return sorted(slices, key=_slice_order), problems, ignored
+
+
+def _slice_order(s: Slice):
+    return s.label, s.patient, -1 if s.slice_index is None else s.slice_index, s.path
+
+
+def _patients_in_two_classes(slices: Iterable[Slice]) -> list[str]:
+    where = defaultdict(dict)
+    for s in slices:
+        where[s.patient].setdefault(s.label, s.path)
+    mixed = sorted(p for p, labels in where.items() if len(labels) > 1)
+    return [f'patient {p} has slices in several class folders ({", ".join(where[p].values())}): a patient has '
+            f'one diagnosis; move its slices into one class folder' for p in mixed]
+
+
+def scan_split(data_dir, split: str = 'train', classes: Sequence[str] = DEFAULT_CLASSES,
+               file_is_patient: bool = False) -> list[Slice]:
+    """Every image of ``DATA_DIR/split/<class>/``, in a deterministic order (class, patient, slice).
+
+    Raises DataError naming every layout problem found (missing folder, unknown or empty
+    class folder, file names without a patient id, a patient in two class folders).
+    Non-image files are ignored with a warning.
+    """
+    classes = parse_classes(classes)
+    slices, problems, ignored = _scan(_split_dir(Path(data_dir), split, classes), classes, file_is_patient)
+    if problems:
+        raise DataError('\n'.join(problems))
+    if ignored:
+        _logger.warning('ignored %d entries that are not %s files: %s',
+                        len(ignored), '/'.join(IMAGE_EXTENSIONS), _preview(ignored))
+    return slices
+
+
+def check_no_leakage(first: Sequence[Slice], second: Sequence[Slice], names=('train', 'test')) -> None:
+    """Raise DataError if any patient has slices in both sets (leakage inflates every score)."""
+    shared = sorted({s.patient for s in first} & {s.patient for s in second})
+    if shared:
+        raise DataError(
+            f'{len(shared)} patient(s) appear in both {names[0]} and {names[1]}: {_preview(shared)}. '
+            f'A patient must sit in one split only: move or remove their slices from one of them.')
+
+
+def summarize(slices: Sequence[Slice], classes: Sequence[str] = DEFAULT_CLASSES) -> list[dict]:
+    """Per class: patients, slices and slices per patient (min / median / max)."""
+    rows = []
+    for label, name in enumerate(classes):
+        per_patient = Counter(s.patient for s in slices if s.label == label)
+        counts = sorted(per_patient.values()) or [0]
+        rows.append(dict(name=name, label=label, patients=len(per_patient), slices=sum(per_patient.values()),
+                         per_patient=(counts[0], statistics.median(counts), counts[-1])))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ splits
+
+def _check_fraction(val_fraction: float) -> None:
+    if not 0 <= val_fraction < 1:
+        raise DataError(f'val_fraction={val_fraction}: must be in [0, 1) (e.g. 0.2 = 20% of patients)')
+
+
+def _patient_labels(slices: Iterable[Slice]) -> dict[str, int]:
+    labels = {}
+    for s in slices:
+        if labels.setdefault(s.patient, s.label) != s.label:
+            raise DataError(f'patient {s.patient} carries two labels ({labels[s.patient]} and {s.label}, '
+                            f'e.g. {s.path}): move its slices into one class folder')
+    return labels
+
+
+def _assert_disjoint(train: Sequence, val: Sequence) -> None:
+    shared = set(train) & set(val)
+    if shared:  # an invariant of the code, not of the data: must never happen
+        raise AssertionError(f'split bug: {len(shared)} entries in both train and val: {_preview(sorted(shared))}')
+
+
+def split_patients(slices: Sequence[Slice], val_fraction: float = 0.2, seed: int = 0) -> dict:
+    """Patient-level train / val split, stratified by class, deterministic for a seed.
+
+    Returns plain JSON-able data for ``split.json``:
+    ``{'level': 'patient', 'seed', 'val_fraction', 'train': [patient ids], 'val': [patient ids]}``.
+    """
+    _check_fraction(val_fraction)
+    labels = _patient_labels(slices)
+    patients = sorted(labels)
+    if val_fraction == 0:
+        train, val = patients, []
+    else:
+        try:
+            train, val = train_test_split(patients, test_size=val_fraction, random_state=seed,
+                                          stratify=[labels[p] for p in patients])
+        except ValueError as e:  # too few patients of a class for a stratified split
+            raise DataError(f'cannot split {len(patients)} patients into train / val by class with '
+                            f'val_fraction={val_fraction} ({e}): add patients or change the fraction') from e
+    train, val = sorted(train), sorted(val)
+    _assert_disjoint(train, val)
+    return {'level': 'patient', 'seed': seed, 'val_fraction': val_fraction, 'train': train, 'val': val}
+
+
+def split_slices(slices: Sequence[Slice], val_fraction: float = 0.2, seed: int = 0) -> dict:
+    """The reference project's LEAKY random split by slice (a patient lands on both sides).
+
+    Only for reproducing the reference recipe (configs/seed.yaml); its validation scores
+    are inflated. Returns ``{'level': 'slice', 'seed', 'val_fraction', 'train': [paths], 'val': [paths]}``.
+    """
+    _check_fraction(val_fraction)
+    paths = sorted(s.path for s in slices)
+    train, val = (paths, []) if val_fraction == 0 else train_test_split(
+        paths, test_size=val_fraction, random_state=seed)
+    train, val = sorted(train), sorted(val)
+    _assert_disjoint(train, val)
+    return {'level': 'slice', 'seed': seed, 'val_fraction': val_fraction, 'train': train, 'val': val}
+
+
+def select(slices: Sequence[Slice], split: dict, part: str) -> list[Slice]:
+    """The slices of ``split[part]`` (patient ids or paths, by ``split['level']``), in ``slices`` order."""
+    key = {'patient': lambda s: s.patient, 'slice': lambda s: s.path}.get(split.get('level'))
+    if key is None or part not in split:
+        raise DataError(f'not a split with a {part!r} part: expected level "patient" or "slice" '
+                        f'and lists under train / val (as split_patients returns)')
+    wanted = set(split[part])
+    chosen = [s for s in slices if key(s) in wanted]
+    missing = wanted - {key(s) for s in chosen}
+    if missing:
+        raise DataError(f'{len(missing)} {split["level"]} entries of split[{part!r}] are not in the data: '
+                        f'{_preview(sorted(missing))}. The split was made for other data; make a new split '
+                        f'(start a new run rather than resuming).')
+    return chosen
+
+
+# ----------------------------------------------------------------------------------------- image checks
+
+@dataclass(frozen=True)
+class _ImageInfo:
+    path: str
+    size: tuple[int, int] | None  # (width, height)
+    mode: str | None
+    problem: str | None
+
+
+def _inspect(path: str) -> _ImageInfo:
+    """Open and fully decode one file (truncation shows only when the pixels are read)."""
+    size = mode = None
+    try:
+        with Image.open(path) as im:
+            size, mode = im.size, im.mode
+            im.load()
+    except UnidentifiedImageError:
+        return _ImageInfo(path, None, None, 'not an image (PIL cannot identify it)')
+    except (FileNotFoundError, PermissionError) as e:
+        return _ImageInfo(path, None, None, f'unreadable ({e.strerror})')
+    except (OSError, SyntaxError, ValueError) as e:  # truncated / corrupt data; PIL raises these
+        return _ImageInfo(path, size, mode, f'truncated or corrupt image ({e})')
+    return _ImageInfo(path, size, mode, None)
+
+
+def _map(fn: Callable, items: Sequence, num_workers: int) -> list:
+    """``[fn(x) for x in items]``, on threads when asked (PIL decodes without holding the GIL)."""
+    if num_workers <= 0 or len(items) < 2:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=num_workers) as pool:
+        return list(pool.map(fn, items, chunksize=64))
+
+
+def _inspect_all(slices: Sequence[Slice], num_workers: int = 0) -> list[_ImageInfo]:
+    return _map(_inspect, [s.path for s in slices], num_workers)
+
+
+def find_bad_images(slices: Sequence[Slice], num_workers: int = 0) -> list[tuple[str, str]]:
+    """(path, reason) for every file that does not decode: not an image, truncated JPEG, unreadable."""
+    return [(i.path, i.problem) for i in _inspect_all(slices, num_workers) if i.problem]
+
+
+def _notes(infos: Sequence[_ImageInfo]) -> list[str]:
+    """Things we fix on the fly but the user should know: colour files, mixed sizes."""
+    notes = []
+    colour = [i.path for i in infos if i.mode and i.mode not in _GRAY_MODES]
+    if colour:
+        notes.append(f'{len(colour)} colour image(s) are converted to grayscale (L) when read: {_preview(colour)}')
+    deep = [i.path for i in infos if i.mode in _HIGH_DEPTH_MODES]
+    if deep:
+        notes.append(f'{len(deep)} 16-bit / float image(s) are scaled to 8 bits by their own maximum when read: '
+                     f'{_preview(deep)}')
+    sizes = Counter(i.size for i in infos if i.size)
+    if len(sizes) > 1:
+        (w, h), _ = sizes.most_common(1)[0]
+        others = [i.path for i in infos if i.size and i.size != (w, h)]
+        notes.append(f'mixed image sizes ({_format_counts(sizes, _size_text)}): the transforms resize each '
+                     f'image; the cache resizes to the most common size {w}x{h}: {_preview(others)}')
+    return notes
+
+
+def resolve_bad_images(slices: Sequence[Slice], skip_bad: bool = False, num_workers: int = 0) -> list[Slice]:
+    """Decode every file once before training starts.
+
+    Default: raise DataError listing EVERY bad file. ``skip_bad=True`` drops them with a warning.
+    Colour files and mixed sizes are logged as notes (they are converted / resized when read).
+    """
+    infos = _inspect_all(slices, num_workers)
+    for note in _notes(infos):
+        _logger.info('note: %s', note)
+    bad = {i.path: i.problem for i in infos if i.problem}
+    if not bad:
+        return list(slices)
+    listing = '\n'.join(f'  {path}: {reason}' for path, reason in bad.items())
+    if not skip_bad:
+        raise DataError(f'{len(bad)} image file(s) cannot be decoded:\n{listing}\n'
+                        f'Replace or delete them, or leave them out with skip_bad=True (--skip-bad-images).')
+    _logger.warning('skipping %d image file(s) that cannot be decoded:\n%s', len(bad), listing)
+    return [s for s in slices if s.path not in bad]
+
+
+# ------------------------------------------------------------------------------------------- transforms
+
+def build_transforms(model, *, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip: float = 0.5,
+                     color_jitter: float = 0.0, auto_augment: str | None = None, re_prob: float = 0.0,
+                     interpolation: str | None = None) -> tuple[Callable, Callable]:
+    """(train_tf, eval_tf) from timm's ``resolve_data_config(model=model)`` + ``create_transform``.
+
+    ``eval_tf`` is exactly ``create_transform(**resolve_data_config(model=model))``: what anyone who
+    downloads the weights gets from timm. The image size comes from the model's pretrained_cfg
+    ``input_size``. All of timm's train augmentations (colour jitter, RandAugment / AutoAugment /
+    AugMix, random erasing) work on 1-channel 'L' images; Posterize is kept at >= 1 bit (see
+    ``_fix_posterize``).
+    """
+    config = resolve_data_config(model=model)
+    channels = config['input_size'][0]
+    if len(config['mean']) != channels or len(config['std']) != channels:
+        raise ValueError(
+            f'the model\'s data config has input_size {config["input_size"]} but mean {config["mean"]} / std '
+            f'{config["std"]}: for 1-channel slices create the model with pretrained_cfg_overlay=dict('
+            f'input_size=(1, S, S), mean=(0.5,), std=(0.5,)) (the adni_convnext_* models already do)')
+    eval_tf = create_transform(**config)
+    train_config = dict(config, interpolation=interpolation or config['interpolation'])
+    try:
+        train_tf = create_transform(
+            **train_config, is_training=True, scale=tuple(scale), ratio=tuple(ratio), hflip=hflip,
+            color_jitter=color_jitter or None, auto_augment=auto_augment or None, re_prob=re_prob)
+    except AssertionError as e:  # timm asserts on unknown auto-augment policy strings
+        raise ValueError(f'auto_augment={auto_augment!r} is not a timm policy ({e}): use e.g. '
+                         f'rand-m9-mstd0.5-inc1, original or augmix-m5') from e
+    _fix_posterize(train_tf)
+    return train_tf, eval_tf
+
+
+def _keep_one_bit(level_fn, magnitude, hparams):
+    return tuple(max(1, bits) for bits in level_fn(magnitude, hparams))
+
+
+def _fix_posterize(transform) -> None:
+    """Make timm's Posterize ops keep at least 1 bit.
+
+    At full strength (magnitude 10, e.g. reached by rand-m9-mstd0.5's noise) timm asks PIL to keep
+    0 bits, which current Pillow rejects with a ValueError that kills training mid-epoch. 1 bit is
+    the closest valid setting. ``partial`` of module-level functions keeps the transform picklable.
+    """
+    for t in getattr(transform, 'transforms', []):
+        ops = list(getattr(t, 'ops', [])) + [op for sub in getattr(t, 'policy', []) for op in sub]
+        for op in ops:
+            if isinstance(op, AugmentOp) and 'Posterize' in op.name and op.level_fn is not None:
+                op.level_fn = partial(_keep_one_bit, op.level_fn)
+
+
+# ------------------------------------------------------------------------------------- reading, caching
+
+def read_image(path: str) -> Image.Image:
+    """One slice as a PIL 'L' (8-bit grayscale) image.
+
+    Colour files are converted; 16-bit / float files are scaled by their own maximum
+    (PIL's plain conversion would clip everything above 255 to white).
+    """
+    with Image.open(path) as im:
+        if im.mode == 'L':
+            return im.copy()
+        if im.mode in _HIGH_DEPTH_MODES:
+            pixels = np.asarray(im, dtype=np.float32)
+            peak = float(pixels.max())
+            return Image.fromarray(np.round(np.clip(pixels, 0, None) * (255 / peak if peak > 0 else 0))
+                                   .astype(np.uint8))
+        return im.convert('L')
+
+
+class SliceCache:
+    """Decoded slices: one contiguous uint8 array ``[N, H, W]`` plus an index by path.
+
+    One numpy buffer (not one Python object per image), so forked DataLoader workers
+    share it copy-on-write instead of each holding a copy.
+    """
+
+    def __init__(self, images: np.ndarray, paths: Sequence[str]):
+        if images.ndim != 3 or images.dtype != np.uint8 or len(images) != len(paths):
+            raise ValueError('SliceCache needs a uint8 array [N, H, W] and N paths')
+        self.images = images
+        self.index = {p: i for i, p in enumerate(paths)}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __contains__(self, path: str) -> bool:
+        return path in self.index
+
+    @property
+    def nbytes(self) -> int:
+        return self.images.nbytes
+
+    def image(self, path: str) -> Image.Image:
+        return Image.fromarray(self.images[self.index[path]])
+
+
+def _image_size(path: str) -> tuple[int, int]:
+    with Image.open(path) as im:  # reads the header only
+        return im.size
+
+
+def _available_memory() -> int | None:
+    try:
+        return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    except (ValueError, OSError, AttributeError):  # not Linux
+        return None
+
+
+def preload(slices: Sequence[Slice], num_workers: int = 0) -> SliceCache:
+    """Decode every slice once into a SliceCache (grayscale; other sizes resized to the most common one).
+
+    Call in the main process BEFORE creating the DataLoader, so forked workers share the array.
+    ``num_workers`` threads decode in parallel. Bad files raise (run ``resolve_bad_images`` first).
+    """
+    paths = list(dict.fromkeys(s.path for s in slices))
+    if not paths:
+        raise DataError('nothing to preload: the slice list is empty')
+    sizes = _map(_image_size, paths, num_workers)
+    width, height = Counter(sizes).most_common(1)[0][0]
+    need, free = len(paths) * width * height, _available_memory()
+    if free is not None and need > 0.8 * free:
+        raise DataError(f'the slice cache needs {need / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB of memory '
+                        f'is free: turn the cache off (cache: false, or --cache false)')
+    images = np.empty((len(paths), height, width), np.uint8)
+
+    def fill(i: int) -> bool:
+        img = read_image(paths[i])
+        if img.size != (width, height):
+            img = img.resize((width, height), Image.BILINEAR)
+        images[i] = np.asarray(img)
+        return sizes[i] != (width, height)
+
+    resized = sum(_map(fill, range(len(paths)), num_workers))
+    if resized:
+        _logger.info('note: resized %d of %d slices to the most common size %dx%d for the cache',
+                     resized, len(paths), width, height)
+    _logger.info('cached %d slices (%.0f MiB)', len(paths), images.nbytes / 2**20)
+    return SliceCache(images, paths)
+
+
+class SliceDataset(torch.utils.data.Dataset):
+    """``(transform(image), label)`` per slice; images come from ``cache`` if given, else from disk."""
+
+    def __init__(self, slices: Sequence[Slice], transform: Callable | None = None, cache: SliceCache | None = None):
+        self.slices = list(slices)
+        self.transform = transform
+        self.cache = cache
+        if cache is not None:
+            missing = [s.path for s in self.slices if s.path not in cache]
+            if missing:
+                raise DataError(f'{len(missing)} slice(s) are not in the cache: {_preview(missing)}. '
+                                f'Preload the same slice list the dataset uses.')
+
+    @property
+    def labels(self) -> list[int]:
+        return [s.label for s in self.slices]
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def load(self, index: int) -> Image.Image:
+        path = self.slices[index].path
+        return self.cache.image(path) if self.cache is not None else read_image(path)
+
+    def __getitem__(self, index: int):
+        image = self.load(index)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.slices[index].label
+
+
+def create_loader(dataset, batch_size: int, *, shuffle: bool, num_workers: int = 0, drop_last: bool = False,
+                  pin_memory: bool = False, seed: int = 0, persistent_workers: bool = True,
+                  prefetch_factor: int | None = None) -> torch.utils.data.DataLoader:
+    """A plain torch DataLoader whose shuffle order is reproducible (its own generator, seeded)."""
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    worker_args = {}
+    if num_workers > 0:
+        worker_args['persistent_workers'] = persistent_workers
+        if prefetch_factor is not None:
+            worker_args['prefetch_factor'] = prefetch_factor
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
+        pin_memory=pin_memory, generator=generator, **worker_args)
+
+
+# --------------------------------------------------------------------------------------------- check CLI
+
+def _size_text(size) -> str:
+    return f'{size[0]}x{size[1]}'
+
+
+def _format_counts(counts: Counter, fmt: Callable = str) -> str:
+    return ', '.join(f'{fmt(k)} ({n})' for k, n in counts.most_common())
+
+
+def _check(data_dir: Path, classes: Sequence[str], file_is_patient: bool, num_workers: int):
+    """Everything ``check`` prints: (report lines, notes, problems)."""
+    lines = [f'DATA_DIR {data_dir}   classes: ' + ', '.join(f'{c}={i}' for i, c in enumerate(classes)),
+             f'{"split":<6} {"class":<6} {"patients":>8} {"slices":>7}   slices/patient min/median/max']
+    problems, notes, found = [], [], {}
+    if not data_dir.is_dir():
+        return lines[:1], notes, [f'DATA_DIR {data_dir} does not exist or is not a folder: pass the folder that '
+                                  f'holds train/ and test/ (the ADNI AD_NC folder)']
+    for split in SPLITS:
+        try:
+            slices, split_problems, ignored = _scan(_split_dir(data_dir, split, classes), classes, file_is_patient)
+        except DataError as e:
+            problems.append(str(e))
+            continue
+        found[split] = slices
+        problems += split_problems
+        if ignored:
+            notes.append(f'{split}: ignored {len(ignored)} entries that are not images: {_preview(ignored)}')
+        for row in summarize(slices, classes):
+            lo, mid, hi = row['per_patient']
+            lines.append(f'{split:<6} {row["name"]:<6} {row["patients"]:>8} {row["slices"]:>7}   {lo}/{mid:g}/{hi}')
+    if len(found) == 2:
+        try:
+            check_no_leakage(found['train'], found['test'])
+        except DataError as e:
+            problems.append(str(e))
+    infos = _inspect_all([s for split in found.values() for s in split], num_workers)
+    lines.append('image sizes (WxH): ' + (_format_counts(Counter(i.size for i in infos if i.size), _size_text)
+                                          or 'none'))
+    lines.append('image modes: ' + (_format_counts(Counter(i.mode for i in infos if i.mode)) or 'none'))
+    notes += _notes(infos)
+    problems += [f'{i.path}: {i.problem}' for i in infos if i.problem]
+    return lines, notes, problems
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m adni_timm.data',
+                                     description='Tools for data in the ADNI AD_NC layout.')
+    commands = parser.add_subparsers(dest='command', required=True)
+    check = commands.add_parser(
+        'check', help='report patients, slices, image sizes and every problem; exit 1 on problems',
+        description=f'Check DATA_DIR/{{train,test}}/{{NC,AD}}/{FILE_NAME_PATTERN}: print patients and slices '
+                    f'per split and class, slices per patient, image sizes and modes, and every problem '
+                    f'found. Exit status 1 when there are problems.')
+    check.add_argument('data_dir', metavar='DATA_DIR', type=Path)
+    check.add_argument('--classes', default=','.join(DEFAULT_CLASSES),
+                       help='class folders in label order (default NC,AD: NC=0, AD=1)')
+    check.add_argument('--file-is-patient', action='store_true',
+                       help='treat each file as its own patient (names without <patient>_<slice>)')
+    check.add_argument('--workers', type=int, default=min(8, os.cpu_count() or 1),
+                       help='threads decoding images (default: up to 8)')
+    args = parser.parse_args(argv)
+    try:
+        classes = parse_classes(args.classes)
+    except DataError as e:
+        parser.error(str(e))
+    lines, notes, problems = _check(args.data_dir, classes, args.file_is_patient, args.workers)
+    print('\n'.join(lines))
+    for note in notes:
+        print(f'note: {note}')
+    if problems:
+        print(f'{len(problems)} problem(s):')
+        print('\n'.join(f'- {p}' for p in problems))
+        return 1
+    print('no problems found')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

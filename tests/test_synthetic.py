@@ -1,0 +1,161 @@
+"""The SYNTHETIC ADNI-layout generator: layout, file format, determinism, and measurable atrophy."""
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from adni_timm import synthetic
+from adni_timm.synthetic import HEIGHT, WIDTH, SyntheticError, demo_dataset, generate, render_patient
+
+TRAIN, TEST, SLICES = 3, 2, 4
+NAME = re.compile(r'^(\d{6})_(\d+)\.jpeg$')
+
+
+@pytest.fixture(scope='module')
+def synth(tmp_path_factory) -> Path:
+    return generate(tmp_path_factory.mktemp('synth') / 'AD_NC', TRAIN, TEST, slices=SLICES, seed=0)
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob('*') if p.is_file())
+
+
+def _patients(folder: Path) -> dict[str, list[int]]:
+    found = defaultdict(list)
+    for f in folder.iterdir():
+        m = NAME.match(f.name)
+        assert m, f'bad file name {f.name}'
+        found[m[1]].append(int(m[2]))
+    return found
+
+
+def test_layout_and_counts(synth):
+    assert sorted(p.name for p in synth.iterdir()) == ['test', 'train']
+    for split, n in (('train', TRAIN), ('test', TEST)):
+        assert sorted(p.name for p in (synth / split).iterdir()) == ['AD', 'NC']
+        for name in ('AD', 'NC'):
+            patients = _patients(synth / split / name)
+            assert len(patients) == n
+            for indices in patients.values():  # consecutive axial slices per patient
+                assert sorted(indices) == list(range(min(indices), min(indices) + SLICES))
+                assert 40 <= min(indices) <= 80
+
+
+def test_patient_ids_unique_across_splits_and_classes(synth):
+    ids = [pid for split in ('train', 'test') for name in ('AD', 'NC') for pid in _patients(synth / split / name)]
+    assert len(ids) == 2 * (TRAIN + TEST)
+    assert len(set(ids)) == len(ids)
+
+
+def test_files_are_256x240_grayscale_jpegs_marked_synthetic(synth):
+    for f in _files(synth)[:6]:
+        with Image.open(f) as im:
+            assert im.format == 'JPEG'
+            assert im.mode == 'L'
+            assert im.size == (WIDTH, HEIGHT) == (256, 240)
+            assert b'SYNTHETIC' in im.info['comment']
+
+
+def test_deterministic_for_a_seed(synth, tmp_path):
+    again = generate(tmp_path / 'again', TRAIN, TEST, slices=SLICES, seed=0)
+    ours, theirs = _files(synth), _files(again)
+    assert [p.relative_to(synth) for p in ours] == [p.relative_to(again) for p in theirs]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(ours, theirs))
+    other = generate(tmp_path / 'other', TRAIN, TEST, slices=SLICES, seed=1)
+    assert {p.name for p in _files(other)} != {p.name for p in ours}
+
+
+def test_slices_of_a_patient_differ_but_resemble_each_other():
+    _, images = render_patient(3, 0.5, slices=3)
+    a, b = images[0].astype(float), images[1].astype(float)
+    assert np.abs(a - b).mean() > 0.5  # not the same picture
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.8  # but the same head
+
+
+def _ventricle_csf(images: np.ndarray) -> float:
+    """Fraction of dark (CSF) pixels in the central region where the ventricles sit."""
+    centre = images[:, HEIGHT // 2 - 40:HEIGHT // 2 + 40, WIDTH // 2 - 25:WIDTH // 2 + 25]
+    return float((centre < 60).mean())
+
+
+def _cortex_csf(images: np.ndarray) -> float:
+    """Fraction of dark pixels inside the head outside the central region: sulci and widened CSF spaces."""
+    head = images > 30
+    ring = head.copy()
+    ring[:, HEIGHT // 2 - 60:HEIGHT // 2 + 60, WIDTH // 2 - 50:WIDTH // 2 + 50] = False
+    return float(((images < 60) & ring).sum() / ring.sum())
+
+
+@pytest.mark.parametrize('seed', range(4))
+def test_atrophy_enlarges_ventricles_and_sulci(seed):
+    _, healthy = render_patient(seed, 0.1, slices=4)
+    _, atrophic = render_patient(seed, 0.9, slices=4)
+    assert _ventricle_csf(atrophic) > 1.5 * _ventricle_csf(healthy)
+    assert _cortex_csf(atrophic) > _cortex_csf(healthy)
+
+
+def test_ad_patients_have_larger_ventricles_on_average(synth):
+    def mean_csf(folder):
+        return np.mean([_ventricle_csf(np.asarray(Image.open(f))[None]) for f in sorted(folder.iterdir())])
+    for split in ('train', 'test'):
+        assert mean_csf(synth / split / 'AD') > mean_csf(synth / split / 'NC')
+
+
+def test_more_classes(tmp_path):
+    out = generate(tmp_path / 'three', 1, 1, slices=1, classes=('NC', 'MCI', 'AD'))
+    assert sorted(p.name for p in (out / 'train').iterdir()) == ['AD', 'MCI', 'NC']
+
+
+def test_refuses_to_mix_into_a_used_folder(synth):
+    with pytest.raises(SyntheticError, match='already holds files'):
+        generate(synth, 1, 1, slices=1)
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(SyntheticError, match='unknown difficulty'):
+        generate(tmp_path / 'x', 1, 1, difficulty='easy')
+    with pytest.raises(SyntheticError, match='knows classes'):
+        generate(tmp_path / 'x', 1, 1, classes=('NC', 'FTD'))
+
+
+def test_cli(tmp_path, capsys):
+    assert synthetic.main([str(tmp_path / 'cli'), '--train-patients', '1', '--test-patients', '1',
+                           '--slices', '2', '--difficulty', 'demo']) == 0
+    assert len(_files(tmp_path / 'cli')) == 2 * 2 * 2
+    assert 'SYNTHETIC' in capsys.readouterr().out
+    assert synthetic.main([str(tmp_path / 'cli'), '--train-patients', '1', '--test-patients', '1']) == 2
+    assert 'already holds files' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        synthetic.main(['--help'])
+    assert e.value.code == 0
+    assert 'SYNTHETIC' in capsys.readouterr().out
+
+
+def test_demo_dataset_is_generated_once_and_atomically(tmp_path, monkeypatch):
+    monkeypatch.setattr(synthetic, 'DEMO_PARAMS', dict(train_patients=1, test_patients=1, slices=2, seed=0,
+                                                       difficulty='demo'))
+    monkeypatch.setenv('ADNI_TIMM_CACHE', str(tmp_path / 'cache'))
+    first = demo_dataset()
+    assert first.parent == tmp_path / 'cache'
+    assert f'v{synthetic.GENERATOR_VERSION}' in first.name and 'demo' in first.name
+    assert len(_files(first)) == 2 * 2 * 2
+    assert [p.name for p in (tmp_path / 'cache').iterdir()] == [first.name]  # no temp folder left behind
+
+    def fail(*args, **kwargs):
+        raise AssertionError('generated twice')
+    monkeypatch.setattr(synthetic, 'generate', fail)
+    assert demo_dataset() == first
+    assert demo_dataset(cache_root=tmp_path / 'cache') == first
+
+
+def test_parallel_generation_writes_identical_files(tmp_path):
+    from adni_timm.synthetic import generate
+    generate(tmp_path / 'one', 2, 1, slices=3, seed=5, workers=1)
+    generate(tmp_path / 'two', 2, 1, slices=3, seed=5, workers=2)
+    files_one = sorted(p.relative_to(tmp_path / 'one') for p in (tmp_path / 'one').rglob('*.jpeg'))
+    files_two = sorted(p.relative_to(tmp_path / 'two') for p in (tmp_path / 'two').rglob('*.jpeg'))
+    assert files_one == files_two and len(files_one) == (2 + 1) * 2 * 3
+    assert all((tmp_path / 'one' / f).read_bytes() == (tmp_path / 'two' / f).read_bytes() for f in files_one)
