@@ -124,6 +124,8 @@ def _print_summary(result) -> None:
     print(f'  load it:    timm.create_model("local-dir:{run / "best"}", pretrained=True)')
     print(f'metrics:      {run / "metrics.jsonl"}   curves: {run / "curves.png"}')
     if result.eval_metrics:
+        from adni_timm.evaluation import format_table
+        print('\n' + format_table(result.eval_metrics))
         p = result.eval_metrics['patient']
         print(f'test eval:    {run / "eval"}  patient accuracy {p["accuracy"]:.3f}, AUC {p["auc"]}, '
               f'sensitivity {p["sensitivity"]:.3f}, specificity {p["specificity"]:.3f}')
