@@ -8,6 +8,7 @@ underscores (``--weight-decay 0.05``).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,8 @@ def validate_config(cfg: TrainConfig) -> None:
     for key, choices in _CHOICES.items():
         if getattr(cfg, key) not in choices:
             bad(key, 'not a valid choice', f'choose one of {list(choices)}')
+    if cfg.log_with is not None and importlib.util.find_spec(cfg.log_with) is None:
+        bad('log_with', f'the {cfg.log_with} package is not installed', f'pip install {cfg.log_with}, or leave it off')
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:

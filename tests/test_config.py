@@ -55,3 +55,11 @@ def test_unknown_key_in_yaml_is_refused(tmp_path):
 def test_missing_config_file_lists_presets(tmp_path):
     with pytest.raises(ConfigError, match='presets: adni, demo, seed'):
         load_config(tmp_path / 'nope.yaml')
+
+
+def test_tracker_must_be_installed(monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'wandb' else real(name, *a))
+    with pytest.raises(ConfigError, match='pip install wandb'):
+        load_config(None, {'log_with': 'wandb'})

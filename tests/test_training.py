@@ -246,3 +246,15 @@ def test_bool_overrides_work_as_flags():
     import train as train_cli
     args = train_cli.build_parser().parse_args(['--skip-bad-images', '--ema', 'false'])
     assert args.skip_bad_images == 'true' and args.ema == 'false'
+
+
+@pytest.mark.gpu
+def test_cuda_run_uses_bf16_channels_last_and_exports_loadable_weights(tiny_data, tmp_path):
+    run = tmp_path / 'cuda'
+    run_train('--data-dir', tiny_data, '--output-dir', run, *with_option(TINY, '--num-workers', '2'))
+    record = yaml.safe_load((run / 'train_config.yaml').read_text())
+    assert record['device'].startswith('cuda')
+    assert record['mixed_precision'] == ('bf16' if torch.cuda.is_bf16_supported() else 'fp16')
+    import timm
+    model = timm.create_model(f'local-dir:{run / "best"}', pretrained=True).eval()
+    assert torch.isfinite(model(torch.randn(2, 1, 64, 64))).all()
