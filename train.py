@@ -12,7 +12,6 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 
 from adni_timm.config import CONFIG_DIR, ConfigError, TrainConfig, field_types, load_config
 
@@ -50,9 +49,15 @@ def run(argv=None):
     logging.getLogger('adni_timm').setLevel(args.log_level.upper())  # libraries below stay at warnings
     overrides = {k: getattr(args, k) for k in field_types() if getattr(args, k) is not None}
 
-    from adni_timm.training import resumed_config, train
+    from adni_timm.training import read_run_record, resumed_config, train
 
-    data_note = None
+    if args.resume:  # the run's own record says what it was: recipe, data, test evaluation
+        if not args.output_dir:
+            parser.error('--resume needs --output-dir: the run folder to continue')
+        record = read_run_record(args.output_dir)
+        cfg = resumed_config(args.output_dir, overrides)
+        return train(cfg, args.data_dir or record['data_dir'], args.output_dir, resume=True,
+                     eval_test=args.eval_test or record.get('eval_test', False), data_note=record.get('data'))
     if args.demo:
         import torch
 
@@ -60,33 +65,13 @@ def run(argv=None):
         if not torch.cuda.is_available():
             overrides.setdefault('img_size', '64')  # ConvNeXt-T at 224 px trains at ~5 img/s on a laptop CPU
         cfg = load_config(args.config or 'demo', overrides)
-        data_dir = args.data_dir or demo_dataset()
-        output_dir = args.output_dir or f'runs/demo-{time.strftime("%Y%m%d-%H%M%S")}'
-        data_note = 'synthetic (adni_timm.synthetic demo set; NOT real MRI)'
-        eval_test = True
-    else:
-        if not args.output_dir:
-            parser.error('--output-dir is required (or use --demo)')
-        output_dir = args.output_dir
-        if args.resume:
-            cfg = resumed_config(output_dir, overrides)
-            data_dir = args.data_dir or _recorded_data_dir(output_dir)
-        else:
-            if not args.data_dir:
-                parser.error('--data-dir is required (the AD_NC folder), or use --demo')
-            cfg = load_config(args.config, overrides)
-            data_dir = args.data_dir
-        eval_test = args.eval_test
-    return train(cfg, data_dir, output_dir, resume=args.resume, overwrite=args.overwrite, eval_test=eval_test,
-                 data_note=data_note)
-
-
-def _recorded_data_dir(run_dir: str) -> str:
-    import yaml
-    record = Path(run_dir) / 'train_config.yaml'
-    if not record.is_file():
-        raise ConfigError(f'--resume: {record} not found; is {run_dir} a training run folder?')
-    return yaml.safe_load(record.read_text())['data_dir']
+        return train(cfg, args.data_dir or demo_dataset(),
+                     args.output_dir or f'runs/demo-{time.strftime("%Y%m%d-%H%M%S")}', overwrite=args.overwrite,
+                     eval_test=True, data_note='synthetic (adni_timm.synthetic demo set; NOT real MRI)')
+    if not args.output_dir or not args.data_dir:
+        parser.error('--data-dir (the AD_NC folder) and --output-dir are required, or use --demo')
+    cfg = load_config(args.config, overrides)
+    return train(cfg, args.data_dir, args.output_dir, overwrite=args.overwrite, eval_test=args.eval_test)
 
 
 def main(argv=None) -> int:

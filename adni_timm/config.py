@@ -177,8 +177,10 @@ def validate_config(cfg: TrainConfig) -> None:
         bad('warmup_epochs', f'must be smaller than epochs ({cfg.epochs})', 'lower warmup_epochs')
     if not 0 < cfg.ema_decay < 1:
         bad('ema_decay', 'must be in (0, 1)', 'e.g. 0.9998')
-    if not (0 < cfg.scale[0] <= cfg.scale[1] <= 1) or len(cfg.scale) != 2:
+    if len(cfg.scale) != 2 or not (0 < cfg.scale[0] <= cfg.scale[1] <= 1):
         bad('scale', 'must be [min, max] with 0 < min <= max <= 1', 'e.g. [0.7, 1.0]')
+    if len(cfg.ratio) != 2 or not (0 < cfg.ratio[0] <= cfg.ratio[1]):
+        bad('ratio', 'must be [min, max] aspect ratios with 0 < min <= max', 'e.g. [0.9, 1.1]')
     if len(cfg.classes) < 2 or len(set(cfg.classes)) != len(cfg.classes):
         bad('classes', 'needs at least two distinct class folder names', 'e.g. [NC, AD]')
     if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.batch_size % 2:

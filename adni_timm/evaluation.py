@@ -29,6 +29,7 @@ from huggingface_hub import hf_hub_download
 from timm.data import resolve_data_config
 
 from . import data, hub, metrics, plots
+from .hardware import bf16_supported
 
 __all__ = [
     'EvaluationError', 'resolve_model', 'positive_index', 'predict', 'evaluate', 'format_table', 'predict_images',
@@ -169,7 +170,7 @@ def predict(model: torch.nn.Module, slices: Sequence[data.Slice], *, batch_size:
     net.eval().to(device)
     if cuda:
         net.to(memory_format=torch.channels_last)
-    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = torch.bfloat16 if cuda and bf16_supported() else torch.float16
     autocast = torch.autocast('cuda', dtype=amp_dtype) if cuda else nullcontext()
     out = []
     try:
@@ -369,7 +370,7 @@ def _fmt(value, ci=None) -> str:
 def format_table(result: dict) -> str:
     """A compact console table: slice and patient columns, 95% CIs in brackets."""
     s, p = result['slice'], result['patient']
-    width = 24
+    width = max(24, len(str(s['confusion_matrix'])) + 2)  # confusion matrices of ADNI size run wide
     lines = [
         f"{result.get('model', '')} on {result.get('data_dir', '')}/{result.get('split', '')}: "
         f"{result.get('positive_class', 'AD')} positive, threshold {result['threshold']:.3f} "

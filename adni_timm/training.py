@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
@@ -36,11 +36,12 @@ from tqdm.auto import tqdm
 from . import data, hub, metrics
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_to_dict, make_config
+from .hardware import bf16_supported
 from .models import CROP_PCT, INTERPOLATION, MEAN, STD
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ['TrainingError', 'TrainResult', 'resumed_config', 'train']
+__all__ = ['TrainingError', 'TrainResult', 'read_run_record', 'resumed_config', 'train']
 
 
 class TrainingError(RuntimeError):
@@ -59,51 +60,48 @@ class TrainResult:
 def train(cfg: TrainConfig, data_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
           resume: bool = False, overwrite: bool = False, eval_test: bool = False,
           data_note: str | None = None) -> TrainResult:
-    accelerator = make_accelerator(cfg)
-    if not accelerator.is_main_process:  # one voice: other processes only report errors
-        logging.getLogger('adni_timm').setLevel(logging.ERROR)
     run_dir = Path(output_dir)
-    if not resume:
-        _claim_run_dir(run_dir, overwrite, accelerator)
+    accelerator = make_accelerator(cfg, run_dir)
     main = accelerator.is_main_process
+    if not main:  # one voice: other processes only report errors
+        logging.getLogger('adni_timm').setLevel(logging.ERROR)
+    if resume:
+        _check_same_processes(run_dir, accelerator)
+    else:
+        _claim_run_dir(run_dir, overwrite, accelerator)
 
     # ---- data: scan, split by patient, check for leakage and bad files before any training
     train_slices, val_slices, test_slices, split = load_splits(cfg, data_dir, main)
+    if eval_test and not test_slices:
+        raise TrainingError(f'--eval-test: {data_dir} has no test split to evaluate on; drop --eval-test or add '
+                            f'{Path(data_dir) / "test"}')
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(run_dir / 'split.json', split)
-        _write_yaml(run_dir / 'train_config.yaml', _run_record(cfg, data_dir, data_note, accelerator))
+        _write_yaml(run_dir / 'train_config.yaml', _run_record(cfg, data_dir, data_note, eval_test, accelerator))
 
     # ---- model and transforms (the eval transform is the one timm resolves for the exported model)
-    set_seed(cfg.seed)
-    model = create_model(cfg)
+    set_seed(cfg.seed)  # the same initial weights on every process
+    base_model = create_model(cfg).to(accelerator.device)
     train_tf, eval_tf = data.build_transforms(
-        model, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), hflip=cfg.hflip, color_jitter=cfg.color_jitter,
-        auto_augment=cfg.auto_augment, re_prob=cfg.re_prob)
+        base_model, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), hflip=cfg.hflip,
+        color_jitter=cfg.color_jitter, auto_augment=cfg.auto_augment, re_prob=cfg.re_prob)
     train_loader, val_loader = _make_loaders(cfg, train_slices, val_slices, train_tf, eval_tf, accelerator)
-
-    # ---- optimisation
-    optimizer = timm.optim.create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    updates_per_epoch = max(1, math.ceil(len(train_loader) / accelerator.num_processes / cfg.grad_accum_steps))
-    scheduler, _ = timm.scheduler.create_scheduler_v2(
-        optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
-        warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch)
-    mixup = None
-    if cfg.mixup > 0 or cfg.cutmix > 0:
-        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
-                      num_classes=len(cfg.classes))
-        train_loss_fn = SoftTargetCrossEntropy()
-    elif cfg.smoothing > 0:
-        train_loss_fn = LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
-    else:
-        train_loss_fn = torch.nn.CrossEntropyLoss()
-
-    base_model = model.to(accelerator.device)
     if cfg.channels_last and accelerator.device.type == 'cuda':
         base_model = base_model.to(memory_format=torch.channels_last)
     ema = ModelEmaV3(base_model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema else None
-    model = torch.compile(base_model) if cfg.compile else base_model
-    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    if cfg.compile:
+        base_model.compile()  # in place: state-dict keys stay plain, so checkpoints resume with or without it
+    set_seed(cfg.seed + accelerator.process_index)  # but different drop-path and augmentation draws per process
+
+    # ---- optimisation
+    optimizer = timm.optim.create_optimizer_v2(base_model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, optimizer, train_loader, val_loader = accelerator.prepare(base_model, optimizer, train_loader, val_loader)
+    updates_per_epoch = max(1, math.ceil(len(train_loader) / cfg.grad_accum_steps))  # per process, after sharding
+    scheduler, _ = timm.scheduler.create_scheduler_v2(
+        optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
+        warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch)
+    mixup, train_loss_fn = _make_loss(cfg)
 
     # ---- resume
     state = {'epoch': 0, 'num_updates': 0, 'history': [], 'best': None}
@@ -113,65 +111,72 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike, output_dir: str | os.Pa
             raise TrainingError(f'--resume: no complete checkpoint in {run_dir / "checkpoints"}; '
                                 f'start a new run without --resume (or with --overwrite)')
         state = load_checkpoint(accelerator, ckpt, ema)
-        scheduler.load_state_dict(state['scheduler'])
+        scheduler.step_update(num_updates=state['num_updates'])  # the lr is a function of the update count
+        if main:
+            _repair_best_export(run_dir, state, base_model, ema, cfg, data_note)
         _logger.info('resumed from %s after epoch %d', ckpt, state['epoch'])
     if cfg.log_with:
-        accelerator.init_trackers(run_dir.name, config=config_to_dict(cfg))
+        accelerator.init_trackers(run_dir.name, config=_tracker_config(cfg))
 
     # ---- the loop
     val_patients = [s.patient for s in val_slices]
-    val_labels = np.array([s.label for s in val_slices])
+    positive = _positive_index(cfg)
+    val_labels = np.array([int(s.label == positive) for s in val_slices])  # AD vs rest
     for epoch in range(state['epoch'], cfg.epochs):
         t0 = time.perf_counter()
         train_loader.set_epoch(epoch)  # seedable sampler: the shuffle depends on (seed, epoch), so resume replays it
+        if getattr(train_loader, 'generator', None) is not None:
+            # worker seeds are drawn from this generator: make them differ per process (the sampler reseeds it
+            # from (seed, epoch) afterwards, so the shared shuffle order is unchanged)
+            train_loader.generator.manual_seed(cfg.seed * 1_000_003 + accelerator.process_index * 7_919 + epoch)
         train_stats = train_one_epoch(
             model, base_model, train_loader, optimizer, scheduler, train_loss_fn, mixup, ema, accelerator, cfg,
             epoch, state)
         row = {'epoch': epoch + 1, **train_stats, 'lr': optimizer.param_groups[0]['lr']}
         candidates = {}
-        if len(val_slices):
-            for name, net in (('live', model), ('ema', ema.module if ema is not None else None)):
-                if net is None:
-                    continue
-                probs, val_loss = validate(net, val_loader, accelerator)
-                report = metrics.slice_and_patient_metrics(val_patients, val_labels, _positive_prob(probs, cfg))
-                prefix = 'val' if name == 'live' else 'ema_val'
-                row[f'{prefix}_loss'] = val_loss
-                row[f'{prefix}_slices'] = int(len(probs))
-                for level in ('slice', 'patient'):
-                    for key in ('accuracy', 'balanced_accuracy', 'auc', 'sensitivity', 'specificity'):
-                        row[f'{prefix}_{level}_{key}'] = report[level][key]
-                ids, y, p = metrics.patient_level(val_patients, val_labels, _positive_prob(probs, cfg))
-                candidates[name] = (report, val_loss, metrics.youden_threshold(y, p))
+        nets = {'live': base_model, 'ema': ema.module if ema is not None else None}
+        for name, net in nets.items():
+            if net is None or not val_slices:
+                continue
+            probs, val_loss = validate(net, val_loader, accelerator)
+            p_pos = probs[:, positive]
+            report = metrics.slice_and_patient_metrics(val_patients, val_labels, p_pos)
+            prefix = 'val' if name == 'live' else 'ema_val'
+            row[f'{prefix}_loss'] = val_loss
+            row[f'{prefix}_slices'] = int(len(probs))
+            for level in ('slice', 'patient'):
+                for key in ('accuracy', 'balanced_accuracy', 'auc', 'sensitivity', 'specificity'):
+                    row[f'{prefix}_{level}_{key}'] = report[level][key]
+            _, y, p = metrics.patient_level(val_patients, val_labels, p_pos)
+            candidates[name] = (report, val_loss, metrics.youden_threshold(y, p))
         row['epoch_time_s'] = time.perf_counter() - t0
 
         is_best, chosen = _update_best(state, row, candidates, cfg, epoch)
-        if is_best and main:
-            weights = ema.module if chosen == 'ema' else accelerator.unwrap_model(model)
-            hub.export_model(weights, run_dir / 'best', extra=_best_extra(state['best'], cfg, data_note))
         state['history'].append(row)
         state['epoch'] = epoch + 1
-        state['scheduler'] = scheduler.state_dict()
+        # checkpoint first, then the best export: a kill in between is repaired on resume (_repair_best_export)
+        save_checkpoint(accelerator, run_dir / 'checkpoints', state, ema)
         if main:
+            if is_best:
+                weights = ema.module if chosen == 'ema' else base_model
+                hub.export_model(weights, run_dir / 'best', extra=_best_extra(state['best'], cfg, data_note))
             _write_history(run_dir, state['history'])
         if cfg.log_with:
             accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None},
                             step=epoch + 1)
-        save_checkpoint(accelerator, run_dir / 'checkpoints', state, ema)
         _logger.info(_epoch_line(row, cfg, is_best))
 
     if cfg.log_with:
         accelerator.end_training()
-    result = TrainResult(run_dir=run_dir, best=state['best'], history=state['history'],
-                         model=accelerator.unwrap_model(model))
-    if eval_test and main:
-        if not test_slices:
-            raise TrainingError(f'--eval-test: {data_dir} has no test split to evaluate on')
-        from . import evaluation
-        result.eval_metrics = evaluation.evaluate(
-            str(run_dir), data_dir, split='test', output_dir=run_dir / 'eval', classes=cfg.classes,
-            num_workers=min(cfg.num_workers, 4))
-    accelerator.wait_for_everyone()
+    result = TrainResult(run_dir=run_dir, best=state['best'], history=state['history'], model=base_model)
+    try:
+        if eval_test and main:
+            from . import evaluation
+            result.eval_metrics = evaluation.evaluate(
+                str(run_dir), data_dir, split='test', output_dir=run_dir / 'eval', classes=cfg.classes,
+                num_workers=min(cfg.num_workers, 4))
+    finally:  # other processes wait here; an error on the main process must not leave them hanging
+        accelerator.wait_for_everyone()
     return result
 
 
@@ -206,7 +211,10 @@ def train_one_epoch(model, base_model, loader, optimizer, scheduler, loss_fn, mi
         seen += images.shape[0]
         bar.update(images.shape[0] * accelerator.num_processes)
         if step % 50 == 0 or step == len(loader) - 1:  # occasional host sync: progress and the NaN guard
-            mean_loss = (loss_sum / max(seen, 1)).item()
+            # reduced over processes so that all of them stop together, not one while others wait
+            totals = accelerator.reduce(torch.stack([loss_sum, torch.tensor(float(seen), device=loss_sum.device)]),
+                                        'sum')
+            mean_loss = (totals[0] / totals[1].clamp(min=1)).item()
             if not math.isfinite(mean_loss):
                 raise TrainingError(
                     f'non-finite training loss ({mean_loss}) in epoch {epoch + 1}, step {step}; '
@@ -221,14 +229,18 @@ def train_one_epoch(model, base_model, loader, optimizer, scheduler, loss_fn, mi
 
 @torch.inference_mode()
 def validate(model, loader, accelerator) -> tuple[np.ndarray, float]:
-    """Softmax probabilities for every validation slice, in dataset order, exactly once across processes."""
+    """Softmax probabilities for every validation slice, in dataset order, exactly once across processes.
+
+    ``model`` is the plain module (not the DDP wrapper); its ``forward`` runs eagerly even when
+    the module was compiled, which avoids recompiling for eval mode and the last partial batch.
+    """
     model.eval()
     all_probs, all_losses = [], []
     for images, targets in loader:
         if images.is_cuda:
             images = images.contiguous(memory_format=torch.channels_last)
         with accelerator.autocast():
-            logits = model(images).float()
+            logits = model.forward(images).float()
         losses = F.cross_entropy(logits, targets, reduction='none')
         probs, losses = accelerator.gather_for_metrics((logits.softmax(-1), losses))
         all_probs.append(probs.cpu())
@@ -239,15 +251,19 @@ def validate(model, loader, accelerator) -> tuple[np.ndarray, float]:
 
 # ---------------------------------------------------------------------------------------------- set-up helpers
 
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
+def make_accelerator(cfg: TrainConfig, run_dir: Path | None = None) -> Accelerator:
     precision = cfg.mixed_precision
     if precision == 'auto':
         if torch.cuda.is_available():
-            precision = 'bf16' if torch.cuda.is_bf16_supported() else 'fp16'
+            precision = 'bf16' if bf16_supported() else 'fp16'
         else:
             precision = 'no'  # autocast on CPU is slower than fp32 here
+    project = None
+    if run_dir is not None:  # trackers (TensorBoard, W&B) log under RUN/logs
+        project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / 'logs'))
     return Accelerator(
         mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum_steps, log_with=cfg.log_with,
+        project_config=project,
         # non_blocking: host-to-GPU copies from pinned memory overlap with compute
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed,
                                                   non_blocking=torch.cuda.is_available()))
@@ -270,7 +286,7 @@ def load_splits(cfg: TrainConfig, data_dir, main: bool):
         test_slices = data.scan_split(data_dir, 'test', classes=tuple(cfg.classes),
                                       file_is_patient=cfg.file_is_patient)
         data.check_no_leakage(train_all, test_slices, names=('train', 'test'))
-    train_all = data.resolve_bad_images(train_all, skip_bad=cfg.skip_bad_images)
+    train_all = data.resolve_bad_images(train_all, skip_bad=cfg.skip_bad_images, num_workers=cfg.num_workers)
     if cfg.split_level == 'slice':
         if main:
             _logger.warning('split_level=slice: slices of one patient land in both train and val. This LEAKS '
@@ -313,26 +329,76 @@ def _claim_run_dir(run_dir: Path, overwrite: bool, accelerator: Accelerator) -> 
     accelerator.wait_for_everyone()
 
 
-# keys that may change when a run is continued: they do not change what is learned
+# keys that may change when a run is continued. All but epochs leave what is learned as it was; a new
+# epochs re-stretches the schedule (e.g. the cosine) over the new length from the current update on.
 RESUME_OVERRIDABLE = ('epochs', 'num_workers', 'log_with', 'compile', 'cache')
+
+
+def read_run_record(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """RUN/train_config.yaml: the resolved config, data folder, versions."""
+    record = Path(run_dir) / 'train_config.yaml'
+    if not record.is_file():
+        raise TrainingError(f'--resume: {record} not found; is {run_dir} a training run folder?')
+    return yaml.safe_load(record.read_text())
 
 
 def resumed_config(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """--resume continues with the run's own recorded config; only RESUME_OVERRIDABLE keys may change."""
-    record = Path(run_dir) / 'train_config.yaml'
-    if not record.is_file():
-        raise TrainingError(f'--resume: {record} not found; is {run_dir} a training run folder?')
-    saved = yaml.safe_load(record.read_text())['config']
+    saved = read_run_record(run_dir)['config']
     refused = sorted(k for k in (overrides or {}) if k not in RESUME_OVERRIDABLE)
     if refused:
         raise TrainingError(f'--resume continues the recorded recipe; {refused} cannot change (only '
                             f'{list(RESUME_OVERRIDABLE)} can). Start a new run to change them.')
-    return make_config({**saved, **(overrides or {})}, source=str(record))
+    return make_config({**saved, **(overrides or {})}, source=str(Path(run_dir) / 'train_config.yaml'))
 
 
-def _positive_prob(probs: np.ndarray, cfg: TrainConfig) -> np.ndarray:
-    positive = cfg.classes.index('AD') if 'AD' in cfg.classes else len(cfg.classes) - 1
-    return probs[:, positive]
+def _positive_index(cfg: TrainConfig) -> int:
+    """AD is the positive class; without an AD folder, the last class."""
+    return cfg.classes.index('AD') if 'AD' in cfg.classes else len(cfg.classes) - 1
+
+
+def _make_loss(cfg: TrainConfig):
+    """(mixup or None, training loss): timm's Mixup + SoftTargetCrossEntropy, or (smoothed) cross-entropy."""
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
+                      num_classes=len(cfg.classes))
+        return mixup, SoftTargetCrossEntropy()
+    if cfg.smoothing > 0:
+        return None, LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
+    return None, torch.nn.CrossEntropyLoss()
+
+
+def _tracker_config(cfg: TrainConfig) -> dict[str, Any]:
+    """TensorBoard's hparams take scalars and strings only."""
+    return {k: ','.join(map(str, v)) if isinstance(v, list) else ('null' if v is None else v)
+            for k, v in config_to_dict(cfg).items()}
+
+
+def _check_same_processes(run_dir: Path, accelerator: Accelerator) -> None:
+    """--batch-size is per process: resuming on another process count would change the recipe."""
+    record = run_dir / 'train_config.yaml'
+    recorded = yaml.safe_load(record.read_text()).get('num_processes') if record.is_file() else None
+    if recorded is not None and recorded != accelerator.num_processes:
+        raise TrainingError(f'--resume: {run_dir} was trained with {recorded} process(es), this launch has '
+                            f'{accelerator.num_processes}; resume with the same number of GPUs / processes')
+
+
+def _repair_best_export(run_dir: Path, state: dict, base_model, ema, cfg: TrainConfig, data_note) -> None:
+    """A kill between the checkpoint and the best export leaves RUN/best one best behind: redo it.
+
+    Only the last checkpointed epoch can be missing, and its weights are the ones just loaded.
+    """
+    best = state.get('best')
+    if not best or best['epoch'] != state['epoch']:
+        return
+    try:
+        exported_epoch = hub.export_extra(run_dir / 'best').get('epoch')
+    except FileNotFoundError:
+        exported_epoch = None
+    if exported_epoch != best['epoch']:
+        weights = ema.module if best['weights'] == 'ema' and ema is not None else base_model
+        hub.export_model(weights, run_dir / 'best', extra=_best_extra(best, cfg, data_note))
+        _logger.info('re-exported the best model (epoch %d) to %s', best['epoch'], run_dir / 'best')
 
 
 def _update_best(state, row, candidates, cfg, epoch) -> tuple[bool, str]:
@@ -391,7 +457,7 @@ def _epoch_line(row: dict, cfg: TrainConfig, is_best: bool) -> str:
     return ' | '.join(parts) + ('  *best*' if is_best else '')
 
 
-def _run_record(cfg: TrainConfig, data_dir, data_note, accelerator: Accelerator) -> dict[str, Any]:
+def _run_record(cfg: TrainConfig, data_dir, data_note, eval_test: bool, accelerator: Accelerator) -> dict[str, Any]:
     import accelerate
     import huggingface_hub
     import sklearn
@@ -401,6 +467,7 @@ def _run_record(cfg: TrainConfig, data_dir, data_note, accelerator: Accelerator)
         'config': config_to_dict(cfg),
         'data_dir': str(Path(data_dir).resolve()),
         'data': data_note or 'ADNI AD_NC',
+        'eval_test': eval_test,
         'num_processes': accelerator.num_processes,
         'mixed_precision': accelerator.mixed_precision,
         'device': str(accelerator.device),

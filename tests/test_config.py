@@ -38,6 +38,8 @@ def test_string_overrides_are_coerced_to_field_types():
     ({'best_metric': 'loss'}, 'not a valid choice'),
     ({'mixup': '0.8', 'batch_size': '7'}, 'even batch size'),
     ({'classes': 'AD'}, 'at least two distinct'),
+    ({'scale': '0.5'}, 'must be [min, max]'),
+    ({'ratio': '1.2,0.8'}, 'must be [min, max] aspect ratios'),
 ])
 def test_bad_values_are_refused_with_the_key_named(overrides, message):
     with pytest.raises(ConfigError) as err:

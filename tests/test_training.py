@@ -224,6 +224,13 @@ def test_demo_runs_without_data_and_evaluates_on_the_synthetic_test_split(tmp_pa
     assert 'synthetic' in record['data'].lower() and record['config']['img_size'] == 64  # CPU: reduced size
     assert f'run folder:   {run}' in proc.stdout and 'test eval:' in proc.stdout
     assert any((tmp_path / 'cache').glob('synthetic-demo-*/train/AD/*.jpeg'))
+    # resuming the demo keeps what it is: synthetic data, evaluated on its test split
+    (run / 'eval/metrics.json').unlink()
+    run_train('--output-dir', run, '--resume', '--epochs', '2', env={'ADNI_TIMM_CACHE': str(tmp_path / 'cache')})
+    record = yaml.safe_load((run / 'train_config.yaml').read_text())
+    assert 'synthetic' in record['data'].lower() and record['config']['epochs'] == 2
+    assert 'synthetic' in json.loads((run / 'best/config.json').read_text())['adni_timm']['data'].lower()
+    assert (run / 'eval/metrics.json').is_file()
 
 
 def test_out_of_memory_prints_a_hint(monkeypatch, capsys, tiny_data, tmp_path):
@@ -258,3 +265,40 @@ def test_cuda_run_uses_bf16_channels_last_and_exports_loadable_weights(tiny_data
     import timm
     model = timm.create_model(f'local-dir:{run / "best"}', pretrained=True).eval()
     assert torch.isfinite(model(torch.randn(2, 1, 64, 64))).all()
+
+
+def test_resume_refuses_another_process_count(tiny_run, tmp_path):
+    run = tmp_path / 'copy'
+    shutil.copytree(tiny_run[0], run)
+    record = yaml.safe_load((run / 'train_config.yaml').read_text())
+    record['num_processes'] = 4
+    (run / 'train_config.yaml').write_text(yaml.safe_dump(record))
+    proc = run_train('--output-dir', run, '--resume', check=False, timeout=60)
+    assert proc.returncode == 2 and 'trained with 4 process(es)' in proc.stderr
+
+
+def test_a_best_export_lost_to_a_kill_is_redone_on_resume(tmp_path):
+    import timm
+    from adni_timm import hub
+    from adni_timm.config import load_config
+    from adni_timm.training import _repair_best_export
+    cfg = load_config(None, {'model': 'adni_convnext_atto', 'img_size': '64'})
+    model = timm.create_model('adni_convnext_atto')
+    best = {'epoch': 3, 'weights': 'live', 'metric': 'patient_auc', 'value': 0.9, 'threshold': 0.4,
+            'threshold_source': 'validation'}
+    _repair_best_export(tmp_path, {'epoch': 3, 'best': best}, model, None, cfg, None)  # killed before the export
+    assert hub.export_extra(tmp_path / 'best')['epoch'] == 3
+    before = (tmp_path / 'best/model.safetensors').stat().st_mtime_ns
+    _repair_best_export(tmp_path, {'epoch': 4, 'best': best}, model, None, cfg, None)  # best is older: nothing to do
+    assert (tmp_path / 'best/model.safetensors').stat().st_mtime_ns == before
+
+
+def test_three_classes_validate_ad_against_the_rest(tmp_path):
+    data_dir = tmp_path / 'AD_NC'
+    generate(data_dir, train_patients=3, test_patients=1, slices=4, seed=0, classes=('NC', 'MCI', 'AD'))
+    run = tmp_path / 'run3'
+    run_train('--data-dir', data_dir, '--output-dir', run, '--classes', 'NC,MCI,AD', '--val-fraction', '0.34',
+              *with_option(with_option(TINY, '--epochs', '1'), '--warmup-epochs', '0'))
+    row = json.loads((run / 'metrics.jsonl').read_text().splitlines()[0])
+    assert row['val_slices'] == 3 * 4  # one patient per class
+    assert json.loads((run / 'best/config.json').read_text())['num_classes'] == 3
