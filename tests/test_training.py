@@ -302,3 +302,12 @@ def test_three_classes_validate_ad_against_the_rest(tmp_path):
     row = json.loads((run / 'metrics.jsonl').read_text().splitlines()[0])
     assert row['val_slices'] == 3 * 4  # one patient per class
     assert json.loads((run / 'best/config.json').read_text())['num_classes'] == 3
+
+
+def test_tensorboard_logs_under_the_run_folder(tiny_data, tmp_path):
+    pytest.importorskip('tensorboard')  # optional tracker: runs where it is installed
+    run = tmp_path / 'tb'
+    run_train('--data-dir', tiny_data, '--output-dir', run, *with_option(TINY, '--epochs', '2'),
+              '--log-with', 'tensorboard')
+    assert list((run / 'logs').rglob('events.out.tfevents.*'))
+    assert any('classes' in p.read_text() for p in (run / 'logs').rglob('hparams.yml'))
