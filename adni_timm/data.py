@@ -40,7 +40,8 @@ from timm.data import create_transform, resolve_data_config
 from timm.data.auto_augment import AugmentOp
 
 __all__ = [
-    'DEFAULT_CLASSES', 'SPLITS', 'IMAGE_EXTENSIONS', 'DataError', 'Slice', 'parse_classes', 'scan_split',
+    'DEFAULT_CLASSES', 'SPLITS', 'IMAGE_EXTENSIONS', 'DataError', 'Slice', 'positive_index', 'parse_classes',
+    'parse_file_name', 'scan_split',
     'check_no_leakage', 'split_patients', 'split_slices', 'select', 'summarize', 'find_bad_images',
     'resolve_bad_images', 'build_transforms', 'read_image', 'SliceCache', 'preload', 'SliceDataset',
     'create_loader', 'main',
@@ -77,6 +78,11 @@ def _preview(items: Sequence, n: int = _PREVIEW) -> str:
     return ', '.join(items[:n]) + more
 
 
+def positive_index(classes: Sequence[str]) -> int:
+    """Index of the positive class: ``AD`` (index 1 for the default NC, AD), else the last class."""
+    return list(classes).index('AD') if 'AD' in classes else len(classes) - 1
+
+
 def parse_classes(text: str | Sequence[str]) -> tuple[str, ...]:
     """'NC,AD' -> ('NC', 'AD'): the class folders in label order (index = label)."""
     classes = tuple(c.strip() for c in (text.split(',') if isinstance(text, str) else text) if c.strip())
@@ -88,10 +94,14 @@ def parse_classes(text: str | Sequence[str]) -> tuple[str, ...]:
 
 # ----------------------------------------------------------------------------------------------- scanning
 
-def _split_dir(data_dir: Path, split: str, classes: Sequence[str]) -> Path:
+def _require_data_dir(data_dir: Path) -> None:
     if not data_dir.is_dir():
         raise DataError(f'DATA_DIR {data_dir} does not exist or is not a folder: pass the folder that holds '
                         f'train/ and test/ (the ADNI AD_NC folder)')
+
+
+def _split_dir(data_dir: Path, split: str, classes: Sequence[str]) -> Path:
+    _require_data_dir(data_dir)
     split_dir = data_dir / split
     if split_dir.is_dir():
         return split_dir
@@ -104,7 +114,8 @@ def _split_dir(data_dir: Path, split: str, classes: Sequence[str]) -> Path:
                     f'{FILE_NAME_PATTERN}.{hint}')
 
 
-def _parse_file_name(path: Path, file_is_patient: bool) -> tuple[str, int | None] | None:
+def parse_file_name(path: Path, file_is_patient: bool = False) -> tuple[str, int | None] | None:
+    """(patient, slice index) from ``<patient>_<slice>.jpeg``; None when the name has no patient id."""
     if file_is_patient:
         return path.stem, None
     m = _FILE_NAME.match(path.stem)
@@ -139,7 +150,7 @@ def _scan(split_dir: Path, classes: Sequence[str], file_is_patient: bool):
             problems.append(f'empty class folder {folder}: it holds no {"/".join(IMAGE_EXTENSIONS)} files; '
                             f'put the {name} slices there, or leave {name} out of --classes')
         for f in images:
-            parsed = _parse_file_name(f, file_is_patient)
+            parsed = parse_file_name(f, file_is_patient)
             if parsed is None:
                 unnamed.append(f)
             else:
@@ -566,9 +577,10 @@ def _check(data_dir: Path, classes: Sequence[str], file_is_patient: bool, num_wo
     lines = [f'DATA_DIR {data_dir}   classes: ' + ', '.join(f'{c}={i}' for i, c in enumerate(classes)),
              f'{"split":<6} {"class":<6} {"patients":>8} {"slices":>7}   slices/patient min/median/max']
     problems, notes, found = [], [], {}
-    if not data_dir.is_dir():
-        return lines[:1], notes, [f'DATA_DIR {data_dir} does not exist or is not a folder: pass the folder that '
-                                  f'holds train/ and test/ (the ADNI AD_NC folder)']
+    try:
+        _require_data_dir(data_dir)
+    except DataError as e:  # one problem, not one per split
+        return lines[:1], notes, [str(e)]
     for split in SPLITS:
         try:
             slices, split_problems, ignored = _scan(_split_dir(data_dir, split, classes), classes, file_is_patient)

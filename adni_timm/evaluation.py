@@ -29,6 +29,7 @@ from huggingface_hub import hf_hub_download
 from timm.data import resolve_data_config
 
 from . import data, hub, metrics, plots
+from .data import positive_index
 from .hardware import bf16_supported
 
 __all__ = [
@@ -49,10 +50,6 @@ class EvaluationError(ValueError):
 
 # ---------------------------------------------------------------------------------------------- the model
 
-def _is_export(folder: Path) -> bool:
-    return (folder / hub.CONFIG_NAME).is_file() and (folder / hub.WEIGHTS_NAME).is_file()
-
-
 def _locate_export(path: str) -> tuple[Path, Path | None]:
     """(export folder, run folder or None) for a RUN, RUN/best, an export folder or its model.safetensors."""
     p = Path(path).expanduser()
@@ -64,9 +61,9 @@ def _locate_export(path: str) -> tuple[Path, Path | None]:
                 f'{p} is not an export\'s weights file: timm loads {hub.WEIGHTS_NAME} with {hub.CONFIG_NAME} beside '
                 f'it; pass the folder, or rename the file to {hub.WEIGHTS_NAME} next to its {hub.CONFIG_NAME}.')
         p = p.parent
-    if _is_export(p / 'best'):
+    if hub.is_export(p / 'best'):
         return p / 'best', p
-    if not _is_export(p):
+    if not hub.is_export(p):
         raise EvaluationError(
             f'{p} is neither a training run (no best/{hub.WEIGHTS_NAME}) nor a timm export folder (needs '
             f'{hub.CONFIG_NAME} and {hub.WEIGHTS_NAME}); pass {MODEL_FORMS}.')
@@ -120,11 +117,6 @@ def resolve_model(ref: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, An
         'classes': list(classes),
     }
     return model.eval(), info
-
-
-def positive_index(classes: Sequence[str]) -> int:
-    """Index of the positive class: ``AD`` (index 1 for the default NC, AD), else the last class."""
-    return list(classes).index('AD') if 'AD' in classes else len(classes) - 1
 
 
 def _input_channels(model: torch.nn.Module) -> int:
@@ -400,7 +392,7 @@ def _unlabelled_slices(path) -> list[data.Slice]:
     out = []
     for f in files:
         # <patient>_<slice> names group into patients; any other name stands alone (label -1: unknown)
-        patient, slice_index = data._parse_file_name(f, file_is_patient=False) or (f.stem, None)
+        patient, slice_index = data.parse_file_name(f) or (f.stem, None)
         out.append(data.Slice(path=str(f), patient=patient, label=-1, slice_index=slice_index))
     return out
 

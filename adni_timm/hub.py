@@ -43,7 +43,7 @@ except ImportError:  # pragma: no cover
 __all__ = [
     'WEIGHTS_NAME', 'CONFIG_NAME', 'CARD_NAME', 'EXTRA_KEY', 'PLOT_NAMES', 'UPLOAD_ALLOWLIST', 'LICENSE',
     'HubError', 'UploadError', 'PushResult',
-    'export_model', 'read_export_config', 'export_extra', 'find_best_export', 'default_eval_metrics',
+    'export_model', 'is_export', 'read_export_config', 'export_extra', 'find_best_export', 'default_eval_metrics',
     'publishable_config', 'build_export_folder', 'count_parameters', 'check_repo_id', 'resolve_token', 'push_to_hub',
 ]
 
@@ -126,11 +126,16 @@ class _StateOnly(torch.nn.Module):
         return self._state
 
 
+def is_export(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds an export: ``config.json`` and ``model.safetensors``."""
+    return (Path(folder) / CONFIG_NAME).is_file() and (Path(folder) / WEIGHTS_NAME).is_file()
+
+
 def read_export_config(export_dir: str | os.PathLike) -> dict[str, Any]:
     """The parsed ``config.json`` of an export folder (clear error when it is not one)."""
     export_dir = Path(export_dir)
     cfg_file = export_dir / CONFIG_NAME
-    if not cfg_file.is_file() or not (export_dir / WEIGHTS_NAME).is_file():
+    if not is_export(export_dir):
         raise FileNotFoundError(
             f'{export_dir} is not a timm export folder: it needs {CONFIG_NAME} and {WEIGHTS_NAME}. '
             f'Point at a training run (RUN or RUN/best) or a folder written by push_to_hub.py --dry-run.')
@@ -202,7 +207,7 @@ def find_best_export(run_dir: str | os.PathLike) -> Path:
     """The export folder holding a run's best weights: ``RUN/best``, or ``RUN`` itself when it is one."""
     run_dir = Path(run_dir)
     for candidate in (run_dir / 'best', run_dir):
-        if (candidate / WEIGHTS_NAME).is_file() and (candidate / CONFIG_NAME).is_file():
+        if is_export(candidate):
             return candidate
     if not run_dir.is_dir():
         raise HubError(f'run folder {run_dir} does not exist; pass the --output-dir of a finished train.py run')

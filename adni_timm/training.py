@@ -33,7 +33,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
-from . import data, hub, metrics
+from . import data, hub, metrics, plots
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_to_dict, make_config
 from .hardware import bf16_supported
@@ -71,7 +71,7 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike, output_dir: str | os.Pa
         _claim_run_dir(run_dir, overwrite, accelerator)
 
     # ---- data: scan, split by patient, check for leakage and bad files before any training
-    train_slices, val_slices, test_slices, split = load_splits(cfg, data_dir, main)
+    train_slices, val_slices, test_slices, split = load_splits(cfg, data_dir)
     if eval_test and not test_slices:
         raise TrainingError(f'--eval-test: {data_dir} has no test split to evaluate on; drop --eval-test or add '
                             f'{Path(data_dir) / "test"}')
@@ -120,7 +120,7 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike, output_dir: str | os.Pa
 
     # ---- the loop
     val_patients = [s.patient for s in val_slices]
-    positive = _positive_index(cfg)
+    positive = data.positive_index(cfg.classes)
     val_labels = np.array([int(s.label == positive) for s in val_slices])  # AD vs rest
     for epoch in range(state['epoch'], cfg.epochs):
         t0 = time.perf_counter()
@@ -212,9 +212,8 @@ def train_one_epoch(model, base_model, loader, optimizer, scheduler, loss_fn, mi
         bar.update(images.shape[0] * accelerator.num_processes)
         if step % 50 == 0 or step == len(loader) - 1:  # occasional host sync: progress and the NaN guard
             # reduced over processes so that all of them stop together, not one while others wait
-            totals = accelerator.reduce(torch.stack([loss_sum, torch.tensor(float(seen), device=loss_sum.device)]),
-                                        'sum')
-            mean_loss = (totals[0] / totals[1].clamp(min=1)).item()
+            loss_total, count = _reduce_totals(accelerator, loss_sum, seen)
+            mean_loss = loss_total / max(count, 1)
             if not math.isfinite(mean_loss):
                 raise TrainingError(
                     f'non-finite training loss ({mean_loss}) in epoch {epoch + 1}, step {step}; '
@@ -222,9 +221,14 @@ def train_one_epoch(model, base_model, loader, optimizer, scheduler, loss_fn, mi
             bar.set_postfix(loss=f'{mean_loss:.4f}', lr=f'{optimizer.param_groups[0]["lr"]:.2e}')
     bar.close()
     scheduler.step(epoch + 1)
-    total = accelerator.reduce(torch.stack([loss_sum, torch.tensor(float(seen), device=loss_sum.device)]), 'sum')
-    elapsed = time.perf_counter() - t0
-    return {'train_loss': float(total[0] / total[1]), 'train_img_per_s': float(total[1]) / elapsed}
+    loss_total, count = _reduce_totals(accelerator, loss_sum, seen)
+    return {'train_loss': loss_total / count, 'train_img_per_s': count / (time.perf_counter() - t0)}
+
+
+def _reduce_totals(accelerator, loss_sum: torch.Tensor, seen: int) -> tuple[float, float]:
+    """(summed loss, images) over all processes: one host sync."""
+    totals = accelerator.reduce(torch.stack([loss_sum, torch.tensor(float(seen), device=loss_sum.device)]), 'sum')
+    return float(totals[0]), float(totals[1])
 
 
 @torch.inference_mode()
@@ -278,7 +282,7 @@ def create_model(cfg: TrainConfig) -> torch.nn.Module:
                              drop_path_rate=cfg.drop_path, pretrained_cfg_overlay=overlay)
 
 
-def load_splits(cfg: TrainConfig, data_dir, main: bool):
+def load_splits(cfg: TrainConfig, data_dir):
     """Scan train (and test, when present), split train by patient, refuse leakage and bad files."""
     train_all = data.scan_split(data_dir, 'train', classes=tuple(cfg.classes), file_is_patient=cfg.file_is_patient)
     test_slices = []
@@ -288,9 +292,8 @@ def load_splits(cfg: TrainConfig, data_dir, main: bool):
         data.check_no_leakage(train_all, test_slices, names=('train', 'test'))
     train_all = data.resolve_bad_images(train_all, skip_bad=cfg.skip_bad_images, num_workers=cfg.num_workers)
     if cfg.split_level == 'slice':
-        if main:
-            _logger.warning('split_level=slice: slices of one patient land in both train and val. This LEAKS '
-                            'patients and inflates validation scores; it exists only to reproduce the reference.')
+        _logger.warning('split_level=slice: slices of one patient land in both train and val. This LEAKS '
+                        'patients and inflates validation scores; it exists only to reproduce the reference.')
         split = data.split_slices(train_all, cfg.val_fraction, cfg.seed)
     else:
         split = data.split_patients(train_all, cfg.val_fraction, cfg.seed)
@@ -352,11 +355,6 @@ def resumed_config(run_dir: str | os.PathLike, overrides: dict[str, Any] | None 
     return make_config({**saved, **(overrides or {})}, source=str(Path(run_dir) / 'train_config.yaml'))
 
 
-def _positive_index(cfg: TrainConfig) -> int:
-    """AD is the positive class; without an AD folder, the last class."""
-    return cfg.classes.index('AD') if 'AD' in cfg.classes else len(cfg.classes) - 1
-
-
 def _make_loss(cfg: TrainConfig):
     """(mixup or None, training loss): timm's Mixup + SoftTargetCrossEntropy, or (smoothed) cross-entropy."""
     if cfg.mixup > 0 or cfg.cutmix > 0:
@@ -376,8 +374,7 @@ def _tracker_config(cfg: TrainConfig) -> dict[str, Any]:
 
 def _check_same_processes(run_dir: Path, accelerator: Accelerator) -> None:
     """--batch-size is per process: resuming on another process count would change the recipe."""
-    record = run_dir / 'train_config.yaml'
-    recorded = yaml.safe_load(record.read_text()).get('num_processes') if record.is_file() else None
+    recorded = read_run_record(run_dir).get('num_processes')
     if recorded is not None and recorded != accelerator.num_processes:
         raise TrainingError(f'--resume: {run_dir} was trained with {recorded} process(es), this launch has '
                             f'{accelerator.num_processes}; resume with the same number of GPUs / processes')
@@ -504,8 +501,4 @@ def _write_history(run_dir: Path, history: list[dict]) -> None:
     tmp = run_dir / 'metrics.jsonl.tmp'
     tmp.write_text(''.join(json.dumps(row) + '\n' for row in history))
     tmp.replace(run_dir / 'metrics.jsonl')
-    try:
-        from .plots import plot_curves
-        plot_curves(history, run_dir / 'curves.png')
-    except ImportError:  # plots land separately; curves are a convenience
-        pass
+    plots.plot_curves(history, run_dir / 'curves.png')
