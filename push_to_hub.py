@@ -1,71 +1,12 @@
-"""Publish a training run to the Hugging Face Hub: weights, timm config, model card and plots.
+#!/usr/bin/env python
+"""Publish a training run to the Hugging Face Hub: ``python push_to_hub.py --help``.
 
-    python push_to_hub.py --run RUN --repo-id ORG/NAME [--eval OUT/metrics.json] [--private]
-                          [--revision R] [--create-pr] [--token T] [--commit-message M]
-                          [--acknowledgement FILE] [--dry-run] [--output-dir DIR]
-
-The logic lives in ``adni_timm.hub``; this file only parses arguments and reports.
+The parsing lives in ``adni_timm.cli.push`` (also installed as ``adni-push``); the work in
+``adni_timm.hub``.
 """
-from __future__ import annotations
-
-import argparse
-import logging
 import sys
-from pathlib import Path
 
-from adni_timm.hub import HubError, UploadError, push_to_hub
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--run', required=True, type=Path, help='training run folder (holds best/, train_config.yaml)')
-    p.add_argument('--repo-id', required=True, help='Hub model repo, ORG/NAME (created when missing)')
-    p.add_argument('--eval', type=Path, default=None, dest='eval_metrics',
-                   help='evaluate.py metrics.json for the card (default: RUN/eval/metrics.json when it exists)')
-    p.add_argument('--private', action='store_true', help='create the repo private (refused if it exists publicly)')
-    p.add_argument('--revision', default=None, help='branch to push to (created when missing)')
-    p.add_argument('--create-pr', action='store_true', help='open a pull request instead of committing directly')
-    p.add_argument('--token', default=None, help='Hub write token (default: HF_TOKEN or `hf auth login`)')
-    p.add_argument('--commit-message', default=None)
-    p.add_argument('--acknowledgement', type=Path, default=None,
-                   help='text file with the ADNI acknowledgement that replaces the card placeholder')
-    p.add_argument('--dry-run', action='store_true', help='write the export folder and list it; no network')
-    p.add_argument('--output-dir', type=Path, default=None, help='export folder (default: RUN/hub)')
-    return p.parse_args(argv)
-
-
-def format_file_list(files: list[Path]) -> str:
-    width = max(len(f.name) for f in files)
-    lines = [f'  {f.name:<{width}}  {f.stat().st_size:>12,d} bytes' for f in files]
-    lines.append(f'  {"total":<{width}}  {sum(f.stat().st_size for f in files):>12,d} bytes')
-    return '\n'.join(lines)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='%(levelname)s: %(message)s')
-    try:
-        acknowledgement = args.acknowledgement.read_text(encoding='utf-8') if args.acknowledgement else None
-        result = push_to_hub(
-            args.run, args.repo_id, eval_metrics_path=args.eval_metrics, private=args.private,
-            revision=args.revision, create_pr=args.create_pr, token=args.token,
-            commit_message=args.commit_message, dry_run=args.dry_run, output_dir=args.output_dir,
-            acknowledgement=acknowledgement)
-    except UploadError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    except (HubError, OSError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
-    if result.dry_run:
-        print(f'dry run: nothing uploaded. {result.repo_id} would receive, from {result.export_dir}:')
-    else:
-        print(f'uploaded to https://huggingface.co/{result.repo_id} from {result.export_dir}:')
-    print(format_file_list(result.files))
-    if result.pr_url or result.commit_url:
-        print(result.pr_url or result.commit_url)
-    return 0
-
+from adni_timm.cli.push import format_file_list, main, parse_args  # noqa: F401  (tests import these)
 
 if __name__ == '__main__':
     sys.exit(main())

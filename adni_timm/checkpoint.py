@@ -4,6 +4,7 @@ Accelerate saves model, optimizer and every process's RNG state; we add the
 EMA weights (safetensors) and the loop's own state (JSON: epoch, history,
 scheduler, best so far). Everything is written to a temporary folder that is
 renamed into place, so a kill mid-save leaves the previous checkpoint intact.
+A failure on any process (a full disk) stops every process with the same error.
 """
 from __future__ import annotations
 
@@ -15,9 +16,23 @@ from typing import Any
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
+from .distributed import first_error, run_on_main
+
+__all__ = ['CheckpointError', 'save_checkpoint', 'find_checkpoint', 'load_checkpoint']
+
 LAST = 'last'
 STATE_FILE = 'trainer_state.json'
 EMA_FILE = 'ema.safetensors'
+
+
+class CheckpointError(OSError):
+    """A checkpoint could not be written; the previous one is kept."""
+
+
+def _stop_if(error: str | None) -> None:
+    if error:
+        raise CheckpointError(f'{error}. The previous checkpoint is kept: fix the cause (e.g. free disk space) '
+                              f'and continue with --resume.')
 
 
 def save_checkpoint(accelerator: Accelerator, ckpt_root: Path, state: dict[str, Any], ema=None) -> Path:
@@ -26,21 +41,30 @@ def save_checkpoint(accelerator: Accelerator, ckpt_root: Path, state: dict[str, 
     tmp = ckpt_root / f'.tmp-epoch{state["epoch"]}'
     old = ckpt_root / f'.{LAST}.old'
     last = ckpt_root / LAST
-    if accelerator.is_main_process:
+
+    def make_tmp():
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
+
+    def complete():
         if ema is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in ema.module.state_dict().items()}, tmp / EMA_FILE)
+            save_file({k: v.detach().cpu().contiguous() for k, v in ema.module.state_dict().items()},
+                      tmp / EMA_FILE)
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))  # written last: marks the folder complete
         if last.exists():
             shutil.rmtree(old, ignore_errors=True)
             last.rename(old)
         tmp.rename(last)
         shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
+
+    _stop_if(run_on_main(accelerator, make_tmp, 'creating the checkpoint folder'))
+    error = None
+    try:
+        accelerator.save_state(str(tmp))
+    except Exception as e:  # noqa: BLE001 - every process must hear of it, not just this one
+        error = f'saving the training state failed on process {accelerator.process_index}: {type(e).__name__}: {e}'
+    _stop_if(first_error(accelerator, error))
+    _stop_if(run_on_main(accelerator, complete, 'completing the checkpoint'))
     return last
 
 

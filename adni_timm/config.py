@@ -1,9 +1,10 @@
 """Training configuration: plain data, YAML presets, CLI overrides by key, validation.
 
-``TrainConfig``'s defaults are our recommended ADNI recipe (``configs/adni.yaml``
-spells the same values out); ``configs/seed.yaml`` reproduces the reference
-project. Every key can be overridden on the command line with dashes for
-underscores (``--weight-decay 0.05``).
+``TrainConfig``'s defaults are our recommended ADNI recipe (``adni_timm/configs/adni.yaml``
+spells the same values out; ``configs/`` at the top of the repository points there);
+``seed.yaml`` reproduces the reference project. The presets ship inside the package, so
+``--config seed`` works from an installed copy too. Every key can be overridden on the
+command line with dashes for underscores (``--weight-decay 0.05``).
 """
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ from typing import Any
 
 import yaml
 
-__all__ = ['ConfigError', 'TrainConfig', 'load_config', 'validate_config', 'CONFIG_DIR']
+from .models import LABEL_NAMES
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / 'configs'
+__all__ = ['ConfigError', 'TrainConfig', 'load_config', 'validate_config', 'CONFIG_DIR', 'preset_names',
+           'fit_warmup']
+
+CONFIG_DIR = Path(__file__).resolve().parent / 'configs'  # package data: works after a plain pip install
 
 
 class ConfigError(ValueError):
@@ -28,7 +32,7 @@ class ConfigError(ValueError):
 class TrainConfig:
     # model
     model: str = 'adni_convnext_tiny'
-    classes: list[str] = field(default_factory=lambda: ['NC', 'AD'])
+    classes: list[str] = field(default_factory=lambda: list(LABEL_NAMES))
     img_size: int = 224
     drop_path: float = 0.1
     # data
@@ -63,13 +67,18 @@ class TrainConfig:
     # EMA (timm ModelEmaV3)
     ema: bool = True
     ema_decay: float = 0.9998
-    # model selection
+    # model selection and the operating point (chosen on validation, or out-of-fold with folds)
     best_metric: str = 'patient_auc'
+    target_sensitivity: float | None = None  # None: Youden's J; else the highest threshold reaching it
+    # cross-validation by patient (0: one validation split of val_fraction)
+    folds: int = 0
+    refit: bool = False  # with folds: then train on all training patients for the folds' median best epoch
     # hardware
     mixed_precision: str = 'auto'  # auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU
     channels_last: bool = True  # CUDA only
     compile: bool = False
     log_with: str | None = None  # 'tensorboard' or 'wandb'
+    progress: str = 'auto'  # auto: a live bar on a terminal, plain lines in a log file
     seed: int = 0
 
 
@@ -77,6 +86,7 @@ _CHOICES = {
     'split_level': ('patient', 'slice'),
     'mixed_precision': ('auto', 'no', 'fp16', 'bf16'),
     'log_with': (None, 'tensorboard', 'wandb'),
+    'progress': ('auto', 'bar', 'lines', 'none'),
     'sched': ('cosine', 'constant', 'step', 'multistep', 'tanh', 'poly', 'wsd'),
     'best_metric': tuple(f'{level}_{m}' for level in ('patient', 'slice')
                          for m in ('auc', 'accuracy', 'balanced_accuracy', 'sensitivity', 'specificity', 'f1')),
@@ -87,6 +97,10 @@ def field_types() -> dict[str, Any]:
     return {f.name: f.type for f in dataclasses.fields(TrainConfig)}
 
 
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob('*.yaml'))
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Defaults, then the YAML file, then overrides; validated."""
     values: dict[str, Any] = {}
@@ -95,8 +109,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if not path.is_file() and (CONFIG_DIR / f'{path}.yaml').is_file():
             path = CONFIG_DIR / f'{path}.yaml'  # a preset name: --config seed
         if not path.is_file():
-            raise ConfigError(f'config file {path} does not exist; presets: '
-                              f'{", ".join(p.stem for p in sorted(CONFIG_DIR.glob("*.yaml")))}')
+            raise ConfigError(f'config file {path} does not exist; presets: {", ".join(preset_names())}')
         with path.open(encoding='utf-8') as f:
             loaded = yaml.safe_load(f) or {}
         if not isinstance(loaded, dict):
@@ -173,8 +186,12 @@ def validate_config(cfg: TrainConfig) -> None:
         bad('clip_grad', 'must be positive or null', 'use e.g. 1.0, or null for no clipping')
     if not 0 <= cfg.val_fraction < 1:
         bad('val_fraction', 'must be in [0, 1)', 'e.g. 0.2')
-    if cfg.warmup_epochs >= cfg.epochs and cfg.warmup_epochs > 0:
-        bad('warmup_epochs', f'must be smaller than epochs ({cfg.epochs})', 'lower warmup_epochs')
+    if cfg.target_sensitivity is not None and not 0 < cfg.target_sensitivity <= 1:
+        bad('target_sensitivity', 'must be in (0, 1]', 'e.g. 0.9, or null for Youden\'s J')
+    if cfg.folds == 1 or cfg.folds < 0:
+        bad('folds', 'must be 0 (one validation split) or at least 2', 'e.g. --folds 5')
+    if cfg.refit and cfg.folds < 2:
+        bad('refit', 'refits after cross-validation only', 'add --folds K (K >= 2), or drop --refit')
     if not 0 < cfg.ema_decay < 1:
         bad('ema_decay', 'must be in (0, 1)', 'e.g. 0.9998')
     if len(cfg.scale) != 2 or not (0 < cfg.scale[0] <= cfg.scale[1] <= 1):
@@ -194,3 +211,17 @@ def validate_config(cfg: TrainConfig) -> None:
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def fit_warmup(cfg: TrainConfig) -> tuple[TrainConfig, str | None]:
+    """A warmup as long as the run would leave no cosine at all: shorten it to half the run.
+
+    A 1- or 2-epoch smoke run with a preset's 5 warmup epochs is what people try first; it should
+    run, and say what it changed (the returned note). Longer runs keep their warmup unchanged.
+    """
+    if cfg.warmup_epochs < cfg.epochs or cfg.warmup_epochs == 0:
+        return cfg, None
+    shorter = cfg.epochs // 2
+    note = (f'warmup_epochs {cfg.warmup_epochs} -> {shorter}: a {cfg.epochs}-epoch run needs a shorter warmup '
+            f'(set --warmup-epochs to choose)')
+    return dataclasses.replace(cfg, warmup_epochs=shorter), note

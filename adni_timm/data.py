@@ -13,7 +13,9 @@ Images are read as 8-bit grayscale (PIL mode ``'L'``) and preprocessed with timm
 own ``resolve_data_config`` + ``create_transform``, so the eval transform is exactly
 what anyone who downloads the weights gets from timm. ``preload`` decodes every
 slice once into one contiguous uint8 array (the full AD_NC set is ~1.9 GB) that
-forked loader workers share copy-on-write.
+forked loader workers share copy-on-write; slices of another size are kept as they
+are, so training and evaluation both apply the exported preprocessing to the
+original image.
 
 CLI: ``python -m adni_timm.data check DATA_DIR [--classes NC,AD]``.
 """
@@ -39,17 +41,19 @@ from sklearn.model_selection import train_test_split
 from timm.data import create_transform, resolve_data_config
 from timm.data.auto_augment import AugmentOp
 
+from .hardware import available_memory, local_process_count
+from .models import LABEL_NAMES
+
 __all__ = [
-    'DEFAULT_CLASSES', 'SPLITS', 'IMAGE_EXTENSIONS', 'DataError', 'Slice', 'positive_index', 'parse_classes',
-    'parse_file_name', 'scan_split',
+    'SPLITS', 'IMAGE_EXTENSIONS', 'DataError', 'Slice', 'positive_index', 'binary_labels', 'parse_classes',
+    'parse_file_name', 'scan_split', 'slice_key',
     'check_no_leakage', 'split_patients', 'split_slices', 'select', 'summarize', 'find_bad_images',
     'resolve_bad_images', 'build_transforms', 'read_image', 'SliceCache', 'preload', 'SliceDataset',
-    'create_loader', 'main',
+    'create_loader', 'main', 'check_main',
 ]
 
 _logger = logging.getLogger(__name__)
 
-DEFAULT_CLASSES = ('NC', 'AD')  # index 1 = AD, the positive class; never alphabetical
 SPLITS = ('train', 'test')
 IMAGE_EXTENSIONS = ('.jpeg', '.jpg', '.png')
 FILE_NAME_PATTERN = '<patient>_<slice>.jpeg'
@@ -81,6 +85,17 @@ def _preview(items: Sequence, n: int = _PREVIEW) -> str:
 def positive_index(classes: Sequence[str]) -> int:
     """Index of the positive class: ``AD`` (index 1 for the default NC, AD), else the last class."""
     return list(classes).index('AD') if 'AD' in classes else len(classes) - 1
+
+
+def binary_labels(slices: Iterable[Slice], classes: Sequence[str]) -> np.ndarray:
+    """1 where a slice is of the positive class (AD), else 0: the AD-vs-rest labels every metric uses."""
+    positive = positive_index(classes)
+    return np.array([int(s.label == positive) for s in slices], dtype=np.int64)
+
+
+def slice_key(path: str | os.PathLike) -> str:
+    """``split/class/file`` of a slice path: names a slice independently of where DATA_DIR lives."""
+    return '/'.join(Path(path).parts[-3:])
 
 
 def parse_classes(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -178,7 +193,7 @@ def _patients_in_two_classes(slices: Iterable[Slice]) -> list[str]:
             f'one diagnosis; move its slices into one class folder' for p in mixed]
 
 
-def scan_split(data_dir, split: str = 'train', classes: Sequence[str] = DEFAULT_CLASSES,
+def scan_split(data_dir, split: str = 'train', classes: Sequence[str] = LABEL_NAMES,
                file_is_patient: bool = False) -> list[Slice]:
     """Every image of ``DATA_DIR/split/<class>/``, in a deterministic order (class, patient, slice).
 
@@ -205,7 +220,7 @@ def check_no_leakage(first: Sequence[Slice], second: Sequence[Slice], names=('tr
             f'A patient must sit in one split only: move or remove their slices from one of them.')
 
 
-def summarize(slices: Sequence[Slice], classes: Sequence[str] = DEFAULT_CLASSES) -> list[dict]:
+def summarize(slices: Sequence[Slice], classes: Sequence[str] = LABEL_NAMES) -> list[dict]:
     """Per class: patients, slices and slices per patient (min / median / max)."""
     rows = []
     for label, name in enumerate(classes):
@@ -265,10 +280,11 @@ def split_slices(slices: Sequence[Slice], val_fraction: float = 0.2, seed: int =
     """The reference project's LEAKY random split by slice (a patient lands on both sides).
 
     Only for reproducing the reference recipe (configs/seed.yaml); its validation scores
-    are inflated. Returns ``{'level': 'slice', 'seed', 'val_fraction', 'train': [paths], 'val': [paths]}``.
+    are inflated. Returns ``{'level': 'slice', 'seed', 'val_fraction', 'train': [keys], 'val': [keys]}``
+    with ``split/class/file`` keys (``slice_key``), so the split still applies when DATA_DIR moves.
     """
     _check_fraction(val_fraction)
-    paths = sorted(s.path for s in slices)
+    paths = sorted(slice_key(s.path) for s in slices)
     train, val = (paths, []) if val_fraction == 0 else train_test_split(
         paths, test_size=val_fraction, random_state=seed)
     train, val = sorted(train), sorted(val)
@@ -278,17 +294,19 @@ def split_slices(slices: Sequence[Slice], val_fraction: float = 0.2, seed: int =
 
 def select(slices: Sequence[Slice], split: dict, part: str) -> list[Slice]:
     """The slices of ``split[part]`` (patient ids or paths, by ``split['level']``), in ``slices`` order."""
-    key = {'patient': lambda s: s.patient, 'slice': lambda s: s.path}.get(split.get('level'))
-    if key is None or part not in split:
+    level = split.get('level')
+    if level not in ('patient', 'slice') or part not in split:
         raise DataError(f'not a split with a {part!r} part: expected level "patient" or "slice" '
                         f'and lists under train / val (as split_patients returns)')
-    wanted = set(split[part])
+    key = (lambda s: s.patient) if level == 'patient' else (lambda s: slice_key(s.path))
+    wanted = set(split[part]) if level == 'patient' else {slice_key(p) for p in split[part]}
     chosen = [s for s in slices if key(s) in wanted]
     missing = wanted - {key(s) for s in chosen}
     if missing:
-        raise DataError(f'{len(missing)} {split["level"]} entries of split[{part!r}] are not in the data: '
-                        f'{_preview(sorted(missing))}. The split was made for other data; make a new split '
-                        f'(start a new run rather than resuming).')
+        raise DataError(
+            f'{len(missing)} {level} entries recorded in split[{part!r}] are not in the data: '
+            f'{_preview(sorted(missing))}. Restore their files, or point --data-dir at the data the split was '
+            f'made for; a different set of patients needs a new run.')
     return chosen
 
 
@@ -349,16 +367,19 @@ def _notes(infos: Sequence[_ImageInfo]) -> list[str]:
     if len(sizes) > 1:
         (w, h), _ = sizes.most_common(1)[0]
         others = [i.path for i in infos if i.size and i.size != (w, h)]
-        notes.append(f'mixed image sizes ({_format_counts(sizes, _size_text)}): the transforms resize each '
-                     f'image; the cache resizes to the most common size {w}x{h}: {_preview(others)}')
+        notes.append(f'mixed image sizes ({_format_counts(sizes, _size_text)}): the model\'s transform '
+                     f'resizes each image (short side, then centre crop), in training and evaluation alike; '
+                     f'not {w}x{h}: {_preview(others)}')
     return notes
 
 
-def resolve_bad_images(slices: Sequence[Slice], skip_bad: bool = False, num_workers: int = 0) -> list[Slice]:
-    """Decode every file once before training starts.
+def resolve_bad_images(slices: Sequence[Slice], skip_bad: bool = False, num_workers: int = 0,
+                       what: str = 'image') -> list[Slice]:
+    """Decode every file once, before hours of training or an evaluation depend on it.
 
-    Default: raise DataError listing EVERY bad file. ``skip_bad=True`` drops them with a warning.
-    Colour files and mixed sizes are logged as notes (they are converted / resized when read).
+    Default: raise DataError listing EVERY bad file. ``skip_bad=True`` drops them with a warning that
+    says how many (``what`` names the set, e.g. 'test'). Colour files and mixed sizes are logged as
+    notes (they are converted / resized when read).
     """
     infos = _inspect_all(slices, num_workers)
     for note in _notes(infos):
@@ -368,9 +389,10 @@ def resolve_bad_images(slices: Sequence[Slice], skip_bad: bool = False, num_work
         return list(slices)
     listing = '\n'.join(f'  {path}: {reason}' for path, reason in bad.items())
     if not skip_bad:
-        raise DataError(f'{len(bad)} image file(s) cannot be decoded:\n{listing}\n'
-                        f'Replace or delete them, or leave them out with skip_bad=True (--skip-bad-images).')
-    _logger.warning('skipping %d image file(s) that cannot be decoded:\n%s', len(bad), listing)
+        raise DataError(f'{len(bad)} {what} file(s) cannot be decoded:\n{listing}\n'
+                        f'Replace or delete them, or leave them out with --skip-bad-images.')
+    _logger.warning('--skip-bad-images: dropped %d of %d %s file(s) that cannot be decoded:\n%s', len(bad),
+                    len(infos), what, listing)
     return [s for s in slices if s.path not in bad]
 
 
@@ -448,27 +470,31 @@ class SliceCache:
     """Decoded slices: one contiguous uint8 array ``[N, H, W]`` plus an index by path.
 
     One numpy buffer (not one Python object per image), so forked DataLoader workers
-    share it copy-on-write instead of each holding a copy.
+    share it copy-on-write instead of each holding a copy. Slices of another size (rare)
+    are kept apart at their own size (``odd``), never resized: the transforms then see
+    the same image in training as in evaluation.
     """
 
-    def __init__(self, images: np.ndarray, paths: Sequence[str]):
+    def __init__(self, images: np.ndarray, paths: Sequence[str], odd: dict[str, np.ndarray] | None = None):
         if images.ndim != 3 or images.dtype != np.uint8 or len(images) != len(paths):
             raise ValueError('SliceCache needs a uint8 array [N, H, W] and N paths')
         self.images = images
         self.index = {p: i for i, p in enumerate(paths)}
+        self.odd = dict(odd or {})
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.index) + len(self.odd)
 
     def __contains__(self, path: str) -> bool:
-        return path in self.index
+        return path in self.index or path in self.odd
 
     @property
     def nbytes(self) -> int:
-        return self.images.nbytes
+        return self.images.nbytes + sum(a.nbytes for a in self.odd.values())
 
     def image(self, path: str) -> Image.Image:
-        return Image.fromarray(self.images[self.index[path]])
+        i = self.index.get(path)
+        return Image.fromarray(self.images[i] if i is not None else self.odd[path])
 
 
 def _image_size(path: str) -> tuple[int, int]:
@@ -476,43 +502,52 @@ def _image_size(path: str) -> tuple[int, int]:
         return im.size
 
 
-def _available_memory() -> int | None:
-    try:
-        return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
-    except (ValueError, OSError, AttributeError):  # not Linux
-        return None
+def cache_fits(nbytes: int) -> tuple[bool, str]:
+    """Whether a slice cache of ``nbytes`` per process fits in memory, and one line that says why.
+
+    Every process on this machine (DDP) holds its own copy; 80% of the usable memory (the smaller
+    of available memory and the container's limit) is the ceiling, leaving room for the model and
+    the loader workers.
+    """
+    processes = local_process_count()
+    usable, source = available_memory()
+    need = nbytes * processes
+    per = f'{nbytes / 2**30:.2f} GiB' + (f' x {processes} processes' if processes > 1 else '')
+    if usable is None:
+        return True, f'slice cache: {per}; usable memory unknown, caching'
+    fits = need <= 0.8 * usable
+    verdict = 'caching' if fits else 'too much: reading slices from disk instead (slower, same results)'
+    return fits, f'slice cache: {per} of {usable / 2**30:.1f} GiB usable ({source}): {verdict}'
 
 
-def preload(slices: Sequence[Slice], num_workers: int = 0) -> SliceCache:
-    """Decode every slice once into a SliceCache (grayscale; other sizes resized to the most common one).
+def preload(slices: Sequence[Slice], num_workers: int = 0) -> SliceCache | None:
+    """Decode every slice once into a SliceCache (grayscale, each at its own size); None if it won't fit.
 
     Call in the main process BEFORE creating the DataLoader, so forked workers share the array.
     ``num_workers`` threads decode in parallel. Bad files raise (run ``resolve_bad_images`` first).
+    Logs one line saying what it decided (see ``cache_fits``).
     """
     paths = list(dict.fromkeys(s.path for s in slices))
     if not paths:
         raise DataError('nothing to preload: the slice list is empty')
     sizes = _map(_image_size, paths, num_workers)
     width, height = Counter(sizes).most_common(1)[0][0]
-    need, free = len(paths) * width * height, _available_memory()
-    if free is not None and need > 0.8 * free:
-        raise DataError(f'the slice cache needs {need / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB of memory '
-                        f'is free: turn the cache off (cache: false, or --cache false)')
-    images = np.empty((len(paths), height, width), np.uint8)
+    fits, decision = cache_fits(sum(w * h for w, h in sizes))
+    (_logger.info if fits else _logger.warning)(decision)
+    if not fits:
+        return None
+    common = [p for p, size in zip(paths, sizes) if size == (width, height)]
+    images = np.empty((len(common), height, width), np.uint8)
 
-    def fill(i: int) -> bool:
-        img = read_image(paths[i])
-        if img.size != (width, height):
-            img = img.resize((width, height), Image.BILINEAR)
-        images[i] = np.asarray(img)
-        return sizes[i] != (width, height)
+    def fill(i: int) -> None:
+        images[i] = np.asarray(read_image(common[i]))
 
-    resized = sum(_map(fill, range(len(paths)), num_workers))
-    if resized:
-        _logger.info('note: resized %d of %d slices to the most common size %dx%d for the cache',
-                     resized, len(paths), width, height)
-    _logger.info('cached %d slices (%.0f MiB)', len(paths), images.nbytes / 2**20)
-    return SliceCache(images, paths)
+    _map(fill, range(len(common)), num_workers)
+    odd = {p: np.asarray(read_image(p)) for p, size in zip(paths, sizes) if size != (width, height)}
+    if odd:
+        _logger.info('note: %d of %d slices are not %dx%d; cached at their own size', len(odd), len(paths),
+                     width, height)
+    return SliceCache(images, common, odd)
 
 
 class SliceDataset(torch.utils.data.Dataset):
@@ -618,7 +653,7 @@ def main(argv=None) -> int:
                     f'per split and class, slices per patient, image sizes and modes, and every problem '
                     f'found. Exit status 1 when there are problems.')
     check.add_argument('data_dir', metavar='DATA_DIR', type=Path)
-    check.add_argument('--classes', default=','.join(DEFAULT_CLASSES),
+    check.add_argument('--classes', default=','.join(LABEL_NAMES),
                        help='class folders in label order (default NC,AD: NC=0, AD=1)')
     check.add_argument('--file-is-patient', action='store_true',
                        help='treat each file as its own patient (names without <patient>_<slice>)')
@@ -639,6 +674,11 @@ def main(argv=None) -> int:
         return 1
     print('no problems found')
     return 0
+
+
+def check_main(argv=None) -> int:
+    """``adni-check-data DATA_DIR``: the ``check`` command as its own console script."""
+    return main(['check', *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == '__main__':

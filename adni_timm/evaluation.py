@@ -1,123 +1,52 @@
 """Evaluate a trained model honestly: slice- and patient-level metrics, bootstrap CIs, an untuned threshold.
 
-    model, info = resolve_model('runs/tiny')            # or local-dir:DIR, hf-hub:ORG/NAME, path/model.safetensors
-    result = evaluate('runs/tiny', 'AD_NC', split='test', output_dir='runs/tiny/eval-test')
+    model, info = resolve_model('runs/tiny')        # or local-dir:DIR, hf-hub:ORG/NAME, path/model.safetensors
+    result = evaluate('runs/tiny', 'AD_NC', split='test', output_dir='runs/tiny/eval')
     print(format_table(result))
 
 Preprocessing is the model's own: ``timm.data.create_transform(**resolve_data_config(model=model))``,
-exactly what anyone who downloads the weights gets. The positive class is ``AD``; with more
-classes (``NC,MCI,AD``) the metrics are AD vs rest on ``p_AD``. The decision threshold is never
-tuned on the evaluated split: ``threshold`` (CLI) > ``target_sensitivity`` met on validation
-patients > the validation threshold stored with the model > 0.5.
+exactly what anyone who downloads the weights gets. The positive class is ``AD``; with more classes
+(``NC,MCI,AD``) the metrics are AD vs rest on ``p_AD``. Probabilities are calibrated with the
+temperature stored with the model, and the decision threshold is never tuned on the evaluated split:
+``threshold`` (CLI) > ``target_sensitivity`` met on validation patients > (with TTA: chosen again
+with TTA on the validation patients) > the validation threshold stored with the model > 0.5.
+Inference runs in the precision the model was trained in (``precision`` overrides).
 """
 from __future__ import annotations
 
 import csv
-import json
 import logging
-import os
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import timm
 import torch
 from accelerate import PartialState
-from huggingface_hub import hf_hub_download
 from timm.data import resolve_data_config
 
-from . import data, hub, metrics, plots
-from .data import positive_index
-from .hardware import bf16_supported
+from . import data, metrics, plots
+from .display import fmt, fmt_ci
+from .export import resolve_model
+from .files import read_json, write_json
+from .inference import PRECISIONS, predict_loader
+from .run_record import RECORD_NAME, RunRecord
 
 __all__ = [
-    'EvaluationError', 'resolve_model', 'positive_index', 'predict', 'evaluate', 'format_table', 'predict_images',
-    'format_predictions', 'default_output_dir',
+    'EvaluationError', 'resolve_model', 'predict', 'evaluate', 'format_table', 'predict_images',
+    'format_predictions', 'default_output_dir', 'recorded_precision',
 ]
 
 _logger = logging.getLogger(__name__)
 
 DATA_CHANNELS = 1  # data.SliceDataset reads every slice as 8-bit grayscale ('L')
-IMAGE_SUFFIXES = ('.jpeg', '.jpg', '.png')
-MODEL_FORMS = 'a training run folder (RUN), an export folder, local-dir:DIR, hf-hub:ORG/NAME or path/model.safetensors'
 
 
 class EvaluationError(ValueError):
-    """Bad input to evaluation (model reference, threshold options, classes); the message names the fix."""
+    """Bad input to evaluation (threshold options, classes, precision); the message names the fix."""
 
 
 # ---------------------------------------------------------------------------------------------- the model
-
-def _locate_export(path: str) -> tuple[Path, Path | None]:
-    """(export folder, run folder or None) for a RUN, RUN/best, an export folder or its model.safetensors."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise EvaluationError(f'model {path!r} does not exist; pass {MODEL_FORMS}.')
-    if p.is_file():
-        if p.name != hub.WEIGHTS_NAME:
-            raise EvaluationError(
-                f'{p} is not an export\'s weights file: timm loads {hub.WEIGHTS_NAME} with {hub.CONFIG_NAME} beside '
-                f'it; pass the folder, or rename the file to {hub.WEIGHTS_NAME} next to its {hub.CONFIG_NAME}.')
-        p = p.parent
-    if hub.is_export(p / 'best'):
-        return p / 'best', p
-    if not hub.is_export(p):
-        raise EvaluationError(
-            f'{p} is neither a training run (no best/{hub.WEIGHTS_NAME}) nor a timm export folder (needs '
-            f'{hub.CONFIG_NAME} and {hub.WEIGHTS_NAME}); pass {MODEL_FORMS}.')
-    if 'architecture' not in hub.read_export_config(p):
-        raise EvaluationError(f'{p / hub.CONFIG_NAME} is not a timm config (no "architecture" key); '
-                              f'export the model with adni_timm.hub.export_model or timm.models.save_for_hf.')
-    run_dir = p.parent if (p.parent / 'split.json').is_file() else None
-    return p, run_dir
-
-
-def _create_pretrained(name: str) -> torch.nn.Module:
-    try:
-        return timm.create_model(name, pretrained=True)
-    except (OSError, RuntimeError, ValueError, KeyError) as e:  # missing files, offline Hub, shape mismatch
-        hint = (' Check the repository id (ORG/NAME[@revision]) and the network; offline, the repository must be in '
-                'the Hugging Face cache.' if name.startswith('hf') else '')
-        raise EvaluationError(f'could not load {name} with timm: {type(e).__name__}: {e}{hint}') from e
-
-
-def _hub_extra(repo: str) -> dict[str, Any]:
-    """``config.json['adni_timm']`` of a Hub repo (``ORG/NAME[@revision]``); cached by the model load."""
-    repo_id, _, revision = repo.partition('@')
-    with open(hf_hub_download(repo_id, hub.CONFIG_NAME, revision=revision or None), encoding='utf-8') as f:
-        return dict(json.load(f).get(hub.EXTRA_KEY, {}))
-
-
-def resolve_model(ref: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Load ``ref`` with stock timm (``pretrained=True``), in eval mode, with what we know about it.
-
-    ``ref``: a RUN folder (uses ``RUN/best``; ``RUN/split.json`` gives the validation patients), an
-    export folder, ``local-dir:DIR``, ``hf-hub:ORG/NAME[@rev]`` or ``path/model.safetensors``.
-    ``info`` = ``{'model': ref, 'threshold': stored validation threshold or None, 'threshold_source',
-    'run_dir': Path or None, 'classes': [...]}``.
-    """
-    ref = str(ref)
-    prefix, _, rest = ref.partition(':')
-    if prefix in ('hf-hub', 'hf_hub') and rest:
-        model = _create_pretrained(ref)
-        extra, run_dir = _hub_extra(rest), None
-    else:
-        export_dir, run_dir = _locate_export(rest if prefix == 'local-dir' and rest else ref)
-        model = _create_pretrained(f'local-dir:{export_dir}')
-        extra = hub.export_extra(export_dir)
-    threshold = extra.get('threshold')
-    classes = extra.get('classes') or model.pretrained_cfg.get('label_names') or data.DEFAULT_CLASSES
-    info = {
-        'model': ref,
-        'threshold': None if threshold is None else float(threshold),
-        'threshold_source': extra.get('threshold_source', 'validation') if threshold is not None else None,
-        'run_dir': run_dir,
-        'classes': list(classes),
-    }
-    return model.eval(), info
-
 
 def _input_channels(model: torch.nn.Module) -> int:
     first_conv = model.pretrained_cfg.get('first_conv')
@@ -135,62 +64,67 @@ def _check_input_channels(model: torch.nn.Module) -> None:
             f'use a model created with in_chans=1 (every adni_convnext_* model is), e.g. one trained by train.py.')
 
 
+def _run_record(info: dict) -> RunRecord | None:
+    run_dir = info.get('run_dir')
+    if run_dir is None or not (Path(run_dir) / RECORD_NAME).is_file():
+        return None
+    return RunRecord.load(run_dir)
+
+
+def recorded_precision(info: dict) -> str:
+    """The precision the model was trained in (export, else its run record); fp32 when unknown."""
+    recorded = info.get('export', {}).get('precision')
+    if recorded is None:
+        record = _run_record(info)
+        recorded = record.mixed_precision if record is not None else None
+    return recorded if recorded in PRECISIONS else 'no'
+
+
+def _recorded_file_is_patient(info: dict) -> bool:
+    if 'file_is_patient' in info.get('export', {}):
+        return bool(info['export']['file_is_patient'])
+    record = _run_record(info)
+    return bool(record.config.file_is_patient) if record is not None else False
+
+
 # ---------------------------------------------------------------------------------------------- inference
 
-@torch.inference_mode()
 def predict(model: torch.nn.Module, slices: Sequence[data.Slice], *, batch_size: int = 64, num_workers: int = 0,
-            accelerator=None, tta: bool = False) -> np.ndarray:
+            accelerator=None, tta: bool = False, precision: str = 'no') -> np.ndarray:
     """Softmax probabilities ``(len(slices), num_classes)``, in the order of ``slices``.
 
     Preprocessing is the model's own eval transform. With an ``accelerator`` the slices are sharded over
-    its processes and gathered with ``gather_for_metrics`` (each slice counted once); every process must
-    call. Without one, this process alone predicts on its own device. ``tta`` averages the softmax of the
-    image and its horizontal flip. On CUDA: bf16 autocast (fp16 where bf16 is unsupported) and channels_last.
+    its processes and gathered (each slice counted once); every process must call. Without one, this
+    process alone predicts on its own device. ``tta`` averages the softmax of the image and its
+    horizontal flip. ``precision`` ('no' = fp32, 'bf16', 'fp16', 'auto') applies on CUDA only.
     """
     if not slices:
         raise EvaluationError('predict: no slices to predict on.')
     net = accelerator.unwrap_model(model) if accelerator is not None else model
     _check_input_channels(net)
     device = accelerator.device if accelerator is not None else PartialState().device
-    cuda = device.type == 'cuda'
     _, eval_tf = data.build_transforms(net)  # == create_transform(**resolve_data_config(model=net))
     loader = data.create_loader(data.SliceDataset(list(slices), transform=eval_tf), batch_size, shuffle=False,
-                                num_workers=num_workers, pin_memory=cuda)
+                                num_workers=num_workers, pin_memory=device.type == 'cuda')
     if accelerator is not None:
         loader = accelerator.prepare_data_loader(loader)
-    was_training = net.training
-    net.eval().to(device)
-    if cuda:
+    net.to(device)
+    if device.type == 'cuda':
         net.to(memory_format=torch.channels_last)
-    amp_dtype = torch.bfloat16 if cuda and bf16_supported() else torch.float16
-    autocast = torch.autocast('cuda', dtype=amp_dtype) if cuda else nullcontext()
-    out = []
-    try:
-        for images, _ in loader:
-            images = images.to(device, non_blocking=True)
-            if cuda:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with autocast:
-                probs = net(images).float().softmax(-1)
-                if tta:
-                    probs = (probs + net(images.flip(-1)).float().softmax(-1)) / 2
-            if accelerator is not None:
-                probs = accelerator.gather_for_metrics(probs)
-            out.append(probs.cpu())
-    finally:
-        net.train(was_training)
-    return torch.cat(out).double().numpy()
+    probs, _ = predict_loader(net, loader, device=device, precision=precision, channels_last=True, tta=tta,
+                              accelerator=accelerator)
+    return probs
 
 
 # ---------------------------------------------------------------------------------------------- the threshold
 
-def _validation_slices(data_dir, classes, run_dir: Path | None) -> tuple[list[data.Slice], str]:
+def _validation_slices(data_dir, classes, run_dir: Path | None, file_is_patient: bool, *,
+                       allow_fallback: bool = True) -> tuple[list[data.Slice], str] | None:
     """Validation slices from ``DATA_DIR/train``: the run's ``split.json`` val patients, else a seed-0 split."""
-    train = data.scan_split(data_dir, 'train', classes)
+    train = data.scan_split(data_dir, 'train', classes, file_is_patient=file_is_patient)
     split_file = run_dir / 'split.json' if run_dir is not None else None
     if split_file is not None and split_file.is_file():
-        with split_file.open(encoding='utf-8') as f:
-            split = json.load(f)
+        split = read_json(split_file)
         val = data.select(train, split, 'val')
         if split.get('level') != 'patient':
             _logger.warning('%s splits by %s, not by patient: the validation slices share patients with the '
@@ -199,6 +133,8 @@ def _validation_slices(data_dir, classes, run_dir: Path | None) -> tuple[list[da
             raise EvaluationError(f'{split_file} lists no validation patients (the run trained without a '
                                   f'validation split), so none can set the threshold; pass --threshold X.')
         return val, str(split_file)
+    if not allow_fallback:
+        return None
     split = data.split_patients(train, seed=0)
     _logger.warning('no split.json with this model: choosing the threshold on a seed-0 patient split of %s/train. '
                     'If the model was trained on those patients the threshold is optimistic (never on the test '
@@ -206,15 +142,20 @@ def _validation_slices(data_dir, classes, run_dir: Path | None) -> tuple[list[da
     return data.select(train, split, 'val'), 'seed-0 patient split of DATA_DIR/train'
 
 
-def _choose_threshold(*, threshold, target_sensitivity, info, data_dir, split, classes, eval_patients,
-                      predict_fn) -> tuple[float, str, dict[str, Any]]:
-    """(threshold, source, details): cli > target sensitivity on validation patients > stored > 0.5."""
+def _choose_operating_point(*, threshold, target_sensitivity, tta, info, data_dir, split, classes, eval_patients,
+                            file_is_patient, predict_fn) -> dict[str, Any]:
+    """``{'threshold', 'threshold_source', 'temperature', ...details}``: never chosen on the evaluated split.
+
+    cli > target sensitivity on validation patients > with TTA, chosen again with TTA on the run's
+    validation patients > stored (validation) > 0.5.
+    """
+    stored_t = info.get('temperature') or 1.0
     if threshold is not None and target_sensitivity is not None:
         raise EvaluationError('pass either --threshold or --target-sensitivity, not both.')
     if threshold is not None:
         if not 0 <= threshold <= 1:
             raise EvaluationError(f'--threshold must be a probability in [0, 1], got {threshold}.')
-        return float(threshold), 'cli', {}
+        return {'threshold': float(threshold), 'threshold_source': 'cli', 'temperature': stored_t}
     if target_sensitivity is not None:
         if not 0 < target_sensitivity <= 1:
             raise EvaluationError(f'--target-sensitivity must be in (0, 1], got {target_sensitivity}.')
@@ -222,31 +163,45 @@ def _choose_threshold(*, threshold, target_sensitivity, info, data_dir, split, c
             raise EvaluationError(
                 '--target-sensitivity chooses the threshold on validation patients carved from the train split, '
                 'so it cannot be used when evaluating --split train; pass --threshold X, or evaluate --split test.')
-        val, source = _validation_slices(data_dir, classes, info.get('run_dir'))
-        leaked = set(eval_patients) & {s.patient for s in val}
-        if leaked:
-            raise EvaluationError(
-                f'{len(leaked)} validation patients (e.g. {sorted(leaked)[:3]}) are also in the evaluated split '
-                f'{split!r}; a threshold chosen on them would be tuned on the test data. Pass --threshold X.')
-        pos = positive_index(classes)
-        _, y, p = metrics.patient_level([s.patient for s in val], [int(s.label == pos) for s in val],
-                                        predict_fn(val)[:, pos])
-        chosen = metrics.threshold_for_sensitivity(y, p, target_sensitivity)
-        achieved = metrics.binary_metrics(y, p, chosen)
-        details = {'threshold_selection': {
-            'target_sensitivity': float(target_sensitivity), 'chosen_on': source, 'validation_patients': int(len(y)),
-            'validation_sensitivity': achieved['sensitivity'], 'validation_specificity': achieved['specificity']}}
-        return chosen, 'validation', details
+    if target_sensitivity is not None or (tta and split != 'train' and data_dir is not None):
+        found = _validation_slices(data_dir, classes, info.get('run_dir'), file_is_patient,
+                                   allow_fallback=target_sensitivity is not None)
+        if found is not None:
+            val, source = found
+            leaked = set(eval_patients) & {s.patient for s in val}
+            if leaked:
+                raise EvaluationError(
+                    f'{len(leaked)} validation patients (e.g. {sorted(leaked)[:3]}) are also in the evaluated split '
+                    f'{split!r}; a threshold chosen on them would be tuned on the test data. Pass --threshold X.')
+            pos = data.positive_index(classes)
+            labels = np.array([s.label for s in val])
+            patients = [s.patient for s in val]
+            point = metrics.operating_point(predict_fn(val), labels, patients, pos, target_sensitivity,
+                                            temperature=None if tta else stored_t)
+            ids, y, p = metrics.patient_level(patients, (labels == pos).astype(int), point['p_pos'])
+            achieved = metrics.binary_metrics(y, p, point['threshold'])
+            details = {'chosen_on': source, 'validation_patients': int(len(y)), 'tta': tta,
+                       'validation_sensitivity': achieved['sensitivity'],
+                       'validation_specificity': achieved['specificity']}
+            if target_sensitivity is not None:
+                details['target_sensitivity'] = float(target_sensitivity)
+            return {'threshold': point['threshold'], 'threshold_source': 'validation',
+                    'temperature': point['temperature'], 'threshold_selection': details}
+        _logger.warning('--tta: no validation split of this model is known, so the stored threshold (chosen '
+                        'without TTA) is used as it is')
+    note = {'threshold_note': 'chosen without TTA'} if tta else {}
     if info.get('threshold') is not None:
-        return float(info['threshold']), info.get('threshold_source') or 'validation', {}
-    return 0.5, 'fixed', {}
+        return {'threshold': float(info['threshold']), 'threshold_source': info.get('threshold_source') or
+                'validation', 'temperature': stored_t, **note}
+    return {'threshold': 0.5, 'threshold_source': 'fixed', 'temperature': stored_t, **note}
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
 
 def _default_info(model_ref, model: torch.nn.Module) -> dict[str, Any]:
-    return {'model': str(model_ref), 'threshold': None, 'threshold_source': None, 'run_dir': None,
-            'classes': list(model.pretrained_cfg.get('label_names') or data.DEFAULT_CLASSES)}
+    return {'model': str(model_ref), 'threshold': None, 'threshold_source': None, 'temperature': 1.0,
+            'run_dir': None, 'export': {},
+            'classes': list(model.pretrained_cfg.get('label_names') or data.LABEL_NAMES)}
 
 
 def _check_classes(model: torch.nn.Module, classes: Sequence[str]) -> None:
@@ -259,14 +214,17 @@ def _check_classes(model: torch.nn.Module, classes: Sequence[str]) -> None:
 def evaluate(model_ref, data_dir, *, split: str = 'test', output_dir=None, threshold: float | None = None,
              target_sensitivity: float | None = None, batch_size: int = 64, num_workers: int = 0, tta: bool = False,
              n_boot: int = 1000, classes: Sequence[str] | None = None, model: torch.nn.Module | None = None,
-             info: dict | None = None, accelerator=None) -> dict[str, Any]:
+             info: dict | None = None, accelerator=None, precision: str | None = None,
+             skip_bad_images: bool = False, file_is_patient: bool | None = None,
+             slices: Sequence[data.Slice] | None = None) -> dict[str, Any]:
     """Slice- and patient-level metrics of a model on ``DATA_DIR/<split>``: the ``metrics.json`` dict.
 
-    ``model``/``info`` skip loading ``model_ref`` (training passes its model). With ``output_dir``, writes
-    metrics.json, predictions.csv, patients.csv, confusion_matrix.png (patients),
-    confusion_matrix_slices.png and roc.png (patients). CIs: percentile bootstrap over patients
-    (``n_boot`` resamples, 0 for none). With an ``accelerator`` every process must call (inference is
-    sharded, each slice counted once) and only the main process writes; without one, call it on one process.
+    ``model``/``info`` skip loading ``model_ref``. ``slices`` skips scanning and checking the split (training
+    passes the test slices it checked at start-up). ``precision`` defaults to the model's training
+    precision; ``file_is_patient`` to the run's setting. With ``output_dir``, writes metrics.json,
+    predictions.csv, patients.csv, confusion matrices, roc.png and reliability.png. CIs: percentile
+    bootstrap over patients (``n_boot`` resamples, 0 for none). With an ``accelerator`` every process must
+    call (inference is sharded, each slice counted once) and only the main process writes.
     """
     if model is None:
         model, info = resolve_model(model_ref)
@@ -274,42 +232,68 @@ def evaluate(model_ref, data_dir, *, split: str = 'test', output_dir=None, thres
     classes = list(classes or info['classes'])
     _check_classes(model, classes)
     _check_input_channels(model)
-    slices = data.scan_split(data_dir, split, classes)
-    pos = positive_index(classes)
+    precision = precision or recorded_precision(info)
+    if precision not in PRECISIONS:
+        raise EvaluationError(f'--precision {precision!r}: choose one of {list(PRECISIONS)}')
+    if file_is_patient is None:
+        file_is_patient = _recorded_file_is_patient(info)
+    if slices is None:
+        slices = data.scan_split(data_dir, split, classes, file_is_patient=file_is_patient)
+        slices = data.resolve_bad_images(slices, skip_bad=skip_bad_images, num_workers=num_workers, what=split)
+    slices = list(slices)
+    pos = data.positive_index(classes)
 
     def predict_fn(items):
         return predict(model, items, batch_size=batch_size, num_workers=num_workers, accelerator=accelerator,
-                       tta=tta)
+                       tta=tta, precision=precision)
 
     patients = [s.patient for s in slices]
-    thr, source, details = _choose_threshold(
-        threshold=threshold, target_sensitivity=target_sensitivity, info=info, data_dir=data_dir, split=split,
-        classes=classes, eval_patients=patients, predict_fn=predict_fn)
-    probs = predict_fn(slices)
-    y = np.array([int(s.label == pos) for s in slices])
-    p_pos = probs[:, pos]
+    point = _choose_operating_point(
+        threshold=threshold, target_sensitivity=target_sensitivity, tta=tta, info=info, data_dir=data_dir,
+        split=split, classes=classes, eval_patients=patients, file_is_patient=file_is_patient,
+        predict_fn=predict_fn)
+    raw = predict_fn(slices)
+    probs = metrics.apply_temperature(raw, point['temperature'])
+    y = data.binary_labels(slices, classes)
+    p_pos, thr = probs[:, pos], point.pop('threshold')
     result = metrics.slice_and_patient_metrics(patients, y, p_pos, thr)
     if n_boot:
         for level, cis in metrics.bootstrap_ci(patients, y, p_pos, thr, n_boot=n_boot).items():
             result[level].update({f'{k}_ci': v for k, v in cis.items()})
     result.update({
-        'threshold': thr, 'threshold_source': source, **details,
+        'threshold': thr, **point,
+        'calibration': _calibration(patients, y, raw[:, pos], p_pos, point['temperature']),
         'model': info['model'], 'data_dir': str(data_dir), 'split': split,
-        'classes': classes, 'positive_class': classes[pos], 'tta': tta,
+        'classes': classes, 'positive_class': classes[pos], 'tta': tta, 'precision': precision,
+        'file_is_patient': file_is_patient, 'weights_sha256': info.get('weights_sha256'),
+        'epoch': info.get('export', {}).get('epoch'),
         'ci': {'method': 'percentile bootstrap, patients resampled within class', 'n_boot': n_boot,
                'level': 0.95, 'seed': 0} if n_boot else None,
     })
     if output_dir is not None and (accelerator is None or accelerator.is_main_process):
-        _write_reports(Path(output_dir), result, slices, probs, y, classes)
+        _write_reports(Path(output_dir), result, slices, probs, raw[:, pos], y, classes)
     return result
+
+
+def _calibration(patients, y, p_raw, p_cal, temperature: float) -> dict[str, Any]:
+    """ECE of the evaluated split with the stored temperature, and without it (T = 1) for comparison."""
+    after = metrics.calibration_report(patients, y, p_cal)
+    before = metrics.calibration_report(patients, y, p_raw)
+    return {'temperature': float(temperature), **after,
+            'ece_slice_uncalibrated': before['ece_slice'], 'ece_patient_uncalibrated': before['ece_patient']}
 
 
 def _predicted_names(probs: np.ndarray, thr: float, classes: Sequence[str]) -> list[str]:
     """AD when p_AD >= thr, else the most probable other class (NC for two classes)."""
-    pos = positive_index(classes)
+    pos = data.positive_index(classes)
     others = probs.copy()
     others[:, pos] = -1
     return [classes[pos] if row[pos] >= thr else classes[int(np.argmax(o))] for row, o in zip(probs, others)]
+
+
+def _negative_name(classes: Sequence[str]) -> str:
+    pos = data.positive_index(classes)
+    return classes[1 - pos] if len(classes) == 2 else f'not {classes[pos]}'
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -319,23 +303,23 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def _write_reports(out: Path, result: dict, slices, probs, y, classes) -> None:
+def _write_reports(out: Path, result: dict, slices, probs, p_raw, y, classes) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    pos, thr = positive_index(classes), result['threshold']
+    pos, thr = data.positive_index(classes), result['threshold']
     p_key = f'p_{classes[pos]}'
     predicted = _predicted_names(probs, thr, classes)
     _write_csv(out / 'predictions.csv', [
         {'path': s.path, 'patient': s.patient, 'label': classes[s.label], p_key: f'{p[pos]:.6f}', 'predicted': pred}
         for s, p, pred in zip(slices, probs, predicted)])
-    ids, y_pat, p_pat = metrics.patient_level([s.patient for s in slices], y, probs[:, pos])
+    patients = [s.patient for s in slices]
+    ids, y_pat, p_pat = metrics.patient_level(patients, y, probs[:, pos])
     label_of = {s.patient: classes[s.label] for s in slices}
-    n_slices = dict(zip(*np.unique([s.patient for s in slices], return_counts=True)))
-    negative = classes[1 - pos] if len(classes) == 2 else f'not {classes[pos]}'
+    n_slices = dict(zip(*np.unique(patients, return_counts=True)))
+    negative = _negative_name(classes)
     _write_csv(out / 'patients.csv', [
         {'patient': pid, 'label': label_of[pid], 'n_slices': int(n_slices[pid]), p_key: f'{p:.6f}',
          'predicted': classes[pos] if p >= thr else negative} for pid, p in zip(ids, p_pat)])
-    with (out / 'metrics.json').open('w', encoding='utf-8') as f:
-        json.dump(result, f, indent=2)
+    write_json(out / 'metrics.json', result)
     labels = [negative, classes[pos]]
     plots.plot_confusion_matrix(result['patient']['confusion_matrix'], labels, out / 'confusion_matrix.png',
                                 title=f'patients (threshold {thr:.3g})')
@@ -345,6 +329,12 @@ def _write_reports(out: Path, result: dict, slices, probs, y, classes) -> None:
         plots.plot_roc(y_pat, p_pat, out / 'roc.png', title=f'{classes[pos]} vs {negative}, patients', threshold=thr)
     else:
         _logger.warning('roc.png not written: the %s split holds a single class', result['split'])
+    _, _, p_pat_raw = metrics.patient_level(patients, y, p_raw)
+    calibrated = result['calibration']['temperature'] != 1
+    plots.plot_reliability(y, p_raw, y_pat, p_pat_raw, out / 'reliability.png',
+                           title=f'calibration, temperature {result["calibration"]["temperature"]:.3g}',
+                           p_slice_calibrated=probs[:, pos] if calibrated else None,
+                           p_patient_calibrated=p_pat if calibrated else None)
     _logger.info('wrote metrics.json, predictions.csv, patients.csv and figures to %s', out)
 
 
@@ -354,9 +344,9 @@ def default_output_dir(info: dict, name: str) -> Path:
     return Path(run_dir) / name if run_dir is not None else Path(name)
 
 
-def _fmt(value, ci=None) -> str:
-    text = '-' if value is None else f'{value:.3f}'
-    return f'{text} [{ci[0]:.3f}, {ci[1]:.3f}]' if ci else text
+def eval_dir_name(split: str) -> str:
+    """``eval`` for the test split (what train.py --eval-test writes and push_to_hub.py reads), else eval-<split>."""
+    return 'eval' if split == 'test' else f'eval-{split}'
 
 
 def format_table(result: dict) -> str:
@@ -365,13 +355,19 @@ def format_table(result: dict) -> str:
     width = max(24, len(str(s['confusion_matrix'])) + 2)  # confusion matrices of ADNI size run wide
     lines = [
         f"{result.get('model', '')} on {result.get('data_dir', '')}/{result.get('split', '')}: "
-        f"{result.get('positive_class', 'AD')} positive, threshold {result['threshold']:.3f} "
+        f"{result.get('positive_class', 'AD')} positive, threshold {fmt(result['threshold'])} "
         f"({result['threshold_source']})",
         f"{'':<18}{'slices (n=' + str(s['n']) + ')':<{width}}{'patients (n=' + str(p['n']) + ')':<{width}}",
     ]
     for key in metrics.CI_KEYS:
-        lines.append(f'{key:<18}{_fmt(s[key], s.get(key + "_ci")):<{width}}{_fmt(p[key], p.get(key + "_ci")):<{width}}')
+        lines.append(f'{key:<18}{fmt_ci(s[key], s.get(key + "_ci")):<{width}}'
+                     f'{fmt_ci(p[key], p.get(key + "_ci")):<{width}}')
     lines.append(f"{'[[TN,FP],[FN,TP]]':<18}{str(s['confusion_matrix']):<{width}}{str(p['confusion_matrix']):<{width}}")
+    cal = result.get('calibration')
+    if cal:
+        lines.append(f"{'ECE':<18}{fmt(cal['ece_slice']):<{width}}{fmt(cal['ece_patient']):<{width}}"
+                     f"(temperature {fmt(cal['temperature'])}; uncalibrated {fmt(cal['ece_slice_uncalibrated'])} / "
+                     f"{fmt(cal['ece_patient_uncalibrated'])})")
     if result.get('ci'):
         lines.append(f"[lo, hi]: 95% CI, bootstrap over patients ({result['ci']['n_boot']} resamples)")
     return '\n'.join(lines)
@@ -382,13 +378,13 @@ def format_table(result: dict) -> str:
 def _unlabelled_slices(path) -> list[data.Slice]:
     path = Path(path).expanduser()
     if path.is_dir():
-        files = sorted(f for f in path.rglob('*') if f.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(f for f in path.rglob('*') if f.suffix.lower() in data.IMAGE_EXTENSIONS)
     elif path.is_file():
         files = [path]
     else:
         raise EvaluationError(f'--images {path}: no such file or folder.')
     if not files:
-        raise EvaluationError(f'--images {path}: no {"/".join(IMAGE_SUFFIXES)} images found.')
+        raise EvaluationError(f'--images {path}: no {"/".join(data.IMAGE_EXTENSIONS)} images found.')
     out = []
     for f in files:
         # <patient>_<slice> names group into patients; any other name stands alone (label -1: unknown)
@@ -399,7 +395,8 @@ def _unlabelled_slices(path) -> list[data.Slice]:
 
 def predict_images(model_ref, path, *, output_dir=None, batch_size: int = 64, num_workers: int = 0,
                    tta: bool = False, threshold: float | None = None, classes: Sequence[str] | None = None,
-                   model: torch.nn.Module | None = None, info: dict | None = None) -> dict[str, Any]:
+                   model: torch.nn.Module | None = None, info: dict | None = None,
+                   precision: str | None = None) -> dict[str, Any]:
     """Predict unlabelled slices (one file or a folder, searched recursively): class and p_AD per slice.
 
     Files named ``<patient>_<slice>`` are also aggregated per patient (mean p_AD). Returns
@@ -411,11 +408,15 @@ def predict_images(model_ref, path, *, output_dir=None, batch_size: int = 64, nu
     info = info or _default_info(model_ref, model)
     classes = list(classes or info['classes'])
     _check_classes(model, classes)
-    thr, source, _ = _choose_threshold(threshold=threshold, target_sensitivity=None, info=info, data_dir=None,
-                                       split=None, classes=classes, eval_patients=[], predict_fn=None)
+    point = _choose_operating_point(threshold=threshold, target_sensitivity=None, tta=False, info=info,
+                                    data_dir=None, split=None, classes=classes, eval_patients=[],
+                                    file_is_patient=False, predict_fn=None)
+    thr = point['threshold']
     slices = _unlabelled_slices(path)
-    probs = predict(model, slices, batch_size=batch_size, num_workers=num_workers, tta=tta)
-    pos = positive_index(classes)
+    raw = predict(model, slices, batch_size=batch_size, num_workers=num_workers, tta=tta,
+                  precision=precision or recorded_precision(info))
+    probs = metrics.apply_temperature(raw, point['temperature'])
+    pos = data.positive_index(classes)
     p_key = f'p_{classes[pos]}'
     slice_rows = [{'path': s.path, 'patient': s.patient if s.slice_index is not None else '', p_key: float(p[pos]),
                    'predicted': pred} for s, p, pred in zip(slices, probs, _predicted_names(probs, thr, classes))]
@@ -425,10 +426,11 @@ def predict_images(model_ref, path, *, output_dir=None, batch_size: int = 64, nu
         pids = [slices[i].patient for i in with_ids]
         ids, counts = np.unique(pids, return_counts=True)
         _, _, p_pat = metrics.patient_level(pids, np.zeros(len(pids), dtype=int), probs[with_ids, pos])
-        negative = classes[1 - pos] if len(classes) == 2 else f'not {classes[pos]}'
+        negative = _negative_name(classes)
         patient_rows = [{'patient': str(pid), 'n_slices': int(n), p_key: float(p),
                          'predicted': classes[pos] if p >= thr else negative} for pid, n, p in zip(ids, counts, p_pat)]
-    result = {'model': info['model'], 'threshold': thr, 'threshold_source': source, 'positive_class': classes[pos],
+    result = {'model': info['model'], 'threshold': thr, 'threshold_source': point['threshold_source'],
+              'temperature': point['temperature'], 'positive_class': classes[pos],
               'slices': slice_rows, 'patients': patient_rows}
     if output_dir is not None:
         out = Path(output_dir)
@@ -444,7 +446,7 @@ def format_predictions(result: dict, max_rows: int = 20) -> str:
     """Per-patient rows when file names carry patient ids, else per-slice rows; at most ``max_rows``."""
     rows, kind = (result['patients'], 'patient') if result['patients'] else (result['slices'], 'path')
     p_key = f"p_{result['positive_class']}"
-    lines = [f"threshold {result['threshold']:.3f} ({result['threshold_source']})",
+    lines = [f"threshold {fmt(result['threshold'])} ({result['threshold_source']})",
              f'{kind:<40}{p_key:>8}  predicted']
     lines += [f'{str(r[kind])[-40:]:<40}{r[p_key]:>8.3f}  {r["predicted"]}' for r in rows[:max_rows]]
     if len(rows) > max_rows:

@@ -1,39 +1,32 @@
-"""Export folders (safetensors + timm config.json + model card), publishing them to the Hub, loading them back.
+"""Publishing a run to the Hugging Face Hub: the folder that goes up, its model card, the upload.
 
-An export folder is what ``RUN/best`` holds and what goes to the Hub. Its
-``config.json`` names the *stock* timm architecture (e.g. ``convnext_tiny``)
-so that plain timm loads it without this package; our own settings (decision
-threshold, classes, provenance) sit under the top-level key ``adni_timm``,
-which timm ignores.
-
-Publishing (``push_to_hub``) assembles a separate folder from a training run:
-an allowlist of files (weights, config, card, plots) and nothing else, then
-``HfApi.create_repo`` + ``HfApi.upload_folder``. The published repo loads with
-``timm.create_model('hf-hub:ORG/NAME', pretrained=True)``.
+The only module that talks to the Hub. The export format itself (weights + timm config.json,
+written and read) lives in ``adni_timm.export``. Publishing assembles a separate folder from a
+training run: an allowlist of files (weights, config, card, plots) and nothing else, checks that
+the evaluation in the card belongs to these weights, then ``HfApi.create_repo`` +
+``HfApi.upload_folder``. The published repo loads with ``timm.create_model('hf-hub:ORG/NAME',
+pretrained=True)`` and with transformers' image-classification pipeline.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import timm
-import torch
-import yaml
 from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HFValidationError, HfHubHTTPError
 from huggingface_hub.utils import validate_repo_id
 from safetensors import safe_open
-from timm.models import save_for_hf
 
-from .model_card import ACK_PLACEHOLDER, build_model_card, is_synthetic
-from .models import LABEL_NAMES, MEAN, STD, stock_architecture
+from . import data, export
+from .export import CONFIG_NAME, EXTRA_KEY, WEIGHTS_NAME, find_best_export, read_export_config
+from .files import read_json, read_yaml, sha256_file
+from .model_card import ACK_PLACEHOLDER, build_model_card
+from .models import MEAN, STD
 
 try:  # huggingface_hub >= 1.0 talks httpx; older versions raise requests errors, which are OSErrors
     from huggingface_hub.errors import HTTPError as _TransportError
@@ -41,23 +34,17 @@ except ImportError:  # pragma: no cover
     _TransportError = OSError
 
 __all__ = [
-    'WEIGHTS_NAME', 'CONFIG_NAME', 'CARD_NAME', 'EXTRA_KEY', 'PLOT_NAMES', 'UPLOAD_ALLOWLIST', 'LICENSE',
-    'HubError', 'UploadError', 'PushResult',
-    'export_model', 'is_export', 'read_export_config', 'export_extra', 'find_best_export', 'default_eval_metrics',
-    'publishable_config', 'build_export_folder', 'count_parameters', 'check_repo_id', 'resolve_token', 'push_to_hub',
+    'CARD_NAME', 'PLOT_NAMES', 'UPLOAD_ALLOWLIST', 'HubError', 'UploadError', 'PushResult',
+    'default_eval_metrics', 'publishable_config', 'check_eval_belongs', 'build_export_folder', 'count_parameters',
+    'check_repo_id', 'resolve_token', 'push_to_hub',
 ]
 
 _logger = logging.getLogger(__name__)
 
-WEIGHTS_NAME = 'model.safetensors'
-CONFIG_NAME = 'config.json'
 CARD_NAME = 'README.md'
-EXTRA_KEY = 'adni_timm'
-PLOT_NAMES = ('curves.png', 'confusion_matrix.png', 'roc.png')
+PLOT_NAMES = ('curves.png', 'confusion_matrix.png', 'roc.png', 'reliability.png', 'population_maps.png')
 # The only files that ever go to the Hub: never a data image, a checkpoint pickle or a token.
 UPLOAD_ALLOWLIST = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, *PLOT_NAMES)
-LICENSE = 'apache-2.0'  # of the weights; the card says the ADNI DUA may restrict redistribution
-PRETRAINED_TAG = 'adni_ad_nc'
 
 
 class HubError(ValueError):
@@ -72,124 +59,23 @@ class UploadError(HubError):
         self.export_dir = export_dir
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# export folder of one model (RUN/best)
-
-
-def export_model(model: torch.nn.Module, out_dir: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model.safetensors`` + timm ``config.json`` to ``out_dir``, atomically.
-
-    The folder is assembled beside ``out_dir`` and swapped in with a rename, so a
-    kill mid-write leaves the previous export intact. ``extra`` (e.g. the
-    validation threshold) is stored under ``config.json['adni_timm']``.
-    """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    model = getattr(model, '_orig_mod', model)  # torch.compile wrapper
-    arch = stock_architecture(model.pretrained_cfg.get('architecture', ''))
-    model_config = {
-        'pretrained_cfg': {'architecture': arch},
-        EXTRA_KEY: dict(extra or {}),
-    }
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', dir=out_dir.parent))
-    try:
-        # weights only: never a pickle (.bin), so local-dir: and hf-hub: both pick the safetensors file
-        state = {k: v.detach().to('cpu').contiguous() for k, v in model.state_dict().items()}
-        cpu_model = _StateOnly(model, state)
-        save_for_hf(cpu_model, tmp, model_config=model_config, safe_serialization=True)
-        _write_json(tmp / CONFIG_NAME, _with_own_provenance(_read_json(tmp / CONFIG_NAME)))
-        old = out_dir.with_name(f'.{out_dir.name}.old')
-        if old.exists():
-            shutil.rmtree(old)
-        if out_dir.exists():
-            out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
-
-
-class _StateOnly(torch.nn.Module):
-    """Presents a model to ``save_for_hf`` with a given (CPU, contiguous) state dict."""
-
-    def __init__(self, model: torch.nn.Module, state: dict[str, torch.Tensor]):
-        super().__init__()
-        object.__setattr__(self, '_model', model)
-        object.__setattr__(self, '_state', state)
-
-    def __getattr__(self, name):
-        return getattr(object.__getattribute__(self, '_model'), name)
-
-    def state_dict(self, *args, **kwargs):  # noqa: D102
-        return self._state
-
-
-def is_export(folder: str | os.PathLike) -> bool:
-    """Whether ``folder`` holds an export: ``config.json`` and ``model.safetensors``."""
-    return (Path(folder) / CONFIG_NAME).is_file() and (Path(folder) / WEIGHTS_NAME).is_file()
-
-
-def read_export_config(export_dir: str | os.PathLike) -> dict[str, Any]:
-    """The parsed ``config.json`` of an export folder (clear error when it is not one)."""
-    export_dir = Path(export_dir)
-    cfg_file = export_dir / CONFIG_NAME
-    if not is_export(export_dir):
-        raise FileNotFoundError(
-            f'{export_dir} is not a timm export folder: it needs {CONFIG_NAME} and {WEIGHTS_NAME}. '
-            f'Point at a training run (RUN or RUN/best) or a folder written by push_to_hub.py --dry-run.')
-    return _read_json(cfg_file)
-
-
-def export_extra(export_dir: str | os.PathLike) -> dict[str, Any]:
-    """Our own settings stored in an export (threshold, classes, ...); empty when absent."""
-    return dict(read_export_config(export_dir).get(EXTRA_KEY, {}))
-
-
-# Provenance of whatever checkpoint the model was created from (e.g. an ImageNet tag, licence, hub id or
-# test-time sizes that were never evaluated here): replaced by our own so the published cfg describes our weights.
-_FOREIGN_CFG_KEYS = (
-    'hf_hub_id', 'hf_hub_filename', 'hf_hub_revision', 'url', 'file', 'source', 'state_dict', 'notes',
-    'test_input_size', 'test_crop_pct', 'test_pool_size', 'min_input_size', 'label_descriptions')
-_OWN_CFG_KEYS = ('description', 'origin_url', 'paper_name', 'paper_ids')
-
-
-def _with_own_provenance(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` with our tag, licence, description and class names in its ``pretrained_cfg``."""
-    config = json.loads(json.dumps(config))  # deep copy
-    cfg = config.setdefault('pretrained_cfg', {})
-    for key in _FOREIGN_CFG_KEYS:
-        cfg.pop(key, None)
-    own = timm.models.get_pretrained_cfg(f'adni_convnext_tiny.{PRETRAINED_TAG}').to_dict()
-    cfg.update({key: own[key] for key in _OWN_CFG_KEYS}, tag=PRETRAINED_TAG, license=LICENSE)
-    if is_synthetic(config.get(EXTRA_KEY, {})):
-        cfg['description'] = 'SYNTHETIC-DATA DEMO, trained on generated images, not ADNI. ' + cfg['description']
-    classes = list(config.get(EXTRA_KEY, {}).get('classes') or LABEL_NAMES)
-    if len(classes) == config.get('num_classes', cfg.get('num_classes')):
-        cfg['label_names'] = classes
-    else:
-        cfg.pop('label_names', None)
-    return config
-
-
 def publishable_config(config: dict[str, Any], source: str = CONFIG_NAME) -> dict[str, Any]:
-    """The config.json to publish: our own provenance, checked to preprocess as this project trains.
+    """``config`` when it describes this project's preprocessing, else ``HubError``.
 
-    Raises ``HubError`` when the weights expect something else than 1-channel input normalised
-    with mean = std = 0.5 (e.g. a run of a stock timm model that kept ImageNet statistics).
+    Refused: weights trained on something else than 1-channel input normalised with mean = std = 0.5
+    (e.g. a run of a stock timm model that kept ImageNet statistics), or without class names.
     """
-    config = _with_own_provenance(config)
-    cfg = config['pretrained_cfg']
-    in_chans = config.get('model_args', {}).get('in_chans', cfg.get('input_size', [3])[0])
+    cfg, extra = config.get('pretrained_cfg', {}), config.get(EXTRA_KEY, {})
+    trained = extra.get('trained_in_chans', cfg.get('input_size', [3])[0])
     problems = []
-    if in_chans != 1 or cfg.get('input_size', [None])[0] != 1:
-        problems.append(f'in_chans={in_chans}, input_size={cfg.get("input_size")} (expected 1 grayscale channel)')
-    for key, want in (('mean', MEAN), ('std', STD)):
+    if trained != 1:
+        problems.append(f'trained on {trained}-channel input, input_size={cfg.get("input_size")} '
+                        f'(expected 1 grayscale channel)')
+    for key, want in (('mean', MEAN[0]), ('std', STD[0])):
         got = cfg.get(key)
-        if got is None or len(got) != len(want) or not all(math.isclose(g, w) for g, w in zip(got, want)):
-            problems.append(f'{key}={got} (expected {list(want)})')
-    if 'label_names' not in cfg:
+        if not got or not all(math.isclose(g, want) for g in got):
+            problems.append(f'{key}={got} (expected {want} per channel)')
+    if not config.get('label_names', cfg.get('label_names')):
         problems.append(f'num_classes={config.get("num_classes")} does not match the class list')
     if problems:
         raise HubError(
@@ -199,27 +85,56 @@ def publishable_config(config: dict[str, Any], source: str = CONFIG_NAME) -> dic
     return config
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# export folder for the Hub
-
-
-def find_best_export(run_dir: str | os.PathLike) -> Path:
-    """The export folder holding a run's best weights: ``RUN/best``, or ``RUN`` itself when it is one."""
-    run_dir = Path(run_dir)
-    for candidate in (run_dir / 'best', run_dir):
-        if is_export(candidate):
-            return candidate
-    if not run_dir.is_dir():
-        raise HubError(f'run folder {run_dir} does not exist; pass the --output-dir of a finished train.py run')
-    raise HubError(
-        f'{run_dir} has no best weights ({run_dir / "best" / WEIGHTS_NAME} and {CONFIG_NAME} are missing); '
-        f'train first (train.py writes RUN/best when a validation epoch finishes) or point at a finished run')
-
-
 def default_eval_metrics(run_dir: str | os.PathLike) -> Path | None:
     """``RUN/eval/metrics.json`` when the run was evaluated, else None."""
     path = Path(run_dir) / 'eval' / 'metrics.json'
     return path if path.is_file() else None
+
+
+def check_eval_belongs(metrics: dict[str, Any], export_dir: Path, run_dir: Path) -> dict[str, Any]:
+    """What a card may say about ``metrics``: do they belong to these weights, and is their split unseen?
+
+    Returns ``{'problems': [...], 'disjoint': bool | None}``. A problem is a mismatch of the weights
+    (fingerprint), epoch, threshold or split between the evaluation and the export; ``disjoint`` is
+    True only when the evaluated patients are known to share none with training and validation.
+    """
+    extra = read_export_config(export_dir).get(EXTRA_KEY, {})
+    problems = []
+    evaluated = metrics.get('weights_sha256')
+    if evaluated is None:
+        problems.append('it records no weights fingerprint (made by an older evaluate.py)')
+    elif evaluated != sha256_file(export_dir / WEIGHTS_NAME):
+        problems.append(f'it evaluated other weights than {export_dir / WEIGHTS_NAME}')
+    if metrics.get('epoch') is not None and extra.get('epoch') is not None and metrics['epoch'] != extra['epoch']:
+        problems.append(f'it evaluated epoch {metrics["epoch"]}, the export holds epoch {extra["epoch"]}')
+    stored = extra.get('threshold')
+    if (metrics.get('threshold_source') == extra.get('threshold_source') and 'threshold_selection' not in metrics
+            and stored is not None and not math.isclose(metrics.get('threshold', -1), stored, abs_tol=1e-9)):
+        problems.append(f'its threshold {metrics.get("threshold")} is not the stored {stored}')
+    if metrics.get('split') != 'test':
+        problems.append(f'it evaluated the {metrics.get("split")!r} split, not the held-out test split')
+    return {'problems': problems, 'disjoint': _disjoint_from_training(metrics, run_dir)}
+
+
+def _disjoint_from_training(metrics: dict[str, Any], run_dir: Path) -> bool | None:
+    """Whether the evaluated patients (patients.csv beside metrics.json) are absent from RUN/split.json."""
+    source = metrics.get('_path')
+    patients_csv = Path(source).parent / 'patients.csv' if source else None
+    split_file = run_dir / 'split.json'
+    if patients_csv is None or not patients_csv.is_file() or not split_file.is_file():
+        return None
+    split = read_json(split_file)
+    trained = set(split.get('train', [])) | set(split.get('val', []))
+    if split.get('level') == 'slice':  # slice keys: their patient is in the file name
+        trained = {(data.parse_file_name(Path(key)) or (key,))[0] for key in trained}
+    import csv
+    with patients_csv.open(encoding='utf-8') as f:
+        evaluated = {row['patient'] for row in csv.DictReader(f)}
+    return not (evaluated & trained)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# export folder for the Hub
 
 
 def build_export_folder(
@@ -229,37 +144,51 @@ def build_export_folder(
         *,
         repo_id: str | None = None,
         acknowledgement: str | None = None,
+        force_eval: bool = False,
 ) -> list[Path]:
     """Assemble the folder to publish from a training run; returns the files written (sorted).
 
-    Only ``UPLOAD_ALLOWLIST`` is ever written: the best weights, a checked ``config.json``, the model
-    card ``README.md`` and the plots that exist (``RUN/curves.png``; ``confusion_matrix.png`` and
-    ``roc.png`` beside the eval ``metrics.json``). ``out_dir`` must be new, empty or an earlier export
-    folder: a folder holding anything else is refused rather than cleaned. ``repo_id`` is used in the
-    card's code examples; ``acknowledgement`` replaces the card's ADNI acknowledgement placeholder.
+    Only ``UPLOAD_ALLOWLIST`` is ever written: the best (or refit) weights in the current export format,
+    a checked ``config.json``, the model card ``README.md`` and the plots that exist (``RUN/curves.png``;
+    the evaluation's figures beside its ``metrics.json``). The evaluation must belong to these weights
+    (``check_eval_belongs``); ``force_eval`` publishes it anyway and the card says it is unverified.
+    ``out_dir`` must be new, empty or an earlier export folder: a folder holding anything else is refused
+    rather than cleaned. ``repo_id`` is used in the card's code examples; ``acknowledgement`` replaces the
+    card's ADNI acknowledgement placeholder.
     """
     run_dir = Path(run_dir)
     best = find_best_export(run_dir)
-    config = publishable_config(read_export_config(best), source=str(best / CONFIG_NAME))
+    publishable_config(read_export_config(best), source=str(best / CONFIG_NAME))
     metrics = _read_eval_metrics(eval_metrics_path)
+    eval_facts = None
+    if metrics is not None:
+        eval_facts = check_eval_belongs(metrics, best, run_dir)
+        if eval_facts['problems'] and not force_eval:
+            raise HubError(
+                f'{eval_metrics_path} does not belong to the weights being published: '
+                f'{"; ".join(eval_facts["problems"])}. Evaluate these weights (python evaluate.py --model {run_dir} '
+                f'--data-dir AD_NC writes {run_dir / "eval"}), or pass --force-eval to publish it anyway (the card '
+                f'then says it could not be verified).')
     plot_sources = {'curves.png': run_dir / 'curves.png'}
     if eval_metrics_path is not None:
         eval_dir = Path(eval_metrics_path).parent
-        plot_sources.update({name: eval_dir / name for name in ('confusion_matrix.png', 'roc.png')})
+        plot_sources.update({name: eval_dir / name for name in PLOT_NAMES if name != 'curves.png'})
+        plot_sources['population_maps.png'] = eval_dir / 'cam' / 'population_maps.png'  # an average, no patient
     plots = {name: src for name, src in plot_sources.items() if src.is_file()}
 
     out_dir = _prepare_out_dir(Path(out_dir))
-    shutil.copyfile(best / WEIGHTS_NAME, out_dir / WEIGHTS_NAME)
-    _write_json(out_dir / CONFIG_NAME, config)
+    config = export.copy_export(best, out_dir)  # converts an older format to the current one
     for name, src in plots.items():
         shutil.copyfile(src, out_dir / name)
     card = build_model_card(
         repo_id=repo_id or 'ORG/NAME',
         config=config,
         num_params=count_parameters(out_dir / WEIGHTS_NAME),
-        train_config=_read_yaml(run_dir / 'train_config.yaml'),
-        split=_read_json(run_dir / 'split.json') if (run_dir / 'split.json').is_file() else None,
+        train_config=read_yaml(run_dir / 'train_config.yaml') if (run_dir / 'train_config.yaml').is_file() else None,
+        split=read_json(run_dir / 'split.json') if (run_dir / 'split.json').is_file() else None,
         metrics=metrics,
+        eval_facts=eval_facts,
+        cv=read_json(run_dir / 'cv.json') if (run_dir / 'cv.json').is_file() else None,
         plots=sorted(plots),
         acknowledgement=acknowledgement,
     )
@@ -293,9 +222,10 @@ def _read_eval_metrics(path: str | os.PathLike | None) -> dict[str, Any] | None:
     path = Path(path)
     if not path.is_file():
         raise HubError(f'--eval {path} does not exist; run evaluate.py --output-dir OUT and pass OUT/metrics.json')
-    metrics = _read_json(path)
+    metrics = read_json(path)
     if not isinstance(metrics, dict) or not any(isinstance(metrics.get(k), dict) for k in ('slice', 'patient')):
         raise HubError(f'--eval {path} is not an evaluate.py metrics.json (no "slice" or "patient" section)')
+    metrics['_path'] = str(path)  # where its patients.csv lies; never written into the card
     return metrics
 
 
@@ -350,10 +280,12 @@ def push_to_hub(
         dry_run: bool = False,
         output_dir: str | os.PathLike | None = None,
         acknowledgement: str | None = None,
+        force_eval: bool = False,
 ) -> PushResult:
     """Build the export folder of ``run_dir`` and upload it to ``repo_id`` (model repo).
 
-    ``eval_metrics_path`` defaults to ``RUN/eval/metrics.json`` when it exists; ``output_dir`` to
+    ``eval_metrics_path`` defaults to ``RUN/eval/metrics.json`` when it exists (what ``train.py --eval-test``
+    and ``evaluate.py --model RUN`` write); ``output_dir`` to
     ``RUN/hub``. The folder is kept after the push (and after a failure) for inspection. With
     ``dry_run`` nothing touches the network. The token is passed to ``HfApi`` only: never logged,
     never written (the export is checked not to contain it).
@@ -367,7 +299,7 @@ def push_to_hub(
                         'the model card will have no test results')
     export_dir = Path(output_dir) if output_dir is not None else run_dir / 'hub'
     files = build_export_folder(run_dir, export_dir, eval_metrics_path, repo_id=repo_id,
-                                acknowledgement=acknowledgement)
+                                acknowledgement=acknowledgement, force_eval=force_eval)
     if ACK_PLACEHOLDER in (export_dir / CARD_NAME).read_text(encoding='utf-8'):
         _logger.warning('%s still has the ADNI acknowledgement placeholder: pass --acknowledgement FILE '
                         'or edit the card on the Hub before making the repo public', CARD_NAME)
@@ -377,7 +309,7 @@ def push_to_hub(
 
     token = resolve_token(token)
     _refuse_secret_in_export(files, token, export_dir)
-    extra = json.loads((export_dir / CONFIG_NAME).read_text(encoding='utf-8')).get(EXTRA_KEY, {})
+    extra = read_json(export_dir / CONFIG_NAME).get(EXTRA_KEY, {})
     commit_message = commit_message or _default_commit_message(extra)
     api = HfApi(token=token, library_name='adni-timm', library_version=_package_version())
     try:
@@ -427,25 +359,3 @@ def _default_commit_message(extra: dict[str, Any]) -> str:
 def _package_version() -> str:
     from . import __version__
     return __version__
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# small file helpers
-
-
-def _read_json(path: Path) -> Any:
-    with Path(path).open(encoding='utf-8') as f:
-        return json.load(f)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    with Path(path).open('w', encoding='utf-8') as f:
-        json.dump(data, f, indent=2)
-        f.write('\n')
-
-
-def _read_yaml(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    with path.open(encoding='utf-8') as f:
-        return yaml.safe_load(f) or {}

@@ -12,6 +12,8 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import logsumexp, softmax
 from sklearn.metrics import (
     accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score, precision_score, recall_score,
     roc_auc_score, roc_curve,
@@ -19,7 +21,9 @@ from sklearn.metrics import (
 
 __all__ = [
     'METRIC_KEYS', 'CI_KEYS', 'binary_metrics', 'patient_level', 'slice_and_patient_metrics', 'youden_threshold',
-    'threshold_for_sensitivity', 'bootstrap_ci',
+    'threshold_for_sensitivity', 'bootstrap_ci', 'weighted_metrics', 'resample_patient_counts',
+    'reliability_curve', 'expected_calibration_error', 'calibration_report', 'TEMPERATURE_BOUNDS',
+    'fit_temperature', 'apply_temperature', 'operating_point',
 ]
 
 METRIC_KEYS = ('n', 'accuracy', 'balanced_accuracy', 'sensitivity', 'specificity', 'precision', 'f1', 'auc',
@@ -217,3 +221,175 @@ def bootstrap_ci(patients: Sequence, y_true, p_pos, threshold: float, n_boot: in
                 draws[level_name][k].append(v)
     return {lvl: {k: _percentile_ci(np.concatenate(v), level) for k, v in per_key.items()}
             for lvl, per_key in draws.items()}
+
+
+def weighted_metrics(y, p, threshold: float, weights) -> dict[str, np.ndarray]:
+    """The ``CI_KEYS`` metrics for each row of ``weights``, vectorised (the bootstrap's, public).
+
+    ``weights`` is ``(n_resamples, n_samples)``, e.g. from :func:`resample_patient_counts`; a row
+    of ones gives the plain metrics (the AUC equals ``roc_auc_score``). ``adni_timm.cv`` uses it
+    for paired comparisons, so that both runs are scored on exactly the same resamples.
+    """
+    return _weighted_metrics(np.asarray(y), np.asarray(p, dtype=np.float64), threshold,
+                             np.atleast_2d(np.asarray(weights, dtype=np.float64)))
+
+
+def resample_patient_counts(rng: np.random.Generator, y_pat, n_boot: int) -> np.ndarray:
+    """``(n_boot, n_patients)`` draw counts, patients resampled with replacement within class.
+
+    The public name of the draw :func:`bootstrap_ci` uses.
+    """
+    return _resample_counts(rng, np.asarray(y_pat), n_boot)
+
+
+# ---- calibration -------------------------------------------------------------------------------
+
+# Temperatures outside this range mean the fit ran away (e.g. perfectly separated validation data).
+TEMPERATURE_BOUNDS = (1e-2, 1e2)
+_LOG_FLOOR = float(np.log(np.finfo(np.float64).tiny))  # log(0) -> finite, so the NLL stays finite
+
+
+def reliability_curve(y_true, p_pos, n_bins: int = 15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(mean predicted P(AD), observed AD frequency, count)`` of each NON-EMPTY probability bin.
+
+    Bins are ``n_bins`` equal-width intervals of [0, 1], closed on the right, ``(lo, hi]``, with
+    ``p = 0`` in the first bin (the same binning as ``sklearn.calibration.calibration_curve``).
+    A calibrated model lies on the diagonal: of the slices given P(AD) ~ 0.7, about 70% are AD.
+    """
+    y, p = _as_arrays(y_true, p_pos, 'reliability_curve')
+    if int(n_bins) != n_bins or n_bins < 1:
+        raise ValueError(f'reliability_curve: n_bins must be a positive integer, got {n_bins}.')
+    n_bins = int(n_bins)
+    inner_edges = np.linspace(0, 1, n_bins + 1)[1:-1]
+    bin_of = np.searchsorted(inner_edges, p, side='left')  # number of inner edges below p: (lo, hi]
+    count = np.bincount(bin_of, minlength=n_bins)
+    sum_p = np.bincount(bin_of, weights=p, minlength=n_bins)
+    sum_y = np.bincount(bin_of, weights=y, minlength=n_bins)
+    used = count > 0
+    return sum_p[used] / count[used], sum_y[used] / count[used], count[used]
+
+
+def expected_calibration_error(y_true, p_pos, n_bins: int = 15) -> float:
+    """Binary expected calibration error of P(AD), equal-width bins weighted by their counts.
+
+    ``ECE = sum_b (n_b / N) * |mean(p_pos in b) - mean(y_true in b)|`` over the bins of
+    :func:`reliability_curve`. This is the ECE of the positive-class probability, not the
+    "top-label" ECE of Guo et al. (2017), which bins max(p, 1 - p) against accuracy; the two
+    differ a little in binary problems. 0 is perfect; it depends on ``n_bins`` (report it).
+    """
+    mean_p, observed, count = reliability_curve(y_true, p_pos, n_bins)
+    return float(np.sum(count * np.abs(mean_p - observed)) / np.sum(count))
+
+
+def calibration_report(patients: Sequence, y_true, p_pos, n_bins: int = 15) -> dict[str, float]:
+    """``{'ece_slice', 'ece_patient'}``; a patient's probability is the mean over its slices."""
+    _, y_pat, p_pat = patient_level(patients, y_true, p_pos)
+    return {'ece_slice': expected_calibration_error(y_true, p_pos, n_bins),
+            'ece_patient': expected_calibration_error(y_pat, p_pat, n_bins)}
+
+
+def _as_log_probs(log_probs, labels) -> tuple[np.ndarray, np.ndarray]:
+    z = np.asarray(log_probs, dtype=np.float64)
+    y = np.asarray(labels)
+    if z.ndim != 2 or z.shape[1] < 2 or y.ndim != 1 or len(y) != len(z) or len(z) == 0:
+        raise ValueError(f'fit_temperature: log_probs must be [N, C] with C >= 2 and labels [N], '
+                         f'N > 0; got shapes {z.shape} and {y.shape}.')
+    if np.isnan(z).any() or np.isposinf(z).any():
+        raise ValueError('fit_temperature: log_probs hold NaN or +inf; '
+                         'pass log-softmax outputs or logits.')
+    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= z.shape[1]:
+        raise ValueError(f'fit_temperature: labels must be class indices in [0, {z.shape[1] - 1}].')
+    return np.maximum(z, _LOG_FLOOR), y
+
+
+def _mean_nll(z: np.ndarray, y: np.ndarray, temperature: float) -> float:
+    scaled = z / temperature
+    return float(np.mean(logsumexp(scaled, axis=1) - scaled[np.arange(len(y)), y]))
+
+
+def fit_temperature(log_probs, labels) -> float:
+    """The temperature ``T > 0`` minimising the mean NLL of ``softmax(log_probs / T)``.
+
+    Temperature scaling (Guo et al. 2017): one scalar for all classes, fitted after training.
+
+    ``log_probs`` is ``[N, C]``: log of the softmax outputs (logits work too: they differ from
+    log-softmax by a per-row constant, which softmax ignores). ``labels`` are class indices.
+    Fit it on validation (or out-of-fold) slices, never on the split you report. ``T > 1``
+    softens an over-confident model; the ranking of P(AD), hence AUC, does not change.
+
+    The NLL is convex in ``1 / T``, so it has one minimum; bounded Brent search on ``log T``
+    finds it deterministically. The result is clipped to ``TEMPERATURE_BOUNDS`` with a warning
+    (e.g. when validation is perfectly separated and the NLL keeps falling as ``T -> 0``).
+    """
+    z, y = _as_log_probs(log_probs, labels)
+    lo, hi = np.log(TEMPERATURE_BOUNDS)
+    result = minimize_scalar(lambda log_t: _mean_nll(z, y, np.exp(log_t)), bounds=(lo, hi),
+                             method='bounded', options={'xatol': 1e-7})
+    for bound in (lo, hi):
+        # No interior optimum: the NLL keeps falling towards a bound, or is flat there (it
+        # underflows to 0 when validation is perfectly separated and T is small).
+        if _mean_nll(z, y, np.exp(bound)) <= result.fun + 1e-12 * max(1.0, abs(result.fun)):
+            warnings.warn(f'fit_temperature: the best temperature is at the bound '
+                          f'{np.exp(bound):.3g} of {TEMPERATURE_BOUNDS}; the validation '
+                          f'predictions give no finite optimum (perfectly separated, or too few '
+                          f'samples).',
+                          UserWarning, stacklevel=2)
+            return float(np.exp(bound))
+    return float(np.exp(result.x))
+
+
+def apply_temperature(probs, temperature: float) -> np.ndarray:
+    """Temperature-scaled probabilities ``softmax(log(probs) / T)``; rows sum to 1.
+
+    ``probs`` is ``[N, C]`` softmax outputs, or 1-D P(AD) of a binary model (then 1-D P(AD) is
+    returned). ``T = 1`` returns the input values unchanged. Zeros are floored before the log,
+    so the result is finite for any input in [0, 1].
+    """
+    if not (np.isfinite(temperature) and temperature > 0):
+        raise ValueError(f'apply_temperature: temperature must be a positive number, '
+                         f'got {temperature}.')
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim not in (1, 2) or (p.ndim == 2 and p.shape[1] < 2):
+        raise ValueError(f'apply_temperature: probs must be [N, C] (C >= 2) or 1-D P(AD), '
+                         f'got shape {p.shape}.')
+    if not np.isfinite(p).all() or (p.size and (p.min() < 0 or p.max() > 1)):
+        raise ValueError('apply_temperature: probs must be probabilities in [0, 1] '
+                         '(softmax outputs), not logits.')
+    if temperature == 1:
+        return p
+    rows = np.stack([1 - p, p], axis=1) if p.ndim == 1 else p
+    scaled = softmax(np.log(np.maximum(rows, np.finfo(np.float64).tiny)) / temperature, axis=1)
+    return scaled[:, 1] if p.ndim == 1 else scaled
+
+
+# ---- the operating point ----------------------------------------------------------------------------
+
+def operating_point(probs, labels, patients: Sequence, positive: int, target_sensitivity: float | None = None,
+                    temperature: float | None = None) -> dict:
+    """Temperature, then threshold, chosen on one labelled set (validation, or out-of-fold predictions).
+
+    ``probs`` ``[N, C]`` softmax outputs, ``labels`` class indices, ``positive`` the index of AD. The
+    temperature is fitted on the slices (``temperature`` given: used as it is); when the fit has no
+    finite optimum (perfectly separated validation data) the probabilities stay uncalibrated (T = 1),
+    rather than being pushed to 0 / 1. The threshold is chosen on the calibrated patient probabilities:
+    Youden's J, or the highest reaching ``target_sensitivity``; 0.5 when the set holds one class only.
+    Returns ``{'temperature', 'threshold', 'threshold_rule', 'p_pos'}`` (``p_pos``: calibrated P(AD)).
+    """
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
+    if temperature is None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            temperature = fit_temperature(np.log(np.maximum(probs, np.finfo(np.float64).tiny)), labels)
+        if any('bound' in str(w.message) for w in caught):
+            temperature = 1.0
+    p_pos = apply_temperature(probs, temperature)[:, positive]
+    y = (labels == positive).astype(np.int64)
+    _, y_pat, p_pat = patient_level(patients, y, p_pos)
+    if len(np.unique(y_pat)) < 2:
+        threshold, rule = 0.5, 'fixed (one class only)'
+    elif target_sensitivity is not None:
+        threshold, rule = threshold_for_sensitivity(y_pat, p_pat, target_sensitivity), \
+            f'sensitivity >= {target_sensitivity}'
+    else:
+        threshold, rule = youden_threshold(y_pat, p_pat), 'youden'
+    return {'temperature': float(temperature), 'threshold': float(threshold), 'threshold_rule': rule, 'p_pos': p_pos}

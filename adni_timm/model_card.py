@@ -7,7 +7,6 @@ card can be tested without a model or the network. The front matter carries
 """
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,11 @@ from typing import Any
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .display import fmt, fmt_ci, is_number
+from .export import is_synthetic
+
 __all__ = ['CARD_TAGS', 'EVAL_METRICS', 'ACK_PLACEHOLDER', 'build_model_card', 'eval_results_from_metrics',
-           'public_train_config']
+           'public_train_config', 'dataset_label']
 
 CARD_TAGS = ['timm', 'image-classification', 'medical-imaging', 'mri', 'alzheimers', 'adni', 'convnext']
 # metrics.json key -> (model-index metric type, readable name); the subset reported in model-index
@@ -73,10 +75,18 @@ def build_model_card(
         train_config: dict[str, Any] | None = None,
         split: dict[str, Any] | None = None,
         metrics: dict[str, Any] | None = None,
+        eval_facts: dict[str, Any] | None = None,
+        cv: dict[str, Any] | None = None,
         plots: list[str] = (),
         acknowledgement: str | None = None,
 ) -> ModelCard:
-    """The card for the export described by ``config`` (its timm config.json), published as ``repo_id``."""
+    """The card for the export described by ``config`` (its timm config.json), published as ``repo_id``.
+
+    ``eval_facts`` (from ``hub.check_eval_belongs``) decide what the card may claim about ``metrics``:
+    an evaluation that could not be matched to these weights is published only with a warning, and
+    "the test split shares no patient with training" is written only when it was checked. ``cv`` is
+    ``RUN/cv.json`` of a cross-validation run: its table is the validation evidence.
+    """
     extra = config.get('adni_timm', {})
     synthetic = is_synthetic(extra)
     card_data = ModelCardData(
@@ -93,21 +103,17 @@ def build_model_card(
         _title(repo_id, config, synthetic),
         _model_details(config, num_params),
         _intended_use(),
-        _training_data(extra, split, metrics, synthetic),
+        _training_data(split, metrics, eval_facts, synthetic),
         _training_procedure(extra, train_config),
-        _evaluation(metrics, plots, synthetic),
-        _limitations(metrics),
+        _cross_validation(cv),
+        _evaluation(metrics, eval_facts, plots, synthetic),
+        _limitations(metrics, extra),
         _how_to_use(repo_id, config),
         _licence(synthetic),
         _citation(acknowledgement, synthetic),
     ]
-    body = '\n\n'.join(s.strip() for s in sections)
+    body = '\n\n'.join(s.strip() for s in sections if s)
     return ModelCard(f'---\n{card_data.to_yaml()}\n---\n\n{body}\n')
-
-
-def is_synthetic(extra: dict[str, Any]) -> bool:
-    """Whether the export says it was trained on generated (not ADNI) images."""
-    return 'synthetic' in str(extra.get('data', '')).lower()
 
 
 def dataset_label(synthetic: bool) -> str:
@@ -122,7 +128,7 @@ def eval_results_from_metrics(metrics: dict[str, Any], synthetic: bool = False) 
         values = metrics.get(level) or {}
         for key, (metric_type, readable) in EVAL_METRICS.items():
             value = values.get(key)
-            if not _is_number(value):
+            if not is_number(value):
                 continue  # e.g. AUC is undefined when the split holds one class
             results.append(EvalResult(
                 task_type='image-classification',
@@ -151,6 +157,17 @@ def public_train_config(train_config: dict[str, Any]) -> dict[str, Any]:
     return clean(train_config)
 
 
+def _label_names(config: dict[str, Any]) -> list[str]:
+    return list(config.get('label_names') or config.get('pretrained_cfg', {}).get('label_names') or ['NC', 'AD'])
+
+
+def _threshold_origin(source: str | None) -> str:
+    """What the card may say about where the threshold came from."""
+    return {'validation': 'chosen on the validation patients (never on test)',
+            'out-of-fold': 'chosen on the out-of-fold predictions of cross-validation (never on test)',
+            'cli': 'set by hand (--threshold)', 'fixed': 'the fixed default 0.5'}.get(source or '', 'of unknown origin')
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # sections
 
@@ -160,7 +177,8 @@ def _title(repo_id: str, config: dict[str, Any], synthetic: bool) -> str:
     text = (f'# {repo_id.split("/")[-1]}\n\n'
             f'{arch} trained **from scratch** to classify 2D axial brain-MRI slices as normal control (NC) or '
             f'Alzheimer\'s disease (AD), published with [adni-timm](https://github.com/adni-timm/adni-timm). '
-            f'It loads in plain [timm](https://github.com/huggingface/pytorch-image-models).\n\n'
+            f'It loads in plain [timm](https://github.com/huggingface/pytorch-image-models) and in '
+            f'transformers\' image-classification pipeline.\n\n'
             f'> **Research use only. Not a medical device. Not for diagnosis or any clinical decision.**')
     if synthetic:
         text += ('\n\n> **WARNING: SYNTHETIC DATA.** These weights were trained and evaluated on *synthetic*, '
@@ -172,23 +190,27 @@ def _title(repo_id: str, config: dict[str, Any], synthetic: bool) -> str:
 def _model_details(config: dict[str, Any], num_params: int) -> str:
     cfg = config.get('pretrained_cfg', {})
     extra = config.get('adni_timm', {})
-    _, height, width = cfg.get('input_size', (1, 224, 224))
-    classes = ', '.join(f'{i} = `{name}`' for i, name in enumerate(cfg.get('label_names', [])))
+    _, height, width = cfg.get('input_size', (3, 224, 224))
+    classes = ', '.join(f'{i} = `{name}`' for i, name in enumerate(_label_names(config)))
     rows = [
         ('Architecture', f'{_arch_name(config)} (timm `{config.get("architecture")}`'
                          + (f', trained as `{extra["model_name"]}`' if extra.get('model_name') else '') + ')'),
         ('Initialisation', 'random (from scratch); no ImageNet or other pretrained weights'),
         ('Parameters', f'{num_params / 1e6:.2f} M'),
-        ('Input', f'1 grayscale channel, {height} x {width} px, normalised with mean {_fmt_list(cfg.get("mean"))} '
-                  f'and std {_fmt_list(cfg.get("std"))}'),
+        ('Input', f'{height} x {width} px grayscale slices, as 3 identical RGB channels or 1 channel '
+                  f'(`in_chans=1`); normalised with mean {_fmt_list(cfg.get("mean"))} and std '
+                  f'{_fmt_list(cfg.get("std"))}'),
         ('Preprocessing', f'resize shorter side to {round(height / cfg.get("crop_pct", 1.0))} px '
                           f'({cfg.get("interpolation", "bilinear")}), centre crop {height} x {width} '
                           f'(crop_pct {cfg.get("crop_pct", 1.0)})'),
         ('Output', f'{config.get("num_classes")} logits: {classes}; AD is the positive class'),
-        ('Weights', f'{extra.get("weights", "?")} weights of the best epoch ({extra.get("epoch", "?")}) by '
-                    f'{extra.get("best_metric", "?")} = {_fmt(extra.get("best_value"))} on the validation split'),
-        ('Decision threshold', f'P(AD) >= {_fmt(extra.get("threshold"))} '
-                               f'(source: {extra.get("threshold_source", "?")}), stored in '
+        ('Weights', f'{extra.get("weights", "?")} weights of epoch {extra.get("epoch", "?")}, the best by '
+                    f'{extra.get("best_metric", "?")} = {fmt(extra.get("best_value"))} on validation'
+                    if extra.get('best_metric') else f'{extra.get("weights", "?")} weights after '
+                                                     f'{extra.get("epoch", "?")} epochs'),
+        ('Calibration', f'temperature {fmt(extra.get("temperature", 1.0))}: P(AD) = softmax(logits / T) at `AD`'),
+        ('Decision threshold', f'P(AD) >= {fmt(extra.get("threshold"))}, '
+                               f'{_threshold_origin(extra.get("threshold_source"))}; stored in '
                                f'`config.json["adni_timm"]["threshold"]`'),
         ('Files', '`model.safetensors` (weights only, no pickle), `config.json` (timm format)'),
     ]
@@ -211,8 +233,8 @@ def _intended_use() -> str:
 - Not for other conditions (e.g. mild cognitive impairment, other dementias), which it never saw."""
 
 
-def _training_data(extra: dict[str, Any], split: dict[str, Any] | None, metrics: dict[str, Any] | None,
-                   synthetic: bool) -> str:
+def _training_data(split: dict[str, Any] | None, metrics: dict[str, Any] | None,
+                   eval_facts: dict[str, Any] | None, synthetic: bool) -> str:
     if synthetic:
         source = ('**Synthetic images** generated by `python -m adni_timm.synthetic` in the layout of the ADNI '
                   'AD_NC set. No real MRI and no ADNI data was used.')
@@ -228,14 +250,25 @@ def _training_data(extra: dict[str, Any], split: dict[str, Any] | None, metrics:
     if split:
         lines += ['', _split_summary(split)]
     if metrics and isinstance(metrics.get('patient'), dict):
-        lines += ['', f'The test split ({metrics.get("split", "test")}, '
-                      f'{metrics["patient"].get("n", "?")} patients) shares no patient with training or validation '
-                      f'and was used only for the final evaluation below.']
+        n = metrics['patient'].get('n', '?')
+        disjoint = (eval_facts or {}).get('disjoint')
+        if disjoint is True and metrics.get('split') == 'test':
+            lines += ['', f'The test split ({n} patients) shares no patient with training or validation (checked '
+                          f'against the recorded split) and was used only for the final evaluation below.']
+        elif disjoint is False:
+            lines += ['', f'**The evaluated split ({metrics.get("split")}, {n} patients) shares patients with '
+                          f'training or validation: its results below are optimistic.**']
+        else:
+            lines += ['', f'Whether the evaluated split ({metrics.get("split")}, {n} patients) shares patients '
+                          f'with training could not be checked.']
     return '\n'.join(lines)
 
 
 def _split_summary(split: dict[str, Any]) -> str:
     level = split.get('level', '?')
+    if 'folds' in split and isinstance(split.get('folds'), int):
+        return (f'Cross-validation by patient: fold {split.get("fold")} of {split.get("folds")}, '
+                f'{len(split.get("train", []))} training and {len(split.get("val", []))} validation patients.')
     counts = (f'{len(split.get("train", []))} training and {len(split.get("val", []))} validation '
               f'(fraction {split.get("val_fraction", "?")}, seed {split.get("seed", "?")})')
     if level == 'patient':
@@ -247,10 +280,13 @@ def _split_summary(split: dict[str, Any]) -> str:
 
 
 def _training_procedure(extra: dict[str, Any], train_config: dict[str, Any] | None) -> str:
+    selected = (f'the best by {extra.get("best_metric")} on the validation split' if extra.get('best_metric')
+                else 'trained for a fixed number of epochs without a validation split')
     text = ('## Training procedure\n\n'
             f'Trained with adni-timm (timm + Hugging Face Accelerate). The released weights are the '
-            f'{extra.get("weights", "?")} weights of epoch {extra.get("epoch", "?")}, the best by '
-            f'{extra.get("best_metric", "?")} on the validation split.')
+            f'{extra.get("weights", "?")} weights of epoch {extra.get("epoch", "?")}, {selected}. '
+            f'Validation metrics during training were measured at the operating point chosen on the same '
+            f'validation patients, so they are optimistic; the test evaluation below is not.')
     if train_config:
         dumped = yaml.safe_dump(public_train_config(train_config), sort_keys=False, default_flow_style=None)
         text += f'\n\nResolved training configuration (`train_config.yaml`):\n\n```yaml\n{dumped.rstrip()}\n```'
@@ -259,50 +295,80 @@ def _training_procedure(extra: dict[str, Any], train_config: dict[str, Any] | No
     return text
 
 
-def _evaluation(metrics: dict[str, Any] | None, plots: list[str], synthetic: bool) -> str:
+def _cross_validation(cv: dict[str, Any] | None) -> str:
+    if not cv:
+        return ''
+    summary = cv.get('summary') or {}
+    rows = []
+    for level in ('patient', 'slice'):
+        for key in ('auc', 'accuracy', 'balanced_accuracy', 'sensitivity', 'specificity'):
+            entry = (summary.get(level) or {}).get(key)
+            if entry and is_number(entry.get('mean')):
+                per_fold = ', '.join(fmt(v) for v in entry.get('values', []))
+                rows.append((f'{level} {key}', f'{fmt(entry["mean"])} ± {fmt(entry.get("sd"))}', per_fold))
+    return (f'## Cross-validation\n\n{cv.get("k")}-fold cross-validation by patient (seed {cv.get("seed")}) on the '
+            f'training patients: each fold model validated on patients it never saw. The threshold '
+            f'({fmt(cv.get("threshold"))}) and temperature ({fmt(cv.get("temperature"))}) were chosen on all '
+            f'out-of-fold predictions.\n\n' + _table(['Validation metric', 'mean ± sd', 'per fold'], rows))
+
+
+def _evaluation(metrics: dict[str, Any] | None, eval_facts: dict[str, Any] | None, plots: list[str],
+                synthetic: bool) -> str:
     lines = ['## Evaluation', '']
     if not metrics:
         lines.append('**Not evaluated on a held-out test split.** Run `evaluate.py` and publish again with '
                      '`--eval OUT/metrics.json` before drawing any conclusion from this model.')
     else:
+        problems = (eval_facts or {}).get('problems') or []
+        if problems:
+            lines += [f'> **Unverified evaluation:** these results could not be matched to the published weights '
+                      f'({"; ".join(problems)}). They were published anyway (`--force-eval`).', '']
         split = metrics.get('split', 'test')
         slices, patients = metrics.get('slice') or {}, metrics.get('patient') or {}
+        cal = metrics.get('calibration') or {}
         lines += [
             f'On the **{dataset_label(synthetic)} {split}** split ({slices.get("n", "?")} slices, '
-            f'{patients.get("n", "?")} patients), at threshold P(AD) >= {_fmt(metrics.get("threshold"))} '
-            f'(source: {metrics.get("threshold_source", "?")}). Patient-level: the probability of a patient is the '
-            f'mean over their slices. Brackets: 95% confidence intervals where computed.', '',
+            f'{patients.get("n", "?")} patients), at threshold P(AD) >= {fmt(metrics.get("threshold"))} '
+            f'({_threshold_origin(metrics.get("threshold_source"))}). Patient-level: the probability of a patient '
+            f'is the mean over their slices. Brackets: 95% confidence intervals where computed (bootstrap over '
+            f'patients).', '',
             _table(['Metric', 'Slice-level', 'Patient-level'],
                    [(name, _fmt_ci(slices, key), _fmt_ci(patients, key)) for key, name in TABLE_METRICS.items()
                     if key in slices or key in patients]),
         ]
+        if cal:
+            lines += ['', f'Calibration: expected calibration error {fmt(cal.get("ece_slice"))} (slices), '
+                          f'{fmt(cal.get("ece_patient"))} (patients) with temperature {fmt(cal.get("temperature"))}; '
+                          f'{fmt(cal.get("ece_slice_uncalibrated"))} / {fmt(cal.get("ece_patient_uncalibrated"))} '
+                          f'without it.']
         for level, values in (('Slice', slices), ('Patient', patients)):
             cm = values.get('confusion_matrix')
             if cm and len(cm) == 2:
                 lines += ['', f'{level}-level confusion matrix (rows: true, columns: predicted):', '',
                           _table(['', 'pred NC', 'pred AD'], [('true NC', *cm[0]), ('true AD', *cm[1])])]
     captions = {'curves.png': 'Training curves', 'confusion_matrix.png': 'Patient-level confusion matrix',
-                'roc.png': 'ROC curve'}
+                'roc.png': 'ROC curve', 'reliability.png': 'Reliability diagram (calibration)',
+                'population_maps.png': 'Mean Grad-CAM over all AD and all NC test slices (an average, no patient)'}
     figures = [f'![{captions[name]}]({name})' for name in captions if name in plots]
     if figures:
         lines += ['', *figures]
     return '\n'.join(lines)
 
 
-def _limitations(metrics: dict[str, Any] | None) -> str:
+def _limitations(metrics: dict[str, Any] | None, extra: dict[str, Any]) -> str:
     patients = (metrics or {}).get('patient') or {}
     sens, spec = patients.get('sensitivity'), patients.get('specificity')
-    if _is_number(sens) and _is_number(spec):
+    if is_number(sens) and is_number(spec):
         more = 'missed AD (false negatives)' if 1 - sens > 1 - spec else 'false alarms on NC (false positives)'
         asymmetry = (f'On the test split it misses {100 * (1 - sens):.1f}% of AD patients and flags '
                      f'{100 * (1 - spec):.1f}% of NC patients as AD; the more frequent error is {more}. ')
     else:
         asymmetry = ''
+    origin = _threshold_origin(extra.get('threshold_source'))
     return f"""## Limitations and bias
 
-- **Errors are not symmetric between NC and AD.** {asymmetry}The threshold was chosen on validation data to
-  trade one against the other; a different trade-off needs a different threshold, chosen on data other than the
-  test split.
+- **Errors are not symmetric between NC and AD.** {asymmetry}The stored threshold was {origin}; a different
+  trade-off needs a different threshold, chosen on data other than the test split.
 - **2D slices, not 3D volumes.** Each slice is classified on its own and patients are scored by averaging
   slices; anatomy outside the selected axial slices and 3D context are never seen.
 - **One dataset, one population.** ADNI participants are mostly older, well-educated, white North Americans
@@ -315,13 +381,15 @@ def _limitations(metrics: dict[str, Any] | None) -> str:
 
 def _how_to_use(repo_id: str, config: dict[str, Any]) -> str:
     cfg = config.get('pretrained_cfg', {})
-    _, height, width = cfg.get('input_size', (1, 224, 224))
-    model_name = config.get('adni_timm', {}).get('model_name') or f'adni_{config.get("architecture")}'
-    overlay = f"hf_hub_id='{repo_id}'" + (f', input_size=(1, {height}, {width})' if (height, width) != (224, 224)
-                                          else '')
+    _, height, width = cfg.get('input_size', (3, 224, 224))
     return f"""## How to use
 
-With plain timm (no other package needed):
+The weights take a grayscale slice **as RGB** (three identical channels: what the Hub widget, transformers'
+pipeline and `Image.open(p).convert('RGB')` give) or **as one channel** (`in_chans=1`, the network as trained;
+timm sums its first layer over R, G and B). Both give the same P(AD). P(AD) is the softmax of the logits
+divided by the stored temperature, taken at the position of `AD` in the label names; the decision compares it
+with the stored threshold. For a patient, average P(AD) over their slices and compare the mean with the
+threshold (this is how the patient-level results above were computed).
 
 ```python
 import json
@@ -330,32 +398,42 @@ import torch
 from huggingface_hub import hf_hub_download
 from PIL import Image
 
+config = json.load(open(hf_hub_download('{repo_id}', 'config.json')))
+ad = config['label_names'].index('AD')
+threshold, temperature = config['adni_timm']['threshold'], config['adni_timm']['temperature']
+
+# 1. timm, RGB input
 model = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()
-data_config = timm.data.resolve_data_config(model=model)  # input (1, {height}, {width}), mean = std = 0.5
-transform = timm.data.create_transform(**data_config)      # the exact evaluation preprocessing
-
-with open(hf_hub_download('{repo_id}', 'config.json')) as f:
-    threshold = json.load(f)['adni_timm']['threshold']     # chosen on validation data
-
-image = Image.open('slice.jpeg').convert('L')              # one 8-bit grayscale axial slice
+transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))  # {height} x {width}
+x = transform(Image.open('slice.jpeg').convert('RGB')).unsqueeze(0)
 with torch.no_grad():
-    p_ad = model(transform(image).unsqueeze(0)).softmax(-1)[0, 1].item()
+    p_ad = (model(x) / temperature).softmax(-1)[0, ad].item()
+print('AD' if p_ad >= threshold else 'NC', p_ad)
+
+# 2. timm, one channel (as trained)
+model = timm.create_model('hf-hub:{repo_id}', pretrained=True, in_chans=1).eval()
+x = transform(Image.open('slice.jpeg').convert('L')).unsqueeze(0)
+with torch.no_grad():
+    p_ad = (model(x) / temperature).softmax(-1)[0, ad].item()
+```
+
+With transformers (`pip install transformers`), on a file path or a PIL image:
+
+```python
+from transformers import pipeline
+
+classify = pipeline('image-classification', model='{repo_id}')
+logits = {{r['label']: r['score'] for r in classify('slice.jpeg', function_to_apply='none', top_k=None)}}
+scaled = torch.tensor([logits[name] for name in config['label_names']]) / temperature
+p_ad = scaled.softmax(-1)[ad].item()
 print('AD' if p_ad >= threshold else 'NC', p_ad)
 ```
 
-For a patient, average `p_ad` over their slices and compare the mean with the threshold (this is how the
-patient-level results above were computed).
+The pipeline's own top label (`classify('slice.jpeg')[0]['label']`) is the plain argmax, i.e. the decision
+at P(AD) = 0.5 without calibration, **not** the stored operating point: apply the threshold as above.
 
-With [adni-timm](https://github.com/adni-timm/adni-timm) installed, the same weights load under the registered
-model name, and `evaluate.py` reproduces the evaluation on your own copy of the data:
-
-```python
-import timm
-import adni_timm  # registers the adni_convnext_* models
-
-model = timm.create_model('{model_name}', pretrained=True,
-                          pretrained_cfg_overlay=dict({overlay}))
-```
+With [adni-timm](https://github.com/adni-timm/adni-timm) installed, `evaluate.py` reproduces the evaluation on
+your own copy of the data:
 
 ```bash
 python evaluate.py --model hf-hub:{repo_id} --data-dir AD_NC --split test
@@ -389,25 +467,12 @@ def _arch_name(config: dict[str, Any]) -> str:
     return ARCHITECTURE_NAMES.get(arch, arch)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _fmt(value: Any) -> str:
-    return f'{value:.4f}'.rstrip('0').rstrip('.') if _is_number(value) and not isinstance(value, int) else str(
-        '?' if value is None else value)
-
-
 def _fmt_list(values: Any) -> str:
-    return ', '.join(_fmt(v) for v in values) if values else '?'
+    return ', '.join(fmt(v) for v in values) if values else '?'
 
 
 def _fmt_ci(values: dict[str, Any], key: str) -> str:
-    value = values.get(key)
-    if not _is_number(value):
-        return 'n/a'
-    ci = values.get(f'{key}_ci')
-    return f'{value:.4f}' + (f' [{ci[0]:.3f}, {ci[1]:.3f}]' if ci and all(_is_number(c) for c in ci) else '')
+    return fmt_ci(values.get(key), values.get(f'{key}_ci'), missing='n/a')
 
 
 def _table(header: list[str], rows: list[tuple]) -> str:

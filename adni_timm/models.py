@@ -13,8 +13,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.convnext import ConvNeXt, checkpoint_filter_fn
 
 __all__ = [
-    'LABEL_NAMES', 'MEAN', 'STD', 'INTERPOLATION', 'CROP_PCT', 'HF_HUB_ORG', 'STOCK_ARCHITECTURES',
-    'stock_architecture',
+    'LABEL_NAMES', 'MEAN', 'STD', 'INTERPOLATION', 'CROP_PCT', 'HF_HUB_ORG', 'LICENSE', 'PRETRAINED_TAG',
+    'STOCK_ARCHITECTURES', 'stock_architecture',
 ]
 
 LABEL_NAMES = ('NC', 'AD')  # index 1 = AD, the positive class; never alphabetical
@@ -25,6 +25,8 @@ INTERPOLATION = 'bilinear'
 # 1.0 keeps the whole brain: the slices are already tightly framed.
 CROP_PCT = 1.0
 HF_HUB_ORG = 'adni-timm'  # where published weights would live; override with pretrained_cfg_overlay
+PRETRAINED_TAG = 'adni_ad_nc'
+LICENSE = 'apache-2.0'  # code and weights; the ADNI data-use agreement may restrict redistribution
 
 # adni name -> stock timm name with the same architecture and state-dict keys
 STOCK_ARCHITECTURES = {
@@ -49,7 +51,7 @@ def _cfg(hf_hub_id: str = '', **kwargs):
         'mean': MEAN, 'std': STD,
         'first_conv': 'stem.0', 'classifier': 'head.fc',
         'label_names': LABEL_NAMES,
-        'license': 'apache-2.0',  # code and weights; the ADNI data-use agreement may restrict redistribution
+        'license': LICENSE,
         'description': (
             'ConvNeXt initialised from scratch (no ImageNet weights) and trained to tell Normal Control (NC) '
             'from Alzheimer\'s disease (AD) on 2D axial MRI slices of the ADNI AD_NC set. '
@@ -62,15 +64,20 @@ def _cfg(hf_hub_id: str = '', **kwargs):
 
 
 default_cfgs = generate_default_cfgs({
-    f'{name}.adni_ad_nc': _cfg(hf_hub_id=f'{HF_HUB_ORG}/{name}.adni_ad_nc') for name in STOCK_ARCHITECTURES
+    f'{name}.{PRETRAINED_TAG}': _cfg(hf_hub_id=f'{HF_HUB_ORG}/{name}.{PRETRAINED_TAG}') for name in STOCK_ARCHITECTURES
 })
 
 
 def _create_adni_convnext(variant: str, pretrained: bool = False, **kwargs) -> ConvNeXt:
     kwargs.setdefault('in_chans', 1)
     kwargs.setdefault('num_classes', 2)
+    if pretrained:
+        # published weights (adni_timm.export) are 3-channel: say so, and timm sums them for in_chans=1
+        overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
+        overlay['input_size'] = (3, *overlay.get('input_size', (1, 224, 224))[1:])
+        kwargs['pretrained_cfg_overlay'] = overlay
     try:
-        return build_model_with_cfg(
+        model = build_model_with_cfg(
             ConvNeXt, variant, pretrained,
             pretrained_filter_fn=checkpoint_filter_fn,
             feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
@@ -85,6 +92,11 @@ def _create_adni_convnext(variant: str, pretrained: bool = False, **kwargs) -> C
             f"pretrained_cfg_overlay=dict(hf_hub_id='ORG/NAME')), or "
             f"timm.create_model('local-dir:/path/to/export', pretrained=True). "
             f'Offline, pre-populate the Hugging Face cache and set HF_HUB_OFFLINE=1.') from e
+    channels = kwargs['in_chans']
+    if model.pretrained_cfg['input_size'][0] != channels:  # describe the model built, not the weights' source
+        cfg = dict(model.pretrained_cfg, input_size=(channels, *model.pretrained_cfg['input_size'][1:]))
+        model.pretrained_cfg = model.default_cfg = cfg
+    return model
 
 
 @register_model

@@ -13,18 +13,10 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
 
 __all__ = ['plot_curves', 'plot_confusion_matrix', 'plot_roc']
-
-# panels of the training-curve figure: (title, does a RUN/metrics.jsonl key belong to it)
-_CURVE_PANELS = (
-    ('loss', lambda k: k.endswith('loss')),
-    ('accuracy', lambda k: k.endswith('accuracy')),
-    ('AUC', lambda k: k.endswith('auc')),
-    ('sensitivity / specificity', lambda k: k.endswith(('sensitivity', 'specificity'))),
-    ('learning rate', lambda k: k == 'lr'),
-)
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
@@ -42,40 +34,59 @@ def _series(history: list[dict], key: str) -> tuple[list, list]:
     return [e for e, _ in points], [v for _, v in points]
 
 
-def plot_curves(history: list[dict], path: str | os.PathLike) -> Path:
-    """Loss, accuracy, AUC, sensitivity/specificity and learning rate per epoch (rows of ``RUN/metrics.jsonl``).
+# panels of the training-curve figure: (title, metrics.jsonl keys of the live weights, y limits)
+# EMA keys are the same with an 'ema_' prefix: same colour, dashed
+_CURVE_PANELS = (
+    ('loss', (('train_loss', 'train'), ('val_loss', 'validation')), None),
+    ('patient-level AUC (validation)', (('val_patient_auc', 'AUC'),), (0, 1.02)),
+    ('patient-level accuracy (validation)', (('val_patient_accuracy', 'accuracy'),), (0, 1.02)),
+    ('learning rate', (('lr', 'lr'),), None),
+)
 
-    Keys are grouped by their ending (``*_loss``, ``*_accuracy``, ``*_auc``, ...), so whatever the run
-    logged is plotted; a panel with no values is left out, as are null values (e.g. an undefined AUC).
+
+def plot_curves(history: list[dict], path: str | os.PathLike, best_epoch: int | None = None,
+                best_weights: str | None = None) -> Path:
+    """Did it learn, did it overfit, which epoch was kept? Four panels from ``RUN/metrics.jsonl`` rows.
+
+    Loss (train vs validation), patient-level AUC and accuracy, learning rate; live weights solid and
+    EMA dashed in the same colour; a vertical line at ``best_epoch`` (the kept weights). Patient-level
+    only: the slice-level numbers are in metrics.jsonl and add little beside them. Null values (e.g.
+    an undefined AUC) are skipped; a panel without any value is left out.
     """
-    keys = list(dict.fromkeys(k for row in history for k in row))  # first-seen order
     panels = []
-    for title, belongs in _CURVE_PANELS:
-        series = [(k, *_series(history, k)) for k in keys if belongs(k)]
-        series = [s for s in series if s[1]]
+    for title, keys, ylim in _CURVE_PANELS:
+        series = []
+        for colour, (key, label) in enumerate(keys):
+            for prefix, style, suffix in (('', '-', ''), ('ema_', '--', ' (EMA)')):
+                epochs, values = _series(history, prefix + key)
+                if epochs and not (prefix and key in ('train_loss', 'lr')):
+                    series.append((label + suffix, epochs, values, f'C{colour}', style))
         if series:
-            panels.append((title, series))
+            panels.append((title, series, ylim))
     if not panels:
-        raise ValueError(f'plot_curves: no loss, accuracy, AUC, sensitivity/specificity or lr values in the '
-                         f'history (keys: {keys[:10]}).')
-    ncols = min(3, len(panels))
+        raise ValueError(f'plot_curves: no loss, AUC, accuracy or lr values in the history '
+                         f'(keys: {list(dict.fromkeys(k for row in history for k in row))[:10]}).')
+    ncols = 2 if len(panels) > 1 else 1
     nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.0 * ncols, 3.8 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.4 * nrows), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
-    for ax, (title, series) in zip(axes.flat, panels):
-        colours = {}  # EMA shares its live metric's colour, dashed, so pairs read at a glance
-        for key, epochs, values in series:
-            base = key.removeprefix('ema_')
-            colour = colours.setdefault(base, f'C{len(colours) % 10}')
-            ax.plot(epochs, values, color=colour, linestyle='--' if key != base else '-',
-                    marker='o' if len(values) < 30 else None, markersize=3, label=key)
-        ax.set_title(title)
+    for ax, (title, series, ylim) in zip(axes.flat, panels):
+        for label, epochs, values, colour, style in series:
+            ax.plot(epochs, values, color=colour, linestyle=style, linewidth=1.6,
+                    marker='o' if len(values) < 30 and style == '-' else None, markersize=3, label=label)
+        if best_epoch is not None:
+            kept = f'kept: epoch {best_epoch}' + (f' ({best_weights})' if best_weights else '')
+            ax.axvline(best_epoch, color='0.35', linestyle=':', linewidth=1.2, label=kept)
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel('epoch')
-        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ylim:
+            ax.set_ylim(*ylim)
         if title == 'learning rate':
             ax.ticklabel_format(axis='y', style='sci', scilimits=(-2, 2))
-        ax.legend(fontsize=6, framealpha=0.6)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, framealpha=0.7)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -112,4 +123,128 @@ def plot_roc(y_true, p_pos, path: str | os.PathLike, title: str | None = None,
     ax.set_ylabel('sensitivity')
     if title:
         ax.set_title(title)
+    return _save(fig, path)
+
+
+__all__.append('plot_reliability')
+
+
+def plot_reliability(y_true_slice, p_slice, y_true_patient, p_patient, path: str | os.PathLike,
+                     title: str | None = None, p_slice_calibrated=None, p_patient_calibrated=None,
+                     n_bins: int = 15) -> Path:
+    """Reliability diagrams of P(AD), slices and patients side by side, with the ECE in the legend.
+
+    Each point is one non-empty equal-width bin: mean predicted P(AD) against the observed
+    fraction of AD (``adni_timm.metrics.reliability_curve``); a calibrated model lies on the
+    diagonal. Give ``p_slice_calibrated`` / ``p_patient_calibrated`` (e.g. after temperature
+    scaling) to draw them over the uncalibrated curves, labelled 'calibrated'.
+    """
+    from .metrics import expected_calibration_error, reliability_curve
+
+    panels = []  # curves first, so bad input raises before a figure is opened
+    for name, y, p, p_calibrated in (('slices', y_true_slice, p_slice, p_slice_calibrated),
+                                     ('patients', y_true_patient, p_patient, p_patient_calibrated)):
+        probs = [('model' if p_calibrated is None else 'uncalibrated', p)]
+        if p_calibrated is not None:
+            probs.append(('calibrated', p_calibrated))
+        curves = [(f'{label} (ECE {expected_calibration_error(y, q, n_bins):.3f})',
+                   reliability_curve(y, q, n_bins)) for label, q in probs]
+        panels.append((f'{name} (n={len(y)})', curves))
+    fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.8), sharey=True)
+    for ax, (panel_title, curves) in zip(axes, panels):
+        ax.plot([0, 1], [0, 1], linestyle=':', color='grey', label='perfectly calibrated')
+        for i, (label, (mean_predicted, observed, _)) in enumerate(curves):
+            ax.plot(mean_predicted, observed, marker='o', markersize=3, color=f'C{i}', label=label)
+        ax.set(title=panel_title, xlabel='mean predicted P(AD)', xlim=(0, 1), ylim=(0, 1))
+        ax.grid(alpha=0.3)
+        ax.legend(loc='upper left', fontsize=7, framealpha=0.6)
+    axes[0].set_ylabel('observed fraction AD')
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+__all__ += ['plot_cam_montage', 'plot_population_maps']
+
+
+def _unit(image: np.ndarray) -> np.ndarray:
+    """Min-max to [0, 1] for display (normalised model inputs are not in [0, 1])."""
+    lo, hi = float(image.min()), float(image.max())
+    return (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
+
+
+def _overlay(ax, image: np.ndarray, heat: np.ndarray, vmax: float = 1.0, cmap: str = 'jet'):
+    """Grey slice with the map on top; opacity follows the map, so cold areas show the anatomy."""
+    ax.imshow(_unit(image), cmap='gray', vmin=0, vmax=1)
+    shown = ax.imshow(heat, cmap=cmap, vmin=0, vmax=vmax,
+                      alpha=0.6 * np.clip(heat / vmax, 0, 1) if vmax > 0 else 0.0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return shown
+
+
+def plot_cam_montage(images, maps, path: str | os.PathLike, *, tile_titles=None,
+                     title: str | None = None, ncols: int = 5) -> Path:
+    """One patient's slices in a grid, each with its Grad-CAM map (0..1) overlaid.
+
+    ``images`` and ``maps`` are ``[S, H, W]`` (slices in order); ``tile_titles`` one per slice
+    (e.g. slice index and P(AD)); ``title`` the patient line (mean P(AD), decision, outcome).
+    """
+    images, maps = np.asarray(images, dtype=np.float32), np.asarray(maps, dtype=np.float32)
+    if images.ndim != 3 or images.shape != maps.shape:
+        raise ValueError(f'plot_cam_montage: images {images.shape} and maps {maps.shape} must '
+                         f'both be [S, H, W]')
+    if tile_titles is not None and len(tile_titles) != len(images):
+        raise ValueError(f'plot_cam_montage: {len(tile_titles)} tile titles for '
+                         f'{len(images)} slices')
+    ncols = max(1, min(ncols, len(images)))
+    nrows = -(-len(images) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols + 0.8, 2.4 * nrows + 0.5),
+                             squeeze=False, layout='constrained')
+    for ax in axes.flat[len(images):]:
+        ax.axis('off')
+    shown = None
+    for k, ax in enumerate(axes.flat[:len(images)]):
+        shown = _overlay(ax, images[k], maps[k])
+        if tile_titles is not None:
+            ax.set_title(tile_titles[k], fontsize=9)
+    if shown is not None:
+        fig.colorbar(shown, ax=axes, shrink=0.7, label='Grad-CAM (each slice\'s max = 1)')
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_population_maps(maps: dict, path: str | os.PathLike, *, mean_slices: dict | None = None,
+                         counts: dict | None = None, title: str | None = None) -> Path:
+    """Mean Grad-CAM per class side by side (one colour scale), over the class's mean slice.
+
+    ``maps`` is ``{class: [H, W]}`` (e.g. ``adni_timm.cam.population_maps``); ``mean_slices`` the
+    mean input slice per class, drawn underneath; ``counts`` slices per class, in the titles.
+    With two classes a third panel shows their difference (second minus first, e.g. AD - NC).
+    """
+    if not maps:
+        raise ValueError('plot_population_maps: no maps to draw')
+    names = list(maps)
+    vmax = max(float(np.max(maps[k])) for k in names) or 1.0
+    diff = len(names) == 2
+    fig, axes = plt.subplots(1, len(names) + diff, figsize=(3.3 * (len(names) + diff), 3.6),
+                             squeeze=False, layout='constrained')
+    axes = axes[0]
+    for ax, name in zip(axes, names):
+        background = (mean_slices or {}).get(name, np.zeros_like(maps[name]))
+        shown = _overlay(ax, background, maps[name], vmax=vmax)
+        n = f' ({counts[name]} slices)' if counts and name in counts else ''
+        ax.set_title(f'{name}{n}', fontsize=10)
+    fig.colorbar(shown, ax=list(axes[:len(names)]), shrink=0.8, label='mean Grad-CAM')
+    if diff:
+        delta = np.asarray(maps[names[1]]) - np.asarray(maps[names[0]])
+        bound = float(np.abs(delta).max()) or 1.0
+        shown = axes[-1].imshow(delta, cmap='RdBu_r', vmin=-bound, vmax=bound)
+        axes[-1].set_title(f'{names[1]} - {names[0]}', fontsize=10)
+        axes[-1].set(xticks=[], yticks=[])
+        fig.colorbar(shown, ax=axes[-1], shrink=0.8)
+    if title:
+        fig.suptitle(title, fontsize=11)
     return _save(fig, path)

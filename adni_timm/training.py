@@ -1,19 +1,19 @@
 """The training loop: timm model, transforms, optimizer, schedule, mixup and EMA under Accelerate.
 
-Reads top to bottom: ``train()`` sets up the run, then each epoch trains
-(``train_one_epoch``), validates live and EMA weights on the patient-level
-validation split (``validate``), keeps the best export in ``RUN/best`` and
-saves an atomic checkpoint for ``--resume``.
+Reads top to bottom: ``train()`` checks everything it can before any work (config, data, split,
+leakage, unreadable files), makes room for the run, then ``_fit()`` runs the epochs: train
+(``train_one_epoch``: where the loss is computed), validate live and EMA weights on the
+patient-level validation split (``validate``), keep the best export in ``RUN/best`` and save an
+atomic checkpoint for ``--resume``. What a run remembers is its ``RunRecord``.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
-import platform
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,24 +24,30 @@ import timm
 import timm.optim
 import timm.scheduler
 import torch
-import torch.nn.functional as F
-import yaml
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import ProjectConfiguration, set_seed
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
-from tqdm.auto import tqdm
 
-from . import data, hub, metrics, plots
-from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from .config import TrainConfig, config_to_dict, make_config
+from . import data, export, metrics, plots
+from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig, config_to_dict, fit_warmup
+from .display import fmt, fmt_duration
+from .distributed import run_on_main
+from .files import read_json, write_json
 from .hardware import bf16_supported
+from .inference import predict_loader
 from .models import CROP_PCT, INTERPOLATION, MEAN, STD
+from .progress import Progress
+from .run_record import RunRecord
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ['TrainingError', 'TrainResult', 'read_run_record', 'resumed_config', 'train']
+__all__ = ['TrainingError', 'TrainResult', 'Splits', 'train', 'train_one_epoch', 'validate', 'make_accelerator',
+           'create_model', 'make_ema', 'load_splits']
+
+SPLIT_NAME = 'split.json'
 
 
 class TrainingError(RuntimeError):
@@ -51,34 +57,70 @@ class TrainingError(RuntimeError):
 @dataclass
 class TrainResult:
     run_dir: Path
-    best: dict[str, Any]
+    record: RunRecord
+    best: dict[str, Any] | None
     history: list[dict[str, Any]] = field(default_factory=list)
     eval_metrics: dict[str, Any] | None = None
     model: torch.nn.Module | None = None  # final live weights (unwrapped), for callers and tests
 
 
-def train(cfg: TrainConfig, data_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
-          resume: bool = False, overwrite: bool = False, eval_test: bool = False,
-          data_note: str | None = None) -> TrainResult:
-    run_dir = Path(output_dir)
-    accelerator = make_accelerator(cfg, run_dir)
-    main = accelerator.is_main_process
-    if not main:  # one voice: other processes only report errors
+@dataclass
+class Splits:
+    """The slices of each part and the JSON-able split (patient ids) that ``split.json`` records."""
+    train: list[data.Slice]
+    val: list[data.Slice]
+    test: list[data.Slice]
+    split: dict[str, Any]
+
+
+@dataclass
+class Candidate:
+    """One set of weights (live or EMA) as scored on validation this epoch, at its own operating point."""
+    report: dict[str, Any]  # slice- and patient-level metrics at ``threshold``
+    loss: float
+    threshold: float
+    temperature: float
+    slices: int
+
+
+def train(record: RunRecord, run_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
+          split: dict[str, Any] | None = None) -> TrainResult:
+    """Train ``record.config`` on ``record.data_dir`` into ``run_dir``; evaluate on test if ``record.eval_test``.
+
+    ``resume`` continues ``run_dir`` from its last checkpoint on its recorded split; ``overwrite``
+    replaces an existing run, but only once every check has passed; ``split`` imposes a train/val
+    split (cross-validation folds) instead of carving one.
+    """
+    run_dir = Path(run_dir)
+    accelerator = make_accelerator(record.config, run_dir)
+    if not accelerator.is_main_process:  # one voice: other processes only report errors
         logging.getLogger('adni_timm').setLevel(logging.ERROR)
     if resume:
-        _check_same_processes(run_dir, accelerator)
-    else:
-        _claim_run_dir(run_dir, overwrite, accelerator)
+        record.check_processes(accelerator.num_processes)
+        split = read_json(run_dir / SPLIT_NAME)  # never re-split: resume keeps who is in validation
+    elif run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise TrainingError(f'{run_dir} already exists and is not empty; continue it with --resume, '
+                            f'replace it with --overwrite, or choose another --output-dir')
+    cfg, warmup_note = fit_warmup(record.config)
+    if warmup_note:
+        _logger.info(warmup_note)
+    record = dataclasses.replace(record, config=cfg)
+    if not resume:
+        record = record.with_hardware(accelerator)
 
-    # ---- data: scan, split by patient, check for leakage and bad files before any training
-    train_slices, val_slices, test_slices, split = load_splits(cfg, data_dir)
-    if eval_test and not test_slices:
-        raise TrainingError(f'--eval-test: {data_dir} has no test split to evaluate on; drop --eval-test or add '
-                            f'{Path(data_dir) / "test"}')
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(run_dir / 'split.json', split)
-        _write_yaml(run_dir / 'train_config.yaml', _run_record(cfg, data_dir, data_note, eval_test, accelerator))
+    # every check that can fail runs before an old run is touched or a weight is trained
+    splits = load_splits(cfg, record.data_dir, recorded=split, check_test=record.eval_test)
+    with _OldRunAside(run_dir, accelerator, active=overwrite and not resume) as aside:
+        if accelerator.is_main_process and not resume:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(run_dir / SPLIT_NAME, splits.split)
+            record.save(run_dir)
+        return _fit(record, run_dir, accelerator, splits, resume=resume, aside=aside)
+
+
+def _fit(record: RunRecord, run_dir: Path, accelerator: Accelerator, splits: Splits, *, resume: bool,
+         aside: _OldRunAside) -> TrainResult:
+    cfg, main = record.config, accelerator.is_main_process
 
     # ---- model and transforms (the eval transform is the one timm resolves for the exported model)
     set_seed(cfg.seed)  # the same initial weights on every process
@@ -86,24 +128,24 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike, output_dir: str | os.Pa
     train_tf, eval_tf = data.build_transforms(
         base_model, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), hflip=cfg.hflip,
         color_jitter=cfg.color_jitter, auto_augment=cfg.auto_augment, re_prob=cfg.re_prob)
-    train_loader, val_loader = _make_loaders(cfg, train_slices, val_slices, train_tf, eval_tf, accelerator)
+    train_loader, val_loader = _make_loaders(cfg, splits.train, splits.val, train_tf, eval_tf, accelerator)
+    mixup, train_loss_fn = _make_loss(cfg)
     if cfg.channels_last and accelerator.device.type == 'cuda':
         base_model = base_model.to(memory_format=torch.channels_last)
-    ema = ModelEmaV3(base_model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema else None
-    if cfg.compile:
-        base_model.compile()  # in place: state-dict keys stay plain, so checkpoints resume with or without it
     set_seed(cfg.seed + accelerator.process_index)  # but different drop-path and augmentation draws per process
 
-    # ---- optimisation
+    # ---- optimisation: the lr follows the update count, so a resumed run picks up mid-schedule
     optimizer = timm.optim.create_optimizer_v2(base_model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, optimizer, train_loader, val_loader = accelerator.prepare(base_model, optimizer, train_loader, val_loader)
-    updates_per_epoch = max(1, math.ceil(len(train_loader) / cfg.grad_accum_steps))  # per process, after sharding
+    updates_per_epoch = max(1, math.ceil(len(train_loader) / cfg.grad_accum_steps))  # per process, sharded
     scheduler, _ = timm.scheduler.create_scheduler_v2(
         optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
         warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch)
-    mixup, train_loss_fn = _make_loss(cfg)
+    ema = make_ema(cfg, base_model, updates_per_epoch)  # after prepare: its warmup needs the update count
+    if cfg.compile:
+        base_model.compile()  # in place: state-dict keys stay plain, so checkpoints resume with or without it
 
-    # ---- resume
+    # ---- resume: weights, optimizer, RNG states, loop state; the record gains one line
     state = {'epoch': 0, 'num_updates': 0, 'history': [], 'best': None}
     if resume:
         ckpt = find_checkpoint(run_dir / 'checkpoints')
@@ -111,84 +153,66 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike, output_dir: str | os.Pa
             raise TrainingError(f'--resume: no complete checkpoint in {run_dir / "checkpoints"}; '
                                 f'start a new run without --resume (or with --overwrite)')
         state = load_checkpoint(accelerator, ckpt, ema)
-        scheduler.step_update(num_updates=state['num_updates'])  # the lr is a function of the update count
+        scheduler.step_update(num_updates=state['num_updates'])
         if main:
-            _repair_best_export(run_dir, state, base_model, ema, cfg, data_note)
+            record.append_resume(run_dir, accelerator, after_epoch=state['epoch'])
+            _repair_best_export(run_dir, state, base_model, ema, record)
         _logger.info('resumed from %s after epoch %d', ckpt, state['epoch'])
     if cfg.log_with:
         accelerator.init_trackers(run_dir.name, config=_tracker_config(cfg))
 
     # ---- the loop
-    val_patients = [s.patient for s in val_slices]
-    positive = data.positive_index(cfg.classes)
-    val_labels = np.array([int(s.label == positive) for s in val_slices])  # AD vs rest
+    val_patients = [s.patient for s in splits.val]
+    val_labels = np.array([s.label for s in splits.val])
+    nets = {'live': base_model, 'ema': ema.module if ema is not None else None}
+    run_start, epochs_done_here = time.perf_counter(), 0
     for epoch in range(state['epoch'], cfg.epochs):
         t0 = time.perf_counter()
-        train_loader.set_epoch(epoch)  # seedable sampler: the shuffle depends on (seed, epoch), so resume replays it
-        if getattr(train_loader, 'generator', None) is not None:
-            # worker seeds are drawn from this generator: make them differ per process (the sampler reseeds it
-            # from (seed, epoch) afterwards, so the shared shuffle order is unchanged)
-            train_loader.generator.manual_seed(cfg.seed * 1_000_003 + accelerator.process_index * 7_919 + epoch)
+        _reseed_loader(train_loader, cfg, accelerator, epoch)
         train_stats = train_one_epoch(
-            model, base_model, train_loader, optimizer, scheduler, train_loss_fn, mixup, ema, accelerator, cfg,
-            epoch, state)
-        row = {'epoch': epoch + 1, **train_stats, 'lr': optimizer.param_groups[0]['lr']}
-        candidates = {}
-        nets = {'live': base_model, 'ema': ema.module if ema is not None else None}
-        for name, net in nets.items():
-            if net is None or not val_slices:
-                continue
-            probs, val_loss = validate(net, val_loader, accelerator)
-            p_pos = probs[:, positive]
-            report = metrics.slice_and_patient_metrics(val_patients, val_labels, p_pos)
-            prefix = 'val' if name == 'live' else 'ema_val'
-            row[f'{prefix}_loss'] = val_loss
-            row[f'{prefix}_slices'] = int(len(probs))
-            for level in ('slice', 'patient'):
-                for key in ('accuracy', 'balanced_accuracy', 'auc', 'sensitivity', 'specificity'):
-                    row[f'{prefix}_{level}_{key}'] = report[level][key]
-            _, y, p = metrics.patient_level(val_patients, val_labels, p_pos)
-            candidates[name] = (report, val_loss, metrics.youden_threshold(y, p))
-        row['epoch_time_s'] = time.perf_counter() - t0
-
-        is_best, chosen = _update_best(state, row, candidates, cfg, epoch)
+            model=model, base_model=base_model, loader=train_loader, optimizer=optimizer, scheduler=scheduler,
+            loss_fn=train_loss_fn, mixup=mixup, ema=ema, accelerator=accelerator, cfg=cfg, epoch=epoch, state=state)
+        candidates = validate(nets, val_loader, accelerator, cfg, val_patients, val_labels) if splits.val else {}
+        row = _epoch_row(epoch, train_stats, optimizer.param_groups[0]['lr'], candidates, time.perf_counter() - t0)
+        is_best, chosen = _update_best(state, candidates, cfg, epoch)
         state['history'].append(row)
         state['epoch'] = epoch + 1
         # checkpoint first, then the best export: a kill in between is repaired on resume (_repair_best_export)
-        save_checkpoint(accelerator, run_dir / 'checkpoints', state, ema)
-        if main:
-            if is_best:
-                weights = ema.module if chosen == 'ema' else base_model
-                hub.export_model(weights, run_dir / 'best', extra=_best_extra(state['best'], cfg, data_note))
-            _write_history(run_dir, state['history'])
+        try:
+            save_checkpoint(accelerator, run_dir / 'checkpoints', state, ema)
+        except CheckpointError as e:
+            raise TrainingError(str(e)) from None
+        aside.release()  # the new run has a checkpoint of its own: the replaced run can go
+        weights = ema.module if chosen == 'ema' else base_model
+        _stop_if(run_on_main(accelerator, lambda: _write_epoch_outputs(
+            run_dir, state, weights if is_best else None, record), 'writing RUN/best and metrics.jsonl'))
         if cfg.log_with:
             accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None},
                             step=epoch + 1)
-        _logger.info(_epoch_line(row, cfg, is_best))
+        epochs_done_here += 1
+        eta = (time.perf_counter() - run_start) / epochs_done_here * (cfg.epochs - epoch - 1)
+        _logger.info(epoch_line(row, cfg.epochs, chosen, is_best, eta))
 
     if cfg.log_with:
         accelerator.end_training()
-    result = TrainResult(run_dir=run_dir, best=state['best'], history=state['history'], model=base_model)
-    try:
-        if eval_test and main:
-            from . import evaluation
-            result.eval_metrics = evaluation.evaluate(
-                str(run_dir), data_dir, split='test', output_dir=run_dir / 'eval', classes=cfg.classes,
-                num_workers=min(cfg.num_workers, 4))
-    finally:  # other processes wait here; an error on the main process must not leave them hanging
-        accelerator.wait_for_everyone()
+    result = TrainResult(run_dir=run_dir, record=record, best=state['best'], history=state['history'],
+                         model=base_model)
+    if record.eval_test:
+        result.eval_metrics = _evaluate_on_test(run_dir, record, splits, accelerator)
     return result
 
 
-def train_one_epoch(model, base_model, loader, optimizer, scheduler, loss_fn, mixup, ema, accelerator, cfg,
-                    epoch, state) -> dict[str, float]:
+# ------------------------------------------------------------------------------------- one epoch
+
+def train_one_epoch(*, model, base_model, loader, optimizer, scheduler, loss_fn, mixup, ema, accelerator,
+                    cfg: TrainConfig, epoch: int, state: dict) -> dict[str, float]:
+    """One pass over the training loader; returns the mean training loss and img/s."""
     model.train()
     loss_sum = torch.zeros((), device=accelerator.device)  # summed on device: no host sync per step
     seen = 0
     t0 = time.perf_counter()
-    bar = tqdm(total=len(loader) * loader.total_batch_size if hasattr(loader, 'total_batch_size') else None,
-               unit='img', unit_scale=True, desc=f'epoch {epoch + 1}/{cfg.epochs}', leave=False, dynamic_ncols=True,
-               disable=not accelerator.is_main_process)
+    progress = Progress(cfg.progress, len(loader) * loader.total_batch_size, f'epoch {epoch + 1}/{cfg.epochs}',
+                        enabled=accelerator.is_main_process)
     for step, (images, targets) in enumerate(loader):
         if cfg.channels_last and images.is_cuda:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -196,20 +220,20 @@ def train_one_epoch(model, base_model, loader, optimizer, scheduler, loss_fn, mi
             images, targets = mixup(images, targets)
         with accelerator.accumulate(model):
             with accelerator.autocast():
-                loss = loss_fn(model(images), targets)
+                loss = loss_fn(model(images), targets)  # the loss
             accelerator.backward(loss)
             if accelerator.sync_gradients and cfg.clip_grad:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        if accelerator.sync_gradients:
+        if accelerator.sync_gradients:  # one optimizer update: the schedule and the EMA follow it
             state['num_updates'] += 1
             scheduler.step_update(num_updates=state['num_updates'])
             if ema is not None:
                 ema.update(base_model, step=state['num_updates'])
         loss_sum += loss.detach() * images.shape[0]
         seen += images.shape[0]
-        bar.update(images.shape[0] * accelerator.num_processes)
+        progress.update(images.shape[0] * accelerator.num_processes)
         if step % 50 == 0 or step == len(loader) - 1:  # occasional host sync: progress and the NaN guard
             # reduced over processes so that all of them stop together, not one while others wait
             loss_total, count = _reduce_totals(accelerator, loss_sum, seen)
@@ -218,8 +242,8 @@ def train_one_epoch(model, base_model, loader, optimizer, scheduler, loss_fn, mi
                 raise TrainingError(
                     f'non-finite training loss ({mean_loss}) in epoch {epoch + 1}, step {step}; '
                     f'the last good checkpoint is kept. Lower --lr, keep --clip-grad, or use --mixed-precision no')
-            bar.set_postfix(loss=f'{mean_loss:.4f}', lr=f'{optimizer.param_groups[0]["lr"]:.2e}')
-    bar.close()
+            progress.set_postfix(loss=f'{mean_loss:.4f}', lr=f'{optimizer.param_groups[0]["lr"]:.2e}')
+    progress.close()
     scheduler.step(epoch + 1)
     loss_total, count = _reduce_totals(accelerator, loss_sum, seen)
     return {'train_loss': loss_total / count, 'train_img_per_s': count / (time.perf_counter() - t0)}
@@ -231,29 +255,86 @@ def _reduce_totals(accelerator, loss_sum: torch.Tensor, seen: int) -> tuple[floa
     return float(totals[0]), float(totals[1])
 
 
-@torch.inference_mode()
-def validate(model, loader, accelerator) -> tuple[np.ndarray, float]:
-    """Softmax probabilities for every validation slice, in dataset order, exactly once across processes.
+def validate(nets: dict[str, torch.nn.Module | None], loader, accelerator, cfg: TrainConfig,
+             patients: list[str], labels: np.ndarray) -> dict[str, Candidate]:
+    """Score each set of weights on the validation split at the operating point it would ship with.
 
-    ``model`` is the plain module (not the DDP wrapper); its ``forward`` runs eagerly even when
-    the module was compiled, which avoids recompiling for eval mode and the last partial batch.
+    Per weights: one temperature fitted on the validation slices, then the threshold (Youden's J, or
+    ``target_sensitivity``) on the calibrated patient probabilities, and every metric at that threshold,
+    so a threshold-dependent ``best_metric`` selects exactly what the export will do. Chosen on the same
+    patients it is scored on: optimistic, and said so in the log and the card.
     """
-    model.eval()
-    all_probs, all_losses = [], []
-    for images, targets in loader:
-        if images.is_cuda:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with accelerator.autocast():
-            logits = model.forward(images).float()
-        losses = F.cross_entropy(logits, targets, reduction='none')
-        probs, losses = accelerator.gather_for_metrics((logits.softmax(-1), losses))
-        all_probs.append(probs.cpu())
-        all_losses.append(losses.cpu())
-    probs = torch.cat(all_probs).numpy()
-    return probs, float(torch.cat(all_losses).mean())
+    positive = data.positive_index(cfg.classes)
+    out = {}
+    for name, net in nets.items():
+        if net is None:
+            continue
+        probs, losses = predict_loader(net, loader, device=accelerator.device, precision=accelerator.mixed_precision,
+                                       channels_last=cfg.channels_last, accelerator=accelerator, with_loss=True)
+        point = metrics.operating_point(probs, labels, patients, positive, cfg.target_sensitivity)
+        y = (labels == positive).astype(np.int64)
+        report = metrics.slice_and_patient_metrics(patients, y, point['p_pos'], point['threshold'])
+        out[name] = Candidate(report=report, loss=float(losses.mean()), threshold=point['threshold'],
+                              temperature=point['temperature'], slices=len(probs))
+    return out
 
 
-# ---------------------------------------------------------------------------------------------- set-up helpers
+def _epoch_row(epoch: int, train_stats: dict, lr: float, candidates: dict[str, Candidate], seconds: float) -> dict:
+    """One line of metrics.jsonl: everything measured this epoch, flat."""
+    row = {'epoch': epoch + 1, **train_stats, 'lr': lr}
+    for name, c in candidates.items():
+        prefix = 'val' if name == 'live' else 'ema_val'
+        row.update({f'{prefix}_loss': c.loss, f'{prefix}_slices': c.slices, f'{prefix}_threshold': c.threshold,
+                    f'{prefix}_temperature': c.temperature})
+        for level in ('slice', 'patient'):
+            for key in ('accuracy', 'balanced_accuracy', 'auc', 'sensitivity', 'specificity', 'f1'):
+                row[f'{prefix}_{level}_{key}'] = c.report[level][key]
+    row['epoch_time_s'] = seconds
+    return row
+
+
+def _update_best(state, candidates: dict[str, Candidate], cfg: TrainConfig, epoch: int) -> tuple[bool, str]:
+    """Pick the better of live/EMA this epoch; it becomes best when it beats the best so far.
+
+    Ties (e.g. AUC 1.0 on an easy set) are broken by the lower validation loss.
+    """
+    if not candidates:  # no validation split: the last epoch is the best we know
+        state['best'] = {'epoch': epoch + 1, 'weights': 'live', 'metric': None, 'value': None,
+                         'threshold': 0.5, 'threshold_source': 'fixed', 'temperature': 1.0}
+        return True, 'live'
+    level, key = cfg.best_metric.split('_', 1)
+
+    def score(c: Candidate):
+        value = c.report[level][key]
+        return (-math.inf if value is None else value, -c.loss)
+
+    name, chosen = max(candidates.items(), key=lambda item: score(item[1]))
+    best = state['best']
+    if best is not None and score(chosen) <= (best['value'], -best['val_loss']):
+        return False, name
+    value = chosen.report[level][key]
+    state['best'] = {'epoch': epoch + 1, 'weights': name, 'metric': cfg.best_metric,
+                     'value': -math.inf if value is None else value, 'val_loss': chosen.loss,
+                     'threshold': chosen.threshold, 'threshold_source': 'validation',
+                     'temperature': chosen.temperature,
+                     'val_patient': chosen.report['patient'], 'val_slice': chosen.report['slice']}
+    return True, name
+
+
+def epoch_line(row: dict, epochs: int, chosen: str, is_best: bool, eta_s: float) -> str:
+    """One line per epoch, under 120 characters: what people look at; the rest is in metrics.jsonl."""
+    prefix = 'val' if chosen == 'live' else 'ema_val'
+    parts = [f'epoch {row["epoch"]}/{epochs}', f'loss {fmt(row["train_loss"])}']
+    if f'{prefix}_loss' in row:
+        parts.append(f'val {fmt(row[f"{prefix}_loss"])}')
+        parts.append(f'AUC {fmt(row[f"{prefix}_patient_auc"])} acc {fmt(row[f"{prefix}_patient_accuracy"])}'
+                     + (' (ema)' if chosen == 'ema' else ''))
+    parts += [f'lr {row["lr"]:.1e}', f'{row["train_img_per_s"]:.0f} img/s',
+              fmt_duration(row['epoch_time_s']), f'eta {fmt_duration(eta_s)}']
+    return ' | '.join(parts) + (' *' if is_best else '')
+
+
+# --------------------------------------------------------------------------------- set-up helpers
 
 def make_accelerator(cfg: TrainConfig, run_dir: Path | None = None) -> Accelerator:
     precision = cfg.mixed_precision
@@ -274,43 +355,90 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path | None = None) -> Accelerat
 
 
 def create_model(cfg: TrainConfig) -> torch.nn.Module:
-    """Any timm model, scratch-initialised, 1 channel, our classes and preprocessing in its pretrained cfg."""
+    """Any timm model, scratch-initialised, 1 channel, our classes and preprocessing in its pretrained cfg.
+
+    Models with a fixed input size (ViTs) are built for ``img_size``; others adapt to any size.
+    """
     n = len(cfg.classes)
     overlay = dict(input_size=(1, cfg.img_size, cfg.img_size), mean=MEAN, std=STD, crop_pct=CROP_PCT,
                    interpolation=INTERPOLATION, num_classes=n, label_names=tuple(cfg.classes))
+    sized = {'img_size': cfg.img_size} if _fixed_input_size(cfg.model) else {}
     return timm.create_model(cfg.model, pretrained=False, num_classes=n, in_chans=1,
-                             drop_path_rate=cfg.drop_path, pretrained_cfg_overlay=overlay)
+                             drop_path_rate=cfg.drop_path, pretrained_cfg_overlay=overlay, **sized)
 
 
-def load_splits(cfg: TrainConfig, data_dir):
-    """Scan train (and test, when present), split train by patient, refuse leakage and bad files."""
-    train_all = data.scan_split(data_dir, 'train', classes=tuple(cfg.classes), file_is_patient=cfg.file_is_patient)
-    test_slices = []
-    if (Path(data_dir) / 'test').is_dir():
-        test_slices = data.scan_split(data_dir, 'test', classes=tuple(cfg.classes),
-                                      file_is_patient=cfg.file_is_patient)
-        data.check_no_leakage(train_all, test_slices, names=('train', 'test'))
-    train_all = data.resolve_bad_images(train_all, skip_bad=cfg.skip_bad_images, num_workers=cfg.num_workers)
-    if cfg.split_level == 'slice':
+def _fixed_input_size(model_name: str) -> bool:
+    try:
+        return bool(timm.models.get_pretrained_cfg(model_name).fixed_input_size)
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def make_ema(cfg: TrainConfig, model: torch.nn.Module, updates_per_epoch: int) -> ModelEmaV3 | None:
+    """timm's ModelEmaV3 whose decay reaches ``cfg.ema_decay`` when the lr warmup ends.
+
+    timm's warmup raises the decay as ``1 - (1 + t / gamma) ** (-2/3)`` for update t; with its default
+    gamma = 1 a decay of 0.9998 needs ~350,000 updates (a 100-epoch ADNI run has ~13,500), so the
+    configured value would never run. We choose gamma so that the configured decay is reached after
+    ``max(warmup_epochs, 1)`` epochs of updates and held from then on.
+    """
+    if not cfg.ema:
+        return None
+    power = 2 / 3
+    reach = max(cfg.warmup_epochs, 1) * updates_per_epoch
+    gamma = reach / ((1 - cfg.ema_decay) ** (-1 / power) - 1)
+    return ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True, warmup_gamma=gamma, warmup_power=power)
+
+
+def load_splits(cfg: TrainConfig, data_dir, recorded: dict[str, Any] | None = None,
+                check_test: bool = False) -> Splits:
+    """Scan train (and test, when present), split train by patient (or take ``recorded``), refuse leakage
+    and unreadable files (of test too when it will be evaluated) before any training starts."""
+    scan = dict(classes=tuple(cfg.classes), file_is_patient=cfg.file_is_patient)
+    train_all = data.scan_split(data_dir, 'train', **scan)
+    test = data.scan_split(data_dir, 'test', **scan) if (Path(data_dir) / 'test').is_dir() else []
+    if test:
+        data.check_no_leakage(train_all, test, names=('train', 'test'))
+    train_all = data.resolve_bad_images(train_all, skip_bad=cfg.skip_bad_images, num_workers=cfg.num_workers,
+                                        what='train')
+    if check_test:
+        if not test:
+            raise TrainingError(f'--eval-test: {data_dir} has no test split to evaluate on; drop --eval-test or add '
+                                f'{Path(data_dir) / "test"}')
+        test = data.resolve_bad_images(test, skip_bad=cfg.skip_bad_images, num_workers=cfg.num_workers,
+                                       what='test')
+    if recorded is not None:
+        split = dict(recorded)
+        _warn_new_patients(train_all, split)
+    elif cfg.split_level == 'slice':
         _logger.warning('split_level=slice: slices of one patient land in both train and val. This LEAKS '
                         'patients and inflates validation scores; it exists only to reproduce the reference.')
         split = data.split_slices(train_all, cfg.val_fraction, cfg.seed)
     else:
         split = data.split_patients(train_all, cfg.val_fraction, cfg.seed)
-    if test_slices:
-        split['test'] = sorted({s.patient for s in test_slices})
-    return data.select(train_all, split, 'train'), data.select(train_all, split, 'val'), test_slices, split
+    if test:
+        split['test'] = sorted({s.patient for s in test})
+    return Splits(train=data.select(train_all, split, 'train'), val=data.select(train_all, split, 'val'),
+                  test=test, split=split)
+
+
+def _warn_new_patients(slices: list[data.Slice], split: dict[str, Any]) -> None:
+    if split.get('level') != 'patient':
+        return
+    known = set(split['train']) | set(split['val'])
+    new = sorted({s.patient for s in slices} - known)
+    if new:
+        _logger.warning('%d patient(s) in the data are not in the recorded split and are not used: %s',
+                        len(new), ', '.join(new[:5]) + (' ...' if len(new) > 5 else ''))
 
 
 def _make_loaders(cfg, train_slices, val_slices, train_tf, eval_tf, accelerator):
-    cache = None
-    if cfg.cache:
-        cache = data.preload(train_slices + val_slices, num_workers=cfg.num_workers)
-    pin = accelerator.device.type == 'cuda'
     batches = len(train_slices) // cfg.batch_size
     if batches < 1:
         raise TrainingError(f'batch_size={cfg.batch_size} is larger than the training set ({len(train_slices)} '
                             f'slices); lower --batch-size')
+    cache = data.preload(train_slices + val_slices, num_workers=cfg.num_workers) if cfg.cache else None
+    pin = accelerator.device.type == 'cuda'
     train_loader = data.create_loader(
         data.SliceDataset(train_slices, train_tf, cache), cfg.batch_size, shuffle=True, drop_last=True,
         num_workers=cfg.num_workers, pin_memory=pin, seed=cfg.seed)
@@ -318,41 +446,6 @@ def _make_loaders(cfg, train_slices, val_slices, train_tf, eval_tf, accelerator)
         data.SliceDataset(val_slices, eval_tf, cache), cfg.batch_size, shuffle=False,
         num_workers=cfg.num_workers, pin_memory=pin, seed=cfg.seed)
     return train_loader, val_loader
-
-
-def _claim_run_dir(run_dir: Path, overwrite: bool, accelerator: Accelerator) -> None:
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise TrainingError(f'{run_dir} already exists and is not empty; continue it with --resume, '
-                                f'replace it with --overwrite, or choose another --output-dir')
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            _logger.warning('--overwrite: removing %s', run_dir)
-            shutil.rmtree(run_dir)
-    accelerator.wait_for_everyone()
-
-
-# keys that may change when a run is continued. All but epochs leave what is learned as it was; a new
-# epochs re-stretches the schedule (e.g. the cosine) over the new length from the current update on.
-RESUME_OVERRIDABLE = ('epochs', 'num_workers', 'log_with', 'compile', 'cache')
-
-
-def read_run_record(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """RUN/train_config.yaml: the resolved config, data folder, versions."""
-    record = Path(run_dir) / 'train_config.yaml'
-    if not record.is_file():
-        raise TrainingError(f'--resume: {record} not found; is {run_dir} a training run folder?')
-    return yaml.safe_load(record.read_text())
-
-
-def resumed_config(run_dir: str | os.PathLike, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """--resume continues with the run's own recorded config; only RESUME_OVERRIDABLE keys may change."""
-    saved = read_run_record(run_dir)['config']
-    refused = sorted(k for k in (overrides or {}) if k not in RESUME_OVERRIDABLE)
-    if refused:
-        raise TrainingError(f'--resume continues the recorded recipe; {refused} cannot change (only '
-                            f'{list(RESUME_OVERRIDABLE)} can). Start a new run to change them.')
-    return make_config({**saved, **(overrides or {})}, source=str(Path(run_dir) / 'train_config.yaml'))
 
 
 def _make_loss(cfg: TrainConfig):
@@ -366,21 +459,87 @@ def _make_loss(cfg: TrainConfig):
     return None, torch.nn.CrossEntropyLoss()
 
 
+def _reseed_loader(train_loader, cfg: TrainConfig, accelerator, epoch: int) -> None:
+    train_loader.set_epoch(epoch)  # seedable sampler: the shuffle depends on (seed, epoch), so resume replays it
+    if getattr(train_loader, 'generator', None) is not None:
+        # worker seeds are drawn from this generator: make them differ per process (the sampler reseeds it
+        # from (seed, epoch) afterwards, so the shared shuffle order is unchanged)
+        train_loader.generator.manual_seed(cfg.seed * 1_000_003 + accelerator.process_index * 7_919 + epoch)
+
+
 def _tracker_config(cfg: TrainConfig) -> dict[str, Any]:
     """TensorBoard's hparams take scalars and strings only."""
     return {k: ','.join(map(str, v)) if isinstance(v, list) else ('null' if v is None else v)
             for k, v in config_to_dict(cfg).items()}
 
 
-def _check_same_processes(run_dir: Path, accelerator: Accelerator) -> None:
-    """--batch-size is per process: resuming on another process count would change the recipe."""
-    recorded = read_run_record(run_dir).get('num_processes')
-    if recorded is not None and recorded != accelerator.num_processes:
-        raise TrainingError(f'--resume: {run_dir} was trained with {recorded} process(es), this launch has '
-                            f'{accelerator.num_processes}; resume with the same number of GPUs / processes')
+class _OldRunAside:
+    """``--overwrite`` without losing work: the old run moves aside only after every check has passed,
+    is deleted once the new run has its first checkpoint (``release``), and comes back if the new
+    run fails before that."""
+
+    def __init__(self, run_dir: Path, accelerator: Accelerator, active: bool):
+        self.run_dir, self.accelerator = run_dir, accelerator
+        self.active = active and run_dir.exists() and any(run_dir.iterdir())
+        self.aside = run_dir.with_name(f'.{run_dir.name}.replaced')
+
+    def __enter__(self) -> _OldRunAside:
+        if self.active and self.accelerator.is_main_process:
+            shutil.rmtree(self.aside, ignore_errors=True)
+            self.run_dir.rename(self.aside)
+            _logger.warning('--overwrite: %s moved to %s; deleted once the new run has its first checkpoint',
+                            self.run_dir, self.aside)
+        self.accelerator.wait_for_everyone()
+        return self
+
+    def release(self) -> None:
+        if self.active and self.accelerator.is_main_process:
+            shutil.rmtree(self.aside, ignore_errors=True)
+        self.active = False
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.active and exc_type is not None and self.accelerator.is_main_process:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            self.aside.rename(self.run_dir)
+            _logger.warning('the new run failed before its first checkpoint: %s restored', self.run_dir)
 
 
-def _repair_best_export(run_dir: Path, state: dict, base_model, ema, cfg: TrainConfig, data_note) -> None:
+def _stop_if(error: str | None) -> None:
+    if error:
+        raise TrainingError(f'{error}; the last checkpoint is kept, continue with --resume once fixed')
+
+
+# --------------------------------------------------------------------------------- run folder outputs
+
+def _best_extra(best: dict, record: RunRecord) -> dict[str, Any]:
+    """What RUN/best/config.json keeps under 'adni_timm' (read by evaluate.py, the card and the demo)."""
+    cfg = record.config
+    return {
+        'threshold': best['threshold'], 'threshold_source': best['threshold_source'],
+        'temperature': best.get('temperature', 1.0), 'classes': list(cfg.classes), 'weights': best['weights'],
+        'epoch': best['epoch'], 'best_metric': best['metric'], 'best_value': best['value'],
+        'model_name': cfg.model, 'img_size': cfg.img_size, 'data': record.data_note,
+        'precision': record.mixed_precision, 'file_is_patient': cfg.file_is_patient,
+        'split_level': cfg.split_level,
+    }
+
+
+def _write_epoch_outputs(run_dir: Path, state: dict, best_weights, record: RunRecord) -> None:
+    if best_weights is not None:
+        export.export_model(best_weights, run_dir / 'best', extra=_best_extra(state['best'], record))
+    _write_history(run_dir, state['history'], state['best'])
+
+
+def _write_history(run_dir: Path, history: list[dict], best: dict | None) -> None:
+    """metrics.jsonl rewritten whole from the (checkpointed) history, so a resumed run stays consistent."""
+    tmp = run_dir / 'metrics.jsonl.tmp'
+    tmp.write_text(''.join(json.dumps(row) + '\n' for row in history))
+    tmp.replace(run_dir / 'metrics.jsonl')
+    plots.plot_curves(history, run_dir / 'curves.png', best_epoch=(best or {}).get('epoch'),
+                      best_weights=(best or {}).get('weights'))
+
+
+def _repair_best_export(run_dir: Path, state: dict, base_model, ema, record: RunRecord) -> None:
     """A kill between the checkpoint and the best export leaves RUN/best one best behind: redo it.
 
     Only the last checkpointed epoch can be missing, and its weights are the ones just loaded.
@@ -389,116 +548,24 @@ def _repair_best_export(run_dir: Path, state: dict, base_model, ema, cfg: TrainC
     if not best or best['epoch'] != state['epoch']:
         return
     try:
-        exported_epoch = hub.export_extra(run_dir / 'best').get('epoch')
-    except FileNotFoundError:
+        exported_epoch = export.export_extra(run_dir / 'best').get('epoch')
+    except export.ExportError:
         exported_epoch = None
     if exported_epoch != best['epoch']:
         weights = ema.module if best['weights'] == 'ema' and ema is not None else base_model
-        hub.export_model(weights, run_dir / 'best', extra=_best_extra(best, cfg, data_note))
+        export.export_model(weights, run_dir / 'best', extra=_best_extra(best, record))
         _logger.info('re-exported the best model (epoch %d) to %s', best['epoch'], run_dir / 'best')
 
 
-def _update_best(state, row, candidates, cfg, epoch) -> tuple[bool, str]:
-    """Pick the better of live/EMA this epoch; it becomes best when it beats the best so far.
+def _evaluate_on_test(run_dir: Path, record: RunRecord, splits: Splits, accelerator) -> dict | None:
+    """The exported best model on the (already checked) test slices, into RUN/eval."""
+    from . import evaluation
+    outcome: dict[str, Any] = {}
 
-    ``candidates[name] = (report, val_loss, threshold)``. Ties (e.g. AUC 1.0 on an
-    easy set) are broken by the lower validation loss.
-    """
-    if not candidates:  # no validation split: the last epoch is the best we know
-        state['best'] = {'epoch': epoch + 1, 'weights': 'live', 'metric': None, 'value': None,
-                         'threshold': 0.5, 'threshold_source': 'fixed'}
-        return True, 'live'
-    level, key = cfg.best_metric.split('_', 1)
+    def run():
+        outcome['metrics'] = evaluation.evaluate(
+            str(run_dir), record.data_dir, split='test', output_dir=run_dir / 'eval',
+            classes=record.config.classes, num_workers=min(record.config.num_workers, 4), slices=splits.test)
 
-    def score(report, loss):
-        value = report[level][key]
-        return (-math.inf if value is None else value, -loss)
-
-    name, (report, loss, threshold) = max(candidates.items(), key=lambda item: score(*item[1][:2]))
-    best = state['best']
-    if best is not None and score(report, loss) <= (best['value'], -best['val_loss']):
-        return False, name
-    value = report[level][key]
-    state['best'] = {'epoch': epoch + 1, 'weights': name, 'metric': cfg.best_metric,
-                     'value': -math.inf if value is None else value, 'val_loss': loss,
-                     'threshold': threshold, 'threshold_source': 'validation',
-                     'val_patient': report['patient'], 'val_slice': report['slice']}
-    return True, name
-
-
-def _best_extra(best: dict, cfg: TrainConfig, data_note: str | None) -> dict[str, Any]:
-    """What RUN/best/config.json keeps under 'adni_timm' (read by evaluate.py and the model card)."""
-    return {
-        'threshold': best['threshold'], 'threshold_source': best['threshold_source'],
-        'classes': list(cfg.classes), 'weights': best['weights'], 'epoch': best['epoch'],
-        'best_metric': best['metric'], 'best_value': best['value'], 'model_name': cfg.model,
-        'img_size': cfg.img_size, 'data': data_note or 'ADNI AD_NC',
-    }
-
-
-def _epoch_line(row: dict, cfg: TrainConfig, is_best: bool) -> str:
-    def f(key, fmt='.3f'):
-        value = row.get(key)
-        return '-' if value is None else format(value, fmt)
-
-    parts = [f"epoch {row['epoch']}/{cfg.epochs}", f"loss {f('train_loss', '.4f')}"]
-    if 'val_loss' in row:
-        parts.append(f"val loss {f('val_loss', '.4f')} slice acc {f('val_slice_accuracy')} "
-                     f"patient acc {f('val_patient_accuracy')} bacc {f('val_patient_balanced_accuracy')} "
-                     f"auc {f('val_patient_auc')} sens {f('val_patient_sensitivity')} "
-                     f"spec {f('val_patient_specificity')}")
-    if 'ema_val_loss' in row:
-        parts.append(f"ema patient acc {f('ema_val_patient_accuracy')} auc {f('ema_val_patient_auc')}")
-    parts.append(f"lr {row['lr']:.2e}")
-    parts.append(f"{row['train_img_per_s']:.0f} img/s {row['epoch_time_s']:.0f}s")
-    return ' | '.join(parts) + ('  *best*' if is_best else '')
-
-
-def _run_record(cfg: TrainConfig, data_dir, data_note, eval_test: bool, accelerator: Accelerator) -> dict[str, Any]:
-    import accelerate
-    import huggingface_hub
-    import sklearn
-
-    from . import __version__
-    return {
-        'config': config_to_dict(cfg),
-        'data_dir': str(Path(data_dir).resolve()),
-        'data': data_note or 'ADNI AD_NC',
-        'eval_test': eval_test,
-        'num_processes': accelerator.num_processes,
-        'mixed_precision': accelerator.mixed_precision,
-        'device': str(accelerator.device),
-        'versions': {'adni_timm': __version__, 'python': platform.python_version(), 'torch': str(torch.__version__),
-                     'timm': timm.__version__, 'accelerate': accelerate.__version__,
-                     'huggingface_hub': huggingface_hub.__version__, 'scikit-learn': sklearn.__version__},
-        'git_commit': _git_commit(),
-    }
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + '.tmp')
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
-
-
-def _write_yaml(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + '.tmp')
-    tmp.write_text(yaml.safe_dump(obj, sort_keys=False))
-    tmp.replace(path)
-
-
-def _write_history(run_dir: Path, history: list[dict]) -> None:
-    """metrics.jsonl rewritten whole from the (checkpointed) history, so a resumed run stays consistent."""
-    tmp = run_dir / 'metrics.jsonl.tmp'
-    tmp.write_text(''.join(json.dumps(row) + '\n' for row in history))
-    tmp.replace(run_dir / 'metrics.jsonl')
-    plots.plot_curves(history, run_dir / 'curves.png')
+    _stop_if(run_on_main(accelerator, run, 'evaluating the best model on the test split'))
+    return outcome.get('metrics')

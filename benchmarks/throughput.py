@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from adni_timm import data, evaluation, synthetic  # noqa: E402
 from adni_timm.config import load_config  # noqa: E402
+from adni_timm.run_record import RunRecord  # noqa
 from adni_timm.training import create_model, make_accelerator, train  # noqa: E402
 
 # ADNI AD_NC: 10,400 + 11,120 train slices (520 + 556 patients), 4,460 + 4,540 test slices, 20 per patient
@@ -95,7 +96,7 @@ def end_to_end(cfg, data_dir: Path, workers: int, work: Path) -> dict:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    result = train(cfg, data_dir, work / f'run-w{workers}', overwrite=True)
+    result = train(RunRecord.new(cfg, data_dir, 'synthetic (benchmark)'), work / f'run-w{workers}', overwrite=True)
     total = time.perf_counter() - t0
     last = result.history[-1]
     out = {'img_per_s': last['train_img_per_s'], 'epoch_time_s': last['epoch_time_s'], 'run_total_s': total,
@@ -146,16 +147,18 @@ def reference_loop(data_dir: Path, img_size: int, batch_size: int, workers: int,
 
 
 def inference(run_dir: Path, data_dir: Path, batch_size: int, workers: int, repeats: int) -> dict:
-    """(d): evaluate.py's prediction path (JPEG decode, eval transform, bf16 forward) over the test split.
+    """(d): evaluate.py's prediction path (JPEG decode, eval transform, bf16 forward on CUDA) over the test split.
 
     One call over the split repeated ``repeats`` times, so that starting the loader workers is a
     small share of the timed pass, as it is in a real evaluation of ADNI's 9,000 test slices.
     """
     model, _ = evaluation.resolve_model(str(run_dir))
     slices = data.scan_split(data_dir, 'test')
-    evaluation.predict(model, slices[: batch_size * 2], batch_size=batch_size, num_workers=workers)  # warm-up
+    precision = 'auto'  # bf16 where the GPU has it: the speed target; evaluate.py uses the run's own precision
+    evaluation.predict(model, slices[: batch_size * 2], batch_size=batch_size, num_workers=workers,
+                       precision=precision)  # warm-up
     t0 = time.perf_counter()
-    evaluation.predict(model, slices * repeats, batch_size=batch_size, num_workers=workers)
+    evaluation.predict(model, slices * repeats, batch_size=batch_size, num_workers=workers, precision=precision)
     elapsed = time.perf_counter() - t0
     return {'img_per_s': len(slices) * repeats / elapsed, 'slices': len(slices), 'repeats': repeats}
 

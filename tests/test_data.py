@@ -15,6 +15,7 @@ from adni_timm import data
 from adni_timm.data import (DataError, Slice, SliceCache, SliceDataset, build_transforms, check_no_leakage,
                             create_loader, find_bad_images, preload, read_image, resolve_bad_images, scan_split,
                             select, split_patients, split_slices)
+from adni_timm.hardware import available_memory
 from adni_timm.synthetic import generate
 
 
@@ -188,7 +189,7 @@ def test_bad_images_skipped_on_request(broken, caplog):
         kept = resolve_bad_images(slices, skip_bad=True)
     assert len(kept) == len(slices) - 2
     assert not {'7', '8'} & {s.patient for s in kept}
-    assert 'skipping 2 image file(s)' in caplog.text and '8_1.jpeg' in caplog.text
+    assert 'dropped 2 of 10 image file(s)' in caplog.text and '8_1.jpeg' in caplog.text
 
 
 def test_colour_image_converted_with_a_note(tmp_path, caplog):
@@ -216,16 +217,57 @@ def test_16_bit_png_scaled_not_clipped(tmp_path, caplog):
     assert '1 16-bit / float image(s) are scaled' in caplog.text
 
 
-def test_mixed_sizes_resized_in_cache(tmp_path, caplog):
+def test_odd_sized_slices_get_the_same_preprocessing_from_the_cache_as_from_disk(tmp_path, caplog):
+    """One policy for odd sizes: the cache keeps them as they are, so training sees what evaluation sees."""
     root = small_layout(tmp_path)
-    odd = write_image(root / 'train' / 'NC' / '1_12.png', size=(64, 60))
+    odd = write_image(root / 'train' / 'NC' / '1_12.png', size=(64, 48))  # another size and aspect ratio
     slices = scan_split(root, 'train')
     with caplog.at_level(logging.INFO, logger='adni_timm.data'):
         cache = preload(slices, num_workers=2)
-    assert cache.images.shape == (len(slices), 30, 32)  # the most common size
-    assert 'resized 1 of 9' in caplog.text
-    expected = np.asarray(Image.open(odd).resize((32, 30), Image.BILINEAR))
-    assert np.array_equal(np.asarray(cache.image(str(odd))), expected)
+    assert cache.images.shape == (len(slices) - 1, 30, 32) and len(cache) == len(slices)
+    assert '1 of 9 slices are not 32x30; cached at their own size' in caplog.text
+    assert np.array_equal(np.asarray(cache.image(str(odd))), np.asarray(read_image(str(odd))))
+    model = timm.create_model('adni_convnext_atto', pretrained_cfg_overlay=dict(input_size=(1, 64, 64)))
+    _, eval_tf = build_transforms(model)
+    cached, disk = SliceDataset(slices, eval_tf, cache), SliceDataset(slices, eval_tf)
+    for i in range(len(slices)):
+        assert torch.equal(cached[i][0], disk[i][0]), slices[i].path
+
+
+def test_available_memory_reads_memavailable_and_the_container_limit(tmp_path):
+    meminfo = tmp_path / 'meminfo'
+    meminfo.write_text('MemTotal: 32000000 kB\nMemFree: 1000000 kB\nMemAvailable: 20000000 kB\n')
+    no_cgroup = tmp_path / 'none'
+    assert available_memory(meminfo, no_cgroup) == (20000000 * 1024, 'available memory')  # not MemFree
+    v2 = tmp_path / 'v2'
+    v2.mkdir()
+    (v2 / 'memory.max').write_text('8589934592\n')  # an 8 GiB container on a 32 GB machine
+    (v2 / 'memory.current').write_text('1073741824\n')
+    assert available_memory(meminfo, v2) == (7 * 2**30, 'container (cgroup) limit')
+    (v2 / 'memory.max').write_text('max\n')  # cgroup v2 without a limit
+    assert available_memory(meminfo, v2)[1] == 'available memory'
+    v1 = tmp_path / 'v1' / 'memory'
+    v1.mkdir(parents=True)
+    (v1 / 'memory.limit_in_bytes').write_text(str(4 * 2**30))
+    (v1 / 'memory.usage_in_bytes').write_text(str(2**30))
+    assert available_memory(meminfo, tmp_path / 'v1') == (3 * 2**30, 'container (cgroup) limit')
+    (v1 / 'memory.limit_in_bytes').write_text(str(2**63 - 4096))  # v1's "no limit"
+    assert available_memory(meminfo, tmp_path / 'v1')[1] == 'available memory'
+
+
+def test_cache_counts_every_process_on_the_machine_and_falls_back_to_disk(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(data, 'available_memory', lambda: (10 * 2**30, 'container (cgroup) limit'))
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '1')
+    fits, line = data.cache_fits(2 * 2**30)
+    assert fits and line == 'slice cache: 2.00 GiB of 10.0 GiB usable (container (cgroup) limit): caching'
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '8')  # 8 GPUs on the node: 8 copies of the cache
+    fits, line = data.cache_fits(2 * 2**30)
+    assert not fits and '2.00 GiB x 8 processes of 10.0 GiB usable' in line and 'reading slices from disk' in line
+    monkeypatch.setattr(data, 'cache_fits', lambda nbytes: (False, 'too much'))
+    slices = scan_split(small_layout(tmp_path), 'train')
+    with caplog.at_level(logging.INFO, logger='adni_timm.data'):
+        assert preload(slices) is None
+    assert 'too much' in caplog.text
 
 
 # ------------------------------------------------------------------------------------------------ splits
@@ -278,6 +320,16 @@ def test_split_slices_is_the_leaky_reference_split():
     assert not {s.path for s in train} & {s.path for s in val}
     assert {s.patient for s in train} & {s.patient for s in val}  # the leak it exists to reproduce
     assert split == split_slices(slices, 0.2, seed=0)
+
+
+def test_a_slice_level_split_still_applies_when_the_data_moves(synth, tmp_path):
+    import shutil
+    split = split_slices(scan_split(synth, 'train'), 0.34, seed=0)
+    assert all(key.count('/') == 2 and key.startswith('train/') for key in split['train'] + split['val'])
+    moved = shutil.copytree(synth, tmp_path / 'elsewhere' / 'AD_NC')
+    val = select(scan_split(moved, 'train'), json.loads(json.dumps(split)), 'val')
+    assert sorted(data.slice_key(s.path) for s in val) == sorted(split['val'])
+    assert all(s.path.startswith(str(moved)) for s in val)
 
 
 # -------------------------------------------------------------------------------------- transforms, cache

@@ -1,5 +1,6 @@
 """evaluate.py end to end on a tiny synthetic set with a random adni_convnext_atto in a fake RUN folder."""
 import csv
+import hashlib
 import importlib.util
 import json
 import logging
@@ -15,14 +16,15 @@ import torch
 from accelerate import Accelerator
 from PIL import Image
 
-from adni_timm import data, evaluation, hub, synthetic
+from adni_timm import data, evaluation, export, synthetic
+from adni_timm.export import ExportError
 from adni_timm.evaluation import EvaluationError, evaluate, format_table, predict, predict_images, resolve_model
 from adni_timm.metrics import CI_KEYS, METRIC_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 STORED_THRESHOLD = 0.37
 FILES = {'metrics.json', 'predictions.csv', 'patients.csv', 'confusion_matrix.png', 'confusion_matrix_slices.png',
-         'roc.png'}
+         'roc.png', 'reliability.png'}
 
 
 def _tiny_model(**kwargs):
@@ -45,7 +47,7 @@ def model():
 @pytest.fixture(scope='module')
 def run_dir(tmp_path_factory, model, data_dir):
     run = tmp_path_factory.mktemp('runs') / 'tiny'
-    hub.export_model(model, run / 'best', extra={'threshold': STORED_THRESHOLD, 'threshold_source': 'validation',
+    export.export_model(model, run / 'best', extra={'threshold': STORED_THRESHOLD, 'threshold_source': 'validation',
                                                  'classes': ['NC', 'AD']})
     split = data.split_patients(data.scan_split(data_dir, 'train'), val_fraction=0.34, seed=0)
     (run / 'split.json').write_text(json.dumps(split))
@@ -69,7 +71,7 @@ def direct_probs(model, data_dir):
 @pytest.fixture(scope='module')
 def plain_export(tmp_path_factory, model):
     """An export folder with no stored threshold and no run around it (like a downloaded model)."""
-    return hub.export_model(model, tmp_path_factory.mktemp('plain') / 'export')
+    return export.export_model(model, tmp_path_factory.mktemp('plain') / 'export')
 
 
 def _direct_probs(model, slices, flip=False):
@@ -161,8 +163,11 @@ def test_predict_on_cuda_in_bf16_matches_cpu(data_dir):
 def test_resolve_model_forms(run_dir, model, form):
     ref = form.replace('run', str(run_dir))
     loaded, info = resolve_model(ref)
-    assert info == {'model': ref, 'threshold': STORED_THRESHOLD, 'threshold_source': 'validation',
-                    'run_dir': run_dir, 'classes': ['NC', 'AD']}
+    assert {k: info[k] for k in ('model', 'threshold', 'threshold_source', 'temperature', 'run_dir', 'classes')} == {
+        'model': ref, 'threshold': STORED_THRESHOLD, 'threshold_source': 'validation', 'temperature': 1.0,
+        'run_dir': run_dir, 'classes': ['NC', 'AD']}
+    assert info['export']['format'] == 2 and info['export']['trained_in_chans'] == 1
+    assert info['weights_sha256'] == hashlib.sha256((run_dir / 'best/model.safetensors').read_bytes()).hexdigest()
     assert not loaded.training
     x = torch.randn(2, 1, 64, 64)
     torch.testing.assert_close(loaded(x), model(x))
@@ -189,25 +194,25 @@ def test_hf_hub_model_loads_from_the_cache_with_its_threshold(run_dir, model, tm
     assert info['threshold'] == STORED_THRESHOLD and info['run_dir'] is None
     x = torch.randn(1, 1, 64, 64)
     torch.testing.assert_close(loaded(x), model(x))
-    with pytest.raises(EvaluationError, match='could not load hf-hub:adni-timm/absent.*repository id'):
+    with pytest.raises(ExportError, match='could not load hf-hub:adni-timm/absent.*repository id'):
         resolve_model('hf-hub:adni-timm/absent')
 
 
 def test_bad_model_references(tmp_path, run_dir):
-    with pytest.raises(EvaluationError, match='does not exist.*hf-hub:ORG/NAME'):
+    with pytest.raises(ExportError, match='does not exist.*hf-hub:ORG/NAME'):
         resolve_model(tmp_path / 'nope')
     (tmp_path / 'notes.txt').write_text('hi')
-    with pytest.raises(EvaluationError, match='neither a training run .* nor a timm export folder'):
+    with pytest.raises(ExportError, match='neither a training run .* nor a timm export folder'):
         resolve_model(tmp_path)
     weights = tmp_path / 'w' / 'weights.safetensors'
     weights.parent.mkdir()
     shutil.copy(run_dir / 'best' / 'model.safetensors', weights)
-    with pytest.raises(EvaluationError, match='rename the file to model.safetensors'):
+    with pytest.raises(ExportError, match='rename the file to model.safetensors'):
         resolve_model(weights)
     not_timm = tmp_path / 'hf'
     shutil.copytree(run_dir / 'best', not_timm)
     (not_timm / 'config.json').write_text(json.dumps({'model_type': 'bert'}))
-    with pytest.raises(EvaluationError, match='not a timm config'):
+    with pytest.raises(ExportError, match='not a timm config'):
         resolve_model(not_timm)
 
 
@@ -249,7 +254,7 @@ def test_target_sensitivity_is_met_on_the_runs_validation_patients_not_on_test(
     seed0_val = set(data.split_patients(data.scan_split(data_dir, 'train'), seed=0)['val'])
     val_ad = next(p for p in train_ad if p not in seed0_val)  # differs from the fallback split on purpose
     run = tmp_path / 'run'
-    hub.export_model(model, run / 'best', extra={'threshold': STORED_THRESHOLD})
+    export.export_model(model, run / 'best', extra={'threshold': STORED_THRESHOLD})
     (run / 'split.json').write_text(json.dumps({'level': 'patient', 'seed': 0, 'val_fraction': 0.3,
                                                 'train': [p for p in train_ad + train_nc[1:] if p != val_ad],
                                                 'val': [val_ad, train_nc[0]]}))
@@ -263,7 +268,7 @@ def test_target_sensitivity_is_met_on_the_runs_validation_patients_not_on_test(
     assert result['threshold'] == pytest.approx(0.8) and result['threshold_source'] == 'validation'
     assert result['threshold_selection'] == {
         'target_sensitivity': 1.0, 'chosen_on': str(run / 'split.json'), 'validation_patients': 2,
-        'validation_sensitivity': 1.0, 'validation_specificity': 1.0}
+        'validation_sensitivity': 1.0, 'validation_specificity': 1.0, 'tta': False}
     assert result['patient']['sensitivity'] == 0.0  # the honest consequence on test, not re-tuned
 
 
@@ -288,7 +293,7 @@ def test_target_sensitivity_refuses_validation_patients_that_are_also_tested(dat
     for f in (leaky / 'test' / 'AD').glob(f'{test_ad}_*.jpeg'):
         shutil.copy(f, leaky / 'train' / 'AD' / f.name)
     run = tmp_path / 'run'
-    hub.export_model(model, run / 'best')
+    export.export_model(model, run / 'best')
     (run / 'split.json').write_text(json.dumps({'level': 'patient', 'seed': 0, 'val_fraction': 0.3, 'train': [],
                                                 'val': [test_ad, _patients(leaky, 'train', 0)[0]]}))
     with pytest.raises(EvaluationError, match=f'validation patients .*{test_ad}.* also in the evaluated split'):
@@ -309,9 +314,9 @@ def test_data_dir_without_the_split(run_dir, data_dir, loaded, tmp_path):
 def test_three_channel_model_on_grayscale_data(tmp_path, data_dir):
     rgb = _tiny_model(in_chans=3, pretrained_cfg_overlay=dict(input_size=(3, 64, 64), mean=(0.5,) * 3,
                                                               std=(0.5,) * 3))
-    export = hub.export_model(rgb, tmp_path / 'rgb')
+    exported = export.export_model(rgb, tmp_path / 'rgb')
     with pytest.raises(EvaluationError, match='3-channel input but ADNI slices are 1-channel.*in_chans=1'):
-        evaluate(str(export), data_dir, n_boot=0)
+        evaluate(str(exported), data_dir, n_boot=0)
 
 
 def test_class_count_must_match_the_model(run_dir, data_dir, loaded):
@@ -323,8 +328,8 @@ def test_three_classes_report_ad_vs_rest(tmp_path):
     three = synthetic.generate(tmp_path / 'three', 1, 2, slices=2, seed=1, classes=('NC', 'MCI', 'AD'))
     torch.manual_seed(0)
     net = _tiny_model(num_classes=3)
-    export = hub.export_model(net, tmp_path / 'export', extra={'classes': ['NC', 'MCI', 'AD']})
-    result = evaluate(str(export), three, output_dir=tmp_path / 'out', n_boot=20)
+    exported = export.export_model(net, tmp_path / 'export', extra={'classes': ['NC', 'MCI', 'AD']})
+    result = evaluate(str(exported), three, output_dir=tmp_path / 'out', n_boot=20)
     assert result['positive_class'] == 'AD' and result['classes'] == ['NC', 'MCI', 'AD']
     assert result['patient']['n'] == 6 and sum(map(sum, result['patient']['confusion_matrix'])) == 6
     assert result['patient']['confusion_matrix'][1][0] + result['patient']['confusion_matrix'][1][1] == 2  # 2 AD
@@ -371,9 +376,9 @@ def _cli():
 def test_cli_evaluates_into_the_run_folder(run_dir, data_dir, capsys):
     assert _cli()(['--model', str(run_dir), '--data-dir', str(data_dir), '--n-boot', '20', '--tta']) == 0
     out = capsys.readouterr().out
-    assert 'patients (n=6)' in out and f'wrote {run_dir / "eval-test"}' in out
-    assert {p.name for p in (run_dir / 'eval-test').iterdir()} == FILES
-    assert json.loads((run_dir / 'eval-test' / 'metrics.json').read_text())['tta'] is True
+    assert 'patients (n=6)' in out and f'wrote {run_dir / "eval"}' in out  # where push_to_hub.py looks
+    assert {p.name for p in (run_dir / 'eval').iterdir()} == FILES
+    assert json.loads((run_dir / 'eval' / 'metrics.json').read_text())['tta'] is True
 
 
 def test_cli_images_and_usage_errors(run_dir, data_dir, tmp_path, capsys):
@@ -397,4 +402,4 @@ def test_cli_bad_model_is_one_line_without_traceback(tmp_path):
     assert proc.returncode == 1
     assert 'Traceback' not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        f"error: model '{tmp_path / 'nope'}' does not exist; pass {evaluation.MODEL_FORMS}."]
+        f"error: model '{tmp_path / 'nope'}' does not exist; pass {export.MODEL_FORMS}."]

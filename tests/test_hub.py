@@ -18,10 +18,11 @@ import torch
 import yaml
 from huggingface_hub import ModelCard
 from huggingface_hub.errors import HfHubHTTPError
-from huggingface_hub.file_download import repo_folder_name
 
-from adni_timm import hub
+from adni_timm import export, hub
+from adni_timm.models import LICENSE
 from adni_timm.model_card import eval_results_from_metrics
+from helpers import populate_hub_cache
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
@@ -62,7 +63,7 @@ def _png(path: Path) -> None:
 def make_run(run: Path, extra=None, model=None) -> Path:
     """A fake train.py run folder, plus things that must never be uploaded (data image, checkpoint, csv)."""
     model = model or timm.create_model('adni_convnext_atto', pretrained_cfg_overlay=dict(input_size=(1, IMG, IMG)))
-    hub.export_model(model, run / 'best', extra=dict(EXTRA, **(extra or {})))
+    export.export_model(model, run / 'best', extra=dict(EXTRA, **(extra or {})))
     config = {'model': 'adni_convnext_atto', 'epochs': 3, 'img_size': IMG, 'batch_size': 8, 'lr': 5e-4,
               'weight_decay': 0.05, 'data_dir': '/home/someone/private/AD_NC', 'hub_token': 'hf_SECRETSECRET',
               'versions': {'torch': str(torch.__version__), 'timm': timm.__version__}, 'git_commit': 'abc123'}
@@ -72,7 +73,11 @@ def make_run(run: Path, extra=None, model=None) -> Path:
     (run / 'metrics.jsonl').write_text('{"epoch": 0, "val_patient_auc": 0.9}\n')
     _png(run / 'curves.png')
     (run / 'eval').mkdir()
-    (run / 'eval' / 'metrics.json').write_text(json.dumps(METRICS))
+    # what evaluate.py writes for these weights: their fingerprint, epoch, and the evaluated patients
+    weights_sha256 = hashlib.sha256((run / 'best' / 'model.safetensors').read_bytes()).hexdigest()
+    (run / 'eval' / 'metrics.json').write_text(json.dumps(dict(METRICS, weights_sha256=weights_sha256, epoch=12)))
+    (run / 'eval' / 'patients.csv').write_text('patient,label,n_slices,p_AD,predicted\n900,AD,20,0.9,AD\n'
+                                               '901,NC,20,0.1,NC\n')
     for name in ('confusion_matrix.png', 'roc.png'):
         _png(run / 'eval' / name)
     (run / 'eval' / 'predictions.csv').write_text('path,label,p_ad\nAD/1_1.jpeg,1,0.9\n')
@@ -114,21 +119,6 @@ def no_login(monkeypatch, tmp_path):
     monkeypatch.setattr('huggingface_hub.constants.HF_TOKEN_PATH', str(tmp_path / 'no_token'))
 
 
-def populate_hub_cache(cache: Path, repo_id: str, folder: Path) -> None:
-    """The layout hf_hub_download leaves behind: blobs by hash, snapshot symlinks, refs/main -> commit."""
-    repo = cache / repo_folder_name(repo_id=repo_id, repo_type='model')
-    commit = hashlib.sha1(repo_id.encode()).hexdigest()
-    snapshot = repo / 'snapshots' / commit
-    (repo / 'blobs').mkdir(parents=True)
-    snapshot.mkdir(parents=True)
-    for f in folder.iterdir():
-        blob = repo / 'blobs' / hashlib.sha256(f.read_bytes()).hexdigest()
-        shutil.copyfile(f, blob)
-        (snapshot / f.name).symlink_to(os.path.relpath(blob, snapshot))
-    (repo / 'refs').mkdir()
-    (repo / 'refs' / 'main').write_text(commit)
-
-
 # --------------------------------------------------------------------------------------------------------------
 # the export folder
 
@@ -144,12 +134,14 @@ def test_published_config_is_our_own_pretrained_cfg(trained):
     text = (trained['export'] / 'config.json').read_text()
     config = json.loads(text)
     assert config['architecture'] == 'convnext_atto'  # stock name: loads without adni_timm
-    assert config['model_args']['in_chans'] == 1 and config['num_classes'] == 2
+    assert config['num_classes'] == 2 and config['label_names'] == ['NC', 'AD']  # top level: transformers
+    assert not {'num_classes', 'in_chans'} & set(config.get('model_args', {}))  # transformers passes its own
     cfg = config['pretrained_cfg']
-    assert cfg['input_size'] == [1, IMG, IMG]
-    assert cfg['mean'] == [0.5] and cfg['std'] == [0.5]
+    assert cfg['input_size'] == [3, IMG, IMG]  # published for RGB input; in_chans=1 loads the trained form
+    assert cfg['mean'] == [0.5] and cfg['std'] == [0.5]  # 1-element: normalises 3 channels and 1 alike
     assert cfg['label_names'] == ['NC', 'AD']
-    assert cfg['tag'] == 'adni_ad_nc' and cfg['license'] == hub.LICENSE
+    assert config['adni_timm']['format'] == 2 and config['adni_timm']['trained_in_chans'] == 1
+    assert cfg['tag'] == 'adni_ad_nc' and cfg['license'] == LICENSE
     assert not {'hf_hub_id', 'url', 'test_input_size', 'test_crop_pct'} & set(cfg)
     assert config['adni_timm']['threshold'] == 0.47
     assert 'no ImageNet weights' in cfg.pop('description')  # the one allowed mention
@@ -159,9 +151,9 @@ def test_published_config_is_our_own_pretrained_cfg(trained):
 
 def test_stock_model_export_loses_imagenet_provenance_and_is_refused_for_its_imagenet_mean(tmp_path):
     stock = timm.create_model('convnext_atto', in_chans=1, num_classes=2)
-    hub.export_model(stock, tmp_path / 'run' / 'best', extra={'classes': ['NC', 'AD']})
-    cfg = hub.read_export_config(tmp_path / 'run' / 'best')['pretrained_cfg']
-    assert cfg['tag'] == 'adni_ad_nc' and cfg['license'] == hub.LICENSE and cfg['label_names'] == ['NC', 'AD']
+    export.export_model(stock, tmp_path / 'run' / 'best', extra={'classes': ['NC', 'AD']})
+    cfg = export.read_export_config(tmp_path / 'run' / 'best')['pretrained_cfg']
+    assert cfg['tag'] == 'adni_ad_nc' and cfg['license'] == LICENSE and cfg['label_names'] == ['NC', 'AD']
     assert 'test_input_size' not in cfg
     with pytest.raises(hub.HubError, match=r'mean=\[0\.449\].*adni_convnext'):
         hub.build_export_folder(tmp_path / 'run', tmp_path / 'export')
@@ -214,12 +206,15 @@ def test_card_sections_say_what_the_model_is_and_must_not_be_used_for(trained):
                     '## Citation', '## ADNI acknowledgement'):
         assert heading in text
     assert 'Not a medical device' in text and 'Not for diagnosis' in text
-    assert 'from scratch' in text and '3.37 M' in text  # convnext_atto with 1 channel, 2 classes
+    assert 'from scratch' in text and '3.38 M' in text  # convnext_atto, 2 classes, as published (3-channel stem)
     assert 'Data Use Agreement' in text and 'No images' in text and '**by patient**' in text
     assert "timm.create_model('hf-hub:my-lab/adni-convnext-atto', pretrained=True)" in text
-    assert "pretrained_cfg_overlay=dict(hf_hub_id='my-lab/adni-convnext-atto', input_size=(1, 64, 64))" in text
+    assert "timm.create_model('hf-hub:my-lab/adni-convnext-atto', pretrained=True, in_chans=1)" in text
+    assert "pipeline('image-classification', model='my-lab/adni-convnext-atto')" in text
     assert 'misses 22.0% of AD patients and flags 7.0% of NC patients' in text  # patient sens .78, spec .93
-    assert '![ROC curve](roc.png)' in text and '0.9312 [0.901, 0.961]' in text
+    assert '![ROC curve](roc.png)' in text and '0.931 [0.901, 0.961]' in text
+    assert 'chosen on the validation patients (never on test)' in text  # threshold_source: validation
+    assert 'shares no patient with training or validation (checked' in text
     assert '@inproceedings{liu2022convnet' in text and '@misc{rw2019timm' in text
     assert 'TODO (publisher)' in text
     config_block = text.split('```yaml\n')[1].split('```')[0]
@@ -262,8 +257,8 @@ def test_stock_timm_loads_the_hub_repo_in_a_fresh_process_without_adni_timm(trai
         model = timm.create_model('hf-hub:{REPO_ID}', pretrained=True).eval()
         assert 'adni_timm' not in sys.modules
         x, expected = torch.load({str(root / 'x.pt')!r}), torch.load({str(root / 'logits.pt')!r})
-        with torch.no_grad():
-            diff = (model(x) - expected).abs().max().item()
+        with torch.no_grad():  # a grayscale slice as RGB: 3 equal channels
+            diff = (model(x.repeat(1, 3, 1, 1)) - expected).abs().max().item()
         cfg = timm.data.resolve_data_config(model=model)
         print(json.dumps(dict(diff=diff, input_size=cfg['input_size'], mean=cfg['mean'], std=cfg['std'],
                               labels=model.pretrained_cfg.get('label_names'))))
@@ -273,8 +268,8 @@ def test_stock_timm_loads_the_hub_repo_in_a_fresh_process_without_adni_timm(trai
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out['diff'] < 1e-5
-    assert out['input_size'] == [1, IMG, IMG] and out['mean'] == [0.5] and out['std'] == [0.5]
+    assert out['diff'] < 1e-4  # logits of a few units; the split stem sums back to float32 rounding
+    assert out['input_size'] == [3, IMG, IMG] and out['mean'] == [0.5] and out['std'] == [0.5]
     assert out['labels'] == ['NC', 'AD']
 
 
@@ -283,11 +278,11 @@ def test_registered_name_with_hub_overlay_and_local_dir_load_the_same_weights(tr
     populate_hub_cache(cache, REPO_ID, trained['export'])
     overlay = timm.create_model('adni_convnext_atto', pretrained=True, cache_dir=cache,
                                 pretrained_cfg_overlay=dict(hf_hub_id=REPO_ID, input_size=(1, IMG, IMG))).eval()
-    local = timm.create_model(f'local-dir:{trained["export"]}', pretrained=True).eval()
+    local = timm.create_model(f'local-dir:{trained["export"]}', pretrained=True, in_chans=1).eval()
     with torch.no_grad():
         for model in (overlay, local):
             torch.testing.assert_close(model(trained['x']), trained['logits'], atol=1e-5, rtol=0)
-    cfg = timm.data.resolve_data_config(model=local)
+    cfg = timm.data.resolve_data_config(model=overlay)  # the registered model describes itself: 1 channel
     assert tuple(cfg['input_size']) == (1, IMG, IMG) and tuple(cfg['mean']) == (0.5,) and tuple(cfg['std']) == (0.5,)
 
 
@@ -425,3 +420,76 @@ def test_cli_missing_eval_metrics_file(run_dir, tmp_path, capsys):
     code, _, err = _cli(capsys, '--run', str(run_dir), '--repo-id', REPO_ID, '--dry-run',
                         '--eval', str(tmp_path / 'nope' / 'metrics.json'))
     assert code == 1 and 'does not exist' in err and 'evaluate.py' in err
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the card claims only what was checked
+
+
+def _edit_metrics(run, **changes):
+    path = run / 'eval' / 'metrics.json'
+    metrics = json.loads(path.read_text())
+    metrics.update(changes)
+    path.write_text(json.dumps(metrics))
+    return path
+
+
+def test_an_evaluation_of_other_weights_is_refused_unless_forced(run_dir, tmp_path):
+    path = _edit_metrics(run_dir, weights_sha256='0' * 64)  # e.g. a stale RUN/eval from an earlier best
+    with pytest.raises(hub.HubError, match=r'does not belong to the weights.*other weights.*evaluate\.py --model'
+                                           r'.*--force-eval'):
+        hub.build_export_folder(run_dir, tmp_path / 'out', path)
+    assert not (tmp_path / 'out' / 'README.md').exists()
+    hub.build_export_folder(run_dir, tmp_path / 'out', path, force_eval=True)
+    text = (tmp_path / 'out' / 'README.md').read_text()
+    assert 'Unverified evaluation' in text and 'evaluated other weights' in text
+
+
+@pytest.mark.parametrize('changes, problem', [
+    ({'weights_sha256': None}, 'no weights fingerprint'),
+    ({'epoch': 11}, 'evaluated epoch 11, the export holds epoch 12'),
+    ({'threshold': 0.3}, 'threshold 0.3 is not the stored 0.47'),
+    ({'split': 'train'}, "evaluated the 'train' split, not the held-out test split"),
+])
+def test_an_evaluation_that_does_not_match_the_export_is_named(run_dir, tmp_path, changes, problem):
+    with pytest.raises(hub.HubError, match=re.escape(problem)):
+        hub.build_export_folder(run_dir, tmp_path / 'out', _edit_metrics(run_dir, **changes))
+
+
+def test_the_card_says_the_test_split_is_unseen_only_when_checked(run_dir, tmp_path):
+    (run_dir / 'eval' / 'patients.csv').write_text('patient,label,n_slices,p_AD,predicted\n1,AD,20,0.9,AD\n')
+    hub.build_export_folder(run_dir, tmp_path / 'a', run_dir / 'eval' / 'metrics.json')  # patient 1 trained on
+    text = (tmp_path / 'a' / 'README.md').read_text()
+    assert 'shares patients with training or validation: its results below are optimistic' in text
+    assert 'shares no patient' not in text
+    (run_dir / 'eval' / 'patients.csv').unlink()
+    hub.build_export_folder(run_dir, tmp_path / 'b', _edit_metrics(run_dir, threshold_source='cli'))
+    text = (tmp_path / 'b' / 'README.md').read_text()
+    assert 'could not be checked' in text and 'shares no patient' not in text
+    assert 'set by hand (--threshold)' in text  # where the evaluated threshold came from, as it is
+
+
+def test_the_cards_code_reads_p_ad_at_the_position_of_ad(tmp_path):
+    model = timm.create_model('adni_convnext_atto', pretrained_cfg_overlay=dict(input_size=(1, IMG, IMG)))
+    run = make_run(tmp_path / 'run', extra={'classes': ['AD', 'NC']}, model=model)  # AD first
+    hub.build_export_folder(run, tmp_path / 'out', run / 'eval' / 'metrics.json')
+    config = json.loads((tmp_path / 'out' / 'config.json').read_text())
+    assert config['label_names'] == ['AD', 'NC']
+    how_to = (tmp_path / 'out' / 'README.md').read_text().split('## How to use')[1].split('## Licence')[0]
+    assert "ad = config['label_names'].index('AD')" in how_to and '[0, ad]' in how_to
+    assert '[0, 1]' not in how_to and 'softmax(-1)[1]' not in how_to
+    assert 'not** the stored operating point' in how_to  # the pipeline's top label is the 0.5 decision
+
+
+def test_the_readme_order_evaluate_then_publish_puts_these_results_in_the_card(tiny_run, tiny_data, tmp_path):
+    from helpers import run_script
+    run = shutil.copytree(tiny_run[0], tmp_path / 'run')
+    run_script('evaluate.py', '--model', run, '--data-dir', tiny_data, '--n-boot', '20')  # -> RUN/eval
+    proc = run_script('push_to_hub.py', '--run', run, '--repo-id', REPO_ID, '--dry-run', '--output-dir',
+                      tmp_path / 'hub')
+    card = ModelCard.load(tmp_path / 'hub' / 'README.md')
+    patient_acc = json.loads((run / 'eval' / 'metrics.json').read_text())['patient']['accuracy']
+    results = {(r.dataset_config, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert results[('patient-level', 'accuracy')] == round(patient_acc, 4)
+    assert 'Unverified' not in card.text and 'shares no patient with training or validation (checked' in card.text
+    assert 'reliability.png' in proc.stdout

@@ -29,17 +29,34 @@ def test_roc_png_and_single_class_refused(tmp_path):
     assert not (tmp_path / 'bad.png').exists()
 
 
-def test_curves_plot_what_is_present(tmp_path, monkeypatch):
+def test_curves_answer_did_it_learn_overfit_and_which_epoch_was_kept(tmp_path, monkeypatch):
     panels = []
-    monkeypatch.setattr(plt, 'close', lambda fig: panels.append(
-        {ax.get_title(): [line.get_label() for line in ax.get_lines()] for ax in fig.axes if ax.get_visible()}))
-    history = [{'epoch': e + 1, 'train_loss': 1 / (e + 1), 'val_loss': 1.1 / (e + 1),
+
+    def record(fig):
+        for ax in fig.axes:
+            if ax.get_visible():
+                panels.append((ax.get_title(), [(line.get_label(), line.get_color(), line.get_linestyle(),
+                                                 list(line.get_xdata())) for line in ax.get_lines()]))
+
+    monkeypatch.setattr(plt, 'close', record)
+    history = [{'epoch': e + 1, 'train_loss': 1 / (e + 1), 'val_loss': 1.1 / (e + 1), 'ema_val_loss': 1.2 / (e + 1),
                 'val_slice_accuracy': 0.5 + e / 20, 'val_patient_auc': None if e == 0 else 0.6 + e / 30,
-                'lr': 1e-3 * (1 - e / 5), 'epoch_time_s': 3.0, 'ema_val_loss': 1.2 / (e + 1)} for e in range(5)]
-    out = plot_curves(history, tmp_path / 'curves.png')
+                'ema_val_patient_auc': 0.7, 'val_patient_accuracy': 0.6, 'ema_val_patient_accuracy': 0.65,
+                'lr': 1e-3 * (1 - e / 5), 'epoch_time_s': 3.0} for e in range(5)]
+    out = plot_curves(history, tmp_path / 'curves.png', best_epoch=4, best_weights='ema')
     assert _png_size(out)[0] > 300
-    assert panels == [{'loss': ['train_loss', 'val_loss', 'ema_val_loss'], 'accuracy': ['val_slice_accuracy'],
-                       'AUC': ['val_patient_auc'], 'learning rate': ['lr']}]
+    titles = [title for title, _ in panels]
+    assert titles == ['loss', 'patient-level AUC (validation)', 'patient-level accuracy (validation)',
+                      'learning rate']  # slice-level curves stay in metrics.jsonl
+    lines = dict(panels)
+    loss = {label: (colour, style) for label, colour, style, _ in lines['loss']}
+    assert set(loss) == {'train', 'validation', 'validation (EMA)', 'kept: epoch 4 (ema)'}
+    assert loss['validation'][0] == loss['validation (EMA)'][0] != loss['train'][0]  # one colour per metric
+    assert (loss['validation'][1], loss['validation (EMA)'][1]) == ('-', '--')  # live solid, EMA dashed
+    auc = {label: xs for label, _, _, xs in lines['patient-level AUC (validation)']}
+    assert auc['AUC'] == [2, 3, 4, 5]  # the undefined first AUC is skipped, not drawn as 0
+    for _, series in panels:  # the kept epoch is marked in every panel
+        assert [xs for label, _, _, xs in series if label.startswith('kept')] == [[4, 4]]
 
 
 def test_curves_from_training_only_history(tmp_path):

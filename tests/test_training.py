@@ -13,39 +13,7 @@ import torch
 import yaml
 
 from adni_timm.synthetic import generate
-
-ROOT = Path(__file__).resolve().parent.parent
-TINY = ['--model', 'adni_convnext_atto', '--img-size', '64', '--batch-size', '8', '--epochs', '2',
-        '--warmup-epochs', '1', '--num-workers', '0', '--val-fraction', '0.33', '--lr', '2e-3']
-
-
-@pytest.fixture(scope='module')
-def tiny_data(tmp_path_factory):
-    """SYNTHETIC: 6 train + 3 test patients per class, 4 slices each."""
-    out = tmp_path_factory.mktemp('synthetic') / 'AD_NC'
-    generate(out, train_patients=6, test_patients=3, slices=4, seed=0)
-    return out
-
-
-def with_option(args, flag, value):
-    args = list(args)
-    args[args.index(flag) + 1] = value
-    return args
-
-
-def run_train(*args, env=None, check=True, timeout=300):
-    proc = subprocess.run([sys.executable, str(ROOT / 'train.py'), *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
-    if check and proc.returncode != 0:
-        raise AssertionError(f'train.py failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}')
-    return proc
-
-
-@pytest.fixture(scope='module')
-def tiny_run(tiny_data, tmp_path_factory):
-    run = tmp_path_factory.mktemp('runs') / 'tiny'
-    proc = run_train('--data-dir', tiny_data, '--output-dir', run, *TINY)
-    return run, proc
+from helpers import ROOT, TINY, run_train, with_option
 
 
 def test_run_folder_has_the_contract_files(tiny_run):
@@ -83,22 +51,24 @@ def test_best_export_loads_in_plain_timm_with_the_same_logits(tiny_run, tmp_path
     extra = cfg['adni_timm']
     assert 0.0 <= extra['threshold'] <= 1.0 and extra['threshold_source'] == 'validation'
     assert extra['weights'] in ('live', 'ema') and extra['classes'] == ['NC', 'AD']
-    # reference logits from the export in this process (adni_timm imported) ...
-    import timm
-    model = timm.create_model(f'local-dir:{run / "best"}', pretrained=True).eval()
+    # reference logits of the trained 1-channel network (the checkpoint's live or EMA weights, as exported) ...
+    from adni_timm.export import resolve_model
+    model, _ = resolve_model(run)
     x = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
     torch.save({'x': x, 'logits': model(x).detach()}, tmp_path / 'ref.pt')
-    # ... and in a fresh process that never imports adni_timm
+    # ... in a fresh process that never imports adni_timm: 3 channels (a grayscale slice as RGB) and 1 channel
     code = (
         'import sys, timm, torch\n'
-        f'm = timm.create_model("local-dir:{run / "best"}", pretrained=True).eval()\n'
         f'ref = torch.load(r"{tmp_path / "ref.pt"}", weights_only=True)\n'
-        'torch.testing.assert_close(m(ref["x"]), ref["logits"])\n'
+        f'rgb = timm.create_model("local-dir:{run / "best"}", pretrained=True).eval()\n'
+        'torch.testing.assert_close(rgb(ref["x"].repeat(1, 3, 1, 1)), ref["logits"], atol=1e-5, rtol=0)\n'
+        f'gray = timm.create_model("local-dir:{run / "best"}", pretrained=True, in_chans=1).eval()\n'
+        'torch.testing.assert_close(gray(ref["x"]), ref["logits"], atol=1e-5, rtol=0)\n'
         'assert "adni_timm" not in sys.modules\n'
-        'print(timm.data.resolve_data_config(model=m)["input_size"])\n')
+        'print(timm.data.resolve_data_config(model=rgb)["input_size"])\n')
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == '(1, 64, 64)'
+    assert out.stdout.strip() == '[3, 64, 64]'
 
 
 def test_existing_run_folder_is_not_overwritten(tiny_run, tiny_data):
@@ -171,6 +141,7 @@ def test_resume_refuses_to_change_the_recipe(tiny_run):
 def test_non_finite_loss_stops_with_the_last_checkpoint_intact(tiny_data, tmp_path, monkeypatch):
     from adni_timm import training
     from adni_timm.config import load_config
+    from adni_timm.run_record import RunRecord
     cfg = load_config(None, dict(zip([a.lstrip('-').replace('-', '_') for a in TINY[::2]], TINY[1::2])))
     cfg.epochs, cfg.smoothing = 3, 0.0
     calls = {'n': 0}
@@ -183,7 +154,7 @@ def test_non_finite_loss_stops_with_the_last_checkpoint_intact(tiny_data, tmp_pa
 
     monkeypatch.setattr(torch.nn.CrossEntropyLoss, 'forward', poisoned)
     with pytest.raises(training.TrainingError, match='non-finite training loss'):
-        training.train(cfg, tiny_data, tmp_path / 'run')
+        training.train(RunRecord.new(cfg, tiny_data), tmp_path / 'run')
     state = json.loads((tmp_path / 'run/checkpoints/last/trainer_state.json').read_text())
     assert state['epoch'] == 1
     from safetensors.torch import load_file
@@ -222,13 +193,14 @@ def test_demo_runs_without_data_and_evaluates_on_the_synthetic_test_split(tmp_pa
     assert metrics['threshold_source'] == 'validation'
     record = yaml.safe_load((run / 'train_config.yaml').read_text())
     assert 'synthetic' in record['data'].lower() and record['config']['img_size'] == 64  # CPU: reduced size
-    assert f'run folder:   {run}' in proc.stdout and 'test eval:' in proc.stdout
+    assert f'run folder   {run}' in proc.stdout and f'evaluation   {run / "eval"}' in proc.stdout
     assert any((tmp_path / 'cache').glob('synthetic-demo-*/train/AD/*.jpeg'))
     # resuming the demo keeps what it is: synthetic data, evaluated on its test split
     (run / 'eval/metrics.json').unlink()
     run_train('--output-dir', run, '--resume', '--epochs', '2', env={'ADNI_TIMM_CACHE': str(tmp_path / 'cache')})
-    record = yaml.safe_load((run / 'train_config.yaml').read_text())
-    assert 'synthetic' in record['data'].lower() and record['config']['epochs'] == 2
+    from adni_timm.run_record import RunRecord
+    record = RunRecord.load(run)  # the original record plus the resume's change
+    assert record.synthetic and record.config.epochs == 2 and record.resumes[0]['changed'] == {'epochs': [1, 2]}
     assert 'synthetic' in json.loads((run / 'best/config.json').read_text())['adni_timm']['data'].lower()
     assert (run / 'eval/metrics.json').is_file()
 
@@ -279,17 +251,18 @@ def test_resume_refuses_another_process_count(tiny_run, tmp_path):
 
 def test_a_best_export_lost_to_a_kill_is_redone_on_resume(tmp_path):
     import timm
-    from adni_timm import hub
+    from adni_timm import export
     from adni_timm.config import load_config
+    from adni_timm.run_record import RunRecord
     from adni_timm.training import _repair_best_export
-    cfg = load_config(None, {'model': 'adni_convnext_atto', 'img_size': '64'})
+    record = RunRecord.new(load_config(None, {'model': 'adni_convnext_atto', 'img_size': '64'}), tmp_path)
     model = timm.create_model('adni_convnext_atto')
     best = {'epoch': 3, 'weights': 'live', 'metric': 'patient_auc', 'value': 0.9, 'threshold': 0.4,
             'threshold_source': 'validation'}
-    _repair_best_export(tmp_path, {'epoch': 3, 'best': best}, model, None, cfg, None)  # killed before the export
-    assert hub.export_extra(tmp_path / 'best')['epoch'] == 3
+    _repair_best_export(tmp_path, {'epoch': 3, 'best': best}, model, None, record)  # killed before the export
+    assert export.export_extra(tmp_path / 'best')['epoch'] == 3
     before = (tmp_path / 'best/model.safetensors').stat().st_mtime_ns
-    _repair_best_export(tmp_path, {'epoch': 4, 'best': best}, model, None, cfg, None)  # best is older: nothing to do
+    _repair_best_export(tmp_path, {'epoch': 4, 'best': best}, model, None, record)  # best is older: nothing to do
     assert (tmp_path / 'best/model.safetensors').stat().st_mtime_ns == before
 
 

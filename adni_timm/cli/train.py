@@ -1,0 +1,146 @@
+"""Train an ADNI AD vs NC classifier (timm + Accelerate). Argument parsing only: the work is in adni_timm.training.
+
+    python train.py --demo                                    # built-in synthetic demo, no data needed
+    python train.py --data-dir AD_NC --output-dir runs/convnext_t
+    accelerate launch train.py --data-dir AD_NC --output-dir runs/convnext_t --config adni
+    python train.py --output-dir runs/convnext_t --resume     # continue a killed run
+    python train.py --data-dir AD_NC --output-dir runs/cv --folds 5 --refit   # cross-validation by patient
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from adni_timm.config import ConfigError, TrainConfig, field_types, load_config, preset_names
+
+__all__ = ['build_parser', 'run', 'main']
+
+DEMO_DATA_NOTE = 'synthetic (adni_timm.synthetic demo set; NOT real MRI)'
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='train.py', description='Train an ADNI AD vs NC classifier with timm and Accelerate.',
+        epilog='Overrides default to the preset (--config), else to the adni preset.')
+    parser.add_argument('--data-dir', help='AD_NC folder with train/{NC,AD} (and test/{NC,AD})')
+    parser.add_argument('--output-dir', help='run folder to create (see README: run folder)')
+    parser.add_argument('--config', help=f'YAML preset: a path, or a preset name ({", ".join(preset_names())})')
+    parser.add_argument('--demo', action='store_true',
+                        help='no data needed: train on the built-in SYNTHETIC set, then evaluate on its test split')
+    parser.add_argument('--resume', action='store_true', help='continue the run in --output-dir from its checkpoint')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace an existing --output-dir (only once every check has passed)')
+    parser.add_argument('--eval-test', action='store_true', help='evaluate the best model on the test split at the end')
+    parser.add_argument('--log-level', default='info', choices=['debug', 'info', 'warning'])
+    overrides = parser.add_argument_group('config overrides (keys of the YAML presets)')
+    defaults = TrainConfig()
+    for key, type_name in field_types().items():
+        flag = f'--{key.replace("_", "-")}'
+        if type_name == 'bool':  # --cache (= true), --cache false
+            overrides.add_argument(flag, dest=key, nargs='?', const='true', default=None, metavar='true|false',
+                                   help=f'(adni: {getattr(defaults, key)})')
+        else:
+            overrides.add_argument(flag, dest=key, default=None, help=f'(adni: {getattr(defaults, key)})',
+                                   metavar=type_name.upper().replace(' | NONE', '|null'))
+    return parser
+
+
+def run(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format='%(message)s')
+    logging.getLogger('adni_timm').setLevel(args.log_level.upper())  # libraries below stay at warnings
+    overrides = {k: getattr(args, k) for k in field_types() if getattr(args, k) is not None}
+
+    from adni_timm.run_record import RunRecord
+
+    if args.resume:  # the run's own record says what it was: recipe, split, data, test evaluation
+        if not args.output_dir:
+            parser.error('--resume needs --output-dir: the run folder to continue')
+        record = RunRecord.load(args.output_dir).resumed(overrides, data_dir=args.data_dir,
+                                                         eval_test=args.eval_test)
+        return _train(record, args.output_dir, resume=True)
+    if args.demo:
+        import torch
+
+        from adni_timm.synthetic import demo_dataset
+        if not torch.cuda.is_available():
+            overrides.setdefault('img_size', '64')  # ConvNeXt-T at 224 px trains at ~5 img/s on a laptop CPU
+        cfg = load_config(args.config or 'demo', overrides)
+        record = RunRecord.new(cfg, args.data_dir or demo_dataset(), DEMO_DATA_NOTE, eval_test=True)
+        return _train(record, args.output_dir or f'runs/demo-{time.strftime("%Y%m%d-%H%M%S")}',
+                      overwrite=args.overwrite)
+    if not args.output_dir or not args.data_dir:
+        parser.error('--data-dir (the AD_NC folder) and --output-dir are required, or use --demo')
+    cfg = load_config(args.config, overrides)
+    return _train(RunRecord.new(cfg, args.data_dir, eval_test=args.eval_test), args.output_dir,
+                  overwrite=args.overwrite)
+
+
+def _train(record, run_dir, **kwargs):
+    if record.config.folds >= 2:
+        from adni_timm import cv
+        return cv.train_cv(record, run_dir, **kwargs)
+    from adni_timm.training import train
+    return train(record, run_dir, **kwargs)
+
+
+def main(argv=None) -> int:
+    import torch
+
+    from adni_timm.data import DataError
+    from adni_timm.evaluation import EvaluationError
+    from adni_timm.export import ExportError
+    from adni_timm.run_record import RunRecordError
+    from adni_timm.training import TrainingError
+    try:
+        result = run(argv)
+    except (ConfigError, DataError, TrainingError, EvaluationError, ExportError, RunRecordError,
+            FileNotFoundError) as e:
+        print(f'train.py: error: {e}', file=sys.stderr)
+        return 2
+    except torch.OutOfMemoryError:
+        print('train.py: error: the GPU ran out of memory. Lower --batch-size (and raise --grad-accum-steps to keep '
+              'the same effective batch), or lower --img-size; continue with --resume from the last checkpoint.',
+              file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print('train.py: interrupted; continue with --resume', file=sys.stderr)
+        return 130
+    from accelerate import PartialState
+    if PartialState().is_main_process:
+        print('\n' + format_summary(result))
+    return 0
+
+
+def format_summary(result) -> str:
+    """Where everything is, which epoch was kept and why, the test table, and the next commands."""
+    from adni_timm.display import fmt
+    from adni_timm.evaluation import format_table
+    run = result.run_dir
+    best = result.best or {}
+    lines = ['=' * 100, f'run folder   {run}']
+    if getattr(result, 'cv_table', None):
+        lines += ['cross-validation (validation folds, patient level):', result.cv_table]
+    export = next((p for p in (run / 'final', run / 'best') if p.is_dir()), run / 'best')
+    why = (f'best {best.get("metric")} {fmt(best.get("value"))} on validation, ties by lower val loss'
+           if best.get('metric') else 'the last epoch (no validation split)')
+    if best.get('epoch') is not None:
+        lines.append(f'best model   {export}  (epoch {best.get("epoch")}, {best.get("weights")} weights: {why})')
+    lines.append(f'threshold    P(AD) >= {fmt(best.get("threshold"))} ({best.get("threshold_source")}), '
+                 f'temperature {fmt(best.get("temperature"))}')
+    lines.append(f'curves       {run / "curves.png"}   per epoch: {run / "metrics.jsonl"}')
+    if result.eval_metrics:
+        lines += ['', format_table(result.eval_metrics), f'evaluation   {run / "eval"}']
+    data_dir = result.record.data_dir
+    lines += ['', 'next:',
+              f'  python evaluate.py --model {run} --data-dir {data_dir}',
+              f'  python push_to_hub.py --run {run} --repo-id ORG/NAME --dry-run --output-dir {run / "hub"}',
+              f'  timm.create_model("local-dir:{export}", pretrained=True)']
+    return '\n'.join(lines)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

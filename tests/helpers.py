@@ -1,0 +1,45 @@
+"""Shared by the tests: the tiny recipe, script runners (subprocess, as a user runs them), an offline Hub cache."""
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ['--model', 'adni_convnext_atto', '--img-size', '64', '--batch-size', '8', '--epochs', '2',
+        '--warmup-epochs', '1', '--num-workers', '0', '--val-fraction', '0.33', '--lr', '2e-3']
+
+
+def with_option(args, flag, value):
+    args = list(args)
+    args[args.index(flag) + 1] = value
+    return args
+
+
+def run_script(script, *args, env=None, check=True, timeout=300):
+    proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f'{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}')
+    return proc
+
+
+def run_train(*args, **kwargs):
+    return run_script('train.py', *args, **kwargs)
+
+
+def populate_hub_cache(cache: Path, repo_id: str, folder: Path) -> None:
+    """The layout hf_hub_download leaves behind: blobs by hash, snapshot symlinks, refs/main -> commit."""
+    from huggingface_hub.file_download import repo_folder_name
+    repo = cache / repo_folder_name(repo_id=repo_id, repo_type='model')
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    snapshot = repo / 'snapshots' / commit
+    (repo / 'blobs').mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for f in folder.iterdir():
+        blob = repo / 'blobs' / hashlib.sha256(f.read_bytes()).hexdigest()
+        shutil.copyfile(f, blob)
+        (snapshot / f.name).symlink_to(os.path.relpath(blob, snapshot))
+    (repo / 'refs').mkdir()
+    (repo / 'refs' / 'main').write_text(commit)
