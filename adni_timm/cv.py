@@ -21,7 +21,8 @@ A CV run folder holds, besides ``fold{k}/`` run folders:
 
 ``RUN/oof_predictions.csv``: one row per training slice, predicted by the fold model that did
 not see its patient; columns ``path,patient,label,fold,p_AD`` (``label`` = class index,
-0 = NC, 1 = AD by default; ``fold`` = 0-based index of the fold that validated it).
+0 = NC, 1 = AD by default; ``fold`` = 0-based index of the fold that validated it; ``p_AD``
+calibrated with cv.json's ``temperature``: the probability its ``threshold`` applies to).
 
 ``RUN/cv.json``::
 

@@ -15,7 +15,9 @@ Inference runs in the precision the model was trained in (``precision`` override
 from __future__ import annotations
 
 import csv
+import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from accelerate import PartialState
 from timm.data import resolve_data_config
 
 from . import data, metrics, plots
+from .cv import CV_JSON, OOF_CSV, read_oof_csv
 from .display import fmt, fmt_ci
 from .export import resolve_model
 from .files import read_json, write_json
@@ -33,8 +36,8 @@ from .inference import PRECISIONS, predict_loader
 from .run_record import RECORD_NAME, RunRecord
 
 __all__ = [
-    'EvaluationError', 'resolve_model', 'predict', 'evaluate', 'format_table', 'predict_images',
-    'format_predictions', 'default_output_dir', 'recorded_precision',
+    'EvaluationError', 'resolve_model', 'load_models', 'predict', 'evaluate', 'format_table', 'predict_images',
+    'format_predictions', 'default_output_dir', 'eval_dir_name', 'recorded_precision',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -163,7 +166,10 @@ def _choose_operating_point(*, threshold, target_sensitivity, tta, info, data_di
             raise EvaluationError(
                 '--target-sensitivity chooses the threshold on validation patients carved from the train split, '
                 'so it cannot be used when evaluating --split train; pass --threshold X, or evaluate --split test.')
-    if target_sensitivity is not None or (tta and split != 'train' and data_dir is not None):
+    if target_sensitivity is not None and info.get('cv_run') is not None:
+        return _out_of_fold_point(info, classes, target_sensitivity)
+    if target_sensitivity is not None or (tta and split != 'train' and data_dir is not None
+                                          and info.get('cv_run') is None):
         found = _validation_slices(data_dir, classes, info.get('run_dir'), file_is_patient,
                                    allow_fallback=target_sensitivity is not None)
         if found is not None:
@@ -196,6 +202,19 @@ def _choose_operating_point(*, threshold, target_sensitivity, tta, info, data_di
     return {'threshold': 0.5, 'threshold_source': 'fixed', 'temperature': stored_t, **note}
 
 
+def _out_of_fold_point(info: dict, classes, target_sensitivity: float) -> dict[str, Any]:
+    """A CV ensemble's threshold for a target sensitivity, chosen on the run's out-of-fold predictions."""
+    rows = read_oof_csv(Path(info['cv_run']) / OOF_CSV)
+    pos = data.positive_index(classes)
+    p = np.array([r['p_AD'] for r in rows])
+    labels = np.array([int(r['label'] == pos) for r in rows])
+    point = metrics.operating_point(np.stack([1 - p, p], axis=1), labels, [r['patient'] for r in rows], 1,
+                                    target_sensitivity, temperature=1.0)  # the csv holds calibrated P(AD)
+    return {'threshold': point['threshold'], 'threshold_source': 'out-of-fold', 'temperature': info['temperature'],
+            'threshold_selection': {'target_sensitivity': float(target_sensitivity),
+                                    'chosen_on': str(Path(info['cv_run']) / OOF_CSV)}}
+
+
 # ---------------------------------------------------------------------------------------------- evaluate
 
 def _default_info(model_ref, model: torch.nn.Module) -> dict[str, Any]:
@@ -211,48 +230,92 @@ def _check_classes(model: torch.nn.Module, classes: Sequence[str]) -> None:
             f'pass --classes with the {model.num_classes} classes it was trained on, in training order.')
 
 
+def load_models(model_ref) -> tuple[list[tuple[torch.nn.Module, dict]], dict[str, Any]]:
+    """(members, info): one model; the fold ensemble of a cross-validation run; or several exports' ensemble.
+
+    A CV run (``RUN/cv.json``) gives its K fold models with the out-of-fold threshold and temperature;
+    other ensembles have no stored operating point (0.5, T = 1) unless chosen with ``--threshold`` or
+    ``--target-sensitivity``. Members must share classes and input size.
+    """
+    refs = [model_ref] if isinstance(model_ref, (str, os.PathLike)) else list(model_ref)
+    if len(refs) == 1 and (Path(str(refs[0])) / CV_JSON).is_file():
+        run_dir = Path(str(refs[0]))
+        cv = read_json(run_dir / CV_JSON)
+        members = [resolve_model(run_dir / f'fold{k}') for k in range(cv['k'])]
+        info = {'model': str(run_dir), 'threshold': float(cv['threshold']), 'threshold_source': 'out-of-fold',
+                'temperature': float(cv.get('temperature') or 1.0), 'run_dir': None, 'cv_run': run_dir,
+                'classes': list(cv.get('classes') or members[0][1]['classes'])}
+    elif len(refs) == 1:
+        model, info = resolve_model(refs[0])
+        return [(model, info)], info
+    else:
+        members = [resolve_model(ref) for ref in refs]
+        info = {'model': ' + '.join(map(str, refs)), 'threshold': None, 'threshold_source': None,
+                'temperature': 1.0, 'run_dir': None, 'classes': members[0][1]['classes']}
+    sizes = {tuple(m.pretrained_cfg['input_size']) for m, _ in members}
+    class_lists = {tuple(i['classes']) for _, i in members}
+    if len(sizes) > 1 or len(class_lists) > 1:
+        raise EvaluationError(f'the models of an ensemble must share classes and input size; got classes '
+                              f'{sorted(class_lists)} and input sizes {sorted(sizes)}')
+    info.update(export={}, weights_sha256=[i['weights_sha256'] for _, i in members],
+                members=[i['model'] for _, i in members])
+    return members, info
+
+
 def evaluate(model_ref, data_dir, *, split: str = 'test', output_dir=None, threshold: float | None = None,
              target_sensitivity: float | None = None, batch_size: int = 64, num_workers: int = 0, tta: bool = False,
              n_boot: int = 1000, classes: Sequence[str] | None = None, model: torch.nn.Module | None = None,
              info: dict | None = None, accelerator=None, precision: str | None = None,
              skip_bad_images: bool = False, file_is_patient: bool | None = None,
-             slices: Sequence[data.Slice] | None = None) -> dict[str, Any]:
+             slices: Sequence[data.Slice] | None = None, members: list | None = None,
+             cam: int = 0) -> dict[str, Any]:
     """Slice- and patient-level metrics of a model on ``DATA_DIR/<split>``: the ``metrics.json`` dict.
 
-    ``model``/``info`` skip loading ``model_ref``. ``slices`` skips scanning and checking the split (training
+    ``model_ref`` is one model reference, a CV run (its fold ensemble) or a list of references (their
+    ensemble: the mean of their probabilities; ``members`` then lists each one's own metrics).
+    ``model``/``info`` (or ``members``/``info`` from ``load_models``) skip loading ``model_ref``. ``cam`` > 0 writes
+    Grad-CAM montages of the ``cam`` most confident patients of each outcome and the population maps
+    under ``OUTPUT_DIR/cam/`` (one model only). ``slices`` skips scanning and checking the split (training
     passes the test slices it checked at start-up). ``precision`` defaults to the model's training
     precision; ``file_is_patient`` to the run's setting. With ``output_dir``, writes metrics.json,
     predictions.csv, patients.csv, confusion matrices, roc.png and reliability.png. CIs: percentile
     bootstrap over patients (``n_boot`` resamples, 0 for none). With an ``accelerator`` every process must
     call (inference is sharded, each slice counted once) and only the main process writes.
     """
-    if model is None:
-        model, info = resolve_model(model_ref)
-    info = info or _default_info(model_ref, model)
+    if model is not None:
+        members = [(model, info or _default_info(model_ref, model))]
+        info = members[0][1]
+    elif members is None:
+        members, info = load_models(model_ref)
     classes = list(classes or info['classes'])
-    _check_classes(model, classes)
-    _check_input_channels(model)
-    precision = precision or recorded_precision(info)
-    if precision not in PRECISIONS:
+    for member, _ in members:
+        _check_classes(member, classes)
+        _check_input_channels(member)
+    if precision is not None and precision not in PRECISIONS:
         raise EvaluationError(f'--precision {precision!r}: choose one of {list(PRECISIONS)}')
+    precisions = [precision or recorded_precision(i) for _, i in members]
     if file_is_patient is None:
-        file_is_patient = _recorded_file_is_patient(info)
+        file_is_patient = any(_recorded_file_is_patient(i) for _, i in members)
     if slices is None:
         slices = data.scan_split(data_dir, split, classes, file_is_patient=file_is_patient)
         slices = data.resolve_bad_images(slices, skip_bad=skip_bad_images, num_workers=num_workers, what=split)
     slices = list(slices)
     pos = data.positive_index(classes)
 
-    def predict_fn(items):
-        return predict(model, items, batch_size=batch_size, num_workers=num_workers, accelerator=accelerator,
-                       tta=tta, precision=precision)
+    def member_probs(items):
+        return [predict(m, items, batch_size=batch_size, num_workers=num_workers, accelerator=accelerator,
+                        tta=tta, precision=prec) for (m, _), prec in zip(members, precisions)]
+
+    def predict_fn(items):  # an ensemble's P is the mean of its members' (before calibration)
+        return np.mean(member_probs(items), axis=0)
 
     patients = [s.patient for s in slices]
     point = _choose_operating_point(
         threshold=threshold, target_sensitivity=target_sensitivity, tta=tta, info=info, data_dir=data_dir,
         split=split, classes=classes, eval_patients=patients, file_is_patient=file_is_patient,
         predict_fn=predict_fn)
-    raw = predict_fn(slices)
+    each = member_probs(slices)
+    raw = np.mean(each, axis=0)
     probs = metrics.apply_temperature(raw, point['temperature'])
     y = data.binary_labels(slices, classes)
     p_pos, thr = probs[:, pos], point.pop('threshold')
@@ -264,15 +327,49 @@ def evaluate(model_ref, data_dir, *, split: str = 'test', output_dir=None, thres
         'threshold': thr, **point,
         'calibration': _calibration(patients, y, raw[:, pos], p_pos, point['temperature']),
         'model': info['model'], 'data_dir': str(data_dir), 'split': split,
-        'classes': classes, 'positive_class': classes[pos], 'tta': tta, 'precision': precision,
+        'classes': classes, 'positive_class': classes[pos], 'tta': tta,
+        'precision': precisions[0] if len(set(precisions)) == 1 else precisions,
         'file_is_patient': file_is_patient, 'weights_sha256': info.get('weights_sha256'),
         'epoch': info.get('export', {}).get('epoch'),
         'ci': {'method': 'percentile bootstrap, patients resampled within class', 'n_boot': n_boot,
                'level': 0.95, 'seed': 0} if n_boot else None,
     })
+    if len(members) > 1:
+        result['members'] = _member_metrics(members, each, patients, y, pos)
     if output_dir is not None and (accelerator is None or accelerator.is_main_process):
         _write_reports(Path(output_dir), result, slices, probs, raw[:, pos], y, classes)
+        if cam:
+            result['cam'] = _write_cam(members, slices, p_pos, thr, classes, Path(output_dir), cam, labelled=True)
+            write_json(Path(output_dir) / 'metrics.json', result)
     return result
+
+
+def _write_cam(members, slices, p_pos, threshold, classes, out_dir: Path, n: int, labelled: bool) -> dict:
+    """Grad-CAM montages and population maps of one model (``adni_timm.cam``; captum underneath)."""
+    if len(members) != 1:
+        raise EvaluationError('--cam explains one model, not an ensemble: pass a single --model '
+                              '(e.g. RUN/final or RUN/fold0)')
+    from . import cam
+    model, _ = members[0]
+    _, eval_tf = data.build_transforms(model)
+    report = cam.write_cam_report(model, slices, p_pos, threshold, classes, out_dir, n, transform=eval_tf,
+                                  device=PartialState().device, labelled=labelled)
+    _logger.info('Grad-CAM (%s of %s): %d montages and %s in %.1f s under %s', report.get('target'),
+                 report.get('layer'), len(report.get('montages', [])),
+                 'population maps' if labelled else 'no population maps', report.get('seconds', 0),
+                 out_dir / 'cam')
+    return json.loads(json.dumps(report, default=str))
+
+
+def _member_metrics(members, each, patients, y, pos) -> list[dict[str, Any]]:
+    """Each member's own test metrics, at its own stored operating point, beside the ensemble's."""
+    out = []
+    for (_, info), raw in zip(members, each):
+        thr = info['threshold'] if info['threshold'] is not None else 0.5
+        p_pos = metrics.apply_temperature(raw, info['temperature'])[:, pos]
+        out.append({'model': info['model'], 'threshold': thr, 'temperature': info['temperature'],
+                    **metrics.slice_and_patient_metrics(patients, y, p_pos, thr)})
+    return out
 
 
 def _calibration(patients, y, p_raw, p_cal, temperature: float) -> dict[str, Any]:
@@ -338,15 +435,18 @@ def _write_reports(out: Path, result: dict, slices, probs, p_raw, y, classes) ->
     _logger.info('wrote metrics.json, predictions.csv, patients.csv and figures to %s', out)
 
 
-def default_output_dir(info: dict, name: str) -> Path:
-    """``RUN/<name>`` when the model is a training run, else ``./<name>``."""
-    run_dir = info.get('run_dir')
-    return Path(run_dir) / name if run_dir is not None else Path(name)
-
-
 def eval_dir_name(split: str) -> str:
     """``eval`` for the test split (what train.py --eval-test writes and push_to_hub.py reads), else eval-<split>."""
     return 'eval' if split == 'test' else f'eval-{split}'
+
+
+def default_output_dir(info: dict, name: str) -> Path:
+    """``RUN/<name>`` when the model is a training run (``RUN/<name>-final`` style for a refit's
+    ``RUN/final``: ``eval-final``), else ``./<name>``."""
+    base = info.get('run_dir') or info.get('cv_run')
+    if info.get('export_dir') and Path(info['export_dir']).name == 'final':
+        name = name.replace('eval', 'eval-final', 1) if name.startswith('eval') else f'{name}-final'
+    return Path(base) / name if base is not None else Path(name)
 
 
 def format_table(result: dict) -> str:
@@ -370,6 +470,13 @@ def format_table(result: dict) -> str:
                      f"{fmt(cal['ece_patient_uncalibrated'])})")
     if result.get('ci'):
         lines.append(f"[lo, hi]: 95% CI, bootstrap over patients ({result['ci']['n_boot']} resamples)")
+    if result.get('members'):
+        lines.append(f'the ensemble of {len(result["members"])}: P(AD) = mean of the members\'; each member alone, '
+                     f'at its own threshold:')
+        for m in result['members']:
+            pat = m['patient']
+            lines.append(f'  {str(m["model"])[-40:]:<40} patient acc {fmt(pat["accuracy"])}  AUC {fmt(pat["auc"])}  '
+                         f'sens {fmt(pat["sensitivity"])}  spec {fmt(pat["specificity"])}')
     return '\n'.join(lines)
 
 
@@ -396,7 +503,7 @@ def _unlabelled_slices(path) -> list[data.Slice]:
 def predict_images(model_ref, path, *, output_dir=None, batch_size: int = 64, num_workers: int = 0,
                    tta: bool = False, threshold: float | None = None, classes: Sequence[str] | None = None,
                    model: torch.nn.Module | None = None, info: dict | None = None,
-                   precision: str | None = None) -> dict[str, Any]:
+                   precision: str | None = None, cam: int = 0) -> dict[str, Any]:
     """Predict unlabelled slices (one file or a folder, searched recursively): class and p_AD per slice.
 
     Files named ``<patient>_<slice>`` are also aggregated per patient (mean p_AD). Returns
@@ -439,6 +546,8 @@ def predict_images(model_ref, path, *, output_dir=None, batch_size: int = 64, nu
         if patient_rows:
             _write_csv(out / 'patients.csv', patient_rows)
         _logger.info('wrote predictions to %s', out)
+        if cam:
+            result['cam'] = _write_cam([(model, info)], slices, probs[:, pos], thr, classes, out, cam, labelled=False)
     return result
 
 

@@ -230,6 +230,11 @@ def find_best_export(run_dir: str | os.PathLike) -> Path:
             return candidate
     if not run_dir.is_dir():
         raise ExportError(f'run folder {run_dir} does not exist; pass the --output-dir of a finished train.py run')
+    if (run_dir / 'cv.json').is_file():
+        raise ExportError(
+            f'{run_dir} is a cross-validation run without a refit model: it publishes RUN/final, the model refit on '
+            f'all training patients. Add it with train.py --output-dir {run_dir} --resume --refit, or publish one '
+            f'fold model with --run {run_dir / "fold0"}.')
     raise ExportError(
         f'{run_dir} has no best weights ({run_dir / "best" / WEIGHTS_NAME} and {CONFIG_NAME} are missing); '
         f'train first (train.py writes RUN/best when a validation epoch finishes) or point at a finished run')
@@ -256,7 +261,8 @@ def locate_export(path: str | os.PathLike) -> tuple[Path, Path | None]:
     if 'architecture' not in read_export_config(p):
         raise ExportError(f'{p / CONFIG_NAME} is not a timm config (no "architecture" key); '
                           f'export the model with adni_timm.export.export_model or timm.models.save_for_hf.')
-    run_dir = p.parent if (p.parent / 'split.json').is_file() else None
+    # RUN/best of a run (its split.json), or RUN/final of a cross-validation run (its cv.json)
+    run_dir = p.parent if any((p.parent / name).is_file() for name in ('split.json', 'cv.json')) else None
     return p, run_dir
 
 
@@ -336,5 +342,8 @@ def resolve_model(ref: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, An
         'classes': list(classes),
         'export': extra,
         'weights_sha256': sha256_file(weights),
+        'export_dir': None if prefix in ('hf-hub', 'hf_hub') else str(Path(weights).parent),
     }
+    if run_dir is not None and (run_dir / 'cv.json').is_file():  # a refit: its operating point is out-of-fold
+        info.update(run_dir=None, cv_run=run_dir)
     return model.eval(), info

@@ -86,8 +86,10 @@ def publishable_config(config: dict[str, Any], source: str = CONFIG_NAME) -> dic
 
 
 def default_eval_metrics(run_dir: str | os.PathLike) -> Path | None:
-    """``RUN/eval/metrics.json`` when the run was evaluated, else None."""
-    path = Path(run_dir) / 'eval' / 'metrics.json'
+    """The evaluation of what a run publishes: ``RUN/eval-final/metrics.json`` for a refit (``RUN/final``),
+    else ``RUN/eval/metrics.json``; None when it was not evaluated."""
+    run_dir = Path(run_dir)
+    path = run_dir / ('eval-final' if (run_dir / 'final').is_dir() else 'eval') / 'metrics.json'
     return path if path.is_file() else None
 
 

@@ -18,6 +18,7 @@ from .display import fmt_duration
 __all__ = ['PROGRESS_MODES', 'resolve_mode', 'Progress']
 
 PROGRESS_MODES = ('auto', 'bar', 'lines', 'none')
+DEFAULT_INTERVAL_S = 30.0  # one plain line per half minute: a 100-epoch ADNI run logs a few hundred
 _logger = logging.getLogger('adni_timm.training')
 
 
@@ -34,9 +35,10 @@ def resolve_mode(mode: str, stream: TextIO | None = None) -> str:
 class Progress:
     """One epoch's progress over ``total`` images; ``enabled=False`` on every process but the main one."""
 
-    def __init__(self, mode: str, total: int, desc: str, *, enabled: bool = True, interval_s: float = 30.0):
+    def __init__(self, mode: str, total: int, desc: str, *, enabled: bool = True, interval_s: float | None = None):
         self.mode = resolve_mode(mode) if enabled else 'none'
-        self.total, self.desc, self.interval_s = total, desc, interval_s
+        self.total, self.desc = total, desc
+        self.interval_s = DEFAULT_INTERVAL_S if interval_s is None else interval_s
         self.done = 0
         self.start = self.last_line = time.perf_counter()
         self.postfix: dict[str, str] = {}

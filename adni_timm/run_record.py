@@ -28,8 +28,9 @@ RECORD_NAME = 'train_config.yaml'
 RESUMES_NAME = 'resumes.jsonl'
 DEFAULT_DATA_NOTE = 'ADNI AD_NC'
 # keys that may change when a run is continued. All but epochs leave what is learned as it was; a new
-# epochs re-stretches the schedule (e.g. the cosine) over the new length from the current update on.
-RESUME_OVERRIDABLE = ('epochs', 'num_workers', 'log_with', 'compile', 'cache', 'progress')
+# epochs re-stretches the schedule (e.g. the cosine) over the new length from the current update on;
+# refit adds the refit after a cross-validation that ran without it.
+RESUME_OVERRIDABLE = ('epochs', 'num_workers', 'log_with', 'compile', 'cache', 'progress', 'refit')
 
 
 class RunRecordError(ValueError):
@@ -116,7 +117,7 @@ class RunRecord:
                 f'--resume: the run was trained with {self.num_processes} process(es), this launch has '
                 f'{num_processes}; resume with the same number of GPUs / processes')
 
-    def append_resume(self, run_dir: str | os.PathLike, accelerator, after_epoch: int) -> dict[str, Any]:
+    def append_resume(self, run_dir: str | os.PathLike, accelerator, after_epoch: int | None) -> dict[str, Any]:
         """Add this resume to ``RUN/resumes.jsonl``: when, with what, and which keys changed."""
         before = config_to_dict((self.resumed_from or self).config)
         after = config_to_dict(self.config)
@@ -154,10 +155,17 @@ def library_versions() -> dict[str, str]:
 
 
 def git_commit() -> str | None:
-    """The commit of the adni-timm checkout in use, if it is one."""
-    try:
-        out = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+    """The commit of the adni-timm checkout in use; None for an installed copy (even inside another repo)."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(['git', *args], capture_output=True, text=True, timeout=5, cwd=here)
+        except (OSError, subprocess.SubprocessError):
+            return None
         return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
+
+    top = git('rev-parse', '--show-toplevel')
+    if top is None or Path(top).resolve() / 'adni_timm' != here:
         return None
+    return git('rev-parse', 'HEAD')

@@ -44,8 +44,8 @@ from .run_record import RunRecord
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ['TrainingError', 'TrainResult', 'Splits', 'train', 'train_one_epoch', 'validate', 'make_accelerator',
-           'create_model', 'make_ema', 'load_splits']
+__all__ = ['TrainingError', 'TrainResult', 'Splits', 'OldRunAside', 'train', 'train_one_epoch', 'validate',
+           'make_accelerator', 'create_model', 'make_ema', 'check_data', 'load_splits']
 
 SPLIT_NAME = 'split.json'
 
@@ -110,7 +110,7 @@ def train(record: RunRecord, run_dir: str | os.PathLike, *, resume: bool = False
 
     # every check that can fail runs before an old run is touched or a weight is trained
     splits = load_splits(cfg, record.data_dir, recorded=split, check_test=record.eval_test)
-    with _OldRunAside(run_dir, accelerator, active=overwrite and not resume) as aside:
+    with OldRunAside(run_dir, accelerator, active=overwrite and not resume) as aside:
         if accelerator.is_main_process and not resume:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_json(run_dir / SPLIT_NAME, splits.split)
@@ -119,7 +119,7 @@ def train(record: RunRecord, run_dir: str | os.PathLike, *, resume: bool = False
 
 
 def _fit(record: RunRecord, run_dir: Path, accelerator: Accelerator, splits: Splits, *, resume: bool,
-         aside: _OldRunAside) -> TrainResult:
+         aside: OldRunAside) -> TrainResult:
     cfg, main = record.config, accelerator.is_main_process
 
     # ---- model and transforms (the eval transform is the one timm resolves for the exported model)
@@ -136,7 +136,8 @@ def _fit(record: RunRecord, run_dir: Path, accelerator: Accelerator, splits: Spl
 
     # ---- optimisation: the lr follows the update count, so a resumed run picks up mid-schedule
     optimizer = timm.optim.create_optimizer_v2(base_model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    model, optimizer, train_loader, val_loader = accelerator.prepare(base_model, optimizer, train_loader, val_loader)
+    model, optimizer, train_loader = accelerator.prepare(base_model, optimizer, train_loader)
+    val_loader = accelerator.prepare(val_loader) if val_loader is not None else None  # a refit has none
     updates_per_epoch = max(1, math.ceil(len(train_loader) / cfg.grad_accum_steps))  # per process, sharded
     scheduler, _ = timm.scheduler.create_scheduler_v2(
         optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
@@ -390,10 +391,9 @@ def make_ema(cfg: TrainConfig, model: torch.nn.Module, updates_per_epoch: int) -
     return ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True, warmup_gamma=gamma, warmup_power=power)
 
 
-def load_splits(cfg: TrainConfig, data_dir, recorded: dict[str, Any] | None = None,
-                check_test: bool = False) -> Splits:
-    """Scan train (and test, when present), split train by patient (or take ``recorded``), refuse leakage
-    and unreadable files (of test too when it will be evaluated) before any training starts."""
+def check_data(cfg: TrainConfig, data_dir, check_test: bool = False) -> tuple[list[data.Slice], list[data.Slice]]:
+    """(train, test) slices, checked before any training: layout, leakage between the splits, unreadable
+    files (of test too when it will be evaluated; ``skip_bad_images`` drops them with a count)."""
     scan = dict(classes=tuple(cfg.classes), file_is_patient=cfg.file_is_patient)
     train_all = data.scan_split(data_dir, 'train', **scan)
     test = data.scan_split(data_dir, 'test', **scan) if (Path(data_dir) / 'test').is_dir() else []
@@ -407,6 +407,13 @@ def load_splits(cfg: TrainConfig, data_dir, recorded: dict[str, Any] | None = No
                                 f'{Path(data_dir) / "test"}')
         test = data.resolve_bad_images(test, skip_bad=cfg.skip_bad_images, num_workers=cfg.num_workers,
                                        what='test')
+    return train_all, test
+
+
+def load_splits(cfg: TrainConfig, data_dir, recorded: dict[str, Any] | None = None,
+                check_test: bool = False) -> Splits:
+    """The checked data split into train and validation: by patient (or ``recorded``, e.g. on resume)."""
+    train_all, test = check_data(cfg, data_dir, check_test)
     if recorded is not None:
         split = dict(recorded)
         _warn_new_patients(train_all, split)
@@ -444,7 +451,7 @@ def _make_loaders(cfg, train_slices, val_slices, train_tf, eval_tf, accelerator)
         num_workers=cfg.num_workers, pin_memory=pin, seed=cfg.seed)
     val_loader = data.create_loader(
         data.SliceDataset(val_slices, eval_tf, cache), cfg.batch_size, shuffle=False,
-        num_workers=cfg.num_workers, pin_memory=pin, seed=cfg.seed)
+        num_workers=cfg.num_workers, pin_memory=pin, seed=cfg.seed) if val_slices else None
     return train_loader, val_loader
 
 
@@ -473,7 +480,7 @@ def _tracker_config(cfg: TrainConfig) -> dict[str, Any]:
             for k, v in config_to_dict(cfg).items()}
 
 
-class _OldRunAside:
+class OldRunAside:
     """``--overwrite`` without losing work: the old run moves aside only after every check has passed,
     is deleted once the new run has its first checkpoint (``release``), and comes back if the new
     run fails before that."""
@@ -483,7 +490,7 @@ class _OldRunAside:
         self.active = active and run_dir.exists() and any(run_dir.iterdir())
         self.aside = run_dir.with_name(f'.{run_dir.name}.replaced')
 
-    def __enter__(self) -> _OldRunAside:
+    def __enter__(self) -> OldRunAside:
         if self.active and self.accelerator.is_main_process:
             shutil.rmtree(self.aside, ignore_errors=True)
             self.run_dir.rename(self.aside)

@@ -3,6 +3,8 @@
     python evaluate.py --model runs/tiny --data-dir AD_NC                      # -> runs/tiny/eval/
     python evaluate.py --model hf-hub:ORG/NAME --data-dir AD_NC --target-sensitivity 0.9
     python evaluate.py --model runs/tiny --images new_scans/                  # unlabelled: predictions only
+    python evaluate.py --model runs/cv --data-dir AD_NC                        # a CV run: its fold ensemble
+    python evaluate.py --model runs/a --model runs/b --data-dir AD_NC          # any ensemble of exports
 """
 from __future__ import annotations
 
@@ -15,9 +17,10 @@ __all__ = ['main']
 
 
 def _parse_args(argv):
-    p = argparse.ArgumentParser(prog='evaluate.py', description=__doc__.split('\n')[0])
-    p.add_argument('--model', required=True,
-                   help='RUN folder, export folder, local-dir:DIR, hf-hub:ORG/NAME[@rev] or path/model.safetensors')
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--model', required=True, action='append',
+                   help='RUN folder, export folder, local-dir:DIR, hf-hub:ORG/NAME[@rev] or path/model.safetensors; '
+                        'a cross-validation RUN evaluates its fold ensemble; repeat --model for any ensemble')
     p.add_argument('--data-dir', help='ADNI-layout folder with <split>/<class>/<patient>_<slice>.jpeg')
     p.add_argument('--split', default='test', help='split folder to evaluate (default: test)')
     p.add_argument('--output-dir', help='where reports go (default: RUN/eval for the test split of a run, '
@@ -42,11 +45,16 @@ def _parse_args(argv):
     p.add_argument('--skip-bad-images', action='store_true',
                    help='leave out files that cannot be decoded (default: list them and stop)')
     p.add_argument('--images', metavar='PATH', help='predict unlabelled slices (a file or folder) instead')
+    p.add_argument('--cam', type=int, nargs='?', const=2, default=0, metavar='N',
+                   help='Grad-CAM maps under OUT/cam/: montages of the N most confident right and wrong patients '
+                        'of each class (default N 2) and the mean map over all AD and all NC slices')
     args = p.parse_args(argv)
     if args.images is None and args.data_dir is None:
         p.error('--data-dir is required (or --images PATH for unlabelled slices)')
     if args.images is not None and args.target_sensitivity is not None:
         p.error('--target-sensitivity needs labelled validation data; with --images pass --threshold X')
+    if args.images is not None and len(args.model) > 1:
+        p.error('--images predicts with one model; pass a single --model')
     return args
 
 
@@ -59,22 +67,23 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     try:
         classes = data.parse_classes(args.classes) if args.classes else None
-        model, info = evaluation.resolve_model(args.model)
+        members, info = evaluation.load_models(args.model[0] if len(args.model) == 1 else args.model)
         if args.images:
+            (model, _), = members
             out = args.output_dir or evaluation.default_output_dir(info, 'predict')
             result = evaluation.predict_images(
-                args.model, args.images, output_dir=out, batch_size=args.batch_size, num_workers=args.num_workers,
-                tta=args.tta, threshold=args.threshold, classes=classes, model=model, info=info,
-                precision=args.precision)
+                args.model[0], args.images, output_dir=out, batch_size=args.batch_size,
+                num_workers=args.num_workers, tta=args.tta, threshold=args.threshold, classes=classes, model=model,
+                info=info, precision=args.precision, cam=args.cam)
             print(evaluation.format_predictions(result))
         else:
             out = args.output_dir or evaluation.default_output_dir(info, evaluation.eval_dir_name(args.split))
             result = evaluation.evaluate(
                 args.model, args.data_dir, split=args.split, output_dir=out, threshold=args.threshold,
                 target_sensitivity=args.target_sensitivity, batch_size=args.batch_size,
-                num_workers=args.num_workers, tta=args.tta, n_boot=args.n_boot, classes=classes, model=model,
+                num_workers=args.num_workers, tta=args.tta, n_boot=args.n_boot, classes=classes, members=members,
                 info=info, precision=args.precision, skip_bad_images=args.skip_bad_images,
-                file_is_patient=args.file_is_patient)
+                file_is_patient=args.file_is_patient, cam=args.cam)
             print(evaluation.format_table(result))
     except (ValueError, OSError) as e:  # EvaluationError, DataError, missing files: one line, no traceback
         print(f'error: {e}', file=sys.stderr)

@@ -20,7 +20,7 @@ __all__ = ['parse_args', 'format_file_list', 'main']
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog='push_to_hub.py', description=__doc__.split('\n\n')[0])
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--run', required=True, type=Path, help='training run folder (holds best/, train_config.yaml)')
     p.add_argument('--repo-id', required=True, help='Hub model repo, ORG/NAME (created when missing)')
     p.add_argument('--eval', type=Path, default=None, dest='eval_metrics',

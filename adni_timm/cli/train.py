@@ -22,7 +22,7 @@ DEMO_DATA_NOTE = 'synthetic (adni_timm.synthetic demo set; NOT real MRI)'
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog='train.py', description='Train an ADNI AD vs NC classifier with timm and Accelerate.',
+        description='Train an ADNI AD vs NC classifier with timm and Accelerate.',
         epilog='Overrides default to the preset (--config), else to the adni preset.')
     parser.add_argument('--data-dir', help='AD_NC folder with train/{NC,AD} (and test/{NC,AD})')
     parser.add_argument('--output-dir', help='run folder to create (see README: run folder)')
@@ -81,8 +81,8 @@ def run(argv=None):
 
 def _train(record, run_dir, **kwargs):
     if record.config.folds >= 2:
-        from adni_timm import cv
-        return cv.train_cv(record, run_dir, **kwargs)
+        from adni_timm.cv_run import train_cv
+        return train_cv(record, run_dir, **kwargs)
     from adni_timm.training import train
     return train(record, run_dir, **kwargs)
 
@@ -116,29 +116,44 @@ def main(argv=None) -> int:
 
 
 def format_summary(result) -> str:
-    """Where everything is, which epoch was kept and why, the test table, and the next commands."""
+    """Where everything is, which model was kept and why, the test table, and the next commands."""
     from adni_timm.display import fmt
     from adni_timm.evaluation import format_table
-    run = result.run_dir
-    best = result.best or {}
+    run, best = result.run_dir, result.best or {}
     lines = ['=' * 100, f'run folder   {run}']
-    if getattr(result, 'cv_table', None):
-        lines += ['cross-validation (validation folds, patient level):', result.cv_table]
-    export = next((p for p in (run / 'final', run / 'best') if p.is_dir()), run / 'best')
-    why = (f'best {best.get("metric")} {fmt(best.get("value"))} on validation, ties by lower val loss'
-           if best.get('metric') else 'the last epoch (no validation split)')
-    if best.get('epoch') is not None:
-        lines.append(f'best model   {export}  (epoch {best.get("epoch")}, {best.get("weights")} weights: {why})')
+    if getattr(result, 'cv', None) is not None:  # a cross-validation run
+        lines += [f'folds        {run}/fold0 .. fold{result.cv["k"] - 1} (ordinary run folders), '
+                  f'{run / "oof_predictions.csv"}, {run / "cv.json"}',
+                  'cross-validation (validation patients of each fold, at the out-of-fold threshold):',
+                  result.cv_table]
+        if result.final is not None:
+            lines.append(f'final model  {run / "final"}  (refit on all training patients for {best.get("epoch")} '
+                         f'epochs, the folds\' median best epoch)')
+        else:
+            lines.append(f'ensemble     the {result.cv["k"]} fold models (no refit: add one with --resume --refit)')
+        export = run / 'final' if result.final is not None else run
+    else:
+        export = run / 'best'
+        why = (f'best {best.get("metric")} {fmt(best.get("value"))} on validation, ties by lower val loss'
+               if best.get('metric') else 'the last epoch (no validation split)')
+        if best.get('epoch') is not None:
+            lines.append(f'best model   {export}  (epoch {best.get("epoch")}, {best.get("weights")} weights: {why})')
+        lines.append(f'curves       {run / "curves.png"}   per epoch: {run / "metrics.jsonl"}')
     lines.append(f'threshold    P(AD) >= {fmt(best.get("threshold"))} ({best.get("threshold_source")}), '
                  f'temperature {fmt(best.get("temperature"))}')
-    lines.append(f'curves       {run / "curves.png"}   per epoch: {run / "metrics.jsonl"}')
+    ensemble = getattr(result, 'ensemble_metrics', None)
+    if ensemble is not None and ensemble is not result.eval_metrics:
+        lines += ['', format_table(ensemble), f'evaluation   {run / "eval"} (the fold ensemble)']
     if result.eval_metrics:
-        lines += ['', format_table(result.eval_metrics), f'evaluation   {run / "eval"}']
+        where = run / ('eval-final' if getattr(result, 'final', None) is not None else 'eval')
+        lines += ['', format_table(result.eval_metrics), f'evaluation   {where}']
     data_dir = result.record.data_dir
     lines += ['', 'next:',
-              f'  python evaluate.py --model {run} --data-dir {data_dir}',
-              f'  python push_to_hub.py --run {run} --repo-id ORG/NAME --dry-run --output-dir {run / "hub"}',
-              f'  timm.create_model("local-dir:{export}", pretrained=True)']
+              f'  python evaluate.py --model {run / "final" if export == run / "final" else run} '
+              f'--data-dir {data_dir}',
+              f'  python push_to_hub.py --run {run} --repo-id ORG/NAME --dry-run --output-dir {run / "hub"}']
+    if export != run:
+        lines.append(f'  timm.create_model("local-dir:{export}", pretrained=True)')
     return '\n'.join(lines)
 
 

@@ -1,0 +1,72 @@
+"""What a person sees: log-file friendly progress, one short epoch line, a summary with the next commands."""
+import io
+import re
+import subprocess
+import sys
+
+import pytest
+
+from adni_timm.progress import Progress, resolve_mode
+from adni_timm.training import epoch_line
+from helpers import ROOT, TINY, with_option
+
+EPOCH_LINE = re.compile(r'^epoch \d+/\d+ \|')
+PROGRESS_LINE = re.compile(r'^  epoch \d+/\d+ +\d+% ')
+
+
+def test_a_redirected_run_writes_plain_lines_and_short_epoch_lines(tiny_data, tmp_path):
+    log = tmp_path / 'train.log'
+    run = tmp_path / 'run'
+    args = with_option(with_option(TINY, '--epochs', '3'), '--batch-size', '4')
+    with log.open('wb') as out:  # as under SLURM or nohup: stdout and stderr into one file, no TTY
+        proc = subprocess.run([sys.executable, str(ROOT / 'tests/progress_probe.py'), '--data-dir', str(tiny_data),
+                               '--output-dir', str(run), *args, '--eval-test'], stdout=out, stderr=subprocess.STDOUT,
+                              cwd=ROOT, timeout=300)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    assert '\r' not in text  # no carriage-return bar updates in a log file
+    lines = text.splitlines()
+    epoch_lines = [line for line in lines if EPOCH_LINE.match(line)]
+    progress_lines = [line for line in lines if PROGRESS_LINE.match(line)]
+    assert len(epoch_lines) == 3 and all(len(line) < 120 for line in epoch_lines), epoch_lines
+    assert all(' | val ' in line and ' | eta ' in line for line in epoch_lines)
+    assert progress_lines and all('img/s eta' in line for line in progress_lines)  # the shortened interval shows
+    epoch_seconds = [float(m) for line in epoch_lines for m in re.findall(r'\| (\d+)s \|', line)]
+    bound = sum(s / 0.2 + 1 for s in epoch_seconds) + 3 * 2  # at most one line per interval, per epoch
+    assert len(progress_lines) <= bound
+    assert not re.search(r'\d\.\d{5,}', text.split('=' * 100)[-1])  # the summary never prints raw float reprs
+    summary = text.split('=' * 100)[-1]
+    for needed in (f'run folder   {run}', f'best model   {run / "best"}', 'threshold    P(AD) >= ',
+                   f'evaluation   {run / "eval"}', f'python evaluate.py --model {run} --data-dir',
+                   f'python push_to_hub.py --run {run}'):
+        assert needed in summary, needed
+
+
+def test_the_epoch_line_stays_short_at_its_widest():
+    row = {'epoch': 100, 'train_loss': 12.3456, 'lr': 1.23e-4, 'train_img_per_s': 12345.6, 'epoch_time_s': 3599.0,
+           'ema_val_loss': 9.87654, 'ema_val_patient_auc': 0.987654, 'ema_val_patient_accuracy': 0.912345}
+    line = epoch_line(row, 100, 'ema', True, eta_s=99 * 3600.0)
+    assert len(line) < 120, line
+    assert line.startswith('epoch 100/100 | loss 12.346 | val 9.877 | AUC 0.988 acc 0.912 (ema)')
+    assert line.endswith(' *')
+
+
+def test_progress_picks_a_bar_on_a_terminal_and_lines_elsewhere(caplog):
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert resolve_mode('auto', Tty()) == 'bar' and resolve_mode('auto', io.StringIO()) == 'lines'
+    assert resolve_mode('none', Tty()) == 'none'
+    with pytest.raises(ValueError, match='choose one of'):
+        resolve_mode('fancy')
+    progress = Progress('lines', total=1000, desc='epoch 1/2', interval_s=0.0)
+    with caplog.at_level('INFO', logger='adni_timm.training'):
+        progress.update(250)
+        progress.set_postfix(loss='0.5000')
+        progress.update(250)
+    assert [r.getMessage().split(' img/s')[0].rsplit(' ', 1)[0] for r in caplog.records] == [
+        '  epoch 1/2  25% 250/1,000 img', '  epoch 1/2  50% 500/1,000 img']
+    assert caplog.records[-1].getMessage().endswith('loss 0.5000')
+    quiet = Progress('bar', total=10, desc='x', enabled=False)  # other processes: nothing at all
+    assert quiet.mode == 'none' and quiet.bar is None
