@@ -142,6 +142,9 @@ def _fit(record: RunRecord, run_dir: Path, accelerator: Accelerator, splits: Spl
     scheduler, _ = timm.scheduler.create_scheduler_v2(
         optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
         warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, step_on_epochs=False, updates_per_epoch=updates_per_epoch)
+    if scheduler is None:  # timm < 1.0.31 returns None for names it lacks (e.g. 'constant') instead of failing
+        raise TrainingError(f'sched={cfg.sched!r}: timm {timm.__version__} has no such learning-rate schedule; '
+                            f'pip install -U "timm>=1.0.31", or choose another --sched')
     ema = make_ema(cfg, base_model, updates_per_epoch)  # after prepare: its warmup needs the update count
     if cfg.compile:
         base_model.compile()  # in place: state-dict keys stay plain, so checkpoints resume with or without it

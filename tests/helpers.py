@@ -29,6 +29,15 @@ def run_train(*args, **kwargs):
     return run_script('train.py', *args, **kwargs)
 
 
+def train_in_process(capsys, *args) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of train.py's main() in this process: for the fast refusals, which
+    need no fresh interpreter (an uncaught exception fails the test, as a traceback would)."""
+    from adni_timm.cli.train import main
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def populate_hub_cache(cache: Path, repo_id: str, folder: Path) -> None:
     """The layout hf_hub_download leaves behind: blobs by hash, snapshot symlinks, refs/main -> commit."""
     from huggingface_hub.file_download import repo_folder_name
@@ -43,3 +52,12 @@ def populate_hub_cache(cache: Path, repo_id: str, folder: Path) -> None:
         (snapshot / f.name).symlink_to(os.path.relpath(blob, snapshot))
     (repo / 'refs').mkdir()
     (repo / 'refs' / 'main').write_text(commit)
+
+
+def cli_in_process(capsys, tool: str, *args) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``evaluate`` or ``push``'s main() in this process."""
+    import importlib
+    main = importlib.import_module(f'adni_timm.cli.{tool}').main
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -65,3 +65,30 @@ def test_tracker_must_be_installed(monkeypatch):
     monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'wandb' else real(name, *a))
     with pytest.raises(ConfigError, match='pip install wandb'):
         load_config(None, {'log_with': 'wandb'})
+
+
+def test_every_preset_builds_its_lr_schedule():
+    """timm before 1.0.31 has no 'constant' schedule and returned None silently (seed.yaml then crashed
+    on its first step): pyproject's floor is that release, and training refuses a missing schedule."""
+    import re
+    from pathlib import Path
+
+    import timm
+    import timm.optim
+    import timm.scheduler
+    import torch
+
+    from adni_timm.config import preset_names
+    floor = re.search(r'"timm>=([\d.]+)"', (Path(__file__).parents[1] / 'pyproject.toml').read_text())[1]
+    assert tuple(map(int, floor.split('.'))) >= (1, 0, 31)
+    for name in preset_names():
+        cfg = load_config(name)
+        optimizer = timm.optim.create_optimizer_v2(torch.nn.Linear(2, 2), opt=cfg.opt, lr=cfg.lr)
+        scheduler, _ = timm.scheduler.create_scheduler_v2(
+            optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=min(cfg.warmup_epochs, cfg.epochs - 1),
+            warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, step_on_epochs=False, updates_per_epoch=10)
+        assert scheduler is not None, name
+        if name == 'seed':  # the reference's fixed learning rate
+            for update in (1, 250, 999):
+                scheduler.step_update(update)
+                assert optimizer.param_groups[0]['lr'] == pytest.approx(1e-4)

@@ -12,16 +12,15 @@ import numpy as np
 import pytest
 
 from adni_timm import cv, data, evaluation, export, hub, metrics
-from helpers import ROOT, TINY, run_train, with_option
+from helpers import ROOT, TINY, run_train
 
-CV_ARGS = [*with_option(TINY, '--epochs', '1'), '--folds', '2']
+CV_ARGS = [*TINY, '--folds', '2']  # 2 epochs per fold
 
 
 @pytest.fixture(scope='module')
 def cv_run(tiny_data, tmp_path_factory):
     run = tmp_path_factory.mktemp('cv') / 'run'
-    proc = run_train('--data-dir', tiny_data, '--output-dir', run, *with_option(CV_ARGS, '--warmup-epochs', '0'),
-                     '--refit', '--eval-test')
+    proc = run_train('--data-dir', tiny_data, '--output-dir', run, *CV_ARGS, '--refit', '--eval-test')
     return run, proc
 
 
@@ -111,9 +110,8 @@ def test_a_cv_run_publishes_its_refit_with_the_cross_validation_table(cv_run, tm
         hub.build_export_folder(no_refit, tmp_path / 'hub2')
 
 
-def test_a_cv_run_killed_in_fold_1_resumes_to_the_same_result(tiny_data, tmp_path):
-    args = ['--data-dir', str(tiny_data), *with_option(CV_ARGS, '--epochs', '2')]
-    run_train('--output-dir', tmp_path / 'full', *args)
+def test_a_cv_run_killed_in_fold_1_resumes_to_the_same_result(cv_run, tiny_data, tmp_path):
+    args = ['--data-dir', str(tiny_data), *CV_ARGS]  # the fixture's run without its refit and test evaluation
     killed = tmp_path / 'killed'
     proc = subprocess.Popen([sys.executable, str(ROOT / 'train.py'), '--output-dir', str(killed), *args], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -128,7 +126,7 @@ def test_a_cv_run_killed_in_fold_1_resumes_to_the_same_result(tiny_data, tmp_pat
     proc.wait()
     assert not (killed / 'cv.json').exists()
     run_train('--output-dir', killed, '--resume')
-    full, resumed = (json.loads((r / 'cv.json').read_text()) for r in (tmp_path / 'full', killed))
+    full, resumed = (json.loads((r / 'cv.json').read_text()) for r in (cv_run[0], killed))
     assert resumed['folds'] == full['folds'] and resumed['best_epochs'] == full['best_epochs']
     assert resumed['threshold'] == pytest.approx(full['threshold'], abs=1e-4)
     assert resumed['temperature'] == pytest.approx(full['temperature'], rel=1e-3)

@@ -17,7 +17,7 @@ import torch
 from timm.models import save_for_hf
 
 from adni_timm import data, evaluation, export, hub, metrics
-from helpers import ROOT, populate_hub_cache, run_script, run_train
+from helpers import ROOT, populate_hub_cache, run_train
 
 pytest.importorskip('transformers')
 REPO_ID = 'adni-timm-tests/tiny'
@@ -82,7 +82,7 @@ def test_an_old_one_channel_export_still_evaluates_resumes_and_publishes(tiny_ru
     slices = data.scan_split(tiny_data, 'test')
     old_model, old_info = evaluation.resolve_model(run)
     np.testing.assert_allclose(evaluation.predict(old_model, slices), evaluation.predict(model, slices), atol=1e-6)
-    run_script('evaluate.py', '--model', run, '--data-dir', tiny_data, '--n-boot', '0')
+    assert evaluation.evaluate(str(run), tiny_data, n_boot=0)['patient']['n'] == 6
     run_train('--output-dir', run, '--resume', '--epochs', '3')  # the checkpoint never depended on the format
     assert json.loads((run / 'metrics.jsonl').read_text().splitlines()[-1])['epoch'] == 3
     files = hub.build_export_folder(run, tmp_path / 'hub')  # published in the current format

@@ -17,7 +17,7 @@ PROGRESS_LINE = re.compile(r'^  epoch \d+/\d+ +\d+% ')
 def test_a_redirected_run_writes_plain_lines_and_short_epoch_lines(tiny_data, tmp_path):
     log = tmp_path / 'train.log'
     run = tmp_path / 'run'
-    args = with_option(with_option(TINY, '--epochs', '3'), '--batch-size', '4')
+    args = with_option(TINY, '--batch-size', '4')
     with log.open('wb') as out:  # as under SLURM or nohup: stdout and stderr into one file, no TTY
         proc = subprocess.run([sys.executable, str(ROOT / 'tests/progress_probe.py'), '--data-dir', str(tiny_data),
                                '--output-dir', str(run), *args, '--eval-test'], stdout=out, stderr=subprocess.STDOUT,
@@ -28,11 +28,11 @@ def test_a_redirected_run_writes_plain_lines_and_short_epoch_lines(tiny_data, tm
     lines = text.splitlines()
     epoch_lines = [line for line in lines if EPOCH_LINE.match(line)]
     progress_lines = [line for line in lines if PROGRESS_LINE.match(line)]
-    assert len(epoch_lines) == 3 and all(len(line) < 120 for line in epoch_lines), epoch_lines
+    assert len(epoch_lines) == 2 and all(len(line) < 120 for line in epoch_lines), epoch_lines
     assert all(' | val ' in line and ' | eta ' in line for line in epoch_lines)
     assert progress_lines and all('img/s eta' in line for line in progress_lines)  # the shortened interval shows
     epoch_seconds = [float(m) for line in epoch_lines for m in re.findall(r'\| (\d+)s \|', line)]
-    bound = sum(s / 0.2 + 1 for s in epoch_seconds) + 3 * 2  # at most one line per interval, per epoch
+    bound = sum(s / 0.2 + 1 for s in epoch_seconds) + 2 * 2  # at most one line per interval, per epoch
     assert len(progress_lines) <= bound
     assert not re.search(r'\d\.\d{5,}', text.split('=' * 100)[-1])  # the summary never prints raw float reprs
     summary = text.split('=' * 100)[-1]

@@ -16,7 +16,7 @@ from adni_timm.config import load_config
 from adni_timm.export import export_extra, resolve_model
 from adni_timm.run_record import RunRecord
 from adni_timm.training import make_ema
-from helpers import TINY, run_script, run_train, with_option
+from helpers import TINY, cli_in_process, run_train, with_option
 
 ONE_EPOCH = with_option(with_option(TINY, '--epochs', '1'), '--warmup-epochs', '0')
 
@@ -113,7 +113,7 @@ def test_a_smoke_run_shortens_the_warmup_and_nonsense_is_still_refused(tiny_data
 
 # ---------------------------------------------------------------------------------------------- data checked up front
 
-def test_a_corrupt_test_image_stops_eval_test_before_training(tiny_data, tmp_path):
+def test_a_corrupt_test_image_stops_eval_test_before_training(tiny_data, tmp_path, capsys):
     data_dir = _copy(tiny_data, tmp_path / 'AD_NC')
     bad = next((data_dir / 'test' / 'AD').glob('*.jpeg'))
     bad.write_bytes(bad.read_bytes()[:200])  # truncated JPEG
@@ -128,15 +128,16 @@ def test_a_corrupt_test_image_stops_eval_test_before_training(tiny_data, tmp_pat
     assert '--skip-bad-images: dropped 1 of 24 test file(s)' in proc.stderr
     assert json.loads((tmp_path / 'run/eval/metrics.json').read_text())['slice']['n'] == 23
     # evaluate.py reports the same file the same way, and skips it on request
-    ev = run_script('evaluate.py', '--model', tmp_path / 'run', '--data-dir', data_dir, '--n-boot', '0',
-                    '--output-dir', tmp_path / 'ev', check=False)
-    assert ev.returncode == 1 and 'Traceback' not in ev.stderr and bad.name in ev.stderr
-    assert '1 test file(s) cannot be decoded' in ev.stderr and '--skip-bad-images' in ev.stderr
-    run_script('evaluate.py', '--model', tmp_path / 'run', '--data-dir', data_dir, '--n-boot', '0',
-               '--output-dir', tmp_path / 'ev', '--skip-bad-images')
+    code, _, err = cli_in_process(capsys, 'evaluate', '--model', tmp_path / 'run', '--data-dir', data_dir,
+                                  '--n-boot', '0', '--output-dir', tmp_path / 'ev')
+    assert code == 1 and bad.name in err
+    assert '1 test file(s) cannot be decoded' in err and '--skip-bad-images' in err
+    code, _, _ = cli_in_process(capsys, 'evaluate', '--model', tmp_path / 'run', '--data-dir', data_dir,
+                                '--n-boot', '0', '--output-dir', tmp_path / 'ev', '--skip-bad-images')
+    assert code == 0
 
 
-def test_a_file_is_patient_run_can_be_evaluated(tmp_path):
+def test_a_file_is_patient_run_can_be_evaluated(tmp_path, capsys):
     data_dir = tmp_path / 'flat'
     for split, n in (('train', 5), ('test', 2)):
         for label, name in enumerate(('NC', 'AD')):
@@ -148,8 +149,9 @@ def test_a_file_is_patient_run_can_be_evaluated(tmp_path):
     run_train('--data-dir', data_dir, '--output-dir', run, *with_option(ONE_EPOCH, '--batch-size', '2'),
               '--file-is-patient', '--val-fraction', '0.4')
     assert export_extra(run / 'best')['file_is_patient'] is True
-    proc = run_script('evaluate.py', '--model', run, '--data-dir', data_dir, '--n-boot', '0')
-    assert json.loads((run / 'eval/metrics.json').read_text())['patient']['n'] == 4, proc.stderr
+    code, _, err = cli_in_process(capsys, 'evaluate', '--model', run, '--data-dir', data_dir, '--n-boot', '0')
+    assert code == 0, err
+    assert json.loads((run / 'eval/metrics.json').read_text())['patient']['n'] == 4
 
 
 # ---------------------------------------------------------------------------------------------- the operating point
@@ -184,3 +186,54 @@ def test_ema_reaches_the_configured_decay_when_the_lr_warmup_ends():
     assert 0.99 < ema.get_decay(reach // 2) < 0.9998  # still rising halfway through the warmup
     no_warmup = make_ema(load_config(None, {'ema_decay': '0.99', 'warmup_epochs': '0'}), torch.nn.Linear(2, 2), 40)
     assert no_warmup.get_decay(41) == pytest.approx(0.99, abs=1e-9)  # one epoch when there is no warmup
+
+
+# ---------------------------------------------------------------------------------------------- evaluation precision
+
+def test_evaluation_runs_in_the_recorded_precision_and_chooses_the_tta_threshold_with_tta(tiny_run, tiny_data,
+                                                                                          tmp_path):
+    from adni_timm.evaluation import evaluate, predict, recorded_precision
+    run = tiny_run[0]
+    model, info = resolve_model(run)
+    assert recorded_precision(info) == 'no'  # trained in fp32 on the CPU: evaluated in fp32, also on a GPU
+    assert recorded_precision(dict(info, export=dict(info['export'], precision='bf16'))) == 'bf16'
+    assert evaluate(str(run), tiny_data, n_boot=0)['precision'] == 'no'
+    tta = evaluate(str(run), tiny_data, n_boot=0, tta=True)
+    assert tta['threshold_selection']['tta'] is True and tta['threshold_selection']['chosen_on'] == str(
+        run / 'split.json')
+    val = data.select(data.scan_split(tiny_data, 'train'), _split(run), 'val')
+    point = metrics.operating_point(predict(model, val, tta=True), np.array([s.label for s in val]),
+                                    [s.patient for s in val], 1)  # chosen again, with TTA, on validation
+    assert tta['threshold'] == pytest.approx(point['threshold']) and tta['temperature'] == pytest.approx(
+        point['temperature'])
+    plain = shutil.copytree(run / 'best', tmp_path / 'export')  # no split.json: no validation to choose on
+    said = evaluate(str(plain), tiny_data, n_boot=0, tta=True)
+    assert said['threshold'] == export_extra(plain)['threshold'] and said['threshold_note'] == 'chosen without TTA'
+
+
+@pytest.mark.gpu
+def test_an_fp32_run_is_evaluated_in_fp32_on_cuda(tiny_run, tiny_data):
+    from adni_timm.evaluation import predict, recorded_precision
+    model, info = resolve_model(tiny_run[0])
+    slices = data.scan_split(tiny_data, 'test')
+    cpu = predict(model, slices, precision=recorded_precision(info))
+    cuda = predict(model.cuda(), slices, precision=recorded_precision(info))
+    np.testing.assert_allclose(cuda, cpu, atol=1e-5)  # no autocast: patients near the threshold do not flip
+
+
+# ---------------------------------------------------------------------------------------------- README claims
+
+@pytest.mark.parametrize('name', ['resnet18', 'vit_tiny_patch16_224'])
+def test_any_timm_model_trains_at_the_configured_size_and_exports(name, tmp_path):
+    """--model resnet18 (any size) and a ViT (fixed input size: built for img_size) both work end to end."""
+    from adni_timm.export import export_model
+    from adni_timm.training import create_model
+    model = create_model(load_config(None, {'model': name, 'img_size': '64'})).eval()
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        logits = model(x)
+    assert logits.shape == (2, 2)
+    export_model(model, tmp_path / 'best')
+    loaded, _ = resolve_model(tmp_path / 'best')
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), logits, atol=1e-5, rtol=0)

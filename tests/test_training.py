@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from adni_timm.synthetic import generate
-from helpers import ROOT, TINY, run_train, with_option
+from helpers import ROOT, TINY, run_train, train_in_process, with_option
 
 
 def test_run_folder_has_the_contract_files(tiny_run):
@@ -71,12 +71,12 @@ def test_best_export_loads_in_plain_timm_with_the_same_logits(tiny_run, tmp_path
     assert out.stdout.strip() == '[3, 64, 64]'
 
 
-def test_existing_run_folder_is_not_overwritten(tiny_run, tiny_data):
+def test_existing_run_folder_is_not_overwritten(tiny_run, tiny_data, capsys):
     run, _ = tiny_run
     before = (run / 'best/model.safetensors').read_bytes()
-    proc = run_train('--data-dir', tiny_data, '--output-dir', run, *TINY, check=False)
-    assert proc.returncode == 2
-    assert 'already exists' in proc.stderr and '--resume' in proc.stderr and '--overwrite' in proc.stderr
+    code, _, err = train_in_process(capsys, '--data-dir', tiny_data, '--output-dir', run, *TINY)
+    assert code == 2
+    assert 'already exists' in err and '--resume' in err and '--overwrite' in err
     assert (run / 'best/model.safetensors').read_bytes() == before
 
 
@@ -86,18 +86,15 @@ def test_existing_run_folder_is_not_overwritten(tiny_run, tiny_data):
     (['--opt', 'sgdd'], 'unknown optimizer'),
     (['--img-size', '70'], 'multiple of 32'),
 ])
-def test_bad_config_is_refused_before_any_work(tiny_data, tmp_path, args, message):
-    proc = run_train('--data-dir', tiny_data, '--output-dir', tmp_path / 'run', *args, check=False, timeout=60)
-    assert proc.returncode == 2
-    assert message in proc.stderr
-    assert 'Traceback' not in proc.stderr
+def test_bad_config_is_refused_before_any_work(tiny_data, tmp_path, args, message, capsys):
+    code, _, err = train_in_process(capsys, '--data-dir', tiny_data, '--output-dir', tmp_path / 'run', *args)
+    assert code == 2 and message in err
     assert not (tmp_path / 'run').exists()
 
 
-def test_missing_data_dir_is_a_clear_error(tmp_path):
-    proc = run_train('--data-dir', tmp_path / 'nope', '--output-dir', tmp_path / 'run', *TINY, check=False)
-    assert proc.returncode == 2 and 'Traceback' not in proc.stderr
-    assert str(tmp_path / 'nope') in proc.stderr
+def test_missing_data_dir_is_a_clear_error(tmp_path, capsys):
+    code, _, err = train_in_process(capsys, '--data-dir', tmp_path / 'nope', '--output-dir', tmp_path / 'run', *TINY)
+    assert code == 2 and str(tmp_path / 'nope') in err
 
 
 def test_resume_after_kill_matches_an_uninterrupted_run(tiny_data, tmp_path):
@@ -132,10 +129,10 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tiny_data, tmp_path):
     assert json.loads((full / 'split.json').read_text()) == json.loads((killed / 'split.json').read_text())
 
 
-def test_resume_refuses_to_change_the_recipe(tiny_run):
+def test_resume_refuses_to_change_the_recipe(tiny_run, capsys):
     run, _ = tiny_run
-    proc = run_train('--output-dir', run, '--resume', '--lr', '0.1', check=False, timeout=60)
-    assert proc.returncode == 2 and "['lr'] cannot change" in proc.stderr
+    code, _, err = train_in_process(capsys, '--output-dir', run, '--resume', '--lr', '0.1')
+    assert code == 2 and "['lr'] cannot change" in err
 
 
 def test_non_finite_loss_stops_with_the_last_checkpoint_intact(tiny_data, tmp_path, monkeypatch):
@@ -239,14 +236,14 @@ def test_cuda_run_uses_bf16_channels_last_and_exports_loadable_weights(tiny_data
     assert torch.isfinite(model(torch.randn(2, 1, 64, 64))).all()
 
 
-def test_resume_refuses_another_process_count(tiny_run, tmp_path):
+def test_resume_refuses_another_process_count(tiny_run, tmp_path, capsys):
     run = tmp_path / 'copy'
     shutil.copytree(tiny_run[0], run)
     record = yaml.safe_load((run / 'train_config.yaml').read_text())
     record['num_processes'] = 4
     (run / 'train_config.yaml').write_text(yaml.safe_dump(record))
-    proc = run_train('--output-dir', run, '--resume', check=False, timeout=60)
-    assert proc.returncode == 2 and 'trained with 4 process(es)' in proc.stderr
+    code, _, err = train_in_process(capsys, '--output-dir', run, '--resume')
+    assert code == 2 and 'trained with 4 process(es)' in err
 
 
 def test_a_best_export_lost_to_a_kill_is_redone_on_resume(tmp_path):

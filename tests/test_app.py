@@ -1,0 +1,259 @@
+"""The web demo (app.py, adni_timm.app), served for real: driven by gradio_client and a browser.
+
+SYNTHETIC: a random-weight adni_convnext_atto export (64 px) and generated slices, so the numbers
+mean nothing; what is tested is that the page shows evaluate.py's P(AD) and refuses bad files
+with a readable reason.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import ROOT
+
+THRESHOLD, TEMPERATURE = 0.4, 1.3
+# docs/app.png was taken by this test: ADNI_TIMM_SCREENSHOT=docs/app.png pytest -m browser tests/test_app.py
+SCREENSHOT = Path(os.environ.get('ADNI_TIMM_SCREENSHOT', '')) if os.environ.get('ADNI_TIMM_SCREENSHOT') else None
+WINDOW = (1280, 900)
+CHROMIUM_FLAGS = ('--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+                  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+                  '--disable-dev-shm-usage', f'--window-size={WINDOW[0]},{WINDOW[1]}')
+NO_GRADIO = "the demo extra is not installed: pip install -e '.[demo]'"
+# loopback must never go through a proxy from the environment
+LOCAL_ENV = {'NO_PROXY': '127.0.0.1,localhost', 'no_proxy': '127.0.0.1,localhost',
+             'GRADIO_ANALYTICS_ENABLED': 'False', 'HF_HUB_OFFLINE': '1'}
+
+
+@pytest.fixture(scope='module')
+def demo_files(tmp_path_factory):
+    """(export folder, one synthetic slice, bad files {name: path}) in a fresh folder."""
+    import timm
+
+    import adni_timm  # noqa: F401  (registers adni_convnext_*)
+    from adni_timm.export import export_model
+    from adni_timm.synthetic import generate
+
+    root = tmp_path_factory.mktemp('app')
+    model = timm.create_model('adni_convnext_atto',
+                              pretrained_cfg_overlay=dict(input_size=(1, 64, 64)))
+    export = export_model(model, root / 'best', extra={
+        'threshold': THRESHOLD, 'temperature': TEMPERATURE, 'classes': ['NC', 'AD'],
+        'data': 'synthetic (test)', 'epoch': 1})
+    generate(root / 'data', train_patients=1, test_patients=1, slices=3, seed=0)
+    slice_path = sorted((root / 'data' / 'test' / 'AD').glob('*.jpeg'))[0]
+    bad = root / 'bad'
+    bad.mkdir()
+    (bad / 'notes.jpeg').write_text('not an image, only a renamed text file\n')
+    photo = np.zeros((120, 160, 3), np.uint8)
+    photo[..., 0], photo[:60, :, 2], photo[:, 80:, 1] = 200, 255, 128
+    Image.fromarray(photo).save(bad / 'holiday.jpg')
+    return export, slice_path, {'text': bad / 'notes.jpeg', 'photo': bad / 'holiday.jpg'}
+
+
+@pytest.fixture(scope='module')
+def app_process(demo_files, tmp_path_factory):
+    """(process, URL, log path) of ``python app.py --model EXPORT`` on a free loopback port, started
+    (not yet serving): as a user runs it, in a subprocess. Stopped at the end of the module."""
+    pytest.importorskip('gradio', reason=NO_GRADIO)
+    export, _, _ = demo_files
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp('app-log') / 'app.log'
+    with log_path.open('w') as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / 'app.py'), '--model', str(export), '--host', '127.0.0.1',
+             '--port', str(port)], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            env={**os.environ, **LOCAL_ENV})
+    try:
+        yield proc, f'http://127.0.0.1:{port}/', log_path
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert 'Traceback' not in log_path.read_text(), log_path.read_text()
+
+
+@pytest.fixture(scope='module')
+def expected_p_ad(demo_files, app_process):
+    """evaluate.py's P(AD) of the slice: evaluation.predict, then the stored temperature.
+
+    Computed while the app starts up in its own process (hence ``app_process``)."""
+    from adni_timm import data, evaluation, metrics
+
+    export, slice_path, _ = demo_files
+    model, info = evaluation.resolve_model(export)
+    patient, index = data.parse_file_name(slice_path)
+    probs = evaluation.predict(model, [data.Slice(str(slice_path), patient, -1, index)],
+                               batch_size=1)
+    assert info['temperature'] == pytest.approx(TEMPERATURE)
+    calibrated = metrics.apply_temperature(probs, info['temperature'])
+    return float(calibrated[0, data.positive_index(info['classes'])])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 2.0) -> int:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=timeout) as response:
+        return response.status
+
+
+@pytest.fixture(scope='module')
+def served_app(app_process, expected_p_ad):
+    """URL of the app once it serves its page."""
+    proc, url, log_path = app_process
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f'app.py exited ({proc.returncode}) before serving:\n'
+                        f'{log_path.read_text()}')
+        try:
+            if _get(url) == 200:
+                return url
+        except OSError:  # not listening yet
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f'app.py did not serve {url} within 120 s:\n{log_path.read_text()}')
+        time.sleep(0.3)
+
+
+def test_core_package_does_not_import_gradio():
+    code = ('import sys, adni_timm, adni_timm.evaluation, adni_timm.training, adni_timm.app; '
+            'print(sorted(m for m in sys.modules '
+            'if m.split(".")[0] in ("gradio", "gradio_client")))')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == '[]', f'gradio imported by the core package: {proc.stdout}'
+
+
+def test_check_image_refuses_bad_files_with_a_reason(demo_files, tmp_path):
+    from adni_timm.app import check_image
+
+    _, slice_path, bad = demo_files
+    assert check_image(slice_path) is None
+    gray_as_rgb = tmp_path / 'gray_1.jpg'  # a grayscale slice saved as RGB JPEG: chroma noise only
+    Image.open(slice_path).convert('RGB').save(gray_as_rgb, quality=75)
+    assert check_image(gray_as_rgb) is None
+    assert 'not an image' in check_image(bad['text'])
+    assert 'colour image' in check_image(bad['photo']) and 'grayscale' in check_image(bad['photo'])
+    Image.new('L', (20, 20)).save(tmp_path / 'tiny.png')
+    Image.new('L', (3000, 40)).save(tmp_path / 'huge.png')
+    assert '20 x 20 px' in check_image(tmp_path / 'tiny.png')
+    assert '3000 x 40 px' in check_image(tmp_path / 'huge.png')
+
+
+def test_app_cli_reports_a_missing_model_in_one_line(tmp_path):
+    pytest.importorskip('gradio', reason=NO_GRADIO)
+    # no --model: app.py reads ADNI_MODEL, as a Space does
+    proc = subprocess.run([sys.executable, str(ROOT / 'app.py')], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120,
+                          env={**os.environ, **LOCAL_ENV, 'ADNI_MODEL': str(tmp_path / 'nowhere')})
+    assert proc.returncode == 1
+    assert proc.stderr.startswith('error:') and 'does not exist' in proc.stderr
+    assert 'Traceback' not in proc.stderr
+
+
+def test_served_app_gives_evaluate_probability_and_refuses_bad_input(served_app, demo_files,
+                                                                     expected_p_ad):
+    from gradio_client import Client, handle_file
+
+    _, slice_path, bad = demo_files
+    client = Client(served_app, verbose=False, analytics_enabled=False)
+    summary, gallery, result = client.predict([handle_file(str(slice_path))], api_name='/analyse')
+    (row,) = result['slices']
+    assert row['file'] == slice_path.name
+    assert row['p_AD'] == pytest.approx(expected_p_ad, abs=1e-6)
+    (patient,) = result['patients']
+    assert patient['p_AD'] == pytest.approx(expected_p_ad, abs=1e-6)
+    assert patient['predicted'] == ('AD' if expected_p_ad >= THRESHOLD else 'NC')
+    assert result['threshold'] == pytest.approx(THRESHOLD)
+    assert f'P(AD) = {expected_p_ad:.3f}' in summary
+    assert len(gallery) == 1  # one Grad-CAM montage for the one patient
+
+    summary, gallery, result = client.predict(
+        [handle_file(str(bad['text'])), handle_file(str(bad['photo']))], api_name='/analyse')
+    assert result['slices'] == [] and gallery == []
+    assert len(result['rejected']) == 2
+    assert 'notes.jpeg is not an image' in summary
+    assert 'holiday.jpg is a colour image' in summary and 'grayscale MRI slices' in summary
+    assert 'Traceback' not in summary and 'Error' not in summary
+
+
+@pytest.fixture(scope='module')
+def browser_tools():
+    """(chromium, chromedriver) paths, or skip saying what is missing (before the app starts)."""
+    pytest.importorskip('selenium', reason='selenium is not installed: pip install -e .[test]')
+    chromium = shutil.which('chromium') or shutil.which('chromium-browser')
+    chromedriver = shutil.which('chromedriver')
+    if not chromium or not chromedriver:
+        pytest.skip('the browser test needs Debian\'s chromium and chromedriver: '
+                    'apt-get install chromium chromium-driver')
+    return chromium, chromedriver
+
+
+@pytest.mark.browser
+def test_page_in_a_real_browser_shows_p_ad_and_grad_cam(browser_tools, served_app, demo_files,
+                                                        expected_p_ad, tmp_path):
+    chromium, chromedriver = browser_tools
+    from selenium import webdriver
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _, slice_path, _ = demo_files
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROMIUM_FLAGS + (f'--user-data-dir={tmp_path / "profile"}',):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)  # never downloads one
+    try:
+        # the viewport itself 1280 x 900 (a window size would include the browser's frame)
+        driver.execute_cdp_cmd('Emulation.setDeviceMetricsOverride', {
+            'width': WINDOW[0], 'height': WINDOW[1], 'deviceScaleFactor': 1, 'mobile': False})
+        driver.get(served_app)
+        wait = WebDriverWait(driver, 90)
+        upload = wait.until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, '#slices input[type=file]'))[0]
+        disclaimer = driver.find_element(By.ID, 'disclaimer').text
+        assert 'Research use only, not a medical device' in disclaimer
+        assert 'SYNTHETIC' in driver.find_element(By.ID, 'model-info').text
+        upload.send_keys(str(slice_path))  # the upload event runs the analysis
+        wait.until(lambda d: 'P(AD) =' in d.find_element(By.ID, 'result').text)
+        shown = driver.find_element(By.ID, 'result').text
+        p_shown = float(re.search(r'P\(AD\) = ([0-9.]+)', shown)[1])
+        assert p_shown == pytest.approx(expected_p_ad, abs=5e-4)  # shown with 3 decimals
+        wait.until(lambda d: d.execute_script(
+            "const img = document.querySelector('#cam img');"
+            "return img !== null && img.complete && img.naturalWidth > 0;"))
+        try:  # the first montage opens large (preview: it and its thumbnail); older gradio may not
+            WebDriverWait(driver, 10).until(
+                lambda d: len(d.find_elements(By.CSS_SELECTOR, '#cam img')) >= 2)
+        except TimeoutException:
+            pass
+        time.sleep(0.5)  # let the gallery finish its layout before the picture is taken
+        shot_path = SCREENSHOT or tmp_path / 'app.png'  # the tree stays clean unless asked
+        shot_path.parent.mkdir(parents=True, exist_ok=True)
+        assert driver.save_screenshot(str(shot_path))
+    finally:
+        driver.quit()
+    with Image.open(shot_path) as shot:
+        assert shot.size == WINDOW
