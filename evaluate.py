@@ -4,6 +4,7 @@
 The parsing lives in ``adni_timm.cli.evaluate`` (also installed as ``adni-evaluate``); the work in
 ``adni_timm.evaluation``.
 """
+
 import sys
 
 from adni_timm.cli.evaluate import main

@@ -4,9 +4,11 @@
 The parsing lives in ``adni_timm.cli.push`` (also installed as ``adni-push``); the work in
 ``adni_timm.hub``.
 """
+
 import sys
 
-from adni_timm.cli.push import format_file_list, main, parse_args  # noqa: F401  (tests import these)
+# tests import these from here
+from adni_timm.cli.push import format_file_list, main, parse_args  # noqa: F401
 
 if __name__ == '__main__':
     sys.exit(main())

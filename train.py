@@ -5,9 +5,11 @@ The documented way to launch, on one GPU, several, or the CPU: ``python train.py
 ``accelerate launch train.py ...``. The parsing lives in ``adni_timm.cli.train`` (also installed as
 the ``adni-train`` console script); the work in ``adni_timm.training``.
 """
+
 import sys
 
-from adni_timm.cli.train import build_parser, main, run  # noqa: F401  (tests and probes import these)
+# tests and probes import these from here
+from adni_timm.cli.train import build_parser, main, run  # noqa: F401
 
 if __name__ == '__main__':
     sys.exit(main())

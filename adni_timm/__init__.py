@@ -1,7 +1,9 @@
-"""adni-timm: scratch-initialised ConvNeXt for Alzheimer's disease vs normal control on ADNI MRI slices.
+"""adni-timm: scratch-initialised ConvNeXt for
+Alzheimer's disease vs normal control on ADNI MRI slices.
 
 Importing the package registers the ``adni_convnext_*`` timm entrypoints.
 """
+
 from . import models  # noqa: F401  (registers the timm entrypoints)
 from .models import LABEL_NAMES
 

@@ -10,6 +10,7 @@ normalisation; plus the report (patient montages, population maps) that evaluati
 Maps are normalised by their own maximum, so a map shows *where* the evidence lies within
 its slice, not how strong it is: read it together with the slice's P(AD).
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,7 +29,11 @@ from torch import nn
 from .data import Slice, positive_index, read_image
 
 __all__ = [
-    'OUTCOMES', 'default_target_layer', 'gradcam', 'select_patients', 'population_maps',
+    'OUTCOMES',
+    'default_target_layer',
+    'gradcam',
+    'select_patients',
+    'population_maps',
     'write_cam_report',
 ]
 
@@ -59,8 +64,10 @@ def default_target_layer(model: nn.Module) -> nn.Module:
     info = getattr(model, 'feature_info', None)
     if isinstance(info, list) and info and isinstance(info[-1], dict) and info[-1].get('module'):
         return model.get_submodule(info[-1]['module'])
-    raise ValueError(f'no default Grad-CAM layer for {type(model).__name__}: pass layer= a module '
-                     f'whose output is NCHW (e.g. the last convolutional stage), or its name')
+    raise ValueError(
+        f'no default Grad-CAM layer for {type(model).__name__}: pass layer= a module '
+        f'whose output is NCHW (e.g. the last convolutional stage), or its name'
+    )
 
 
 def _resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
@@ -68,29 +75,42 @@ def _resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module
         layer = default_target_layer(model)
     elif isinstance(layer, str):
         layer = model.get_submodule(layer)
-    if isinstance(layer, nn.Linear) or (isinstance(layer, nn.LayerNorm)
-                                        and not isinstance(layer, LayerNorm2d)):
-        raise ValueError(f'Grad-CAM layer {type(layer).__name__} runs on channels-last (NHWC / '
-                         f'NLC) tensors and would give wrong maps: pick a stage, e.g. '
-                         f'model.stages[-1]')
+    if isinstance(layer, nn.Linear) or (
+        isinstance(layer, nn.LayerNorm) and not isinstance(layer, LayerNorm2d)
+    ):
+        raise ValueError(
+            f'Grad-CAM layer {type(layer).__name__} runs on channels-last (NHWC / '
+            f'NLC) tensors and would give wrong maps: pick a stage, e.g. '
+            f'model.stages[-1]'
+        )
     return layer
 
 
 def _check_spatial(attr: torch.Tensor, height: int, width: int) -> None:
     """Refuse a layer output that is not [N, C, h, w] with h, w scaling like the input."""
     if attr.ndim != 4:
-        raise ValueError(f'Grad-CAM layer output has {attr.ndim - 1} dims after the batch; it '
-                         f'needs an NCHW feature map: pass layer= a convolutional stage')
+        raise ValueError(
+            f'Grad-CAM layer output has {attr.ndim - 1} dims after the batch; it '
+            f'needs an NCHW feature map: pass layer= a convolutional stage'
+        )
     h, w = attr.shape[-2:]
     ratio = (height / h) / (width / w)
     if not 1 / 1.3 < ratio < 1.3:  # NHWC outputs land here: their "width" is the channel count
-        raise ValueError(f'Grad-CAM layer output {tuple(attr.shape[-2:])} does not scale like the '
-                         f'input {(height, width)}: it looks channels-last (NHWC); pass layer= an '
-                         f'NCHW stage')
+        raise ValueError(
+            f'Grad-CAM layer output {tuple(attr.shape[-2:])} does not scale like the '
+            f'input {(height, width)}: it looks channels-last (NHWC); pass layer= an '
+            f'NCHW stage'
+        )
 
 
-def gradcam(model: nn.Module, images: torch.Tensor, target: int, *,
-            layer: nn.Module | str | None = None, batch_size: int = 32) -> np.ndarray:
+def gradcam(
+    model: nn.Module,
+    images: torch.Tensor,
+    target: int,
+    *,
+    layer: nn.Module | str | None = None,
+    batch_size: int = 32,
+) -> np.ndarray:
     """Grad-CAM maps ``[N, H, W]`` (float32, 0..1) of class ``target`` for images ``[N, C, H, W]``.
 
     Each map is ReLU(captum LayerGradCam) at ``layer`` (default ``default_target_layer``), upsampled
@@ -111,10 +131,13 @@ def gradcam(model: nn.Module, images: torch.Tensor, target: int, *,
     maps = []
     try:
         # inference_mode(False) + clone: a caller's inference tensors cannot enter autograd
-        with torch.inference_mode(False), torch.enable_grad(), \
-                torch.autocast(param.device.type, enabled=False):
+        with (
+            torch.inference_mode(False),
+            torch.enable_grad(),
+            torch.autocast(param.device.type, enabled=False),
+        ):
             for start in range(0, len(images), batch_size):
-                x = images[start:start + batch_size].to(param.device, param.dtype).clone()
+                x = images[start : start + batch_size].to(param.device, param.dtype).clone()
                 attr = explainer.attribute(x, target=target, relu_attributions=True).detach()
                 _check_spatial(attr, height, width)
                 attr = LayerAttribution.interpolate(attr.float(), (height, width), 'bilinear')[:, 0]
@@ -136,8 +159,9 @@ def select_patients(ids, y, p, threshold: float, n: int) -> dict[str, list]:
     """
     ids, y, p = list(ids), np.asarray(y).astype(bool), np.asarray(p, dtype=np.float64)
     if not len(ids) == len(y) == len(p):
-        raise ValueError(f'select_patients: {len(ids)} ids, {len(y)} labels, '
-                         f'{len(p)} probabilities')
+        raise ValueError(
+            f'select_patients: {len(ids)} ids, {len(y)} labels, {len(p)} probabilities'
+        )
     pred = p >= threshold
     masks = {'TP': y & pred, 'TN': ~y & ~pred, 'FP': ~y & pred, 'FN': y & ~pred}
     order = np.argsort(-np.abs(p - threshold), kind='stable')
@@ -153,11 +177,15 @@ def population_maps(maps, labels, classes: Sequence[str] = ('NC', 'AD')) -> dict
     maps, labels = np.asarray(maps, dtype=np.float32), np.asarray(labels)
     if len(maps) != len(labels):
         raise ValueError(f'population_maps: {len(maps)} maps for {len(labels)} labels')
-    return {name: maps[labels == i].mean(axis=0) for i, name in enumerate(classes)
-            if (labels == i).any()}
+    return {
+        name: maps[labels == i].mean(axis=0)
+        for i, name in enumerate(classes)
+        if (labels == i).any()
+    }
 
 
 # --------------------------------------------------------------------------------------- the report
+
 
 def _safe_name(text: str) -> str:
     return re.sub(r'[^A-Za-z0-9._-]+', '-', str(text)).strip('-') or 'image'
@@ -177,10 +205,21 @@ def _display(images: torch.Tensor) -> np.ndarray:
     return images.float().mean(dim=1).numpy()
 
 
-def write_cam_report(model: nn.Module, slices: Sequence[Slice], p_pos, threshold: float,
-                     classes: Sequence[str], out_dir, n: int, *, transform: Callable,
-                     device: str | torch.device = 'cpu', batch_size: int = 32,
-                     labelled: bool = True, layer: nn.Module | str | None = None) -> dict:
+def write_cam_report(
+    model: nn.Module,
+    slices: Sequence[Slice],
+    p_pos,
+    threshold: float,
+    classes: Sequence[str],
+    out_dir,
+    n: int,
+    *,
+    transform: Callable,
+    device: str | torch.device = 'cpu',
+    batch_size: int = 32,
+    labelled: bool = True,
+    layer: nn.Module | str | None = None,
+) -> dict:
     """Grad-CAM of the positive class (AD) written under ``out_dir/cam/``; returns what was written.
 
     Labelled: ``<OUTCOME>_<patient>.png`` montages (all the patient's slices in slice order, map
@@ -217,10 +256,13 @@ def write_cam_report(model: nn.Module, slices: Sequence[Slice], p_pos, threshold
 
     if labelled:
         y = [slices[groups[k][0]].label == pos for k in keys]
-        chosen = [(outcome, key) for outcome, picked in
-                  select_patients(keys, y, p_patient, threshold, n).items() for key in picked]
+        chosen = [
+            (outcome, key)
+            for outcome, picked in select_patients(keys, y, p_patient, threshold, n).items()
+            for key in picked
+        ]
     else:
-        order = np.argsort(-np.abs(p_patient - threshold), kind='stable')[:n * 4]
+        order = np.argsort(-np.abs(p_patient - threshold), kind='stable')[: n * 4]
         chosen = [(classes[pos] if p_patient[i] >= threshold else negative, keys[i]) for i in order]
     wanted = {i for _, key in chosen for i in groups[key]}
 
@@ -230,7 +272,7 @@ def write_cam_report(model: nn.Module, slices: Sequence[Slice], p_pos, threshold
     kept_maps, kept_images = {}, {}
     map_sums, image_sums, counts = {}, {}, defaultdict(int)
     for b in range(0, len(todo), batch_size):
-        idx = todo[b:b + batch_size]
+        idx = todo[b : b + batch_size]
         images = _load([slices[i] for i in idx], transform)
         maps = gradcam(model, images, pos, layer=layer, batch_size=batch_size)
         shown = _display(images)
@@ -257,31 +299,62 @@ def write_cam_report(model: nn.Module, slices: Sequence[Slice], p_pos, threshold
         p_mean = p_of[key]
         decision = classes[pos] if p_mean >= threshold else negative
         truth = f'true {classes[slices[idx[0]].label]}, ' if labelled else ''
-        title = (f'{outcome}: patient {names[key]} ({truth}mean P({classes[pos]}) {p_mean:.2f} '
-                 f'-> {decision} at threshold {threshold:.2f})')
-        tile_titles = [('' if slices[i].slice_index is None else f'slice {slices[i].slice_index}\n')
-                       + f'P({classes[pos]}) {p_pos[i]:.2f}' for i in idx]
-        montages.append(str(plots.plot_cam_montage(
-            np.stack([kept_images[i] for i in idx]), np.stack([kept_maps[i] for i in idx]),
-            cam_dir / f'{stem}.png', tile_titles=tile_titles, title=title)))
+        title = (
+            f'{outcome}: patient {names[key]} ({truth}mean P({classes[pos]}) {p_mean:.2f} '
+            f'-> {decision} at threshold {threshold:.2f})'
+        )
+        tile_titles = [
+            ('' if slices[i].slice_index is None else f'slice {slices[i].slice_index}\n')
+            + f'P({classes[pos]}) {p_pos[i]:.2f}'
+            for i in idx
+        ]
+        montages.append(
+            str(
+                plots.plot_cam_montage(
+                    np.stack([kept_images[i] for i in idx]),
+                    np.stack([kept_maps[i] for i in idx]),
+                    cam_dir / f'{stem}.png',
+                    tile_titles=tile_titles,
+                    title=title,
+                )
+            )
+        )
 
-    result = {'dir': str(cam_dir), 'layer': _layer_name(model, layer), 'target': classes[pos],
-              'montages': montages, 'patients': dict(patients),
-              'population_maps': None, 'population_npz': None, 'n_slices': len(todo)}
+    result = {
+        'dir': str(cam_dir),
+        'layer': _layer_name(model, layer),
+        'target': classes[pos],
+        'montages': montages,
+        'patients': dict(patients),
+        'population_maps': None,
+        'population_npz': None,
+        'n_slices': len(todo),
+    }
     if labelled and counts:
         present = [label for label in range(len(classes)) if counts[label]]
         pop = {classes[k]: (map_sums[k] / counts[k]).astype(np.float32) for k in present}
         mean_slices = {classes[k]: (image_sums[k] / counts[k]).astype(np.float32) for k in present}
         npz = cam_dir / 'population_maps.npz'
-        np.savez_compressed(npz, **pop, **{f'mean_slice_{k}': v for k, v in mean_slices.items()},
-                            **{f'n_{classes[k]}': counts[k] for k in present})
+        np.savez_compressed(
+            npz,
+            **pop,
+            **{f'mean_slice_{k}': v for k, v in mean_slices.items()},
+            **{f'n_{classes[k]}': counts[k] for k in present},
+        )
         png = plots.plot_population_maps(
-            pop, cam_dir / 'population_maps.png', mean_slices=mean_slices,
+            pop,
+            cam_dir / 'population_maps.png',
+            mean_slices=mean_slices,
             counts={classes[k]: counts[k] for k in present},
-            title=f'Mean Grad-CAM of P({classes[pos]}) per true class')
-        result.update(population_maps=str(png), population_npz=str(npz),
-                      population_counts={classes[k]: counts[k] for k in present})
+            title=f'Mean Grad-CAM of P({classes[pos]}) per true class',
+        )
+        result.update(
+            population_maps=str(png),
+            population_npz=str(npz),
+            population_counts={classes[k]: counts[k] for k in present},
+        )
     result['seconds'] = round(time.perf_counter() - start, 2)
-    _logger.info('wrote %d Grad-CAM montages to %s in %.1fs', len(montages), cam_dir,
-                 result['seconds'])
+    _logger.info(
+        'wrote %d Grad-CAM montages to %s in %.1fs', len(montages), cam_dir, result['seconds']
+    )
     return result

@@ -6,6 +6,7 @@ scheduler, best so far). Everything is written to a temporary folder that is
 renamed into place, so a kill mid-save leaves the previous checkpoint intact.
 A failure on any process (a full disk) stops every process with the same error.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,11 +32,15 @@ class CheckpointError(OSError):
 
 def _stop_if(error: str | None) -> None:
     if error:
-        raise CheckpointError(f'{error}. The previous checkpoint is kept: fix the cause (e.g. free disk space) '
-                              f'and continue with --resume.')
+        raise CheckpointError(
+            f'{error}. The previous checkpoint is kept: fix the cause (e.g. free disk space) '
+            f'and continue with --resume.'
+        )
 
 
-def save_checkpoint(accelerator: Accelerator, ckpt_root: Path, state: dict[str, Any], ema=None) -> Path:
+def save_checkpoint(
+    accelerator: Accelerator, ckpt_root: Path, state: dict[str, Any], ema=None
+) -> Path:
     """Save on all processes (each writes its RNG state); the main process swaps the folder in."""
     ckpt_root = Path(ckpt_root)
     tmp = ckpt_root / f'.tmp-epoch{state["epoch"]}'
@@ -48,9 +53,12 @@ def save_checkpoint(accelerator: Accelerator, ckpt_root: Path, state: dict[str, 
 
     def complete():
         if ema is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in ema.module.state_dict().items()},
-                      tmp / EMA_FILE)
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))  # written last: marks the folder complete
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in ema.module.state_dict().items()},
+                tmp / EMA_FILE,
+            )
+        # written last: marks the folder complete
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
         if last.exists():
             shutil.rmtree(old, ignore_errors=True)
             last.rename(old)
@@ -62,7 +70,10 @@ def save_checkpoint(accelerator: Accelerator, ckpt_root: Path, state: dict[str, 
     try:
         accelerator.save_state(str(tmp))
     except Exception as e:  # noqa: BLE001 - every process must hear of it, not just this one
-        error = f'saving the training state failed on process {accelerator.process_index}: {type(e).__name__}: {e}'
+        error = (
+            f'saving the training state failed on process {accelerator.process_index}: '
+            f'{type(e).__name__}: {e}'
+        )
     _stop_if(first_error(accelerator, error))
     _stop_if(run_on_main(accelerator, complete, 'completing the checkpoint'))
     return last

@@ -6,6 +6,7 @@ spells the same values out; ``configs/`` at the top of the repository points the
 ``--config seed`` works from an installed copy too. Every key can be overridden on the
 command line with dashes for underscores (``--weight-decay 0.05``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,10 +19,18 @@ import yaml
 
 from .models import LABEL_NAMES
 
-__all__ = ['ConfigError', 'TrainConfig', 'load_config', 'validate_config', 'CONFIG_DIR', 'preset_names',
-           'fit_warmup']
+__all__ = [
+    'ConfigError',
+    'TrainConfig',
+    'load_config',
+    'validate_config',
+    'CONFIG_DIR',
+    'preset_names',
+    'fit_warmup',
+]
 
-CONFIG_DIR = Path(__file__).resolve().parent / 'configs'  # package data: works after a plain pip install
+# package data: works after a plain pip install
+CONFIG_DIR = Path(__file__).resolve().parent / 'configs'
 
 
 class ConfigError(ValueError):
@@ -37,7 +46,9 @@ class TrainConfig:
     drop_path: float = 0.1
     # data
     val_fraction: float = 0.2
-    split_level: str = 'patient'  # 'slice' is the reference's leaky split, allowed only for reproducing it
+    split_level: str = (
+        'patient'  # 'slice' is the reference's leaky split, allowed only for reproducing it
+    )
     file_is_patient: bool = False
     skip_bad_images: bool = False
     cache: bool = True
@@ -69,12 +80,18 @@ class TrainConfig:
     ema_decay: float = 0.9998
     # model selection and the operating point (chosen on validation, or out-of-fold with folds)
     best_metric: str = 'patient_auc'
-    target_sensitivity: float | None = None  # None: Youden's J; else the highest threshold reaching it
+    target_sensitivity: float | None = (
+        None  # None: Youden's J; else the highest threshold reaching it
+    )
     # cross-validation by patient (0: one validation split of val_fraction)
     folds: int = 0
-    refit: bool = False  # with folds: then train on all training patients for the folds' median best epoch
+    refit: bool = (
+        False  # with folds: then train on all training patients for the folds' median best epoch
+    )
     # hardware
-    mixed_precision: str = 'auto'  # auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU
+    mixed_precision: str = (
+        'auto'  # auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU
+    )
     channels_last: bool = True  # CUDA only
     compile: bool = False
     log_with: str | None = None  # 'tensorboard' or 'wandb'
@@ -88,8 +105,11 @@ _CHOICES = {
     'log_with': (None, 'tensorboard', 'wandb'),
     'progress': ('auto', 'bar', 'lines', 'none'),
     'sched': ('cosine', 'constant', 'step', 'multistep', 'tanh', 'poly', 'wsd'),
-    'best_metric': tuple(f'{level}_{m}' for level in ('patient', 'slice')
-                         for m in ('auc', 'accuracy', 'balanced_accuracy', 'sensitivity', 'specificity', 'f1')),
+    'best_metric': tuple(
+        f'{level}_{m}'
+        for level in ('patient', 'slice')
+        for m in ('auc', 'accuracy', 'balanced_accuracy', 'sensitivity', 'specificity', 'f1')
+    ),
 }
 
 
@@ -101,7 +121,9 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob('*.yaml'))
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
     """Defaults, then the YAML file, then overrides; validated."""
     values: dict[str, Any] = {}
     if path is not None:
@@ -109,7 +131,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if not path.is_file() and (CONFIG_DIR / f'{path}.yaml').is_file():
             path = CONFIG_DIR / f'{path}.yaml'  # a preset name: --config seed
         if not path.is_file():
-            raise ConfigError(f'config file {path} does not exist; presets: {", ".join(preset_names())}')
+            raise ConfigError(
+                f'config file {path} does not exist; presets: {", ".join(preset_names())}'
+            )
         with path.open(encoding='utf-8') as f:
             loaded = yaml.safe_load(f) or {}
         if not isinstance(loaded, dict):
@@ -123,22 +147,29 @@ def make_config(values: dict[str, Any], source: str = 'config') -> TrainConfig:
     known = field_types()
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ConfigError(f'{source}: unknown config key(s) {unknown}; valid keys: {", ".join(sorted(known))}')
+        raise ConfigError(
+            f'{source}: unknown config key(s) {unknown}; valid keys: {", ".join(sorted(known))}'
+        )
     cfg = TrainConfig(**{k: coerce(k, v, known[k]) for k, v in values.items()})
     validate_config(cfg)
     return cfg
 
 
 def coerce(key: str, value: Any, type_name: str) -> Any:
-    """Turn a YAML or command-line value into the field's type (command-line values arrive as strings)."""
+    """Turn a YAML or command-line value into the field's
+    type (command-line values arrive as strings).
+    """
     if type_name.endswith(' | None'):
         if value is None or (isinstance(value, str) and value.lower() in ('null', 'none', '')):
             return None
-        type_name = type_name[:-len(' | None')]
+        type_name = type_name[: -len(' | None')]
     try:
         if type_name.startswith('list['):
             items = value.split(',') if isinstance(value, str) else list(value)
-            return [coerce(key, item.strip() if isinstance(item, str) else item, type_name[5:-1]) for item in items]
+            return [
+                coerce(key, item.strip() if isinstance(item, str) else item, type_name[5:-1])
+                for item in items
+            ]
         if type_name == 'bool':
             if isinstance(value, bool):
                 return value
@@ -170,16 +201,35 @@ def validate_config(cfg: TrainConfig) -> None:
 
     if not timm.is_model(cfg.model):
         close = timm.list_models(f'*{cfg.model.split("_")[-1]}*')[:5]
-        bad('model', 'not a registered timm model', f'use adni_convnext_tiny or another timm name (close: {close})')
+        bad(
+            'model',
+            'not a registered timm model',
+            f'use adni_convnext_tiny or another timm name (close: {close})',
+        )
     if cfg.opt.lower() not in timm.optim.list_optimizers():
         bad('opt', 'unknown optimizer', 'use a name from timm.optim.list_optimizers(), e.g. adamw')
     if cfg.img_size <= 0 or cfg.img_size % 32:
-        bad('img_size', 'must be a positive multiple of 32 (ConvNeXt downsamples by 32)', 'e.g. 64, 96, 224')
+        bad(
+            'img_size',
+            'must be a positive multiple of 32 (ConvNeXt downsamples by 32)',
+            'e.g. 64, 96, 224',
+        )
     for key in ('lr', 'batch_size', 'epochs', 'grad_accum_steps'):
         if not getattr(cfg, key) > 0:
             bad(key, 'must be positive', 'give a value > 0')
-    for key in ('weight_decay', 'warmup_lr', 'min_lr', 'drop_path', 'mixup', 'cutmix', 'smoothing', 'num_workers',
-                'warmup_epochs', 're_prob', 'color_jitter'):
+    for key in (
+        'weight_decay',
+        'warmup_lr',
+        'min_lr',
+        'drop_path',
+        'mixup',
+        'cutmix',
+        'smoothing',
+        'num_workers',
+        'warmup_epochs',
+        're_prob',
+        'color_jitter',
+    ):
         if getattr(cfg, key) < 0:
             bad(key, 'must not be negative', 'give a value >= 0')
     if cfg.clip_grad is not None and cfg.clip_grad <= 0:
@@ -187,11 +237,13 @@ def validate_config(cfg: TrainConfig) -> None:
     if not 0 <= cfg.val_fraction < 1:
         bad('val_fraction', 'must be in [0, 1)', 'e.g. 0.2')
     if cfg.target_sensitivity is not None and not 0 < cfg.target_sensitivity <= 1:
-        bad('target_sensitivity', 'must be in (0, 1]', 'e.g. 0.9, or null for Youden\'s J')
+        bad('target_sensitivity', 'must be in (0, 1]', "e.g. 0.9, or null for Youden's J")
     if cfg.folds == 1 or cfg.folds < 0:
         bad('folds', 'must be 0 (one validation split) or at least 2', 'e.g. --folds 5')
     if cfg.refit and cfg.folds < 2:
-        bad('refit', 'refits after cross-validation only', 'add --folds K (K >= 2), or drop --refit')
+        bad(
+            'refit', 'refits after cross-validation only', 'add --folds K (K >= 2), or drop --refit'
+        )
     if not 0 < cfg.ema_decay < 1:
         bad('ema_decay', 'must be in (0, 1)', 'e.g. 0.9998')
     if len(cfg.scale) != 2 or not (0 < cfg.scale[0] <= cfg.scale[1] <= 1):
@@ -206,7 +258,11 @@ def validate_config(cfg: TrainConfig) -> None:
         if getattr(cfg, key) not in choices:
             bad(key, 'not a valid choice', f'choose one of {list(choices)}')
     if cfg.log_with is not None and importlib.util.find_spec(cfg.log_with) is None:
-        bad('log_with', f'the {cfg.log_with} package is not installed', f'pip install {cfg.log_with}, or leave it off')
+        bad(
+            'log_with',
+            f'the {cfg.log_with} package is not installed',
+            f'pip install {cfg.log_with}, or leave it off',
+        )
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -222,6 +278,8 @@ def fit_warmup(cfg: TrainConfig) -> tuple[TrainConfig, str | None]:
     if cfg.warmup_epochs < cfg.epochs or cfg.warmup_epochs == 0:
         return cfg, None
     shorter = cfg.epochs // 2
-    note = (f'warmup_epochs {cfg.warmup_epochs} -> {shorter}: a {cfg.epochs}-epoch run needs a shorter warmup '
-            f'(set --warmup-epochs to choose)')
+    note = (
+        f'warmup_epochs {cfg.warmup_epochs} -> {shorter}: a {cfg.epochs}-epoch run needs a shorter '
+        f'warmup (set --warmup-epochs to choose)'
+    )
     return dataclasses.replace(cfg, warmup_epochs=shorter), note

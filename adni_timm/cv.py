@@ -47,6 +47,7 @@ otherwise the per-fold differences mix model differences with split differences,
 :func:`compare` refuses unless told ``allow_different_folds=True`` (and then marks the result
 INVALID).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,9 +67,23 @@ from .metrics import CI_KEYS, patient_level, resample_patient_counts, weighted_m
 from .models import LABEL_NAMES
 
 __all__ = [
-    'CV_JSON', 'OOF_CSV', 'OOF_COLUMNS', 'CVError', 'make_folds', 'fold_split', 'assemble_oof',
-    'write_oof_csv', 'read_oof_csv', 'cv_summary', 'format_cv_table', 'ensemble_probs',
-    'paired_bootstrap_difference', 'read_cv_run', 'compare', 'format_comparison', 'main',
+    'CV_JSON',
+    'OOF_CSV',
+    'OOF_COLUMNS',
+    'CVError',
+    'make_folds',
+    'fold_split',
+    'assemble_oof',
+    'write_oof_csv',
+    'read_oof_csv',
+    'cv_summary',
+    'format_cv_table',
+    'ensemble_probs',
+    'paired_bootstrap_difference',
+    'read_cv_run',
+    'compare',
+    'format_comparison',
+    'main',
 ]
 
 CV_JSON = 'cv.json'
@@ -85,6 +100,7 @@ class CVError(ValueError):
 
 # ---- folds ----------------------------------------------------------------------------------
 
+
 def make_folds(patient_labels: Mapping[str, int], k: int, seed: int) -> list[list[str]]:
     """K disjoint lists of patient ids (each sorted) covering all patients, stratified by class.
 
@@ -94,8 +110,9 @@ def make_folds(patient_labels: Mapping[str, int], k: int, seed: int) -> list[lis
     at most one.
     """
     if int(k) != k or k < 2:
-        raise CVError(f'make_folds: k must be an integer >= 2 (k folds, each validated once), '
-                      f'got {k}.')
+        raise CVError(
+            f'make_folds: k must be an integer >= 2 (k folds, each validated once), got {k}.'
+        )
     k = int(k)
     patients = sorted(patient_labels)
     if not patients:
@@ -104,12 +121,16 @@ def make_folds(patient_labels: Mapping[str, int], k: int, seed: int) -> list[lis
     classes, counts = np.unique(labels, return_counts=True)
     too_small = {int(c): int(n) for c, n in zip(classes, counts) if n < k}
     if too_small:
-        raise CVError(f'make_folds: k={k} folds need at least {k} patients of every class, but '
-                      f'class (label: patients) {too_small} has fewer; use --folds {min(counts)} '
-                      f'or fewer, or add patients.')
+        raise CVError(
+            f'make_folds: k={k} folds need at least {k} patients of every class, but '
+            f'class (label: patients) {too_small} has fewer; use --folds {min(counts)} '
+            f'or fewer, or add patients.'
+        )
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    return [sorted(patients[i] for i in val_index)
-            for _, val_index in splitter.split(np.zeros(len(patients)), labels)]
+    return [
+        sorted(patients[i] for i in val_index)
+        for _, val_index in splitter.split(np.zeros(len(patients)), labels)
+    ]
 
 
 def fold_split(folds: Sequence[Sequence[str]], k_index: int, seed: int | None = None) -> dict:
@@ -120,13 +141,22 @@ def fold_split(folds: Sequence[Sequence[str]], k_index: int, seed: int | None = 
     fraction of patients in validation; ``seed`` is the make_folds seed, if given.
     """
     if not 0 <= k_index < len(folds):
-        raise CVError(f'fold_split: fold index {k_index} is out of range for {len(folds)} folds '
-                      f'(0 .. {len(folds) - 1}).')
+        raise CVError(
+            f'fold_split: fold index {k_index} is out of range for {len(folds)} folds '
+            f'(0 .. {len(folds) - 1}).'
+        )
     _check_disjoint(folds)
     val = sorted(folds[k_index])
     train = sorted(p for i, fold in enumerate(folds) if i != k_index for p in fold)
-    return {'level': 'patient', 'seed': seed, 'val_fraction': len(val) / (len(val) + len(train)),
-            'train': train, 'val': val, 'fold': k_index, 'folds': len(folds)}
+    return {
+        'level': 'patient',
+        'seed': seed,
+        'val_fraction': len(val) / (len(val) + len(train)),
+        'train': train,
+        'val': val,
+        'fold': k_index,
+        'folds': len(folds),
+    }
 
 
 def _check_disjoint(folds: Sequence[Sequence[str]]) -> None:
@@ -134,15 +164,19 @@ def _check_disjoint(folds: Sequence[Sequence[str]]) -> None:
     for i, fold in enumerate(folds):
         for patient in fold:
             if patient in seen:
-                raise CVError(f'patient {patient!r} is in fold {seen[patient]} and fold {i}: '
-                              f'folds must be disjoint (make them with make_folds).')
+                raise CVError(
+                    f'patient {patient!r} is in fold {seen[patient]} and fold {i}: '
+                    f'folds must be disjoint (make them with make_folds).'
+                )
             seen[patient] = i
 
 
 # ---- out-of-fold predictions ------------------------------------------------------------------
 
-def assemble_oof(per_fold: Sequence[Mapping[str, Sequence]],
-                 expected_paths: Sequence[str] | None = None) -> list[dict]:
+
+def assemble_oof(
+    per_fold: Sequence[Mapping[str, Sequence]], expected_paths: Sequence[str] | None = None
+) -> list[dict]:
     """Out-of-fold rows ``{'path', 'patient', 'label', 'fold', 'p_AD'}``, sorted by path.
 
     ``per_fold[i]`` holds fold i's VALIDATION slices as equal-length columns
@@ -160,29 +194,37 @@ def assemble_oof(per_fold: Sequence[Mapping[str, Sequence]],
         lengths = {c: len(columns[c]) for c in ('path', 'patient', 'label', 'p_AD')}
         if len(set(lengths.values())) != 1:
             raise CVError(f'assemble_oof: fold {fold} has columns of different lengths {lengths}.')
-        for path, patient, label, p_ad in zip(columns['path'], columns['patient'], columns['label'],
-                                              columns['p_AD']):
+        for path, patient, label, p_ad in zip(
+            columns['path'], columns['patient'], columns['label'], columns['p_AD']
+        ):
             path, patient, p_ad = str(path), str(patient), float(p_ad)
             if path in fold_of_path:
-                raise CVError(f'assemble_oof: slice {path} is predicted twice (folds '
-                              f'{fold_of_path[path]} and {fold}); each slice must be validated '
-                              f'once.')
+                raise CVError(
+                    f'assemble_oof: slice {path} is predicted twice (folds '
+                    f'{fold_of_path[path]} and {fold}); each slice must be validated '
+                    f'once.'
+                )
             if patient_fold.setdefault(patient, fold) != fold:
-                raise CVError(f'assemble_oof: patient {patient!r} is in folds '
-                              f'{patient_fold[patient]} and {fold}; folds must split by patient.')
+                raise CVError(
+                    f'assemble_oof: patient {patient!r} is in folds '
+                    f'{patient_fold[patient]} and {fold}; folds must split by patient.'
+                )
             if not 0 <= p_ad <= 1:
                 raise CVError(f'assemble_oof: p_AD of {path} is {p_ad}, not a probability.')
             fold_of_path[path] = fold
-            rows.append({'path': path, 'patient': patient, 'label': int(label), 'fold': fold,
-                         'p_AD': p_ad})
+            rows.append(
+                {'path': path, 'patient': patient, 'label': int(label), 'fold': fold, 'p_AD': p_ad}
+            )
     if expected_paths is not None:
         expected = {str(p) for p in expected_paths}
         absent = sorted(expected - fold_of_path.keys())
         extra = sorted(fold_of_path.keys() - expected)
         if absent or extra:
-            raise CVError(f'assemble_oof: the folds do not cover the training slices exactly once: '
-                          f'{len(absent)} not predicted (e.g. {absent[:3]}), {len(extra)} not in '
-                          f'training (e.g. {extra[:3]}).')
+            raise CVError(
+                f'assemble_oof: the folds do not cover the training slices exactly once: '
+                f'{len(absent)} not predicted (e.g. {absent[:3]}), {len(extra)} not in '
+                f'training (e.g. {extra[:3]}).'
+            )
     return sorted(rows, key=lambda row: row['path'])
 
 
@@ -197,8 +239,15 @@ def write_oof_csv(path: str | os.PathLike, rows: Sequence[Mapping]) -> Path:
         writer = csv.writer(f)
         writer.writerow(OOF_COLUMNS)
         for row in rows:
-            writer.writerow([row['path'], row['patient'], int(row['label']), int(row['fold']),
-                             repr(float(row['p_AD']))])
+            writer.writerow(
+                [
+                    row['path'],
+                    row['patient'],
+                    int(row['label']),
+                    int(row['fold']),
+                    repr(float(row['p_AD'])),
+                ]
+            )
     return path
 
 
@@ -210,23 +259,33 @@ def read_oof_csv(path: str | os.PathLike) -> list[dict]:
             reader = csv.DictReader(f)
             missing = [c for c in OOF_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
-                raise CVError(f'{path}: not an out-of-fold prediction file; columns {missing} are '
-                              f'missing (expected {",".join(OOF_COLUMNS)}).')
+                raise CVError(
+                    f'{path}: not an out-of-fold prediction file; columns {missing} are '
+                    f'missing (expected {",".join(OOF_COLUMNS)}).'
+                )
             rows = []
             for line, row in enumerate(reader, start=2):
                 try:
-                    rows.append({'path': row['path'], 'patient': row['patient'],
-                                 'label': int(row['label']), 'fold': int(row['fold']),
-                                 'p_AD': float(row['p_AD'])})
+                    rows.append(
+                        {
+                            'path': row['path'],
+                            'patient': row['patient'],
+                            'label': int(row['label']),
+                            'fold': int(row['fold']),
+                            'p_AD': float(row['p_AD']),
+                        }
+                    )
                 except (TypeError, ValueError) as e:
-                    raise CVError(f'{path}, line {line}: cannot read label / fold / p_AD '
-                                  f'({e}).') from e
+                    raise CVError(
+                        f'{path}, line {line}: cannot read label / fold / p_AD ({e}).'
+                    ) from e
     except OSError as e:
         raise CVError(f'{path}: cannot read ({e.strerror or e}).') from e
     return rows
 
 
 # ---- summaries and ensembles ----------------------------------------------------------------
+
 
 def _is_number(x) -> bool:
     return isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and math.isfinite(x)
@@ -245,8 +304,12 @@ def cv_summary(fold_metrics: Sequence[Mapping]) -> dict:
         raise CVError('cv_summary: no folds.')
     summary: dict = {'k': len(fold_metrics)}
     for level in _LEVELS:
-        seen = [key for fold in fold_metrics for key, v in (fold.get(level) or {}).items()
-                if key != 'n' and (v is None or _is_number(v))]
+        seen = [
+            key
+            for fold in fold_metrics
+            for key, v in (fold.get(level) or {}).items()
+            if key != 'n' and (v is None or _is_number(v))
+        ]
         keys = [k for k in CI_KEYS if k in seen]
         keys += [k for k in dict.fromkeys(seen) if k not in CI_KEYS]
         summary[level] = {}
@@ -277,8 +340,10 @@ def format_cv_table(summary: Mapping) -> str:
     width = max([len('metric'), *map(len, keys)]) + 2
     lines = [f'{"metric":<{width}}{"patient":<22}slice']
     for key in keys:
-        lines.append(f'{key:<{width}}{_mean_sd(summary["patient"].get(key), k):<22}'
-                     f'{_mean_sd(summary["slice"].get(key), k)}')
+        lines.append(
+            f'{key:<{width}}{_mean_sd(summary["patient"].get(key), k):<22}'
+            f'{_mean_sd(summary["slice"].get(key), k)}'
+        )
     lines.append(f'{k} folds; validation metrics, mean ± sample sd (ddof=1) over folds')
     return '\n'.join(lines)
 
@@ -294,16 +359,28 @@ def ensemble_probs(member_probs: Sequence[np.ndarray]) -> np.ndarray:
     arrays = [np.asarray(p, dtype=np.float64) for p in member_probs]
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
-        raise CVError(f'ensemble_probs: members have different shapes {sorted(shapes)}; each must '
-                      f'predict the same slices in the same order.')
+        raise CVError(
+            f'ensemble_probs: members have different shapes {sorted(shapes)}; each must '
+            f'predict the same slices in the same order.'
+        )
     return np.mean(arrays, axis=0)
 
 
 # ---- comparing two CV runs ------------------------------------------------------------------
 
-def paired_bootstrap_difference(patients: Sequence, y, p_a, p_b, threshold_a: float,
-                                threshold_b: float, n_boot: int = 2000, seed: int = 0,
-                                level: float = 0.95, chunk: int = 250) -> dict:
+
+def paired_bootstrap_difference(
+    patients: Sequence,
+    y,
+    p_a,
+    p_b,
+    threshold_a: float,
+    threshold_b: float,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    chunk: int = 250,
+) -> dict:
     """Patient-level AUC and accuracy of run B minus run A with a paired percentile bootstrap CI.
 
     ``patients``, ``y`` (1 = AD) and the slice probabilities ``p_a``, ``p_b`` are aligned per
@@ -329,16 +406,23 @@ def paired_bootstrap_difference(patients: Sequence, y, p_a, p_b, threshold_a: fl
     counts = resample_patient_counts(np.random.default_rng(seed), y_pat, n_boot)
     differences: dict[str, list[np.ndarray]] = {key: [] for key in _PAIRED_KEYS}
     for start in range(0, n_boot, chunk):
-        rows = counts[start:start + chunk]
+        rows = counts[start : start + chunk]
         boot_a = weighted_metrics(y_pat, pat_a, threshold_a, rows)
         boot_b = weighted_metrics(y_pat, pat_b, threshold_b, rows)
         for key in _PAIRED_KEYS:
             differences[key].append(boot_b[key] - boot_a[key])
-    result = {'n_patients': int(len(y_pat)), 'n_boot': int(n_boot), 'seed': seed, 'level': level,
-              'threshold_a': float(threshold_a), 'threshold_b': float(threshold_b)}
+    result = {
+        'n_patients': int(len(y_pat)),
+        'n_boot': int(n_boot),
+        'seed': seed,
+        'level': level,
+        'threshold_a': float(threshold_a),
+        'threshold_b': float(threshold_b),
+    }
     for key in _PAIRED_KEYS:
-        lo, hi = np.percentile(np.concatenate(differences[key]),
-                               [50 * (1 - level), 50 * (1 + level)])
+        lo, hi = np.percentile(
+            np.concatenate(differences[key]), [50 * (1 - level), 50 * (1 + level)]
+        )
         a, b = float(point_a[key][0]), float(point_b[key][0])
         result[key] = {'a': a, 'b': b, 'difference': b - a, 'ci': [float(lo), float(hi)]}
     return result
@@ -346,8 +430,11 @@ def paired_bootstrap_difference(patients: Sequence, y, p_a, p_b, threshold_a: fl
 
 def _folds_of(cv: Mapping, where: Path) -> list[list[str]]:
     folds = cv['folds']
-    if (not isinstance(folds, list) or len(folds) != cv['k']
-            or not all(isinstance(f, list) and all(isinstance(p, str) for p in f) for f in folds)):
+    if (
+        not isinstance(folds, list)
+        or len(folds) != cv['k']
+        or not all(isinstance(f, list) and all(isinstance(p, str) for p in f) for f in folds)
+    ):
         raise CVError(f'{where}: "folds" must be k={cv["k"]} lists of patient ids (strings).')
     _check_disjoint(folds)
     return folds
@@ -357,12 +444,15 @@ def read_cv_run(run: str | os.PathLike) -> tuple[dict, list[dict]]:
     """``(cv.json contents, oof rows)`` of a CV run folder, checked against the schema above."""
     run = Path(run)
     if not run.is_dir():
-        raise CVError(f'{run}: not a folder; give a cross-validation run folder '
-                      f'(train.py --folds K).')
+        raise CVError(
+            f'{run}: not a folder; give a cross-validation run folder (train.py --folds K).'
+        )
     cv_path = run / CV_JSON
     if not cv_path.is_file():
-        raise CVError(f'{run} is not a cross-validation run: it has no {CV_JSON} '
-                      f'(train.py --folds K writes one).')
+        raise CVError(
+            f'{run} is not a cross-validation run: it has no {CV_JSON} '
+            f'(train.py --folds K writes one).'
+        )
     try:
         cv = json.loads(cv_path.read_text())
     except json.JSONDecodeError as e:
@@ -371,19 +461,27 @@ def read_cv_run(run: str | os.PathLike) -> tuple[dict, list[dict]]:
         raise CVError(f'{cv_path}: cannot read ({e}).') from e
     if not isinstance(cv, dict) or any(key not in cv for key in _CV_JSON_KEYS):
         present = sorted(cv) if isinstance(cv, dict) else type(cv).__name__
-        raise CVError(f'{cv_path}: a cv.json needs the keys {list(_CV_JSON_KEYS)}; '
-                      f'found {present}.')
+        raise CVError(
+            f'{cv_path}: a cv.json needs the keys {list(_CV_JSON_KEYS)}; found {present}.'
+        )
     if not isinstance(cv['k'], int) or isinstance(cv['k'], bool) or cv['k'] < 2:
         raise CVError(f'{cv_path}: "k" must be an integer >= 2, got {cv["k"]!r}.')
     if not _is_number(cv['threshold']) or not 0 <= cv['threshold'] <= 1:
-        raise CVError(f'{cv_path}: "threshold" must be a probability in [0, 1], '
-                      f'got {cv["threshold"]!r}.')
+        raise CVError(
+            f'{cv_path}: "threshold" must be a probability in [0, 1], got {cv["threshold"]!r}.'
+        )
     per_fold = cv['per_fold']
-    if (not isinstance(per_fold, list) or len(per_fold) != cv['k']
-            or not all(isinstance(f, dict) and all(isinstance(f.get(lv), dict) for lv in _LEVELS)
-                       for f in per_fold)):
-        raise CVError(f'{cv_path}: "per_fold" must be k={cv["k"]} objects with "patient" and '
-                      f'"slice" metrics.')
+    if (
+        not isinstance(per_fold, list)
+        or len(per_fold) != cv['k']
+        or not all(
+            isinstance(f, dict) and all(isinstance(f.get(lv), dict) for lv in _LEVELS)
+            for f in per_fold
+        )
+    ):
+        raise CVError(
+            f'{cv_path}: "per_fold" must be k={cv["k"]} objects with "patient" and "slice" metrics.'
+        )
     folds = _folds_of(cv, cv_path)
     if not (run / OOF_CSV).is_file():
         raise CVError(f'{run}: no {OOF_CSV}; the run did not finish its folds.')
@@ -391,9 +489,11 @@ def read_cv_run(run: str | os.PathLike) -> tuple[dict, list[dict]]:
     fold_of_patient = {p: i for i, fold in enumerate(folds) for p in fold}
     wrong = [r['path'] for r in rows if fold_of_patient.get(r['patient']) != r['fold']]
     if wrong:
-        raise CVError(f'{run}: {len(wrong)} rows of {OOF_CSV} name a fold that does not hold '
-                      f'their patient in {CV_JSON} (e.g. {wrong[0]}); the two files are from '
-                      f'different runs.')
+        raise CVError(
+            f'{run}: {len(wrong)} rows of {OOF_CSV} name a fold that does not hold '
+            f'their patient in {CV_JSON} (e.g. {wrong[0]}); the two files are from '
+            f'different runs.'
+        )
     return cv, rows
 
 
@@ -401,8 +501,9 @@ def _same_folds(folds_a: Sequence[Sequence[str]], folds_b: Sequence[Sequence[str
     return len(folds_a) == len(folds_b) and all(set(a) == set(b) for a, b in zip(folds_a, folds_b))
 
 
-def _per_fold_differences(per_fold_a: Sequence[Mapping],
-                          per_fold_b: Sequence[Mapping]) -> list[dict]:
+def _per_fold_differences(
+    per_fold_a: Sequence[Mapping], per_fold_b: Sequence[Mapping]
+) -> list[dict]:
     out = []
     for fold, (fa, fb) in enumerate(zip(per_fold_a, per_fold_b)):
         entry: dict = {'fold': fold}
@@ -411,14 +512,22 @@ def _per_fold_differences(per_fold_a: Sequence[Mapping],
             for key in CI_KEYS:
                 a, b = fa[level].get(key), fb[level].get(key)
                 a, b = (float(a) if _is_number(a) else None), (float(b) if _is_number(b) else None)
-                entry[level][key] = {'a': a, 'b': b,
-                                     'difference': None if a is None or b is None else b - a}
+                entry[level][key] = {
+                    'a': a,
+                    'b': b,
+                    'difference': None if a is None or b is None else b - a,
+                }
         out.append(entry)
     return out
 
 
-def compare(run_a: str | os.PathLike, run_b: str | os.PathLike, allow_different_folds: bool = False,
-            n_boot: int = 2000, seed: int = 0) -> dict:
+def compare(
+    run_a: str | os.PathLike,
+    run_b: str | os.PathLike,
+    allow_different_folds: bool = False,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict:
     """Compare CV run B against run A (differences are B - A), paired on the same folds.
 
     Reads ``RUN/cv.json`` and ``RUN/oof_predictions.csv`` of each. Returns ``{'run_a', 'run_b',
@@ -435,24 +544,39 @@ def compare(run_a: str | os.PathLike, run_b: str | os.PathLike, allow_different_
     problems = []
     same_folds = _same_folds(cv_a['folds'], cv_b['folds'])
     if not same_folds:
-        problems.append(f'the runs used different folds (k={cv_a["k"]}, seed={cv_a["seed"]} vs '
-                        f'k={cv_b["k"]}, seed={cv_b["seed"]}): differences mix the recipes with '
-                        f'the splits')
+        problems.append(
+            f'the runs used different folds (k={cv_a["k"]}, seed={cv_a["seed"]} vs '
+            f'k={cv_b["k"]}, seed={cv_b["seed"]}): differences mix the recipes with '
+            f'the splits'
+        )
         if not allow_different_folds:
-            raise CVError(f'INVALID comparison: {problems[0]}. Train both with the same --folds '
-                          f'and --seed on the same data (or pass --allow-different-folds to see '
-                          f'it anyway).')
+            raise CVError(
+                f'INVALID comparison: {problems[0]}. Train both with the same --folds '
+                f'and --seed on the same data (or pass --allow-different-folds to see '
+                f'it anyway).'
+            )
     by_path_b = {r['path']: r for r in rows_b}
     paths_a = [r['path'] for r in rows_a]
-    if (len(by_path_b) != len(rows_b) or len(set(paths_a)) != len(paths_a)
-            or set(paths_a) != set(by_path_b)):
-        raise CVError(f'{run_a} and {run_b} predicted different slices ({len(rows_a)} vs '
-                      f'{len(rows_b)} out-of-fold rows); they were not trained on the same data.')
-    mismatched = [r['path'] for r in rows_a if (r['patient'], r['label']) !=
-                  (by_path_b[r['path']]['patient'], by_path_b[r['path']]['label'])]
+    if (
+        len(by_path_b) != len(rows_b)
+        or len(set(paths_a)) != len(paths_a)
+        or set(paths_a) != set(by_path_b)
+    ):
+        raise CVError(
+            f'{run_a} and {run_b} predicted different slices ({len(rows_a)} vs '
+            f'{len(rows_b)} out-of-fold rows); they were not trained on the same data.'
+        )
+    mismatched = [
+        r['path']
+        for r in rows_a
+        if (r['patient'], r['label'])
+        != (by_path_b[r['path']]['patient'], by_path_b[r['path']]['label'])
+    ]
     if mismatched:
-        raise CVError(f'{run_a} and {run_b} disagree on the patient or label of {len(mismatched)} '
-                      f'slices (e.g. {mismatched[0]}); check --classes and the data folder.')
+        raise CVError(
+            f'{run_a} and {run_b} disagree on the patient or label of {len(mismatched)} '
+            f'slices (e.g. {mismatched[0]}); check --classes and the data folder.'
+        )
     classes_a = cv_a.get('classes', list(LABEL_NAMES))
     if list(cv_b.get('classes', list(LABEL_NAMES))) != list(classes_a):
         raise CVError(f'{run_a} and {run_b} have different classes.')
@@ -461,12 +585,20 @@ def compare(run_a: str | os.PathLike, run_b: str | os.PathLike, allow_different_
     y = np.array([int(r['label'] == positive) for r in rows_a])
     p_a = np.array([r['p_AD'] for r in rows_a])
     p_b = np.array([by_path_b[path]['p_AD'] for path in paths_a])
-    paired = paired_bootstrap_difference(patients, y, p_a, p_b, cv_a['threshold'],
-                                         cv_b['threshold'], n_boot=n_boot, seed=seed)
+    paired = paired_bootstrap_difference(
+        patients, y, p_a, p_b, cv_a['threshold'], cv_b['threshold'], n_boot=n_boot, seed=seed
+    )
     per_fold = _per_fold_differences(cv_a['per_fold'], cv_b['per_fold']) if same_folds else []
-    return {'run_a': str(run_a), 'run_b': str(run_b), 'k': cv_a['k'], 'same_folds': same_folds,
-            'valid': same_folds, 'problems': problems,
-            'per_fold': per_fold, 'paired': paired}
+    return {
+        'run_a': str(run_a),
+        'run_b': str(run_b),
+        'k': cv_a['k'],
+        'same_folds': same_folds,
+        'valid': same_folds,
+        'problems': problems,
+        'per_fold': per_fold,
+        'paired': paired,
+    }
 
 
 def _signed(x: float | None) -> str:
@@ -487,43 +619,57 @@ def format_comparison(result: Mapping) -> str:
     lines.append(f'B = {result["run_b"]}')
     if result['per_fold']:
         lines.append(f'per fold, validation patients (B - A), {result["k"]} folds:')
-        lines.append(f'{"fold":<6}{"AUC A":>8}{"AUC B":>8}{"B-A":>8}   '
-                     f'{"acc A":>8}{"acc B":>8}{"B-A":>8}')
+        lines.append(
+            f'{"fold":<6}{"AUC A":>8}{"AUC B":>8}{"B-A":>8}   {"acc A":>8}{"acc B":>8}{"B-A":>8}'
+        )
         for entry in result['per_fold']:
             auc, acc = entry['patient']['auc'], entry['patient']['accuracy']
-            lines.append(f'{entry["fold"]:<6}{_plain(auc["a"]):>8}{_plain(auc["b"]):>8}'
-                         f'{_signed(auc["difference"]):>8}   {_plain(acc["a"]):>8}'
-                         f'{_plain(acc["b"]):>8}{_signed(acc["difference"]):>8}')
+            lines.append(
+                f'{entry["fold"]:<6}{_plain(auc["a"]):>8}{_plain(auc["b"]):>8}'
+                f'{_signed(auc["difference"]):>8}   {_plain(acc["a"]):>8}'
+                f'{_plain(acc["b"]):>8}{_signed(acc["difference"]):>8}'
+            )
     paired = result['paired']
     percent = f'{100 * paired["level"]:g}%'
-    lines.append(f'out-of-fold, {paired["n_patients"]} patients, paired bootstrap '
-                 f'({paired["n_boot"]} resamples within class, seed {paired["seed"]}); '
-                 f'thresholds A {paired["threshold_a"]:.3g}, B {paired["threshold_b"]:.3g}:')
+    lines.append(
+        f'out-of-fold, {paired["n_patients"]} patients, paired bootstrap '
+        f'({paired["n_boot"]} resamples within class, seed {paired["seed"]}); '
+        f'thresholds A {paired["threshold_a"]:.3g}, B {paired["threshold_b"]:.3g}:'
+    )
     for key, name in (('auc', 'patient AUC'), ('accuracy', 'patient accuracy')):
         entry = paired[key]
         lo, hi = entry['ci']
         verdict = 'no clear difference' if lo <= 0 <= hi else ('B better' if lo > 0 else 'A better')
-        lines.append(f'  {name:<17} A {entry["a"]:.3f}  B {entry["b"]:.3f}  '
-                     f'B-A {entry["difference"]:+.3f}  {percent} CI [{lo:+.3f}, {hi:+.3f}]  '
-                     f'({verdict})')
+        lines.append(
+            f'  {name:<17} A {entry["a"]:.3f}  B {entry["b"]:.3f}  '
+            f'B-A {entry["difference"]:+.3f}  {percent} CI [{lo:+.3f}, {hi:+.3f}]  '
+            f'({verdict})'
+        )
     return '\n'.join(lines)
 
 
 # ---- command line ---------------------------------------------------------------------------
 
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m adni_timm.cv',
-                                     description='Cross-validation run tools.')
+    parser = argparse.ArgumentParser(
+        prog='python -m adni_timm.cv', description='Cross-validation run tools.'
+    )
     commands = parser.add_subparsers(dest='command', required=True)
     cmp = commands.add_parser(
-        'compare', help='compare two CV runs made on the same folds (B - A, paired bootstrap CI)',
+        'compare',
+        help='compare two CV runs made on the same folds (B - A, paired bootstrap CI)',
         description='Compare CV run B against run A: per-fold differences of the validation '
-                    'metrics and the paired bootstrap difference of the out-of-fold patient '
-                    'AUC and accuracy. Refuses runs made on different folds.')
+        'metrics and the paired bootstrap difference of the out-of-fold patient '
+        'AUC and accuracy. Refuses runs made on different folds.',
+    )
     cmp.add_argument('run_a', metavar='RUN_A', type=Path)
     cmp.add_argument('run_b', metavar='RUN_B', type=Path)
-    cmp.add_argument('--allow-different-folds', action='store_true',
-                     help='report anyway when the folds differ (the comparison is then INVALID)')
+    cmp.add_argument(
+        '--allow-different-folds',
+        action='store_true',
+        help='report anyway when the folds differ (the comparison is then INVALID)',
+    )
     cmp.add_argument('--n-boot', type=int, default=2000, help='bootstrap resamples (default 2000)')
     cmp.add_argument('--seed', type=int, default=0, help='bootstrap seed (default 0)')
     cmp.add_argument('--json', type=Path, metavar='FILE', help='also write the result as JSON')

@@ -19,6 +19,7 @@ original image.
 
 CLI: ``python -m adni_timm.data check DATA_DIR [--classes NC,AD]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,11 +46,31 @@ from .hardware import available_memory, local_process_count
 from .models import LABEL_NAMES
 
 __all__ = [
-    'SPLITS', 'IMAGE_EXTENSIONS', 'DataError', 'Slice', 'positive_index', 'binary_labels', 'parse_classes',
-    'parse_file_name', 'scan_split', 'slice_key',
-    'check_no_leakage', 'split_patients', 'split_slices', 'select', 'summarize', 'find_bad_images',
-    'resolve_bad_images', 'build_transforms', 'read_image', 'SliceCache', 'preload', 'SliceDataset',
-    'create_loader', 'main', 'check_main',
+    'SPLITS',
+    'IMAGE_EXTENSIONS',
+    'DataError',
+    'Slice',
+    'positive_index',
+    'binary_labels',
+    'parse_classes',
+    'parse_file_name',
+    'scan_split',
+    'slice_key',
+    'check_no_leakage',
+    'split_patients',
+    'split_slices',
+    'select',
+    'summarize',
+    'find_bad_images',
+    'resolve_bad_images',
+    'build_transforms',
+    'read_image',
+    'SliceCache',
+    'preload',
+    'SliceDataset',
+    'create_loader',
+    'main',
+    'check_main',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -57,19 +78,23 @@ _logger = logging.getLogger(__name__)
 SPLITS = ('train', 'test')
 IMAGE_EXTENSIONS = ('.jpeg', '.jpg', '.png')
 FILE_NAME_PATTERN = '<patient>_<slice>.jpeg'
-_FILE_NAME = re.compile(r'^(?P<patient>.+)_(?P<slice>\d+)$')  # stem; patient is all before the last '_'
+# stem; patient is all before the last '_'
+_FILE_NAME = re.compile(r'^(?P<patient>.+)_(?P<slice>\d+)$')
 _HIGH_DEPTH_MODES = {'I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'}
 _GRAY_MODES = {'1', 'L', 'LA', 'La'} | _HIGH_DEPTH_MODES
 _PREVIEW = 10  # items named in an error before "... and N more"
 
 
 class DataError(ValueError):
-    """The data on disk does not fit the expected layout; the message names the file or folder and the fix."""
+    """The data on disk does not fit the expected layout;
+    the message names the file or folder and the fix.
+    """
 
 
 @dataclass(frozen=True)
 class Slice:
     """One image file: an axial slice of one patient."""
+
     path: str
     patient: str
     label: int
@@ -88,7 +113,9 @@ def positive_index(classes: Sequence[str]) -> int:
 
 
 def binary_labels(slices: Iterable[Slice], classes: Sequence[str]) -> np.ndarray:
-    """1 where a slice is of the positive class (AD), else 0: the AD-vs-rest labels every metric uses."""
+    """1 where a slice is of the positive class (AD),
+    else 0: the AD-vs-rest labels every metric uses.
+    """
     positive = positive_index(classes)
     return np.array([int(s.label == positive) for s in slices], dtype=np.int64)
 
@@ -100,19 +127,26 @@ def slice_key(path: str | os.PathLike) -> str:
 
 def parse_classes(text: str | Sequence[str]) -> tuple[str, ...]:
     """'NC,AD' -> ('NC', 'AD'): the class folders in label order (index = label)."""
-    classes = tuple(c.strip() for c in (text.split(',') if isinstance(text, str) else text) if c.strip())
+    classes = tuple(
+        c.strip() for c in (text.split(',') if isinstance(text, str) else text) if c.strip()
+    )
     if len(classes) < 2 or len(set(classes)) != len(classes):
-        raise DataError(f'classes {text!r}: give at least two distinct class folder names in label order, '
-                        f'e.g. NC,AD (NC = 0, AD = 1) or NC,MCI,AD')
+        raise DataError(
+            f'classes {text!r}: give at least two distinct class folder names in label order, '
+            f'e.g. NC,AD (NC = 0, AD = 1) or NC,MCI,AD'
+        )
     return classes
 
 
-# ----------------------------------------------------------------------------------------------- scanning
+# ----------------------------------------------------------------------------------------- scanning
+
 
 def _require_data_dir(data_dir: Path) -> None:
     if not data_dir.is_dir():
-        raise DataError(f'DATA_DIR {data_dir} does not exist or is not a folder: pass the folder that holds '
-                        f'train/ and test/ (the ADNI AD_NC folder)')
+        raise DataError(
+            f'DATA_DIR {data_dir} does not exist or is not a folder: pass the folder that holds '
+            f'train/ and test/ (the ADNI AD_NC folder)'
+        )
 
 
 def _split_dir(data_dir: Path, split: str, classes: Sequence[str]) -> Path:
@@ -123,14 +157,20 @@ def _split_dir(data_dir: Path, split: str, classes: Sequence[str]) -> Path:
     hint = ''
     subdirs = [p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith('.')]
     if len(subdirs) == 1:
-        hint = (f' {data_dir} holds a single folder {subdirs[0].name!r}: '
-                f'did you mean --data-dir {subdirs[0]}?')
-    raise DataError(f'no {split!r} folder in {data_dir}: expected {data_dir / split}/{{{",".join(classes)}}}/'
-                    f'{FILE_NAME_PATTERN}.{hint}')
+        hint = (
+            f' {data_dir} holds a single folder {subdirs[0].name!r}: '
+            f'did you mean --data-dir {subdirs[0]}?'
+        )
+    raise DataError(
+        f'no {split!r} folder in {data_dir}: expected {data_dir / split}/{{{",".join(classes)}}}/'
+        f'{FILE_NAME_PATTERN}.{hint}'
+    )
 
 
 def parse_file_name(path: Path, file_is_patient: bool = False) -> tuple[str, int | None] | None:
-    """(patient, slice index) from ``<patient>_<slice>.jpeg``; None when the name has no patient id."""
+    """(patient, slice index) from ``<patient>_<slice>.jpeg``;
+    None when the name has no patient id.
+    """
     if file_is_patient:
         return path.stem, None
     m = _FILE_NAME.match(path.stem)
@@ -138,7 +178,9 @@ def parse_file_name(path: Path, file_is_patient: bool = False) -> tuple[str, int
 
 
 def _scan(split_dir: Path, classes: Sequence[str], file_is_patient: bool):
-    """(slices, problems, ignored files) of one split folder; problems are messages, not exceptions."""
+    """(slices, problems, ignored files) of one split
+    folder; problems are messages, not exceptions.
+    """
     problems, ignored, slices, unnamed = [], [], [], []
     folders = sorted(p for p in split_dir.iterdir() if not p.name.startswith('.'))
     for p in folders:
@@ -148,13 +190,17 @@ def _scan(split_dir: Path, classes: Sequence[str], file_is_patient: bool):
             case = next((c for c in classes if c.lower() == p.name.lower()), None)
             hint = f' (folder names are case-sensitive: rename it to {case})' if case else ''
             problems.append(
-                f'unknown class folder {p}{hint}: the classes are {",".join(classes)} (label = position). '
-                f'Pass --classes with every class in label order (e.g. NC,MCI,AD), or move the folder out.')
+                f'unknown class folder {p}{hint}: the classes are '
+                f'{",".join(classes)} (label = position). Pass --classes with every '
+                f'class in label order (e.g. NC,MCI,AD), or move the folder out.'
+            )
     for label, name in enumerate(classes):
         folder = split_dir / name
         if not folder.is_dir():
-            problems.append(f'missing class folder {folder}: create it with the {name} slices, '
-                            f'or leave {name} out of --classes')
+            problems.append(
+                f'missing class folder {folder}: create it with the {name} slices, '
+                f'or leave {name} out of --classes'
+            )
             continue
         images = []
         for f in sorted(folder.iterdir()):
@@ -162,8 +208,10 @@ def _scan(split_dir: Path, classes: Sequence[str], file_is_patient: bool):
                 continue
             (images if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS else ignored).append(f)
         if not images:
-            problems.append(f'empty class folder {folder}: it holds no {"/".join(IMAGE_EXTENSIONS)} files; '
-                            f'put the {name} slices there, or leave {name} out of --classes')
+            problems.append(
+                f'empty class folder {folder}: it holds no {"/".join(IMAGE_EXTENSIONS)} files; '
+                f'put the {name} slices there, or leave {name} out of --classes'
+            )
         for f in images:
             parsed = parse_file_name(f, file_is_patient)
             if parsed is None:
@@ -172,10 +220,10 @@ def _scan(split_dir: Path, classes: Sequence[str], file_is_patient: bool):
                 slices.append(Slice(str(f), parsed[0], label, parsed[1]))
     if unnamed:
         problems.append(
-            f'{len(unnamed)} file name(s) without a patient id in {split_dir}: {_preview(unnamed)}. '
-            f'Expected {FILE_NAME_PATTERN} (e.g. 218391_78.jpeg: patient 218391, slice 78). Rename them, or '
-            f'treat each file as its own patient with file_is_patient=True (--file-is-patient); then '
-            f'no patient-level grouping is possible.')
+            f'{len(unnamed)} file name(s) without a patient id in {split_dir}: '
+            f'{_preview(unnamed)}. Rename them to {FILE_NAME_PATTERN}, or make each file its own '
+            f'patient with --file-is-patient (file_is_patient=True; see docs/DATA.md).'
+        )
     problems += _patients_in_two_classes(slices)
     return sorted(slices, key=_slice_order), problems, ignored
 
@@ -189,12 +237,19 @@ def _patients_in_two_classes(slices: Iterable[Slice]) -> list[str]:
     for s in slices:
         where[s.patient].setdefault(s.label, s.path)
     mixed = sorted(p for p, labels in where.items() if len(labels) > 1)
-    return [f'patient {p} has slices in several class folders ({", ".join(where[p].values())}): a patient has '
-            f'one diagnosis; move its slices into one class folder' for p in mixed]
+    return [
+        f'patient {p} has slices in several class folders ({", ".join(where[p].values())}): a '
+        f'patient has one diagnosis; move its slices into one class folder'
+        for p in mixed
+    ]
 
 
-def scan_split(data_dir, split: str = 'train', classes: Sequence[str] = LABEL_NAMES,
-               file_is_patient: bool = False) -> list[Slice]:
+def scan_split(
+    data_dir,
+    split: str = 'train',
+    classes: Sequence[str] = LABEL_NAMES,
+    file_is_patient: bool = False,
+) -> list[Slice]:
     """Every image of ``DATA_DIR/split/<class>/``, in a deterministic order (class, patient, slice).
 
     Raises DataError naming every layout problem found (missing folder, unknown or empty
@@ -202,22 +257,32 @@ def scan_split(data_dir, split: str = 'train', classes: Sequence[str] = LABEL_NA
     Non-image files are ignored with a warning.
     """
     classes = parse_classes(classes)
-    slices, problems, ignored = _scan(_split_dir(Path(data_dir), split, classes), classes, file_is_patient)
+    slices, problems, ignored = _scan(
+        _split_dir(Path(data_dir), split, classes), classes, file_is_patient
+    )
     if problems:
         raise DataError('\n'.join(problems))
     if ignored:
-        _logger.warning('ignored %d entries that are not %s files: %s',
-                        len(ignored), '/'.join(IMAGE_EXTENSIONS), _preview(ignored))
+        _logger.warning(
+            'ignored %d entries that are not %s files: %s',
+            len(ignored),
+            '/'.join(IMAGE_EXTENSIONS),
+            _preview(ignored),
+        )
     return slices
 
 
-def check_no_leakage(first: Sequence[Slice], second: Sequence[Slice], names=('train', 'test')) -> None:
+def check_no_leakage(
+    first: Sequence[Slice], second: Sequence[Slice], names=('train', 'test')
+) -> None:
     """Raise DataError if any patient has slices in both sets (leakage inflates every score)."""
     shared = sorted({s.patient for s in first} & {s.patient for s in second})
     if shared:
         raise DataError(
-            f'{len(shared)} patient(s) appear in both {names[0]} and {names[1]}: {_preview(shared)}. '
-            f'A patient must sit in one split only: move or remove their slices from one of them.')
+            f'{len(shared)} patient(s) appear in both {names[0]} and '
+            f'{names[1]}: {_preview(shared)}. A patient must sit in one '
+            f'split only: move or remove their slices from one of them.'
+        )
 
 
 def summarize(slices: Sequence[Slice], classes: Sequence[str] = LABEL_NAMES) -> list[dict]:
@@ -226,31 +291,45 @@ def summarize(slices: Sequence[Slice], classes: Sequence[str] = LABEL_NAMES) -> 
     for label, name in enumerate(classes):
         per_patient = Counter(s.patient for s in slices if s.label == label)
         counts = sorted(per_patient.values()) or [0]
-        rows.append(dict(name=name, label=label, patients=len(per_patient), slices=sum(per_patient.values()),
-                         per_patient=(counts[0], statistics.median(counts), counts[-1])))
+        rows.append(
+            dict(
+                name=name,
+                label=label,
+                patients=len(per_patient),
+                slices=sum(per_patient.values()),
+                per_patient=(counts[0], statistics.median(counts), counts[-1]),
+            )
+        )
     return rows
 
 
-# ------------------------------------------------------------------------------------------------ splits
+# ------------------------------------------------------------------------------------------- splits
+
 
 def _check_fraction(val_fraction: float) -> None:
     if not 0 <= val_fraction < 1:
-        raise DataError(f'val_fraction={val_fraction}: must be in [0, 1) (e.g. 0.2 = 20% of patients)')
+        raise DataError(
+            f'val_fraction={val_fraction}: must be in [0, 1) (e.g. 0.2 = 20% of patients)'
+        )
 
 
 def _patient_labels(slices: Iterable[Slice]) -> dict[str, int]:
     labels = {}
     for s in slices:
         if labels.setdefault(s.patient, s.label) != s.label:
-            raise DataError(f'patient {s.patient} carries two labels ({labels[s.patient]} and {s.label}, '
-                            f'e.g. {s.path}): move its slices into one class folder')
+            raise DataError(
+                f'patient {s.patient} carries two labels ({labels[s.patient]} and {s.label}, '
+                f'e.g. {s.path}): move its slices into one class folder'
+            )
     return labels
 
 
 def _assert_disjoint(train: Sequence, val: Sequence) -> None:
     shared = set(train) & set(val)
     if shared:  # an invariant of the code, not of the data: must never happen
-        raise AssertionError(f'split bug: {len(shared)} entries in both train and val: {_preview(sorted(shared))}')
+        raise AssertionError(
+            f'split bug: {len(shared)} entries in both train and val: {_preview(sorted(shared))}'
+        )
 
 
 def split_patients(slices: Sequence[Slice], val_fraction: float = 0.2, seed: int = 0) -> dict:
@@ -266,38 +345,63 @@ def split_patients(slices: Sequence[Slice], val_fraction: float = 0.2, seed: int
         train, val = patients, []
     else:
         try:
-            train, val = train_test_split(patients, test_size=val_fraction, random_state=seed,
-                                          stratify=[labels[p] for p in patients])
+            train, val = train_test_split(
+                patients,
+                test_size=val_fraction,
+                random_state=seed,
+                stratify=[labels[p] for p in patients],
+            )
         except ValueError as e:  # too few patients of a class for a stratified split
-            raise DataError(f'cannot split {len(patients)} patients into train / val by class with '
-                            f'val_fraction={val_fraction} ({e}): add patients or change the fraction') from e
+            raise DataError(
+                f'cannot split {len(patients)} patients into train / val by class with '
+                f'val_fraction={val_fraction} ({e}): add patients or change the fraction'
+            ) from e
     train, val = sorted(train), sorted(val)
     _assert_disjoint(train, val)
-    return {'level': 'patient', 'seed': seed, 'val_fraction': val_fraction, 'train': train, 'val': val}
+    return {
+        'level': 'patient',
+        'seed': seed,
+        'val_fraction': val_fraction,
+        'train': train,
+        'val': val,
+    }
 
 
 def split_slices(slices: Sequence[Slice], val_fraction: float = 0.2, seed: int = 0) -> dict:
     """The reference project's LEAKY random split by slice (a patient lands on both sides).
 
-    Only for reproducing the reference recipe (configs/seed.yaml); its validation scores
-    are inflated. Returns ``{'level': 'slice', 'seed', 'val_fraction', 'train': [keys], 'val': [keys]}``
+    Only for reproducing the reference recipe (configs/seed.yaml); its validation scores are
+    inflated. Returns ``{'level': 'slice', 'seed', 'val_fraction', 'train': [keys], 'val': [keys]}``
     with ``split/class/file`` keys (``slice_key``), so the split still applies when DATA_DIR moves.
     """
     _check_fraction(val_fraction)
     paths = sorted(slice_key(s.path) for s in slices)
-    train, val = (paths, []) if val_fraction == 0 else train_test_split(
-        paths, test_size=val_fraction, random_state=seed)
+    train, val = (
+        (paths, [])
+        if val_fraction == 0
+        else train_test_split(paths, test_size=val_fraction, random_state=seed)
+    )
     train, val = sorted(train), sorted(val)
     _assert_disjoint(train, val)
-    return {'level': 'slice', 'seed': seed, 'val_fraction': val_fraction, 'train': train, 'val': val}
+    return {
+        'level': 'slice',
+        'seed': seed,
+        'val_fraction': val_fraction,
+        'train': train,
+        'val': val,
+    }
 
 
 def select(slices: Sequence[Slice], split: dict, part: str) -> list[Slice]:
-    """The slices of ``split[part]`` (patient ids or paths, by ``split['level']``), in ``slices`` order."""
+    """The slices of ``split[part]`` (patient ids or
+    paths, by ``split['level']``), in ``slices`` order.
+    """
     level = split.get('level')
     if level not in ('patient', 'slice') or part not in split:
-        raise DataError(f'not a split with a {part!r} part: expected level "patient" or "slice" '
-                        f'and lists under train / val (as split_patients returns)')
+        raise DataError(
+            f'not a split with a {part!r} part: expected level "patient" or "slice" '
+            f'and lists under train / val (as split_patients returns)'
+        )
     key = (lambda s: s.patient) if level == 'patient' else (lambda s: slice_key(s.path))
     wanted = set(split[part]) if level == 'patient' else {slice_key(p) for p in split[part]}
     chosen = [s for s in slices if key(s) in wanted]
@@ -305,12 +409,14 @@ def select(slices: Sequence[Slice], split: dict, part: str) -> list[Slice]:
     if missing:
         raise DataError(
             f'{len(missing)} {level} entries recorded in split[{part!r}] are not in the data: '
-            f'{_preview(sorted(missing))}. Restore their files, or point --data-dir at the data the split was '
-            f'made for; a different set of patients needs a new run.')
+            f'{_preview(sorted(missing))}. Restore their files, or point --data-dir at the data '
+            f'the split was made for (see README.md, "Resume").'
+        )
     return chosen
 
 
-# ----------------------------------------------------------------------------------------- image checks
+# ------------------------------------------------------------------------------------- image checks
+
 
 @dataclass(frozen=True)
 class _ImageInfo:
@@ -349,7 +455,9 @@ def _inspect_all(slices: Sequence[Slice], num_workers: int = 0) -> list[_ImageIn
 
 
 def find_bad_images(slices: Sequence[Slice], num_workers: int = 0) -> list[tuple[str, str]]:
-    """(path, reason) for every file that does not decode: not an image, truncated JPEG, unreadable."""
+    """(path, reason) for every file that does not
+    decode: not an image, truncated JPEG, unreadable.
+    """
     return [(i.path, i.problem) for i in _inspect_all(slices, num_workers) if i.problem]
 
 
@@ -358,28 +466,36 @@ def _notes(infos: Sequence[_ImageInfo]) -> list[str]:
     notes = []
     colour = [i.path for i in infos if i.mode and i.mode not in _GRAY_MODES]
     if colour:
-        notes.append(f'{len(colour)} colour image(s) are converted to grayscale (L) when read: {_preview(colour)}')
+        notes.append(
+            f'{len(colour)} colour image(s) are converted '
+            f'to grayscale (L) when read: {_preview(colour)}'
+        )
     deep = [i.path for i in infos if i.mode in _HIGH_DEPTH_MODES]
     if deep:
-        notes.append(f'{len(deep)} 16-bit / float image(s) are scaled to 8 bits by their own maximum when read: '
-                     f'{_preview(deep)}')
+        notes.append(
+            f'{len(deep)} 16-bit / float image(s) are scaled to 8 '
+            f'bits by their own maximum when read: {_preview(deep)}'
+        )
     sizes = Counter(i.size for i in infos if i.size)
     if len(sizes) > 1:
         (w, h), _ = sizes.most_common(1)[0]
         others = [i.path for i in infos if i.size and i.size != (w, h)]
-        notes.append(f'mixed image sizes ({_format_counts(sizes, _size_text)}): the model\'s transform '
-                     f'resizes each image (short side, then centre crop), in training and evaluation alike; '
-                     f'not {w}x{h}: {_preview(others)}')
+        notes.append(
+            f"mixed image sizes ({_format_counts(sizes, _size_text)}): the model's transform "
+            f'resizes each image (short side, then centre crop), in training and evaluation alike; '
+            f'not {w}x{h}: {_preview(others)}'
+        )
     return notes
 
 
-def resolve_bad_images(slices: Sequence[Slice], skip_bad: bool = False, num_workers: int = 0,
-                       what: str = 'image') -> list[Slice]:
+def resolve_bad_images(
+    slices: Sequence[Slice], skip_bad: bool = False, num_workers: int = 0, what: str = 'image'
+) -> list[Slice]:
     """Decode every file once, before hours of training or an evaluation depend on it.
 
-    Default: raise DataError listing EVERY bad file. ``skip_bad=True`` drops them with a warning that
-    says how many (``what`` names the set, e.g. 'test'). Colour files and mixed sizes are logged as
-    notes (they are converted / resized when read).
+    Default: raise DataError listing EVERY bad file. ``skip_bad=True`` drops them with a warning
+    that says how many (``what`` names the set, e.g. 'test'). Colour files and mixed sizes are
+    logged as notes (they are converted / resized when read).
     """
     infos = _inspect_all(slices, num_workers)
     for note in _notes(infos):
@@ -389,18 +505,34 @@ def resolve_bad_images(slices: Sequence[Slice], skip_bad: bool = False, num_work
         return list(slices)
     listing = '\n'.join(f'  {path}: {reason}' for path, reason in bad.items())
     if not skip_bad:
-        raise DataError(f'{len(bad)} {what} file(s) cannot be decoded:\n{listing}\n'
-                        f'Replace or delete them, or leave them out with --skip-bad-images.')
-    _logger.warning('--skip-bad-images: dropped %d of %d %s file(s) that cannot be decoded:\n%s', len(bad),
-                    len(infos), what, listing)
+        raise DataError(
+            f'{len(bad)} {what} file(s) cannot be decoded:\n{listing}\n'
+            f'Replace or delete them, or leave them out with --skip-bad-images.'
+        )
+    _logger.warning(
+        '--skip-bad-images: dropped %d of %d %s file(s) that cannot be decoded:\n%s',
+        len(bad),
+        len(infos),
+        what,
+        listing,
+    )
     return [s for s in slices if s.path not in bad]
 
 
-# ------------------------------------------------------------------------------------------- transforms
+# --------------------------------------------------------------------------------------- transforms
 
-def build_transforms(model, *, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip: float = 0.5,
-                     color_jitter: float = 0.0, auto_augment: str | None = None, re_prob: float = 0.0,
-                     interpolation: str | None = None) -> tuple[Callable, Callable]:
+
+def build_transforms(
+    model,
+    *,
+    scale=(0.08, 1.0),
+    ratio=(3 / 4, 4 / 3),
+    hflip: float = 0.5,
+    color_jitter: float = 0.0,
+    auto_augment: str | None = None,
+    re_prob: float = 0.0,
+    interpolation: str | None = None,
+) -> tuple[Callable, Callable]:
     """(train_tf, eval_tf) from timm's ``resolve_data_config(model=model)`` + ``create_transform``.
 
     ``eval_tf`` is exactly ``create_transform(**resolve_data_config(model=model))``: what anyone who
@@ -413,18 +545,28 @@ def build_transforms(model, *, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip: f
     channels = config['input_size'][0]
     if len(config['mean']) != channels or len(config['std']) != channels:
         raise ValueError(
-            f'the model\'s data config has input_size {config["input_size"]} but mean {config["mean"]} / std '
-            f'{config["std"]}: for 1-channel slices create the model with pretrained_cfg_overlay=dict('
-            f'input_size=(1, S, S), mean=(0.5,), std=(0.5,)) (the adni_convnext_* models already do)')
+            f"the model's data config has input_size {config['input_size']} but mean "
+            f'{config["mean"]} / std {config["std"]}: give it one mean and std per input channel, '
+            f'as the adni_convnext_* models do (see docs/DATA.md, "Preprocessing").'
+        )
     eval_tf = create_transform(**config)
     train_config = dict(config, interpolation=interpolation or config['interpolation'])
     try:
         train_tf = create_transform(
-            **train_config, is_training=True, scale=tuple(scale), ratio=tuple(ratio), hflip=hflip,
-            color_jitter=color_jitter or None, auto_augment=auto_augment or None, re_prob=re_prob)
+            **train_config,
+            is_training=True,
+            scale=tuple(scale),
+            ratio=tuple(ratio),
+            hflip=hflip,
+            color_jitter=color_jitter or None,
+            auto_augment=auto_augment or None,
+            re_prob=re_prob,
+        )
     except AssertionError as e:  # timm asserts on unknown auto-augment policy strings
-        raise ValueError(f'auto_augment={auto_augment!r} is not a timm policy ({e}): use e.g. '
-                         f'rand-m9-mstd0.5-inc1, original or augmix-m5') from e
+        raise ValueError(
+            f'auto_augment={auto_augment!r} is not a timm policy ({e}): use e.g. '
+            f'rand-m9-mstd0.5-inc1, original or augmix-m5'
+        ) from e
     _fix_posterize(train_tf)
     return train_tf, eval_tf
 
@@ -447,7 +589,8 @@ def _fix_posterize(transform) -> None:
                 op.level_fn = partial(_keep_one_bit, op.level_fn)
 
 
-# ------------------------------------------------------------------------------------- reading, caching
+# --------------------------------------------------------------------------------- reading, caching
+
 
 def read_image(path: str) -> Image.Image:
     """One slice as a PIL 'L' (8-bit grayscale) image.
@@ -461,8 +604,11 @@ def read_image(path: str) -> Image.Image:
         if im.mode in _HIGH_DEPTH_MODES:
             pixels = np.asarray(im, dtype=np.float32)
             peak = float(pixels.max())
-            return Image.fromarray(np.round(np.clip(pixels, 0, None) * (255 / peak if peak > 0 else 0))
-                                   .astype(np.uint8))
+            return Image.fromarray(
+                np.round(np.clip(pixels, 0, None) * (255 / peak if peak > 0 else 0)).astype(
+                    np.uint8
+                )
+            )
         return im.convert('L')
 
 
@@ -475,7 +621,9 @@ class SliceCache:
     the same image in training as in evaluation.
     """
 
-    def __init__(self, images: np.ndarray, paths: Sequence[str], odd: dict[str, np.ndarray] | None = None):
+    def __init__(
+        self, images: np.ndarray, paths: Sequence[str], odd: dict[str, np.ndarray] | None = None
+    ):
         if images.ndim != 3 or images.dtype != np.uint8 or len(images) != len(paths):
             raise ValueError('SliceCache needs a uint8 array [N, H, W] and N paths')
         self.images = images
@@ -516,12 +664,15 @@ def cache_fits(nbytes: int) -> tuple[bool, str]:
     if usable is None:
         return True, f'slice cache: {per}; usable memory unknown, caching'
     fits = need <= 0.8 * usable
-    verdict = 'caching' if fits else 'too much: reading slices from disk instead (slower, same results)'
+    verdict = (
+        'caching' if fits else 'too much: reading slices from disk instead (slower, same results)'
+    )
     return fits, f'slice cache: {per} of {usable / 2**30:.1f} GiB usable ({source}): {verdict}'
 
 
 def preload(slices: Sequence[Slice], num_workers: int = 0) -> SliceCache | None:
-    """Decode every slice once into a SliceCache (grayscale, each at its own size); None if it won't fit.
+    """Decode every slice once into a SliceCache (grayscale,
+    each at its own size); None if it won't fit.
 
     Call in the main process BEFORE creating the DataLoader, so forked workers share the array.
     ``num_workers`` threads decode in parallel. Bad files raise (run ``resolve_bad_images`` first).
@@ -545,23 +696,37 @@ def preload(slices: Sequence[Slice], num_workers: int = 0) -> SliceCache | None:
     _map(fill, range(len(common)), num_workers)
     odd = {p: np.asarray(read_image(p)) for p, size in zip(paths, sizes) if size != (width, height)}
     if odd:
-        _logger.info('note: %d of %d slices are not %dx%d; cached at their own size', len(odd), len(paths),
-                     width, height)
+        _logger.info(
+            'note: %d of %d slices are not %dx%d; cached at their own size',
+            len(odd),
+            len(paths),
+            width,
+            height,
+        )
     return SliceCache(images, common, odd)
 
 
 class SliceDataset(torch.utils.data.Dataset):
-    """``(transform(image), label)`` per slice; images come from ``cache`` if given, else from disk."""
+    """``(transform(image), label)`` per slice; images
+    come from ``cache`` if given, else from disk.
+    """
 
-    def __init__(self, slices: Sequence[Slice], transform: Callable | None = None, cache: SliceCache | None = None):
+    def __init__(
+        self,
+        slices: Sequence[Slice],
+        transform: Callable | None = None,
+        cache: SliceCache | None = None,
+    ):
         self.slices = list(slices)
         self.transform = transform
         self.cache = cache
         if cache is not None:
             missing = [s.path for s in self.slices if s.path not in cache]
             if missing:
-                raise DataError(f'{len(missing)} slice(s) are not in the cache: {_preview(missing)}. '
-                                f'Preload the same slice list the dataset uses.')
+                raise DataError(
+                    f'{len(missing)} slice(s) are not in the cache: {_preview(missing)}. '
+                    f'Preload the same slice list the dataset uses.'
+                )
 
     @property
     def labels(self) -> list[int]:
@@ -581,9 +746,18 @@ class SliceDataset(torch.utils.data.Dataset):
         return image, self.slices[index].label
 
 
-def create_loader(dataset, batch_size: int, *, shuffle: bool, num_workers: int = 0, drop_last: bool = False,
-                  pin_memory: bool = False, seed: int = 0, persistent_workers: bool = True,
-                  prefetch_factor: int | None = None) -> torch.utils.data.DataLoader:
+def create_loader(
+    dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+    seed: int = 0,
+    persistent_workers: bool = True,
+    prefetch_factor: int | None = None,
+) -> torch.utils.data.DataLoader:
     """A plain torch DataLoader whose shuffle order is reproducible (its own generator, seeded)."""
     generator = torch.Generator()
     generator.manual_seed(seed)
@@ -593,11 +767,19 @@ def create_loader(dataset, batch_size: int, *, shuffle: bool, num_workers: int =
         if prefetch_factor is not None:
             worker_args['prefetch_factor'] = prefetch_factor
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
-        pin_memory=pin_memory, generator=generator, **worker_args)
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        generator=generator,
+        **worker_args,
+    )
 
 
-# --------------------------------------------------------------------------------------------- check CLI
+# ---------------------------------------------------------------------------------------- check CLI
+
 
 def _size_text(size) -> str:
     return f'{size[0]}x{size[1]}'
@@ -609,8 +791,10 @@ def _format_counts(counts: Counter, fmt: Callable = str) -> str:
 
 def _check(data_dir: Path, classes: Sequence[str], file_is_patient: bool, num_workers: int):
     """Everything ``check`` prints: (report lines, notes, problems)."""
-    lines = [f'DATA_DIR {data_dir}   classes: ' + ', '.join(f'{c}={i}' for i, c in enumerate(classes)),
-             f'{"split":<6} {"class":<6} {"patients":>8} {"slices":>7}   slices/patient min/median/max']
+    lines = [
+        f'DATA_DIR {data_dir}   classes: ' + ', '.join(f'{c}={i}' for i, c in enumerate(classes)),
+        f'{"split":<6} {"class":<6} {"patients":>8} {"slices":>7}   slices/patient min/median/max',
+    ]
     problems, notes, found = [], [], {}
     try:
         _require_data_dir(data_dir)
@@ -618,47 +802,71 @@ def _check(data_dir: Path, classes: Sequence[str], file_is_patient: bool, num_wo
         return lines[:1], notes, [str(e)]
     for split in SPLITS:
         try:
-            slices, split_problems, ignored = _scan(_split_dir(data_dir, split, classes), classes, file_is_patient)
+            slices, split_problems, ignored = _scan(
+                _split_dir(data_dir, split, classes), classes, file_is_patient
+            )
         except DataError as e:
             problems.append(str(e))
             continue
         found[split] = slices
         problems += split_problems
         if ignored:
-            notes.append(f'{split}: ignored {len(ignored)} entries that are not images: {_preview(ignored)}')
+            notes.append(
+                f'{split}: ignored {len(ignored)} entries that are not images: {_preview(ignored)}'
+            )
         for row in summarize(slices, classes):
             lo, mid, hi = row['per_patient']
-            lines.append(f'{split:<6} {row["name"]:<6} {row["patients"]:>8} {row["slices"]:>7}   {lo}/{mid:g}/{hi}')
+            lines.append(
+                f'{split:<6} {row["name"]:<6} {row["patients"]:>8} '
+                f'{row["slices"]:>7}   {lo}/{mid:g}/{hi}'
+            )
     if len(found) == 2:
         try:
             check_no_leakage(found['train'], found['test'])
         except DataError as e:
             problems.append(str(e))
     infos = _inspect_all([s for split in found.values() for s in split], num_workers)
-    lines.append('image sizes (WxH): ' + (_format_counts(Counter(i.size for i in infos if i.size), _size_text)
-                                          or 'none'))
-    lines.append('image modes: ' + (_format_counts(Counter(i.mode for i in infos if i.mode)) or 'none'))
+    lines.append(
+        'image sizes (WxH): '
+        + (_format_counts(Counter(i.size for i in infos if i.size), _size_text) or 'none')
+    )
+    lines.append(
+        'image modes: ' + (_format_counts(Counter(i.mode for i in infos if i.mode)) or 'none')
+    )
     notes += _notes(infos)
     problems += [f'{i.path}: {i.problem}' for i in infos if i.problem]
     return lines, notes, problems
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m adni_timm.data',
-                                     description='Tools for data in the ADNI AD_NC layout.')
+    parser = argparse.ArgumentParser(
+        prog='python -m adni_timm.data', description='Tools for data in the ADNI AD_NC layout.'
+    )
     commands = parser.add_subparsers(dest='command', required=True)
     check = commands.add_parser(
-        'check', help='report patients, slices, image sizes and every problem; exit 1 on problems',
-        description=f'Check DATA_DIR/{{train,test}}/{{NC,AD}}/{FILE_NAME_PATTERN}: print patients and slices '
-                    f'per split and class, slices per patient, image sizes and modes, and every problem '
-                    f'found. Exit status 1 when there are problems.')
+        'check',
+        help='report patients, slices, image sizes and every problem; exit 1 on problems',
+        description=f'Check DATA_DIR/{{train,test}}/{{NC,AD}}/{FILE_NAME_PATTERN}: print patients '
+        f'and slices per split and class, slices per patient, image sizes and modes, and every '
+        f'problem found. Exit status 1 when there are problems.',
+    )
     check.add_argument('data_dir', metavar='DATA_DIR', type=Path)
-    check.add_argument('--classes', default=','.join(LABEL_NAMES),
-                       help='class folders in label order (default NC,AD: NC=0, AD=1)')
-    check.add_argument('--file-is-patient', action='store_true',
-                       help='treat each file as its own patient (names without <patient>_<slice>)')
-    check.add_argument('--workers', type=int, default=min(8, os.cpu_count() or 1),
-                       help='threads decoding images (default: up to 8)')
+    check.add_argument(
+        '--classes',
+        default=','.join(LABEL_NAMES),
+        help='class folders in label order (default NC,AD: NC=0, AD=1)',
+    )
+    check.add_argument(
+        '--file-is-patient',
+        action='store_true',
+        help='treat each file as its own patient (names without <patient>_<slice>)',
+    )
+    check.add_argument(
+        '--workers',
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help='threads decoding images (default: up to 8)',
+    )
     args = parser.parse_args(argv)
     try:
         classes = parse_classes(args.classes)

@@ -1,8 +1,10 @@
-"""Numbers formatted for people: every value the toolkit prints or writes into a card goes through here.
+"""Numbers formatted for people: every value the
+toolkit prints or writes into a card goes through here.
 
 Three decimals, confidence intervals in brackets, '-' for a missing value; never a raw float repr
 such as ``0.6699999999999999``.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,7 +28,9 @@ def fmt(value: Any, digits: int = 3, missing: str = '-') -> str:
     return str(value)
 
 
-def fmt_ci(value: Any, ci: Sequence[float] | None = None, digits: int = 3, missing: str = '-') -> str:
+def fmt_ci(
+    value: Any, ci: Sequence[float] | None = None, digits: int = 3, missing: str = '-'
+) -> str:
     """``'0.900 [0.833, 0.967]'``: the value and, when known, its 95% CI in brackets."""
     text = fmt(value, digits, missing)
     if ci and len(ci) == 2 and all(is_number(c) for c in ci):

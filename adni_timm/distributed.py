@@ -5,6 +5,7 @@ until the collective times out (30 minutes by default). Work that can fail on on
 process writing a checkpoint to a full disk) reports its error to all of them instead, and every
 process raises the same message.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -20,6 +21,7 @@ def first_error(accelerator, error: str | None) -> str | None:
     if accelerator.num_processes == 1:
         return error
     from accelerate.utils import gather_object
+
     return next((e for e in gather_object([error]) if e), None)
 
 

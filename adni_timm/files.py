@@ -1,8 +1,10 @@
-"""Small file helpers shared by the run folder, exports and reports: JSON and YAML, written atomically.
+"""Small file helpers shared by the run folder, exports
+and reports: JSON and YAML, written atomically.
 
 Atomic = written to a temporary file beside the target and renamed into place, so a kill mid-write
 never leaves a half-written record that a later ``--resume`` or ``evaluate.py`` would misread.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,7 @@
-"""Small facts about the machine that training and evaluation both need: bf16 support, usable memory."""
+"""Small facts about the machine that training and
+evaluation both need: bf16 support, usable memory.
+"""
+
 from __future__ import annotations
 
 import os
@@ -34,7 +37,9 @@ def _read_int(path: Path) -> int | None:
 
 
 def _meminfo_available(meminfo: Path) -> int | None:
-    """MemAvailable (what can be allocated without swapping; MemFree ignores reclaimable page cache)."""
+    """MemAvailable (what can be allocated without
+    swapping; MemFree ignores reclaimable page cache).
+    """
     try:
         for line in meminfo.read_text().splitlines():
             if line.startswith('MemAvailable:'):
@@ -46,16 +51,19 @@ def _meminfo_available(meminfo: Path) -> int | None:
 
 def _cgroup_headroom(cgroup: Path) -> int | None:
     """Limit minus usage of this container's memory cgroup (v2, else v1); None without a limit."""
-    for limit_file, usage_file in (('memory.max', 'memory.current'),
-                                   ('memory/memory.limit_in_bytes', 'memory/memory.usage_in_bytes')):
+    for limit_file, usage_file in (
+        ('memory.max', 'memory.current'),
+        ('memory/memory.limit_in_bytes', 'memory/memory.usage_in_bytes'),
+    ):
         limit, usage = _read_int(cgroup / limit_file), _read_int(cgroup / usage_file)
         if limit is not None and limit < _UNLIMITED:
             return max(0, limit - (usage or 0))
     return None
 
 
-def available_memory(meminfo: str | os.PathLike = '/proc/meminfo',
-                     cgroup: str | os.PathLike = '/sys/fs/cgroup') -> tuple[int | None, str]:
+def available_memory(
+    meminfo: str | os.PathLike = '/proc/meminfo', cgroup: str | os.PathLike = '/sys/fs/cgroup'
+) -> tuple[int | None, str]:
     """(bytes this process can still use, where that number came from); (None, 'unknown') off Linux.
 
     The smaller of the machine's available memory and the container's (cgroup) headroom: a SLURM job
@@ -70,7 +78,9 @@ def available_memory(meminfo: str | os.PathLike = '/proc/meminfo',
 
 
 def local_process_count() -> int:
-    """Processes on this machine (each holds its own slice cache): torchrun / accelerate set LOCAL_WORLD_SIZE."""
+    """Processes on this machine (each holds its own slice
+    cache): torchrun / accelerate set LOCAL_WORLD_SIZE.
+    """
     try:
         return max(1, int(os.environ.get('LOCAL_WORLD_SIZE', '1')))
     except ValueError:

@@ -1,9 +1,11 @@
-"""The one inference loop: per-slice probabilities (and losses) for per-epoch validation and evaluate.py.
+"""The one inference loop: per-slice probabilities
+(and losses) for per-epoch validation and evaluate.py.
 
 One precision policy for both (``autocast_dtype``): a run trained in fp32 is validated and evaluated
 in fp32, a bf16 run in bf16 on CUDA; the CPU always computes in fp32 (autocast there is slower here
 and would change results for nothing). channels_last only on CUDA, where it is faster.
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -32,16 +34,26 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 @torch.inference_mode()
-def predict_loader(model: torch.nn.Module, loader, *, device: torch.device, precision: str = 'no',
-                   channels_last: bool = False, tta: bool = False, accelerator=None,
-                   with_loss: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """(softmax probabilities ``[N, C]`` float64, per-slice cross-entropy ``[N]`` or None), in loader order.
+def predict_loader(
+    model: torch.nn.Module,
+    loader,
+    *,
+    device: torch.device,
+    precision: str = 'no',
+    channels_last: bool = False,
+    tta: bool = False,
+    accelerator=None,
+    with_loss: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(softmax probabilities ``[N, C]`` float64, per-slice
+    cross-entropy ``[N]`` or None), in loader order.
 
-    ``model`` is the plain module (not a DDP wrapper): its forward runs eagerly even when it was
-    compiled in place, which avoids recompiling for eval mode and the last partial batch. With an
-    ``accelerator`` the loader is sharded over its processes and ``gather_for_metrics`` returns every
-    slice exactly once (drops the padding of the last batch); every process must call. ``tta``
-    averages the softmax of each slice and its horizontal flip. The model's training flag is restored.
+    ``model`` is the plain module (not a DDP wrapper): its forward runs eagerly even
+    when it was compiled in place, which avoids recompiling for eval mode and the
+    last partial batch. With an ``accelerator`` the loader is sharded over its
+    processes and ``gather_for_metrics`` returns every slice exactly once (drops the
+    padding of the last batch); every process must call. ``tta`` averages the softmax
+    of each slice and its horizontal flip. The model's training flag is restored.
     """
     dtype = autocast_dtype(precision, device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
@@ -59,7 +71,11 @@ def predict_loader(model: torch.nn.Module, loader, *, device: torch.device, prec
                 probs = logits.softmax(-1)
                 if tta:
                     probs = (probs + model.forward(images.flip(-1)).float().softmax(-1)) / 2
-            out = (probs, F.cross_entropy(logits, targets.to(device), reduction='none')) if with_loss else (probs,)
+            out = (
+                (probs, F.cross_entropy(logits, targets.to(device), reduction='none'))
+                if with_loss
+                else (probs,)
+            )
             if accelerator is not None:
                 out = accelerator.gather_for_metrics(out)
             probs_out.append(out[0].cpu())

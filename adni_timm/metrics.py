@@ -5,6 +5,7 @@ predicted probability of AD. A sample is called positive when ``p_pos >= thresho
 (the same rule as scikit-learn's ``roc_curve``, so thresholds taken from it are exact).
 A patient's probability is the mean over its slices.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,19 +16,47 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import logsumexp, softmax
 from sklearn.metrics import (
-    accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score, precision_score, recall_score,
-    roc_auc_score, roc_curve,
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+    roc_curve,
 )
 
 __all__ = [
-    'METRIC_KEYS', 'CI_KEYS', 'binary_metrics', 'patient_level', 'slice_and_patient_metrics', 'youden_threshold',
-    'threshold_for_sensitivity', 'bootstrap_ci', 'weighted_metrics', 'resample_patient_counts',
-    'reliability_curve', 'expected_calibration_error', 'calibration_report', 'TEMPERATURE_BOUNDS',
-    'fit_temperature', 'apply_temperature', 'operating_point',
+    'METRIC_KEYS',
+    'CI_KEYS',
+    'binary_metrics',
+    'patient_level',
+    'slice_and_patient_metrics',
+    'youden_threshold',
+    'threshold_for_sensitivity',
+    'bootstrap_ci',
+    'weighted_metrics',
+    'resample_patient_counts',
+    'reliability_curve',
+    'expected_calibration_error',
+    'calibration_report',
+    'TEMPERATURE_BOUNDS',
+    'fit_temperature',
+    'apply_temperature',
+    'operating_point',
 ]
 
-METRIC_KEYS = ('n', 'accuracy', 'balanced_accuracy', 'sensitivity', 'specificity', 'precision', 'f1', 'auc',
-               'confusion_matrix')
+METRIC_KEYS = (
+    'n',
+    'accuracy',
+    'balanced_accuracy',
+    'sensitivity',
+    'specificity',
+    'precision',
+    'f1',
+    'auc',
+    'confusion_matrix',
+)
 CI_KEYS = ('accuracy', 'balanced_accuracy', 'sensitivity', 'specificity', 'precision', 'f1', 'auc')
 
 
@@ -35,15 +64,24 @@ def _as_arrays(y_true, p_pos, what: str = 'metrics') -> tuple[np.ndarray, np.nda
     y = np.asarray(y_true)
     p = np.asarray(p_pos, dtype=np.float64)
     if y.ndim != 1 or p.ndim != 1 or len(y) != len(p):
-        raise ValueError(f'{what}: y_true and p_pos must be 1-D arrays of the same length, '
-                         f'got shapes {y.shape} and {p.shape}.')
+        raise ValueError(
+            f'{what}: y_true and p_pos must be 1-D arrays of the same length, '
+            f'got shapes {y.shape} and {p.shape}.'
+        )
     if len(y) == 0:
-        raise ValueError(f'{what}: no samples (empty y_true). Check that the data folder holds images of every class.')
+        raise ValueError(
+            f'{what}: no samples (empty y_true). Check that '
+            f'the data folder holds images of every class.'
+        )
     if not np.isin(y, (0, 1)).all():
-        raise ValueError(f'{what}: y_true must hold 0 (negative, e.g. NC) or 1 (positive, AD), '
-                         f'got values {sorted(set(np.unique(y).tolist()))}.')
+        raise ValueError(
+            f'{what}: y_true must hold 0 (negative, e.g. NC) or 1 (positive, AD), '
+            f'got values {sorted(set(np.unique(y).tolist()))}.'
+        )
     if not np.isfinite(p).all() or p.min() < 0 or p.max() > 1:
-        raise ValueError(f'{what}: p_pos must be probabilities in [0, 1] (softmax outputs), not logits.')
+        raise ValueError(
+            f'{what}: p_pos must be probabilities in [0, 1] (softmax outputs), not logits.'
+        )
     return y.astype(np.int64), p
 
 
@@ -53,7 +91,8 @@ def _none_if_nan(x) -> float | None:
 
 
 def binary_metrics(y_true, p_pos, threshold: float = 0.5) -> dict:
-    """Accuracy, balanced accuracy, sensitivity, specificity, precision, F1, AUC and the confusion matrix.
+    """Accuracy, balanced accuracy, sensitivity, specificity,
+    precision, F1, AUC and the confusion matrix.
 
     Undefined values (e.g. sensitivity without any AD sample) are ``None``; AUC is ``None``, with a
     warning, when ``y_true`` holds a single class. The confusion matrix is ``[[TN, FP], [FN, TP]]``.
@@ -65,15 +104,20 @@ def binary_metrics(y_true, p_pos, threshold: float = 0.5) -> dict:
     if both_classes:
         auc = float(roc_auc_score(y, p))
     else:
-        warnings.warn(f'AUC is undefined: y_true holds only class {int(y[0])} ({len(y)} samples); reporting null.',
-                      UserWarning, stacklevel=2)
+        warnings.warn(
+            f'AUC is undefined: y_true holds only class '
+            f'{int(y[0])} ({len(y)} samples); reporting null.',
+            UserWarning,
+            stacklevel=2,
+        )
     with warnings.catch_warnings():
         # a single class in y_true is reported as null values above, not as sklearn warnings
         warnings.simplefilter('ignore')
         return {
             'n': int(len(y)),
             'accuracy': float(accuracy_score(y, pred)),
-            'balanced_accuracy': float(balanced_accuracy_score(y, pred)),  # recall of the one class if single
+            # recall of the one class if single
+            'balanced_accuracy': float(balanced_accuracy_score(y, pred)),
             'sensitivity': _none_if_nan(recall_score(y, pred, pos_label=1, zero_division=np.nan)),
             'specificity': _none_if_nan(recall_score(y, pred, pos_label=0, zero_division=np.nan)),
             'precision': _none_if_nan(precision_score(y, pred, pos_label=1, zero_division=np.nan)),
@@ -86,7 +130,8 @@ def binary_metrics(y_true, p_pos, threshold: float = 0.5) -> dict:
 def patient_level(patients: Sequence, y_true, p_pos) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Aggregate slices to patients: ``(ids, y, mean p_pos)``, ids sorted.
 
-    Raises ``ValueError`` when a patient's slices carry different labels (a patient is one diagnosis).
+    Raises ``ValueError`` when a patient's slices carry
+    different labels (a patient is one diagnosis).
     """
     y, p = _as_arrays(y_true, p_pos, 'patient_level')
     patients = np.asarray(patients)
@@ -96,8 +141,10 @@ def patient_level(patients: Sequence, y_true, p_pos) -> tuple[np.ndarray, np.nda
     n_pos = np.bincount(inverse, weights=y, minlength=len(ids))
     mixed = (n_pos > 0) & (n_pos < counts)
     if mixed.any():
-        raise ValueError(f'patient_level: patients {ids[mixed][:5].tolist()} have slices with different labels; '
-                         f'each patient must sit in one class folder only.')
+        raise ValueError(
+            f'patient_level: patients {ids[mixed][:5].tolist()} have slices with different labels; '
+            f'each patient must sit in one class folder only.'
+        )
     mean_p = np.bincount(inverse, weights=p, minlength=len(ids)) / counts
     return ids, (n_pos > 0).astype(np.int64), mean_p
 
@@ -105,13 +152,18 @@ def patient_level(patients: Sequence, y_true, p_pos) -> tuple[np.ndarray, np.nda
 def slice_and_patient_metrics(patients: Sequence, y_true, p_pos, threshold: float = 0.5) -> dict:
     """``{'slice': binary_metrics(...), 'patient': binary_metrics(...)}`` at the same threshold."""
     _, y_pat, p_pat = patient_level(patients, y_true, p_pos)
-    return {'slice': binary_metrics(y_true, p_pos, threshold), 'patient': binary_metrics(y_pat, p_pat, threshold)}
+    return {
+        'slice': binary_metrics(y_true, p_pos, threshold),
+        'patient': binary_metrics(y_pat, p_pat, threshold),
+    }
 
 
 def _require_both_classes(y: np.ndarray, what: str) -> None:
     if len(np.unique(y)) != 2:
-        raise ValueError(f'{what}: choosing a threshold needs both AD and non-AD samples; '
-                         f'the validation set holds only class {int(y[0])}.')
+        raise ValueError(
+            f'{what}: choosing a threshold needs both AD and non-AD samples; '
+            f'the validation set holds only class {int(y[0])}.'
+        )
 
 
 def youden_threshold(y_true, p_pos) -> float:
@@ -139,18 +191,25 @@ def threshold_for_sensitivity(y_true, p_pos, target: float) -> float:
     Highest keeps specificity as high as the sensitivity target allows.
     """
     if not 0 < target <= 1:
-        raise ValueError(f'threshold_for_sensitivity: target sensitivity must be in (0, 1], got {target}.')
+        raise ValueError(
+            f'threshold_for_sensitivity: target sensitivity must be in (0, 1], got {target}.'
+        )
     y, p = _as_arrays(y_true, p_pos, 'threshold_for_sensitivity')
     _require_both_classes(y, 'threshold_for_sensitivity')
     _, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
-    first = int(np.argmax(tpr >= target - 1e-12))  # thresholds decrease, tpr increases; 1e-12 absorbs 0.7*10 != 7
+    # thresholds decrease, tpr increases; 1e-12 absorbs 0.7*10 != 7
+    first = int(np.argmax(tpr >= target - 1e-12))
     return float(thresholds[first])
 
 
-# ---- bootstrap over patients -------------------------------------------------------------------------------------
+# ---- bootstrap over patients ---------------------------------------------------------------------
 
-def _weighted_metrics(y: np.ndarray, p: np.ndarray, threshold: float, w: np.ndarray) -> dict[str, np.ndarray]:
-    """The CI_KEYS metrics for each row of sample weights ``w`` (n_resamples, n_samples), vectorised.
+
+def _weighted_metrics(
+    y: np.ndarray, p: np.ndarray, threshold: float, w: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The CI_KEYS metrics for each row of sample
+    weights ``w`` (n_resamples, n_samples), vectorised.
 
     A weight is how often a sample was drawn, so each row is one bootstrap resample.
     """
@@ -167,7 +226,8 @@ def _weighted_metrics(y: np.ndarray, p: np.ndarray, threshold: float, w: np.ndar
             'precision': prec,
             'f1': 2 * tp / (2 * tp + fp + fn),
         }
-        # Weighted Mann-Whitney AUC (ties count one half), identical to roc_auc_score(sample_weight=w).
+        # Weighted Mann-Whitney AUC (ties count one half), identical to
+        # roc_auc_score(sample_weight=w).
         order = np.argsort(p, kind='stable')
         p_sorted = p[order]
         starts = np.flatnonzero(np.r_[True, p_sorted[1:] != p_sorted[:-1]])  # groups of tied scores
@@ -183,7 +243,9 @@ def _resample_counts(rng: np.random.Generator, y_pat: np.ndarray, n_boot: int) -
     counts = np.zeros((n_boot, len(y_pat)))
     for cls in np.unique(y_pat):
         members = np.flatnonzero(y_pat == cls)
-        counts[:, members] = rng.multinomial(len(members), np.full(len(members), 1 / len(members)), size=n_boot)
+        counts[:, members] = rng.multinomial(
+            len(members), np.full(len(members), 1 / len(members)), size=n_boot
+        )
     return counts
 
 
@@ -195,14 +257,22 @@ def _percentile_ci(values: np.ndarray, level: float) -> list[float] | None:
     return [float(lo), float(hi)]
 
 
-def bootstrap_ci(patients: Sequence, y_true, p_pos, threshold: float, n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95, chunk: int = 200) -> dict[str, dict[str, list[float] | None]]:
+def bootstrap_ci(
+    patients: Sequence,
+    y_true,
+    p_pos,
+    threshold: float,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    chunk: int = 200,
+) -> dict[str, dict[str, list[float] | None]]:
     """Percentile bootstrap CIs of the slice- and patient-level metrics, resampling PATIENTS.
 
     Each resample draws patients with replacement within each class (the test set is a fixed number
-    of AD and NC patients) and keeps all slices of a drawn patient, so slices of one patient are never
-    treated as independent. The threshold is held fixed. Returns ``{'slice': {key: [lo, hi]}, 'patient': ...}``
-    for ``CI_KEYS`` (``None`` where a metric is undefined in every resample).
+    of AD and NC patients) and keeps all slices of a drawn patient, so slices of one patient are
+    never treated as independent. The threshold is held fixed. Returns ``{'slice': {key: [lo, hi]},
+    'patient': ...}`` for ``CI_KEYS`` (``None`` where a metric is undefined in every resample).
     """
     if n_boot < 1:
         raise ValueError(f'bootstrap_ci: n_boot must be >= 1, got {n_boot}.')
@@ -215,12 +285,16 @@ def bootstrap_ci(patients: Sequence, y_true, p_pos, threshold: float, n_boot: in
     draws = {'slice': {k: [] for k in CI_KEYS}, 'patient': {k: [] for k in CI_KEYS}}
     for start in range(0, n_boot, chunk):  # chunks bound memory: (chunk, n_slices) weights
         counts = _resample_counts(rng, y_pat, min(chunk, n_boot - start))
-        for level_name, values in (('patient', _weighted_metrics(y_pat, p_pat, threshold, counts)),
-                                   ('slice', _weighted_metrics(y, p, threshold, counts[:, slice_to_patient]))):
+        for level_name, values in (
+            ('patient', _weighted_metrics(y_pat, p_pat, threshold, counts)),
+            ('slice', _weighted_metrics(y, p, threshold, counts[:, slice_to_patient])),
+        ):
             for k, v in values.items():
                 draws[level_name][k].append(v)
-    return {lvl: {k: _percentile_ci(np.concatenate(v), level) for k, v in per_key.items()}
-            for lvl, per_key in draws.items()}
+    return {
+        lvl: {k: _percentile_ci(np.concatenate(v), level) for k, v in per_key.items()}
+        for lvl, per_key in draws.items()
+    }
 
 
 def weighted_metrics(y, p, threshold: float, weights) -> dict[str, np.ndarray]:
@@ -230,8 +304,12 @@ def weighted_metrics(y, p, threshold: float, weights) -> dict[str, np.ndarray]:
     of ones gives the plain metrics (the AUC equals ``roc_auc_score``). ``adni_timm.cv`` uses it
     for paired comparisons, so that both runs are scored on exactly the same resamples.
     """
-    return _weighted_metrics(np.asarray(y), np.asarray(p, dtype=np.float64), threshold,
-                             np.atleast_2d(np.asarray(weights, dtype=np.float64)))
+    return _weighted_metrics(
+        np.asarray(y),
+        np.asarray(p, dtype=np.float64),
+        threshold,
+        np.atleast_2d(np.asarray(weights, dtype=np.float64)),
+    )
 
 
 def resample_patient_counts(rng: np.random.Generator, y_pat, n_boot: int) -> np.ndarray:
@@ -284,19 +362,24 @@ def expected_calibration_error(y_true, p_pos, n_bins: int = 15) -> float:
 def calibration_report(patients: Sequence, y_true, p_pos, n_bins: int = 15) -> dict[str, float]:
     """``{'ece_slice', 'ece_patient'}``; a patient's probability is the mean over its slices."""
     _, y_pat, p_pat = patient_level(patients, y_true, p_pos)
-    return {'ece_slice': expected_calibration_error(y_true, p_pos, n_bins),
-            'ece_patient': expected_calibration_error(y_pat, p_pat, n_bins)}
+    return {
+        'ece_slice': expected_calibration_error(y_true, p_pos, n_bins),
+        'ece_patient': expected_calibration_error(y_pat, p_pat, n_bins),
+    }
 
 
 def _as_log_probs(log_probs, labels) -> tuple[np.ndarray, np.ndarray]:
     z = np.asarray(log_probs, dtype=np.float64)
     y = np.asarray(labels)
     if z.ndim != 2 or z.shape[1] < 2 or y.ndim != 1 or len(y) != len(z) or len(z) == 0:
-        raise ValueError(f'fit_temperature: log_probs must be [N, C] with C >= 2 and labels [N], '
-                         f'N > 0; got shapes {z.shape} and {y.shape}.')
+        raise ValueError(
+            f'fit_temperature: log_probs must be [N, C] with C >= 2 and labels [N], '
+            f'N > 0; got shapes {z.shape} and {y.shape}.'
+        )
     if np.isnan(z).any() or np.isposinf(z).any():
-        raise ValueError('fit_temperature: log_probs hold NaN or +inf; '
-                         'pass log-softmax outputs or logits.')
+        raise ValueError(
+            'fit_temperature: log_probs hold NaN or +inf; pass log-softmax outputs or logits.'
+        )
     if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= z.shape[1]:
         raise ValueError(f'fit_temperature: labels must be class indices in [0, {z.shape[1] - 1}].')
     return np.maximum(z, _LOG_FLOOR), y
@@ -323,17 +406,24 @@ def fit_temperature(log_probs, labels) -> float:
     """
     z, y = _as_log_probs(log_probs, labels)
     lo, hi = np.log(TEMPERATURE_BOUNDS)
-    result = minimize_scalar(lambda log_t: _mean_nll(z, y, np.exp(log_t)), bounds=(lo, hi),
-                             method='bounded', options={'xatol': 1e-7})
+    result = minimize_scalar(
+        lambda log_t: _mean_nll(z, y, np.exp(log_t)),
+        bounds=(lo, hi),
+        method='bounded',
+        options={'xatol': 1e-7},
+    )
     for bound in (lo, hi):
         # No interior optimum: the NLL keeps falling towards a bound, or is flat there (it
         # underflows to 0 when validation is perfectly separated and T is small).
         if _mean_nll(z, y, np.exp(bound)) <= result.fun + 1e-12 * max(1.0, abs(result.fun)):
-            warnings.warn(f'fit_temperature: the best temperature is at the bound '
-                          f'{np.exp(bound):.3g} of {TEMPERATURE_BOUNDS}; the validation '
-                          f'predictions give no finite optimum (perfectly separated, or too few '
-                          f'samples).',
-                          UserWarning, stacklevel=2)
+            warnings.warn(
+                f'fit_temperature: the best temperature is at the bound '
+                f'{np.exp(bound):.3g} of {TEMPERATURE_BOUNDS}; the validation '
+                f'predictions give no finite optimum (perfectly separated, or too few '
+                f'samples).',
+                UserWarning,
+                stacklevel=2,
+            )
             return float(np.exp(bound))
     return float(np.exp(result.x))
 
@@ -346,15 +436,19 @@ def apply_temperature(probs, temperature: float) -> np.ndarray:
     so the result is finite for any input in [0, 1].
     """
     if not (np.isfinite(temperature) and temperature > 0):
-        raise ValueError(f'apply_temperature: temperature must be a positive number, '
-                         f'got {temperature}.')
+        raise ValueError(
+            f'apply_temperature: temperature must be a positive number, got {temperature}.'
+        )
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim not in (1, 2) or (p.ndim == 2 and p.shape[1] < 2):
-        raise ValueError(f'apply_temperature: probs must be [N, C] (C >= 2) or 1-D P(AD), '
-                         f'got shape {p.shape}.')
+        raise ValueError(
+            f'apply_temperature: probs must be [N, C] (C >= 2) or 1-D P(AD), got shape {p.shape}.'
+        )
     if not np.isfinite(p).all() or (p.size and (p.min() < 0 or p.max() > 1)):
-        raise ValueError('apply_temperature: probs must be probabilities in [0, 1] '
-                         '(softmax outputs), not logits.')
+        raise ValueError(
+            'apply_temperature: probs must be probabilities in [0, 1] '
+            '(softmax outputs), not logits.'
+        )
     if temperature == 1:
         return p
     rows = np.stack([1 - p, p], axis=1) if p.ndim == 1 else p
@@ -362,24 +456,35 @@ def apply_temperature(probs, temperature: float) -> np.ndarray:
     return scaled[:, 1] if p.ndim == 1 else scaled
 
 
-# ---- the operating point ----------------------------------------------------------------------------
+# ---- the operating point -------------------------------------------------------------------------
 
-def operating_point(probs, labels, patients: Sequence, positive: int, target_sensitivity: float | None = None,
-                    temperature: float | None = None) -> dict:
-    """Temperature, then threshold, chosen on one labelled set (validation, or out-of-fold predictions).
 
-    ``probs`` ``[N, C]`` softmax outputs, ``labels`` class indices, ``positive`` the index of AD. The
-    temperature is fitted on the slices (``temperature`` given: used as it is); when the fit has no
-    finite optimum (perfectly separated validation data) the probabilities stay uncalibrated (T = 1),
-    rather than being pushed to 0 / 1. The threshold is chosen on the calibrated patient probabilities:
-    Youden's J, or the highest reaching ``target_sensitivity``; 0.5 when the set holds one class only.
-    Returns ``{'temperature', 'threshold', 'threshold_rule', 'p_pos'}`` (``p_pos``: calibrated P(AD)).
+def operating_point(
+    probs,
+    labels,
+    patients: Sequence,
+    positive: int,
+    target_sensitivity: float | None = None,
+    temperature: float | None = None,
+) -> dict:
+    """Temperature, then threshold, chosen on one labelled
+    set (validation, or out-of-fold predictions).
+
+    ``probs`` ``[N, C]`` softmax outputs, ``labels`` class indices, ``positive`` the index of AD.
+    The temperature is fitted on the slices (``temperature`` given: used as it is); when the fit has
+    no finite optimum (perfectly separated validation data) the probabilities stay uncalibrated (T =
+    1), rather than being pushed to 0 / 1. The threshold is chosen on the calibrated patient
+    probabilities: Youden's J, or the highest reaching ``target_sensitivity``; 0.5 when the set
+    holds one class only. Returns ``{'temperature', 'threshold', 'threshold_rule', 'p_pos'}``
+    (``p_pos``: calibrated P(AD)).
     """
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
     if temperature is None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter('always')
-            temperature = fit_temperature(np.log(np.maximum(probs, np.finfo(np.float64).tiny)), labels)
+            temperature = fit_temperature(
+                np.log(np.maximum(probs, np.finfo(np.float64).tiny)), labels
+            )
         if any('bound' in str(w.message) for w in caught):
             temperature = 1.0
     p_pos = apply_temperature(probs, temperature)[:, positive]
@@ -388,8 +493,15 @@ def operating_point(probs, labels, patients: Sequence, positive: int, target_sen
     if len(np.unique(y_pat)) < 2:
         threshold, rule = 0.5, 'fixed (one class only)'
     elif target_sensitivity is not None:
-        threshold, rule = threshold_for_sensitivity(y_pat, p_pat, target_sensitivity), \
-            f'sensitivity >= {target_sensitivity}'
+        threshold, rule = (
+            threshold_for_sensitivity(y_pat, p_pat, target_sensitivity),
+            f'sensitivity >= {target_sensitivity}',
+        )
     else:
         threshold, rule = youden_threshold(y_pat, p_pat), 'youden'
-    return {'temperature': float(temperature), 'threshold': float(threshold), 'threshold_rule': rule, 'p_pos': p_pos}
+    return {
+        'temperature': float(temperature),
+        'threshold': float(threshold),
+        'threshold_rule': rule,
+        'p_pos': p_pos,
+    }

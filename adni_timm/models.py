@@ -7,14 +7,23 @@ scratch initialisation (never ImageNet weights). The state dict is exactly that
 of the matching stock model (``STOCK_ARCHITECTURES``), so exported weights load
 in plain timm without this package.
 """
+
 from __future__ import annotations
 
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.convnext import ConvNeXt, checkpoint_filter_fn
 
 __all__ = [
-    'LABEL_NAMES', 'MEAN', 'STD', 'INTERPOLATION', 'CROP_PCT', 'HF_HUB_ORG', 'LICENSE', 'PRETRAINED_TAG',
-    'STOCK_ARCHITECTURES', 'stock_architecture',
+    'LABEL_NAMES',
+    'MEAN',
+    'STD',
+    'INTERPOLATION',
+    'CROP_PCT',
+    'HF_HUB_ORG',
+    'LICENSE',
+    'PRETRAINED_TAG',
+    'STOCK_ARCHITECTURES',
+    'stock_architecture',
 ]
 
 LABEL_NAMES = ('NC', 'AD')  # index 1 = AD, the positive class; never alphabetical
@@ -46,16 +55,22 @@ def stock_architecture(model_name: str) -> str:
 def _cfg(hf_hub_id: str = '', **kwargs):
     return {
         'hf_hub_id': hf_hub_id,
-        'num_classes': 2, 'input_size': (1, 224, 224), 'pool_size': (7, 7),
-        'crop_pct': CROP_PCT, 'interpolation': INTERPOLATION,
-        'mean': MEAN, 'std': STD,
-        'first_conv': 'stem.0', 'classifier': 'head.fc',
+        'num_classes': 2,
+        'input_size': (1, 224, 224),
+        'pool_size': (7, 7),
+        'crop_pct': CROP_PCT,
+        'interpolation': INTERPOLATION,
+        'mean': MEAN,
+        'std': STD,
+        'first_conv': 'stem.0',
+        'classifier': 'head.fc',
         'label_names': LABEL_NAMES,
         'license': LICENSE,
         'description': (
-            'ConvNeXt initialised from scratch (no ImageNet weights) and trained to tell Normal Control (NC) '
-            'from Alzheimer\'s disease (AD) on 2D axial MRI slices of the ADNI AD_NC set. '
-            'Research use only; not a medical device.'),
+            'ConvNeXt initialised from scratch (no ImageNet weights) and trained to tell Normal '
+            "Control (NC) from Alzheimer's disease (AD) on 2D axial MRI slices of the ADNI AD_NC "
+            'set. Research use only; not a medical device.'
+        ),
         'origin_url': 'https://github.com/adni-timm/adni-timm',
         'paper_ids': 'arXiv:2201.03545',
         'paper_name': 'A ConvNet for the 2020s',
@@ -63,38 +78,46 @@ def _cfg(hf_hub_id: str = '', **kwargs):
     }
 
 
-default_cfgs = generate_default_cfgs({
-    f'{name}.{PRETRAINED_TAG}': _cfg(hf_hub_id=f'{HF_HUB_ORG}/{name}.{PRETRAINED_TAG}') for name in STOCK_ARCHITECTURES
-})
+default_cfgs = generate_default_cfgs(
+    {
+        f'{name}.{PRETRAINED_TAG}': _cfg(hf_hub_id=f'{HF_HUB_ORG}/{name}.{PRETRAINED_TAG}')
+        for name in STOCK_ARCHITECTURES
+    }
+)
 
 
 def _create_adni_convnext(variant: str, pretrained: bool = False, **kwargs) -> ConvNeXt:
     kwargs.setdefault('in_chans', 1)
     kwargs.setdefault('num_classes', 2)
     if pretrained:
-        # published weights (adni_timm.export) are 3-channel: say so, and timm sums them for in_chans=1
+        # published weights (adni_timm.export) are 3-channel:
+        # say so, and timm sums them for in_chans=1
         overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
         overlay['input_size'] = (3, *overlay.get('input_size', (1, 224, 224))[1:])
         kwargs['pretrained_cfg_overlay'] = overlay
     try:
         model = build_model_with_cfg(
-            ConvNeXt, variant, pretrained,
+            ConvNeXt,
+            variant,
+            pretrained,
             pretrained_filter_fn=checkpoint_filter_fn,
             feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
-            **kwargs)
-    except Exception as e:  # noqa: BLE001 - only reached when pretrained weights could not be fetched
+            **kwargs,
+        )
+    except Exception as e:  # noqa: BLE001 - only when pretrained weights could not be fetched
         if not pretrained or isinstance(e, (TypeError, ValueError, KeyError)):
             raise
         raise RuntimeError(
-            f'{variant}: pretrained weights could not be loaded ({type(e).__name__}: {e}). '
-            f'No weights are published at the default location; point at a repository or folder that holds '
-            f'a model.safetensors, e.g. timm.create_model({variant!r}, pretrained=True, '
-            f"pretrained_cfg_overlay=dict(hf_hub_id='ORG/NAME')), or "
-            f"timm.create_model('local-dir:/path/to/export', pretrained=True). "
-            f'Offline, pre-populate the Hugging Face cache and set HF_HUB_OFFLINE=1.') from e
+            f'{variant}: pretrained weights could not be loaded ({type(e).__name__}: {e}); none '
+            f"are published by default: pass pretrained_cfg_overlay=dict(hf_hub_id='ORG/NAME') "
+            f"or load 'local-dir:/path/to/export' (see docs/HUB.md, also for offline use)."
+        ) from e
     channels = kwargs['in_chans']
-    if model.pretrained_cfg['input_size'][0] != channels:  # describe the model built, not the weights' source
-        cfg = dict(model.pretrained_cfg, input_size=(channels, *model.pretrained_cfg['input_size'][1:]))
+    # describe the model built, not the weights' source
+    if model.pretrained_cfg['input_size'][0] != channels:
+        cfg = dict(
+            model.pretrained_cfg, input_size=(channels, *model.pretrained_cfg['input_size'][1:])
+        )
         model.pretrained_cfg = model.default_cfg = cfg
     return model
 
@@ -102,28 +125,38 @@ def _create_adni_convnext(variant: str, pretrained: bool = False, **kwargs) -> C
 @register_model
 def adni_convnext_atto(pretrained=False, **kwargs) -> ConvNeXt:
     model_args = dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), conv_mlp=True)
-    return _create_adni_convnext('adni_convnext_atto', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_adni_convnext(
+        'adni_convnext_atto', pretrained=pretrained, **dict(model_args, **kwargs)
+    )
 
 
 @register_model
 def adni_convnext_nano(pretrained=False, **kwargs) -> ConvNeXt:
     model_args = dict(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640), conv_mlp=True)
-    return _create_adni_convnext('adni_convnext_nano', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_adni_convnext(
+        'adni_convnext_nano', pretrained=pretrained, **dict(model_args, **kwargs)
+    )
 
 
 @register_model
 def adni_convnext_tiny(pretrained=False, **kwargs) -> ConvNeXt:
     model_args = dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768))
-    return _create_adni_convnext('adni_convnext_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_adni_convnext(
+        'adni_convnext_tiny', pretrained=pretrained, **dict(model_args, **kwargs)
+    )
 
 
 @register_model
 def adni_convnext_small(pretrained=False, **kwargs) -> ConvNeXt:
     model_args = dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768))
-    return _create_adni_convnext('adni_convnext_small', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_adni_convnext(
+        'adni_convnext_small', pretrained=pretrained, **dict(model_args, **kwargs)
+    )
 
 
 @register_model
 def adni_convnext_base(pretrained=False, **kwargs) -> ConvNeXt:
     model_args = dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024))
-    return _create_adni_convnext('adni_convnext_base', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_adni_convnext(
+        'adni_convnext_base', pretrained=pretrained, **dict(model_args, **kwargs)
+    )

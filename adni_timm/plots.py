@@ -3,6 +3,7 @@
 Each function writes one PNG and returns its path. The Agg backend is used so
 figures render on headless machines (clusters, CI) without a display.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,11 @@ def _save(fig, path: str | os.PathLike) -> Path:
 
 def _series(history: list[dict], key: str) -> tuple[list, list]:
     """(epochs, values) of the rows that hold a number for ``key``."""
-    points = [(row.get('epoch', i), row[key]) for i, row in enumerate(history)
-              if isinstance(row.get(key), (int, float)) and not isinstance(row.get(key), bool)]
+    points = [
+        (row.get('epoch', i), row[key])
+        for i, row in enumerate(history)
+        if isinstance(row.get(key), (int, float)) and not isinstance(row.get(key), bool)
+    ]
     return [e for e, _ in points], [v for _, v in points]
 
 
@@ -44,14 +48,19 @@ _CURVE_PANELS = (
 )
 
 
-def plot_curves(history: list[dict], path: str | os.PathLike, best_epoch: int | None = None,
-                best_weights: str | None = None) -> Path:
-    """Did it learn, did it overfit, which epoch was kept? Four panels from ``RUN/metrics.jsonl`` rows.
+def plot_curves(
+    history: list[dict],
+    path: str | os.PathLike,
+    best_epoch: int | None = None,
+    best_weights: str | None = None,
+) -> Path:
+    """Did it learn, did it overfit, which epoch was
+    kept? Four panels from ``RUN/metrics.jsonl`` rows.
 
-    Loss (train vs validation), patient-level AUC and accuracy, learning rate; live weights solid and
-    EMA dashed in the same colour; a vertical line at ``best_epoch`` (the kept weights). Patient-level
-    only: the slice-level numbers are in metrics.jsonl and add little beside them. Null values (e.g.
-    an undefined AUC) are skipped; a panel without any value is left out.
+    Loss (train vs validation), patient-level AUC and accuracy, learning rate; live weights solid
+    and EMA dashed in the same colour; a vertical line at ``best_epoch`` (the kept weights).
+    Patient-level only: the slice-level numbers are in metrics.jsonl and add little beside them.
+    Null values (e.g. an undefined AUC) are skipped; a panel without any value is left out.
     """
     panels = []
     for title, keys, ylim in _CURVE_PANELS:
@@ -64,17 +73,27 @@ def plot_curves(history: list[dict], path: str | os.PathLike, best_epoch: int | 
         if series:
             panels.append((title, series, ylim))
     if not panels:
-        raise ValueError(f'plot_curves: no loss, AUC, accuracy or lr values in the history '
-                         f'(keys: {list(dict.fromkeys(k for row in history for k in row))[:10]}).')
+        raise ValueError(
+            f'plot_curves: no loss, AUC, accuracy or lr values in the history '
+            f'(keys: {list(dict.fromkeys(k for row in history for k in row))[:10]}).'
+        )
     ncols = 2 if len(panels) > 1 else 1
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.4 * nrows), squeeze=False)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
     for ax, (title, series, ylim) in zip(axes.flat, panels):
         for label, epochs, values, colour, style in series:
-            ax.plot(epochs, values, color=colour, linestyle=style, linewidth=1.6,
-                    marker='o' if len(values) < 30 and style == '-' else None, markersize=3, label=label)
+            ax.plot(
+                epochs,
+                values,
+                color=colour,
+                linestyle=style,
+                linewidth=1.6,
+                marker='o' if len(values) < 30 and style == '-' else None,
+                markersize=3,
+                label=label,
+            )
         if best_epoch is not None:
             kept = f'kept: epoch {best_epoch}' + (f' ({best_weights})' if best_weights else '')
             ax.axvline(best_epoch, color='0.35', linestyle=':', linewidth=1.2, label=kept)
@@ -99,15 +118,17 @@ def plot_confusion_matrix(cm, labels, path: str | os.PathLike, title: str | None
     display.plot(ax=ax, cmap='Blues', colorbar=False, values_format='d')
     row_totals = cm.sum(axis=1)
     for (i, j), text in np.ndenumerate(display.text_):
-        if row_totals[i]:  # the percentage of the true class: sensitivity / specificity on the diagonal
+        # the percentage of the true class: sensitivity / specificity on the diagonal
+        if row_totals[i]:
             text.set_text(f'{cm[i, j]}\n{100 * cm[i, j] / row_totals[i]:.0f}%')
     if title:
         ax.set_title(title)
     return _save(fig, path)
 
 
-def plot_roc(y_true, p_pos, path: str | os.PathLike, title: str | None = None,
-             threshold: float | None = None) -> Path:
+def plot_roc(
+    y_true, p_pos, path: str | os.PathLike, title: str | None = None, threshold: float | None = None
+) -> Path:
     """ROC curve with its AUC; marks the operating point of ``threshold`` when given."""
     y, p = np.asarray(y_true), np.asarray(p_pos)
     if len(np.unique(y)) != 2:
@@ -129,9 +150,17 @@ def plot_roc(y_true, p_pos, path: str | os.PathLike, title: str | None = None,
 __all__.append('plot_reliability')
 
 
-def plot_reliability(y_true_slice, p_slice, y_true_patient, p_patient, path: str | os.PathLike,
-                     title: str | None = None, p_slice_calibrated=None, p_patient_calibrated=None,
-                     n_bins: int = 15) -> Path:
+def plot_reliability(
+    y_true_slice,
+    p_slice,
+    y_true_patient,
+    p_patient,
+    path: str | os.PathLike,
+    title: str | None = None,
+    p_slice_calibrated=None,
+    p_patient_calibrated=None,
+    n_bins: int = 15,
+) -> Path:
     """Reliability diagrams of P(AD), slices and patients side by side, with the ECE in the legend.
 
     Each point is one non-empty equal-width bin: mean predicted P(AD) against the observed
@@ -142,13 +171,20 @@ def plot_reliability(y_true_slice, p_slice, y_true_patient, p_patient, path: str
     from .metrics import expected_calibration_error, reliability_curve
 
     panels = []  # curves first, so bad input raises before a figure is opened
-    for name, y, p, p_calibrated in (('slices', y_true_slice, p_slice, p_slice_calibrated),
-                                     ('patients', y_true_patient, p_patient, p_patient_calibrated)):
+    for name, y, p, p_calibrated in (
+        ('slices', y_true_slice, p_slice, p_slice_calibrated),
+        ('patients', y_true_patient, p_patient, p_patient_calibrated),
+    ):
         probs = [('model' if p_calibrated is None else 'uncalibrated', p)]
         if p_calibrated is not None:
             probs.append(('calibrated', p_calibrated))
-        curves = [(f'{label} (ECE {expected_calibration_error(y, q, n_bins):.3f})',
-                   reliability_curve(y, q, n_bins)) for label, q in probs]
+        curves = [
+            (
+                f'{label} (ECE {expected_calibration_error(y, q, n_bins):.3f})',
+                reliability_curve(y, q, n_bins),
+            )
+            for label, q in probs
+        ]
         panels.append((f'{name} (n={len(y)})', curves))
     fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.8), sharey=True)
     for ax, (panel_title, curves) in zip(axes, panels):
@@ -177,15 +213,27 @@ def _unit(image: np.ndarray) -> np.ndarray:
 def _overlay(ax, image: np.ndarray, heat: np.ndarray, vmax: float = 1.0, cmap: str = 'jet'):
     """Grey slice with the map on top; opacity follows the map, so cold areas show the anatomy."""
     ax.imshow(_unit(image), cmap='gray', vmin=0, vmax=1)
-    shown = ax.imshow(heat, cmap=cmap, vmin=0, vmax=vmax,
-                      alpha=0.6 * np.clip(heat / vmax, 0, 1) if vmax > 0 else 0.0)
+    shown = ax.imshow(
+        heat,
+        cmap=cmap,
+        vmin=0,
+        vmax=vmax,
+        alpha=0.6 * np.clip(heat / vmax, 0, 1) if vmax > 0 else 0.0,
+    )
     ax.set_xticks([])
     ax.set_yticks([])
     return shown
 
 
-def plot_cam_montage(images, maps, path: str | os.PathLike, *, tile_titles=None,
-                     title: str | None = None, ncols: int = 5) -> Path:
+def plot_cam_montage(
+    images,
+    maps,
+    path: str | os.PathLike,
+    *,
+    tile_titles=None,
+    title: str | None = None,
+    ncols: int = 5,
+) -> Path:
     """One patient's slices in a grid, each with its Grad-CAM map (0..1) overlaid.
 
     ``images`` and ``maps`` are ``[S, H, W]`` (slices in order); ``tile_titles`` one per slice
@@ -193,31 +241,44 @@ def plot_cam_montage(images, maps, path: str | os.PathLike, *, tile_titles=None,
     """
     images, maps = np.asarray(images, dtype=np.float32), np.asarray(maps, dtype=np.float32)
     if images.ndim != 3 or images.shape != maps.shape:
-        raise ValueError(f'plot_cam_montage: images {images.shape} and maps {maps.shape} must '
-                         f'both be [S, H, W]')
+        raise ValueError(
+            f'plot_cam_montage: images {images.shape} and maps {maps.shape} must both be [S, H, W]'
+        )
     if tile_titles is not None and len(tile_titles) != len(images):
-        raise ValueError(f'plot_cam_montage: {len(tile_titles)} tile titles for '
-                         f'{len(images)} slices')
+        raise ValueError(
+            f'plot_cam_montage: {len(tile_titles)} tile titles for {len(images)} slices'
+        )
     ncols = max(1, min(ncols, len(images)))
     nrows = -(-len(images) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols + 0.8, 2.4 * nrows + 0.5),
-                             squeeze=False, layout='constrained')
-    for ax in axes.flat[len(images):]:
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(2.2 * ncols + 0.8, 2.4 * nrows + 0.5),
+        squeeze=False,
+        layout='constrained',
+    )
+    for ax in axes.flat[len(images) :]:
         ax.axis('off')
     shown = None
-    for k, ax in enumerate(axes.flat[:len(images)]):
+    for k, ax in enumerate(axes.flat[: len(images)]):
         shown = _overlay(ax, images[k], maps[k])
         if tile_titles is not None:
             ax.set_title(tile_titles[k], fontsize=9)
     if shown is not None:
-        fig.colorbar(shown, ax=axes, shrink=0.7, label='Grad-CAM (each slice\'s max = 1)')
+        fig.colorbar(shown, ax=axes, shrink=0.7, label="Grad-CAM (each slice's max = 1)")
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 
-def plot_population_maps(maps: dict, path: str | os.PathLike, *, mean_slices: dict | None = None,
-                         counts: dict | None = None, title: str | None = None) -> Path:
+def plot_population_maps(
+    maps: dict,
+    path: str | os.PathLike,
+    *,
+    mean_slices: dict | None = None,
+    counts: dict | None = None,
+    title: str | None = None,
+) -> Path:
     """Mean Grad-CAM per class side by side (one colour scale), over the class's mean slice.
 
     ``maps`` is ``{class: [H, W]}`` (e.g. ``adni_timm.cam.population_maps``); ``mean_slices`` the
@@ -229,15 +290,20 @@ def plot_population_maps(maps: dict, path: str | os.PathLike, *, mean_slices: di
     names = list(maps)
     vmax = max(float(np.max(maps[k])) for k in names) or 1.0
     diff = len(names) == 2
-    fig, axes = plt.subplots(1, len(names) + diff, figsize=(3.3 * (len(names) + diff), 3.6),
-                             squeeze=False, layout='constrained')
+    fig, axes = plt.subplots(
+        1,
+        len(names) + diff,
+        figsize=(3.3 * (len(names) + diff), 3.6),
+        squeeze=False,
+        layout='constrained',
+    )
     axes = axes[0]
     for ax, name in zip(axes, names):
         background = (mean_slices or {}).get(name, np.zeros_like(maps[name]))
         shown = _overlay(ax, background, maps[name], vmax=vmax)
         n = f' ({counts[name]} slices)' if counts and name in counts else ''
         ax.set_title(f'{name}{n}', fontsize=10)
-    fig.colorbar(shown, ax=list(axes[:len(names)]), shrink=0.8, label='mean Grad-CAM')
+    fig.colorbar(shown, ax=list(axes[: len(names)]), shrink=0.8, label='mean Grad-CAM')
     if diff:
         delta = np.asarray(maps[names[1]]) - np.asarray(maps[names[0]])
         bound = float(np.abs(delta).max()) or 1.0

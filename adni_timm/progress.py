@@ -4,6 +4,7 @@ Under SLURM, ``nohup`` or any redirect, a tqdm bar writes carriage-return update
 (thousands of fragments per run); there we print one plain line every ``interval_s`` seconds
 instead, with img/s and the epoch's ETA, which ``less`` and ``tail -f`` read well.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,9 +34,19 @@ def resolve_mode(mode: str, stream: TextIO | None = None) -> str:
 
 
 class Progress:
-    """One epoch's progress over ``total`` images; ``enabled=False`` on every process but the main one."""
+    """One epoch's progress over ``total`` images;
+    ``enabled=False`` on every process but the main one.
+    """
 
-    def __init__(self, mode: str, total: int, desc: str, *, enabled: bool = True, interval_s: float | None = None):
+    def __init__(
+        self,
+        mode: str,
+        total: int,
+        desc: str,
+        *,
+        enabled: bool = True,
+        interval_s: float | None = None,
+    ):
         self.mode = resolve_mode(mode) if enabled else 'none'
         self.total, self.desc = total, desc
         self.interval_s = DEFAULT_INTERVAL_S if interval_s is None else interval_s
@@ -44,7 +55,9 @@ class Progress:
         self.postfix: dict[str, str] = {}
         self.bar = None
         if self.mode == 'bar':
-            self.bar = tqdm(total=total, unit='img', unit_scale=True, desc=desc, leave=False, dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total, unit='img', unit_scale=True, desc=desc, leave=False, dynamic_ncols=True
+            )
 
     def update(self, images: int) -> None:
         self.done += images
@@ -66,8 +79,10 @@ class Progress:
         rate = self.done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else float('nan')
         extra = ''.join(f' {k} {v}' for k, v in self.postfix.items())
-        return (f'  {self.desc} {100 * self.done / max(self.total, 1):3.0f}% {self.done:,}/{self.total:,} img '
-                f'{rate:.0f} img/s eta {fmt_duration(eta)}{extra}')
+        return (
+            f'  {self.desc} {100 * self.done / max(self.total, 1):3.0f}% '
+            f'{self.done:,}/{self.total:,} img {rate:.0f} img/s eta {fmt_duration(eta)}{extra}'
+        )
 
     def close(self) -> None:
         if self.bar is not None:

@@ -1,4 +1,5 @@
-"""SYNTHETIC ADNI-layout data: procedurally drawn axial brain slices, NOT real MRI, NOT real patients.
+"""SYNTHETIC ADNI-layout data: procedurally drawn
+axial brain slices, NOT real MRI, NOT real patients.
 
 ADNI is under a data-use agreement, so every test, demo and benchmark here runs
 on this stand-in. It has the very layout and file format of the ADNI AD_NC set::
@@ -22,6 +23,7 @@ Numpy only, vectorised, deterministic for a seed. CLI::
 
     python -m adni_timm.synthetic OUT --train-patients N --test-patients M [--slices 20] [--seed 0]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +41,16 @@ import numpy as np
 from PIL import Image
 
 __all__ = [
-    'WIDTH', 'HEIGHT', 'GENERATOR_VERSION', 'DIFFICULTIES', 'Difficulty', 'SYNTHETIC_COMMENT',
-    'generate', 'demo_dataset', 'render_patient', 'main',
+    'WIDTH',
+    'HEIGHT',
+    'GENERATOR_VERSION',
+    'DIFFICULTIES',
+    'Difficulty',
+    'SYNTHETIC_COMMENT',
+    'generate',
+    'demo_dataset',
+    'render_patient',
+    'main',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -55,7 +65,9 @@ JPEG_QUALITY = 92
 DEMO_PARAMS = dict(train_patients=24, test_patients=16, slices=12, seed=0, difficulty='demo')
 
 _N_THETA = 720  # angular resolution of the per-direction tables (brain outline, sulci)
-_NOISE_PAD = 48  # per-patient noise block is this much larger than a slice; slices take shifted windows
+_NOISE_PAD = (
+    48  # per-patient noise block is this much larger than a slice; slices take shifted windows
+)
 
 
 @dataclass(frozen=True)
@@ -66,18 +78,28 @@ class Difficulty:
     jitter: scales the anatomy / intensity variation between patients (nuisance);
     noise: range of the Rician noise sigma, relative to white matter ~0.75.
     """
+
     severity: dict
     jitter: float
     noise: tuple[float, float]
 
 
 DIFFICULTIES = {
-    'demo': Difficulty(severity={'NC': (0.10, 0.06), 'MCI': (0.50, 0.08), 'AD': (0.90, 0.06)},
-                       jitter=0.5, noise=(0.01, 0.025)),
-    'default': Difficulty(severity={'NC': (0.25, 0.14), 'MCI': (0.43, 0.14), 'AD': (0.62, 0.14)},
-                          jitter=1.0, noise=(0.02, 0.05)),
-    'hard': Difficulty(severity={'NC': (0.30, 0.17), 'MCI': (0.42, 0.17), 'AD': (0.55, 0.17)},
-                       jitter=1.3, noise=(0.03, 0.07)),
+    'demo': Difficulty(
+        severity={'NC': (0.10, 0.06), 'MCI': (0.50, 0.08), 'AD': (0.90, 0.06)},
+        jitter=0.5,
+        noise=(0.01, 0.025),
+    ),
+    'default': Difficulty(
+        severity={'NC': (0.25, 0.14), 'MCI': (0.43, 0.14), 'AD': (0.62, 0.14)},
+        jitter=1.0,
+        noise=(0.02, 0.05),
+    ),
+    'hard': Difficulty(
+        severity={'NC': (0.30, 0.17), 'MCI': (0.42, 0.17), 'AD': (0.55, 0.17)},
+        jitter=1.3,
+        noise=(0.03, 0.07),
+    ),
 }
 
 
@@ -148,7 +170,7 @@ class _Head:
         yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
         c, s = np.cos(self.phi), np.sin(self.phi)
         dx, dy = xx - self.cx, yy - self.cy
-        self.x = (c * dx + s * dy).astype(np.float32)   # lateral, patient frame
+        self.x = (c * dx + s * dy).astype(np.float32)  # lateral, patient frame
         self.y = (-s * dx + c * dy).astype(np.float32)  # antero-posterior (anterior = up)
         self.r = np.hypot(self.x, self.y)
         theta = np.arctan2(self.y, self.x)
@@ -157,15 +179,21 @@ class _Head:
         t = (np.arange(_N_THETA) + 0.5) * (2 * np.pi / _N_THETA) - np.pi
         radius = ax * ay / np.sqrt((ay * np.cos(t)) ** 2 + (ax * np.sin(t)) ** 2)
         k = np.arange(2, 6)[:, None]
-        bumps = self.rng.normal(0, 0.012, size=(4, 1)) * np.cos(k * t + self.rng.uniform(0, 2 * np.pi, (4, 1)))
+        bumps = self.rng.normal(0, 0.012, size=(4, 1)) * np.cos(
+            k * t + self.rng.uniform(0, 2 * np.pi, (4, 1))
+        )
         self.theta_table = t
         self.radius_table = (radius * (1 + bumps.sum(0))).astype(np.float32)
-        self.radius = np.take(self.radius_table, self.tidx)  # outline radius in each pixel's direction
-        self.bias = (1 + bias[0] * self.x / 100 + bias[1] * self.y / 100
-                     + bias[2] * (self.r / 100) ** 2).astype(np.float32)
+        # outline radius in each pixel's direction
+        self.radius = np.take(self.radius_table, self.tidx)
+        self.bias = (
+            1 + bias[0] * self.x / 100 + bias[1] * self.y / 100 + bias[2] * (self.r / 100) ** 2
+        ).astype(np.float32)
         # Smooth tissue texture: two fields blended by slice position, so neighbours look alike
         self.texture = [self._smooth_field() for _ in range(2)]
-        self.noise_block = self.rng.standard_normal((2, HEIGHT + _NOISE_PAD, WIDTH + _NOISE_PAD), dtype=np.float32)
+        self.noise_block = self.rng.standard_normal(
+            (2, HEIGHT + _NOISE_PAD, WIDTH + _NOISE_PAD), dtype=np.float32
+        )
         self.noise_block *= np.float32(self.noise)
 
     def _smooth_field(self):
@@ -181,25 +209,37 @@ class _Head:
         self.sulcus_drift = self.rng.normal(0, 0.08, n)  # radians per unit of slice position z
         self.sulcus_depth = self.rng.uniform(6, 14, n) * (1 + 0.3 * self.a)
         # Sylvian fissures: two deep lateral sulci, slightly anterior
-        self.sulcus_theta[:2] = [np.deg2rad(-20 + self.rng.normal(0, 4)), np.deg2rad(-160 + self.rng.normal(0, 4))]
+        self.sulcus_theta[:2] = [
+            np.deg2rad(-20 + self.rng.normal(0, 4)),
+            np.deg2rad(-160 + self.rng.normal(0, 4)),
+        ]
         self.sulcus_depth[:2] = self.rng.uniform(22, 28, 2) * (1 + 0.3 * self.a)
 
     def _sulcus_tables(self, z, scale):
-        """Per direction: how central a sulcus is (0..1), its depth, and how deep white matter starts."""
+        """Per direction: how central a sulcus is (0..1),
+        its depth, and how deep white matter starts.
+        """
         centers = self.sulcus_theta + self.sulcus_drift * z
         d = np.abs(self.theta_table[:, None] - centers[None, :])
-        d = np.minimum(d, 2 * np.pi - d)                      # circular angular distance
+        d = np.minimum(d, 2 * np.pi - d)  # circular angular distance
         nearest = d.argmin(1)
         dist_px = d[np.arange(_N_THETA), nearest] * self.radius_table * scale
         depth = self.sulcus_depth[nearest]
         opening = np.clip(1.0 - dist_px / self.sulcus_width, 0.0, 1.0)
         # cortex folds around each sulcus, so white matter recedes beneath it
-        white_start = self.cortex + depth * np.exp(-(dist_px / (self.sulcus_width + self.cortex)) ** 2)
-        return (opening.astype(np.float32), depth.astype(np.float32), white_start.astype(np.float32))
+        white_start = self.cortex + depth * np.exp(
+            -((dist_px / (self.sulcus_width + self.cortex)) ** 2)
+        )
+        return (
+            opening.astype(np.float32),
+            depth.astype(np.float32),
+            white_start.astype(np.float32),
+        )
 
     def render(self, slice_index: int) -> np.ndarray:
         """The axial slice ``slice_index`` as a uint8 [HEIGHT, WIDTH] array."""
-        z = (slice_index - 70) / 50.0  # ~ -0.3 (low, temporal lobes) .. 0.3 (high, ventricle bodies)
+        # ~ -0.3 (low, temporal lobes) .. 0.3 (high, ventricle bodies)
+        z = (slice_index - 70) / 50.0
         scale = np.float32(np.sqrt(max(0.2, 1 - z * z)) * self.brain_shrink)
         depth = scale * self.radius - self.r  # px inside the brain surface (< 0 outside)
         img = np.zeros((HEIGHT, WIDTH), np.float32)
@@ -209,18 +249,30 @@ class _Head:
         _blend(img, self.gm, _ramp(depth))
         opening, sulcus_depth, white_start = self._sulcus_tables(z, scale)
         _blend(img, self.wm, _ramp(depth - np.take(white_start, self.tidx)))
-        sulci = np.take(opening, self.tidx) * _ramp(np.take(sulcus_depth, self.tidx) - depth) * _ramp(depth + 1)
+        sulci = (
+            np.take(opening, self.tidx)
+            * _ramp(np.take(sulcus_depth, self.tidx) - depth)
+            * _ramp(depth + 1)
+        )
         _blend(img, self.csf, sulci)
-        fissure = _ramp(self.fissure / 2 - np.abs(self.x)) * _ramp(np.abs(self.y) - 34 * scale) * _ramp(depth)
+        fissure = (
+            _ramp(self.fissure / 2 - np.abs(self.x))
+            * _ramp(np.abs(self.y) - 34 * scale)
+            * _ramp(depth)
+        )
         _blend(img, self.csf, fissure)
         self._render_centre(img, z)
         w = np.float32(0.5 + 0.5 * np.cos(4 * z))
-        img *= (1 + w * self.texture[0] + (1 - w) * self.texture[1]) * self.bias * np.float32(self.gain)
-        # Rician noise, as in magnitude MR images (dark background stays noisy but positive);
-        # a window at a random offset into this patient's noise block (drawing fresh noise costs more
+        img *= (
+            (1 + w * self.texture[0] + (1 - w) * self.texture[1])
+            * self.bias
+            * np.float32(self.gain)
+        )
+        # Rician noise, as in magnitude MR images (dark background stays noisy but positive); a
+        # window at a random offset into this patient's noise block (drawing fresh noise costs more
         # than the rest of the slice)
         dy, dx = self.rng.integers(0, _NOISE_PAD, size=2)
-        noise = self.noise_block[:, dy:dy + HEIGHT, dx:dx + WIDTH]
+        noise = self.noise_block[:, dy : dy + HEIGHT, dx : dx + WIDTH]
         img = np.sqrt((img + noise[0]) ** 2 + noise[1] ** 2)
         return np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
 
@@ -231,23 +283,32 @@ class _Head:
         c, s = np.cos(self.phi), np.sin(self.phi)
         col, row = self.cx + c * x0 - s * y0, self.cy + s * x0 + c * y0  # centre in image pixels
         reach = max(ax, ay) + 2
-        box = (slice(max(0, int(row - reach)), max(0, int(row + reach) + 2)),
-               slice(max(0, int(col - reach)), max(0, int(col + reach) + 2)))
+        box = (
+            slice(max(0, int(row - reach)), max(0, int(row + reach) + 2)),
+            slice(max(0, int(col - reach)), max(0, int(col + reach) + 2)),
+        )
         _blend(img[box], value, _ellipse_alpha(self.x[box], self.y[box], x0, y0, ax, ay, angle))
 
     def _render_centre(self, img, z):
         """Deep grey matter, lateral ventricles and medial temporal lobes."""
-        v = self.ventricles * max(0.25, 1 - ((z - 0.15) / 0.55) ** 2)  # ventricles largest high in the slab
+        # ventricles largest high in the slab
+        v = self.ventricles * max(0.25, 1 - ((z - 0.15) / 0.55) ** 2)
         for side in (-1, 1):
-            self._paint_ellipse(img, self.deep_gm, side * 24, 2, 9, 20, side * 0.25)  # caudate / thalamus
+            # caudate / thalamus
+            self._paint_ellipse(img, self.deep_gm, side * 24, 2, 9, 20, side * 0.25)
             # lateral ventricle: body, frontal horn diverging forwards, atrium diverging backwards
             self._paint_ellipse(img, self.csf, side * (3.0 + 2.2 * v), -4, 2.4 * v, 20 + 3 * v, 0.0)
-            self._paint_ellipse(img, self.csf, side * (5.0 + 3.0 * v), -24 - 2 * v, 2.8 * v, 9 + 2 * v, side * 0.45)
-            self._paint_ellipse(img, self.csf, side * (9 + 3.5 * v), 20 + 2 * v, 3.2 * v, 8 + 2 * v, -side * 0.6)
+            self._paint_ellipse(
+                img, self.csf, side * (5.0 + 3.0 * v), -24 - 2 * v, 2.8 * v, 9 + 2 * v, side * 0.45
+            )
+            self._paint_ellipse(
+                img, self.csf, side * (9 + 3.5 * v), 20 + 2 * v, 3.2 * v, 8 + 2 * v, -side * 0.6
+            )
         visible = float(np.clip((0.05 - z) / 0.25, 0, 1))  # temporal lobes only in the lower slices
         if visible > 0:
             m = self.mtl * visible
-            rim = (1.0 + 4.0 * self.a) * visible  # temporal horn / CSF widening around the hippocampus
+            # temporal horn / CSF widening around the hippocampus
+            rim = (1.0 + 4.0 * self.a) * visible
             for side in (-1, 1):
                 x0, y0, angle = side * 50, 14, side * 0.35
                 self._paint_ellipse(img, self.csf, x0, y0, 8 * m + rim, 20 * m + rim, angle)
@@ -263,7 +324,9 @@ def render_patient(seed, severity: float, slices: int = 20, difficulty: str = 'd
 
 def _difficulty(name: str) -> Difficulty:
     if name not in DIFFICULTIES:
-        raise SyntheticError(f'unknown difficulty {name!r}: choose one of {", ".join(DIFFICULTIES)}')
+        raise SyntheticError(
+            f'unknown difficulty {name!r}: choose one of {", ".join(DIFFICULTIES)}'
+        )
     return DIFFICULTIES[name]
 
 
@@ -271,12 +334,21 @@ def _check_out_dir(out_dir: Path) -> None:
     for split in ('train', 'test'):
         if (out_dir / split).exists() and any((out_dir / split).iterdir()):
             raise SyntheticError(
-                f'{out_dir / split} already holds files: write the synthetic set into an empty or new folder '
-                f'(mixing two sets would mix patients)')
+                f'{out_dir / split} already holds files: write the synthetic set into an empty or '
+                f'new folder (mixing two sets would mix patients)'
+            )
 
 
-def generate(out_dir, train_patients: int, test_patients: int, slices: int = 20, seed: int = 0,
-             difficulty: str = 'default', classes=('NC', 'AD'), workers: int = 1) -> Path:
+def generate(
+    out_dir,
+    train_patients: int,
+    test_patients: int,
+    slices: int = 20,
+    seed: int = 0,
+    difficulty: str = 'default',
+    classes=('NC', 'AD'),
+    workers: int = 1,
+) -> Path:
     """Write a SYNTHETIC ADNI-layout set to ``out_dir`` and return its path.
 
     ``train_patients`` / ``test_patients`` are per class. Classes may be any of NC, MCI, AD
@@ -288,7 +360,9 @@ def generate(out_dir, train_patients: int, test_patients: int, slices: int = 20,
     level = _difficulty(difficulty)
     unknown = [c for c in classes if c not in level.severity]
     if unknown:
-        raise SyntheticError(f'the generator knows classes {", ".join(level.severity)}, not {", ".join(unknown)}')
+        raise SyntheticError(
+            f'the generator knows classes {", ".join(level.severity)}, not {", ".join(unknown)}'
+        )
     if min(train_patients, test_patients) < 0 or slices < 1:
         raise SyntheticError('patient counts must be >= 0 and --slices >= 1')
     out_dir = Path(out_dir)
@@ -296,14 +370,17 @@ def generate(out_dir, train_patients: int, test_patients: int, slices: int = 20,
     counts = {'train': train_patients, 'test': test_patients}
     total = sum(counts.values()) * len(classes)
     ids = np.random.default_rng(seed).choice(900_000, size=total, replace=False) + 100_000
-    jobs = []  # one per patient: (rng key, severity params, output stem), independent of the worker count
+    # one per patient: (rng key, severity params, output stem), independent of the worker count
+    jobs = []
     n = 0
     for split_i, split in enumerate(counts):
         for class_i, name in enumerate(classes):
             folder = out_dir / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(counts[split]):
-                jobs.append(((seed, split_i, class_i, i), level.severity[name], str(folder / str(ids[n]))))
+                jobs.append(
+                    ((seed, split_i, class_i, i), level.severity[name], str(folder / str(ids[n])))
+                )
                 n += 1
     write = partial(_write_patient, slices=slices, difficulty=difficulty)
     if workers > 1:
@@ -322,8 +399,9 @@ def _write_patient(job, slices: int, difficulty: str) -> None:
     severity = float(np.clip(rng.normal(mean, sd), 0.0, 1.0))
     first, images = render_patient(rng, severity, slices, difficulty)
     for k, image in enumerate(images):
-        Image.fromarray(image, 'L').save(f'{stem}_{first + k}.jpeg', 'JPEG', quality=JPEG_QUALITY,
-                                         comment=SYNTHETIC_COMMENT)
+        Image.fromarray(image, 'L').save(
+            f'{stem}_{first + k}.jpeg', 'JPEG', quality=JPEG_QUALITY, comment=SYNTHETIC_COMMENT
+        )
 
 
 def _cache_root(cache_root=None) -> Path:
@@ -343,8 +421,10 @@ def demo_dataset(cache_root=None) -> Path:
     """
     p = DEMO_PARAMS
     root = _cache_root(cache_root)
-    target = root / (f'synthetic-demo-v{GENERATOR_VERSION}-{p["difficulty"]}-{p["train_patients"]}x'
-                     f'{p["test_patients"]}x{p["slices"]}-seed{p["seed"]}')
+    target = root / (
+        f'synthetic-demo-v{GENERATOR_VERSION}-{p["difficulty"]}-{p["train_patients"]}x'
+        f'{p["test_patients"]}x{p["slices"]}-seed{p["seed"]}'
+    )
     if target.is_dir():
         return target
     root.mkdir(parents=True, exist_ok=True)
@@ -366,17 +446,30 @@ def _parse_args(argv):
     parser = argparse.ArgumentParser(
         prog='python -m adni_timm.synthetic',
         description='Write a SYNTHETIC dataset in the ADNI AD_NC layout: OUT/{train,test}/{AD,NC}/'
-                    '<patient>_<slice>.jpeg, 256x240 8-bit grayscale. The images are procedurally drawn '
-                    'heads with simulated atrophy for AD; they are not MRI and not real patients.')
+        '<patient>_<slice>.jpeg, 256x240 8-bit grayscale. The images are procedurally drawn '
+        'heads with simulated atrophy for AD; they are not MRI and not real patients.',
+    )
     parser.add_argument('out', metavar='OUT', help='output folder (new or empty)')
-    parser.add_argument('--train-patients', type=int, required=True, help='training patients per class')
+    parser.add_argument(
+        '--train-patients', type=int, required=True, help='training patients per class'
+    )
     parser.add_argument('--test-patients', type=int, required=True, help='test patients per class')
-    parser.add_argument('--slices', type=int, default=20, help='consecutive axial slices per patient (default 20)')
+    parser.add_argument(
+        '--slices', type=int, default=20, help='consecutive axial slices per patient (default 20)'
+    )
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--difficulty', default='default', choices=list(DIFFICULTIES),
-                        help='class overlap: demo (easy), default (realistic), hard')
-    parser.add_argument('--workers', type=int, default=1, help='processes rendering patients in parallel')
-    parser.add_argument('--classes', default='NC,AD', help='comma-separated, from NC, MCI, AD (default NC,AD)')
+    parser.add_argument(
+        '--difficulty',
+        default='default',
+        choices=list(DIFFICULTIES),
+        help='class overlap: demo (easy), default (realistic), hard',
+    )
+    parser.add_argument(
+        '--workers', type=int, default=1, help='processes rendering patients in parallel'
+    )
+    parser.add_argument(
+        '--classes', default='NC,AD', help='comma-separated, from NC, MCI, AD (default NC,AD)'
+    )
     return parser.parse_args(argv)
 
 
@@ -384,8 +477,16 @@ def main(argv=None) -> int:
     args = _parse_args(argv)
     classes = tuple(c.strip() for c in args.classes.split(',') if c.strip())
     try:
-        out = generate(args.out, args.train_patients, args.test_patients, args.slices, args.seed,
-                       args.difficulty, classes, workers=args.workers)
+        out = generate(
+            args.out,
+            args.train_patients,
+            args.test_patients,
+            args.slices,
+            args.seed,
+            args.difficulty,
+            classes,
+            workers=args.workers,
+        )
     except SyntheticError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

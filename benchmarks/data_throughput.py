@@ -1,4 +1,5 @@
-"""Data-side numbers on SYNTHETIC ADNI-layout data: generator speed, loader throughput, task difficulty.
+"""Data-side numbers on SYNTHETIC ADNI-layout data:
+generator speed, loader throughput, task difficulty.
 
     python benchmarks/data_throughput.py [--work-dir DIR] [--quick]
 
@@ -11,6 +12,7 @@
    ceiling: the accuracy of thresholding each patient's true atrophy severity.
 Prints a Markdown table (docs/DATA.md quotes it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,17 +41,30 @@ def generator_speed(out: Path, patients: int) -> float:
 
 
 def loader_speed(slices, img_size: int, cache, augment: dict, batch_size: int = 32) -> float:
-    model = timm.create_model('adni_convnext_atto', pretrained_cfg_overlay=dict(input_size=(1, img_size, img_size)))
+    model = timm.create_model(
+        'adni_convnext_atto', pretrained_cfg_overlay=dict(input_size=(1, img_size, img_size))
+    )
     train_tf, _ = data.build_transforms(model, **augment)
-    loader = data.create_loader(data.SliceDataset(slices, train_tf, cache), batch_size, shuffle=True, num_workers=0)
+    loader = data.create_loader(
+        data.SliceDataset(slices, train_tf, cache), batch_size, shuffle=True, num_workers=0
+    )
     start = time.perf_counter()
     n = sum(len(y) for _, y in loader)
     return n / (time.perf_counter() - start)
 
 
 def downsampled(slices, size: int = 32) -> np.ndarray:
-    return np.stack([np.asarray(data.read_image(s.path).resize((size, size), Image.BILINEAR), np.float32).ravel()
-                     for s in slices]) / 255
+    return (
+        np.stack(
+            [
+                np.asarray(
+                    data.read_image(s.path).resize((size, size), Image.BILINEAR), np.float32
+                ).ravel()
+                for s in slices
+            ]
+        )
+        / 255
+    )
 
 
 def patient_accuracy(slices, probs) -> float:
@@ -78,10 +93,16 @@ def severity_ceiling(difficulty: str, n: int = 200_000) -> float:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--work-dir', type=Path, default=None, help='scratch folder (default: a temp dir)')
-    parser.add_argument('--quick', action='store_true', help='smaller sets (a smoke run, noisier numbers)')
-    parser.add_argument('--seeds', type=int, nargs='+', default=[0], help='generator seeds of the baseline sets')
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument(
+        '--work-dir', type=Path, default=None, help='scratch folder (default: a temp dir)'
+    )
+    parser.add_argument(
+        '--quick', action='store_true', help='smaller sets (a smoke run, noisier numbers)'
+    )
+    parser.add_argument(
+        '--seeds', type=int, nargs='+', default=[0], help='generator seeds of the baseline sets'
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # one core, like one loader worker
     work = args.work_dir or Path(tempfile.mkdtemp(prefix='adni-timm-bench-'))
@@ -95,30 +116,59 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     cache = data.preload(slices)
     preload_s = time.perf_counter() - start
-    rows.append((f'preload {len(slices)} slices, 1 thread', f'{preload_s:.2f} s ({len(slices) / preload_s:.0f} '
-                                                           f'slices/s, {cache.nbytes / 2**20:.0f} MiB)'))
-    augments = {'RRC + flip': {}, 'RRC + flip + rand-m9-mstd0.5-inc1 + RE 0.25':
-                dict(auto_augment='rand-m9-mstd0.5-inc1', re_prob=0.25)}
+    rows.append(
+        (
+            f'preload {len(slices)} slices, 1 thread',
+            f'{preload_s:.2f} s ({len(slices) / preload_s:.0f} '
+            f'slices/s, {cache.nbytes / 2**20:.0f} MiB)',
+        )
+    )
+    augments = {
+        'RRC + flip': {},
+        'RRC + flip + rand-m9-mstd0.5-inc1 + RE 0.25': dict(
+            auto_augment='rand-m9-mstd0.5-inc1', re_prob=0.25
+        ),
+    }
     for img_size in (224, 64):
         for name, augment in augments.items():
             disk = loader_speed(slices, img_size, None, augment)
             cached = loader_speed(slices, img_size, cache, augment)
-            rows.append((f'loader, 1 worker, {img_size} px, {name}',
-                         f'disk {disk:.0f} img/s, cache {cached:.0f} img/s'))
+            rows.append(
+                (
+                    f'loader, 1 worker, {img_size} px, {name}',
+                    f'disk {disk:.0f} img/s, cache {cached:.0f} img/s',
+                )
+            )
 
     n_train, n_test = (30, 15) if args.quick else (100, 50)
     for seed in args.seeds:
-        default_set = synthetic.generate(work / f'default-seed{seed}', n_train, n_test, slices=20, seed=seed)
+        default_set = synthetic.generate(
+            work / f'default-seed{seed}', n_train, n_test, slices=20, seed=seed
+        )
         slice_acc, patient_acc = baseline(default_set)
-        rows.append((f'logreg 32x32, default difficulty, {n_train}/{n_test} patients per class, seed {seed}',
-                     f'slice {slice_acc:.1%}, patient {patient_acc:.1%}'))
+        rows.append(
+            (
+                f'logreg 32x32, default difficulty, '
+                f'{n_train}/{n_test} patients per class, seed {seed}',
+                f'slice {slice_acc:.1%}, patient {patient_acc:.1%}',
+            )
+        )
     for difficulty in synthetic.DIFFICULTIES:
-        rows.append((f'ceiling, {difficulty} difficulty (threshold on true severity)',
-                     f'patient {severity_ceiling(difficulty):.1%}'))
+        rows.append(
+            (
+                f'ceiling, {difficulty} difficulty (threshold on true severity)',
+                f'patient {severity_ceiling(difficulty):.1%}',
+            )
+        )
     p = synthetic.DEMO_PARAMS
     slice_acc, patient_acc = baseline(synthetic.demo_dataset(cache_root=work / 'cache'))
-    rows.append((f'logreg 32x32, demo set ({p["train_patients"]}/{p["test_patients"]} patients per class, '
-                 f'{p["slices"]} slices)', f'slice {slice_acc:.1%}, patient {patient_acc:.1%}'))
+    rows.append(
+        (
+            f'logreg 32x32, demo set ({p["train_patients"]}/{p["test_patients"]} '
+            f'patients per class, {p["slices"]} slices)',
+            f'slice {slice_acc:.1%}, patient {patient_acc:.1%}',
+        )
+    )
 
     print(f'\nCPU: {os.cpu_count()} cores visible; torch threads 1; work dir {work}\n')
     print('| measurement | result |\n|---|---|')

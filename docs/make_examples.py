@@ -1,7 +1,8 @@
 """Draw docs/synthetic_examples.png: SYNTHETIC NC and AD slices as the generator writes them.
 
-    python docs/make_examples.py [--out docs/synthetic_examples.png]
+python docs/make_examples.py [--out docs/synthetic_examples.png]
 """
+
 import argparse
 import tempfile
 from pathlib import Path
@@ -26,30 +27,38 @@ def _rows(tmp: Path):
         for label, name in ((0, 'NC'), (1, 'AD')):
             patients = sorted({s.patient for s in slices if s.label == label})[:PATIENTS]
             by_patient = [[s for s in slices if s.patient == p] for p in patients]
-            paths = [own[len(own) // 2].path for own in by_patient] + [by_patient[0][2].path]  # + a lower slice
+            # + a lower slice
+            paths = [own[len(own) // 2].path for own in by_patient] + [by_patient[0][2].path]
             yield f'{name}, {difficulty}', paths
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--out', type=Path, default=Path(__file__).with_name('synthetic_examples.png'))
+    parser.add_argument(
+        '--out', type=Path, default=Path(__file__).with_name('synthetic_examples.png')
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         rows = list(_rows(Path(tmp)))
-        fig, axes = plt.subplots(len(rows), PATIENTS + 1, figsize=(1.9 * (PATIENTS + 1), 1.95 * len(rows) + 0.5),
-                                 dpi=72)
+        fig, axes = plt.subplots(
+            len(rows), PATIENTS + 1, figsize=(1.9 * (PATIENTS + 1), 1.95 * len(rows) + 0.5), dpi=72
+        )
         for ax_row, (title, paths) in zip(axes, rows):
             for ax, path in zip(ax_row, paths):
                 ax.imshow(Image.open(path), cmap='gray', vmin=0, vmax=255)
                 ax.set_title(f'{title}: {Path(path).name}', fontsize=7)
                 ax.set_axis_off()
-        fig.suptitle('SYNTHETIC slices from adni_timm.synthetic: not MRI, not real patients. AD: larger ventricles\n'
-                     'and sulci, thinner cortex, smaller medial temporal lobes; "default" overlaps NC, "demo" does '
-                     'not. Last column: a lower slice.', fontsize=8)
+        fig.suptitle(
+            'SYNTHETIC slices from adni_timm.synthetic: not MRI, not real patients. AD: larger '
+            'ventricles\nand sulci, thinner cortex, smaller medial temporal lobes; "default" '
+            'overlaps NC, "demo" does not. Last column: a lower slice.',
+            fontsize=8,
+        )
         fig.tight_layout()
         fig.savefig(args.out)
         plt.close(fig)
-    Image.open(args.out).convert('L').save(args.out, optimize=True)  # grayscale PNG: a third of the size
+    # grayscale PNG: a third of the size
+    Image.open(args.out).convert('L').save(args.out, optimize=True)
     print(f'wrote {args.out}')
 
 

@@ -20,8 +20,11 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope='session')
 def tiny_data(tmp_path_factory):
-    """SYNTHETIC: 6 train + 3 test patients per class, 4 slices each (read-only: copy it to change it)."""
+    """SYNTHETIC: 6 train + 3 test patients per class,
+    4 slices each (read-only: copy it to change it).
+    """
     from adni_timm.synthetic import generate
+
     out = tmp_path_factory.mktemp('synthetic') / 'AD_NC'
     generate(out, train_patients=6, test_patients=3, slices=4, seed=0)
     return out
@@ -29,8 +32,11 @@ def tiny_data(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def tiny_run(tiny_data, tmp_path_factory):
-    """(RUN, completed process) of a 2-epoch tiny run on ``tiny_data`` (read-only: copy it to change it)."""
+    """(RUN, completed process) of a 2-epoch tiny run
+    on ``tiny_data`` (read-only: copy it to change it).
+    """
     from helpers import TINY, run_train
+
     run = tmp_path_factory.mktemp('runs') / 'tiny'
     proc = run_train('--data-dir', tiny_data, '--output-dir', run, *TINY)
     return run, proc

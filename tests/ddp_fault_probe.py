@@ -1,8 +1,10 @@
-"""Run train.py's main() under `accelerate launch` with a disk that fills up at the second checkpoint.
+"""Run train.py's main() under `accelerate launch`
+with a disk that fills up at the second checkpoint.
 
-Used by tests/test_ddp.py: the main process's EMA save raises ENOSPC; every process must stop promptly with
-the same error instead of waiting at the next collective until it times out.
+Used by tests/test_ddp.py: the main process's EMA save raises ENOSPC; every process must stop
+promptly with the same error instead of waiting at the next collective until it times out.
 """
+
 import sys
 from pathlib import Path
 

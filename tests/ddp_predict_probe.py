@@ -2,6 +2,7 @@
 
 Used by tests/test_ddp.py. argv: EXPORT_DIR DATA_DIR OUT_FILE BATCH_SIZE.
 """
+
 import sys
 from pathlib import Path
 

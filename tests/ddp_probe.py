@@ -1,8 +1,9 @@
 """Run train.py's main() under `accelerate launch`, recording from outside what each process did.
 
-Used by tests/test_training.py. Writes, per process, PROBE_DIR/rank<R>.json with the files that process
-opened for writing (via a Python audit hook) and a fingerprint of its final weights.
+Used by tests/test_training.py. Writes, per process, PROBE_DIR/rank<R>.json with the files that
+process opened for writing (via a Python audit hook) and a fingerprint of its final weights.
 """
+
 import hashlib
 import json
 import os
@@ -21,9 +22,11 @@ def _audit(event, args):
     if event == 'open' and isinstance(args[0], (str, bytes, os.PathLike)):
         mode, flags = args[1], args[2]
         if (isinstance(mode, str) and any(c in mode for c in 'wax+')) or (
-                mode is None and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)):
+            mode is None and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
+        ):
             written.append(os.fsdecode(args[0]))
-    elif event == 'os.mkdir' and not os.path.isdir(args[0]):  # makedirs(exist_ok=True) on a made folder is no write
+    elif event == 'os.mkdir' and not os.path.isdir(args[0]):
+        # makedirs(exist_ok=True) on a made folder is no write
         written.append(os.fsdecode(args[0]))
     elif event in ('os.rename', 'os.replace', 'shutil.rmtree', 'os.remove'):
         written.append(os.fsdecode(args[0]))
@@ -36,6 +39,12 @@ digest = hashlib.sha256()
 for key in sorted(state):
     digest.update(key.encode())
     digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
-(PROBE_DIR / f'rank{RANK}.json').write_text(json.dumps({
-    'written': written, 'weights_sha256': digest.hexdigest(),
-    'val_slices': [row.get('val_slices') for row in result.history]}))
+(PROBE_DIR / f'rank{RANK}.json').write_text(
+    json.dumps(
+        {
+            'written': written,
+            'weights_sha256': digest.hexdigest(),
+            'val_slices': [row.get('val_slices') for row in result.history],
+        }
+    )
+)

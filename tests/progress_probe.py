@@ -2,6 +2,7 @@
 
 Used by tests/test_progress.py, which redirects this process's stdout and stderr to a file.
 """
+
 import sys
 from pathlib import Path
 

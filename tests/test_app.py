@@ -4,6 +4,7 @@ SYNTHETIC: a random-weight adni_convnext_atto export (64 px) and generated slice
 mean nothing; what is tested is that the page shows evaluate.py's P(AD) and refuses bad files
 with a readable reason.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,16 +24,34 @@ from PIL import Image
 from helpers import ROOT
 
 THRESHOLD, TEMPERATURE = 0.4, 1.3
-# docs/app.png was taken by this test: ADNI_TIMM_SCREENSHOT=docs/app.png pytest -m browser tests/test_app.py
-SCREENSHOT = Path(os.environ.get('ADNI_TIMM_SCREENSHOT', '')) if os.environ.get('ADNI_TIMM_SCREENSHOT') else None
+# docs/app.png was taken by this test:
+# ADNI_TIMM_SCREENSHOT=docs/app.png pytest -m browser tests/test_app.py
+SCREENSHOT = (
+    Path(os.environ.get('ADNI_TIMM_SCREENSHOT', ''))
+    if os.environ.get('ADNI_TIMM_SCREENSHOT')
+    else None
+)
 WINDOW = (1280, 900)
-CHROMIUM_FLAGS = ('--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-                  '--disable-background-networking', '--disable-component-update', '--disable-sync',
-                  '--disable-dev-shm-usage', f'--window-size={WINDOW[0]},{WINDOW[1]}')
+CHROMIUM_FLAGS = (
+    '--headless',
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-quic',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    '--disable-dev-shm-usage',
+    f'--window-size={WINDOW[0]},{WINDOW[1]}',
+)
 NO_GRADIO = "the demo extra is not installed: pip install -e '.[demo]'"
 # loopback must never go through a proxy from the environment
-LOCAL_ENV = {'NO_PROXY': '127.0.0.1,localhost', 'no_proxy': '127.0.0.1,localhost',
-             'GRADIO_ANALYTICS_ENABLED': 'False', 'HF_HUB_OFFLINE': '1'}
+LOCAL_ENV = {
+    'NO_PROXY': '127.0.0.1,localhost',
+    'no_proxy': '127.0.0.1,localhost',
+    'GRADIO_ANALYTICS_ENABLED': 'False',
+    'HF_HUB_OFFLINE': '1',
+}
 
 
 @pytest.fixture(scope='module')
@@ -45,11 +64,20 @@ def demo_files(tmp_path_factory):
     from adni_timm.synthetic import generate
 
     root = tmp_path_factory.mktemp('app')
-    model = timm.create_model('adni_convnext_atto',
-                              pretrained_cfg_overlay=dict(input_size=(1, 64, 64)))
-    export = export_model(model, root / 'best', extra={
-        'threshold': THRESHOLD, 'temperature': TEMPERATURE, 'classes': ['NC', 'AD'],
-        'data': 'synthetic (test)', 'epoch': 1})
+    model = timm.create_model(
+        'adni_convnext_atto', pretrained_cfg_overlay=dict(input_size=(1, 64, 64))
+    )
+    export = export_model(
+        model,
+        root / 'best',
+        extra={
+            'threshold': THRESHOLD,
+            'temperature': TEMPERATURE,
+            'classes': ['NC', 'AD'],
+            'data': 'synthetic (test)',
+            'epoch': 1,
+        },
+    )
     generate(root / 'data', train_patients=1, test_patients=1, slices=3, seed=0)
     slice_path = sorted((root / 'data' / 'test' / 'AD').glob('*.jpeg'))[0]
     bad = root / 'bad'
@@ -71,9 +99,21 @@ def app_process(demo_files, tmp_path_factory):
     log_path = tmp_path_factory.mktemp('app-log') / 'app.log'
     with log_path.open('w') as log:
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / 'app.py'), '--model', str(export), '--host', '127.0.0.1',
-             '--port', str(port)], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-            env={**os.environ, **LOCAL_ENV})
+            [
+                sys.executable,
+                str(ROOT / 'app.py'),
+                '--model',
+                str(export),
+                '--host',
+                '127.0.0.1',
+                '--port',
+                str(port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, **LOCAL_ENV},
+        )
     try:
         yield proc, f'http://127.0.0.1:{port}/', log_path
     finally:
@@ -96,8 +136,9 @@ def expected_p_ad(demo_files, app_process):
     export, slice_path, _ = demo_files
     model, info = evaluation.resolve_model(export)
     patient, index = data.parse_file_name(slice_path)
-    probs = evaluation.predict(model, [data.Slice(str(slice_path), patient, -1, index)],
-                               batch_size=1)
+    probs = evaluation.predict(
+        model, [data.Slice(str(slice_path), patient, -1, index)], batch_size=1
+    )
     assert info['temperature'] == pytest.approx(TEMPERATURE)
     calibrated = metrics.apply_temperature(probs, info['temperature'])
     return float(calibrated[0, data.positive_index(info['classes'])])
@@ -122,8 +163,9 @@ def served_app(app_process, expected_p_ad):
     deadline = time.monotonic() + 120
     while True:
         if proc.poll() is not None:
-            pytest.fail(f'app.py exited ({proc.returncode}) before serving:\n'
-                        f'{log_path.read_text()}')
+            pytest.fail(
+                f'app.py exited ({proc.returncode}) before serving:\n{log_path.read_text()}'
+            )
         try:
             if _get(url) == 200:
                 return url
@@ -135,11 +177,14 @@ def served_app(app_process, expected_p_ad):
 
 
 def test_core_package_does_not_import_gradio():
-    code = ('import sys, adni_timm, adni_timm.evaluation, adni_timm.training, adni_timm.app; '
-            'print(sorted(m for m in sys.modules '
-            'if m.split(".")[0] in ("gradio", "gradio_client")))')
-    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT,
-                          timeout=120)
+    code = (
+        'import sys, adni_timm, adni_timm.evaluation, adni_timm.training, adni_timm.app; '
+        'print(sorted(m for m in sys.modules '
+        'if m.split(".")[0] in ("gradio", "gradio_client")))'
+    )
+    proc = subprocess.run(
+        [sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == '[]', f'gradio imported by the core package: {proc.stdout}'
 
@@ -163,16 +208,22 @@ def test_check_image_refuses_bad_files_with_a_reason(demo_files, tmp_path):
 def test_app_cli_reports_a_missing_model_in_one_line(tmp_path):
     pytest.importorskip('gradio', reason=NO_GRADIO)
     # no --model: app.py reads ADNI_MODEL, as a Space does
-    proc = subprocess.run([sys.executable, str(ROOT / 'app.py')], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120,
-                          env={**os.environ, **LOCAL_ENV, 'ADNI_MODEL': str(tmp_path / 'nowhere')})
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / 'app.py')],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={**os.environ, **LOCAL_ENV, 'ADNI_MODEL': str(tmp_path / 'nowhere')},
+    )
     assert proc.returncode == 1
     assert proc.stderr.startswith('error:') and 'does not exist' in proc.stderr
     assert 'Traceback' not in proc.stderr
 
 
-def test_served_app_gives_evaluate_probability_and_refuses_bad_input(served_app, demo_files,
-                                                                     expected_p_ad):
+def test_served_app_gives_evaluate_probability_and_refuses_bad_input(
+    served_app, demo_files, expected_p_ad
+):
     from gradio_client import Client, handle_file
 
     _, slice_path, bad = demo_files
@@ -189,7 +240,8 @@ def test_served_app_gives_evaluate_probability_and_refuses_bad_input(served_app,
     assert len(gallery) == 1  # one Grad-CAM montage for the one patient
 
     summary, gallery, result = client.predict(
-        [handle_file(str(bad['text'])), handle_file(str(bad['photo']))], api_name='/analyse')
+        [handle_file(str(bad['text'])), handle_file(str(bad['photo']))], api_name='/analyse'
+    )
     assert result['slices'] == [] and gallery == []
     assert len(result['rejected']) == 2
     assert 'notes.jpeg is not an image' in summary
@@ -204,14 +256,17 @@ def browser_tools():
     chromium = shutil.which('chromium') or shutil.which('chromium-browser')
     chromedriver = shutil.which('chromedriver')
     if not chromium or not chromedriver:
-        pytest.skip('the browser test needs Debian\'s chromium and chromedriver: '
-                    'apt-get install chromium chromium-driver')
+        pytest.skip(
+            "the browser test needs Debian's chromium and chromedriver: "
+            'apt-get install chromium chromium-driver'
+        )
     return chromium, chromedriver
 
 
 @pytest.mark.browser
-def test_page_in_a_real_browser_shows_p_ad_and_grad_cam(browser_tools, served_app, demo_files,
-                                                        expected_p_ad, tmp_path):
+def test_page_in_a_real_browser_shows_p_ad_and_grad_cam(
+    browser_tools, served_app, demo_files, expected_p_ad, tmp_path
+):
     chromium, chromedriver = browser_tools
     from selenium import webdriver
     from selenium.common.exceptions import TimeoutException
@@ -227,12 +282,15 @@ def test_page_in_a_real_browser_shows_p_ad_and_grad_cam(browser_tools, served_ap
     driver = webdriver.Chrome(service=Service(chromedriver), options=options)  # never downloads one
     try:
         # the viewport itself 1280 x 900 (a window size would include the browser's frame)
-        driver.execute_cdp_cmd('Emulation.setDeviceMetricsOverride', {
-            'width': WINDOW[0], 'height': WINDOW[1], 'deviceScaleFactor': 1, 'mobile': False})
+        driver.execute_cdp_cmd(
+            'Emulation.setDeviceMetricsOverride',
+            {'width': WINDOW[0], 'height': WINDOW[1], 'deviceScaleFactor': 1, 'mobile': False},
+        )
         driver.get(served_app)
         wait = WebDriverWait(driver, 90)
-        upload = wait.until(
-            lambda d: d.find_elements(By.CSS_SELECTOR, '#slices input[type=file]'))[0]
+        upload = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#slices input[type=file]'))[
+            0
+        ]
         disclaimer = driver.find_element(By.ID, 'disclaimer').text
         assert 'Research use only, not a medical device' in disclaimer
         assert 'SYNTHETIC' in driver.find_element(By.ID, 'model-info').text
@@ -241,12 +299,16 @@ def test_page_in_a_real_browser_shows_p_ad_and_grad_cam(browser_tools, served_ap
         shown = driver.find_element(By.ID, 'result').text
         p_shown = float(re.search(r'P\(AD\) = ([0-9.]+)', shown)[1])
         assert p_shown == pytest.approx(expected_p_ad, abs=5e-4)  # shown with 3 decimals
-        wait.until(lambda d: d.execute_script(
-            "const img = document.querySelector('#cam img');"
-            "return img !== null && img.complete && img.naturalWidth > 0;"))
+        wait.until(
+            lambda d: d.execute_script(
+                "const img = document.querySelector('#cam img');"
+                'return img !== null && img.complete && img.naturalWidth > 0;'
+            )
+        )
         try:  # the first montage opens large (preview: it and its thumbnail); older gradio may not
             WebDriverWait(driver, 10).until(
-                lambda d: len(d.find_elements(By.CSS_SELECTOR, '#cam img')) >= 2)
+                lambda d: len(d.find_elements(By.CSS_SELECTOR, '#cam img')) >= 2
+            )
         except TimeoutException:
             pass
         time.sleep(0.5)  # let the gallery finish its layout before the picture is taken

@@ -1,4 +1,5 @@
 """Calibration in adni_timm.metrics (ECE, reliability curve, temperature scaling) and its plot."""
+
 import warnings
 
 import matplotlib.pyplot as plt
@@ -10,7 +11,10 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_auc_score
 
 from adni_timm.metrics import (
-    apply_temperature, calibration_report, expected_calibration_error, fit_temperature,
+    apply_temperature,
+    calibration_report,
+    expected_calibration_error,
+    fit_temperature,
     reliability_curve,
 )
 from adni_timm.plots import plot_reliability
@@ -51,8 +55,10 @@ def test_calibration_report_uses_patient_means():
     p = [0.9, 0.7, 0.4, 0.2, 0.6, 0.6]  # patient means: a 0.8, b 0.3, c 0.6
     report = calibration_report(patients, y, p, n_bins=5)
     ece_patient = expected_calibration_error([1, 0, 1], [0.8, 0.3, 0.6], 5)
-    assert report == {'ece_slice': pytest.approx(expected_calibration_error(y, p, 5)),
-                      'ece_patient': pytest.approx(ece_patient)}
+    assert report == {
+        'ece_slice': pytest.approx(expected_calibration_error(y, p, 5)),
+        'ece_patient': pytest.approx(ece_patient),
+    }
     assert report['ece_patient'] == pytest.approx((0.2 + 0.3 + 0.4) / 3)  # one patient per bin
 
 
@@ -75,7 +81,8 @@ def test_temperature_scaling_fixes_an_over_confident_model_and_keeps_auc():
     ece_after = expected_calibration_error(y[held_out], calibrated[:, 1])
     assert ece_before > 0.1 and ece_after < 0.03 and ece_after < ece_before / 4
     assert roc_auc_score(y[held_out], calibrated[:, 1]) == pytest.approx(
-        roc_auc_score(y[held_out], probs[held_out, 1]), abs=1e-12)
+        roc_auc_score(y[held_out], probs[held_out, 1]), abs=1e-12
+    )
     # 1-D P(AD) input is the binary special case of the same scaling
     np.testing.assert_allclose(apply_temperature(probs[held_out, 1], temperature), calibrated[:, 1])
 
@@ -126,21 +133,35 @@ def test_fit_temperature_refuses_bad_input_and_warns_at_the_bound():
 
 def test_reliability_plot_shows_both_levels_with_ece(tmp_path, monkeypatch):
     drawn = []
-    monkeypatch.setattr(plt, 'close', lambda fig: drawn.append(
-        [(ax.get_title(), [line.get_label() for line in ax.get_lines()]) for ax in fig.axes]))
+    monkeypatch.setattr(
+        plt,
+        'close',
+        lambda fig: drawn.append(
+            [(ax.get_title(), [line.get_label() for line in ax.get_lines()]) for ax in fig.axes]
+        ),
+    )
     y_pat, p_pat = np.array([0, 1, 1]), np.array([0.2, 0.7, 0.9])
-    out = plot_reliability(Y_HAND, P_HAND, y_pat, p_pat, tmp_path / 'sub' / 'reliability.png',
-                           title='test')
+    out = plot_reliability(
+        Y_HAND, P_HAND, y_pat, p_pat, tmp_path / 'sub' / 'reliability.png', title='test'
+    )
     with Image.open(out) as im:
         assert im.format == 'PNG' and im.size[0] > 400
     ece = expected_calibration_error(Y_HAND, P_HAND)
-    assert drawn[0] == [('slices (n=6)', ['perfectly calibrated', f'model (ECE {ece:.3f})']),
-                        ('patients (n=3)', ['perfectly calibrated', 'model (ECE 0.200)'])]
+    assert drawn[0] == [
+        ('slices (n=6)', ['perfectly calibrated', f'model (ECE {ece:.3f})']),
+        ('patients (n=3)', ['perfectly calibrated', 'model (ECE 0.200)']),
+    ]
 
     calibrated = apply_temperature(P_HAND, 2.0)
-    plot_reliability(Y_HAND, P_HAND, y_pat, p_pat, tmp_path / 'cal.png',
-                     p_slice_calibrated=calibrated,
-                     p_patient_calibrated=apply_temperature(p_pat, 2.0))
+    plot_reliability(
+        Y_HAND,
+        P_HAND,
+        y_pat,
+        p_pat,
+        tmp_path / 'cal.png',
+        p_slice_calibrated=calibrated,
+        p_patient_calibrated=apply_temperature(p_pat, 2.0),
+    )
     slice_labels = drawn[1][0][1]
     assert slice_labels[1] == f'uncalibrated (ECE {ece:.3f})'
     ece_calibrated = expected_calibration_error(Y_HAND, calibrated)

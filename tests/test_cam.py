@@ -1,5 +1,6 @@
 """Grad-CAM (adni_timm.cam): maps land where the evidence is, depend on the learned weights,
 survive channels_last and export, and the report writes the right patients and population maps."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,8 +26,9 @@ def _one_thread():
 
 def _atto(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return timm.create_model('adni_convnext_atto',
-                             pretrained_cfg_overlay=dict(input_size=(1, SIZE, SIZE)))
+    return timm.create_model(
+        'adni_convnext_atto', pretrained_cfg_overlay=dict(input_size=(1, SIZE, SIZE))
+    )
 
 
 def _images(n: int, seed: int = 0) -> torch.Tensor:
@@ -34,6 +36,7 @@ def _images(n: int, seed: int = 0) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------- 1. the map finds the evidence
+
 
 class _Gate(nn.Module):
     """NCHW stage: channel k is the (one-channel) input feature map kept only inside region k."""
@@ -71,8 +74,9 @@ def _pixels(region, scale: int = 4):
     return tuple(slice(s.start * scale, s.stop * scale) for s in region)
 
 
-@pytest.mark.parametrize('ad_region, nc_region',
-                         [(TOP_RIGHT, BOTTOM_LEFT), (BOTTOM_LEFT, TOP_RIGHT)])
+@pytest.mark.parametrize(
+    'ad_region, nc_region', [(TOP_RIGHT, BOTTOM_LEFT), (BOTTOM_LEFT, TOP_RIGHT)]
+)
 def test_map_peaks_in_the_region_the_logit_reads(ad_region, nc_region):
     model = _RegionNet(nc_region, ad_region)
     images = torch.rand(4, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) + 0.1
@@ -102,7 +106,7 @@ def test_captum_matches_the_grad_cam_formula():
     logits = model(images)
     hook.remove()
     a = acts['a']
-    grad, = torch.autograd.grad(logits[:, 1].sum(), a)
+    (grad,) = torch.autograd.grad(logits[:, 1].sum(), a)
     expected = torch.relu((grad.mean(dim=(2, 3), keepdim=True) * a).sum(1, keepdim=True))
     expected = nn.functional.interpolate(expected, (SIZE, SIZE), mode='bilinear')[:, 0].detach()
     expected = (expected / expected.amax(dim=(1, 2), keepdim=True)).numpy()
@@ -111,17 +115,18 @@ def test_captum_matches_the_grad_cam_formula():
 
 # ------------------------------------------------------------ 2. Adebayo et al. model randomisation
 
+
 def _blob_data(n: int, seed: int):
     """Noise; AD (label 1, every other image) adds a bright blob in the top-right quadrant."""
     rows, cols = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing='ij')
-    blob = torch.exp(-((rows - 16) ** 2 + (cols - 48) ** 2) / (2 * 5.0 ** 2))
+    blob = torch.exp(-((rows - 16) ** 2 + (cols - 48) ** 2) / (2 * 5.0**2))
     y = torch.arange(n) % 2
     noise = 0.3 * torch.randn(n, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
     return noise + 2 * y[:, None, None, None] * blob, y
 
 
 def _top_right_share(maps: np.ndarray) -> float:
-    return float(maps[:, :SIZE // 2, SIZE // 2:].sum() / maps.sum())
+    return float(maps[:, : SIZE // 2, SIZE // 2 :].sum() / maps.sum())
 
 
 def test_trained_map_differs_from_randomised_weights():
@@ -148,6 +153,7 @@ def test_trained_map_differs_from_randomised_weights():
 
 
 # ------------------------------------------------------- 3. shapes, channels_last, exports, layers
+
 
 def test_maps_shape_range_dtype_and_training_flag_restored():
     model = _atto().train()
@@ -204,8 +210,9 @@ def test_model_loaded_from_an_export_folder(tmp_path):
     loaded = timm.create_model(f'local-dir:{tmp_path / "best"}', pretrained=True)
     assert cam.default_target_layer(loaded) is loaded.stages[-1]
     channels = loaded.stem[0].in_channels
-    np.testing.assert_allclose(cam.gradcam(loaded, images.repeat(1, channels, 1, 1), 1), expected,
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        cam.gradcam(loaded, images.repeat(1, channels, 1, 1), 1), expected, atol=1e-4
+    )
     grey = timm.create_model(f'local-dir:{tmp_path / "best"}', pretrained=True, in_chans=1)
     np.testing.assert_allclose(cam.gradcam(grey, images, 1), expected, atol=1e-4)
 
@@ -215,8 +222,10 @@ def test_layer_choice_and_nhwc_layers_refused():
     # stock ConvNeXt with conv_mlp=False: blocks run their norm and MLP on NHWC tensors
     model = timm.create_model('convnext_atto', in_chans=1, num_classes=2, conv_mlp=False)
     images = _images(2)
-    np.testing.assert_allclose(cam.gradcam(model, images, 1, layer='stages.2'),
-                               cam.gradcam(model, images, 1, layer=model.stages[2]))
+    np.testing.assert_allclose(
+        cam.gradcam(model, images, 1, layer='stages.2'),
+        cam.gradcam(model, images, 1, layer=model.stages[2]),
+    )
     block = model.stages[-1].blocks[-1]
     with pytest.raises(ValueError, match='NHWC'):
         cam.gradcam(model, images, 1, layer=block.norm)
@@ -228,15 +237,24 @@ def test_layer_choice_and_nhwc_layers_refused():
 
 # ---------------------------------------------------------------------- 4. patients and the report
 
+
 def test_select_patients_most_confident_per_outcome():
     ids = ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h']
     y = [1, 1, 1, 0, 0, 0, 1, 0]
     p = [0.9, 0.6, 0.99, 0.1, 0.45, 0.7, 0.2, 0.95]
     assert cam.select_patients(ids, y, p, 0.5, 2) == {
-        'TP': ['c', 'a'], 'TN': ['d', 'e'], 'FP': ['h', 'f'], 'FN': ['g']}
+        'TP': ['c', 'a'],
+        'TN': ['d', 'e'],
+        'FP': ['h', 'f'],
+        'FN': ['g'],
+    }
     # at threshold 0.4, 0.45 is a positive decision, farthest from 0.4 on the negative side is 0.1
     assert cam.select_patients(ids, y, p, 0.4, 1) == {
-        'TP': ['c'], 'TN': ['d'], 'FP': ['h'], 'FN': ['g']}
+        'TP': ['c'],
+        'TN': ['d'],
+        'FP': ['h'],
+        'FN': ['g'],
+    }
 
 
 def test_population_maps_are_class_means():
@@ -248,8 +266,9 @@ def test_population_maps_are_class_means():
 
 @pytest.fixture(scope='module')
 def test_slices(tmp_path_factory):
-    out = synthetic.generate(tmp_path_factory.mktemp('syn') / 'data', train_patients=2,
-                             test_patients=2, slices=3, seed=0)
+    out = synthetic.generate(
+        tmp_path_factory.mktemp('syn') / 'data', train_patients=2, test_patients=2, slices=3, seed=0
+    )
     return data.scan_split(out, 'test')
 
 
@@ -264,6 +283,7 @@ def _record_montages(monkeypatch):
     def spy(images, maps, path, **kwargs):
         calls[path.name] = (images, maps, kwargs)
         return real(images, maps, path, **kwargs)
+
     monkeypatch.setattr(plots, 'plot_cam_montage', spy)
     return calls
 
@@ -279,12 +299,19 @@ def test_write_cam_report_labelled(test_slices, tmp_path, monkeypatch):
     transform = _transform(model)
     calls = _record_montages(monkeypatch)
 
-    result = cam.write_cam_report(model, slices, p, 0.5, ('NC', 'AD'), tmp_path, 1,
-                                  transform=transform, batch_size=5)
+    result = cam.write_cam_report(
+        model, slices, p, 0.5, ('NC', 'AD'), tmp_path, 1, transform=transform, batch_size=5
+    )
 
     cam_dir = tmp_path / 'cam'
-    expected = {f'TP_{ad0}.png', f'TN_{nc0}.png', f'FP_{nc1}.png', f'FN_{ad1}.png',
-                'population_maps.png', 'population_maps.npz'}
+    expected = {
+        f'TP_{ad0}.png',
+        f'TN_{nc0}.png',
+        f'FP_{nc1}.png',
+        f'FN_{ad1}.png',
+        'population_maps.png',
+        'population_maps.npz',
+    }
     assert {f.name for f in cam_dir.iterdir()} == expected
     assert result['patients'] == {'TP': [ad0], 'TN': [nc0], 'FP': [nc1], 'FN': [ad1]}
     assert result['n_slices'] == 12 and result['layer'] == 'stages.3'
@@ -304,8 +331,9 @@ def test_write_cam_report_labelled(test_slices, tmp_path, monkeypatch):
     own.sort(key=lambda i: slices[i].slice_index)
     np.testing.assert_allclose(tile_maps, maps[own], atol=1e-5)
     np.testing.assert_allclose(tiles, images[own, 0].numpy(), atol=1e-6)
-    assert kwargs['tile_titles'] == [f'slice {slices[i].slice_index}\nP(AD) {p[i]:.2f}'
-                                     for i in own]
+    assert kwargs['tile_titles'] == [
+        f'slice {slices[i].slice_index}\nP(AD) {p[i]:.2f}' for i in own
+    ]
     assert kwargs['title'].startswith(f'TP: patient {ad0} (true AD, mean P(AD) 0.90 -> AD')
 
 
@@ -319,13 +347,26 @@ def test_write_cam_report_unlabelled(test_slices, tmp_path, monkeypatch):
     calls = _record_montages(monkeypatch)
 
     model = _atto()
-    result = cam.write_cam_report(model, slices + [loose], p, 0.5, ('NC', 'AD'), tmp_path, 1,
-                                  transform=_transform(model), labelled=False)
+    result = cam.write_cam_report(
+        model,
+        slices + [loose],
+        p,
+        0.5,
+        ('NC', 'AD'),
+        tmp_path,
+        1,
+        transform=_transform(model),
+        labelled=False,
+    )
 
     # n * 4 = 4 of the 5 "patients", most confident first; the least confident (0.45) is left out
     stem = test_slices[0].path.rsplit('/', 1)[-1].rsplit('.', 1)[0]
-    order = [f'AD_{patients[3]}.png', f'NC_{patients[1]}.png', f'AD_{patients[2]}.png',
-             f'AD_{stem}.png']
+    order = [
+        f'AD_{patients[3]}.png',
+        f'NC_{patients[1]}.png',
+        f'AD_{patients[2]}.png',
+        f'AD_{stem}.png',
+    ]
     assert list(calls) == order
     assert [p.rsplit('/', 1)[-1] for p in result['montages']] == order
     assert {f.name for f in (tmp_path / 'cam').iterdir()} == set(order)

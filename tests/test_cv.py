@@ -1,4 +1,5 @@
 """adni_timm.cv: folds by patient, out-of-fold predictions, summaries, ensembles, comparing runs."""
+
 import json
 import statistics
 import subprocess
@@ -9,8 +10,19 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from adni_timm.cv import (
-    CVError, OOF_COLUMNS, assemble_oof, compare, cv_summary, ensemble_probs, fold_split,
-    format_comparison, format_cv_table, main, make_folds, paired_bootstrap_difference, read_oof_csv,
+    CVError,
+    OOF_COLUMNS,
+    assemble_oof,
+    compare,
+    cv_summary,
+    ensemble_probs,
+    fold_split,
+    format_comparison,
+    format_cv_table,
+    main,
+    make_folds,
+    paired_bootstrap_difference,
+    read_oof_csv,
     write_oof_csv,
 )
 from adni_timm.metrics import resample_patient_counts, slice_and_patient_metrics
@@ -36,8 +48,9 @@ def test_folds_reproducible_for_a_seed_and_different_for_another():
     assert make_folds(LABELS, k=5, seed=1) != folds
 
 
-@pytest.mark.parametrize('k, match', [(1, 'k must be an integer >= 2'),
-                                      (24, r'use --folds 23 or fewer')])
+@pytest.mark.parametrize(
+    'k, match', [(1, 'k must be an integer >= 2'), (24, r'use --folds 23 or fewer')]
+)
 def test_make_folds_refuses_impossible_k(k, match):
     with pytest.raises(CVError, match=match):
         make_folds(LABELS, k=k, seed=0)
@@ -61,11 +74,19 @@ def _fold_columns(folds, slices_per_patient=3, seed=0):
     rng = np.random.default_rng(seed)
     per_fold = []
     for fold in folds:
-        rows = [(f'{"AD" if LABELS[p] else "NC"}/{p}_{s}.jpeg', p, LABELS[p]) for p in fold
-                for s in range(slices_per_patient)]
-        per_fold.append({'path': [r[0] for r in rows], 'patient': [r[1] for r in rows],
-                         'label': [r[2] for r in rows],
-                         'p_AD': rng.uniform(size=len(rows)).tolist()})
+        rows = [
+            (f'{"AD" if LABELS[p] else "NC"}/{p}_{s}.jpeg', p, LABELS[p])
+            for p in fold
+            for s in range(slices_per_patient)
+        ]
+        per_fold.append(
+            {
+                'path': [r[0] for r in rows],
+                'patient': [r[1] for r in rows],
+                'label': [r[2] for r in rows],
+                'p_AD': rng.uniform(size=len(rows)).tolist(),
+            }
+        )
     return per_fold
 
 
@@ -89,8 +110,10 @@ def test_oof_refuses_duplicates_and_gaps():
     with pytest.raises(CVError, match='predicted twice'):
         assemble_oof(twice)
     moved = [dict(per_fold[0]), per_fold[1]]  # another slice of a fold-1 patient shows up in fold 0
-    moved[0] = {key: values + [per_fold[1][key][0] if key != 'path' else 'elsewhere.jpeg']
-                for key, values in per_fold[0].items()}
+    moved[0] = {
+        key: values + [per_fold[1][key][0] if key != 'path' else 'elsewhere.jpeg']
+        for key, values in per_fold[0].items()
+    }
     with pytest.raises(CVError, match='in folds 1 and 0|in folds 0 and 1'):
         assemble_oof(moved)
     with pytest.raises(CVError, match='1 not predicted'):
@@ -110,25 +133,40 @@ def test_ensemble_is_the_mean_of_members():
 
 
 def test_cv_summary_mean_sd_and_table():
-    per_fold = [{'patient': {'n': 10, 'accuracy': acc, 'auc': auc,
-                             'confusion_matrix': [[1, 0], [0, 1]]},
-                 'slice': {'accuracy': acc - 0.1, 'auc': None}}
-                for acc, auc in ((0.7, 0.8), (0.8, None), (0.9, 0.9))]
+    per_fold = [
+        {
+            'patient': {'n': 10, 'accuracy': acc, 'auc': auc, 'confusion_matrix': [[1, 0], [0, 1]]},
+            'slice': {'accuracy': acc - 0.1, 'auc': None},
+        }
+        for acc, auc in ((0.7, 0.8), (0.8, None), (0.9, 0.9))
+    ]
     summary = cv_summary(per_fold)
     acc = summary['patient']['accuracy']
     assert acc['per_fold'] == [0.7, 0.8, 0.9] and acc['mean'] == pytest.approx(0.8)
     assert acc['sd'] == pytest.approx(statistics.stdev([0.7, 0.8, 0.9]))  # sample sd, ddof=1
-    assert summary['patient']['auc'] == {'per_fold': [0.8, None, 0.9], 'mean': pytest.approx(0.85),
-                                         'sd': pytest.approx(statistics.stdev([0.8, 0.9])), 'n': 2}
+    assert summary['patient']['auc'] == {
+        'per_fold': [0.8, None, 0.9],
+        'mean': pytest.approx(0.85),
+        'sd': pytest.approx(statistics.stdev([0.8, 0.9])),
+        'n': 2,
+    }
     assert summary['slice']['auc'] == {'per_fold': [None] * 3, 'mean': None, 'sd': None, 'n': 0}
     assert 'n' not in summary['patient'] and 'confusion_matrix' not in summary['patient']
     table = format_cv_table(summary)
-    assert table.splitlines()[1].split() == ['accuracy', '0.800', '±', '0.100',
-                                             '0.700', '±', '0.100']
+    assert table.splitlines()[1].split() == [
+        'accuracy',
+        '0.800',
+        '±',
+        '0.100',
+        '0.700',
+        '±',
+        '0.100',
+    ]
     assert '0.850 ± 0.071 (2/3)' in table and 'n/a' in table and '3 folds' in table
 
 
 # ---- comparing runs: hand-written run folders -------------------------------------------------
+
 
 def _write_run(folder, p_of_patient, seed=0, k=4, threshold=0.5, slices=3):
     """A CV run folder as training writes it: cv.json and oof_predictions.csv."""
@@ -136,15 +174,20 @@ def _write_run(folder, p_of_patient, seed=0, k=4, threshold=0.5, slices=3):
     rng = np.random.default_rng(1)
     per_fold = []
     for columns in _fold_columns(folds, slices):
-        columns['p_AD'] = [float(np.clip(p_of_patient(p) + rng.normal(0, 0.05), 0, 1))
-                           for p in columns['patient']]
+        columns['p_AD'] = [
+            float(np.clip(p_of_patient(p) + rng.normal(0, 0.05), 0, 1)) for p in columns['patient']
+        ]
         per_fold.append(columns)
     rows = assemble_oof(per_fold)
     write_oof_csv(folder / 'oof_predictions.csv', rows)
-    metrics = [slice_and_patient_metrics(c['patient'], c['label'], c['p_AD'], threshold)
-               for c in per_fold]
-    (folder / 'cv.json').write_text(json.dumps(
-        {'k': k, 'seed': seed, 'folds': folds, 'threshold': threshold, 'per_fold': metrics}))
+    metrics = [
+        slice_and_patient_metrics(c['patient'], c['label'], c['p_AD'], threshold) for c in per_fold
+    ]
+    (folder / 'cv.json').write_text(
+        json.dumps(
+            {'k': k, 'seed': seed, 'folds': folds, 'threshold': threshold, 'per_fold': metrics}
+        )
+    )
     return rows
 
 
@@ -190,24 +233,35 @@ def test_compare_paired_ci_matches_a_direct_computation(tmp_path):
     counts = resample_patient_counts(np.random.default_rng(seed), y, n_boot)
     d_auc, d_acc = [], []
     for w in counts:
-        d_auc.append(roc_auc_score(y, mean_b, sample_weight=w)
-                     - roc_auc_score(y, mean_a, sample_weight=w))
-        d_acc.append(np.average((mean_b >= 0.45) == y, weights=w)
-                     - np.average((mean_a >= 0.5) == y, weights=w))
+        d_auc.append(
+            roc_auc_score(y, mean_b, sample_weight=w) - roc_auc_score(y, mean_a, sample_weight=w)
+        )
+        d_acc.append(
+            np.average((mean_b >= 0.45) == y, weights=w)
+            - np.average((mean_a >= 0.5) == y, weights=w)
+        )
     paired = result['paired']
     assert paired['auc']['a'] == pytest.approx(roc_auc_score(y, mean_a))
     assert paired['auc']['difference'] == pytest.approx(
-        roc_auc_score(y, mean_b) - roc_auc_score(y, mean_a))
+        roc_auc_score(y, mean_b) - roc_auc_score(y, mean_a)
+    )
     np.testing.assert_allclose(paired['auc']['ci'], np.percentile(d_auc, [2.5, 97.5]), atol=1e-12)
-    np.testing.assert_allclose(paired['accuracy']['ci'], np.percentile(d_acc, [2.5, 97.5]),
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        paired['accuracy']['ci'], np.percentile(d_acc, [2.5, 97.5]), atol=1e-12
+    )
     assert paired['auc']['ci'][0] > 0  # B is clearly better here
     assert 'B better' in format_comparison(result)
     # the function on plain arrays gives the same answer as compare() over the run folders
     direct = paired_bootstrap_difference(
-        [r['patient'] for r in rows_a], [r['label'] for r in rows_a],
-        [r['p_AD'] for r in rows_a], [r['p_AD'] for r in rows_b], 0.5, 0.45,
-        n_boot=n_boot, seed=seed)
+        [r['patient'] for r in rows_a],
+        [r['label'] for r in rows_a],
+        [r['p_AD'] for r in rows_a],
+        [r['p_AD'] for r in rows_b],
+        0.5,
+        0.45,
+        n_boot=n_boot,
+        seed=seed,
+    )
     assert direct == paired
 
 
@@ -227,8 +281,20 @@ def test_cli_compare_and_one_line_errors(tmp_path, capsys):
     (tmp_path / 'run').mkdir()
     (tmp_path / 'plain').mkdir()
     _write_run(tmp_path / 'run', _decent)
-    assert main(['compare', str(tmp_path / 'run'), str(tmp_path / 'run'), '--n-boot', '100',
-                 '--json', str(tmp_path / 'out' / 'cmp.json')]) == 0
+    assert (
+        main(
+            [
+                'compare',
+                str(tmp_path / 'run'),
+                str(tmp_path / 'run'),
+                '--n-boot',
+                '100',
+                '--json',
+                str(tmp_path / 'out' / 'cmp.json'),
+            ]
+        )
+        == 0
+    )
     assert 'patient AUC' in capsys.readouterr().out
     assert json.loads((tmp_path / 'out' / 'cmp.json').read_text())['valid'] is True
     assert main(['summary', str(tmp_path / 'run')]) == 0
@@ -236,8 +302,11 @@ def test_cli_compare_and_one_line_errors(tmp_path, capsys):
 
     (tmp_path / 'broken').mkdir()
     (tmp_path / 'broken' / 'cv.json').write_text('{"k": 5}')
-    for bad, message in (('missing', 'not a folder'), ('plain', 'is not a cross-validation run'),
-                         ('broken', 'needs the keys')):
+    for bad, message in (
+        ('missing', 'not a folder'),
+        ('plain', 'is not a cross-validation run'),
+        ('broken', 'needs the keys'),
+    ):
         assert main(['compare', str(tmp_path / bad), str(tmp_path / 'run')]) == 2
         err = capsys.readouterr().err
         assert err.count('\n') == 1 and message in err and 'Traceback' not in err

@@ -1,4 +1,7 @@
-"""Data pipeline: layout scan, bad input, patient-level splits, transforms, cache, loaders, `check` CLI."""
+"""Data pipeline: layout scan, bad input, patient-level
+splits, transforms, cache, loaders, `check` CLI.
+"""
+
 import json
 import logging
 import pickle
@@ -12,9 +15,23 @@ import torch
 from PIL import Image
 
 from adni_timm import data
-from adni_timm.data import (DataError, Slice, SliceCache, SliceDataset, build_transforms, check_no_leakage,
-                            create_loader, find_bad_images, preload, read_image, resolve_bad_images, scan_split,
-                            select, split_patients, split_slices)
+from adni_timm.data import (
+    DataError,
+    Slice,
+    SliceCache,
+    SliceDataset,
+    build_transforms,
+    check_no_leakage,
+    create_loader,
+    find_bad_images,
+    preload,
+    read_image,
+    resolve_bad_images,
+    scan_split,
+    select,
+    split_patients,
+    split_slices,
+)
 from adni_timm.hardware import available_memory
 from adni_timm.synthetic import generate
 
@@ -27,7 +44,9 @@ def synth(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope='module')
 def model():
-    return timm.create_model('adni_convnext_atto', pretrained_cfg_overlay=dict(input_size=(1, 64, 64)))
+    return timm.create_model(
+        'adni_convnext_atto', pretrained_cfg_overlay=dict(input_size=(1, 64, 64))
+    )
 
 
 def write_image(path: Path, size=(32, 30), mode='L', value=100) -> Path:
@@ -50,10 +69,13 @@ def make_layout(root: Path, patients: dict) -> Path:
 
 
 def small_layout(root: Path) -> Path:
-    return make_layout(root, {'train': {'NC': ['1', '2'], 'AD': ['3', '4']}, 'test': {'NC': ['5'], 'AD': ['6']}})
+    return make_layout(
+        root, {'train': {'NC': ['1', '2'], 'AD': ['3', '4']}, 'test': {'NC': ['5'], 'AD': ['6']}}
+    )
 
 
-# -------------------------------------------------------------------------------------------- scanning
+# ----------------------------------------------------------------------------------------- scanning
+
 
 def test_scan_labels_nc0_ad1_and_patient_ids(synth):
     slices = scan_split(synth, 'train')
@@ -62,7 +84,8 @@ def test_scan_labels_nc0_ad1_and_patient_ids(synth):
         assert s.label == {'NC': 0, 'AD': 1}[Path(s.path).parent.name]
         pid, idx = Path(s.path).stem.split('_')
         assert (s.patient, s.slice_index) == (pid, int(idx))
-    assert [s.label for s in slices] == sorted(s.label for s in slices)  # NC first: not alphabetical
+    # NC first: not alphabetical
+    assert [s.label for s in slices] == sorted(s.label for s in slices)
     assert slices == scan_split(synth, 'train')  # deterministic order
 
 
@@ -82,7 +105,9 @@ def test_missing_data_dir(tmp_path):
 
 def test_missing_split(tmp_path):
     root = make_layout(tmp_path / 'd', {'train': {'NC': ['1'], 'AD': ['2']}})
-    with pytest.raises(DataError, match=r"no 'test' folder in .*d: expected .*test/\{NC,AD\}/<patient>_<slice>"):
+    with pytest.raises(
+        DataError, match=r"no 'test' folder in .*d: expected .*test/\{NC,AD\}/<patient>_<slice>"
+    ):
         scan_split(root, 'test')
 
 
@@ -116,10 +141,23 @@ def test_missing_and_empty_class_folders(tmp_path):
 def test_file_name_without_patient_id(tmp_path):
     root = small_layout(tmp_path)
     write_image(root / 'train' / 'NC' / 'scan.jpeg')
-    with pytest.raises(DataError, match=r'without a patient id.*scan\.jpeg.*<patient>_<slice>\.jpeg.*file_is_patient'):
+    with pytest.raises(
+        DataError,
+        match=r'without a patient id.*scan\.jpeg.*<patient>_<slice>\.jpeg.*file_is_patient',
+    ):
         scan_split(root, 'train')
     slices = scan_split(root, 'train', file_is_patient=True)
-    assert {s.patient for s in slices} == {'1_10', '1_11', '2_10', '2_11', '3_10', '3_11', '4_10', '4_11', 'scan'}
+    assert {s.patient for s in slices} == {
+        '1_10',
+        '1_11',
+        '2_10',
+        '2_11',
+        '3_10',
+        '3_11',
+        '4_10',
+        '4_11',
+        'scan',
+    }
     assert all(s.slice_index is None for s in slices)
 
 
@@ -151,12 +189,15 @@ def test_non_image_files_are_ignored_with_a_warning(tmp_path, caplog):
 
 def test_leakage_between_train_and_test_is_an_error(synth, tmp_path):
     check_no_leakage(scan_split(synth, 'train'), scan_split(synth, 'test'))  # generator: disjoint
-    root = make_layout(tmp_path, {'train': {'NC': ['1', '2'], 'AD': ['3']}, 'test': {'NC': ['2'], 'AD': ['3']}})
+    root = make_layout(
+        tmp_path, {'train': {'NC': ['1', '2'], 'AD': ['3']}, 'test': {'NC': ['2'], 'AD': ['3']}}
+    )
     with pytest.raises(DataError, match=r'2 patient\(s\) appear in both train and test: 2, 3'):
         check_no_leakage(scan_split(root, 'train'), scan_split(root, 'test'))
 
 
-# -------------------------------------------------------------------------------------------- bad images
+# --------------------------------------------------------------------------------------- bad images
+
 
 @pytest.fixture()
 def broken(tmp_path):
@@ -164,13 +205,16 @@ def broken(tmp_path):
     root = small_layout(tmp_path)
     (root / 'train' / 'NC' / '7_1.jpeg').write_text('not a jpeg at all')
     truncated = write_image(root / 'train' / 'AD' / '8_1.jpeg', size=(128, 120))
-    truncated.write_bytes(truncated.read_bytes()[:len(truncated.read_bytes()) // 2])
+    truncated.write_bytes(truncated.read_bytes()[: len(truncated.read_bytes()) // 2])
     return root
 
 
 def test_find_bad_images(broken):
     bad = dict(find_bad_images(scan_split(broken, 'train')))
-    assert set(bad) == {str(broken / 'train' / 'NC' / '7_1.jpeg'), str(broken / 'train' / 'AD' / '8_1.jpeg')}
+    assert set(bad) == {
+        str(broken / 'train' / 'NC' / '7_1.jpeg'),
+        str(broken / 'train' / 'AD' / '8_1.jpeg'),
+    }
     assert 'not an image' in bad[str(broken / 'train' / 'NC' / '7_1.jpeg')]
     assert 'truncated' in bad[str(broken / 'train' / 'AD' / '8_1.jpeg')]
     assert dict(find_bad_images(scan_split(broken, 'train'), num_workers=2)) == bad
@@ -198,7 +242,9 @@ def test_colour_image_converted_with_a_note(tmp_path, caplog):
     slices = scan_split(root, 'train')
     with caplog.at_level(logging.INFO, logger='adni_timm.data'):
         assert resolve_bad_images(slices) == slices
-    assert 'colour image(s) are converted to grayscale' in caplog.text and '1_12.jpeg' in caplog.text
+    assert (
+        'colour image(s) are converted to grayscale' in caplog.text and '1_12.jpeg' in caplog.text
+    )
     assert read_image(str(root / 'train' / 'NC' / '1_12.jpeg')).mode == 'L'
     cache = preload(slices)
     assert cache.images.shape == (len(slices), 30, 32)
@@ -218,16 +264,21 @@ def test_16_bit_png_scaled_not_clipped(tmp_path, caplog):
 
 
 def test_odd_sized_slices_get_the_same_preprocessing_from_the_cache_as_from_disk(tmp_path, caplog):
-    """One policy for odd sizes: the cache keeps them as they are, so training sees what evaluation sees."""
+    """One policy for odd sizes: the cache keeps them
+    as they are, so training sees what evaluation sees.
+    """
     root = small_layout(tmp_path)
-    odd = write_image(root / 'train' / 'NC' / '1_12.png', size=(64, 48))  # another size and aspect ratio
+    # another size and aspect ratio
+    odd = write_image(root / 'train' / 'NC' / '1_12.png', size=(64, 48))
     slices = scan_split(root, 'train')
     with caplog.at_level(logging.INFO, logger='adni_timm.data'):
         cache = preload(slices, num_workers=2)
     assert cache.images.shape == (len(slices) - 1, 30, 32) and len(cache) == len(slices)
     assert '1 of 9 slices are not 32x30; cached at their own size' in caplog.text
     assert np.array_equal(np.asarray(cache.image(str(odd))), np.asarray(read_image(str(odd))))
-    model = timm.create_model('adni_convnext_atto', pretrained_cfg_overlay=dict(input_size=(1, 64, 64)))
+    model = timm.create_model(
+        'adni_convnext_atto', pretrained_cfg_overlay=dict(input_size=(1, 64, 64))
+    )
     _, eval_tf = build_transforms(model)
     cached, disk = SliceDataset(slices, eval_tf, cache), SliceDataset(slices, eval_tf)
     for i in range(len(slices)):
@@ -238,7 +289,8 @@ def test_available_memory_reads_memavailable_and_the_container_limit(tmp_path):
     meminfo = tmp_path / 'meminfo'
     meminfo.write_text('MemTotal: 32000000 kB\nMemFree: 1000000 kB\nMemAvailable: 20000000 kB\n')
     no_cgroup = tmp_path / 'none'
-    assert available_memory(meminfo, no_cgroup) == (20000000 * 1024, 'available memory')  # not MemFree
+    # not MemFree
+    assert available_memory(meminfo, no_cgroup) == (20000000 * 1024, 'available memory')
     v2 = tmp_path / 'v2'
     v2.mkdir()
     (v2 / 'memory.max').write_text('8589934592\n')  # an 8 GiB container on a 32 GB machine
@@ -255,14 +307,23 @@ def test_available_memory_reads_memavailable_and_the_container_limit(tmp_path):
     assert available_memory(meminfo, tmp_path / 'v1')[1] == 'available memory'
 
 
-def test_cache_counts_every_process_on_the_machine_and_falls_back_to_disk(tmp_path, monkeypatch, caplog):
+def test_cache_counts_every_process_on_the_machine_and_falls_back_to_disk(
+    tmp_path, monkeypatch, caplog
+):
     monkeypatch.setattr(data, 'available_memory', lambda: (10 * 2**30, 'container (cgroup) limit'))
     monkeypatch.setenv('LOCAL_WORLD_SIZE', '1')
     fits, line = data.cache_fits(2 * 2**30)
-    assert fits and line == 'slice cache: 2.00 GiB of 10.0 GiB usable (container (cgroup) limit): caching'
+    assert (
+        fits
+        and line == 'slice cache: 2.00 GiB of 10.0 GiB usable (container (cgroup) limit): caching'
+    )
     monkeypatch.setenv('LOCAL_WORLD_SIZE', '8')  # 8 GPUs on the node: 8 copies of the cache
     fits, line = data.cache_fits(2 * 2**30)
-    assert not fits and '2.00 GiB x 8 processes of 10.0 GiB usable' in line and 'reading slices from disk' in line
+    assert (
+        not fits
+        and '2.00 GiB x 8 processes of 10.0 GiB usable' in line
+        and 'reading slices from disk' in line
+    )
     monkeypatch.setattr(data, 'cache_fits', lambda nbytes: (False, 'too much'))
     slices = scan_split(small_layout(tmp_path), 'train')
     with caplog.at_level(logging.INFO, logger='adni_timm.data'):
@@ -270,12 +331,16 @@ def test_cache_counts_every_process_on_the_machine_and_falls_back_to_disk(tmp_pa
     assert 'too much' in caplog.text
 
 
-# ------------------------------------------------------------------------------------------------ splits
+# ------------------------------------------------------------------------------------------- splits
+
 
 def fake_slices(n_nc=50, n_ad=30, per_patient=3) -> list[Slice]:
-    return [Slice(f'/x/{label}/{p}_{k}.jpeg', p, label, k)
-            for label, n in ((0, n_nc), (1, n_ad)) for p in (f'{label}{i:04d}' for i in range(n))
-            for k in range(per_patient)]
+    return [
+        Slice(f'/x/{label}/{p}_{k}.jpeg', p, label, k)
+        for label, n in ((0, n_nc), (1, n_ad))
+        for p in (f'{label}{i:04d}' for i in range(n))
+        for k in range(per_patient)
+    ]
 
 
 def test_split_patients_stratified_disjoint_deterministic():
@@ -324,15 +389,19 @@ def test_split_slices_is_the_leaky_reference_split():
 
 def test_a_slice_level_split_still_applies_when_the_data_moves(synth, tmp_path):
     import shutil
+
     split = split_slices(scan_split(synth, 'train'), 0.34, seed=0)
-    assert all(key.count('/') == 2 and key.startswith('train/') for key in split['train'] + split['val'])
+    assert all(
+        key.count('/') == 2 and key.startswith('train/') for key in split['train'] + split['val']
+    )
     moved = shutil.copytree(synth, tmp_path / 'elsewhere' / 'AD_NC')
     val = select(scan_split(moved, 'train'), json.loads(json.dumps(split)), 'val')
     assert sorted(data.slice_key(s.path) for s in val) == sorted(split['val'])
     assert all(s.path.startswith(str(moved)) for s in val)
 
 
-# -------------------------------------------------------------------------------------- transforms, cache
+# -------------------------------------------------------------------------------- transforms, cache
+
 
 def test_eval_transform_is_timms(synth, model):
     train_tf, eval_tf = build_transforms(model)
@@ -343,9 +412,16 @@ def test_eval_transform_is_timms(synth, model):
     assert train_tf(img).shape == (1, 64, 64)
 
 
-@pytest.mark.parametrize('augment', [dict(color_jitter=0.4), dict(auto_augment='rand-m9-mstd0.5-inc1'),
-                                     dict(auto_augment='original'), dict(auto_augment='augmix-m3'),
-                                     dict(re_prob=1.0)])
+@pytest.mark.parametrize(
+    'augment',
+    [
+        dict(color_jitter=0.4),
+        dict(auto_augment='rand-m9-mstd0.5-inc1'),
+        dict(auto_augment='original'),
+        dict(auto_augment='augmix-m3'),
+        dict(re_prob=1.0),
+    ],
+)
 def test_train_augmentations_work_on_grayscale(synth, model, augment):
     train_tf, _ = build_transforms(model, scale=(0.5, 1.0), **augment)
     img = read_image(scan_split(synth, 'train')[0].path)
@@ -369,7 +445,9 @@ def test_full_strength_posterize_does_not_crash(synth, model):
 def test_transform_config_errors(model):
     with pytest.raises(ValueError, match='not a timm policy'):
         build_transforms(model, auto_augment='trivial')
-    rgb_stats = timm.create_model('adni_convnext_atto', pretrained_cfg_overlay=dict(mean=(0.5,) * 3, std=(0.5,) * 3))
+    rgb_stats = timm.create_model(
+        'adni_convnext_atto', pretrained_cfg_overlay=dict(mean=(0.5,) * 3, std=(0.5,) * 3)
+    )
     with pytest.raises(ValueError, match=r'input_size \(1, 224, 224\) but mean'):
         build_transforms(rgb_stats)
 
@@ -381,7 +459,10 @@ def test_cache_gives_the_same_tensors_as_disk(synth, model):
     assert isinstance(cache, SliceCache) and len(cache) == len(slices)
     assert cache.images.dtype == np.uint8 and cache.images.flags['C_CONTIGUOUS']
     assert cache.images.shape == (len(slices), 240, 256)
-    from_disk, from_cache = SliceDataset(slices, eval_tf), SliceDataset(slices, eval_tf, cache=cache)
+    from_disk, from_cache = (
+        SliceDataset(slices, eval_tf),
+        SliceDataset(slices, eval_tf, cache=cache),
+    )
     for i in range(len(slices)):
         (a, la), (b, lb) = from_disk[i], from_cache[i]
         assert torch.equal(a, b) and la == lb == slices[i].label
@@ -390,7 +471,8 @@ def test_cache_gives_the_same_tensors_as_disk(synth, model):
         SliceDataset(scan_split(synth, 'test'), eval_tf, cache=cache)
 
 
-# -------------------------------------------------------------------------------------------------- loaders
+# ------------------------------------------------------------------------------------------ loaders
+
 
 def _order(loader) -> list[int]:
     return [int(i) for batch in loader for i in batch]
@@ -398,7 +480,10 @@ def _order(loader) -> list[int]:
 
 def test_loader_shuffle_order_is_reproducible():
     dataset = torch.arange(40)
-    a, b = create_loader(dataset, 8, shuffle=True, seed=0), create_loader(dataset, 8, shuffle=True, seed=0)
+    a, b = (
+        create_loader(dataset, 8, shuffle=True, seed=0),
+        create_loader(dataset, 8, shuffle=True, seed=0),
+    )
     first_epoch = _order(a)
     assert first_epoch == _order(b) and sorted(first_epoch) == list(range(40))
     assert _order(a) == _order(b) != first_epoch  # each epoch reshuffles, reproducibly
@@ -410,15 +495,20 @@ def test_loader_with_workers_and_cache(synth, model):
     slices = scan_split(synth, 'train')
     train_tf, _ = build_transforms(model)
     dataset = SliceDataset(slices, train_tf, cache=preload(slices))
-    loader = create_loader(dataset, 6, shuffle=True, num_workers=2, drop_last=True, prefetch_factor=1)
+    loader = create_loader(
+        dataset, 6, shuffle=True, num_workers=2, drop_last=True, prefetch_factor=1
+    )
     assert loader.persistent_workers and loader.prefetch_factor == 1
     batches = list(loader)
     assert len(batches) == 3 and batches[0][0].shape == (6, 1, 64, 64)
-    assert sorted(int(y) for _, labels in batches for y in labels) == sorted(s.label for s in slices)
+    assert sorted(int(y) for _, labels in batches for y in labels) == sorted(
+        s.label for s in slices
+    )
     assert not create_loader(dataset, 6, shuffle=False, num_workers=0).persistent_workers
 
 
-# ---------------------------------------------------------------------------------------------- check CLI
+# ---------------------------------------------------------------------------------------- check CLI
+
 
 def test_check_cli_clean_set(synth, capsys):
     assert data.main(['check', str(synth)]) == 0
@@ -431,12 +521,18 @@ def test_check_cli_clean_set(synth, capsys):
 
 def test_check_cli_lists_every_problem(broken, capsys):
     write_image(broken / 'test' / 'MCI' / '9_1.jpeg')
-    write_image(broken / 'test' / 'NC' / '1_12.jpeg', mode='RGB')  # leaks patient 1 from train; colour
+    # leaks patient 1 from train; colour
+    write_image(broken / 'test' / 'NC' / '1_12.jpeg', mode='RGB')
     assert data.main(['check', str(broken)]) == 1
     out = capsys.readouterr().out
     assert '4 problem(s)' in out
-    for expected in ('unknown class folder', 'appear in both train and test: 1', '7_1.jpeg: not an image',
-                     '8_1.jpeg: truncated', 'note: 1 colour image(s)'):
+    for expected in (
+        'unknown class folder',
+        'appear in both train and test: 1',
+        '7_1.jpeg: not an image',
+        '8_1.jpeg: truncated',
+        'note: 1 colour image(s)',
+    ):
         assert expected in out
 
 

@@ -1,7 +1,9 @@
-"""Two CPU processes under `accelerate launch`: inference counts each slice once, failures stop everyone."""
+"""Two CPU processes under `accelerate launch`: inference
+counts each slice once, failures stop everyone.
+"""
+
 import os
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -9,36 +11,55 @@ import timm
 import torch
 
 from adni_timm import data, evaluation, export
-from helpers import ROOT, TINY
+from helpers import LAUNCH, ROOT, TINY
 
-LAUNCH = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
-          '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no']
 ENV = {**os.environ, 'ACCELERATE_USE_CPU': '1', 'OMP_NUM_THREADS': '1'}
 
 
 def test_two_process_predict_returns_every_test_slice_once_in_order(tiny_data, tmp_path):
     torch.manual_seed(0)
-    model = timm.create_model('adni_convnext_atto', pretrained_cfg_overlay=dict(input_size=(1, 64, 64))).eval()
+    model = timm.create_model(
+        'adni_convnext_atto', pretrained_cfg_overlay=dict(input_size=(1, 64, 64))
+    ).eval()
     with torch.no_grad():
         model.head.fc.weight.normal_(0, 1.0)  # outputs that differ per slice, so order shows
     exported = export.export_model(model, tmp_path / 'export')
     out = tmp_path / 'probs.npy'
-    slices = data.scan_split(tiny_data, 'test')  # 24 slices; batches of 5 over 2 processes pad the last one
-    cmd = [*LAUNCH, '--main_process_port', '29517', str(ROOT / 'tests/ddp_predict_probe.py'), str(exported),
-           str(tiny_data), str(out), '5']
+    # 24 slices; batches of 5 over 2 processes pad the last one
+    slices = data.scan_split(tiny_data, 'test')
+    cmd = [
+        *LAUNCH,
+        '--main_process_port',
+        '29517',
+        str(ROOT / 'tests/ddp_predict_probe.py'),
+        str(exported),
+        str(tiny_data),
+        str(out),
+        '5',
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     gathered = np.load(out)
     single = evaluation.predict(evaluation.resolve_model(exported)[0], slices, batch_size=5)
     assert gathered.shape == single.shape == (len(slices), 2)
     np.testing.assert_allclose(gathered, single, atol=1e-6)
-    assert len(np.unique(gathered[:, 1].round(6))) > len(slices) // 2  # distinct values: order is really checked
+    # distinct values: order is really checked
+    assert len(np.unique(gathered[:, 1].round(6))) > len(slices) // 2
 
 
 def test_a_failed_checkpoint_on_the_main_process_stops_every_process_promptly(tiny_data, tmp_path):
     run = tmp_path / 'run'
-    cmd = [*LAUNCH, '--main_process_port', '29519', str(ROOT / 'tests/ddp_fault_probe.py'), '--data-dir',
-           str(tiny_data), '--output-dir', str(run), *TINY]
+    cmd = [
+        *LAUNCH,
+        '--main_process_port',
+        '29519',
+        str(ROOT / 'tests/ddp_fault_probe.py'),
+        '--data-dir',
+        str(tiny_data),
+        '--output-dir',
+        str(run),
+        *TINY,
+    ]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=ROOT, env=ENV)
     elapsed = time.perf_counter() - start

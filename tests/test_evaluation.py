@@ -1,4 +1,7 @@
-"""evaluate.py end to end on a tiny synthetic set with a random adni_convnext_atto in a fake RUN folder."""
+"""evaluate.py end to end on a tiny synthetic set with
+a random adni_convnext_atto in a fake RUN folder.
+"""
+
 import csv
 import hashlib
 import importlib.util
@@ -18,13 +21,27 @@ from PIL import Image
 
 from adni_timm import data, evaluation, export, synthetic
 from adni_timm.export import ExportError
-from adni_timm.evaluation import EvaluationError, evaluate, format_table, predict, predict_images, resolve_model
+from adni_timm.evaluation import (
+    EvaluationError,
+    evaluate,
+    format_table,
+    predict,
+    predict_images,
+    resolve_model,
+)
 from adni_timm.metrics import CI_KEYS, METRIC_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 STORED_THRESHOLD = 0.37
-FILES = {'metrics.json', 'predictions.csv', 'patients.csv', 'confusion_matrix.png', 'confusion_matrix_slices.png',
-         'roc.png', 'reliability.png'}
+FILES = {
+    'metrics.json',
+    'predictions.csv',
+    'patients.csv',
+    'confusion_matrix.png',
+    'confusion_matrix_slices.png',
+    'roc.png',
+    'reliability.png',
+}
 
 
 def _tiny_model(**kwargs):
@@ -47,8 +64,15 @@ def model():
 @pytest.fixture(scope='module')
 def run_dir(tmp_path_factory, model, data_dir):
     run = tmp_path_factory.mktemp('runs') / 'tiny'
-    export.export_model(model, run / 'best', extra={'threshold': STORED_THRESHOLD, 'threshold_source': 'validation',
-                                                 'classes': ['NC', 'AD']})
+    export.export_model(
+        model,
+        run / 'best',
+        extra={
+            'threshold': STORED_THRESHOLD,
+            'threshold_source': 'validation',
+            'classes': ['NC', 'AD'],
+        },
+    )
     split = data.split_patients(data.scan_split(data_dir, 'train'), val_fraction=0.34, seed=0)
     (run / 'split.json').write_text(json.dumps(split))
     return run
@@ -86,14 +110,21 @@ def _read_csv(path):
         return list(csv.DictReader(f))
 
 
-# ---------------------------------------------------------------------------------------------- end to end
+# --------------------------------------------------------------------------------------- end to end
 
-def test_evaluate_run_writes_reports_with_the_stored_threshold(run_dir, data_dir, direct_probs, tmp_path):
+
+def test_evaluate_run_writes_reports_with_the_stored_threshold(
+    run_dir, data_dir, direct_probs, tmp_path
+):
     out = tmp_path / 'eval'
     result = evaluate(str(run_dir), data_dir, output_dir=out, n_boot=200)
     assert {p.name for p in out.iterdir()} == FILES
     assert result['threshold'] == STORED_THRESHOLD and result['threshold_source'] == 'validation'
-    assert (result['model'], result['split'], result['positive_class']) == (str(run_dir), 'test', 'AD')
+    assert (result['model'], result['split'], result['positive_class']) == (
+        str(run_dir),
+        'test',
+        'AD',
+    )
     assert result['slice']['n'] == 24 and result['patient']['n'] == 6
     for level in ('slice', 'patient'):
         assert set(METRIC_KEYS) <= set(result[level])
@@ -112,8 +143,12 @@ def test_evaluate_run_writes_reports_with_the_stored_threshold(run_dir, data_dir
     assert [r['predicted'] for r in rows] == ['AD' if p >= STORED_THRESHOLD else 'NC' for p in p_ad]
     tn_fp_fn_tp = np.array(result['slice']['confusion_matrix']).ravel()
     truth = np.array([r['label'] == 'AD' for r in rows])
-    assert tn_fp_fn_tp.tolist() == [sum(~truth & (p_ad < .37)), sum(~truth & (p_ad >= .37)),
-                                    sum(truth & (p_ad < .37)), sum(truth & (p_ad >= .37))]
+    assert tn_fp_fn_tp.tolist() == [
+        sum(~truth & (p_ad < 0.37)),
+        sum(~truth & (p_ad >= 0.37)),
+        sum(truth & (p_ad < 0.37)),
+        sum(truth & (p_ad >= 0.37)),
+    ]
 
     patients = _read_csv(out / 'patients.csv')
     assert len(patients) == 6 and all(r['n_slices'] == '4' for r in patients)
@@ -154,20 +189,36 @@ def test_predict_on_cuda_in_bf16_matches_cpu(data_dir):
     reference = _direct_probs(net, slices)
     probs = predict(net, slices, batch_size=8, tta=True)
     assert next(net.parameters()).is_cuda and not net.training
-    np.testing.assert_allclose(probs, (reference + _direct_probs(net.cpu(), slices, flip=True)) / 2, atol=3e-2)
+    np.testing.assert_allclose(
+        probs, (reference + _direct_probs(net.cpu(), slices, flip=True)) / 2, atol=3e-2
+    )
 
 
-# ---------------------------------------------------------------------------------------------- model references
+# --------------------------------------------------------------------------------- model references
 
-@pytest.mark.parametrize('form', ['run', 'run/best', 'local-dir:run/best', 'run/best/model.safetensors'])
+
+@pytest.mark.parametrize(
+    'form', ['run', 'run/best', 'local-dir:run/best', 'run/best/model.safetensors']
+)
 def test_resolve_model_forms(run_dir, model, form):
     ref = form.replace('run', str(run_dir))
     loaded, info = resolve_model(ref)
-    assert {k: info[k] for k in ('model', 'threshold', 'threshold_source', 'temperature', 'run_dir', 'classes')} == {
-        'model': ref, 'threshold': STORED_THRESHOLD, 'threshold_source': 'validation', 'temperature': 1.0,
-        'run_dir': run_dir, 'classes': ['NC', 'AD']}
+    assert {
+        k: info[k]
+        for k in ('model', 'threshold', 'threshold_source', 'temperature', 'run_dir', 'classes')
+    } == {
+        'model': ref,
+        'threshold': STORED_THRESHOLD,
+        'threshold_source': 'validation',
+        'temperature': 1.0,
+        'run_dir': run_dir,
+        'classes': ['NC', 'AD'],
+    }
     assert info['export']['format'] == 2 and info['export']['trained_in_chans'] == 1
-    assert info['weights_sha256'] == hashlib.sha256((run_dir / 'best/model.safetensors').read_bytes()).hexdigest()
+    assert (
+        info['weights_sha256']
+        == hashlib.sha256((run_dir / 'best/model.safetensors').read_bytes()).hexdigest()
+    )
     assert not loaded.training
     x = torch.randn(2, 1, 64, 64)
     torch.testing.assert_close(loaded(x), model(x))
@@ -181,9 +232,12 @@ def test_plain_export_has_no_run_and_a_fixed_threshold(plain_export, data_dir):
     assert 'accuracy_ci' not in result['patient'] and result['ci'] is None
 
 
-def test_hf_hub_model_loads_from_the_cache_with_its_threshold(run_dir, model, tmp_path, monkeypatch):
+def test_hf_hub_model_loads_from_the_cache_with_its_threshold(
+    run_dir, model, tmp_path, monkeypatch
+):
     # a Hub repo as huggingface_hub caches it; HF_HUB_OFFLINE=1 (conftest) makes it the only source
     import huggingface_hub.constants
+
     commit = '0123456789abcdef0123456789abcdef01234567'
     repo = tmp_path / 'models--adni-timm--tiny'
     shutil.copytree(run_dir / 'best', repo / 'snapshots' / commit)
@@ -216,7 +270,8 @@ def test_bad_model_references(tmp_path, run_dir):
         resolve_model(not_timm)
 
 
-# ---------------------------------------------------------------------------------------------- thresholds
+# --------------------------------------------------------------------------------------- thresholds
+
 
 def test_cli_threshold_wins_and_is_applied(run_dir, data_dir, loaded):
     low = evaluate(str(run_dir), data_dir, threshold=0.0, n_boot=0, **loaded)
@@ -226,12 +281,18 @@ def test_cli_threshold_wins_and_is_applied(run_dir, data_dir, loaded):
     assert high['patient']['sensitivity'] == 0.0 and high['patient']['specificity'] == 1.0
 
 
-@pytest.mark.parametrize('kwargs, match', [
-    (dict(threshold=0.3, target_sensitivity=0.9), 'either --threshold or --target-sensitivity'),
-    (dict(threshold=1.5), r'\[0, 1\]'),
-    (dict(target_sensitivity=0.0), r'\(0, 1\]'),
-    (dict(target_sensitivity=0.9, split='train'), 'cannot be used when evaluating --split train'),
-])
+@pytest.mark.parametrize(
+    'kwargs, match',
+    [
+        (dict(threshold=0.3, target_sensitivity=0.9), 'either --threshold or --target-sensitivity'),
+        (dict(threshold=1.5), r'\[0, 1\]'),
+        (dict(target_sensitivity=0.0), r'\(0, 1\]'),
+        (
+            dict(target_sensitivity=0.9, split='train'),
+            'cannot be used when evaluating --split train',
+        ),
+    ],
+)
 def test_bad_threshold_options(run_dir, data_dir, loaded, kwargs, match):
     with pytest.raises(EvaluationError, match=match):
         evaluate(str(run_dir), data_dir, n_boot=0, **loaded, **kwargs)
@@ -241,6 +302,7 @@ def _fake_predict(p_by_patient):
     def fake(model, slices, **kwargs):
         p = np.array([p_by_patient[s.patient] for s in slices])
         return np.stack([1 - p, p], axis=1)
+
     return fake
 
 
@@ -249,17 +311,27 @@ def _patients(data_dir, split, label):
 
 
 def test_target_sensitivity_is_met_on_the_runs_validation_patients_not_on_test(
-        data_dir, model, tmp_path, monkeypatch):
+    data_dir, model, tmp_path, monkeypatch
+):
     train_ad, train_nc = _patients(data_dir, 'train', 1), _patients(data_dir, 'train', 0)
     seed0_val = set(data.split_patients(data.scan_split(data_dir, 'train'), seed=0)['val'])
-    val_ad = next(p for p in train_ad if p not in seed0_val)  # differs from the fallback split on purpose
+    # differs from the fallback split on purpose
+    val_ad = next(p for p in train_ad if p not in seed0_val)
     run = tmp_path / 'run'
     export.export_model(model, run / 'best', extra={'threshold': STORED_THRESHOLD})
-    (run / 'split.json').write_text(json.dumps({'level': 'patient', 'seed': 0, 'val_fraction': 0.3,
-                                                'train': [p for p in train_ad + train_nc[1:] if p != val_ad],
-                                                'val': [val_ad, train_nc[0]]}))
-    # validation AD patient 0.8; other train AD 0.6 / 0.7; test AD 0.3: sensitivity 1.0 needs 0.8 on validation,
-    # 0.6 if the whole train split were used, 0.3 if it were tuned on test
+    (run / 'split.json').write_text(
+        json.dumps(
+            {
+                'level': 'patient',
+                'seed': 0,
+                'val_fraction': 0.3,
+                'train': [p for p in train_ad + train_nc[1:] if p != val_ad],
+                'val': [val_ad, train_nc[0]],
+            }
+        )
+    )
+    # validation AD patient 0.8; other train AD 0.6 / 0.7; test AD 0.3: sensitivity 1.0 needs 0.8 on
+    # validation, 0.6 if the whole train split were used, 0.3 if it were tuned on test
     p = {pid: 0.1 for pid in train_nc + _patients(data_dir, 'test', 0)}
     p.update({pid: 0.6 + 0.1 * i for i, pid in enumerate(q for q in train_ad if q != val_ad)})
     p.update({val_ad: 0.8, **{pid: 0.3 for pid in _patients(data_dir, 'test', 1)}})
@@ -267,12 +339,19 @@ def test_target_sensitivity_is_met_on_the_runs_validation_patients_not_on_test(
     result = evaluate(str(run), data_dir, target_sensitivity=1.0, n_boot=0)
     assert result['threshold'] == pytest.approx(0.8) and result['threshold_source'] == 'validation'
     assert result['threshold_selection'] == {
-        'target_sensitivity': 1.0, 'chosen_on': str(run / 'split.json'), 'validation_patients': 2,
-        'validation_sensitivity': 1.0, 'validation_specificity': 1.0, 'tta': False}
+        'target_sensitivity': 1.0,
+        'chosen_on': str(run / 'split.json'),
+        'validation_patients': 2,
+        'validation_sensitivity': 1.0,
+        'validation_specificity': 1.0,
+        'tta': False,
+    }
     assert result['patient']['sensitivity'] == 0.0  # the honest consequence on test, not re-tuned
 
 
-def test_target_sensitivity_without_a_run_uses_a_seed0_split_of_train(plain_export, data_dir, monkeypatch, caplog):
+def test_target_sensitivity_without_a_run_uses_a_seed0_split_of_train(
+    plain_export, data_dir, monkeypatch, caplog
+):
     split = data.split_patients(data.scan_split(data_dir, 'train'), seed=0)
     val_ad = [pid for pid in split['val'] if pid in _patients(data_dir, 'train', 1)]
     p = {pid: 0.2 for pid in _patients(data_dir, 'train', 0) + _patients(data_dir, 'test', 0)}
@@ -286,7 +365,9 @@ def test_target_sensitivity_without_a_run_uses_a_seed0_split_of_train(plain_expo
     assert 'optimistic' in caplog.text
 
 
-def test_target_sensitivity_refuses_validation_patients_that_are_also_tested(data_dir, model, tmp_path):
+def test_target_sensitivity_refuses_validation_patients_that_are_also_tested(
+    data_dir, model, tmp_path
+):
     leaky = tmp_path / 'leaky'
     shutil.copytree(data_dir, leaky)
     test_ad = _patients(leaky, 'test', 1)[0]
@@ -294,13 +375,25 @@ def test_target_sensitivity_refuses_validation_patients_that_are_also_tested(dat
         shutil.copy(f, leaky / 'train' / 'AD' / f.name)
     run = tmp_path / 'run'
     export.export_model(model, run / 'best')
-    (run / 'split.json').write_text(json.dumps({'level': 'patient', 'seed': 0, 'val_fraction': 0.3, 'train': [],
-                                                'val': [test_ad, _patients(leaky, 'train', 0)[0]]}))
-    with pytest.raises(EvaluationError, match=f'validation patients .*{test_ad}.* also in the evaluated split'):
+    (run / 'split.json').write_text(
+        json.dumps(
+            {
+                'level': 'patient',
+                'seed': 0,
+                'val_fraction': 0.3,
+                'train': [],
+                'val': [test_ad, _patients(leaky, 'train', 0)[0]],
+            }
+        )
+    )
+    with pytest.raises(
+        EvaluationError, match=f'validation patients .*{test_ad}.* also in the evaluated split'
+    ):
         evaluate(str(run), leaky, target_sensitivity=0.9, n_boot=0)
 
 
-# ---------------------------------------------------------------------------------------------- bad data / model
+# --------------------------------------------------------------------------------- bad data / model
+
 
 def test_data_dir_without_the_split(run_dir, data_dir, loaded, tmp_path):
     with pytest.raises(data.DataError, match='does not exist'):
@@ -312,10 +405,14 @@ def test_data_dir_without_the_split(run_dir, data_dir, loaded, tmp_path):
 
 
 def test_three_channel_model_on_grayscale_data(tmp_path, data_dir):
-    rgb = _tiny_model(in_chans=3, pretrained_cfg_overlay=dict(input_size=(3, 64, 64), mean=(0.5,) * 3,
-                                                              std=(0.5,) * 3))
+    rgb = _tiny_model(
+        in_chans=3,
+        pretrained_cfg_overlay=dict(input_size=(3, 64, 64), mean=(0.5,) * 3, std=(0.5,) * 3),
+    )
     exported = export.export_model(rgb, tmp_path / 'rgb')
-    with pytest.raises(EvaluationError, match='3-channel input but ADNI slices are 1-channel.*in_chans=1'):
+    with pytest.raises(
+        EvaluationError, match='3-channel input but ADNI slices are 1-channel.*in_chans=1'
+    ):
         evaluate(str(exported), data_dir, n_boot=0)
 
 
@@ -325,19 +422,27 @@ def test_class_count_must_match_the_model(run_dir, data_dir, loaded):
 
 
 def test_three_classes_report_ad_vs_rest(tmp_path):
-    three = synthetic.generate(tmp_path / 'three', 1, 2, slices=2, seed=1, classes=('NC', 'MCI', 'AD'))
+    three = synthetic.generate(
+        tmp_path / 'three', 1, 2, slices=2, seed=1, classes=('NC', 'MCI', 'AD')
+    )
     torch.manual_seed(0)
     net = _tiny_model(num_classes=3)
     exported = export.export_model(net, tmp_path / 'export', extra={'classes': ['NC', 'MCI', 'AD']})
     result = evaluate(str(exported), three, output_dir=tmp_path / 'out', n_boot=20)
     assert result['positive_class'] == 'AD' and result['classes'] == ['NC', 'MCI', 'AD']
-    assert result['patient']['n'] == 6 and sum(map(sum, result['patient']['confusion_matrix'])) == 6
-    assert result['patient']['confusion_matrix'][1][0] + result['patient']['confusion_matrix'][1][1] == 2  # 2 AD
+    cm = result['patient']['confusion_matrix']  # AD vs rest: [[rest], [AD]]
+    assert result['patient']['n'] == 6 and sum(map(sum, cm)) == 6
+    assert cm[1][0] + cm[1][1] == 2  # 2 AD
     rows = _read_csv(tmp_path / 'out' / 'predictions.csv')
-    assert {r['label'] for r in rows} == {'NC', 'MCI', 'AD'} and {r['predicted'] for r in rows} <= {'NC', 'MCI', 'AD'}
+    assert {r['label'] for r in rows} == {'NC', 'MCI', 'AD'} and {r['predicted'] for r in rows} <= {
+        'NC',
+        'MCI',
+        'AD',
+    }
 
 
-# ---------------------------------------------------------------------------------------------- unlabelled images
+# -------------------------------------------------------------------------------- unlabelled images
+
 
 def test_predict_images_folder_file_and_unnamed(run_dir, data_dir, model, tmp_path):
     folder = data_dir / 'test' / 'AD'
@@ -348,8 +453,11 @@ def test_predict_images_folder_file_and_unnamed(run_dir, data_dir, model, tmp_pa
     assert result['threshold'] == STORED_THRESHOLD
     by_path = {r['path']: r['p_AD'] for r in result['slices']}
     for row in result['patients']:
-        assert row['p_AD'] == pytest.approx(np.mean([v for k, v in by_path.items()
-                                                     if Path(k).name.startswith(row['patient'] + '_')]))
+        assert row['p_AD'] == pytest.approx(
+            np.mean(
+                [v for k, v in by_path.items() if Path(k).name.startswith(row['patient'] + '_')]
+            )
+        )
         assert row['predicted'] == ('AD' if row['p_AD'] >= STORED_THRESHOLD else 'NC')
     assert len(_read_csv(tmp_path / 'pred' / 'predictions.csv')) == 12
     assert len(_read_csv(tmp_path / 'pred' / 'patients.csv')) == 3
@@ -358,13 +466,15 @@ def test_predict_images_folder_file_and_unnamed(run_dir, data_dir, model, tmp_pa
     Image.open(slices[0]).save(unnamed)
     single = predict_images(str(run_dir), unnamed, threshold=0.9)
     assert single['patients'] == [] and single['slices'][0]['patient'] == ''
-    assert single['slices'][0]['p_AD'] == pytest.approx(by_path[str(slices[0])], abs=1e-3)  # PNG of the same pixels
+    # PNG of the same pixels
+    assert single['slices'][0]['p_AD'] == pytest.approx(by_path[str(slices[0])], abs=1e-3)
     assert (single['threshold'], single['threshold_source']) == (0.9, 'cli')
     with pytest.raises(EvaluationError, match='no .* images found'):
         predict_images(str(run_dir), tmp_path / 'pred')
 
 
 # ---------------------------------------------------------------------------------------------- CLI
+
 
 def _cli():
     spec = importlib.util.spec_from_file_location('evaluate_cli', ROOT / 'evaluate.py')
@@ -374,21 +484,46 @@ def _cli():
 
 
 def test_cli_evaluates_into_the_run_folder(run_dir, data_dir, capsys):
-    assert _cli()(['--model', str(run_dir), '--data-dir', str(data_dir), '--n-boot', '20', '--tta']) == 0
+    assert (
+        _cli()(['--model', str(run_dir), '--data-dir', str(data_dir), '--n-boot', '20', '--tta'])
+        == 0
+    )
     out = capsys.readouterr().out
-    assert 'patients (n=6)' in out and f'wrote {run_dir / "eval"}' in out  # where push_to_hub.py looks
+    # where push_to_hub.py looks
+    assert 'patients (n=6)' in out and f'wrote {run_dir / "eval"}' in out
     assert {p.name for p in (run_dir / 'eval').iterdir()} == FILES
     assert json.loads((run_dir / 'eval' / 'metrics.json').read_text())['tta'] is True
 
 
 def test_cli_images_and_usage_errors(run_dir, data_dir, tmp_path, capsys):
     main = _cli()
-    assert main(['--model', str(run_dir), '--images', str(data_dir / 'test' / 'NC'),
-                 '--output-dir', str(tmp_path / 'p')]) == 0
+    assert (
+        main(
+            [
+                '--model',
+                str(run_dir),
+                '--images',
+                str(data_dir / 'test' / 'NC'),
+                '--output-dir',
+                str(tmp_path / 'p'),
+            ]
+        )
+        == 0
+    )
     assert 'patient' in capsys.readouterr().out and (tmp_path / 'p' / 'patients.csv').is_file()
-    for argv in (['--model', str(run_dir)],  # no --data-dir
-                 ['--model', str(run_dir), '--data-dir', str(data_dir), '--threshold', '0.3',
-                  '--target-sensitivity', '0.9']):
+    for argv in (
+        ['--model', str(run_dir)],  # no --data-dir
+        [
+            '--model',
+            str(run_dir),
+            '--data-dir',
+            str(data_dir),
+            '--threshold',
+            '0.3',
+            '--target-sensitivity',
+            '0.9',
+        ],
+    ):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2
@@ -397,9 +532,21 @@ def test_cli_images_and_usage_errors(run_dir, data_dir, tmp_path, capsys):
 
 
 def test_cli_bad_model_is_one_line_without_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / 'evaluate.py'), '--model', str(tmp_path / 'nope'),
-                           '--data-dir', str(tmp_path)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / 'evaluate.py'),
+            '--model',
+            str(tmp_path / 'nope'),
+            '--data-dir',
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
     assert 'Traceback' not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        f"error: model '{tmp_path / 'nope'}' does not exist; pass {export.MODEL_FORMS}."]
+        f"error: model '{tmp_path / 'nope'}' does not exist; pass {export.MODEL_FORMS}."
+    ]

@@ -1,4 +1,7 @@
-"""Publishing a run to the Hub (HfApi patched: no network) and loading it back offline, three ways."""
+"""Publishing a run to the Hub (HfApi patched: no
+network) and loading it back offline, three ways.
+"""
+
 import hashlib
 import importlib.util
 import json
@@ -34,24 +37,51 @@ _spec.loader.exec_module(cli)
 
 REPO_ID = 'my-lab/adni-convnext-atto'
 IMG = 64
-EXPORT_FILES = {'model.safetensors', 'config.json', 'README.md', 'curves.png', 'confusion_matrix.png', 'roc.png'}
+EXPORT_FILES = {
+    'model.safetensors',
+    'config.json',
+    'README.md',
+    'curves.png',
+    'confusion_matrix.png',
+    'roc.png',
+}
 EXTRA = {
-    'threshold': 0.47, 'threshold_source': 'validation', 'classes': ['NC', 'AD'], 'weights': 'ema', 'epoch': 12,
-    'best_metric': 'val_patient_auc', 'best_value': 0.93, 'model_name': 'adni_convnext_atto', 'img_size': IMG,
+    'threshold': 0.47,
+    'threshold_source': 'validation',
+    'classes': ['NC', 'AD'],
+    'weights': 'ema',
+    'epoch': 12,
+    'best_metric': 'val_patient_auc',
+    'best_value': 0.93,
+    'model_name': 'adni_convnext_atto',
+    'img_size': IMG,
     'data': 'ADNI AD_NC',
 }
 
 
 def _level_metrics(n, acc, sens, spec, auc):
-    return {'n': n, 'accuracy': acc, 'balanced_accuracy': (sens + spec) / 2, 'sensitivity': sens,
-            'specificity': spec, 'precision': 0.8, 'f1': 0.75, 'auc': auc, 'auc_ci': [auc - 0.03, auc + 0.03],
-            'confusion_matrix': [[90, 10], [28, 72]]}
+    return {
+        'n': n,
+        'accuracy': acc,
+        'balanced_accuracy': (sens + spec) / 2,
+        'sensitivity': sens,
+        'specificity': spec,
+        'precision': 0.8,
+        'f1': 0.75,
+        'auc': auc,
+        'auc_ci': [auc - 0.03, auc + 0.03],
+        'confusion_matrix': [[90, 10], [28, 72]],
+    }
 
 
 METRICS = {
     'slice': _level_metrics(4000, 0.8123, 0.70, 0.91, 0.8765),
     'patient': _level_metrics(200, 0.855, 0.78, 0.93, 0.9312),
-    'threshold': 0.47, 'threshold_source': 'validation', 'model': 'RUN', 'data_dir': 'AD_NC', 'split': 'test',
+    'threshold': 0.47,
+    'threshold_source': 'validation',
+    'model': 'RUN',
+    'data_dir': 'AD_NC',
+    'split': 'test',
 }
 
 
@@ -61,29 +91,56 @@ def _png(path: Path) -> None:
 
 
 def make_run(run: Path, extra=None, model=None) -> Path:
-    """A fake train.py run folder, plus things that must never be uploaded (data image, checkpoint, csv)."""
-    model = model or timm.create_model('adni_convnext_atto', pretrained_cfg_overlay=dict(input_size=(1, IMG, IMG)))
+    """A fake train.py run folder, plus things that must
+    never be uploaded (data image, checkpoint, csv).
+    """
+    model = model or timm.create_model(
+        'adni_convnext_atto', pretrained_cfg_overlay=dict(input_size=(1, IMG, IMG))
+    )
     export.export_model(model, run / 'best', extra=dict(EXTRA, **(extra or {})))
-    config = {'model': 'adni_convnext_atto', 'epochs': 3, 'img_size': IMG, 'batch_size': 8, 'lr': 5e-4,
-              'weight_decay': 0.05, 'data_dir': '/home/someone/private/AD_NC', 'hub_token': 'hf_SECRETSECRET',
-              'versions': {'torch': str(torch.__version__), 'timm': timm.__version__}, 'git_commit': 'abc123'}
+    config = {
+        'model': 'adni_convnext_atto',
+        'epochs': 3,
+        'img_size': IMG,
+        'batch_size': 8,
+        'lr': 5e-4,
+        'weight_decay': 0.05,
+        'data_dir': '/home/someone/private/AD_NC',
+        'hub_token': 'hf_SECRETSECRET',
+        'versions': {'torch': str(torch.__version__), 'timm': timm.__version__},
+        'git_commit': 'abc123',
+    }
     (run / 'train_config.yaml').write_text(yaml.safe_dump(config))
-    (run / 'split.json').write_text(json.dumps(
-        {'level': 'patient', 'seed': 0, 'val_fraction': 0.2, 'train': ['1', '2', '3', '4'], 'val': ['5']}))
+    (run / 'split.json').write_text(
+        json.dumps(
+            {
+                'level': 'patient',
+                'seed': 0,
+                'val_fraction': 0.2,
+                'train': ['1', '2', '3', '4'],
+                'val': ['5'],
+            }
+        )
+    )
     (run / 'metrics.jsonl').write_text('{"epoch": 0, "val_patient_auc": 0.9}\n')
     _png(run / 'curves.png')
     (run / 'eval').mkdir()
-    # what evaluate.py writes for these weights: their fingerprint, epoch, and the evaluated patients
+    # what evaluate.py writes for these weights: their
+    # fingerprint, epoch, and the evaluated patients
     weights_sha256 = hashlib.sha256((run / 'best' / 'model.safetensors').read_bytes()).hexdigest()
-    (run / 'eval' / 'metrics.json').write_text(json.dumps(dict(METRICS, weights_sha256=weights_sha256, epoch=12)))
-    (run / 'eval' / 'patients.csv').write_text('patient,label,n_slices,p_AD,predicted\n900,AD,20,0.9,AD\n'
-                                               '901,NC,20,0.1,NC\n')
+    (run / 'eval' / 'metrics.json').write_text(
+        json.dumps(dict(METRICS, weights_sha256=weights_sha256, epoch=12))
+    )
+    (run / 'eval' / 'patients.csv').write_text(
+        'patient,label,n_slices,p_AD,predicted\n900,AD,20,0.9,AD\n901,NC,20,0.1,NC\n'
+    )
     for name in ('confusion_matrix.png', 'roc.png'):
         _png(run / 'eval' / name)
     (run / 'eval' / 'predictions.csv').write_text('path,label,p_ad\nAD/1_1.jpeg,1,0.9\n')
     (run / 'checkpoints').mkdir()
     (run / 'checkpoints' / 'pytorch_model.bin').write_bytes(b'pickle')
-    _png(run / 'best' / '218391_78.jpeg')  # a data image in the weights folder: must never be picked up
+    # a data image in the weights folder: must never be picked up
+    _png(run / 'best' / '218391_78.jpeg')
     return run
 
 
@@ -92,8 +149,11 @@ def trained(tmp_path_factory):
     """A run folder, the model behind it, a fixed input and the model's logits on it."""
     root = tmp_path_factory.mktemp('trained')
     torch.manual_seed(0)
-    model = timm.create_model('adni_convnext_atto', pretrained_cfg_overlay=dict(input_size=(1, IMG, IMG))).eval()
-    with torch.no_grad():  # move the head off its zero init so that wrong weights give different logits
+    model = timm.create_model(
+        'adni_convnext_atto', pretrained_cfg_overlay=dict(input_size=(1, IMG, IMG))
+    ).eval()
+    # move the head off its zero init so that wrong weights give different logits
+    with torch.no_grad():
         model.head.fc.weight.normal_(0, 0.5)
     x = torch.randn(2, 1, IMG, IMG, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -119,14 +179,16 @@ def no_login(monkeypatch, tmp_path):
     monkeypatch.setattr('huggingface_hub.constants.HF_TOKEN_PATH', str(tmp_path / 'no_token'))
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # the export folder
 
 
 def test_export_folder_holds_exactly_the_allowlist(trained):
     export, run = trained['export'], trained['run']
     assert {p.name for p in export.iterdir()} == EXPORT_FILES
-    assert (export / 'model.safetensors').read_bytes() == (run / 'best' / 'model.safetensors').read_bytes()
+    assert (export / 'model.safetensors').read_bytes() == (
+        run / 'best' / 'model.safetensors'
+    ).read_bytes()
     assert (export / 'roc.png').read_bytes() == (run / 'eval' / 'roc.png').read_bytes()
 
 
@@ -134,11 +196,15 @@ def test_published_config_is_our_own_pretrained_cfg(trained):
     text = (trained['export'] / 'config.json').read_text()
     config = json.loads(text)
     assert config['architecture'] == 'convnext_atto'  # stock name: loads without adni_timm
-    assert config['num_classes'] == 2 and config['label_names'] == ['NC', 'AD']  # top level: transformers
-    assert not {'num_classes', 'in_chans'} & set(config.get('model_args', {}))  # transformers passes its own
+    # at the top level, where transformers reads them
+    assert config['num_classes'] == 2 and config['label_names'] == ['NC', 'AD']
+    # transformers passes its own num_classes; in_chans would rebuild the 1-channel model
+    assert not {'num_classes', 'in_chans'} & set(config.get('model_args', {}))
     cfg = config['pretrained_cfg']
-    assert cfg['input_size'] == [3, IMG, IMG]  # published for RGB input; in_chans=1 loads the trained form
-    assert cfg['mean'] == [0.5] and cfg['std'] == [0.5]  # 1-element: normalises 3 channels and 1 alike
+    # published for RGB input; in_chans=1 loads the trained form
+    assert cfg['input_size'] == [3, IMG, IMG]
+    # 1-element: normalises 3 channels and 1 alike
+    assert cfg['mean'] == [0.5] and cfg['std'] == [0.5]
     assert cfg['label_names'] == ['NC', 'AD']
     assert config['adni_timm']['format'] == 2 and config['adni_timm']['trained_in_chans'] == 1
     assert cfg['tag'] == 'adni_ad_nc' and cfg['license'] == LICENSE
@@ -149,11 +215,17 @@ def test_published_config_is_our_own_pretrained_cfg(trained):
         assert leftover not in json.dumps(config).lower()
 
 
-def test_stock_model_export_loses_imagenet_provenance_and_is_refused_for_its_imagenet_mean(tmp_path):
+def test_stock_model_export_loses_imagenet_provenance_and_is_refused_for_its_imagenet_mean(
+    tmp_path,
+):
     stock = timm.create_model('convnext_atto', in_chans=1, num_classes=2)
     export.export_model(stock, tmp_path / 'run' / 'best', extra={'classes': ['NC', 'AD']})
     cfg = export.read_export_config(tmp_path / 'run' / 'best')['pretrained_cfg']
-    assert cfg['tag'] == 'adni_ad_nc' and cfg['license'] == LICENSE and cfg['label_names'] == ['NC', 'AD']
+    assert (
+        cfg['tag'] == 'adni_ad_nc'
+        and cfg['license'] == LICENSE
+        and cfg['label_names'] == ['NC', 'AD']
+    )
     assert 'test_input_size' not in cfg
     with pytest.raises(hub.HubError, match=r'mean=\[0\.449\].*adni_convnext'):
         hub.build_export_folder(tmp_path / 'run', tmp_path / 'export')
@@ -172,11 +244,14 @@ def test_rebuilding_drops_plots_that_no_longer_apply(run_dir, tmp_path):
     out = tmp_path / 'out'
     hub.build_export_folder(run_dir, out, run_dir / 'eval' / 'metrics.json')
     files = hub.build_export_folder(run_dir, out)  # no eval this time
-    assert {p.name for p in files} == {p.name for p in out.iterdir()} == {
-        'model.safetensors', 'config.json', 'README.md', 'curves.png'}
+    assert (
+        {p.name for p in files}
+        == {p.name for p in out.iterdir()}
+        == {'model.safetensors', 'config.json', 'README.md', 'curves.png'}
+    )
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # the model card
 
 
@@ -186,17 +261,19 @@ def test_card_front_matter_and_eval_results_round_trip(trained):
     assert data.library_name == 'timm' and data.pipeline_tag == 'image-classification'
     assert data.license == 'apache-2.0'
     assert 'base_model' not in data.to_dict()  # nothing false: the weights are from scratch
-    # huggingface_hub's offline checks: the front matter re-parses into the same card data and eval results
-    # (ModelCard.validate posts the YAML to the Hub, which these tests cannot reach)
+    # huggingface_hub's offline checks: the front matter re-parses into the same card data and eval
+    # results (ModelCard.validate posts the YAML to the Hub, which these tests cannot reach)
     again = ModelCard(str(card))
     assert again.data.to_dict() == data.to_dict() and again.data.eval_results == data.eval_results
-    assert {'timm', 'image-classification', 'medical-imaging', 'mri', 'alzheimers', 'adni', 'convnext'} <= set(
-        data.tags)
+    tags = 'timm image-classification medical-imaging mri alzheimers adni convnext'.split()
+    assert set(tags) <= set(data.tags)
     assert data.eval_results == eval_results_from_metrics(METRICS)
     got = {(r.dataset_name, r.metric_type): r.metric_value for r in data.eval_results}
     assert got == {
-        ('ADNI AD_NC test (slice-level)', 'accuracy'): 0.8123, ('ADNI AD_NC test (slice-level)', 'roc_auc'): 0.8765,
-        ('ADNI AD_NC test (slice-level)', 'recall'): 0.70, ('ADNI AD_NC test (slice-level)', 'specificity'): 0.91,
+        ('ADNI AD_NC test (slice-level)', 'accuracy'): 0.8123,
+        ('ADNI AD_NC test (slice-level)', 'roc_auc'): 0.8765,
+        ('ADNI AD_NC test (slice-level)', 'recall'): 0.70,
+        ('ADNI AD_NC test (slice-level)', 'specificity'): 0.91,
         ('ADNI AD_NC test (patient-level)', 'accuracy'): 0.855,
         ('ADNI AD_NC test (patient-level)', 'roc_auc'): 0.9312,
         ('ADNI AD_NC test (patient-level)', 'recall'): 0.78,
@@ -206,19 +283,33 @@ def test_card_front_matter_and_eval_results_round_trip(trained):
 
 def test_card_sections_say_what_the_model_is_and_must_not_be_used_for(trained):
     text = (trained['export'] / 'README.md').read_text()
-    for heading in ('## Model details', '## Intended use', '### Out-of-scope use', '## Training data',
-                    '## Training procedure', '## Evaluation', '## Limitations and bias', '## How to use',
-                    '## Citation', '## ADNI acknowledgement'):
+    for heading in (
+        '## Model details',
+        '## Intended use',
+        '### Out-of-scope use',
+        '## Training data',
+        '## Training procedure',
+        '## Evaluation',
+        '## Limitations and bias',
+        '## How to use',
+        '## Citation',
+        '## ADNI acknowledgement',
+    ):
         assert heading in text
     assert 'Not a medical device' in text and 'Not for diagnosis' in text
-    assert 'from scratch' in text and '3.38 M' in text  # convnext_atto, 2 classes, as published (3-channel stem)
+    # convnext_atto, 2 classes, as published (3-channel stem)
+    assert 'from scratch' in text and '3.38 M' in text
     assert 'Data Use Agreement' in text and 'No images' in text and '**by patient**' in text
     assert "timm.create_model('hf-hub:my-lab/adni-convnext-atto', pretrained=True)" in text
-    assert "timm.create_model('hf-hub:my-lab/adni-convnext-atto', pretrained=True, in_chans=1)" in text
+    assert (
+        "timm.create_model('hf-hub:my-lab/adni-convnext-atto', pretrained=True, in_chans=1)" in text
+    )
     assert "pipeline('image-classification', model='my-lab/adni-convnext-atto')" in text
-    assert 'misses 22.0% of AD patients and flags 7.0% of NC patients' in text  # patient sens .78, spec .93
+    # patient sens .78, spec .93
+    assert 'misses 22.0% of AD patients and flags 7.0% of NC patients' in text
     assert '![ROC curve](roc.png)' in text and '0.931 [0.901, 0.961]' in text
-    assert 'chosen on the validation patients (never on test)' in text  # threshold_source: validation
+    # threshold_source: validation
+    assert 'chosen on the validation patients (never on test)' in text
     assert 'shares no patient with training or validation (checked' in text
     assert '@inproceedings{liu2022convnet' in text and '@misc{rw2019timm' in text
     assert 'TODO (publisher)' in text
@@ -240,15 +331,16 @@ def test_synthetic_run_says_so_loudly(tmp_path):
 
 
 def test_slice_level_split_is_flagged_as_leaky(run_dir, tmp_path):
-    (run_dir / 'split.json').write_text(json.dumps({'level': 'slice', 'seed': 0, 'val_fraction': 0.2,
-                                                    'train': ['a'], 'val': ['b']}))
+    (run_dir / 'split.json').write_text(
+        json.dumps({'level': 'slice', 'seed': 0, 'val_fraction': 0.2, 'train': ['a'], 'val': ['b']})
+    )
     hub.build_export_folder(run_dir, tmp_path / 'out')
     text = (tmp_path / 'out' / 'README.md').read_text()
     assert 'by slice' in text and 'optimistic' in text
     assert 'model-index' not in text and 'Not evaluated on a held-out test split' in text
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # loading back
 
 
@@ -265,12 +357,18 @@ def test_stock_timm_loads_the_hub_repo_in_a_fresh_process_without_adni_timm(trai
         with torch.no_grad():  # a grayscale slice as RGB: 3 equal channels
             diff = (model(x.repeat(1, 3, 1, 1)) - expected).abs().max().item()
         cfg = timm.data.resolve_data_config(model=model)
-        print(json.dumps(dict(diff=diff, input_size=cfg['input_size'], mean=cfg['mean'], std=cfg['std'],
-                              labels=model.pretrained_cfg.get('label_names'))))
+        print(json.dumps(dict(diff=diff, input_size=cfg['input_size'], mean=cfg['mean'],
+                              std=cfg['std'], labels=model.pretrained_cfg.get('label_names'))))
     """)
     env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(cache), PYTHONPATH='')
-    proc = subprocess.run([sys.executable, '-c', script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, '-c', script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out['diff'] < 1e-4  # logits of a few units; the split stem sums back to float32 rounding
@@ -281,17 +379,26 @@ def test_stock_timm_loads_the_hub_repo_in_a_fresh_process_without_adni_timm(trai
 def test_registered_name_with_hub_overlay_and_local_dir_load_the_same_weights(trained, tmp_path):
     cache = tmp_path / 'hub_cache'
     populate_hub_cache(cache, REPO_ID, trained['export'])
-    overlay = timm.create_model('adni_convnext_atto', pretrained=True, cache_dir=cache,
-                                pretrained_cfg_overlay=dict(hf_hub_id=REPO_ID, input_size=(1, IMG, IMG))).eval()
+    overlay = timm.create_model(
+        'adni_convnext_atto',
+        pretrained=True,
+        cache_dir=cache,
+        pretrained_cfg_overlay=dict(hf_hub_id=REPO_ID, input_size=(1, IMG, IMG)),
+    ).eval()
     local = timm.create_model(f'local-dir:{trained["export"]}', pretrained=True, in_chans=1).eval()
     with torch.no_grad():
         for model in (overlay, local):
             torch.testing.assert_close(model(trained['x']), trained['logits'], atol=1e-5, rtol=0)
-    cfg = timm.data.resolve_data_config(model=overlay)  # the registered model describes itself: 1 channel
-    assert tuple(cfg['input_size']) == (1, IMG, IMG) and tuple(cfg['mean']) == (0.5,) and tuple(cfg['std']) == (0.5,)
+    # the registered model describes itself: 1 channel
+    cfg = timm.data.resolve_data_config(model=overlay)
+    assert (
+        tuple(cfg['input_size']) == (1, IMG, IMG)
+        and tuple(cfg['mean']) == (0.5,)
+        and tuple(cfg['std']) == (0.5,)
+    )
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # push (HfApi patched)
 
 
@@ -307,8 +414,14 @@ def test_push_creates_the_repo_and_uploads_only_the_export_folder(run_dir, tmp_p
         api = api_cls.return_value
         api.repo_info.return_value.private = True
         api.upload_folder.side_effect = record_upload
-        result = hub.push_to_hub(run_dir, REPO_ID, private=True, token='hf_test_token', commit_message='v1',
-                                 output_dir=tmp_path / 'export')
+        result = hub.push_to_hub(
+            run_dir,
+            REPO_ID,
+            private=True,
+            token='hf_test_token',
+            commit_message='v1',
+            output_dir=tmp_path / 'export',
+        )
     assert api_cls.call_args.kwargs['token'] == 'hf_test_token'
     api.create_repo.assert_called_once_with(REPO_ID, repo_type='model', private=True, exist_ok=True)
     kwargs = api.upload_folder.call_args.kwargs
@@ -325,12 +438,15 @@ def test_push_to_a_revision_creates_the_branch_and_can_open_a_pr(run_dir, tmp_pa
     with mock.patch('adni_timm.hub.HfApi') as api_cls:
         api = api_cls.return_value
         hub.push_to_hub(run_dir, REPO_ID, revision='v2', token='hf_t', output_dir=tmp_path / 'a')
-        api.create_branch.assert_called_once_with(REPO_ID, branch='v2', repo_type='model', exist_ok=True)
+        api.create_branch.assert_called_once_with(
+            REPO_ID, branch='v2', repo_type='model', exist_ok=True
+        )
         hub.push_to_hub(run_dir, REPO_ID, create_pr=True, token='hf_t', output_dir=tmp_path / 'b')
     assert api.upload_folder.call_args_list[0].kwargs['revision'] == 'v2'
     assert api.upload_folder.call_args_list[1].kwargs['create_pr'] is True
     assert api.upload_folder.call_args_list[0].kwargs['commit_message'] == (
-        'Upload adni_convnext_atto (ema weights, epoch 12) with adni-timm')
+        'Upload adni_convnext_atto (ema weights, epoch 12) with adni-timm'
+    )
 
 
 def test_private_push_to_an_existing_public_repo_is_refused(run_dir):
@@ -349,17 +465,22 @@ def test_token_from_hf_token_env_is_used(run_dir, no_login, monkeypatch):
 
 
 def test_a_token_that_leaked_into_the_export_stops_the_upload(run_dir):
-    with mock.patch('adni_timm.hub.HfApi') as api_cls, pytest.raises(hub.UploadError, match='contains your Hub'):
-        hub.push_to_hub(run_dir, REPO_ID, token='adni_convnext_atto')  # a "token" that the card contains
+    with (
+        mock.patch('adni_timm.hub.HfApi') as api_cls,
+        pytest.raises(hub.UploadError, match='contains your Hub'),
+    ):
+        # a "token" that the card contains
+        hub.push_to_hub(run_dir, REPO_ID, token='adni_convnext_atto')
     api_cls.assert_not_called()
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # the CLI: one clear line and a non-zero exit for each fault
 
 
-def _cli(capsys, *argv):
-    code = cli.main(list(argv))
+def _cli(capsys, run, *argv, repo_id=REPO_ID):
+    """``push_to_hub.py --run RUN --repo-id REPO_ID ARGV...`` in process: (code, stdout, stderr)."""
+    code = cli.main(['--run', str(run), '--repo-id', repo_id, *argv])
     out, err = capsys.readouterr()
     assert 'Traceback' not in err
     return code, out, err
@@ -367,8 +488,7 @@ def _cli(capsys, *argv):
 
 def test_cli_dry_run_lists_files_with_sizes_and_touches_no_network(run_dir, tmp_path, capsys):
     with mock.patch('adni_timm.hub.HfApi') as api_cls:
-        code, out, _ = _cli(capsys, '--run', str(run_dir), '--repo-id', REPO_ID, '--dry-run',
-                            '--output-dir', str(tmp_path / 'dry'))
+        code, out, _ = _cli(capsys, run_dir, '--dry-run', '--output-dir', str(tmp_path / 'dry'))
     assert code == 0
     api_cls.assert_not_called()
     size = (tmp_path / 'dry' / 'model.safetensors').stat().st_size
@@ -379,55 +499,69 @@ def test_cli_dry_run_lists_files_with_sizes_and_touches_no_network(run_dir, tmp_
 def test_cli_acknowledgement_file_replaces_the_placeholder(run_dir, tmp_path, capsys):
     ack = tmp_path / 'ack.md'
     ack.write_text('Data collection and sharing for this project was funded by ADNI (test text).')
-    code, _, _ = _cli(capsys, '--run', str(run_dir), '--repo-id', REPO_ID, '--dry-run', '--acknowledgement', str(ack))
+    code, _, _ = _cli(capsys, run_dir, '--dry-run', '--acknowledgement', str(ack))
     text = (run_dir / 'hub' / 'README.md').read_text()
     assert code == 0 and 'funded by ADNI (test text)' in text and 'TODO (publisher)' not in text
 
 
 @pytest.mark.parametrize('repo_id', ['no-owner', 'a/b/c', 'org/bad name', 'org/-x'])
 def test_cli_malformed_repo_id(run_dir, capsys, repo_id):
-    code, _, err = _cli(capsys, '--run', str(run_dir), '--repo-id', repo_id, '--dry-run')
+    code, _, err = _cli(capsys, run_dir, '--dry-run', repo_id=repo_id)
     assert code == 1 and 'ORG/NAME' in err and len(err.strip().splitlines()) == 1
     assert not (run_dir / 'hub').exists()
 
 
 def test_cli_run_without_best_weights(tmp_path, capsys):
     (tmp_path / 'run').mkdir()
-    code, _, err = _cli(capsys, '--run', str(tmp_path / 'run'), '--repo-id', REPO_ID, '--dry-run')
+    code, _, err = _cli(capsys, tmp_path / 'run', '--dry-run')
     assert code == 1 and 'no best weights' in err and len(err.strip().splitlines()) == 1
 
 
 def test_cli_without_a_token_names_the_fix_and_keeps_the_export(run_dir, no_login, capsys):
     with mock.patch('adni_timm.hub.HfApi') as api_cls:
-        code, _, err = _cli(capsys, '--run', str(run_dir), '--repo-id', REPO_ID)
+        code, _, err = _cli(capsys, run_dir)
     assert code == 1 and 'hf auth login' in err and 'HF_TOKEN' in err
     api_cls.assert_not_called()
     assert {p.name for p in (run_dir / 'hub').iterdir()} == EXPORT_FILES
 
 
-@pytest.mark.parametrize('error, expected', [
-    (HfHubHTTPError('500 Server Error: boom', response=mock.Mock(status_code=500, headers={})), 'HTTP 500'),
-    (HfHubHTTPError('401 Unauthorized', response=mock.Mock(status_code=401, headers={})), 'hf auth login'),
-    (ConnectionError('connection refused'), 'could not reach'),
-])
-def test_cli_upload_failure_exits_non_zero_and_keeps_the_export(run_dir, tmp_path, capsys, error, expected):
+@pytest.mark.parametrize(
+    'error, expected',
+    [
+        (
+            HfHubHTTPError(
+                '500 Server Error: boom', response=mock.Mock(status_code=500, headers={})
+            ),
+            'HTTP 500',
+        ),
+        (
+            HfHubHTTPError('401 Unauthorized', response=mock.Mock(status_code=401, headers={})),
+            'hf auth login',
+        ),
+        (ConnectionError('connection refused'), 'could not reach'),
+    ],
+)
+def test_cli_upload_failure_exits_non_zero_and_keeps_the_export(
+    run_dir, tmp_path, capsys, error, expected
+):
     out_dir = tmp_path / 'export'
     with mock.patch('adni_timm.hub.HfApi') as api_cls:
         api_cls.return_value.upload_folder.side_effect = error
-        code, _, err = _cli(capsys, '--run', str(run_dir), '--repo-id', REPO_ID, '--token', 'hf_secret_value',
-                            '--output-dir', str(out_dir))
+        code, _, err = _cli(
+            capsys, run_dir, '--token', 'hf_secret_value', '--output-dir', str(out_dir)
+        )
     assert code == 2 and expected in err and str(out_dir) in err
     assert 'hf_secret_value' not in err
     assert {p.name for p in out_dir.iterdir()} == EXPORT_FILES
 
 
 def test_cli_missing_eval_metrics_file(run_dir, tmp_path, capsys):
-    code, _, err = _cli(capsys, '--run', str(run_dir), '--repo-id', REPO_ID, '--dry-run',
-                        '--eval', str(tmp_path / 'nope' / 'metrics.json'))
+    missing = tmp_path / 'nope' / 'metrics.json'
+    code, _, err = _cli(capsys, run_dir, '--dry-run', '--eval', str(missing))
     assert code == 1 and 'does not exist' in err and 'evaluate.py' in err
 
 
-# --------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # the card claims only what was checked
 
 
@@ -440,9 +574,13 @@ def _edit_metrics(run, **changes):
 
 
 def test_an_evaluation_of_other_weights_is_refused_unless_forced(run_dir, tmp_path):
-    path = _edit_metrics(run_dir, weights_sha256='0' * 64)  # e.g. a stale RUN/eval from an earlier best
-    with pytest.raises(hub.HubError, match=r'does not belong to the weights.*other weights.*evaluate\.py --model'
-                                           r'.*--force-eval'):
+    # e.g. a stale RUN/eval from an earlier best
+    path = _edit_metrics(run_dir, weights_sha256='0' * 64)
+    with pytest.raises(
+        hub.HubError,
+        match=r'does not belong to the weights.*other weights.*evaluate\.py --model'
+        r'.*--force-eval',
+    ):
         hub.build_export_folder(run_dir, tmp_path / 'out', path)
     assert not (tmp_path / 'out' / 'README.md').exists()
     hub.build_export_folder(run_dir, tmp_path / 'out', path, force_eval=True)
@@ -450,20 +588,26 @@ def test_an_evaluation_of_other_weights_is_refused_unless_forced(run_dir, tmp_pa
     assert 'Unverified evaluation' in text and 'evaluated other weights' in text
 
 
-@pytest.mark.parametrize('changes, problem', [
-    ({'weights_sha256': None}, 'no weights fingerprint'),
-    ({'epoch': 11}, 'evaluated epoch 11, the export holds epoch 12'),
-    ({'threshold': 0.3}, 'threshold 0.3 is not the stored 0.47'),
-    ({'split': 'train'}, "evaluated the 'train' split, not the held-out test split"),
-])
+@pytest.mark.parametrize(
+    'changes, problem',
+    [
+        ({'weights_sha256': None}, 'no weights fingerprint'),
+        ({'epoch': 11}, 'evaluated epoch 11, the export holds epoch 12'),
+        ({'threshold': 0.3}, 'threshold 0.3 is not the stored 0.47'),
+        ({'split': 'train'}, "evaluated the 'train' split, not the held-out test split"),
+    ],
+)
 def test_an_evaluation_that_does_not_match_the_export_is_named(run_dir, tmp_path, changes, problem):
     with pytest.raises(hub.HubError, match=re.escape(problem)):
         hub.build_export_folder(run_dir, tmp_path / 'out', _edit_metrics(run_dir, **changes))
 
 
 def test_the_card_says_the_test_split_is_unseen_only_when_checked(run_dir, tmp_path):
-    (run_dir / 'eval' / 'patients.csv').write_text('patient,label,n_slices,p_AD,predicted\n1,AD,20,0.9,AD\n')
-    hub.build_export_folder(run_dir, tmp_path / 'a', run_dir / 'eval' / 'metrics.json')  # patient 1 trained on
+    (run_dir / 'eval' / 'patients.csv').write_text(
+        'patient,label,n_slices,p_AD,predicted\n1,AD,20,0.9,AD\n'
+    )
+    # patient 1 trained on
+    hub.build_export_folder(run_dir, tmp_path / 'a', run_dir / 'eval' / 'metrics.json')
     text = (tmp_path / 'a' / 'README.md').read_text()
     assert 'shares patients with training or validation: its results below are optimistic' in text
     assert 'shares no patient' not in text
@@ -475,28 +619,56 @@ def test_the_card_says_the_test_split_is_unseen_only_when_checked(run_dir, tmp_p
 
 
 def test_the_cards_code_reads_p_ad_at_the_position_of_ad(tmp_path):
-    model = timm.create_model('adni_convnext_atto', pretrained_cfg_overlay=dict(input_size=(1, IMG, IMG)))
+    model = timm.create_model(
+        'adni_convnext_atto', pretrained_cfg_overlay=dict(input_size=(1, IMG, IMG))
+    )
     run = make_run(tmp_path / 'run', extra={'classes': ['AD', 'NC']}, model=model)  # AD first
     hub.build_export_folder(run, tmp_path / 'out', run / 'eval' / 'metrics.json')
     config = json.loads((tmp_path / 'out' / 'config.json').read_text())
     assert config['label_names'] == ['AD', 'NC']
-    how_to = (tmp_path / 'out' / 'README.md').read_text().split('## How to use')[1].split('## Licence')[0]
+    how_to = (
+        (tmp_path / 'out' / 'README.md')
+        .read_text()
+        .split('## How to use')[1]
+        .split('## Licence')[0]
+    )
     assert "ad = config['label_names'].index('AD')" in how_to and '[0, ad]' in how_to
     assert '[0, 1]' not in how_to and 'softmax(-1)[1]' not in how_to
-    assert 'not** the stored operating point' in how_to  # the pipeline's top label is the 0.5 decision
+    # the pipeline's top label is the 0.5 decision
+    assert 'not** the stored operating point' in how_to
 
 
-def test_the_readme_order_evaluate_then_publish_puts_these_results_in_the_card(tiny_run, tiny_data, tmp_path,
-                                                                              capsys):
+def test_the_readme_order_evaluate_then_publish_puts_these_results_in_the_card(
+    tiny_run, tiny_data, tmp_path, capsys
+):
     from helpers import cli_in_process
+
     run = shutil.copytree(tiny_run[0], tmp_path / 'run')
-    assert cli_in_process(capsys, 'evaluate', '--model', run, '--data-dir', tiny_data, '--n-boot', '20')[0] == 0
-    code, out, _ = cli_in_process(capsys, 'push', '--run', run, '--repo-id', REPO_ID, '--dry-run', '--output-dir',
-                                  tmp_path / 'hub')  # RUN/eval is what it publishes by default
+    assert (
+        cli_in_process(
+            capsys, 'evaluate', '--model', run, '--data-dir', tiny_data, '--n-boot', '20'
+        )[0]
+        == 0
+    )
+    # RUN/eval is what it publishes by default
+    code, out, _ = cli_in_process(
+        capsys,
+        'push',
+        '--run',
+        run,
+        '--repo-id',
+        REPO_ID,
+        '--dry-run',
+        '--output-dir',
+        tmp_path / 'hub',
+    )
     assert code == 0
     card = ModelCard.load(tmp_path / 'hub' / 'README.md')
     patient_acc = json.loads((run / 'eval' / 'metrics.json').read_text())['patient']['accuracy']
     results = {(r.dataset_config, r.metric_type): r.metric_value for r in card.data.eval_results}
     assert results[('patient-level', 'accuracy')] == round(patient_acc, 4)
-    assert 'Unverified' not in card.text and 'shares no patient with training or validation (checked' in card.text
+    assert (
+        'Unverified' not in card.text
+        and 'shares no patient with training or validation (checked' in card.text
+    )
     assert 'reliability.png' in out

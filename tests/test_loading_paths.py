@@ -1,10 +1,12 @@
-"""A published model gives the same P(AD) through every Hugging Face path, offline, without adni_timm.
+"""A published model gives the same P(AD) through
+every Hugging Face path, offline, without adni_timm.
 
-timm (``local-dir:`` and ``hf-hub:``) on a slice as RGB, timm with ``in_chans=1`` on a grayscale slice,
-transformers' image-classification pipeline (file path, PIL grayscale, PIL RGB) and
+timm (``local-dir:`` and ``hf-hub:``) on a slice as RGB, timm with ``in_chans=1`` on a grayscale
+slice, transformers' image-classification pipeline (file path, PIL grayscale, PIL RGB) and
 AutoImageProcessor + AutoModelForImageClassification, compared with evaluate.py's own predictions.
 An export in the previous (1-channel) format still evaluates, resumes and publishes.
 """
+
 import json
 import os
 import shutil
@@ -30,11 +32,28 @@ def paths(tiny_run, tiny_data, tmp_path_factory):
     cache = root / 'hub'
     populate_hub_cache(cache, REPO_ID, run / 'best')
     images = [s.path for s in data.scan_split(tiny_data, 'test')[::5]]  # both classes, a few slices
-    env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1', 'HF_HUB_CACHE': str(cache),
-           'PYTHONPATH': ''}
-    proc = subprocess.run([sys.executable, str(ROOT / 'tests/loading_paths_probe.py'), str(run / 'best'), REPO_ID,
-                           str(root / 'out.json'), *images], capture_output=True, text=True, timeout=300,
-                          cwd=root, env=env)
+    env = {
+        **os.environ,
+        'HF_HUB_OFFLINE': '1',
+        'TRANSFORMERS_OFFLINE': '1',
+        'HF_HUB_CACHE': str(cache),
+        'PYTHONPATH': '',
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / 'tests/loading_paths_probe.py'),
+            str(run / 'best'),
+            REPO_ID,
+            str(root / 'out.json'),
+            *images,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run, images, json.loads((root / 'out.json').read_text())
 
@@ -45,7 +64,8 @@ def test_every_path_gives_evaluates_p_ad_and_the_labels_nc_ad(paths):
     slices = [data.Slice(path=p, patient='x', label=-1, slice_index=None) for p in images]
     ours = evaluation.predict(model, slices)[:, 1]  # evaluate.py's inference, before calibration
     p_paths = {name: v for name, v in out.items() if 'labels' not in name and 'logits' not in name}
-    assert len(p_paths) == 4 + 2 * 3 + 2  # 2 sources x (timm RGB, in_chans=1) + 2 x 3 pipeline + 2 AutoModel
+    # 2 sources x (timm RGB, in_chans=1) + 2 x 3 pipeline + 2 AutoModel
+    assert len(p_paths) == 4 + 2 * 3 + 2
     for name, p in p_paths.items():
         np.testing.assert_allclose(p, ours, atol=1e-5, rtol=0, err_msg=name)
     for name, labels in out.items():
@@ -58,20 +78,30 @@ def test_the_cards_pipeline_recipe_gives_evaluates_calibrated_p_ad(paths):
     run, images, out = paths
     model, info = evaluation.resolve_model(run)
     slices = [data.Slice(path=p, patient='x', label=-1, slice_index=None) for p in images]
-    calibrated = metrics.apply_temperature(evaluation.predict(model, slices), info['temperature'])[:, 1]
+    calibrated = metrics.apply_temperature(evaluation.predict(model, slices), info['temperature'])[
+        :, 1
+    ]
     for logits in (out[f'pipeline logits {run / "best"}'], out[f'pipeline logits {REPO_ID}']):
         scaled = torch.tensor([[row['NC'], row['AD']] for row in logits]) / info['temperature']
         np.testing.assert_allclose(scaled.softmax(-1)[:, 1].numpy(), calibrated, atol=1e-5, rtol=0)
 
 
 def _old_format_export(model, out_dir, extra):
-    """What adni-timm 0.1 wrote: 1-channel weights and a 1-channel config (made here, by the test)."""
-    save_for_hf(model, out_dir, model_config={'pretrained_cfg': {'architecture': 'convnext_atto'},
-                                              'adni_timm': extra}, safe_serialization=True)
+    """What adni-timm 0.1 wrote: 1-channel weights
+    and a 1-channel config (made here, by the test).
+    """
+    save_for_hf(
+        model,
+        out_dir,
+        model_config={'pretrained_cfg': {'architecture': 'convnext_atto'}, 'adni_timm': extra},
+        safe_serialization=True,
+    )
     return out_dir
 
 
-def test_an_old_one_channel_export_still_evaluates_resumes_and_publishes(tiny_run, tiny_data, tmp_path):
+def test_an_old_one_channel_export_still_evaluates_resumes_and_publishes(
+    tiny_run, tiny_data, tmp_path
+):
     run = shutil.copytree(tiny_run[0], tmp_path / 'run')
     model, info = evaluation.resolve_model(run)  # the trained 1-channel network
     old_extra = {k: v for k, v in info['export'].items() if k not in ('format', 'trained_in_chans')}
@@ -81,14 +111,21 @@ def test_an_old_one_channel_export_still_evaluates_resumes_and_publishes(tiny_ru
     assert config['pretrained_cfg']['input_size'][0] == 1 and 'format' not in config['adni_timm']
     slices = data.scan_split(tiny_data, 'test')
     old_model, old_info = evaluation.resolve_model(run)
-    np.testing.assert_allclose(evaluation.predict(old_model, slices), evaluation.predict(model, slices), atol=1e-6)
+    np.testing.assert_allclose(
+        evaluation.predict(old_model, slices), evaluation.predict(model, slices), atol=1e-6
+    )
     assert evaluation.evaluate(str(run), tiny_data, n_boot=0)['patient']['n'] == 6
-    run_train('--output-dir', run, '--resume', '--epochs', '3')  # the checkpoint never depended on the format
+    # the checkpoint never depended on the format
+    run_train('--output-dir', run, '--resume', '--epochs', '3')
     assert json.loads((run / 'metrics.jsonl').read_text().splitlines()[-1])['epoch'] == 3
     files = hub.build_export_folder(run, tmp_path / 'hub')  # published in the current format
     published = json.loads((tmp_path / 'hub/config.json').read_text())
-    assert published['adni_timm']['format'] == export.FORMAT_VERSION and published['label_names'] == ['NC', 'AD']
+    assert published['adni_timm']['format'] == export.FORMAT_VERSION and published[
+        'label_names'
+    ] == ['NC', 'AD']
     assert {f.name for f in files} >= {'model.safetensors', 'config.json', 'README.md'}
     again, _ = evaluation.resolve_model(tmp_path / 'hub')
     best_now, _ = evaluation.resolve_model(run)
-    np.testing.assert_allclose(evaluation.predict(again, slices), evaluation.predict(best_now, slices), atol=1e-5)
+    np.testing.assert_allclose(
+        evaluation.predict(again, slices), evaluation.predict(best_now, slices), atol=1e-5
+    )

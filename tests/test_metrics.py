@@ -1,4 +1,5 @@
 """adni_timm.metrics against scikit-learn on fixed arrays, plus the edge cases."""
+
 import time
 
 import numpy as np
@@ -6,8 +7,15 @@ import pytest
 from sklearn import metrics as skm
 
 from adni_timm.metrics import (
-    CI_KEYS, METRIC_KEYS, _weighted_metrics, binary_metrics, bootstrap_ci, patient_level, slice_and_patient_metrics,
-    threshold_for_sensitivity, youden_threshold,
+    CI_KEYS,
+    METRIC_KEYS,
+    _weighted_metrics,
+    binary_metrics,
+    bootstrap_ci,
+    patient_level,
+    slice_and_patient_metrics,
+    threshold_for_sensitivity,
+    youden_threshold,
 )
 
 Y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 0])
@@ -26,7 +34,8 @@ def test_binary_metrics_match_sklearn():
     assert m['precision'] == pytest.approx(skm.precision_score(Y, pred))
     assert m['f1'] == pytest.approx(skm.f1_score(Y, pred))
     assert m['auc'] == pytest.approx(skm.roc_auc_score(Y, P))
-    assert m['confusion_matrix'] == [[3, 2], [2, 3]]  # [[TN, FP], [FN, TP]]; 0.5 counts as AD (p >= threshold)
+    # [[TN, FP], [FN, TP]]; 0.5 counts as AD (p >= threshold)
+    assert m['confusion_matrix'] == [[3, 2], [2, 3]]
     assert all(type(m[k]) is float for k in CI_KEYS)  # plain floats: json.dump works
 
 
@@ -56,12 +65,15 @@ def test_no_predicted_positive_gives_null_precision():
     assert m['precision'] is None and m['sensitivity'] == 0.0 and m['specificity'] == 1.0
 
 
-@pytest.mark.parametrize('y, p, match', [
-    ([], [], 'no samples'),
-    ([0, 1], [0.5], 'same length'),
-    ([0, 2], [0.1, 0.9], '0 .* or 1'),
-    ([0, 1], [-1.2, 3.0], 'probabilities'),
-])
+@pytest.mark.parametrize(
+    'y, p, match',
+    [
+        ([], [], 'no samples'),
+        ([0, 1], [0.5], 'same length'),
+        ([0, 2], [0.1, 0.9], '0 .* or 1'),
+        ([0, 1], [-1.2, 3.0], 'probabilities'),
+    ],
+)
 def test_bad_input_is_a_clear_error(y, p, match):
     with pytest.raises(ValueError, match=match):
         binary_metrics(y, p)
@@ -86,7 +98,8 @@ def test_slice_and_patient_metrics_use_one_threshold():
     m = slice_and_patient_metrics(pats, y, p, threshold=0.5)
     assert m['slice']['confusion_matrix'] == [[1, 1], [1, 3]]
     assert m['patient']['n'] == 3
-    assert m['patient']['confusion_matrix'] == [[1, 0], [1, 1]]  # a: 0.4 -> NC, b: 0.6 -> AD, c: 0.4 missed
+    # a: 0.4 -> NC, b: 0.6 -> AD, c: 0.4 missed
+    assert m['patient']['confusion_matrix'] == [[1, 0], [1, 1]]
 
 
 def test_youden_threshold_maximises_j():
@@ -101,10 +114,15 @@ def test_youden_threshold_maximises_j():
 
 def test_youden_on_separable_data_separates():
     t = youden_threshold([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.9])
-    assert t == pytest.approx(0.45) and binary_metrics([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.9], t)['accuracy'] == 1.0
+    assert (
+        t == pytest.approx(0.45)
+        and binary_metrics([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.9], t)['accuracy'] == 1.0
+    )
 
 
-@pytest.mark.parametrize('target, expected', [(0.2, 0.9), (0.4, 0.7), (0.6, 0.55), (0.8, 0.45), (1.0, 0.2)])
+@pytest.mark.parametrize(
+    'target, expected', [(0.2, 0.9), (0.4, 0.7), (0.6, 0.55), (0.8, 0.45), (1.0, 0.2)]
+)
 def test_threshold_for_sensitivity_is_the_highest_reaching_target(target, expected):
     # AD scores, descending: 0.9, 0.7, 0.55, 0.45, 0.2 (five AD samples)
     t = threshold_for_sensitivity(Y, P, target)
@@ -150,8 +168,8 @@ def test_bootstrap_ci_contains_point_estimate_and_is_deterministic():
 
 
 def test_bootstrap_resamples_patients_not_slices():
-    # every slice of a patient gets the same prediction: resampling patients gives a wider slice CI than
-    # treating slices as independent would; here 10 patients x 50 slices behave like 10 samples
+    # every slice of a patient gets the same prediction: resampling patients gives a wider slice CI
+    # than treating slices as independent would; here 10 patients x 50 slices behave like 10 samples
     pats = np.repeat(np.arange(10), 50)
     y = np.repeat(np.arange(10) % 2, 50)
     p = np.repeat([0.2, 0.8, 0.6, 0.3, 0.1, 0.9, 0.7, 0.4, 0.2, 0.6], 50)
@@ -163,14 +181,20 @@ def test_bootstrap_resamples_patients_not_slices():
 def test_weighted_metrics_equal_sklearn_with_sample_weight():
     pats, y, p = _toy_patients(seed=3)
     w = np.random.default_rng(0).integers(0, 3, size=(2, len(y))).astype(float)
-    out = _weighted_metrics(y, np.round(p, 1), 0.5, w)  # rounding makes ties: AUC counts them one half
+    # rounding makes ties: AUC counts them one half
+    out = _weighted_metrics(y, np.round(p, 1), 0.5, w)
     for row in range(2):
         pred = np.round(p, 1) >= 0.5
-        assert out['auc'][row] == pytest.approx(skm.roc_auc_score(y, np.round(p, 1), sample_weight=w[row]))
-        assert out['accuracy'][row] == pytest.approx(skm.accuracy_score(y, pred, sample_weight=w[row]))
+        assert out['auc'][row] == pytest.approx(
+            skm.roc_auc_score(y, np.round(p, 1), sample_weight=w[row])
+        )
+        assert out['accuracy'][row] == pytest.approx(
+            skm.accuracy_score(y, pred, sample_weight=w[row])
+        )
         assert out['f1'][row] == pytest.approx(skm.f1_score(y, pred, sample_weight=w[row]))
         assert out['balanced_accuracy'][row] == pytest.approx(
-            skm.balanced_accuracy_score(y, pred, sample_weight=w[row]))
+            skm.balanced_accuracy_score(y, pred, sample_weight=w[row])
+        )
 
 
 def test_bootstrap_is_fast_at_adni_test_size():

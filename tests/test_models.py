@@ -1,4 +1,5 @@
 """The adni_convnext family behaves like any timm model."""
+
 import subprocess
 import sys
 
@@ -65,7 +66,12 @@ def test_overrides_work():
     model = timm.create_model('adni_convnext_atto', num_classes=3, in_chans=3, drop_path_rate=0.2)
     assert model.num_classes == 3 and model.stem[0].in_channels == 3
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
-    drop_probs = [b.drop_path.drop_prob for s in model.stages for b in s.blocks if hasattr(b.drop_path, 'drop_prob')]
+    drop_probs = [
+        b.drop_path.drop_prob
+        for s in model.stages
+        for b in s.blocks
+        if hasattr(b.drop_path, 'drop_prob')
+    ]
     assert drop_probs and max(drop_probs) == pytest.approx(0.2)
 
 
@@ -102,7 +108,9 @@ def test_channels_last_gives_same_output():
     x = torch.randn(2, 1, 64, 64)
     ref = model(x)
     model = model.to(memory_format=torch.channels_last)
-    torch.testing.assert_close(model(x.to(memory_format=torch.channels_last)), ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        model(x.to(memory_format=torch.channels_last)), ref, atol=1e-5, rtol=1e-4
+    )
 
 
 def test_training_step_on_cpu_reduces_loss_on_a_fixed_batch():
@@ -128,12 +136,14 @@ def test_never_loads_imagenet_weights_by_default():
 
 
 def test_pretrained_without_reachable_weights_is_a_clear_error():
-    code = (
-        "import timm, adni_timm\n"
-        "timm.create_model('adni_convnext_atto', pretrained=True)\n"
+    code = "import timm, adni_timm\ntimm.create_model('adni_convnext_atto', pretrained=True)\n"
+    proc = subprocess.run(
+        [sys.executable, '-c', code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__('os').environ, 'HF_HUB_OFFLINE': '1'},
     )
-    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
-                          env={**__import__('os').environ, 'HF_HUB_OFFLINE': '1'})
     assert proc.returncode != 0
     assert 'RuntimeError' in proc.stderr
     assert 'pretrained_cfg_overlay=dict(hf_hub_id=' in proc.stderr

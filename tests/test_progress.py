@@ -1,4 +1,7 @@
-"""What a person sees: log-file friendly progress, one short epoch line, a summary with the next commands."""
+"""What a person sees: log-file friendly progress, one
+short epoch line, a summary with the next commands.
+"""
+
 import io
 import re
 import subprocess
@@ -19,9 +22,22 @@ def test_a_redirected_run_writes_plain_lines_and_short_epoch_lines(tiny_data, tm
     run = tmp_path / 'run'
     args = with_option(TINY, '--batch-size', '4')
     with log.open('wb') as out:  # as under SLURM or nohup: stdout and stderr into one file, no TTY
-        proc = subprocess.run([sys.executable, str(ROOT / 'tests/progress_probe.py'), '--data-dir', str(tiny_data),
-                               '--output-dir', str(run), *args, '--eval-test'], stdout=out, stderr=subprocess.STDOUT,
-                              cwd=ROOT, timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / 'tests/progress_probe.py'),
+                '--data-dir',
+                str(tiny_data),
+                '--output-dir',
+                str(run),
+                *args,
+                '--eval-test',
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            timeout=300,
+        )
     text = log.read_text()
     assert proc.returncode == 0, text[-3000:]
     assert '\r' not in text  # no carriage-return bar updates in a log file
@@ -30,21 +46,37 @@ def test_a_redirected_run_writes_plain_lines_and_short_epoch_lines(tiny_data, tm
     progress_lines = [line for line in lines if PROGRESS_LINE.match(line)]
     assert len(epoch_lines) == 2 and all(len(line) < 120 for line in epoch_lines), epoch_lines
     assert all(' | val ' in line and ' | eta ' in line for line in epoch_lines)
-    assert progress_lines and all('img/s eta' in line for line in progress_lines)  # the shortened interval shows
+    # the shortened interval shows
+    assert progress_lines and all('img/s eta' in line for line in progress_lines)
     epoch_seconds = [float(m) for line in epoch_lines for m in re.findall(r'\| (\d+)s \|', line)]
-    bound = sum(s / 0.2 + 1 for s in epoch_seconds) + 2 * 2  # at most one line per interval, per epoch
+    # at most one line per interval, per epoch
+    bound = sum(s / 0.2 + 1 for s in epoch_seconds) + 2 * 2
     assert len(progress_lines) <= bound
-    assert not re.search(r'\d\.\d{5,}', text.split('=' * 100)[-1])  # the summary never prints raw float reprs
+    # the summary never prints raw float reprs
+    assert not re.search(r'\d\.\d{5,}', text.split('=' * 100)[-1])
     summary = text.split('=' * 100)[-1]
-    for needed in (f'run folder   {run}', f'best model   {run / "best"}', 'threshold    P(AD) >= ',
-                   f'evaluation   {run / "eval"}', f'python evaluate.py --model {run} --data-dir',
-                   f'python push_to_hub.py --run {run}'):
+    for needed in (
+        f'run folder   {run}',
+        f'best model   {run / "best"}',
+        'threshold    P(AD) >= ',
+        f'evaluation   {run / "eval"}',
+        f'python evaluate.py --model {run} --data-dir',
+        f'python push_to_hub.py --run {run}',
+    ):
         assert needed in summary, needed
 
 
 def test_the_epoch_line_stays_short_at_its_widest():
-    row = {'epoch': 100, 'train_loss': 12.3456, 'lr': 1.23e-4, 'train_img_per_s': 12345.6, 'epoch_time_s': 3599.0,
-           'ema_val_loss': 9.87654, 'ema_val_patient_auc': 0.987654, 'ema_val_patient_accuracy': 0.912345}
+    row = {
+        'epoch': 100,
+        'train_loss': 12.3456,
+        'lr': 1.23e-4,
+        'train_img_per_s': 12345.6,
+        'epoch_time_s': 3599.0,
+        'ema_val_loss': 9.87654,
+        'ema_val_patient_auc': 0.987654,
+        'ema_val_patient_accuracy': 0.912345,
+    }
     line = epoch_line(row, 100, 'ema', True, eta_s=99 * 3600.0)
     assert len(line) < 120, line
     assert line.startswith('epoch 100/100 | loss 12.346 | val 9.877 | AUC 0.988 acc 0.912 (ema)')
@@ -66,7 +98,9 @@ def test_progress_picks_a_bar_on_a_terminal_and_lines_elsewhere(caplog):
         progress.set_postfix(loss='0.5000')
         progress.update(250)
     assert [r.getMessage().split(' img/s')[0].rsplit(' ', 1)[0] for r in caplog.records] == [
-        '  epoch 1/2  25% 250/1,000 img', '  epoch 1/2  50% 500/1,000 img']
+        '  epoch 1/2  25% 250/1,000 img',
+        '  epoch 1/2  50% 500/1,000 img',
+    ]
     assert caplog.records[-1].getMessage().endswith('loss 0.5000')
     quiet = Progress('bar', total=10, desc='x', enabled=False)  # other processes: nothing at all
     assert quiet.mode == 'none' and quiet.bar is None

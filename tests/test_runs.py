@@ -1,7 +1,9 @@
-"""Runs whose numbers can be trusted: resume, overwrite, smoke runs, data checked up front, the operating point.
+"""Runs whose numbers can be trusted: resume, overwrite,
+smoke runs, data checked up front, the operating point.
 
 Each test here failed on the code before issue 10 and passes after it (CPU, tiny SYNTHETIC data).
 """
+
 import json
 import shutil
 
@@ -39,18 +41,25 @@ def _split(run):
     return json.loads((run / 'split.json').read_text())
 
 
-# ---------------------------------------------------------------------------------------------- runs and resume
+# ---------------------------------------------------------------------------------- runs and resume
 
-def test_resume_keeps_the_recorded_split_when_patients_are_added_or_the_data_moves(one_epoch_run, tmp_path):
+
+def test_resume_keeps_the_recorded_split_when_patients_are_added_or_the_data_moves(
+    one_epoch_run, tmp_path
+):
     run, data_dir = one_epoch_run
     run = _copy(run, tmp_path / 'run')
     before = _split(run)
-    moved = _copy(data_dir, tmp_path / 'moved' / 'AD_NC')  # the data moved, and a new patient appeared
+    # the data moved, and a new patient appeared
+    moved = _copy(data_dir, tmp_path / 'moved' / 'AD_NC')
     for f in (moved / 'train' / 'AD').glob(f'{before["train"][0]}_*.jpeg'):
         shutil.copy(f, f.with_name(f.name.replace(before['train'][0], 'newcomer')))
     proc = run_train('--output-dir', run, '--resume', '--epochs', '2', '--data-dir', moved)
     assert _split(run) == before  # nobody moved into or out of validation
-    assert '1 patient(s) in the data are not in the recorded split and are not used: newcomer' in proc.stderr
+    assert (
+        '1 patient(s) in the data are not in the recorded split and are not used: newcomer'
+        in proc.stderr
+    )
     rows = [json.loads(x) for x in (run / 'metrics.jsonl').read_text().splitlines()]
     assert [r['val_slices'] for r in rows] == [rows[0]['val_slices']] * 2
     assert RunRecord.load(run).data_dir == str(moved)
@@ -63,11 +72,14 @@ def test_resume_refuses_when_a_recorded_patient_is_missing(one_epoch_run, tmp_pa
     data_copy = _copy(data_dir, tmp_path / 'AD_NC')
     for f in data_copy.glob(f'train/*/{patient}_*.jpeg'):
         f.unlink()
-    proc = run_train('--output-dir', run, '--resume', '--epochs', '2', '--data-dir', data_copy, check=False)
+    proc = run_train(
+        '--output-dir', run, '--resume', '--epochs', '2', '--data-dir', data_copy, check=False
+    )
     assert proc.returncode == 2 and 'Traceback' not in proc.stderr
     assert f"recorded in split['val'] are not in the data: {patient}" in proc.stderr
     assert 'Restore their files, or point --data-dir at the data' in proc.stderr
-    assert json.loads((run / 'checkpoints/last/trainer_state.json').read_text())['epoch'] == 1  # nothing lost
+    # nothing lost
+    assert json.loads((run / 'checkpoints/last/trainer_state.json').read_text())['epoch'] == 1
 
 
 def test_resume_keeps_the_original_provenance_and_records_each_resume(one_epoch_run, tmp_path):
@@ -75,7 +87,8 @@ def test_resume_keeps_the_original_provenance_and_records_each_resume(one_epoch_
     run = _copy(run, tmp_path / 'run')
     original = (run / 'train_config.yaml').read_bytes()
     run_train('--output-dir', run, '--resume', '--epochs', '2')
-    assert (run / 'train_config.yaml').read_bytes() == original  # versions, git commit, config as they were
+    # versions, git commit, config as they were
+    assert (run / 'train_config.yaml').read_bytes() == original
     (entry,) = [json.loads(x) for x in (run / 'resumes.jsonl').read_text().splitlines()]
     assert entry['changed'] == {'epochs': [1, 2]} and entry['after_epoch'] == 1
     assert entry['num_processes'] == 1 and {'torch', 'timm', 'adni_timm'} <= set(entry['versions'])
@@ -87,53 +100,82 @@ def test_overwrite_touches_the_old_run_only_after_every_check_passed(one_epoch_r
     run, data_dir = one_epoch_run
     run = _copy(run, tmp_path / 'run')
     before = (run / 'best/model.safetensors').read_bytes()
-    typo = run_train('--data-dir', tmp_path / 'AD_NCC', '--output-dir', run, '--overwrite', *ONE_EPOCH, check=False)
+    typo = run_train(
+        '--data-dir',
+        tmp_path / 'AD_NCC',
+        '--output-dir',
+        run,
+        '--overwrite',
+        *ONE_EPOCH,
+        check=False,
+    )
     broken = _copy(data_dir, tmp_path / 'broken')
     next((broken / 'train' / 'NC').glob('*.jpeg')).write_bytes(b'not a jpeg')
-    corrupt = run_train('--data-dir', broken, '--output-dir', run, '--overwrite', *ONE_EPOCH, check=False)
+    corrupt = run_train(
+        '--data-dir', broken, '--output-dir', run, '--overwrite', *ONE_EPOCH, check=False
+    )
     for proc in (typo, corrupt):
         assert proc.returncode == 2 and 'Traceback' not in proc.stderr
     assert 'cannot be decoded' in corrupt.stderr
     assert (run / 'best/model.safetensors').read_bytes() == before  # the old run is untouched
     run_train('--data-dir', data_dir, '--output-dir', run, '--overwrite', *ONE_EPOCH, '--seed', '1')
-    assert yaml.safe_load((run / 'train_config.yaml').read_text())['config']['seed'] == 1  # replaced ...
-    assert not list(tmp_path.glob('.run.replaced*'))  # ... and the old one gone once the new one checkpointed
+    # replaced ...
+    assert yaml.safe_load((run / 'train_config.yaml').read_text())['config']['seed'] == 1
+    # ... and the old one gone once the new one checkpointed
+    assert not list(tmp_path.glob('.run.replaced*'))
 
 
 def test_a_smoke_run_shortens_the_warmup_and_nonsense_is_still_refused(tiny_data, tmp_path):
     at = TINY.index('--warmup-epochs')
-    args = with_option(TINY[:at] + TINY[at + 2:], '--epochs', '1')  # no --warmup-epochs: the preset's 5
-    proc = run_train('--data-dir', tiny_data, '--output-dir', tmp_path / 'smoke', *args)  # adni preset: 5 warmup
+    # no --warmup-epochs: the preset's 5
+    args = with_option(TINY[:at] + TINY[at + 2 :], '--epochs', '1')
+    # adni preset: 5 warmup
+    proc = run_train('--data-dir', tiny_data, '--output-dir', tmp_path / 'smoke', *args)
     assert 'warmup_epochs 5 -> 0: a 1-epoch run needs a shorter warmup' in proc.stderr
-    assert yaml.safe_load((tmp_path / 'smoke/train_config.yaml').read_text())['config']['warmup_epochs'] == 0
-    bad = run_train('--data-dir', tiny_data, '--output-dir', tmp_path / 'bad', *args, '--warmup-epochs', '-1',
-                    check=False)
+    assert (
+        yaml.safe_load((tmp_path / 'smoke/train_config.yaml').read_text())['config'][
+            'warmup_epochs'
+        ]
+        == 0
+    )
+    bad = run_train(
+        '--data-dir',
+        tiny_data,
+        '--output-dir',
+        tmp_path / 'bad',
+        *args,
+        '--warmup-epochs',
+        '-1',
+        check=False,
+    )
     assert bad.returncode == 2 and 'warmup_epochs=-1: must not be negative' in bad.stderr
 
 
-# ---------------------------------------------------------------------------------------------- data checked up front
+# ---------------------------------------------------------------------------- data checked up front
+
 
 def test_a_corrupt_test_image_stops_eval_test_before_training(tiny_data, tmp_path, capsys):
     data_dir = _copy(tiny_data, tmp_path / 'AD_NC')
     bad = next((data_dir / 'test' / 'AD').glob('*.jpeg'))
     bad.write_bytes(bad.read_bytes()[:200])  # truncated JPEG
-    proc = run_train('--data-dir', data_dir, '--output-dir', tmp_path / 'run', *ONE_EPOCH, '--eval-test',
-                     check=False)
+    train_args = ['--data-dir', data_dir, '--output-dir', tmp_path / 'run']
+    train_args += [*ONE_EPOCH, '--eval-test']
+    proc = run_train(*train_args, check=False)
     assert proc.returncode == 2 and 'Traceback' not in proc.stderr
     assert '1 test file(s) cannot be decoded' in proc.stderr and bad.name in proc.stderr
     assert '--skip-bad-images' in proc.stderr
     assert not (tmp_path / 'run' / 'checkpoints').exists()  # found before any training
-    proc = run_train('--data-dir', data_dir, '--output-dir', tmp_path / 'run', *ONE_EPOCH, '--eval-test',
-                     '--skip-bad-images')
+    proc = run_train(*train_args, '--skip-bad-images')
     assert '--skip-bad-images: dropped 1 of 24 test file(s)' in proc.stderr
     assert json.loads((tmp_path / 'run/eval/metrics.json').read_text())['slice']['n'] == 23
     # evaluate.py reports the same file the same way, and skips it on request
-    code, _, err = cli_in_process(capsys, 'evaluate', '--model', tmp_path / 'run', '--data-dir', data_dir,
-                                  '--n-boot', '0', '--output-dir', tmp_path / 'ev')
+    eval_args = ['--model', tmp_path / 'run', '--data-dir', data_dir, '--n-boot', '0']
+    code, _, err = cli_in_process(capsys, 'evaluate', *eval_args, '--output-dir', tmp_path / 'ev')
     assert code == 1 and bad.name in err
     assert '1 test file(s) cannot be decoded' in err and '--skip-bad-images' in err
-    code, _, _ = cli_in_process(capsys, 'evaluate', '--model', tmp_path / 'run', '--data-dir', data_dir,
-                                '--n-boot', '0', '--output-dir', tmp_path / 'ev', '--skip-bad-images')
+    code, _, _ = cli_in_process(
+        capsys, 'evaluate', *eval_args, '--output-dir', tmp_path / 'ev', '--skip-bad-images'
+    )
     assert code == 0
 
 
@@ -144,29 +186,46 @@ def test_a_file_is_patient_run_can_be_evaluated(tmp_path, capsys):
             (data_dir / split / name).mkdir(parents=True)
             for i in range(n):
                 pixels = np.full((40, 48), 60 + 120 * label, np.uint8) + np.uint8(i)
-                Image.fromarray(pixels).save(data_dir / split / name / f'{split}-{name}-scan{i}.png')
+                Image.fromarray(pixels).save(
+                    data_dir / split / name / f'{split}-{name}-scan{i}.png'
+                )
     run = tmp_path / 'run'
-    run_train('--data-dir', data_dir, '--output-dir', run, *with_option(ONE_EPOCH, '--batch-size', '2'),
-              '--file-is-patient', '--val-fraction', '0.4')
+    run_train(
+        '--data-dir',
+        data_dir,
+        '--output-dir',
+        run,
+        *with_option(ONE_EPOCH, '--batch-size', '2'),
+        '--file-is-patient',
+        '--val-fraction',
+        '0.4',
+    )
     assert export_extra(run / 'best')['file_is_patient'] is True
-    code, _, err = cli_in_process(capsys, 'evaluate', '--model', run, '--data-dir', data_dir, '--n-boot', '0')
+    code, _, err = cli_in_process(
+        capsys, 'evaluate', '--model', run, '--data-dir', data_dir, '--n-boot', '0'
+    )
     assert code == 0, err
     assert json.loads((run / 'eval/metrics.json').read_text())['patient']['n'] == 4
 
 
-# ---------------------------------------------------------------------------------------------- the operating point
+# ------------------------------------------------------------------------------ the operating point
+
 
 def test_validation_metrics_are_those_of_the_shipped_operating_point(one_epoch_run):
-    """The logged validation accuracy is what the export does on the validation patients: same weights,
-    same temperature, same threshold."""
+    """The logged validation accuracy is what the export does on the validation patients: same
+    weights, same temperature, same threshold."""
     run, data_dir = one_epoch_run
     row = json.loads((run / 'metrics.jsonl').read_text().splitlines()[-1])
     extra = export_extra(run / 'best')
     prefix = 'val' if extra['weights'] == 'live' else 'ema_val'
-    assert row[f'{prefix}_threshold'] == extra['threshold'] and row[f'{prefix}_temperature'] == extra['temperature']
+    assert (
+        row[f'{prefix}_threshold'] == extra['threshold']
+        and row[f'{prefix}_temperature'] == extra['temperature']
+    )
     model, _ = resolve_model(run)
     val = data.select(data.scan_split(data_dir, 'train'), _split(run), 'val')
     from adni_timm.evaluation import predict
+
     probs = metrics.apply_temperature(predict(model, val), extra['temperature'])
     patients, y = [s.patient for s in val], data.binary_labels(val, ['NC', 'AD'])
     report = metrics.slice_and_patient_metrics(patients, y, probs[:, 1], extra['threshold'])
@@ -179,55 +238,77 @@ def test_ema_reaches_the_configured_decay_when_the_lr_warmup_ends():
     """README rule: the decay rises (timm's 1 - (1 + t / gamma) ** -2/3) and reaches ema_decay after
     max(warmup_epochs, 1) epochs of updates."""
     cfg = load_config(None, {'ema_decay': '0.9998', 'warmup_epochs': '5'})
-    ema = make_ema(cfg, torch.nn.Linear(2, 2), updates_per_epoch=135)  # ADNI at batch 128: ~135 updates / epoch
+    # ADNI at batch 128: ~135 updates / epoch
+    ema = make_ema(cfg, torch.nn.Linear(2, 2), updates_per_epoch=135)
     reach = 5 * 135
     assert ema.get_decay(reach + 1) == pytest.approx(0.9998, abs=1e-9)
     assert ema.get_decay(13_500) == 0.9998  # held for the rest of a 100-epoch run
     assert 0.99 < ema.get_decay(reach // 2) < 0.9998  # still rising halfway through the warmup
-    no_warmup = make_ema(load_config(None, {'ema_decay': '0.99', 'warmup_epochs': '0'}), torch.nn.Linear(2, 2), 40)
-    assert no_warmup.get_decay(41) == pytest.approx(0.99, abs=1e-9)  # one epoch when there is no warmup
+    no_warmup = make_ema(
+        load_config(None, {'ema_decay': '0.99', 'warmup_epochs': '0'}), torch.nn.Linear(2, 2), 40
+    )
+    # one epoch when there is no warmup
+    assert no_warmup.get_decay(41) == pytest.approx(0.99, abs=1e-9)
 
 
-# ---------------------------------------------------------------------------------------------- evaluation precision
+# ----------------------------------------------------------------------------- evaluation precision
 
-def test_evaluation_runs_in_the_recorded_precision_and_chooses_the_tta_threshold_with_tta(tiny_run, tiny_data,
-                                                                                          tmp_path):
+
+def test_evaluation_runs_in_the_recorded_precision_and_chooses_the_tta_threshold_with_tta(
+    tiny_run, tiny_data, tmp_path
+):
     from adni_timm.evaluation import evaluate, predict, recorded_precision
+
     run = tiny_run[0]
     model, info = resolve_model(run)
-    assert recorded_precision(info) == 'no'  # trained in fp32 on the CPU: evaluated in fp32, also on a GPU
+    # trained in fp32 on the CPU: evaluated in fp32, also on a GPU
+    assert recorded_precision(info) == 'no'
     assert recorded_precision(dict(info, export=dict(info['export'], precision='bf16'))) == 'bf16'
     assert evaluate(str(run), tiny_data, n_boot=0)['precision'] == 'no'
     tta = evaluate(str(run), tiny_data, n_boot=0, tta=True)
-    assert tta['threshold_selection']['tta'] is True and tta['threshold_selection']['chosen_on'] == str(
-        run / 'split.json')
+    assert tta['threshold_selection']['tta'] is True and tta['threshold_selection'][
+        'chosen_on'
+    ] == str(run / 'split.json')
     val = data.select(data.scan_split(tiny_data, 'train'), _split(run), 'val')
-    point = metrics.operating_point(predict(model, val, tta=True), np.array([s.label for s in val]),
-                                    [s.patient for s in val], 1)  # chosen again, with TTA, on validation
-    assert tta['threshold'] == pytest.approx(point['threshold']) and tta['temperature'] == pytest.approx(
-        point['temperature'])
-    plain = shutil.copytree(run / 'best', tmp_path / 'export')  # no split.json: no validation to choose on
+    # chosen again, with TTA, on validation
+    point = metrics.operating_point(
+        predict(model, val, tta=True), np.array([s.label for s in val]), [s.patient for s in val], 1
+    )
+    assert tta['threshold'] == pytest.approx(point['threshold']) and tta[
+        'temperature'
+    ] == pytest.approx(point['temperature'])
+    # no split.json: no validation to choose on
+    plain = shutil.copytree(run / 'best', tmp_path / 'export')
     said = evaluate(str(plain), tiny_data, n_boot=0, tta=True)
-    assert said['threshold'] == export_extra(plain)['threshold'] and said['threshold_note'] == 'chosen without TTA'
+    assert (
+        said['threshold'] == export_extra(plain)['threshold']
+        and said['threshold_note'] == 'chosen without TTA'
+    )
 
 
 @pytest.mark.gpu
 def test_an_fp32_run_is_evaluated_in_fp32_on_cuda(tiny_run, tiny_data):
     from adni_timm.evaluation import predict, recorded_precision
+
     model, info = resolve_model(tiny_run[0])
     slices = data.scan_split(tiny_data, 'test')
     cpu = predict(model, slices, precision=recorded_precision(info))
     cuda = predict(model.cuda(), slices, precision=recorded_precision(info))
-    np.testing.assert_allclose(cuda, cpu, atol=1e-5)  # no autocast: patients near the threshold do not flip
+    # no autocast: patients near the threshold do not flip
+    np.testing.assert_allclose(cuda, cpu, atol=1e-5)
 
 
-# ---------------------------------------------------------------------------------------------- README claims
+# ------------------------------------------------------------------------------------ README claims
+
 
 @pytest.mark.parametrize('name', ['resnet18', 'vit_tiny_patch16_224'])
 def test_any_timm_model_trains_at_the_configured_size_and_exports(name, tmp_path):
-    """--model resnet18 (any size) and a ViT (fixed input size: built for img_size) both work end to end."""
+    """--model resnet18 (any size) and a ViT (fixed input
+    size: built for img_size) both work end to end.
+    """
     from adni_timm.export import export_model
     from adni_timm.training import create_model
+
     model = create_model(load_config(None, {'model': name, 'img_size': '64'})).eval()
     x = torch.randn(2, 1, 64, 64)
     with torch.no_grad():

@@ -1,4 +1,5 @@
 """The SYNTHETIC ADNI-layout generator: layout, file format, determinism, and measurable atrophy."""
+
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -8,7 +9,14 @@ import pytest
 from PIL import Image
 
 from adni_timm import synthetic
-from adni_timm.synthetic import HEIGHT, WIDTH, SyntheticError, demo_dataset, generate, render_patient
+from adni_timm.synthetic import (
+    HEIGHT,
+    WIDTH,
+    SyntheticError,
+    demo_dataset,
+    generate,
+    render_patient,
+)
 
 TRAIN, TEST, SLICES = 3, 2, 4
 NAME = re.compile(r'^(\d{6})_(\d+)\.jpeg$')
@@ -45,7 +53,12 @@ def test_layout_and_counts(synth):
 
 
 def test_patient_ids_unique_across_splits_and_classes(synth):
-    ids = [pid for split in ('train', 'test') for name in ('AD', 'NC') for pid in _patients(synth / split / name)]
+    ids = [
+        pid
+        for split in ('train', 'test')
+        for name in ('AD', 'NC')
+        for pid in _patients(synth / split / name)
+    ]
     assert len(ids) == 2 * (TRAIN + TEST)
     assert len(set(ids)) == len(ids)
 
@@ -77,15 +90,17 @@ def test_slices_of_a_patient_differ_but_resemble_each_other():
 
 def _ventricle_csf(images: np.ndarray) -> float:
     """Fraction of dark (CSF) pixels in the central region where the ventricles sit."""
-    centre = images[:, HEIGHT // 2 - 40:HEIGHT // 2 + 40, WIDTH // 2 - 25:WIDTH // 2 + 25]
+    centre = images[:, HEIGHT // 2 - 40 : HEIGHT // 2 + 40, WIDTH // 2 - 25 : WIDTH // 2 + 25]
     return float((centre < 60).mean())
 
 
 def _cortex_csf(images: np.ndarray) -> float:
-    """Fraction of dark pixels inside the head outside the central region: sulci and widened CSF spaces."""
+    """Fraction of dark pixels inside the head outside
+    the central region: sulci and widened CSF spaces.
+    """
     head = images > 30
     ring = head.copy()
-    ring[:, HEIGHT // 2 - 60:HEIGHT // 2 + 60, WIDTH // 2 - 50:WIDTH // 2 + 50] = False
+    ring[:, HEIGHT // 2 - 60 : HEIGHT // 2 + 60, WIDTH // 2 - 50 : WIDTH // 2 + 50] = False
     return float(((images < 60) & ring).sum() / ring.sum())
 
 
@@ -99,7 +114,10 @@ def test_atrophy_enlarges_ventricles_and_sulci(seed):
 
 def test_ad_patients_have_larger_ventricles_on_average(synth):
     def mean_csf(folder):
-        return np.mean([_ventricle_csf(np.asarray(Image.open(f))[None]) for f in sorted(folder.iterdir())])
+        return np.mean(
+            [_ventricle_csf(np.asarray(Image.open(f))[None]) for f in sorted(folder.iterdir())]
+        )
+
     for split in ('train', 'test'):
         assert mean_csf(synth / split / 'AD') > mean_csf(synth / split / 'NC')
 
@@ -122,11 +140,28 @@ def test_bad_arguments(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    assert synthetic.main([str(tmp_path / 'cli'), '--train-patients', '1', '--test-patients', '1',
-                           '--slices', '2', '--difficulty', 'demo']) == 0
+    assert (
+        synthetic.main(
+            [
+                str(tmp_path / 'cli'),
+                '--train-patients',
+                '1',
+                '--test-patients',
+                '1',
+                '--slices',
+                '2',
+                '--difficulty',
+                'demo',
+            ]
+        )
+        == 0
+    )
     assert len(_files(tmp_path / 'cli')) == 2 * 2 * 2
     assert 'SYNTHETIC' in capsys.readouterr().out
-    assert synthetic.main([str(tmp_path / 'cli'), '--train-patients', '1', '--test-patients', '1']) == 2
+    assert (
+        synthetic.main([str(tmp_path / 'cli'), '--train-patients', '1', '--test-patients', '1'])
+        == 2
+    )
     assert 'already holds files' in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         synthetic.main(['--help'])
@@ -135,17 +170,22 @@ def test_cli(tmp_path, capsys):
 
 
 def test_demo_dataset_is_generated_once_and_atomically(tmp_path, monkeypatch):
-    monkeypatch.setattr(synthetic, 'DEMO_PARAMS', dict(train_patients=1, test_patients=1, slices=2, seed=0,
-                                                       difficulty='demo'))
+    monkeypatch.setattr(
+        synthetic,
+        'DEMO_PARAMS',
+        dict(train_patients=1, test_patients=1, slices=2, seed=0, difficulty='demo'),
+    )
     monkeypatch.setenv('ADNI_TIMM_CACHE', str(tmp_path / 'cache'))
     first = demo_dataset()
     assert first.parent == tmp_path / 'cache'
     assert f'v{synthetic.GENERATOR_VERSION}' in first.name and 'demo' in first.name
     assert len(_files(first)) == 2 * 2 * 2
-    assert [p.name for p in (tmp_path / 'cache').iterdir()] == [first.name]  # no temp folder left behind
+    # no temp folder left behind
+    assert [p.name for p in (tmp_path / 'cache').iterdir()] == [first.name]
 
     def fail(*args, **kwargs):
         raise AssertionError('generated twice')
+
     monkeypatch.setattr(synthetic, 'generate', fail)
     assert demo_dataset() == first
     assert demo_dataset(cache_root=tmp_path / 'cache') == first
@@ -153,9 +193,13 @@ def test_demo_dataset_is_generated_once_and_atomically(tmp_path, monkeypatch):
 
 def test_parallel_generation_writes_identical_files(tmp_path):
     from adni_timm.synthetic import generate
+
     generate(tmp_path / 'one', 2, 1, slices=3, seed=5, workers=1)
     generate(tmp_path / 'two', 2, 1, slices=3, seed=5, workers=2)
     files_one = sorted(p.relative_to(tmp_path / 'one') for p in (tmp_path / 'one').rglob('*.jpeg'))
     files_two = sorted(p.relative_to(tmp_path / 'two') for p in (tmp_path / 'two').rglob('*.jpeg'))
     assert files_one == files_two and len(files_one) == (2 + 1) * 2 * 3
-    assert all((tmp_path / 'one' / f).read_bytes() == (tmp_path / 'two' / f).read_bytes() for f in files_one)
+    assert all(
+        (tmp_path / 'one' / f).read_bytes() == (tmp_path / 'two' / f).read_bytes()
+        for f in files_one
+    )

@@ -1,4 +1,7 @@
-"""train.py end to end on a tiny synthetic set (CPU): run folder, resume after a kill, errors, 2 processes."""
+"""train.py end to end on a tiny synthetic set (CPU):
+run folder, resume after a kill, errors, 2 processes.
+"""
+
 import json
 import os
 import shutil
@@ -13,13 +16,20 @@ import torch
 import yaml
 
 from adni_timm.synthetic import generate
-from helpers import ROOT, TINY, run_train, train_in_process, with_option
+from helpers import LAUNCH, ROOT, TINY, run_train, train_in_process, with_option
 
 
 def test_run_folder_has_the_contract_files(tiny_run):
     run, proc = tiny_run
-    for name in ('train_config.yaml', 'split.json', 'metrics.jsonl', 'curves.png',
-                 'best/model.safetensors', 'best/config.json', 'checkpoints/last/trainer_state.json'):
+    for name in (
+        'train_config.yaml',
+        'split.json',
+        'metrics.jsonl',
+        'curves.png',
+        'best/model.safetensors',
+        'best/config.json',
+        'checkpoints/last/trainer_state.json',
+    ):
         assert (run / name).is_file(), name
     assert not list((run / 'best').glob('*.bin'))
     record = yaml.safe_load((run / 'train_config.yaml').read_text())
@@ -39,8 +49,16 @@ def test_split_is_by_patient_and_counts_every_val_slice(tiny_run, tiny_data):
     assert [r['epoch'] for r in rows] == [1, 2]
     for row in rows:
         assert row['val_slices'] == row['ema_val_slices'] == 4 * 4
-        for key in ('train_loss', 'val_patient_auc', 'val_patient_balanced_accuracy', 'val_slice_accuracy',
-                    'val_patient_sensitivity', 'val_patient_specificity', 'ema_val_patient_auc', 'lr'):
+        for key in (
+            'train_loss',
+            'val_patient_auc',
+            'val_patient_balanced_accuracy',
+            'val_slice_accuracy',
+            'val_patient_sensitivity',
+            'val_patient_specificity',
+            'ema_val_patient_auc',
+            'lr',
+        ):
             assert key in row, key
 
 
@@ -51,21 +69,24 @@ def test_best_export_loads_in_plain_timm_with_the_same_logits(tiny_run, tmp_path
     extra = cfg['adni_timm']
     assert 0.0 <= extra['threshold'] <= 1.0 and extra['threshold_source'] == 'validation'
     assert extra['weights'] in ('live', 'ema') and extra['classes'] == ['NC', 'AD']
-    # reference logits of the trained 1-channel network (the checkpoint's live or EMA weights, as exported) ...
+    # reference logits of the trained 1-channel network (the
+    # checkpoint's live or EMA weights, as exported) ...
     from adni_timm.export import resolve_model
+
     model, _ = resolve_model(run)
     x = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
     torch.save({'x': x, 'logits': model(x).detach()}, tmp_path / 'ref.pt')
-    # ... in a fresh process that never imports adni_timm: 3 channels (a grayscale slice as RGB) and 1 channel
+    # ... in a fresh process that never imports adni_timm:
+    # 3 channels (a grayscale slice as RGB) and 1 channel
     code = (
-        'import sys, timm, torch\n'
-        f'ref = torch.load(r"{tmp_path / "ref.pt"}", weights_only=True)\n'
-        f'rgb = timm.create_model("local-dir:{run / "best"}", pretrained=True).eval()\n'
-        'torch.testing.assert_close(rgb(ref["x"].repeat(1, 3, 1, 1)), ref["logits"], atol=1e-5, rtol=0)\n'
-        f'gray = timm.create_model("local-dir:{run / "best"}", pretrained=True, in_chans=1).eval()\n'
-        'torch.testing.assert_close(gray(ref["x"]), ref["logits"], atol=1e-5, rtol=0)\n'
-        'assert "adni_timm" not in sys.modules\n'
-        'print(timm.data.resolve_data_config(model=rgb)["input_size"])\n')
+        f'import sys, timm, torch\nref = torch.load(r"{tmp_path / "ref.pt"}", '
+        f'weights_only=True)\nrgb = timm.create_model("local-dir:{run / "best"}", '
+        f'pretrained=True).eval()\ntorch.testing.assert_close(rgb(ref["x"].repeat(1, 3, 1, 1)), '
+        f'ref["logits"], atol=1e-5, rtol=0)\ngray = timm.create_model("local-dir:{run / "best"}", '
+        f'pretrained=True, in_chans=1).eval()\ntorch.testing.assert_close(gray(ref["x"]), '
+        f'ref["logits"], atol=1e-5, rtol=0)\nassert "adni_timm" not in '
+        f'sys.modules\nprint(timm.data.resolve_data_config(model=rgb)["input_size"])\n'
+    )
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == '[3, 64, 64]'
@@ -80,20 +101,27 @@ def test_existing_run_folder_is_not_overwritten(tiny_run, tiny_data, capsys):
     assert (run / 'best/model.safetensors').read_bytes() == before
 
 
-@pytest.mark.parametrize('args, message', [
-    (['--lr', '-0.1'], 'lr=-0.1: must be positive'),
-    (['--model', 'no_such_model'], 'not a registered timm model'),
-    (['--opt', 'sgdd'], 'unknown optimizer'),
-    (['--img-size', '70'], 'multiple of 32'),
-])
+@pytest.mark.parametrize(
+    'args, message',
+    [
+        (['--lr', '-0.1'], 'lr=-0.1: must be positive'),
+        (['--model', 'no_such_model'], 'not a registered timm model'),
+        (['--opt', 'sgdd'], 'unknown optimizer'),
+        (['--img-size', '70'], 'multiple of 32'),
+    ],
+)
 def test_bad_config_is_refused_before_any_work(tiny_data, tmp_path, args, message, capsys):
-    code, _, err = train_in_process(capsys, '--data-dir', tiny_data, '--output-dir', tmp_path / 'run', *args)
+    code, _, err = train_in_process(
+        capsys, '--data-dir', tiny_data, '--output-dir', tmp_path / 'run', *args
+    )
     assert code == 2 and message in err
     assert not (tmp_path / 'run').exists()
 
 
 def test_missing_data_dir_is_a_clear_error(tmp_path, capsys):
-    code, _, err = train_in_process(capsys, '--data-dir', tmp_path / 'nope', '--output-dir', tmp_path / 'run', *TINY)
+    code, _, err = train_in_process(
+        capsys, '--data-dir', tmp_path / 'nope', '--output-dir', tmp_path / 'run', *TINY
+    )
     assert code == 2 and str(tmp_path / 'nope') in err
 
 
@@ -102,8 +130,12 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tiny_data, tmp_path):
     full = tmp_path / 'full'
     run_train('--output-dir', full, *args)
     killed = tmp_path / 'killed'
-    proc = subprocess.Popen([sys.executable, str(ROOT / 'train.py'), '--output-dir', str(killed),
-                             *map(str, args)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / 'train.py'), '--output-dir', str(killed), *map(str, args)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     state_file = killed / 'checkpoints/last/trainer_state.json'
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -117,6 +149,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tiny_data, tmp_path):
     assert 1 <= epoch_at_kill < 4
     run_train('--output-dir', killed, '--resume')
     from safetensors.torch import load_file
+
     a = load_file(full / 'checkpoints/last/model.safetensors')
     b = load_file(killed / 'checkpoints/last/model.safetensors')
     assert a.keys() == b.keys()
@@ -126,7 +159,9 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tiny_data, tmp_path):
     rows_resumed = [json.loads(x) for x in (killed / 'metrics.jsonl').read_text().splitlines()]
     assert [r['epoch'] for r in rows_resumed] == [1, 2, 3, 4]
     assert rows_resumed[-1]['train_loss'] == pytest.approx(rows_full[-1]['train_loss'], rel=1e-4)
-    assert json.loads((full / 'split.json').read_text()) == json.loads((killed / 'split.json').read_text())
+    assert json.loads((full / 'split.json').read_text()) == json.loads(
+        (killed / 'split.json').read_text()
+    )
 
 
 def test_resume_refuses_to_change_the_recipe(tiny_run, capsys):
@@ -139,7 +174,10 @@ def test_non_finite_loss_stops_with_the_last_checkpoint_intact(tiny_data, tmp_pa
     from adni_timm import training
     from adni_timm.config import load_config
     from adni_timm.run_record import RunRecord
-    cfg = load_config(None, dict(zip([a.lstrip('-').replace('-', '_') for a in TINY[::2]], TINY[1::2])))
+
+    cfg = load_config(
+        None, dict(zip([a.lstrip('-').replace('-', '_') for a in TINY[::2]], TINY[1::2]))
+    )
     cfg.epochs, cfg.smoothing = 3, 0.0
     calls = {'n': 0}
     original = torch.nn.CrossEntropyLoss.forward
@@ -155,6 +193,7 @@ def test_non_finite_loss_stops_with_the_last_checkpoint_intact(tiny_data, tmp_pa
     state = json.loads((tmp_path / 'run/checkpoints/last/trainer_state.json').read_text())
     assert state['epoch'] == 1
     from safetensors.torch import load_file
+
     weights = load_file(tmp_path / 'run/checkpoints/last/model.safetensors')
     assert all(torch.isfinite(w).all() for w in weights.values())
 
@@ -163,12 +202,25 @@ def test_two_processes_count_each_val_slice_once_write_from_main_and_agree(tiny_
     probe = tmp_path / 'probe'
     probe.mkdir()
     run = tmp_path / 'ddp'
-    # 4 val patients x 4 slices = 16 val slices; batch 3 over 2 processes forces padding of the last batch
-    cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
-           '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no', '--main_process_port', '29513',
-           str(ROOT / 'tests/ddp_probe.py'), '--data-dir', str(tiny_data), '--output-dir', str(run),
-           *with_option(TINY, '--batch-size', '3')]
-    env = {**os.environ, 'ACCELERATE_USE_CPU': '1', 'ADNI_TIMM_PROBE_DIR': str(probe), 'OMP_NUM_THREADS': '1'}
+    # 4 val patients x 4 slices = 16 val slices; batch 3
+    # over 2 processes forces padding of the last batch
+    cmd = [
+        *LAUNCH,
+        '--main_process_port',
+        '29513',
+        str(ROOT / 'tests/ddp_probe.py'),
+        '--data-dir',
+        str(tiny_data),
+        '--output-dir',
+        str(run),
+        *with_option(TINY, '--batch-size', '3'),
+    ]
+    env = {
+        **os.environ,
+        'ACCELERATE_USE_CPU': '1',
+        'ADNI_TIMM_PROBE_DIR': str(probe),
+        'OMP_NUM_THREADS': '1',
+    }
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((probe / f'rank{r}.json').read_text()) for r in (0, 1)]
@@ -178,27 +230,57 @@ def test_two_processes_count_each_val_slice_once_write_from_main_and_agree(tiny_
     # the only files process 1 writes are its own RNG states, which an exact resume needs
     assert all(Path(p).name == 'random_states_1.pkl' for p in rank1_in_run), rank1_in_run
     assert any(str(run) in p for p in ranks[0]['written'])
-    assert (proc.stdout + proc.stderr).count('epoch 2/2 | loss') == 1  # one log line, from the main process
+    # one log line, from the main process
+    assert (proc.stdout + proc.stderr).count('epoch 2/2 | loss') == 1
 
 
 def test_demo_runs_without_data_and_evaluates_on_the_synthetic_test_split(tmp_path):
     run = tmp_path / 'demo'
-    proc = run_train('--demo', '--output-dir', run, '--model', 'adni_convnext_atto', '--epochs', '1',
-                     '--warmup-epochs', '0', '--num-workers', '0', env={'ADNI_TIMM_CACHE': str(tmp_path / 'cache')})
+    proc = run_train(
+        '--demo',
+        '--output-dir',
+        run,
+        '--model',
+        'adni_convnext_atto',
+        '--epochs',
+        '1',
+        '--warmup-epochs',
+        '0',
+        '--num-workers',
+        '0',
+        env={'ADNI_TIMM_CACHE': str(tmp_path / 'cache')},
+    )
     metrics = json.loads((run / 'eval/metrics.json').read_text())
-    assert metrics['split'] == 'test' and metrics['patient']['n'] == 32  # 16 + 16 synthetic test patients
+    # 16 + 16 synthetic test patients
+    assert metrics['split'] == 'test' and metrics['patient']['n'] == 32
     assert metrics['threshold_source'] == 'validation'
     record = yaml.safe_load((run / 'train_config.yaml').read_text())
-    assert 'synthetic' in record['data'].lower() and record['config']['img_size'] == 64  # CPU: reduced size
+    # CPU: reduced size
+    assert 'synthetic' in record['data'].lower() and record['config']['img_size'] == 64
     assert f'run folder   {run}' in proc.stdout and f'evaluation   {run / "eval"}' in proc.stdout
     assert any((tmp_path / 'cache').glob('synthetic-demo-*/train/AD/*.jpeg'))
     # resuming the demo keeps what it is: synthetic data, evaluated on its test split
     (run / 'eval/metrics.json').unlink()
-    run_train('--output-dir', run, '--resume', '--epochs', '2', env={'ADNI_TIMM_CACHE': str(tmp_path / 'cache')})
+    run_train(
+        '--output-dir',
+        run,
+        '--resume',
+        '--epochs',
+        '2',
+        env={'ADNI_TIMM_CACHE': str(tmp_path / 'cache')},
+    )
     from adni_timm.run_record import RunRecord
+
     record = RunRecord.load(run)  # the original record plus the resume's change
-    assert record.synthetic and record.config.epochs == 2 and record.resumes[0]['changed'] == {'epochs': [1, 2]}
-    assert 'synthetic' in json.loads((run / 'best/config.json').read_text())['adni_timm']['data'].lower()
+    assert (
+        record.synthetic
+        and record.config.epochs == 2
+        and record.resumes[0]['changed'] == {'epochs': [1, 2]}
+    )
+    assert (
+        'synthetic'
+        in json.loads((run / 'best/config.json').read_text())['adni_timm']['data'].lower()
+    )
     assert (run / 'eval/metrics.json').is_file()
 
 
@@ -211,7 +293,9 @@ def test_out_of_memory_prints_a_hint(monkeypatch, capsys, tiny_data, tmp_path):
         raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')
 
     monkeypatch.setattr(training, 'train', oom)
-    code = train_cli.main(['--data-dir', str(tiny_data), '--output-dir', str(tmp_path / 'run'), *TINY])
+    code = train_cli.main(
+        ['--data-dir', str(tiny_data), '--output-dir', str(tmp_path / 'run'), *TINY]
+    )
     assert code == 3
     err = capsys.readouterr().err
     assert 'out of memory' in err and '--batch-size' in err and '--grad-accum-steps' in err
@@ -220,6 +304,7 @@ def test_out_of_memory_prints_a_hint(monkeypatch, capsys, tiny_data, tmp_path):
 def test_bool_overrides_work_as_flags():
     sys.path.insert(0, str(ROOT))
     import train as train_cli
+
     args = train_cli.build_parser().parse_args(['--skip-bad-images', '--ema', 'false'])
     assert args.skip_bad_images == 'true' and args.ema == 'false'
 
@@ -227,11 +312,14 @@ def test_bool_overrides_work_as_flags():
 @pytest.mark.gpu
 def test_cuda_run_uses_bf16_channels_last_and_exports_loadable_weights(tiny_data, tmp_path):
     run = tmp_path / 'cuda'
-    run_train('--data-dir', tiny_data, '--output-dir', run, *with_option(TINY, '--num-workers', '2'))
+    run_train(
+        '--data-dir', tiny_data, '--output-dir', run, *with_option(TINY, '--num-workers', '2')
+    )
     record = yaml.safe_load((run / 'train_config.yaml').read_text())
     assert record['device'].startswith('cuda')
     assert record['mixed_precision'] == ('bf16' if torch.cuda.is_bf16_supported() else 'fp16')
     import timm
+
     model = timm.create_model(f'local-dir:{run / "best"}', pretrained=True).eval()
     assert torch.isfinite(model(torch.randn(2, 1, 64, 64))).all()
 
@@ -252,23 +340,45 @@ def test_a_best_export_lost_to_a_kill_is_redone_on_resume(tmp_path):
     from adni_timm.config import load_config
     from adni_timm.run_record import RunRecord
     from adni_timm.training import _repair_best_export
-    record = RunRecord.new(load_config(None, {'model': 'adni_convnext_atto', 'img_size': '64'}), tmp_path)
+
+    record = RunRecord.new(
+        load_config(None, {'model': 'adni_convnext_atto', 'img_size': '64'}), tmp_path
+    )
     model = timm.create_model('adni_convnext_atto')
-    best = {'epoch': 3, 'weights': 'live', 'metric': 'patient_auc', 'value': 0.9, 'threshold': 0.4,
-            'threshold_source': 'validation'}
-    _repair_best_export(tmp_path, {'epoch': 3, 'best': best}, model, None, record)  # killed before the export
+    best = {
+        'epoch': 3,
+        'weights': 'live',
+        'metric': 'patient_auc',
+        'value': 0.9,
+        'threshold': 0.4,
+        'threshold_source': 'validation',
+    }
+    # killed before the export
+    _repair_best_export(tmp_path, {'epoch': 3, 'best': best}, model, None, record)
     assert export.export_extra(tmp_path / 'best')['epoch'] == 3
     before = (tmp_path / 'best/model.safetensors').stat().st_mtime_ns
-    _repair_best_export(tmp_path, {'epoch': 4, 'best': best}, model, None, record)  # best is older: nothing to do
+    # best is older: nothing to do
+    _repair_best_export(tmp_path, {'epoch': 4, 'best': best}, model, None, record)
     assert (tmp_path / 'best/model.safetensors').stat().st_mtime_ns == before
 
 
 def test_three_classes_validate_ad_against_the_rest(tmp_path):
     data_dir = tmp_path / 'AD_NC'
-    generate(data_dir, train_patients=3, test_patients=1, slices=4, seed=0, classes=('NC', 'MCI', 'AD'))
+    generate(
+        data_dir, train_patients=3, test_patients=1, slices=4, seed=0, classes=('NC', 'MCI', 'AD')
+    )
     run = tmp_path / 'run3'
-    run_train('--data-dir', data_dir, '--output-dir', run, '--classes', 'NC,MCI,AD', '--val-fraction', '0.34',
-              *with_option(with_option(TINY, '--epochs', '1'), '--warmup-epochs', '0'))
+    run_train(
+        '--data-dir',
+        data_dir,
+        '--output-dir',
+        run,
+        '--classes',
+        'NC,MCI,AD',
+        '--val-fraction',
+        '0.34',
+        *with_option(with_option(TINY, '--epochs', '1'), '--warmup-epochs', '0'),
+    )
     row = json.loads((run / 'metrics.jsonl').read_text().splitlines()[0])
     assert row['val_slices'] == 3 * 4  # one patient per class
     assert json.loads((run / 'best/config.json').read_text())['num_classes'] == 3
@@ -277,7 +387,14 @@ def test_three_classes_validate_ad_against_the_rest(tmp_path):
 def test_tensorboard_logs_under_the_run_folder(tiny_data, tmp_path):
     pytest.importorskip('tensorboard')  # optional tracker: runs where it is installed
     run = tmp_path / 'tb'
-    run_train('--data-dir', tiny_data, '--output-dir', run, *with_option(TINY, '--epochs', '2'),
-              '--log-with', 'tensorboard')
+    run_train(
+        '--data-dir',
+        tiny_data,
+        '--output-dir',
+        run,
+        *with_option(TINY, '--epochs', '2'),
+        '--log-with',
+        'tensorboard',
+    )
     assert list((run / 'logs').rglob('events.out.tfevents.*'))
     assert any('classes' in p.read_text() for p in (run / 'logs').rglob('hparams.yml'))

@@ -6,6 +6,7 @@
 
 The logic lives in ``adni_timm.hub``; this module only parses arguments and reports.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,21 +22,52 @@ __all__ = ['parse_args', 'format_file_list', 'main']
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--run', required=True, type=Path, help='training run folder (holds best/, train_config.yaml)')
-    p.add_argument('--repo-id', required=True, help='Hub model repo, ORG/NAME (created when missing)')
-    p.add_argument('--eval', type=Path, default=None, dest='eval_metrics',
-                   help='evaluate.py metrics.json for the card (default: RUN/eval/metrics.json when it exists); '
-                        'it must belong to the published weights')
-    p.add_argument('--private', action='store_true', help='create the repo private (refused if it exists publicly)')
+    p.add_argument(
+        '--run',
+        required=True,
+        type=Path,
+        help='training run folder (holds best/, train_config.yaml)',
+    )
+    p.add_argument(
+        '--repo-id', required=True, help='Hub model repo, ORG/NAME (created when missing)'
+    )
+    p.add_argument(
+        '--eval',
+        type=Path,
+        default=None,
+        dest='eval_metrics',
+        help='evaluate.py metrics.json for the card (default: RUN/eval/metrics.json when it '
+        'exists); it must belong to the published weights',
+    )
+    p.add_argument(
+        '--private',
+        action='store_true',
+        help='create the repo private (refused if it exists publicly)',
+    )
     p.add_argument('--revision', default=None, help='branch to push to (created when missing)')
-    p.add_argument('--create-pr', action='store_true', help='open a pull request instead of committing directly')
-    p.add_argument('--token', default=None, help='Hub write token (default: HF_TOKEN or `hf auth login`)')
+    p.add_argument(
+        '--create-pr',
+        action='store_true',
+        help='open a pull request instead of committing directly',
+    )
+    p.add_argument(
+        '--token', default=None, help='Hub write token (default: HF_TOKEN or `hf auth login`)'
+    )
     p.add_argument('--commit-message', default=None)
-    p.add_argument('--acknowledgement', type=Path, default=None,
-                   help='text file with the ADNI acknowledgement that replaces the card placeholder')
-    p.add_argument('--force-eval', action='store_true',
-                   help='publish an evaluation that cannot be matched to these weights (the card says so)')
-    p.add_argument('--dry-run', action='store_true', help='write the export folder and list it; no network')
+    p.add_argument(
+        '--acknowledgement',
+        type=Path,
+        default=None,
+        help='text file with the ADNI acknowledgement that replaces the card placeholder',
+    )
+    p.add_argument(
+        '--force-eval',
+        action='store_true',
+        help='publish an evaluation that cannot be matched to these weights (the card says so)',
+    )
+    p.add_argument(
+        '--dry-run', action='store_true', help='write the export folder and list it; no network'
+    )
     p.add_argument('--output-dir', type=Path, default=None, help='export folder (default: RUN/hub)')
     return p.parse_args(argv)
 
@@ -51,12 +83,23 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s: %(message)s')
     try:
-        acknowledgement = args.acknowledgement.read_text(encoding='utf-8') if args.acknowledgement else None
+        acknowledgement = (
+            args.acknowledgement.read_text(encoding='utf-8') if args.acknowledgement else None
+        )
         result = push_to_hub(
-            args.run, args.repo_id, eval_metrics_path=args.eval_metrics, private=args.private,
-            revision=args.revision, create_pr=args.create_pr, token=args.token,
-            commit_message=args.commit_message, dry_run=args.dry_run, output_dir=args.output_dir,
-            acknowledgement=acknowledgement, force_eval=args.force_eval)
+            args.run,
+            args.repo_id,
+            eval_metrics_path=args.eval_metrics,
+            private=args.private,
+            revision=args.revision,
+            create_pr=args.create_pr,
+            token=args.token,
+            commit_message=args.commit_message,
+            dry_run=args.dry_run,
+            output_dir=args.output_dir,
+            acknowledgement=acknowledgement,
+            force_eval=args.force_eval,
+        )
     except UploadError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
@@ -64,7 +107,9 @@ def main(argv=None) -> int:
         print(f'error: {e}', file=sys.stderr)
         return 1
     if result.dry_run:
-        print(f'dry run: nothing uploaded. {result.repo_id} would receive, from {result.export_dir}:')
+        print(
+            f'dry run: nothing uploaded. {result.repo_id} would receive, from {result.export_dir}:'
+        )
     else:
         print(f'uploaded to https://huggingface.co/{result.repo_id} from {result.export_dir}:')
     print(format_file_list(result.files))

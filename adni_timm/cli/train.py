@@ -1,11 +1,13 @@
-"""Train an ADNI AD vs NC classifier (timm + Accelerate). Argument parsing only: the work is in adni_timm.training.
+"""Train an ADNI AD vs NC classifier (timm + Accelerate).
+Argument parsing only: the work is in adni_timm.training.
 
-    python train.py --demo                                    # built-in synthetic demo, no data needed
-    python train.py --data-dir AD_NC --output-dir runs/convnext_t
-    accelerate launch train.py --data-dir AD_NC --output-dir runs/convnext_t --config adni
-    python train.py --output-dir runs/convnext_t --resume     # continue a killed run
-    python train.py --data-dir AD_NC --output-dir runs/cv --folds 5 --refit   # cross-validation by patient
+python train.py --demo                                    # built-in synthetic demo, no data needed
+python train.py --data-dir AD_NC --output-dir runs/convnext_t
+accelerate launch train.py --data-dir AD_NC --output-dir runs/convnext_t --config adni
+python train.py --output-dir runs/convnext_t --resume     # continue a killed run
+python train.py --data-dir AD_NC --output-dir runs/cv --folds 5 --refit   # 5-fold CV by patient
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,27 +25,54 @@ DEMO_DATA_NOTE = 'synthetic (adni_timm.synthetic demo set; NOT real MRI)'
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description='Train an ADNI AD vs NC classifier with timm and Accelerate.',
-        epilog='Overrides default to the preset (--config), else to the adni preset.')
+        epilog='Overrides default to the preset (--config), else to the adni preset.',
+    )
     parser.add_argument('--data-dir', help='AD_NC folder with train/{NC,AD} (and test/{NC,AD})')
     parser.add_argument('--output-dir', help='run folder to create (see README: run folder)')
-    parser.add_argument('--config', help=f'YAML preset: a path, or a preset name ({", ".join(preset_names())})')
-    parser.add_argument('--demo', action='store_true',
-                        help='no data needed: train on the built-in SYNTHETIC set, then evaluate on its test split')
-    parser.add_argument('--resume', action='store_true', help='continue the run in --output-dir from its checkpoint')
-    parser.add_argument('--overwrite', action='store_true',
-                        help='replace an existing --output-dir (only once every check has passed)')
-    parser.add_argument('--eval-test', action='store_true', help='evaluate the best model on the test split at the end')
+    parser.add_argument(
+        '--config', help=f'YAML preset: a path, or a preset name ({", ".join(preset_names())})'
+    )
+    parser.add_argument(
+        '--demo',
+        action='store_true',
+        help='no data needed: train on the built-in SYNTHETIC set, then evaluate on its test split',
+    )
+    parser.add_argument(
+        '--resume', action='store_true', help='continue the run in --output-dir from its checkpoint'
+    )
+    parser.add_argument(
+        '--overwrite',
+        action='store_true',
+        help='replace an existing --output-dir (only once every check has passed)',
+    )
+    parser.add_argument(
+        '--eval-test',
+        action='store_true',
+        help='evaluate the best model on the test split at the end',
+    )
     parser.add_argument('--log-level', default='info', choices=['debug', 'info', 'warning'])
     overrides = parser.add_argument_group('config overrides (keys of the YAML presets)')
     defaults = TrainConfig()
     for key, type_name in field_types().items():
         flag = f'--{key.replace("_", "-")}'
         if type_name == 'bool':  # --cache (= true), --cache false
-            overrides.add_argument(flag, dest=key, nargs='?', const='true', default=None, metavar='true|false',
-                                   help=f'(adni: {getattr(defaults, key)})')
+            overrides.add_argument(
+                flag,
+                dest=key,
+                nargs='?',
+                const='true',
+                default=None,
+                metavar='true|false',
+                help=f'(adni: {getattr(defaults, key)})',
+            )
         else:
-            overrides.add_argument(flag, dest=key, default=None, help=f'(adni: {getattr(defaults, key)})',
-                                   metavar=type_name.upper().replace(' | NONE', '|null'))
+            overrides.add_argument(
+                flag,
+                dest=key,
+                default=None,
+                help=f'(adni: {getattr(defaults, key)})',
+                metavar=type_name.upper().replace(' | NONE', '|null'),
+            )
     return parser
 
 
@@ -51,7 +80,8 @@ def run(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
-    logging.getLogger('adni_timm').setLevel(args.log_level.upper())  # libraries below stay at warnings
+    # libraries below stay at warnings
+    logging.getLogger('adni_timm').setLevel(args.log_level.upper())
     overrides = {k: getattr(args, k) for k in field_types() if getattr(args, k) is not None}
 
     from adni_timm.run_record import RunRecord
@@ -59,31 +89,42 @@ def run(argv=None):
     if args.resume:  # the run's own record says what it was: recipe, split, data, test evaluation
         if not args.output_dir:
             parser.error('--resume needs --output-dir: the run folder to continue')
-        record = RunRecord.load(args.output_dir).resumed(overrides, data_dir=args.data_dir,
-                                                         eval_test=args.eval_test)
+        record = RunRecord.load(args.output_dir).resumed(
+            overrides, data_dir=args.data_dir, eval_test=args.eval_test
+        )
         return _train(record, args.output_dir, resume=True)
     if args.demo:
         import torch
 
         from adni_timm.synthetic import demo_dataset
+
         if not torch.cuda.is_available():
-            overrides.setdefault('img_size', '64')  # ConvNeXt-T at 224 px trains at ~5 img/s on a laptop CPU
+            # ConvNeXt-T at 224 px trains at ~5 img/s on a laptop CPU
+            overrides.setdefault('img_size', '64')
         cfg = load_config(args.config or 'demo', overrides)
         record = RunRecord.new(cfg, args.data_dir or demo_dataset(), DEMO_DATA_NOTE, eval_test=True)
-        return _train(record, args.output_dir or f'runs/demo-{time.strftime("%Y%m%d-%H%M%S")}',
-                      overwrite=args.overwrite)
+        return _train(
+            record,
+            args.output_dir or f'runs/demo-{time.strftime("%Y%m%d-%H%M%S")}',
+            overwrite=args.overwrite,
+        )
     if not args.output_dir or not args.data_dir:
         parser.error('--data-dir (the AD_NC folder) and --output-dir are required, or use --demo')
     cfg = load_config(args.config, overrides)
-    return _train(RunRecord.new(cfg, args.data_dir, eval_test=args.eval_test), args.output_dir,
-                  overwrite=args.overwrite)
+    return _train(
+        RunRecord.new(cfg, args.data_dir, eval_test=args.eval_test),
+        args.output_dir,
+        overwrite=args.overwrite,
+    )
 
 
 def _train(record, run_dir, **kwargs):
     if record.config.folds >= 2:
         from adni_timm.cv_run import train_cv
+
         return train_cv(record, run_dir, **kwargs)
     from adni_timm.training import train
+
     return train(record, run_dir, **kwargs)
 
 
@@ -95,21 +136,33 @@ def main(argv=None) -> int:
     from adni_timm.export import ExportError
     from adni_timm.run_record import RunRecordError
     from adni_timm.training import TrainingError
+
     try:
         result = run(argv)
-    except (ConfigError, DataError, TrainingError, EvaluationError, ExportError, RunRecordError,
-            FileNotFoundError) as e:
+    except (
+        ConfigError,
+        DataError,
+        TrainingError,
+        EvaluationError,
+        ExportError,
+        RunRecordError,
+        FileNotFoundError,
+    ) as e:
         print(f'train.py: error: {e}', file=sys.stderr)
         return 2
     except torch.OutOfMemoryError:
-        print('train.py: error: the GPU ran out of memory. Lower --batch-size (and raise --grad-accum-steps to keep '
-              'the same effective batch), or lower --img-size; continue with --resume from the last checkpoint.',
-              file=sys.stderr)
+        print(
+            'train.py: error: the GPU ran out of memory. Lower --batch-size (and raise '
+            '--grad-accum-steps to keep the same effective batch), or lower --img-size; continue '
+            'with --resume from the last checkpoint.',
+            file=sys.stderr,
+        )
         return 3
     except KeyboardInterrupt:
         print('train.py: interrupted; continue with --resume', file=sys.stderr)
         return 130
     from accelerate import PartialState
+
     if PartialState().is_main_process:
         print('\n' + format_summary(result))
     return 0
@@ -119,28 +172,45 @@ def format_summary(result) -> str:
     """Where everything is, which model was kept and why, the test table, and the next commands."""
     from adni_timm.display import fmt
     from adni_timm.evaluation import format_table
+
     run, best = result.run_dir, result.best or {}
     lines = ['=' * 100, f'run folder   {run}']
     if getattr(result, 'cv', None) is not None:  # a cross-validation run
-        lines += [f'folds        {run}/fold0 .. fold{result.cv["k"] - 1} (ordinary run folders), '
-                  f'{run / "oof_predictions.csv"}, {run / "cv.json"}',
-                  'cross-validation (validation patients of each fold, at the out-of-fold threshold):',
-                  result.cv_table]
+        lines += [
+            f'folds        {run}/fold0 .. fold{result.cv["k"] - 1} (ordinary run folders), '
+            f'{run / "oof_predictions.csv"}, {run / "cv.json"}',
+            'cross-validation (validation patients of each fold, at the out-of-fold threshold):',
+            result.cv_table,
+        ]
         if result.final is not None:
-            lines.append(f'final model  {run / "final"}  (refit on all training patients for {best.get("epoch")} '
-                         f'epochs, the folds\' median best epoch)')
+            lines.append(
+                f'final model  {run / "final"}  (refit on all training patients for '
+                f"{best.get('epoch')} epochs, the folds' median best epoch)"
+            )
         else:
-            lines.append(f'ensemble     the {result.cv["k"]} fold models (no refit: add one with --resume --refit)')
+            lines.append(
+                f'ensemble     the {result.cv["k"]} fold models '
+                f'(no refit: add one with --resume --refit)'
+            )
         export = run / 'final' if result.final is not None else run
     else:
         export = run / 'best'
-        why = (f'best {best.get("metric")} {fmt(best.get("value"))} on validation, ties by lower val loss'
-               if best.get('metric') else 'the last epoch (no validation split)')
+        why = (
+            f'best {best.get("metric")} {fmt(best.get("value"))} '
+            f'on validation, ties by lower val loss'
+            if best.get('metric')
+            else 'the last epoch (no validation split)'
+        )
         if best.get('epoch') is not None:
-            lines.append(f'best model   {export}  (epoch {best.get("epoch")}, {best.get("weights")} weights: {why})')
+            lines.append(
+                f'best model   {export}  (epoch {best.get("epoch")}, '
+                f'{best.get("weights")} weights: {why})'
+            )
         lines.append(f'curves       {run / "curves.png"}   per epoch: {run / "metrics.jsonl"}')
-    lines.append(f'threshold    P(AD) >= {fmt(best.get("threshold"))} ({best.get("threshold_source")}), '
-                 f'temperature {fmt(best.get("temperature"))}')
+    lines.append(
+        f'threshold    P(AD) >= {fmt(best.get("threshold"))} ({best.get("threshold_source")}), '
+        f'temperature {fmt(best.get("temperature"))}'
+    )
     ensemble = getattr(result, 'ensemble_metrics', None)
     if ensemble is not None and ensemble is not result.eval_metrics:
         lines += ['', format_table(ensemble), f'evaluation   {run / "eval"} (the fold ensemble)']
@@ -148,10 +218,14 @@ def format_summary(result) -> str:
         where = run / ('eval-final' if getattr(result, 'final', None) is not None else 'eval')
         lines += ['', format_table(result.eval_metrics), f'evaluation   {where}']
     data_dir = result.record.data_dir
-    lines += ['', 'next:',
-              f'  python evaluate.py --model {run / "final" if export == run / "final" else run} '
-              f'--data-dir {data_dir}',
-              f'  python push_to_hub.py --run {run} --repo-id ORG/NAME --dry-run --output-dir {run / "hub"}']
+    lines += [
+        '',
+        'next:',
+        f'  python evaluate.py --model {run / "final" if export == run / "final" else run} '
+        f'--data-dir {data_dir}',
+        f'  python push_to_hub.py --run {run} --repo-id '
+        f'ORG/NAME --dry-run --output-dir {run / "hub"}',
+    ]
     if export != run:
         lines.append(f'  timm.create_model("local-dir:{export}", pretrained=True)')
     return '\n'.join(lines)
