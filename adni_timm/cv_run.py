@@ -32,7 +32,7 @@ from .files import read_json, write_json
 from .run_record import RESUME_OVERRIDABLE, RunRecord
 from .training import TrainingError, TrainResult
 
-__all__ = ['FOLDS_NAME', 'CVResult', 'train_cv', 'is_cv_run']
+__all__ = ['FOLDS_NAME', 'CVResult', 'train_cv']
 
 _logger = logging.getLogger(__name__)
 
@@ -66,10 +66,6 @@ class CVResult:
             temperature=self.cv['temperature'],
         )
         return best
-
-
-def is_cv_run(path: str | os.PathLike) -> bool:
-    return (Path(path) / cv.CV_JSON).is_file() or (Path(path) / FOLDS_NAME).is_file()
 
 
 def train_cv(

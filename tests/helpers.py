@@ -83,3 +83,26 @@ def cli_in_process(capsys, tool: str, *args) -> tuple[int, str, str]:
     code = main([str(a) for a in args])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def train_and_kill(run_dir: Path, args, state_file: Path, after_epoch: int = 1) -> None:
+    """Start train.py into ``run_dir`` and SIGKILL it once ``state_file`` records ``after_epoch``:
+    a run killed midway (the test fails if the run ends before that)."""
+    import json
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / 'train.py'), '--output-dir', str(run_dir), *map(str, args)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if state_file.is_file() and json.loads(state_file.read_text())['epoch'] >= after_epoch:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f'the run ended before it could be killed midway ({state_file})'
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

@@ -4,17 +4,13 @@ refit, the fold ensemble in evaluate.py, publishing, and resume."""
 
 import json
 import shutil
-import signal
 import statistics
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 
 from adni_timm import cv, data, evaluation, export, hub, metrics
-from helpers import ROOT, TINY, run_train
+from helpers import TINY, run_train, train_and_kill
 
 CV_ARGS = [*TINY, '--folds', '2']  # 2 epochs per fold
 
@@ -151,21 +147,7 @@ def test_a_cv_run_killed_in_fold_1_resumes_to_the_same_result(cv_run, tiny_data,
     # the fixture's run without its refit and test evaluation
     args = ['--data-dir', str(tiny_data), *CV_ARGS]
     killed = tmp_path / 'killed'
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / 'train.py'), '--output-dir', str(killed), *args],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    state = killed / 'fold1/checkpoints/last/trainer_state.json'
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if state.is_file() and json.loads(state.read_text())['epoch'] >= 1:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, 'the run ended before it could be killed in fold 1'
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    train_and_kill(killed, args, killed / 'fold1/checkpoints/last/trainer_state.json')
     assert not (killed / 'cv.json').exists()
     run_train('--output-dir', killed, '--resume')
     full, resumed = (json.loads((r / 'cv.json').read_text()) for r in (cv_run[0], killed))

@@ -675,7 +675,7 @@ def test_the_readme_order_evaluate_then_publish_puts_these_results_in_the_card(
 
 
 def test_the_population_maps_go_up_but_never_a_patients_montage(run_dir, tmp_path):
-    _png(run_dir / 'eval' / 'cam' / 'population_maps.png')  # an average over all test slices of a class
+    _png(run_dir / 'eval' / 'cam' / 'population_maps.png')  # an average over a class's test slices
     _png(run_dir / 'eval' / 'cam' / 'TP_218391.png')  # one patient's slices: data, never uploaded
     files = hub.build_export_folder(run_dir, tmp_path / 'out', run_dir / 'eval' / 'metrics.json')
     assert 'population_maps.png' in {f.name for f in files}

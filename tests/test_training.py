@@ -5,10 +5,8 @@ run folder, resume after a kill, errors, 2 processes.
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ import torch
 import yaml
 
 from adni_timm.synthetic import generate
-from helpers import LAUNCH, ROOT, TINY, run_train, train_in_process, with_option
+from helpers import LAUNCH, ROOT, TINY, run_train, train_and_kill, train_in_process, with_option
 
 
 def test_run_folder_has_the_contract_files(tiny_run):
@@ -130,21 +128,8 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tiny_data, tmp_path):
     full = tmp_path / 'full'
     run_train('--output-dir', full, *args)
     killed = tmp_path / 'killed'
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / 'train.py'), '--output-dir', str(killed), *map(str, args)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     state_file = killed / 'checkpoints/last/trainer_state.json'
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if state_file.is_file() and json.loads(state_file.read_text())['epoch'] >= 1:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, 'the run ended before it could be killed midway'
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    train_and_kill(killed, args, state_file)
     epoch_at_kill = json.loads(state_file.read_text())['epoch']
     assert 1 <= epoch_at_kill < 4
     run_train('--output-dir', killed, '--resume')
