@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -259,17 +260,18 @@ def predict_files(
         }
         for s, p in zip(slices, p_pos)
     ]
-    for patient in dict.fromkeys(s.patient for s in slices):  # first-seen order (already sorted)
-        mine = [float(p) for s, p in zip(slices, p_pos) if s.patient == patient]
-        mean = float(np.mean(mine))
-        result['patients'].append(
-            {
-                'patient': patient,
-                'n_slices': len(mine),
-                p_key: mean,
-                'predicted': _decision(demo_model, mean),
-            }
-        )
+    patients = [s.patient for s in slices]
+    ids, _, means = metrics.patient_level(patients, np.zeros(len(slices), dtype=int), p_pos)
+    counts = Counter(patients)
+    result['patients'] = [
+        {
+            'patient': str(patient),
+            'n_slices': counts[patient],
+            p_key: float(mean),
+            'predicted': _decision(demo_model, float(mean)),
+        }
+        for patient, mean in zip(ids, means)  # sorted by patient, as the slices are
+    ]
     return result
 
 

@@ -75,12 +75,8 @@ def train_cv(
     cfg = record.config
     run_dir = Path(run_dir)
     accelerator = training.make_accelerator(cfg)
-    if not resume and run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise TrainingError(
-                f'{run_dir} already exists and is not empty; continue it with --resume, '
-                f'replace it with --overwrite, or choose another --output-dir'
-            )
+    if not resume and not overwrite:
+        training.refuse_existing_run(run_dir)
     if resume:
         record.check_processes(accelerator.num_processes)
     else:

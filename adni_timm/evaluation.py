@@ -34,7 +34,7 @@ from timm.data import resolve_data_config
 from . import data, metrics, plots
 from .cv import CV_JSON, OOF_CSV, read_oof_csv
 from .display import fmt, fmt_ci
-from .export import resolve_model
+from .export import input_channels, resolve_model
 from .files import read_json, write_json
 from .inference import PRECISIONS, predict_loader
 from .run_record import RECORD_NAME, RunRecord
@@ -67,16 +67,8 @@ class EvaluationError(ValueError):
 # ---------------------------------------------------------------------------------------- the model
 
 
-def _input_channels(model: torch.nn.Module) -> int:
-    first_conv = model.pretrained_cfg.get('first_conv')
-    try:
-        return model.get_submodule(first_conv).in_channels
-    except (AttributeError, TypeError):  # no first_conv in the cfg: trust the data config
-        return resolve_data_config(model=model)['input_size'][0]
-
-
 def _check_input_channels(model: torch.nn.Module) -> None:
-    channels = {_input_channels(model), resolve_data_config(model=model)['input_size'][0]}
+    channels = {input_channels(model), resolve_data_config(model=model)['input_size'][0]}
     if channels != {DATA_CHANNELS}:
         raise EvaluationError(
             f'the model takes {max(channels)}-channel input but ADNI slices are '
@@ -85,27 +77,25 @@ def _check_input_channels(model: torch.nn.Module) -> None:
         )
 
 
-def _run_record(info: dict) -> RunRecord | None:
+def _recorded(info: dict) -> tuple[str | None, bool | None]:
+    """(precision, file_is_patient) the model was trained with: its export, else its run record
+    (read once, only when the export does not say)."""
+    export = info.get('export', {})
+    precision, file_is_patient = export.get('precision'), export.get('file_is_patient')
     run_dir = info.get('run_dir')
-    if run_dir is None or not (Path(run_dir) / RECORD_NAME).is_file():
-        return None
-    return RunRecord.load(run_dir)
+    if (precision is None or file_is_patient is None) and run_dir is not None:
+        if (Path(run_dir) / RECORD_NAME).is_file():
+            record = RunRecord.load(run_dir)
+            precision = precision if precision is not None else record.mixed_precision
+            if file_is_patient is None:
+                file_is_patient = record.config.file_is_patient
+    return precision, file_is_patient
 
 
 def recorded_precision(info: dict) -> str:
     """The precision the model was trained in (export, else its run record); fp32 when unknown."""
-    recorded = info.get('export', {}).get('precision')
-    if recorded is None:
-        record = _run_record(info)
-        recorded = record.mixed_precision if record is not None else None
+    recorded, _ = _recorded(info)
     return recorded if recorded in PRECISIONS else 'no'
-
-
-def _recorded_file_is_patient(info: dict) -> bool:
-    if 'file_is_patient' in info.get('export', {}):
-        return bool(info['export']['file_is_patient'])
-    record = _run_record(info)
-    return bool(record.config.file_is_patient) if record is not None else False
 
 
 # ---------------------------------------------------------------------------------------- inference
@@ -449,9 +439,10 @@ def evaluate(
         _check_input_channels(member)
     if precision is not None and precision not in PRECISIONS:
         raise EvaluationError(f'--precision {precision!r}: choose one of {list(PRECISIONS)}')
-    precisions = [precision or recorded_precision(i) for _, i in members]
+    recorded = [_recorded(i) for _, i in members]
+    precisions = [precision or (p if p in PRECISIONS else 'no') for p, _ in recorded]
     if file_is_patient is None:
-        file_is_patient = any(_recorded_file_is_patient(i) for _, i in members)
+        file_is_patient = any(bool(f) for _, f in recorded)
     if slices is None:
         slices = data.scan_split(data_dir, split, classes, file_is_patient=file_is_patient)
         slices = data.resolve_bad_images(

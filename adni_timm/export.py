@@ -57,6 +57,7 @@ __all__ = [
     'read_export_config',
     'export_extra',
     'find_best_export',
+    'input_channels',
     'locate_export',
     'resolve_model',
     'is_synthetic',
@@ -120,7 +121,7 @@ def export_model(
     model = getattr(model, '_orig_mod', model)  # torch.compile wrapper
     state = {k: v.detach().to('cpu').contiguous() for k, v in model.state_dict().items()}
     first_conv = _first_conv_names(model.pretrained_cfg)
-    trained_in_chans = _in_channels(model, first_conv)
+    trained_in_chans = input_channels(model)
     if trained_in_chans == 1:
         for name in first_conv:
             weight = state[f'{name}.weight']
@@ -176,10 +177,11 @@ def _first_conv_names(pretrained_cfg: dict) -> list[str]:
     return [names] if isinstance(names, str) else list(names)
 
 
-def _in_channels(model: torch.nn.Module, first_conv: list[str]) -> int:
+def input_channels(model: torch.nn.Module) -> int:
+    """A timm model's input channels: its first conv's, else its data config's."""
     try:
-        return int(model.get_submodule(first_conv[0]).in_channels)
-    except (AttributeError, IndexError):  # no usable first_conv in the cfg: trust the data config
+        return int(model.get_submodule(_first_conv_names(model.pretrained_cfg)[0]).in_channels)
+    except (AttributeError, IndexError):
         return int(model.pretrained_cfg.get('input_size', (3,))[0])
 
 

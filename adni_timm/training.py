@@ -50,6 +50,7 @@ __all__ = [
     'TrainResult',
     'Splits',
     'OldRunAside',
+    'refuse_existing_run',
     'train',
     'train_one_epoch',
     'validate',
@@ -122,11 +123,8 @@ def train(
     if resume:
         record.check_processes(accelerator.num_processes)
         split = read_json(run_dir / SPLIT_NAME)  # never re-split: resume keeps who is in validation
-    elif run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise TrainingError(
-            f'{run_dir} already exists and is not empty; continue it with --resume, '
-            f'replace it with --overwrite, or choose another --output-dir'
-        )
+    elif not overwrite:
+        refuse_existing_run(run_dir)
     cfg, warmup_note = fit_warmup(record.config)  # a smoke run's warmup must leave room to train
     if warmup_note:
         _logger.info(warmup_note)
@@ -724,6 +722,15 @@ def _tracker_config(cfg: TrainConfig) -> dict[str, Any]:
         k: ','.join(map(str, v)) if isinstance(v, list) else ('null' if v is None else v)
         for k, v in config_to_dict(cfg).items()
     }
+
+
+def refuse_existing_run(run_dir: Path) -> None:
+    """A new run never lands in a folder that holds something (that is --resume or --overwrite)."""
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise TrainingError(
+            f'{run_dir} already exists and is not empty; continue it with --resume, '
+            f'replace it with --overwrite, or choose another --output-dir'
+        )
 
 
 class OldRunAside:
