@@ -4,11 +4,12 @@
     result = predict_files(demo_model, ['218391_78.jpeg', '218391_79.jpeg'])   # plain data
     build_demo(demo_model).launch()                # what ``python app.py --model RUN`` does
 
-The probabilities are evaluate.py's: ``evaluation.predict`` (the model's own eval transform, in the
-precision it was trained in) then ``metrics.apply_temperature`` with the stored temperature, and the
-decision uses the stored threshold (0.5 when none is stored). A patient's P(AD) is the mean over
-their slices, as in evaluation. Files named ``<patient>_<slice>.jpeg`` are grouped by patient; files
-with other names count as one patient (the page takes one patient's slices at a time).
+The probabilities are evaluate.py's: ``LoadedModel.predict`` (the model's own eval transform, in the
+precision it was trained in, each member at its stored temperature) and the decision at the stored
+threshold (0.5 when none is stored); patients come from ``inference.patient_rows``, as in
+evaluation. Files named ``<patient>_<slice>.jpeg`` are grouped by patient; files with other names
+count as one patient (the page takes one patient's slices at a time). A cross-validation run shows
+what it publishes: its refit (``RUN/final``), else its fold ensemble (without Grad-CAM).
 
 Gradio is an optional extra (``pip install 'adni-timm[demo]'``); only this module imports it, and
 only inside ``build_demo`` / ``launch``, so ``import adni_timm.app`` works without it.
@@ -19,19 +20,18 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from . import data, metrics
+from . import data
 from .display import fmt
-from .export import is_synthetic, locate_export, resolve_model
 from .files import read_json
+from .inference import UNNAMED_GROUP, LoadedModel, load_model, patient_rows, slice_decisions
+from .run import Run, check_eval_belongs
 
 __all__ = [
     'DISCLAIMER',
@@ -61,10 +61,7 @@ DISCLAIMER = (
 MIN_SIDE, MAX_SIDE = 32, 2048  # px; ADNI slices are 256 x 240
 MAX_FILES = 200  # a patient has ~20 slices; more is a folder dropped by mistake
 MAX_CAM_SLICES = 40  # Grad-CAM costs a backward pass per slice: keep a CPU demo responsive
-UNNAMED_PATIENT = 'uploaded slices'  # the group of files whose names carry no <patient>_<slice>
-# a colour picture: over 1% of pixels whose R, G, B differ by more than 24 grey levels (the chroma
-# noise of a grayscale slice saved as an RGB JPEG stays well below)
-_COLOUR_SPREAD, _COLOUR_FRACTION = 24, 0.01
+UNNAMED_PATIENT = UNNAMED_GROUP  # the group of files whose names carry no <patient>_<slice>
 _METRIC_KEYS = (
     ('accuracy', 'accuracy'),
     ('balanced_accuracy', 'balanced accuracy'),
@@ -77,86 +74,92 @@ _EXPECTED = 'an 8-bit grayscale axial MRI slice (JPEG or PNG, e.g. 218391_78.jpe
 
 @dataclass
 class DemoModel:
-    """A loaded export and what the page shows about it."""
+    """A loaded model and what the page shows about it."""
 
-    model: torch.nn.Module
-    info: dict[str, Any]
-    classes: list[str]
-    positive: int
-    threshold: float
-    threshold_source: str
-    temperature: float
-    precision: str
+    loaded: LoadedModel
     transform: Callable
     test_metrics: dict[str, Any] | None = None
     test_metrics_source: str | None = None
     test_metrics_problems: list[str] = field(default_factory=list)
 
     @property
+    def classes(self) -> list[str]:
+        return self.loaded.classes
+
+    @property
+    def positive(self) -> int:
+        return self.loaded.positive
+
+    @property
     def positive_class(self) -> str:
-        return self.classes[self.positive]
+        return self.loaded.positive_class
 
     @property
     def negative_class(self) -> str:
-        if len(self.classes) == 2:
-            return self.classes[1 - self.positive]
-        return f'not {self.positive_class}'
+        return self.loaded.negative_class
+
+    @property
+    def threshold(self) -> float:
+        return self.loaded.point.threshold
+
+    @property
+    def threshold_source(self) -> str:
+        return self.loaded.point.source
+
+    @property
+    def temperature(self) -> float | list[float]:
+        return self.loaded.point.temperature
 
 
 # ------------------------------------------------------------------------------- the model
 
 
 def load(ref: str | os.PathLike) -> DemoModel:
-    """Load ``ref`` (RUN, export folder, local-dir:DIR, hf-hub:ORG/NAME) as evaluate.py does.
+    """Load ``ref`` (RUN, export folder, local-dir:DIR, hf-hub:ORG/NAME) as evaluate.py does; a
+    cross-validation run gives what it publishes (its refit), else its fold ensemble.
 
     Raises ``ExportError`` / ``ValueError`` with a message that names the fix.
     """
-    from .evaluation import recorded_precision  # evaluation pulls in accelerate: only when loading
-
-    model, info = resolve_model(ref)
-    classes = list(info['classes'])
-    _, eval_tf = data.build_transforms(model)  # also refuses a data config that is not 1-channel
-    threshold = info.get('threshold')
-    demo_model = DemoModel(
-        model=model,
-        info=info,
-        classes=classes,
-        positive=data.positive_index(classes),
-        threshold=0.5 if threshold is None else float(threshold),
-        threshold_source=(
-            'fixed' if threshold is None else info.get('threshold_source') or 'validation'
-        ),
-        temperature=float(info.get('temperature') or 1.0),
-        precision=recorded_precision(info),
-        transform=eval_tf,
-    )
-    if info.get('run_dir') is not None:
-        ref = str(ref)
-        prefix = 'local-dir:'
-        export_dir, _ = locate_export(ref[len(prefix) :] if ref.startswith(prefix) else ref)
-        _attach_test_metrics(demo_model, export_dir, Path(info['run_dir']))
+    run = Run(str(ref))
+    if run.is_cv and run.final_dir.is_dir():
+        ref = str(run.final_dir)
+    loaded = load_model(ref)
+    # also refuses a data config that is not 1-channel
+    _, eval_tf = data.build_transforms(loaded.members[0].net)
+    demo_model = DemoModel(loaded=loaded, transform=eval_tf)
+    _attach_test_metrics(demo_model)
     return demo_model
 
 
-def _attach_test_metrics(demo_model: DemoModel, export_dir: Path, run_dir: Path) -> None:
-    """RUN/eval/metrics.json, and why it may not belong to these weights (hub's own check)."""
-    from . import hub  # the check push_to_hub.py applies before a model card may quote the numbers
-
-    path = hub.default_eval_metrics(run_dir)
-    if path is None:
+def _attach_test_metrics(demo_model: DemoModel) -> None:
+    """The run's evaluation of these weights, and why it may not belong to them (the check
+    push_to_hub.py applies before a model card may quote the numbers)."""
+    loaded = demo_model.loaded
+    run = loaded.cv_run or loaded.run
+    if run is None:
+        return
+    folder = run.eval_dir(final=loaded.cv_run is not None and not loaded.is_ensemble)
+    if not folder.metrics_file.is_file():
         return
     try:
-        found = read_json(path)
-        facts = hub.check_eval_belongs({**found, '_path': str(path)}, export_dir, run_dir)
-        demo_model.test_metrics_problems = list(facts['problems'])
-        if facts.get('disjoint') is False:
-            demo_model.test_metrics_problems.append(
-                'the evaluated patients overlap training or validation'
+        found = read_json(folder.metrics_file)
+        if loaded.is_ensemble:
+            problems = (
+                []
+                if found.get('weights_sha256') == loaded.weights_sha256
+                else ['it evaluated other fold models']
             )
+        else:
+            facts = check_eval_belongs(found, folder, loaded.export_dir, run)
+            problems = list(facts.problems)
+            if facts.disjoint is False:
+                problems.append('the evaluated patients overlap training or validation')
     except (ValueError, OSError, KeyError, TypeError) as e:  # an odd file must not stop the demo
-        _logger.warning('could not read %s: %s', path, e)
+        _logger.warning('could not read %s: %s', folder.metrics_file, e)
         return
-    demo_model.test_metrics, demo_model.test_metrics_source = found, str(path)
+    demo_model.test_metrics = found
+    demo_model.test_metrics_source = str(folder.metrics_file)
+    demo_model.test_metrics_problems = problems
 
 
 # ------------------------------------------------------------------------------- the input
@@ -174,7 +177,7 @@ def check_image(path: str | os.PathLike) -> str | None:
                     f'to {MAX_SIDE} px a side: drop {_EXPECTED}.'
                 )
             im.load()
-            if _is_colour(im):
+            if data.is_colour(im):
                 return (
                     f'{name} is a colour image; this model takes grayscale MRI slices, not '
                     f'photos or colour maps: drop {_EXPECTED}.'
@@ -186,16 +189,6 @@ def check_image(path: str | os.PathLike) -> str | None:
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data: PIL raises these
         return f'{name} is truncated or corrupt ({e}); export the slice again.'
     return None
-
-
-def _is_colour(im: Image.Image) -> bool:
-    """Whether the channels of ``im`` clearly differ (grayscale saved as RGB is accepted)."""
-    bands = [b for b in im.getbands() if b != 'A']
-    if im.mode != 'P' and len(bands) <= 1:
-        return False
-    rgb = np.asarray(im.convert('RGB'), dtype=np.int16)
-    spread = rgb.max(axis=-1) - rgb.min(axis=-1)
-    return float((spread > _COLOUR_SPREAD).mean()) > _COLOUR_FRACTION
 
 
 def _as_slices(paths: Sequence[str]) -> list[data.Slice]:
@@ -244,11 +237,11 @@ def predict_files(
     }
     if not accepted:
         return result
-    from .evaluation import predict  # evaluate.py's own inference
-
     slices = sorted(_as_slices(accepted), key=lambda s: (s.patient, s.slice_index or 0, s.path))
-    raw = predict(demo_model.model, slices, batch_size=batch_size, precision=demo_model.precision)
-    p_pos = metrics.apply_temperature(raw, demo_model.temperature)[:, demo_model.positive]
+    loaded = demo_model.loaded
+    probs = loaded.predict(slices, batch_size=batch_size)
+    p_pos = probs[:, demo_model.positive]
+    decisions = slice_decisions(probs, demo_model.threshold, demo_model.classes)
     result['slices'] = [
         {
             'file': Path(s.path).name,
@@ -256,27 +249,20 @@ def predict_files(
             'patient': s.patient,
             'slice_index': s.slice_index,
             p_key: float(p),
-            'predicted': _decision(demo_model, p),
+            'predicted': decision,
         }
-        for s, p in zip(slices, p_pos)
+        for s, p, decision in zip(slices, p_pos, decisions)
     ]
-    patients = [s.patient for s in slices]
-    ids, _, means = metrics.patient_level(patients, np.zeros(len(slices), dtype=int), p_pos)
-    counts = Counter(patients)
     result['patients'] = [
         {
-            'patient': str(patient),
-            'n_slices': counts[patient],
-            p_key: float(mean),
-            'predicted': _decision(demo_model, float(mean)),
+            'patient': r.patient,
+            'n_slices': r.n_slices,
+            p_key: r.p_positive,
+            'predicted': r.predicted,
         }
-        for patient, mean in zip(ids, means)  # sorted by patient, as the slices are
+        for r in patient_rows(slices, p_pos, demo_model.threshold, demo_model.classes)
     ]
     return result
-
-
-def _decision(demo_model: DemoModel, p: float) -> str:
-    return demo_model.positive_class if p >= demo_model.threshold else demo_model.negative_class
 
 
 def cam_montages(demo_model: DemoModel, result: dict[str, Any]) -> list[tuple[Image.Image, str]]:
@@ -287,6 +273,9 @@ def cam_montages(demo_model: DemoModel, result: dict[str, Any]) -> list[tuple[Im
     """
     from . import cam, plots  # captum and matplotlib only when maps are drawn
 
+    loaded = demo_model.loaded
+    if loaded.is_ensemble:  # one model's maps: an ensemble has none
+        return []
     positive = demo_model.positive_class
     p_key = f'p_{positive}'
     budget = MAX_CAM_SLICES
@@ -298,7 +287,7 @@ def cam_montages(demo_model: DemoModel, result: dict[str, Any]) -> list[tuple[Im
                 break
             budget -= len(rows)
             images = torch.stack([demo_model.transform(data.read_image(r['path'])) for r in rows])
-            maps = cam.gradcam(demo_model.model, images, demo_model.positive, batch_size=8)
+            maps = cam.gradcam(loaded.net, images, demo_model.positive, batch_size=8)
             shown = images.float().mean(dim=1).numpy()  # [N, H, W]; the plot rescales each tile
             titles = [
                 (r['file'] if r['slice_index'] is None else f'slice {r["slice_index"]}')
@@ -322,32 +311,41 @@ def cam_montages(demo_model: DemoModel, result: dict[str, Any]) -> list[tuple[Im
 
 def describe_model(demo_model: DemoModel) -> str:
     """Markdown: the model, what it was trained on, its operating point, test metrics if known."""
-    extra, info = demo_model.info.get('export', {}), demo_model.info
-    cfg = demo_model.model.pretrained_cfg
-    size = 'x'.join(str(v) for v in cfg.get('input_size', ())[1:])
-    architecture = extra.get('model_name') or cfg.get('architecture', '?')
-    lines = [
-        f'**Model** `{info["model"]}`: {architecture}, {size} px input, '
-        f'classes {", ".join(demo_model.classes)}'
-    ]
-    note = extra.get('data') or 'not recorded with this export'
-    if is_synthetic(extra):
+    loaded = demo_model.loaded
+    settings = loaded.settings
+    size = 'x'.join(str(v) for v in loaded.input_size[1:])
+    architecture = settings.model_name or loaded.members[0].net.pretrained_cfg.get('architecture')
+    what = (
+        f'{len(loaded.members)} fold models of {architecture}'
+        if loaded.is_ensemble
+        else architecture
+    )
+    classes = ', '.join(demo_model.classes)
+    lines = [f'**Model** `{loaded.ref}`: {what}, {size} px input, classes {classes}']
+    note = settings.data or 'not recorded with this export'
+    if loaded.synthetic:
         lines.append(
-            f'**Trained on SYNTHETIC images, not ADNI MRI** ({note}): its scores on real '
-            f'scans mean nothing.'
+            f'**Trained on SYNTHETIC images, not ADNI MRI**: {note}. Its scores on real scans '
+            f'mean nothing.'
         )
     else:
         lines.append(f'**Trained on** {note}')
-    checkpoint = [f'epoch {fmt(extra.get("epoch"))}']
-    if extra.get('weights'):
-        checkpoint.append(f'{extra["weights"]} weights')  # 'ema' or 'live'
-    if extra.get('best_metric'):
-        checkpoint.append(f'best validation {extra["best_metric"]} {fmt(extra.get("best_value"))}')
-    lines.append('**Checkpoint** ' + ', '.join(checkpoint))
+    if not loaded.is_ensemble:
+        checkpoint = [f'epoch {fmt(settings.epoch)}']
+        if settings.weights:
+            checkpoint.append(f'{settings.weights} weights')  # 'ema' or 'live'
+        if settings.best_metric:
+            checkpoint.append(f'best validation {settings.best_metric} {fmt(settings.best_value)}')
+        lines.append('**Checkpoint** ' + ', '.join(checkpoint))
+    temperature = demo_model.temperature
+    shown = (
+        f'calibration temperature {temperature:.3f}'
+        if not isinstance(temperature, list)
+        else 'each fold model at its own temperature, then the mean'
+    )
     lines.append(
         f'**Decision** {demo_model.positive_class} when P({demo_model.positive_class}) >= '
-        f'{demo_model.threshold:.3f} ({demo_model.threshold_source} threshold); '
-        f'calibration temperature {demo_model.temperature:.3f}'
+        f'{demo_model.threshold:.3f} ({demo_model.threshold_source} threshold); {shown}'
     )
     lines.append(_describe_test_metrics(demo_model))
     return '\n\n'.join(lines)
@@ -356,7 +354,7 @@ def describe_model(demo_model: DemoModel) -> str:
 def _describe_test_metrics(demo_model: DemoModel) -> str:
     found = demo_model.test_metrics
     if found is None:
-        ref = str(demo_model.info['model'])
+        ref = str(demo_model.loaded.ref)
         where = ''
         if ref.startswith(('hf-hub:', 'hf_hub:')):
             repo_id = ref.split(':', 1)[1].split('@')[0]

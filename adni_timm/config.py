@@ -85,6 +85,9 @@ class TrainConfig:
     )
     # cross-validation by patient (0: one validation split of val_fraction)
     folds: int = 0
+    # how each fold chooses its weights: 'inner' = epoch, live/EMA and temperature on a validation
+    # split (val_fraction) of the fold's own training patients; 'last' = no choice (the last epoch)
+    cv_select: str = 'inner'
     refit: bool = (
         False  # with folds: then train on all training patients for the folds' median best epoch
     )
@@ -101,6 +104,7 @@ class TrainConfig:
 
 _CHOICES = {
     'split_level': ('patient', 'slice'),
+    'cv_select': ('inner', 'last'),
     'mixed_precision': ('auto', 'no', 'fp16', 'bf16'),
     'log_with': (None, 'tensorboard', 'wandb'),
     'progress': ('auto', 'bar', 'lines', 'none'),

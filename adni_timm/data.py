@@ -38,7 +38,6 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from sklearn.model_selection import train_test_split
 from timm.data import create_transform, resolve_data_config
 from timm.data.auto_augment import AugmentOp
 
@@ -54,15 +53,13 @@ __all__ = [
     'binary_labels',
     'parse_classes',
     'parse_file_name',
+    'slice_count_outliers',
     'scan_split',
     'slice_key',
-    'check_no_leakage',
-    'split_patients',
-    'split_slices',
-    'select',
     'summarize',
-    'find_bad_images',
     'resolve_bad_images',
+    'is_colour',
+    'is_colour_image',
     'build_transforms',
     'read_image',
     'SliceCache',
@@ -78,8 +75,10 @@ _logger = logging.getLogger(__name__)
 SPLITS = ('train', 'test')
 IMAGE_EXTENSIONS = ('.jpeg', '.jpg', '.png')
 FILE_NAME_PATTERN = '<patient>_<slice>.jpeg'
-# stem; patient is all before the last '_'
+# stem; the slice is the last '_<digits>', the patient all before it (ids may hold underscores)
 _FILE_NAME = re.compile(r'^(?P<patient>.+)_(?P<slice>\d+)$')
+# an ADNI subject id (site_S_number, e.g. 002_S_0295) is a whole patient id, not <patient>_<slice>
+_ADNI_SUBJECT = re.compile(r'^\d{3}_S_\d{4}$')
 _HIGH_DEPTH_MODES = {'I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'}
 _GRAY_MODES = {'1', 'L', 'LA', 'La'} | _HIGH_DEPTH_MODES
 _PREVIEW = 10  # items named in an error before "... and N more"
@@ -173,6 +172,8 @@ def parse_file_name(path: Path, file_is_patient: bool = False) -> tuple[str, int
     """
     if file_is_patient:
         return path.stem, None
+    if _ADNI_SUBJECT.match(path.stem):  # 002_S_0295.jpeg: a subject, no slice number
+        return None
     m = _FILE_NAME.match(path.stem)
     return (m['patient'], int(m['slice'])) if m else None
 
@@ -225,7 +226,37 @@ def _scan(split_dir: Path, classes: Sequence[str], file_is_patient: bool):
             f'patient with --file-is-patient (file_is_patient=True; see docs/DATA.md).'
         )
     problems += _patients_in_two_classes(slices)
+    problems += _duplicate_slices(slices)
     return sorted(slices, key=_slice_order), problems, ignored
+
+
+def _duplicate_slices(slices: Iterable[Slice]) -> list[str]:
+    """Two files of one (patient, slice) (``123_5.png`` and ``123_05.png``) would count twice."""
+    files = defaultdict(list)
+    for s in slices:
+        if s.slice_index is not None:
+            files[(s.patient, s.slice_index)].append(s.path)
+    return [
+        f'patient {patient} slice {index} is in {len(paths)} files ({", ".join(sorted(paths))}): '
+        f'the same slice would count {len(paths)} times; keep one file'
+        for (patient, index), paths in sorted(files.items())
+        if len(paths) > 1
+    ]
+
+
+def slice_count_outliers(slices: Sequence[Slice]) -> str | None:
+    """A note naming the patients whose slice count is far (< half or > twice) from the median."""
+    counts = Counter(s.patient for s in slices)
+    if len(counts) < 2:
+        return None
+    median = statistics.median(counts.values())
+    odd = sorted(p for p, n in counts.items() if n < median / 2 or n > median * 2)
+    if not odd:
+        return None
+    return (
+        f'{len(odd)} patient(s) have a slice count far from the median {median:g}: '
+        f'{_preview([f"{p} ({counts[p]})" for p in odd])}; check for missing or extra files'
+    )
 
 
 def _slice_order(s: Slice):
@@ -262,6 +293,9 @@ def scan_split(
     )
     if problems:
         raise DataError('\n'.join(problems))
+    odd = slice_count_outliers(slices)
+    if odd:
+        _logger.warning('%s/%s: %s', Path(data_dir).name, split, odd)
     if ignored:
         _logger.warning(
             'ignored %d entries that are not %s files: %s',
@@ -270,19 +304,6 @@ def scan_split(
             _preview(ignored),
         )
     return slices
-
-
-def check_no_leakage(
-    first: Sequence[Slice], second: Sequence[Slice], names=('train', 'test')
-) -> None:
-    """Raise DataError if any patient has slices in both sets (leakage inflates every score)."""
-    shared = sorted({s.patient for s in first} & {s.patient for s in second})
-    if shared:
-        raise DataError(
-            f'{len(shared)} patient(s) appear in both {names[0]} and '
-            f'{names[1]}: {_preview(shared)}. A patient must sit in one '
-            f'split only: move or remove their slices from one of them.'
-        )
 
 
 def summarize(slices: Sequence[Slice], classes: Sequence[str] = LABEL_NAMES) -> list[dict]:
@@ -301,118 +322,6 @@ def summarize(slices: Sequence[Slice], classes: Sequence[str] = LABEL_NAMES) -> 
             )
         )
     return rows
-
-
-# ------------------------------------------------------------------------------------------- splits
-
-
-def _check_fraction(val_fraction: float) -> None:
-    if not 0 <= val_fraction < 1:
-        raise DataError(
-            f'val_fraction={val_fraction}: must be in [0, 1) (e.g. 0.2 = 20% of patients)'
-        )
-
-
-def _patient_labels(slices: Iterable[Slice]) -> dict[str, int]:
-    labels = {}
-    for s in slices:
-        if labels.setdefault(s.patient, s.label) != s.label:
-            raise DataError(
-                f'patient {s.patient} carries two labels ({labels[s.patient]} and {s.label}, '
-                f'e.g. {s.path}): move its slices into one class folder'
-            )
-    return labels
-
-
-def _assert_disjoint(train: Sequence, val: Sequence) -> None:
-    shared = set(train) & set(val)
-    if shared:  # an invariant of the code, not of the data: must never happen
-        raise AssertionError(
-            f'split bug: {len(shared)} entries in both train and val: {_preview(sorted(shared))}'
-        )
-
-
-def split_patients(slices: Sequence[Slice], val_fraction: float = 0.2, seed: int = 0) -> dict:
-    """Patient-level train / val split, stratified by class, deterministic for a seed.
-
-    Returns plain JSON-able data for ``split.json``:
-    ``{'level': 'patient', 'seed', 'val_fraction', 'train': [patient ids], 'val': [patient ids]}``.
-    """
-    _check_fraction(val_fraction)
-    labels = _patient_labels(slices)
-    patients = sorted(labels)
-    if val_fraction == 0:
-        train, val = patients, []
-    else:
-        try:
-            train, val = train_test_split(
-                patients,
-                test_size=val_fraction,
-                random_state=seed,
-                stratify=[labels[p] for p in patients],
-            )
-        except ValueError as e:  # too few patients of a class for a stratified split
-            raise DataError(
-                f'cannot split {len(patients)} patients into train / val by class with '
-                f'val_fraction={val_fraction} ({e}): add patients or change the fraction'
-            ) from e
-    train, val = sorted(train), sorted(val)
-    _assert_disjoint(train, val)
-    return {
-        'level': 'patient',
-        'seed': seed,
-        'val_fraction': val_fraction,
-        'train': train,
-        'val': val,
-    }
-
-
-def split_slices(slices: Sequence[Slice], val_fraction: float = 0.2, seed: int = 0) -> dict:
-    """The reference project's LEAKY random split by slice (a patient lands on both sides).
-
-    Only for reproducing the reference recipe (configs/seed.yaml); its validation scores are
-    inflated. Returns ``{'level': 'slice', 'seed', 'val_fraction', 'train': [keys], 'val': [keys]}``
-    with ``split/class/file`` keys (``slice_key``), so the split still applies when DATA_DIR moves.
-    """
-    _check_fraction(val_fraction)
-    paths = sorted(slice_key(s.path) for s in slices)
-    train, val = (
-        (paths, [])
-        if val_fraction == 0
-        else train_test_split(paths, test_size=val_fraction, random_state=seed)
-    )
-    train, val = sorted(train), sorted(val)
-    _assert_disjoint(train, val)
-    return {
-        'level': 'slice',
-        'seed': seed,
-        'val_fraction': val_fraction,
-        'train': train,
-        'val': val,
-    }
-
-
-def select(slices: Sequence[Slice], split: dict, part: str) -> list[Slice]:
-    """The slices of ``split[part]`` (patient ids or
-    paths, by ``split['level']``), in ``slices`` order.
-    """
-    level = split.get('level')
-    if level not in ('patient', 'slice') or part not in split:
-        raise DataError(
-            f'not a split with a {part!r} part: expected level "patient" or "slice" '
-            f'and lists under train / val (as split_patients returns)'
-        )
-    key = (lambda s: s.patient) if level == 'patient' else (lambda s: slice_key(s.path))
-    wanted = set(split[part]) if level == 'patient' else {slice_key(p) for p in split[part]}
-    chosen = [s for s in slices if key(s) in wanted]
-    missing = wanted - {key(s) for s in chosen}
-    if missing:
-        raise DataError(
-            f'{len(missing)} {level} entries recorded in split[{part!r}] are not in the data: '
-            f'{_preview(sorted(missing))}. Restore their files, or point --data-dir at the data '
-            f'the split was made for (see README.md, "Resume").'
-        )
-    return chosen
 
 
 # ------------------------------------------------------------------------------------- image checks
@@ -454,11 +363,28 @@ def _inspect_all(slices: Sequence[Slice], num_workers: int = 0) -> list[_ImageIn
     return _map(_inspect, [s.path for s in slices], num_workers)
 
 
-def find_bad_images(slices: Sequence[Slice], num_workers: int = 0) -> list[tuple[str, str]]:
-    """(path, reason) for every file that does not
-    decode: not an image, truncated JPEG, unreadable.
-    """
-    return [(i.path, i.problem) for i in _inspect_all(slices, num_workers) if i.problem]
+# a colour picture: over 1% of pixels whose R, G, B differ by more than 24 grey levels (the chroma
+# noise of a grayscale slice saved as an RGB JPEG stays well below)
+_COLOUR_SPREAD, _COLOUR_FRACTION = 24, 0.01
+
+
+def is_colour(im: Image.Image) -> bool:
+    """Whether the channels of ``im`` clearly differ (a grayscale slice saved as RGB is not)."""
+    bands = [b for b in im.getbands() if b != 'A']
+    if im.mode != 'P' and len(bands) <= 1:
+        return False
+    rgb = np.asarray(im.convert('RGB'), dtype=np.int16)
+    spread = rgb.max(axis=-1) - rgb.min(axis=-1)
+    return float((spread > _COLOUR_SPREAD).mean()) > _COLOUR_FRACTION
+
+
+def is_colour_image(path: str | os.PathLike) -> bool:
+    """``is_colour`` of an image file (a colour photo, not a slice); False when it cannot open."""
+    try:
+        with Image.open(path) as im:
+            return is_colour(im)
+    except (OSError, SyntaxError, ValueError):
+        return False
 
 
 def _notes(infos: Sequence[_ImageInfo]) -> list[str]:
@@ -810,6 +736,9 @@ def _check(data_dir: Path, classes: Sequence[str], file_is_patient: bool, num_wo
             continue
         found[split] = slices
         problems += split_problems
+        odd = slice_count_outliers(slices)
+        if odd:
+            notes.append(f'{split}: {odd}')
         if ignored:
             notes.append(
                 f'{split}: ignored {len(ignored)} entries that are not images: {_preview(ignored)}'
@@ -821,6 +750,8 @@ def _check(data_dir: Path, classes: Sequence[str], file_is_patient: bool, num_wo
                 f'{row["slices"]:>7}   {lo}/{mid:g}/{hi}'
             )
     if len(found) == 2:
+        from .splits import check_no_leakage  # splits builds on this module
+
         try:
             check_no_leakage(found['train'], found['test'])
         except DataError as e:

@@ -21,18 +21,21 @@ and ``AutoModelForImageClassification``. What makes that work (format 2):
 - our own settings (threshold, temperature, classes, provenance) sit under
   ``config.json['adni_timm']``, which timm and transformers ignore.
 
-Format 1 (adni-timm 0.1) stored 1-channel weights and config; ``resolve_model`` reads both.
-Training and evaluation always run the 1-channel model: ``resolve_model`` loads an export with
-``in_chans=1`` and a 1-channel data config.
+Format 1 (adni-timm 0.1) stored 1-channel weights and config; ``load_export`` reads both.
+Training and evaluation always run the 1-channel model: ``load_export`` loads an export with
+``in_chans=1`` and a 1-channel data config. Where an export lives in a run folder is
+``adni_timm.run``'s business (``run.locate``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,18 +52,17 @@ __all__ = [
     'CONFIG_NAME',
     'EXTRA_KEY',
     'FORMAT_VERSION',
-    'MODEL_FORMS',
     'ExportError',
+    'ExportSettings',
+    'Export',
     'export_model',
     'copy_export',
     'is_export',
     'read_export_config',
-    'export_extra',
-    'find_best_export',
+    'read_export_settings',
     'input_channels',
-    'locate_export',
-    'resolve_model',
-    'is_synthetic',
+    'trained_in_chans',
+    'load_export',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -71,10 +73,6 @@ EXTRA_KEY = 'adni_timm'
 FORMAT_VERSION = 2
 PUBLISHED_CHANNELS = 3
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL's convert('L'); sums to 1
-MODEL_FORMS = (
-    'a training run folder (RUN), an export folder, local-dir:DIR, hf-hub:ORG/NAME '
-    'or path/model.safetensors'
-)
 # model_args that must not reach create_model from config.json:
 # transformers passes its own num_classes (a duplicate is a TypeError),
 # and in_chans would rebuild the 1-channel model that RGB input breaks.
@@ -196,7 +194,7 @@ def _published_config(config: dict[str, Any], trained_in_chans: int) -> dict[str
     own = timm.models.get_pretrained_cfg(f'adni_convnext_tiny.{PRETRAINED_TAG}').to_dict()
     cfg.update({key: own[key] for key in _OWN_CFG_KEYS}, tag=PRETRAINED_TAG, license=LICENSE)
     extra = config.get(EXTRA_KEY, {})
-    if is_synthetic(extra):
+    if ExportSettings.from_dict(extra).synthetic:
         cfg['description'] = (
             'SYNTHETIC-DATA DEMO, trained on generated images, not ADNI. ' + cfg['description']
         )
@@ -231,7 +229,7 @@ def copy_export(src: str | os.PathLike, dst_dir: str | os.PathLike) -> dict[str,
     src, dst_dir = Path(src), Path(dst_dir)
     config = read_export_config(src)
     if config.get(EXTRA_KEY, {}).get('format', 1) < FORMAT_VERSION:
-        model, _ = resolve_model(src)
+        model = load_export(str(src), export_dir=src).net
         tmp = Path(tempfile.mkdtemp(prefix='.upgrade.', dir=dst_dir.parent))
         try:
             src = export_model(model, tmp / 'export', extra=config.get(EXTRA_KEY))
@@ -246,12 +244,64 @@ def copy_export(src: str | os.PathLike, dst_dir: str | os.PathLike) -> dict[str,
     return config
 
 
-def is_synthetic(extra: dict[str, Any]) -> bool:
-    """Whether an export says it was trained on generated (not ADNI) images."""
-    return 'synthetic' in str(extra.get('data', '')).lower()
-
-
 # --------------------------------------------------------------------------------------------- read
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """``config.json['adni_timm']``: our own settings, which timm and transformers ignore.
+
+    ``to_dict`` gives the JSON block back (unknown keys kept): older and newer exports round-trip.
+    """
+
+    threshold: float | None = None  # None: nothing stored (a plain timm export)
+    threshold_source: str | None = None  # 'validation' | 'out-of-fold' | ...
+    threshold_rule: str | None = None  # 'youden' | 'sensitivity >= 0.9' | ...
+    temperature: float = 1.0
+    classes: tuple[str, ...] | None = None
+    weights: str | None = None  # 'live' | 'ema'
+    epoch: int | None = None
+    best_metric: str | None = None
+    best_value: float | None = None
+    model_name: str | None = None
+    img_size: int | None = None
+    data: str | None = None  # what the model was trained on, for people
+    synthetic: bool = False
+    preprocessing: dict[str, Any] | None = None
+    precision: str | None = None
+    file_is_patient: bool = False
+    split_level: str | None = None
+    refit_epochs: int | None = None
+    folds: int | None = None
+    format: int = 1
+    trained_in_chans: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
+
+    @classmethod
+    def from_dict(cls, block: dict[str, Any] | None) -> ExportSettings:
+        block = dict(block or {})
+        known = {f.name for f in dataclasses.fields(cls)} - {'extra'}
+        values = {k: block.pop(k) for k in list(block) if k in known}
+        if 'synthetic' not in values:  # exports written before the boolean said it in the note
+            values['synthetic'] = 'synthetic' in str(values.get('data', '')).lower()
+        if values.get('threshold') is not None:
+            values['threshold'] = float(values['threshold'])
+            values.setdefault('threshold_source', 'validation')
+        values['temperature'] = float(values.get('temperature') or 1.0)
+        if values.get('classes'):
+            values['classes'] = tuple(values['classes'])
+        values['file_is_patient'] = bool(values.get('file_is_patient'))
+        return cls(**values, extra=block)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != 'extra' and getattr(self, f.name) is not None
+        }
+        if self.classes is not None:
+            out['classes'] = list(self.classes)
+        return {**out, **self.extra}
 
 
 def is_export(folder: str | os.PathLike) -> bool:
@@ -271,69 +321,21 @@ def read_export_config(export_dir: str | os.PathLike) -> dict[str, Any]:
     return read_json(export_dir / CONFIG_NAME)
 
 
-def export_extra(export_dir: str | os.PathLike) -> dict[str, Any]:
-    """Our own settings stored in an export (threshold, classes, ...); empty when absent."""
-    return dict(read_export_config(export_dir).get(EXTRA_KEY, {}))
+def read_export_settings(export_dir: str | os.PathLike) -> ExportSettings:
+    """Our settings stored in an export (threshold, classes, ...); defaults when absent."""
+    return ExportSettings.from_dict(read_export_config(export_dir).get(EXTRA_KEY))
 
 
-def find_best_export(run_dir: str | os.PathLike) -> Path:
-    """The export a run publishes: ``RUN/final`` (a refit),
-    ``RUN/best``, or ``RUN`` itself when it is one.
-    """
-    run_dir = Path(run_dir)
-    for candidate in (run_dir / 'final', run_dir / 'best', run_dir):
-        if is_export(candidate):
-            return candidate
-    if not run_dir.is_dir():
-        raise ExportError(
-            f'run folder {run_dir} does not exist; pass the --output-dir of a finished train.py run'
-        )
-    if (run_dir / 'cv.json').is_file():
-        raise ExportError(
-            f'{run_dir} is a cross-validation run without its refit model (RUN/final): add it with '
-            f'train.py --output-dir {run_dir} --resume --refit, or pass --run {run_dir / "fold0"} '
-            f'for one fold model (see docs/EVALUATION.md).'
-        )
-    raise ExportError(
-        f'{run_dir} has no best weights ({run_dir / "best" / WEIGHTS_NAME} and '
-        f'{CONFIG_NAME} are missing); train first (train.py writes RUN/best '
-        f'when a validation epoch finishes) or point at a finished run'
-    )
+@dataclass
+class Export:
+    """An export loaded as the 1-channel model it was trained as (eval mode)."""
 
-
-def locate_export(path: str | os.PathLike) -> tuple[Path, Path | None]:
-    """(export folder, run folder or None) for a RUN,
-    RUN/best, an export folder or its model.safetensors.
-    """
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise ExportError(f'model {str(path)!r} does not exist; pass {MODEL_FORMS}.')
-    if p.is_file():
-        if p.name != WEIGHTS_NAME:
-            raise ExportError(
-                f"{p} is not an export's weights file: timm loads "
-                f'{WEIGHTS_NAME} with {CONFIG_NAME} beside it; pass the folder, '
-                f'or rename the file to {WEIGHTS_NAME} next to its {CONFIG_NAME}.'
-            )
-        p = p.parent
-    for sub in ('final', 'best'):
-        if is_export(p / sub):
-            return p / sub, p
-    if not is_export(p):
-        raise ExportError(
-            f'{p} is neither a training run (no best/{WEIGHTS_NAME}) nor a timm export folder '
-            f'(needs {CONFIG_NAME} and {WEIGHTS_NAME}); pass {MODEL_FORMS}.'
-        )
-    if 'architecture' not in read_export_config(p):
-        raise ExportError(
-            f'{p / CONFIG_NAME} is not a timm config (no "architecture" key); '
-            f'export the model with adni_timm.export.export_model or timm.models.save_for_hf.'
-        )
-    # RUN/best of a run (its split.json), or RUN/final of a cross-validation run (its cv.json)
-    run_dir = (
-        p.parent if any((p.parent / name).is_file() for name in ('split.json', 'cv.json')) else None
-    )
-    return p, run_dir
+    net: torch.nn.Module
+    ref: str  # as given: a path, local-dir:DIR or hf-hub:ORG/NAME
+    config: dict[str, Any]  # config.json
+    settings: ExportSettings
+    weights_sha256: str
+    export_dir: Path | None  # None for hf-hub:
 
 
 def _hub_file(repo: str, filename: str) -> str:
@@ -342,10 +344,9 @@ def _hub_file(repo: str, filename: str) -> str:
     return hf_hub_download(repo_id, filename, revision=revision or None)
 
 
-def _trained_in_chans(config: dict[str, Any]) -> int:
-    """Channels the export was trained on: recorded
-    since format 2; format 1 stored the 1-channel cfg.
-    """
+def trained_in_chans(config: dict[str, Any]) -> int:
+    """Channels the export was trained on: recorded since format 2; format 1 stored the 1-channel
+    cfg (and a foreign timm export its own)."""
     extra, cfg = config.get(EXTRA_KEY, {}), config.get('pretrained_cfg', {})
     return int(extra.get('trained_in_chans', cfg.get('input_size', [3])[0]))
 
@@ -381,20 +382,14 @@ def _create_pretrained(name: str, **kwargs) -> torch.nn.Module:
 
 def _load(name: str, config: dict[str, Any]) -> torch.nn.Module:
     """The export as the 1-channel model it was trained as; a foreign 3-channel model as it is."""
-    if _trained_in_chans(config) != 1:
+    if trained_in_chans(config) != 1:
         return _create_pretrained(name)  # evaluation refuses it with a clear message
     return _as_one_channel(_create_pretrained(name, in_chans=1))
 
 
-def resolve_model(ref: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Load ``ref`` with stock timm as the 1-channel model it was trained as, in eval mode.
-
-    ``ref``: a RUN folder (uses ``RUN/final`` or ``RUN/best``; ``RUN/split.json`` gives the
-    validation patients), an export folder, ``local-dir:DIR``, ``hf-hub:ORG/NAME[@rev]`` or
-    ``path/model.safetensors``. ``info`` = ``{'model': ref, 'threshold', 'threshold_source',
-    'temperature', 'run_dir', 'classes', 'export': config['adni_timm'], 'weights_sha256'}``
-    (threshold None when none is stored).
-    """
+def load_export(ref: str | os.PathLike, export_dir: Path | None = None) -> Export:
+    """Load an export with stock timm: ``hf-hub:ORG/NAME[@rev]``, or the folder ``export_dir``
+    (found from ``ref`` by ``run.locate``; a ``local-dir:`` prefix is the caller's to strip)."""
     ref = str(ref)
     prefix, _, rest = ref.partition(':')
     if prefix in ('hf-hub', 'hf_hub') and rest:
@@ -406,29 +401,23 @@ def resolve_model(ref: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, An
                 f'(ORG/NAME[@revision]) and the network; offline, the repository must be in '
                 f'the Hugging Face cache.'
             ) from e
-        model = _load(ref, config)
-        run_dir = None
+        net = _load(ref, config)
+        export_dir = None
     else:
-        export_dir, run_dir = locate_export(rest if prefix == 'local-dir' and rest else ref)
+        if export_dir is None:
+            raise ExportError(f'{ref}: no export folder given')
         config, weights = read_export_config(export_dir), export_dir / WEIGHTS_NAME
-        model = _load(f'local-dir:{export_dir}', config)
-    extra = dict(config.get(EXTRA_KEY, {}))
-    threshold = extra.get('threshold')
-    classes = extra.get('classes') or model.pretrained_cfg.get('label_names') or LABEL_NAMES
-    info = {
-        'model': ref,
-        'threshold': None if threshold is None else float(threshold),
-        'threshold_source': extra.get('threshold_source', 'validation')
-        if threshold is not None
-        else None,
-        'temperature': float(extra.get('temperature') or 1.0),
-        'run_dir': run_dir,
-        'classes': list(classes),
-        'export': extra,
-        'weights_sha256': sha256_file(weights),
-        'export_dir': None if prefix in ('hf-hub', 'hf_hub') else str(Path(weights).parent),
-    }
-    # a refit: its operating point is out-of-fold
-    if run_dir is not None and (run_dir / 'cv.json').is_file():
-        info.update(run_dir=None, cv_run=run_dir)
-    return model.eval(), info
+        if 'architecture' not in config:
+            raise ExportError(
+                f'{export_dir / CONFIG_NAME} is not a timm config (no "architecture" key); '
+                f'export the model with adni_timm.export.export_model or timm.models.save_for_hf.'
+            )
+        net = _load(f'local-dir:{export_dir}', config)
+    return Export(
+        net=net.eval(),
+        ref=ref,
+        config=config,
+        settings=ExportSettings.from_dict(config.get(EXTRA_KEY)),
+        weights_sha256=sha256_file(weights),
+        export_dir=export_dir,
+    )

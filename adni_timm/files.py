@@ -7,7 +7,9 @@ never leaves a half-written record that a later ``--resume`` or ``evaluate.py`` 
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
@@ -15,7 +17,16 @@ from typing import Any
 
 import yaml
 
-__all__ = ['write_json', 'read_json', 'write_yaml', 'read_yaml', 'write_text', 'sha256_file']
+__all__ = [
+    'write_json',
+    'read_json',
+    'write_yaml',
+    'read_yaml',
+    'write_text',
+    'write_csv',
+    'format_float',
+    'sha256_file',
+]
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -42,6 +53,24 @@ def write_yaml(path: str | os.PathLike, obj: Any) -> Path:
 def read_yaml(path: str | os.PathLike) -> Any:
     with Path(path).open(encoding='utf-8') as f:
         return yaml.safe_load(f)
+
+
+def format_float(value: float) -> str:
+    """Every probability a CSV holds: 8 significant digits (ranks survive, rows stay readable)."""
+    return f'{value:.8g}'
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
+    """Rows (dicts with the same keys) as CSV with LF line endings; floats by ``format_float``."""
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator='\n')
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(
+                {k: format_float(v) if isinstance(v, float) else v for k, v in row.items()}
+            )
+    return write_text(path, buffer.getvalue())
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:

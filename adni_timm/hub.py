@@ -23,11 +23,12 @@ from huggingface_hub.errors import HFValidationError, HfHubHTTPError
 from huggingface_hub.utils import validate_repo_id
 from safetensors import safe_open
 
-from . import data, export
-from .export import CONFIG_NAME, EXTRA_KEY, WEIGHTS_NAME, find_best_export, read_export_config
-from .files import read_json, read_yaml, sha256_file
+from . import export
+from .export import CONFIG_NAME, EXTRA_KEY, WEIGHTS_NAME, read_export_config, trained_in_chans
+from .files import read_json, read_yaml
 from .model_card import ACK_PLACEHOLDER, build_model_card
 from .models import MEAN, STD
+from .run import EvalFolder, Run, check_eval_belongs, locate
 
 try:  # huggingface_hub >= 1.0 talks httpx; older versions raise requests errors, which are OSErrors
     from huggingface_hub.errors import HTTPError as _TransportError
@@ -41,9 +42,7 @@ __all__ = [
     'HubError',
     'UploadError',
     'PushResult',
-    'default_eval_metrics',
     'publishable_config',
-    'check_eval_belongs',
     'build_export_folder',
     'count_parameters',
     'check_repo_id',
@@ -85,8 +84,8 @@ def publishable_config(config: dict[str, Any], source: str = CONFIG_NAME) -> dic
     Refused: weights trained on something else than 1-channel input normalised with mean = std = 0.5
     (e.g. a run of a stock timm model that kept ImageNet statistics), or without class names.
     """
-    cfg, extra = config.get('pretrained_cfg', {}), config.get(EXTRA_KEY, {})
-    trained = extra.get('trained_in_chans', cfg.get('input_size', [3])[0])
+    cfg = config.get('pretrained_cfg', {})
+    trained = trained_in_chans(config)
     problems = []
     if trained != 1:
         problems.append(
@@ -107,72 +106,6 @@ def publishable_config(config: dict[str, Any], source: str = CONFIG_NAME) -> dic
     return config
 
 
-def default_eval_metrics(run_dir: str | os.PathLike) -> Path | None:
-    """The evaluation of what a run publishes: ``RUN/eval-final/metrics.json`` for a refit
-    (``RUN/final``), else ``RUN/eval/metrics.json``; None when it was not evaluated."""
-    run_dir = Path(run_dir)
-    path = run_dir / ('eval-final' if (run_dir / 'final').is_dir() else 'eval') / 'metrics.json'
-    return path if path.is_file() else None
-
-
-def check_eval_belongs(metrics: dict[str, Any], export_dir: Path, run_dir: Path) -> dict[str, Any]:
-    """What a card may say about ``metrics``: do they
-    belong to these weights, and is their split unseen?
-
-    Returns ``{'problems': [...], 'disjoint': bool | None}``. A problem is a mismatch of the weights
-    (fingerprint), epoch, threshold or split between the evaluation and the export; ``disjoint`` is
-    True only when the evaluated patients are known to share none with training and validation.
-    """
-    extra = read_export_config(export_dir).get(EXTRA_KEY, {})
-    problems = []
-    evaluated = metrics.get('weights_sha256')
-    if evaluated is None:
-        problems.append('it records no weights fingerprint (made by an older evaluate.py)')
-    elif evaluated != sha256_file(export_dir / WEIGHTS_NAME):
-        problems.append(f'it evaluated other weights than {export_dir / WEIGHTS_NAME}')
-    if (
-        metrics.get('epoch') is not None
-        and extra.get('epoch') is not None
-        and metrics['epoch'] != extra['epoch']
-    ):
-        problems.append(
-            f'it evaluated epoch {metrics["epoch"]}, the export holds epoch {extra["epoch"]}'
-        )
-    stored = extra.get('threshold')
-    if (
-        metrics.get('threshold_source') == extra.get('threshold_source')
-        and 'threshold_selection' not in metrics
-        and stored is not None
-        and not math.isclose(metrics.get('threshold', -1), stored, abs_tol=1e-9)
-    ):
-        problems.append(f'its threshold {metrics.get("threshold")} is not the stored {stored}')
-    if metrics.get('split') != 'test':
-        problems.append(
-            f'it evaluated the {metrics.get("split")!r} split, not the held-out test split'
-        )
-    return {'problems': problems, 'disjoint': _disjoint_from_training(metrics, run_dir)}
-
-
-def _disjoint_from_training(metrics: dict[str, Any], run_dir: Path) -> bool | None:
-    """Whether the evaluated patients (patients.csv
-    beside metrics.json) are absent from RUN/split.json.
-    """
-    source = metrics.get('_path')
-    patients_csv = Path(source).parent / 'patients.csv' if source else None
-    split_file = run_dir / 'split.json'
-    if patients_csv is None or not patients_csv.is_file() or not split_file.is_file():
-        return None
-    split = read_json(split_file)
-    trained = set(split.get('train', [])) | set(split.get('val', []))
-    if split.get('level') == 'slice':  # slice keys: their patient is in the file name
-        trained = {(data.parse_file_name(Path(key)) or (key,))[0] for key in trained}
-    import csv
-
-    with patients_csv.open(encoding='utf-8') as f:
-        evaluated = {row['patient'] for row in csv.DictReader(f)}
-    return not (evaluated & trained)
-
-
 # --------------------------------------------------------------------------------------------------
 # export folder for the Hub
 
@@ -191,31 +124,33 @@ def build_export_folder(
     Only ``UPLOAD_ALLOWLIST`` is ever written: the best (or refit) weights in the current export
     format, a checked ``config.json``, the model card ``README.md`` and the plots that exist
     (``RUN/curves.png``; the evaluation's figures beside its ``metrics.json``). The evaluation must
-    belong to these weights (``check_eval_belongs``); ``force_eval`` publishes it anyway and the
-    card says it is unverified. ``out_dir`` must be new, empty or an earlier export folder: a folder
-    holding anything else is refused rather than cleaned. ``repo_id`` is used in the card's code
-    examples; ``acknowledgement`` replaces the card's ADNI acknowledgement placeholder.
+    belong to these weights at their stored operating point (``run.check_eval_belongs``);
+    ``force_eval`` publishes it anyway and the card says it is unverified. ``out_dir`` must be new,
+    empty or an earlier export folder: a folder holding anything else is refused rather than
+    cleaned. ``repo_id`` is used in the card's code examples; ``acknowledgement`` replaces the
+    card's ADNI acknowledgement placeholder.
     """
-    run_dir = Path(run_dir)
-    best = find_best_export(run_dir)
+    best, run = locate(run_dir)
+    run = run or Run(run_dir)
     publishable_config(read_export_config(best), source=str(best / CONFIG_NAME))
     metrics = _read_eval_metrics(eval_metrics_path)
     eval_facts = None
+    folder = EvalFolder(Path(eval_metrics_path).parent) if eval_metrics_path is not None else None
     if metrics is not None:
-        eval_facts = check_eval_belongs(metrics, best, run_dir)
-        if eval_facts['problems'] and not force_eval:
+        eval_facts = check_eval_belongs(metrics, folder, best, run)
+        if eval_facts.problems and not force_eval:
             raise HubError(
                 f'{eval_metrics_path} does not belong to the weights being published: '
-                f'{"; ".join(eval_facts["problems"])}. Evaluate these weights (python evaluate.py '
-                f'--model {run_dir} --data-dir AD_NC), or pass --force-eval to publish it marked '
-                f'unverified (see docs/HUB.md).'
+                f'{"; ".join(eval_facts.problems)}. Evaluate these weights at their stored '
+                f'operating point (python evaluate.py --model {run.path} --data-dir AD_NC), or '
+                f'pass --force-eval to publish it marked unverified (see docs/HUB.md).'
             )
-    plot_sources = {'curves.png': run_dir / 'curves.png'}
-    if eval_metrics_path is not None:
-        eval_dir = Path(eval_metrics_path).parent
-        plot_sources.update({name: eval_dir / name for name in PLOT_NAMES if name != 'curves.png'})
-        # an average, no patient
-        plot_sources['population_maps.png'] = eval_dir / 'cam' / 'population_maps.png'
+    plot_sources = {'curves.png': run.curves_file}
+    if folder is not None:
+        plot_sources.update(
+            {name: folder.figure(name) for name in PLOT_NAMES if name != 'curves.png'}
+        )
+        plot_sources['population_maps.png'] = folder.population_maps  # an average, no patient
     plots = {name: src for name, src in plot_sources.items() if src.is_file()}
 
     out_dir = _prepare_out_dir(Path(out_dir))
@@ -226,13 +161,11 @@ def build_export_folder(
         repo_id=repo_id or 'ORG/NAME',
         config=config,
         num_params=count_parameters(out_dir / WEIGHTS_NAME),
-        train_config=read_yaml(run_dir / 'train_config.yaml')
-        if (run_dir / 'train_config.yaml').is_file()
-        else None,
-        split=read_json(run_dir / 'split.json') if (run_dir / 'split.json').is_file() else None,
+        train_config=read_yaml(run.record_file) if run.record_file.is_file() else None,
+        split=read_json(run.split_file) if run.split_file.is_file() else None,
         metrics=metrics,
         eval_facts=eval_facts,
-        cv=read_json(run_dir / 'cv.json') if (run_dir / 'cv.json').is_file() else None,
+        cv=run.read_cv() if run.cv_file.is_file() else None,
         plots=sorted(plots),
         acknowledgement=acknowledgement,
     )
@@ -278,7 +211,6 @@ def _read_eval_metrics(path: str | os.PathLike | None) -> dict[str, Any] | None:
         raise HubError(
             f'--eval {path} is not an evaluate.py metrics.json (no "slice" or "patient" section)'
         )
-    metrics['_path'] = str(path)  # where its patients.csv lies; never written into the card
     return metrics
 
 
@@ -352,17 +284,18 @@ def push_to_hub(
     never logged, never written (the export is checked not to contain it).
     """
     check_repo_id(repo_id)
-    run_dir = Path(run_dir)
+    run = Run(run_dir)
     if eval_metrics_path is None:
-        eval_metrics_path = default_eval_metrics(run_dir)
+        published = run.published_eval()
+        eval_metrics_path = published.metrics_file if published is not None else None
     if eval_metrics_path is None:
         _logger.warning(
             'no evaluation metrics (RUN/eval/metrics.json missing, no --eval): '
             'the model card will have no test results'
         )
-    export_dir = Path(output_dir) if output_dir is not None else run_dir / 'hub'
+    export_dir = Path(output_dir) if output_dir is not None else run.hub_dir
     files = build_export_folder(
-        run_dir,
+        run.path,
         export_dir,
         eval_metrics_path,
         repo_id=repo_id,

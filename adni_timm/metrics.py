@@ -35,6 +35,7 @@ __all__ = [
     'youden_threshold',
     'threshold_for_sensitivity',
     'bootstrap_ci',
+    'clopper_pearson',
     'weighted_metrics',
     'resample_patient_counts',
     'reliability_curve',
@@ -188,7 +189,8 @@ def youden_threshold(y_true, p_pos) -> float:
 def threshold_for_sensitivity(y_true, p_pos, target: float) -> float:
     """The highest threshold whose sensitivity on ``(y_true, p_pos)`` is at least ``target``.
 
-    Highest keeps specificity as high as the sensitivity target allows.
+    Highest keeps specificity as high as the sensitivity target allows; within the gap between
+    that score and the next lower one, the middle is returned (see ``youden_threshold``).
     """
     if not 0 < target <= 1:
         raise ValueError(
@@ -199,20 +201,27 @@ def threshold_for_sensitivity(y_true, p_pos, target: float) -> float:
     _, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
     # thresholds decrease, tpr increases; 1e-12 absorbs 0.7*10 != 7
     first = int(np.argmax(tpr >= target - 1e-12))
+    # as youden_threshold: the middle of the gap down to the next lower score, not its edge, which
+    # keeps every decision on this set and leaves a margin on both sides
+    if first + 1 < len(thresholds):
+        return float((thresholds[first] + thresholds[first + 1]) / 2)
     return float(thresholds[first])
 
 
 # ---- bootstrap over patients ---------------------------------------------------------------------
 
 
-def _weighted_metrics(
-    y: np.ndarray, p: np.ndarray, threshold: float, w: np.ndarray
-) -> dict[str, np.ndarray]:
-    """The CI_KEYS metrics for each row of sample
-    weights ``w`` (n_resamples, n_samples), vectorised.
+def weighted_metrics(y, p, threshold: float, weights) -> dict[str, np.ndarray]:
+    """The ``CI_KEYS`` metrics for each row of sample ``weights`` ``(n_resamples, n_samples)``.
 
-    A weight is how often a sample was drawn, so each row is one bootstrap resample.
+    A weight is how often a sample was drawn, so each row is one bootstrap resample (e.g. from
+    :func:`resample_patient_counts`); a row of ones gives the plain metrics (the AUC equals
+    ``roc_auc_score``). Vectorised over the rows; ``adni_timm.cv_compare`` scores two runs on the
+    same resamples with it.
     """
+    y = np.asarray(y)
+    p = np.asarray(p, dtype=np.float64)
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
     pos, pred = y == 1, p >= threshold
     tp, fn = w @ (pos & pred), w @ (pos & ~pred)
     fp, tn = w @ (~pos & pred), w @ (~pos & ~pred)
@@ -238,8 +247,9 @@ def _weighted_metrics(
     return out
 
 
-def _resample_counts(rng: np.random.Generator, y_pat: np.ndarray, n_boot: int) -> np.ndarray:
-    """(n_boot, n_patients) draw counts, resampling patients with replacement within each class."""
+def resample_patient_counts(rng: np.random.Generator, y_pat, n_boot: int) -> np.ndarray:
+    """``(n_boot, n_patients)`` draw counts, patients resampled with replacement within class."""
+    y_pat = np.asarray(y_pat)
     counts = np.zeros((n_boot, len(y_pat)))
     for cls in np.unique(y_pat):
         members = np.flatnonzero(y_pat == cls)
@@ -273,6 +283,11 @@ def bootstrap_ci(
     of AD and NC patients) and keeps all slices of a drawn patient, so slices of one patient are
     never treated as independent. The threshold is held fixed. Returns ``{'slice': {key: [lo, hi]},
     'patient': ...}`` for ``CI_KEYS`` (``None`` where a metric is undefined in every resample).
+
+    When every resample gives the same value (32 of 32 patients right: the bootstrap says
+    ``[1, 1]``), a proportion (accuracy, sensitivity, specificity, precision) gets the exact
+    Clopper-Pearson interval instead, counted in patients at both levels (slices of one patient
+    are not independent): 32/32 -> [0.891, 1].
     """
     if n_boot < 1:
         raise ValueError(f'bootstrap_ci: n_boot must be >= 1, got {n_boot}.')
@@ -284,40 +299,51 @@ def bootstrap_ci(
     rng = np.random.default_rng(seed)
     draws = {'slice': {k: [] for k in CI_KEYS}, 'patient': {k: [] for k in CI_KEYS}}
     for start in range(0, n_boot, chunk):  # chunks bound memory: (chunk, n_slices) weights
-        counts = _resample_counts(rng, y_pat, min(chunk, n_boot - start))
+        counts = resample_patient_counts(rng, y_pat, min(chunk, n_boot - start))
         for level_name, values in (
-            ('patient', _weighted_metrics(y_pat, p_pat, threshold, counts)),
-            ('slice', _weighted_metrics(y, p, threshold, counts[:, slice_to_patient])),
+            ('patient', weighted_metrics(y_pat, p_pat, threshold, counts)),
+            ('slice', weighted_metrics(y, p, threshold, counts[:, slice_to_patient])),
         ):
             for k, v in values.items():
                 draws[level_name][k].append(v)
-    return {
+    cis = {
         lvl: {k: _percentile_ci(np.concatenate(v), level) for k, v in per_key.items()}
         for lvl, per_key in draws.items()
     }
+    point = {
+        'patient': binary_metrics_quiet(y_pat, p_pat, threshold),
+        'slice': binary_metrics_quiet(y, p, threshold),
+    }
+    pred_pat = p_pat >= threshold
+    patients_behind = {  # the patients each proportion is counted over
+        'accuracy': len(y_pat),
+        'sensitivity': int((y_pat == 1).sum()),
+        'specificity': int((y_pat == 0).sum()),
+        'precision': int(pred_pat.sum()),
+    }
+    for lvl in cis:
+        for key, n in patients_behind.items():
+            ci, value = cis[lvl].get(key), point[lvl].get(key)
+            if ci is not None and value is not None and n > 0 and ci[0] == ci[1]:
+                cis[lvl][key] = clopper_pearson(value * n, n, level)
+    return cis
 
 
-def weighted_metrics(y, p, threshold: float, weights) -> dict[str, np.ndarray]:
-    """The ``CI_KEYS`` metrics for each row of ``weights``, vectorised (the bootstrap's, public).
+def clopper_pearson(successes: float, n: int, level: float = 0.95) -> list[float]:
+    """The exact binomial interval of ``successes`` out of ``n`` (beta quantiles)."""
+    from scipy.stats import beta
 
-    ``weights`` is ``(n_resamples, n_samples)``, e.g. from :func:`resample_patient_counts`; a row
-    of ones gives the plain metrics (the AUC equals ``roc_auc_score``). ``adni_timm.cv`` uses it
-    for paired comparisons, so that both runs are scored on exactly the same resamples.
-    """
-    return _weighted_metrics(
-        np.asarray(y),
-        np.asarray(p, dtype=np.float64),
-        threshold,
-        np.atleast_2d(np.asarray(weights, dtype=np.float64)),
-    )
+    alpha = 1 - level
+    lo = 0.0 if successes <= 0 else float(beta.ppf(alpha / 2, successes, n - successes + 1))
+    hi = 1.0 if successes >= n else float(beta.ppf(1 - alpha / 2, successes + 1, n - successes))
+    return [lo, hi]
 
 
-def resample_patient_counts(rng: np.random.Generator, y_pat, n_boot: int) -> np.ndarray:
-    """``(n_boot, n_patients)`` draw counts, patients resampled with replacement within class.
-
-    The public name of the draw :func:`bootstrap_ci` uses.
-    """
-    return _resample_counts(rng, np.asarray(y_pat), n_boot)
+def binary_metrics_quiet(y_true, p_pos, threshold: float) -> dict:
+    """``binary_metrics`` without the single-class AUC warning (a resample may hold one class)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        return binary_metrics(y_true, p_pos, threshold)
 
 
 # ---- calibration -------------------------------------------------------------------------------

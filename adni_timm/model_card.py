@@ -16,7 +16,8 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .display import fmt, fmt_ci, is_number
-from .export import is_synthetic
+from .run import EvalCheck
+from .export import ExportSettings
 
 __all__ = [
     'CARD_TAGS',
@@ -102,7 +103,7 @@ def build_model_card(
     train_config: dict[str, Any] | None = None,
     split: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
-    eval_facts: dict[str, Any] | None = None,
+    eval_facts: EvalCheck | None = None,
     cv: dict[str, Any] | None = None,
     plots: list[str] = (),
     acknowledgement: str | None = None,
@@ -110,14 +111,14 @@ def build_model_card(
     """The card for the export described by ``config``
     (its timm config.json), published as ``repo_id``.
 
-    ``eval_facts`` (from ``hub.check_eval_belongs``) decide what the card may claim
+    ``eval_facts`` (from ``run.check_eval_belongs``) decide what the card may claim
     about ``metrics``: an evaluation that could not be matched to these weights is
     published only with a warning, and "the test split shares no patient with
     training" is written only when it was checked. ``cv`` is ``RUN/cv.json`` of a
     cross-validation run: its table is the validation evidence.
     """
     extra = config.get('adni_timm', {})
-    synthetic = is_synthetic(extra)
+    synthetic = ExportSettings.from_dict(extra).synthetic
     card_data = ModelCardData(
         model_name=repo_id.split('/')[-1],
         library_name='timm',
@@ -305,7 +306,7 @@ def _intended_use() -> str:
 def _training_data(
     split: dict[str, Any] | None,
     metrics: dict[str, Any] | None,
-    eval_facts: dict[str, Any] | None,
+    eval_facts: EvalCheck | None,
     synthetic: bool,
 ) -> str:
     if synthetic:
@@ -332,7 +333,7 @@ def _training_data(
         lines += ['', _split_summary(split)]
     if metrics and isinstance(metrics.get('patient'), dict):
         n = metrics['patient'].get('n', '?')
-        disjoint = (eval_facts or {}).get('disjoint')
+        disjoint = eval_facts.disjoint if eval_facts is not None else None
         if disjoint is True and metrics.get('split') == 'test':
             lines += [
                 '',
@@ -414,7 +415,7 @@ def _cross_validation(cv: dict[str, Any] | None) -> str:
         for key in ('auc', 'accuracy', 'balanced_accuracy', 'sensitivity', 'specificity'):
             entry = (summary.get(level) or {}).get(key)
             if entry and is_number(entry.get('mean')):
-                per_fold = ', '.join(fmt(v) for v in entry.get('values', []))
+                per_fold = ', '.join(fmt(v) for v in entry.get('per_fold', []))
                 rows.append(
                     (f'{level} {key}', f'{fmt(entry["mean"])} ± {fmt(entry.get("sd"))}', per_fold)
                 )
@@ -429,7 +430,7 @@ def _cross_validation(cv: dict[str, Any] | None) -> str:
 
 def _evaluation(
     metrics: dict[str, Any] | None,
-    eval_facts: dict[str, Any] | None,
+    eval_facts: EvalCheck | None,
     plots: list[str],
     synthetic: bool,
 ) -> str:
@@ -440,7 +441,7 @@ def _evaluation(
             '`--eval OUT/metrics.json` before drawing any conclusion from this model.'
         )
     else:
-        problems = (eval_facts or {}).get('problems') or []
+        problems = eval_facts.problems if eval_facts is not None else []
         if problems:
             lines += [
                 f'> **Unverified evaluation:** these results could not be '

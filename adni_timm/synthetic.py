@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .data_note import DATASET_NOTE, DataNote, write_data_note
+
 __all__ = [
     'WIDTH',
     'HEIGHT',
@@ -389,8 +391,17 @@ def generate(
     else:
         for job in jobs:
             write(job)
+    write_data_note(out_dir, synthetic_note(difficulty, seed))
     _logger.info('wrote %d synthetic patients x %d slices to %s', len(jobs), slices, out_dir)
     return out_dir
+
+
+def synthetic_note(difficulty: str, seed: int) -> DataNote:
+    """What a generated set is, in the words the card, the demo and the plots use."""
+    return DataNote(
+        f'synthetic (adni_timm.synthetic, {difficulty} difficulty, seed {seed}; NOT real MRI)',
+        synthetic=True,
+    )
 
 
 def _write_patient(job, slices: int, difficulty: str) -> None:
@@ -426,6 +437,8 @@ def demo_dataset(cache_root=None) -> Path:
         f'{p["test_patients"]}x{p["slices"]}-seed{p["seed"]}'
     )
     if target.is_dir():
+        if not (target / DATASET_NOTE).is_file():  # cached by a version that left no note
+            write_data_note(target, synthetic_note(p['difficulty'], p['seed']))
         return target
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix='.tmp-synthetic-demo-', dir=root))

@@ -1,20 +1,19 @@
 """The training loop: timm model, transforms, optimizer, schedule, mixup and EMA under Accelerate.
 
-Reads top to bottom: ``train()`` checks everything it can before any work (config, data, split,
-leakage, unreadable files), makes room for the run, then ``_fit()`` runs the epochs: train
+Reads top to bottom: ``train()`` opens the run (``open_run``: refuse an existing folder, check the
+process count), checks everything it can before any work (config, data, split, leakage, unreadable
+files; ``adni_timm.splits``), makes room for the run, then ``_fit()`` runs the epochs: train
 (``train_one_epoch``: where the loss is computed), validate live and EMA weights on the
 patient-level validation split (``validate``), keep the best export in ``RUN/best`` and save an
-atomic checkpoint for ``--resume``. What a run remembers is its ``RunRecord``.
+atomic checkpoint for ``--resume``. Where things go is ``adni_timm.run.Run``'s business.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,37 +30,35 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 
-from . import data, export, metrics, plots
+from . import data, export, metrics
 from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_to_dict, fit_warmup
 from .display import fmt, fmt_duration
 from .distributed import run_on_main
-from .files import read_json, write_json
 from .hardware import bf16_supported
 from .inference import predict_loader
 from .models import CROP_PCT, INTERPOLATION, MEAN, STD
 from .progress import Progress
-from .run_record import RunRecord
+from .run import OldRunAside, Run, RunRecord
+from .splits import Splits, load_splits
 
 _logger = logging.getLogger(__name__)
 
 __all__ = [
     'TrainingError',
+    'BestEpoch',
+    'LoopState',
     'TrainResult',
-    'Splits',
-    'OldRunAside',
-    'refuse_existing_run',
+    'open_run',
+    'stop_if',
     'train',
     'train_one_epoch',
     'validate',
     'make_accelerator',
     'create_model',
     'make_ema',
-    'check_data',
-    'load_splits',
+    'epoch_line',
 ]
-
-SPLIT_NAME = 'split.json'
 
 
 class TrainingError(RuntimeError):
@@ -69,84 +66,145 @@ class TrainingError(RuntimeError):
 
 
 @dataclass
-class TrainResult:
-    run_dir: Path
-    record: RunRecord
-    best: dict[str, Any] | None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    eval_metrics: dict[str, Any] | None = None
-    model: torch.nn.Module | None = None  # final live weights (unwrapped), for callers and tests
+class BestEpoch:
+    """The kept weights: which epoch, live or EMA, why, and the operating point they ship with."""
+
+    epoch: int
+    weights: str  # 'live' | 'ema'
+    metric: str | None  # the selection metric; None without validation (the last epoch)
+    value: float | None
+    threshold: float = 0.5
+    threshold_source: str = 'fixed'
+    threshold_rule: str | None = None
+    temperature: float = 1.0
+    val_loss: float | None = None
+    val_patient: dict | None = None
+    val_slice: dict | None = None
 
 
 @dataclass
-class Splits:
-    """The slices of each part and the JSON-able split (patient ids) that ``split.json`` records."""
+class LoopState:
+    """What a checkpoint carries besides the weights: resumable, JSON-able."""
 
-    train: list[data.Slice]
-    val: list[data.Slice]
-    test: list[data.Slice]
-    split: dict[str, Any]
+    epoch: int = 0
+    num_updates: int = 0
+    history: list[dict] = field(default_factory=list)
+    best: BestEpoch | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> LoopState:
+        best = raw.get('best')
+        if best is not None:
+            names = {f.name for f in dataclasses.fields(BestEpoch)}
+            best = BestEpoch(**{k: v for k, v in best.items() if k in names})
+        return cls(raw['epoch'], raw['num_updates'], list(raw.get('history', [])), best)
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` (one run) and ``cv_run.train_cv`` (K folds, a refit) give back."""
+
+    run: Run
+    record: RunRecord
+    best: BestEpoch | None = None
+    history: list[dict] = field(default_factory=list)
+    eval_metrics: dict[str, Any] | None = None  # the published model on test
+    model: torch.nn.Module | None = None  # final live weights (unwrapped), for callers and tests
+    # cross-validation only
+    cv: dict[str, Any] | None = None  # cv.json
+    cv_table: str = ''
+    folds: list[TrainResult] = field(default_factory=list)
+    final: TrainResult | None = None  # the refit
+    ensemble_metrics: dict[str, Any] | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.path
+
+    @property
+    def is_cv(self) -> bool:
+        return self.cv is not None
 
 
 @dataclass
 class Candidate:
-    """One set of weights (live or EMA) as scored on
-    validation this epoch, at its own operating point.
-    """
+    """One set of weights (live or EMA) as scored on validation this epoch, at its own operating
+    point."""
 
     report: dict[str, Any]  # slice- and patient-level metrics at ``threshold``
     loss: float
     threshold: float
+    threshold_rule: str
     temperature: float
     slices: int
 
 
+def stop_if(error: str | None) -> None:
+    """Raise the error every process agreed on (``distributed.run_on_main``), if any."""
+    if error:
+        raise TrainingError(
+            f'{error}; the last checkpoint is kept, continue with --resume once fixed'
+        )
+
+
+def open_run(
+    record: RunRecord, run: Run, *, resume: bool, overwrite: bool
+) -> tuple[Accelerator, RunRecord]:
+    """The accelerator of a run and its record with the hardware: a new run never lands in a
+    folder that holds something, a resumed one continues on the process count it started with."""
+    accelerator = make_accelerator(record.config, run)
+    if not accelerator.is_main_process:  # one voice: other processes only report errors
+        logging.getLogger('adni_timm').setLevel(logging.ERROR)
+    if resume:
+        record.check_processes(accelerator.num_processes)
+        return accelerator, record
+    if not overwrite:
+        run.refuse_existing()
+    return accelerator, record.with_hardware(accelerator)
+
+
 def train(
     record: RunRecord,
-    run_dir: str | os.PathLike,
+    run_dir: str | os.PathLike | Run,
     *,
     resume: bool = False,
     overwrite: bool = False,
     split: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train ``record.config`` on ``record.data_dir`` into
-    ``run_dir``; evaluate on test if ``record.eval_test``.
+    """Train ``record.config`` on ``record.data_dir`` into ``run_dir``; evaluate on test if
+    ``record.eval_test``.
 
-    ``resume`` continues ``run_dir`` from its last checkpoint on its recorded split; ``overwrite``
-    replaces an existing run, but only once every check has passed; ``split`` imposes a train/val
-    split (cross-validation folds) instead of carving one.
+    ``resume`` continues the run from its last checkpoint on its recorded split; ``overwrite``
+    replaces an existing run, but only once every check has passed; ``split`` imposes a split
+    (a cross-validation fold, a refit) instead of carving one.
     """
-    run_dir = Path(run_dir)
-    accelerator = make_accelerator(record.config, run_dir)
-    if not accelerator.is_main_process:  # one voice: other processes only report errors
-        logging.getLogger('adni_timm').setLevel(logging.ERROR)
+    run = run_dir if isinstance(run_dir, Run) else Run(run_dir)
+    accelerator, record = open_run(record, run, resume=resume, overwrite=overwrite)
     if resume:
-        record.check_processes(accelerator.num_processes)
-        split = read_json(run_dir / SPLIT_NAME)  # never re-split: resume keeps who is in validation
-    elif not overwrite:
-        refuse_existing_run(run_dir)
+        split = run.read_split()  # never re-split: resume keeps who is in validation
     cfg, warmup_note = fit_warmup(record.config)  # a smoke run's warmup must leave room to train
     if warmup_note:
         _logger.info(warmup_note)
     record = dataclasses.replace(record, config=cfg)
-    if not resume:  # a resumed run keeps the hardware it started on (check_processes above)
-        record = record.with_hardware(accelerator)
 
     # every check that can fail runs before an old run is touched or a weight is trained
     splits = load_splits(cfg, record.data_dir, recorded=split, check_test=record.eval_test)
     # --overwrite: the old run moves aside now and is deleted only once the new one has a checkpoint
-    with OldRunAside(run_dir, accelerator, active=overwrite and not resume) as aside:
+    with OldRunAside(run, accelerator, active=overwrite and not resume) as aside:
         if accelerator.is_main_process and not resume:
-            run_dir.mkdir(parents=True, exist_ok=True)
+            run.path.mkdir(parents=True, exist_ok=True)
             # recorded before training: resume and evaluate.py read who was in validation
-            write_json(run_dir / SPLIT_NAME, splits.split)
-            record.save(run_dir)
-        return _fit(record, run_dir, accelerator, splits, resume=resume, aside=aside)
+            run.write_split(splits.split)
+            run.save_record(record)
+        return _fit(record, run, accelerator, splits, resume=resume, aside=aside)
 
 
 def _fit(
     record: RunRecord,
-    run_dir: Path,
+    run: Run,
     accelerator: Accelerator,
     splits: Splits,
     *,
@@ -208,29 +266,31 @@ def _fit(
         base_model.compile()
 
     # ---- resume: weights, optimizer, RNG states, loop state; the record gains one line
-    state = {'epoch': 0, 'num_updates': 0, 'history': [], 'best': None}
+    state = LoopState()
     if resume:
-        ckpt = find_checkpoint(run_dir / 'checkpoints')
+        ckpt = find_checkpoint(run.checkpoints_dir)
         if ckpt is None:
             raise TrainingError(
-                f'--resume: no complete checkpoint in {run_dir / "checkpoints"}; '
-                f'start a new run without --resume (or with --overwrite)'
+                f'--resume: no complete checkpoint in {run.checkpoints_dir}; start a new run '
+                f'without --resume (or with --overwrite)'
             )
-        state = load_checkpoint(accelerator, ckpt, ema)
-        scheduler.step_update(num_updates=state['num_updates'])
+        state = LoopState.from_dict(load_checkpoint(accelerator, ckpt, ema))
+        scheduler.step_update(num_updates=state.num_updates)
         if main:
-            record.append_resume(run_dir, accelerator, after_epoch=state['epoch'])
-            _repair_best_export(run_dir, state, base_model, ema, record)
-        _logger.info('resumed from %s after epoch %d', ckpt, state['epoch'])
+            run.append_resume(record.resume_entry(accelerator, after_epoch=state.epoch))
+            _repair_best_export(run, state, base_model, ema, record)
+        _logger.info('resumed from %s after epoch %d', ckpt, state.epoch)
     if cfg.log_with:
-        accelerator.init_trackers(run_dir.name, config=_tracker_config(cfg))
+        accelerator.init_trackers(run.path.name, config=_tracker_config(cfg))
 
     # ---- the loop
     val_patients = [s.patient for s in splits.val]
     val_labels = np.array([s.label for s in splits.val])
     nets = {'live': base_model, 'ema': ema.module if ema is not None else None}
+    # without validation (a refit, a cv_select=last fold) the kept weights are fixed in advance
+    fixed_weights = splits.split.get('weights', 'live') if ema is not None else 'live'
     run_start, epochs_done_here = time.perf_counter(), 0
-    for epoch in range(state['epoch'], cfg.epochs):
+    for epoch in range(state.epoch, cfg.epochs):
         t0 = time.perf_counter()
         _reseed_loader(train_loader, cfg, accelerator, epoch)
         train_stats = train_one_epoch(
@@ -259,22 +319,21 @@ def _fit(
             candidates,
             time.perf_counter() - t0,
         )
-        is_best, chosen = _update_best(state, candidates, cfg, epoch)
-        state['history'].append(row)
-        state['epoch'] = epoch + 1
-        # checkpoint first, then the best export: a kill in
-        # between is repaired on resume (_repair_best_export)
+        is_best, chosen = _update_best(state, candidates, cfg, epoch, fixed_weights)
+        state.history.append(row)
+        state.epoch = epoch + 1
+        # checkpoint first, then the best export: a kill in between is repaired on resume
         try:
-            save_checkpoint(accelerator, run_dir / 'checkpoints', state, ema)
+            save_checkpoint(accelerator, run.checkpoints_dir, state.to_dict(), ema)
         except CheckpointError as e:
             raise TrainingError(str(e)) from None
         aside.release()  # the new run has a checkpoint of its own: the replaced run can go
         weights = ema.module if chosen == 'ema' else base_model
         # the main process writes; its error stops every process, not just itself
-        _stop_if(
+        stop_if(
             run_on_main(
                 accelerator,
-                lambda: _write_epoch_outputs(run_dir, state, weights if is_best else None, record),
+                lambda: _write_epoch_outputs(run, state, weights if is_best else None, record),
                 'writing RUN/best and metrics.jsonl',
             )
         )
@@ -290,14 +349,10 @@ def _fit(
     if cfg.log_with:
         accelerator.end_training()
     result = TrainResult(
-        run_dir=run_dir,
-        record=record,
-        best=state['best'],
-        history=state['history'],
-        model=base_model,
+        run=run, record=record, best=state.best, history=state.history, model=base_model
     )
     if record.eval_test:  # once, at the end: test never steers training or model selection
-        result.eval_metrics = _evaluate_on_test(run_dir, record, splits, accelerator)
+        result.eval_metrics = _evaluate_on_test(run, record, splits, accelerator)
     return result
 
 
@@ -317,7 +372,7 @@ def train_one_epoch(
     accelerator,
     cfg: TrainConfig,
     epoch: int,
-    state: dict,
+    state: LoopState,
 ) -> dict[str, float]:
     """One pass over the training loader; returns the mean training loss and img/s."""
     model.train()
@@ -344,10 +399,10 @@ def train_one_epoch(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         if accelerator.sync_gradients:  # one optimizer update: the schedule and the EMA follow it
-            state['num_updates'] += 1
-            scheduler.step_update(num_updates=state['num_updates'])
+            state.num_updates += 1
+            scheduler.step_update(num_updates=state.num_updates)
             if ema is not None:
-                ema.update(base_model, step=state['num_updates'])
+                ema.update(base_model, step=state.num_updates)
         loss_sum += loss.detach() * images.shape[0]
         seen += images.shape[0]
         progress.update(images.shape[0] * accelerator.num_processes)
@@ -415,6 +470,7 @@ def validate(
             report=report,
             loss=float(losses.mean()),
             threshold=point['threshold'],
+            threshold_rule=point['threshold_rule'],
             temperature=point['temperature'],
             slices=len(probs),
         )
@@ -444,23 +500,20 @@ def _epoch_row(
 
 
 def _update_best(
-    state, candidates: dict[str, Candidate], cfg: TrainConfig, epoch: int
+    state: LoopState,
+    candidates: dict[str, Candidate],
+    cfg: TrainConfig,
+    epoch: int,
+    fixed_weights: str = 'live',
 ) -> tuple[bool, str]:
     """Pick the better of live/EMA this epoch; it becomes best when it beats the best so far.
 
-    Ties (e.g. AUC 1.0 on an easy set) are broken by the lower validation loss.
+    Ties (e.g. AUC 1.0 on an easy set) are broken by the lower validation loss. Without validation
+    the last epoch's ``fixed_weights`` are kept: nothing is selected.
     """
-    if not candidates:  # no validation split: the last epoch is the best we know
-        state['best'] = {
-            'epoch': epoch + 1,
-            'weights': 'live',
-            'metric': None,
-            'value': None,
-            'threshold': 0.5,
-            'threshold_source': 'fixed',
-            'temperature': 1.0,
-        }
-        return True, 'live'
+    if not candidates:
+        state.best = BestEpoch(epoch=epoch + 1, weights=fixed_weights, metric=None, value=None)
+        return True, fixed_weights
     level, key = cfg.best_metric.split('_', 1)
 
     def score(c: Candidate):
@@ -468,29 +521,29 @@ def _update_best(
         return (-math.inf if value is None else value, -c.loss)
 
     name, chosen = max(candidates.items(), key=lambda item: score(item[1]))
-    best = state['best']
-    if best is not None and score(chosen) <= (best['value'], -best['val_loss']):
+    best = state.best
+    if best is not None and score(chosen) <= (best.value, -best.val_loss):
         return False, name
     value = chosen.report[level][key]
-    state['best'] = {
-        'epoch': epoch + 1,
-        'weights': name,
-        'metric': cfg.best_metric,
-        'value': -math.inf if value is None else value,
-        'val_loss': chosen.loss,
-        'threshold': chosen.threshold,
-        'threshold_source': 'validation',
-        'temperature': chosen.temperature,
-        'val_patient': chosen.report['patient'],
-        'val_slice': chosen.report['slice'],
-    }
+    state.best = BestEpoch(
+        epoch=epoch + 1,
+        weights=name,
+        metric=cfg.best_metric,
+        value=-math.inf if value is None else value,
+        val_loss=chosen.loss,
+        threshold=chosen.threshold,
+        threshold_source='validation',
+        threshold_rule=chosen.threshold_rule,
+        temperature=chosen.temperature,
+        val_patient=chosen.report['patient'],
+        val_slice=chosen.report['slice'],
+    )
     return True, name
 
 
 def epoch_line(row: dict, epochs: int, chosen: str, is_best: bool, eta_s: float) -> str:
-    """One line per epoch, under 120 characters: what
-    people look at; the rest is in metrics.jsonl.
-    """
+    """One line per epoch, under 120 characters: what people look at; the rest is in
+    metrics.jsonl."""
     prefix = 'val' if chosen == 'live' else 'ema_val'
     parts = [f'epoch {row["epoch"]}/{epochs}', f'loss {fmt(row["train_loss"])}']
     if f'{prefix}_loss' in row:
@@ -511,7 +564,7 @@ def epoch_line(row: dict, epochs: int, chosen: str, is_best: bool, eta_s: float)
 # --------------------------------------------------------------------------------- set-up helpers
 
 
-def make_accelerator(cfg: TrainConfig, run_dir: Path | None = None) -> Accelerator:
+def make_accelerator(cfg: TrainConfig, run: Run | None = None) -> Accelerator:
     precision = cfg.mixed_precision
     if precision == 'auto':
         if torch.cuda.is_available():
@@ -519,8 +572,8 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path | None = None) -> Accelerat
         else:
             precision = 'no'  # autocast on CPU is slower than fp32 here
     project = None
-    if run_dir is not None:  # trackers (TensorBoard, W&B) log under RUN/logs
-        project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / 'logs'))
+    if run is not None:  # trackers (TensorBoard, W&B) log under RUN/logs
+        project = ProjectConfiguration(project_dir=str(run.path), logging_dir=str(run.logs_dir))
     return Accelerator(
         mixed_precision=precision,
         gradient_accumulation_steps=cfg.grad_accum_steps,
@@ -534,8 +587,8 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path | None = None) -> Accelerat
 
 
 def create_model(cfg: TrainConfig) -> torch.nn.Module:
-    """Any timm model, scratch-initialised, 1 channel,
-    our classes and preprocessing in its pretrained cfg.
+    """Any timm model, scratch-initialised, 1 channel, our classes and preprocessing in its
+    pretrained cfg.
 
     Models with a fixed input size (ViTs) are built for ``img_size``; others adapt to any size.
     """
@@ -586,73 +639,6 @@ def make_ema(cfg: TrainConfig, model: torch.nn.Module, updates_per_epoch: int) -
     )
 
 
-def check_data(
-    cfg: TrainConfig, data_dir, check_test: bool = False
-) -> tuple[list[data.Slice], list[data.Slice]]:
-    """(train, test) slices, checked before any training: layout,
-    leakage between the splits, unreadable files (of test too when it
-    will be evaluated; ``skip_bad_images`` drops them with a count)."""
-    scan = dict(classes=tuple(cfg.classes), file_is_patient=cfg.file_is_patient)
-    train_all = data.scan_split(data_dir, 'train', **scan)
-    test = data.scan_split(data_dir, 'test', **scan) if (Path(data_dir) / 'test').is_dir() else []
-    if test:
-        data.check_no_leakage(train_all, test, names=('train', 'test'))
-    train_all = data.resolve_bad_images(
-        train_all, skip_bad=cfg.skip_bad_images, num_workers=cfg.num_workers, what='train'
-    )
-    if check_test:
-        if not test:
-            raise TrainingError(
-                f'--eval-test: {data_dir} has no test split to evaluate '
-                f'on; drop --eval-test or add {Path(data_dir) / "test"}'
-            )
-        test = data.resolve_bad_images(
-            test, skip_bad=cfg.skip_bad_images, num_workers=cfg.num_workers, what='test'
-        )
-    return train_all, test
-
-
-def load_splits(
-    cfg: TrainConfig, data_dir, recorded: dict[str, Any] | None = None, check_test: bool = False
-) -> Splits:
-    """The checked data split into train and validation:
-    by patient (or ``recorded``, e.g. on resume).
-    """
-    train_all, test = check_data(cfg, data_dir, check_test)
-    if recorded is not None:
-        split = dict(recorded)
-        _warn_new_patients(train_all, split)
-    elif cfg.split_level == 'slice':
-        _logger.warning(
-            'split_level=slice: slices of one patient land in both train and val. This LEAKS '
-            'patients and inflates validation scores; it exists only to reproduce the reference.'
-        )
-        split = data.split_slices(train_all, cfg.val_fraction, cfg.seed)
-    else:
-        split = data.split_patients(train_all, cfg.val_fraction, cfg.seed)
-    if test:
-        split['test'] = sorted({s.patient for s in test})
-    return Splits(
-        train=data.select(train_all, split, 'train'),
-        val=data.select(train_all, split, 'val'),
-        test=test,
-        split=split,
-    )
-
-
-def _warn_new_patients(slices: list[data.Slice], split: dict[str, Any]) -> None:
-    if split.get('level') != 'patient':
-        return
-    known = set(split['train']) | set(split['val'])
-    new = sorted({s.patient for s in slices} - known)
-    if new:
-        _logger.warning(
-            '%d patient(s) in the data are not in the recorded split and are not used: %s',
-            len(new),
-            ', '.join(new[:5]) + (' ...' if len(new) > 5 else ''),
-        )
-
-
 def _make_loaders(cfg, train_slices, val_slices, train_tf, eval_tf, accelerator):
     batches = len(train_slices) // cfg.batch_size
     if batches < 1:
@@ -689,9 +675,8 @@ def _make_loaders(cfg, train_slices, val_slices, train_tf, eval_tf, accelerator)
 
 
 def _make_loss(cfg: TrainConfig):
-    """(mixup or None, training loss): timm's Mixup +
-    SoftTargetCrossEntropy, or (smoothed) cross-entropy.
-    """
+    """(mixup or None, training loss): timm's Mixup + SoftTargetCrossEntropy, or (smoothed)
+    cross-entropy."""
     if cfg.mixup > 0 or cfg.cutmix > 0:
         mixup = Mixup(
             mixup_alpha=cfg.mixup,
@@ -724,141 +709,78 @@ def _tracker_config(cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
-def refuse_existing_run(run_dir: Path) -> None:
-    """A new run never lands in a folder that holds something (that is --resume or --overwrite)."""
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise TrainingError(
-            f'{run_dir} already exists and is not empty; continue it with --resume, '
-            f'replace it with --overwrite, or choose another --output-dir'
-        )
-
-
-class OldRunAside:
-    """``--overwrite`` without losing work: the old run moves aside only after every check has
-    passed, is deleted once the new run has its first checkpoint (``release``), and comes back if
-    the new run fails before that."""
-
-    def __init__(self, run_dir: Path, accelerator: Accelerator, active: bool):
-        self.run_dir, self.accelerator = run_dir, accelerator
-        self.active = active and run_dir.exists() and any(run_dir.iterdir())
-        self.aside = run_dir.with_name(f'.{run_dir.name}.replaced')
-
-    def __enter__(self) -> OldRunAside:
-        if self.active and self.accelerator.is_main_process:
-            shutil.rmtree(self.aside, ignore_errors=True)
-            self.run_dir.rename(self.aside)
-            _logger.warning(
-                '--overwrite: %s moved to %s; deleted once the new run has its first checkpoint',
-                self.run_dir,
-                self.aside,
-            )
-        self.accelerator.wait_for_everyone()
-        return self
-
-    def release(self) -> None:
-        if self.active and self.accelerator.is_main_process:
-            shutil.rmtree(self.aside, ignore_errors=True)
-        self.active = False
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if self.active and exc_type is not None and self.accelerator.is_main_process:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-            self.aside.rename(self.run_dir)
-            _logger.warning(
-                'the new run failed before its first checkpoint: %s restored', self.run_dir
-            )
-
-
-def _stop_if(error: str | None) -> None:
-    if error:
-        raise TrainingError(
-            f'{error}; the last checkpoint is kept, continue with --resume once fixed'
-        )
-
-
 # ------------------------------------------------------------------------------- run folder outputs
 
 
-def _best_extra(best: dict, record: RunRecord) -> dict[str, Any]:
-    """What RUN/best/config.json keeps under 'adni_timm'
-    (read by evaluate.py, the card and the demo).
-    """
+def best_settings(best: BestEpoch, record: RunRecord) -> dict[str, Any]:
+    """What RUN/best/config.json keeps under 'adni_timm' (read by evaluate, the card, the demo)."""
     cfg = record.config
-    return {
-        'threshold': best['threshold'],
-        'threshold_source': best['threshold_source'],
-        'temperature': best.get('temperature', 1.0),
-        'classes': list(cfg.classes),
-        'weights': best['weights'],
-        'epoch': best['epoch'],
-        'best_metric': best['metric'],
-        'best_value': best['value'],
-        'model_name': cfg.model,
-        'img_size': cfg.img_size,
-        'data': record.data_note,
-        'precision': record.mixed_precision,
-        'file_is_patient': cfg.file_is_patient,
-        'split_level': cfg.split_level,
-    }
+    return export.ExportSettings(
+        threshold=best.threshold,
+        threshold_source=best.threshold_source,
+        threshold_rule=best.threshold_rule,
+        temperature=best.temperature,
+        classes=tuple(cfg.classes),
+        weights=best.weights,
+        epoch=best.epoch,
+        best_metric=best.metric,
+        best_value=best.value,
+        model_name=cfg.model,
+        img_size=cfg.img_size,
+        data=record.data.note,
+        synthetic=record.data.synthetic,
+        preprocessing=record.data.preprocessing,
+        precision=record.mixed_precision,
+        file_is_patient=cfg.file_is_patient,
+        split_level=cfg.split_level,
+    ).to_dict()
 
 
-def _write_epoch_outputs(run_dir: Path, state: dict, best_weights, record: RunRecord) -> None:
+def _write_epoch_outputs(run: Run, state: LoopState, best_weights, record: RunRecord) -> None:
     if best_weights is not None:
-        export.export_model(
-            best_weights, run_dir / 'best', extra=_best_extra(state['best'], record)
-        )
-    _write_history(run_dir, state['history'], state['best'])
-
-
-def _write_history(run_dir: Path, history: list[dict], best: dict | None) -> None:
-    """metrics.jsonl rewritten whole from the (checkpointed)
-    history, so a resumed run stays consistent.
-    """
-    tmp = run_dir / 'metrics.jsonl.tmp'
-    tmp.write_text(''.join(json.dumps(row) + '\n' for row in history))
-    tmp.replace(run_dir / 'metrics.jsonl')
-    plots.plot_curves(
-        history,
-        run_dir / 'curves.png',
-        best_epoch=(best or {}).get('epoch'),
-        best_weights=(best or {}).get('weights'),
+        export.export_model(best_weights, run.best_dir, extra=best_settings(state.best, record))
+    best = state.best
+    run.write_history(
+        state.history,
+        best_epoch=best.epoch if best else None,
+        best_weights=best.weights if best else None,
     )
 
 
-def _repair_best_export(run_dir: Path, state: dict, base_model, ema, record: RunRecord) -> None:
+def _repair_best_export(run: Run, state: LoopState, base_model, ema, record: RunRecord) -> None:
     """A kill between the checkpoint and the best export leaves RUN/best one best behind: redo it.
 
     Only the last checkpointed epoch can be missing, and its weights are the ones just loaded.
     """
-    best = state.get('best')
-    if not best or best['epoch'] != state['epoch']:
+    best = state.best
+    if best is None or best.epoch != state.epoch:
         return
     try:
-        exported_epoch = export.export_extra(run_dir / 'best').get('epoch')
+        exported_epoch = export.read_export_settings(run.best_dir).epoch
     except export.ExportError:
         exported_epoch = None
-    if exported_epoch != best['epoch']:
-        weights = ema.module if best['weights'] == 'ema' and ema is not None else base_model
-        export.export_model(weights, run_dir / 'best', extra=_best_extra(best, record))
-        _logger.info('re-exported the best model (epoch %d) to %s', best['epoch'], run_dir / 'best')
+    if exported_epoch != best.epoch:
+        weights = ema.module if best.weights == 'ema' and ema is not None else base_model
+        export.export_model(weights, run.best_dir, extra=best_settings(best, record))
+        _logger.info('re-exported the best model (epoch %d) to %s', best.epoch, run.best_dir)
 
 
-def _evaluate_on_test(run_dir: Path, record: RunRecord, splits: Splits, accelerator) -> dict | None:
+def _evaluate_on_test(run: Run, record: RunRecord, splits: Splits, accelerator) -> dict | None:
     """The exported best model on the (already checked) test slices, into RUN/eval."""
     from . import evaluation
 
     outcome: dict[str, Any] = {}
 
-    def run():
+    def evaluate():
         outcome['metrics'] = evaluation.evaluate(
-            str(run_dir),
+            str(run.path),
             record.data_dir,
             split='test',
-            output_dir=run_dir / 'eval',
+            output_dir=run.eval_dir().path,
             classes=record.config.classes,
             num_workers=min(record.config.num_workers, 4),
             slices=splits.test,
         )
 
-    _stop_if(run_on_main(accelerator, run, 'evaluating the best model on the test split'))
+    stop_if(run_on_main(accelerator, evaluate, 'evaluating the best model on the test split'))
     return outcome.get('metrics')

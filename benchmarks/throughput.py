@@ -30,9 +30,11 @@ import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from adni_timm import data, evaluation, synthetic  # noqa: E402
+from adni_timm import data, synthetic  # noqa: E402
 from adni_timm.config import load_config  # noqa: E402
-from adni_timm.run_record import RunRecord  # noqa
+from adni_timm.data_note import DataNote  # noqa: E402
+from adni_timm.inference import load_model, predict_slices  # noqa: E402
+from adni_timm.run import RunRecord  # noqa: E402
 from adni_timm.training import create_model, make_accelerator, train  # noqa: E402
 
 # fmt: off
@@ -110,7 +112,7 @@ def end_to_end(cfg, data_dir: Path, workers: int, work: Path) -> dict:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     result = train(
-        RunRecord.new(cfg, data_dir, 'synthetic (benchmark)'),
+        RunRecord.new(cfg, data_dir, DataNote('synthetic (benchmark)', synthetic=True)),
         work / f'run-w{workers}',
         overwrite=True,
     )
@@ -182,12 +184,12 @@ def inference(run_dir: Path, data_dir: Path, batch_size: int, workers: int, repe
     One call over the split repeated ``repeats`` times, so that starting the loader workers is a
     small share of the timed pass, as it is in a real evaluation of ADNI's 9,000 test slices.
     """
-    model, _ = evaluation.resolve_model(str(run_dir))
+    model = load_model(str(run_dir)).net
     slices = data.scan_split(data_dir, 'test')
     # bf16 where the GPU has it: the speed target; evaluate.py uses the run's own precision
     precision = 'auto'
     # warm-up
-    evaluation.predict(
+    predict_slices(
         model,
         slices[: batch_size * 2],
         batch_size=batch_size,
@@ -195,7 +197,7 @@ def inference(run_dir: Path, data_dir: Path, batch_size: int, workers: int, repe
         precision=precision,
     )
     t0 = time.perf_counter()
-    evaluation.predict(
+    predict_slices(
         model, slices * repeats, batch_size=batch_size, num_workers=workers, precision=precision
     )
     elapsed = time.perf_counter() - t0

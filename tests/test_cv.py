@@ -1,4 +1,5 @@
-"""adni_timm.cv: folds by patient, out-of-fold predictions, summaries, ensembles, comparing runs."""
+"""adni_timm.cv and cv_compare: out-of-fold predictions, cross-fitted metrics, summaries, comparing
+runs. (Folds: tests/test_splits.py.)"""
 
 import json
 import statistics
@@ -10,63 +11,21 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from adni_timm.cv import (
-    CVError,
     OOF_COLUMNS,
+    CVError,
     assemble_oof,
-    compare,
+    cross_fitted,
     cv_summary,
-    ensemble_probs,
-    fold_split,
-    format_comparison,
     format_cv_table,
-    main,
-    make_folds,
-    paired_bootstrap_difference,
     read_oof_csv,
     write_oof_csv,
 )
-from adni_timm.metrics import resample_patient_counts, slice_and_patient_metrics
+from adni_timm.cv_compare import compare, format_comparison, main, paired_bootstrap_difference
+from adni_timm.metrics import resample_patient_counts, slice_and_patient_metrics, youden_threshold
+from adni_timm.splits import make_folds
 
 # 23 AD and 27 NC patients; ids of mixed widths so that sorting is by string, not insertion order
 LABELS = {f'P{i}': int(i % 2 == 0 and i < 46) for i in range(50)}
-
-
-def test_folds_partition_patients_stratified_and_disjoint():
-    folds = make_folds(LABELS, k=5, seed=0)
-    assert len(folds) == 5
-    assert sorted(p for fold in folds for p in fold) == sorted(LABELS)  # every patient exactly once
-    assert all(fold == sorted(fold) for fold in folds)
-    for cls in (0, 1):
-        per_fold = [sum(LABELS[p] == cls for p in fold) for fold in folds]
-        assert max(per_fold) - min(per_fold) <= 1, per_fold
-
-
-def test_folds_reproducible_for_a_seed_and_different_for_another():
-    folds = make_folds(LABELS, k=5, seed=0)
-    shuffled = dict(reversed(list(LABELS.items())))  # same patients, other dict order
-    assert make_folds(shuffled, k=5, seed=0) == folds
-    assert make_folds(LABELS, k=5, seed=1) != folds
-
-
-@pytest.mark.parametrize(
-    'k, match', [(1, 'k must be an integer >= 2'), (24, r'use --folds 23 or fewer')]
-)
-def test_make_folds_refuses_impossible_k(k, match):
-    with pytest.raises(CVError, match=match):
-        make_folds(LABELS, k=k, seed=0)
-
-
-def test_fold_split_has_the_split_json_shape():
-    folds = make_folds(LABELS, k=5, seed=3)
-    split = fold_split(folds, 2, seed=3)
-    assert set(split) == {'level', 'seed', 'val_fraction', 'train', 'val', 'fold', 'folds'}
-    assert (split['level'], split['seed'], split['fold'], split['folds']) == ('patient', 3, 2, 5)
-    assert split['val'] == folds[2] and set(split['train']) == set(LABELS) - set(folds[2])
-    assert split['train'] == sorted(split['train'])
-    assert split['val_fraction'] == pytest.approx(10 / 50)
-    json.dumps(split)
-    with pytest.raises(CVError, match='out of range'):
-        fold_split(folds, 5)
 
 
 def _fold_columns(folds, slices_per_patient=3, seed=0):
@@ -99,7 +58,13 @@ def test_oof_covers_every_slice_once_and_round_trips(tmp_path):
     assert all(r['patient'] in folds[r['fold']] for r in rows)
     path = write_oof_csv(tmp_path / 'oof_predictions.csv', rows)
     assert path.read_text().splitlines()[0] == ','.join(OOF_COLUMNS)
-    assert read_oof_csv(path) == rows  # p_AD bit-identical
+    back = read_oof_csv(path)
+    assert [{k: v for k, v in r.items() if k != 'p_AD'} for r in back] == [
+        {k: v for k, v in r.items() if k != 'p_AD'} for r in rows
+    ]
+    # every CSV holds probabilities at 8 significant digits, with LF line endings
+    np.testing.assert_allclose([r['p_AD'] for r in back], [r['p_AD'] for r in rows], rtol=1e-7)
+    assert b'\r' not in path.read_bytes()
 
 
 def test_oof_refuses_duplicates_and_gaps():
@@ -121,15 +86,38 @@ def test_oof_refuses_duplicates_and_gaps():
         assemble_oof(per_fold, expected_paths=all_paths + ['missing.jpeg'])
 
 
-def test_ensemble_is_the_mean_of_members():
-    rng = np.random.default_rng(0)
-    members = [rng.uniform(size=(7, 2)) for _ in range(3)]
-    expected = np.zeros((7, 2))
-    for m in members:
-        expected += m
-    np.testing.assert_allclose(ensemble_probs(members), expected / 3)
-    with pytest.raises(CVError, match='different shapes'):
-        ensemble_probs([np.zeros(3), np.zeros(4)])
+def test_cross_fitted_metrics_score_each_fold_at_the_threshold_of_the_others():
+    folds = make_folds(LABELS, k=3, seed=0)
+    per_fold = _fold_columns(folds)
+    patients = np.array([p for c in per_fold for p in c['patient']])
+    y = np.array([lab for c in per_fold for lab in c['label']])
+    p = np.array([x for c in per_fold for x in c['p_AD']])
+    fold_of = np.array([k for k, c in enumerate(per_fold) for _ in c['path']])
+
+    def choose(mask):
+        from adni_timm.metrics import patient_level
+
+        _, y_pat, p_pat = patient_level(patients[mask], y[mask], p[mask])
+        return {'threshold': youden_threshold(y_pat, p_pat)}
+
+    result = cross_fitted(patients, y, p, fold_of, choose, n_boot=200)
+    for k, fold in enumerate(result['per_fold']):
+        others = fold_of != k
+        expected = choose(others)['threshold']
+        assert fold['threshold'] == pytest.approx(expected)
+        mine = fold_of == k
+        direct = slice_and_patient_metrics(patients[mine], y[mine], p[mine], expected)
+        assert fold['patient']['accuracy'] == pytest.approx(direct['patient']['accuracy'])
+    # pooled: every patient decided at its own fold's threshold; AUC threshold-free
+    pooled = result['pooled']
+    decided = [
+        result['per_fold'][k]['patient']['confusion_matrix'] for k in range(3)
+    ]
+    assert pooled['patient']['confusion_matrix'] == np.sum(decided, axis=0).tolist()
+    everyone = slice_and_patient_metrics(patients, y, p, 0.5)
+    assert pooled['patient']['auc'] == pytest.approx(everyone['patient']['auc'])
+    lo, hi = pooled['patient']['auc_ci']
+    assert lo <= pooled['patient']['auc'] <= hi
 
 
 def test_cv_summary_mean_sd_and_table():
@@ -179,7 +167,7 @@ def _write_run(folder, p_of_patient, seed=0, k=4, threshold=0.5, slices=3):
         ]
         per_fold.append(columns)
     rows = assemble_oof(per_fold)
-    write_oof_csv(folder / 'oof_predictions.csv', rows)
+    rows = read_oof_csv(write_oof_csv(folder / 'oof_predictions.csv', rows))  # what compare reads
     metrics = [
         slice_and_patient_metrics(c['patient'], c['label'], c['p_AD'], threshold) for c in per_fold
     ]
@@ -313,7 +301,9 @@ def test_cli_compare_and_one_line_errors(tmp_path, capsys):
 
 
 def test_cli_as_a_module_exits_2_without_traceback(tmp_path):
-    command = [sys.executable, '-m', 'adni_timm.cv', 'compare', str(tmp_path), str(tmp_path)]
+    command = [
+        sys.executable, '-m', 'adni_timm.cv_compare', 'compare', str(tmp_path), str(tmp_path)
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().count('\n') == 0 and 'is not a cross-validation run' in done.stderr

@@ -1,7 +1,5 @@
 """adni_timm.metrics against scikit-learn on fixed arrays, plus the edge cases."""
 
-import time
-
 import numpy as np
 import pytest
 from sklearn import metrics as skm
@@ -9,12 +7,12 @@ from sklearn import metrics as skm
 from adni_timm.metrics import (
     CI_KEYS,
     METRIC_KEYS,
-    _weighted_metrics,
     binary_metrics,
     bootstrap_ci,
     patient_level,
     slice_and_patient_metrics,
     threshold_for_sensitivity,
+    weighted_metrics,
     youden_threshold,
 )
 
@@ -121,21 +119,36 @@ def test_youden_on_separable_data_separates():
 
 
 @pytest.mark.parametrize(
-    'target, expected', [(0.2, 0.9), (0.4, 0.7), (0.6, 0.55), (0.8, 0.45), (1.0, 0.2)]
+    'target, edge, below',
+    [(0.2, 0.9, 0.8), (0.4, 0.7, 0.55), (0.6, 0.55, 0.5), (0.8, 0.45, 0.4), (1.0, 0.2, 0.1)],
 )
-def test_threshold_for_sensitivity_is_the_highest_reaching_target(target, expected):
-    # AD scores, descending: 0.9, 0.7, 0.55, 0.45, 0.2 (five AD samples)
+def test_threshold_for_sensitivity_is_the_highest_reaching_target_with_a_margin(
+    target, edge, below
+):
+    # AD scores, descending: 0.9, 0.7, 0.55, 0.45, 0.2 (five AD samples). The highest threshold
+    # reaching the target is the AD score ``edge``; every threshold down to the next lower score
+    # ``below`` makes the same decisions, and the middle of that gap is returned (not the edge,
+    # which would call a new slice scoring a hair under ``edge`` negative)
     t = threshold_for_sensitivity(Y, P, target)
-    assert t == expected
+    assert t == pytest.approx((edge + below) / 2)
+    assert binary_metrics(Y, P, t)['confusion_matrix'] == binary_metrics(Y, P, edge)[
+        'confusion_matrix'
+    ]
     assert binary_metrics(Y, P, t)['sensitivity'] >= target
-    assert binary_metrics(Y, P, np.nextafter(t, 1))['sensitivity'] < target
+    assert binary_metrics(Y, P, np.nextafter(edge, 1))['sensitivity'] < target
+
+
+def test_threshold_for_sensitivity_on_separated_validation_sits_in_the_middle_of_the_gap():
+    # perfectly separated: the old rule returned the lowest AD score itself (0.773)
+    y, p = [0, 0, 0, 1, 1, 1], [0.05, 0.1, 0.2, 0.773, 0.8, 0.95]
+    assert threshold_for_sensitivity(y, p, 1.0) == pytest.approx((0.2 + 0.773) / 2)
 
 
 def test_threshold_for_sensitivity_tolerates_float_rounding():
     y = np.r_[np.ones(10, int), np.zeros(3, int)]
     p = np.r_[np.linspace(0.95, 0.5, 10), [0.1, 0.2, 0.3]]
     # 0.7 * 10 = 7.000000000000001: must still need only 7 of the 10 AD samples
-    assert threshold_for_sensitivity(y, p, 0.7) == pytest.approx(p[6])
+    assert threshold_for_sensitivity(y, p, 0.7) == pytest.approx((p[6] + p[7]) / 2)
 
 
 def test_threshold_choice_needs_both_classes_and_a_valid_target():
@@ -182,7 +195,7 @@ def test_weighted_metrics_equal_sklearn_with_sample_weight():
     pats, y, p = _toy_patients(seed=3)
     w = np.random.default_rng(0).integers(0, 3, size=(2, len(y))).astype(float)
     # rounding makes ties: AUC counts them one half
-    out = _weighted_metrics(y, np.round(p, 1), 0.5, w)
+    out = weighted_metrics(y, np.round(p, 1), 0.5, w)
     for row in range(2):
         pred = np.round(p, 1) >= 0.5
         assert out['auc'][row] == pytest.approx(
@@ -197,9 +210,17 @@ def test_weighted_metrics_equal_sklearn_with_sample_weight():
         )
 
 
-def test_bootstrap_is_fast_at_adni_test_size():
-    # ADNI test split: 450 patients x 20 slices
-    pats, y, p = _toy_patients(n_patients=450, slices=20)
-    start = time.perf_counter()
-    bootstrap_ci(pats, y, p, 0.5, n_boot=1000)
-    assert time.perf_counter() - start < 10
+def test_a_degenerate_bootstrap_gives_the_exact_interval_for_proportions():
+    # 32 of 32 patients right: every resample agrees, and a [1, 1] interval would claim certainty
+    pats = np.repeat([f'p{i:02d}' for i in range(32)], 3)
+    y = np.repeat(np.arange(32) % 2, 3)
+    p = np.where(y == 1, 0.9, 0.1)
+    ci = bootstrap_ci(pats, y, p, 0.5, n_boot=200)
+    for level in ('patient', 'slice'):  # slices of one patient are not independent: patients count
+        assert ci[level]['accuracy'][0] == pytest.approx(0.025 ** (1 / 32), abs=1e-9)  # 0.891
+        assert ci[level]['accuracy'][1] == 1.0
+        assert ci[level]['sensitivity'][0] == pytest.approx(0.025 ** (1 / 16), abs=1e-9)
+    assert ci['patient']['accuracy'][0] == pytest.approx(0.891, abs=5e-4)
+    # an ordinary bootstrap interval is kept as it is
+    pats, y, p = _toy_patients()
+    assert bootstrap_ci(pats, y, p, 0.5, n_boot=300, seed=1)['patient']['accuracy'][1] < 1.0

@@ -95,6 +95,12 @@ def _parse_args(argv):
         help='Grad-CAM maps under OUT/cam/: montages of the N most confident right and wrong '
         'patients of each class (default N 2) and the mean map over all AD and all NC slices',
     )
+    p.add_argument(
+        '--cam-layer',
+        metavar='NAME',
+        help='the module whose output Grad-CAM explains (default: the last stage whose map is at '
+        'least 7x7 at the input size, e.g. stages.2)',
+    )
     args = p.parse_args(argv)
     if args.images is None and args.data_dir is None:
         p.error('--data-dir is required (or --images PATH for unlabelled slices)')
@@ -102,8 +108,6 @@ def _parse_args(argv):
         p.error(
             '--target-sensitivity needs labelled validation data; with --images pass --threshold X'
         )
-    if args.images is not None and len(args.model) > 1:
-        p.error('--images predicts with one model; pass a single --model')
     return args
 
 
@@ -113,37 +117,46 @@ def main(argv=None) -> int:
     # per-load chatter ("Loading pretrained weights ...")
     logging.getLogger('timm').setLevel(logging.WARNING)
     from adni_timm import data, evaluation  # after argparse: --help stays fast
+    from adni_timm.inference import load_model
 
     start = time.perf_counter()
     try:
-        classes = data.parse_classes(args.classes) if args.classes else None
-        members, info = evaluation.load_models(
-            args.model[0] if len(args.model) == 1 else args.model
-        )
+        model = load_model(args.model[0] if len(args.model) == 1 else args.model)
+        if args.classes:
+            model.classes = list(data.parse_classes(args.classes))
         if args.images:
-            ((model, _),) = members
-            out = args.output_dir or evaluation.default_output_dir(info, 'predict')
+            tag = 'tta' if args.tta else None
+            if args.threshold is not None:
+                tag = '-'.join(filter(None, [f'threshold-{args.threshold:g}', tag]))
+            out = args.output_dir or evaluation.default_output_dir(model, tag, what='predict')
             result = evaluation.predict_images(
-                args.model[0],
+                model,
                 args.images,
                 output_dir=out,
                 batch_size=args.batch_size,
                 num_workers=args.num_workers,
                 tta=args.tta,
                 threshold=args.threshold,
-                classes=classes,
-                model=model,
-                info=info,
                 precision=args.precision,
                 cam=args.cam,
+                cam_layer=args.cam_layer,
+                skip_bad_images=args.skip_bad_images,
+                file_is_patient=args.file_is_patient,
             )
             print(evaluation.format_predictions(result))
         else:
-            out = args.output_dir or evaluation.default_output_dir(
-                info, evaluation.eval_dir_name(args.split)
+            tag = evaluation.evaluation_tag(
+                model,
+                split=args.split,
+                threshold=args.threshold,
+                target_sensitivity=args.target_sensitivity,
+                tta=args.tta,
+                precision=args.precision,
             )
+            out = args.output_dir or evaluation.default_output_dir(model, tag)
+            evaluation.check_output_dir(model, out, tag)
             result = evaluation.evaluate(
-                args.model,
+                model,
                 args.data_dir,
                 split=args.split,
                 output_dir=out,
@@ -153,17 +166,15 @@ def main(argv=None) -> int:
                 num_workers=args.num_workers,
                 tta=args.tta,
                 n_boot=args.n_boot,
-                classes=classes,
-                members=members,
-                info=info,
                 precision=args.precision,
                 skip_bad_images=args.skip_bad_images,
                 file_is_patient=args.file_is_patient,
                 cam=args.cam,
+                cam_layer=args.cam_layer,
             )
             print(evaluation.format_table(result))
     except (ValueError, OSError) as e:
-        # EvaluationError, DataError, missing files: one line, no traceback
+        # EvaluationError, DataError, ExportError, RunError, missing files: one line, no traceback
         print(f'error: {e}', file=sys.stderr)
         return 1
     print(f'wrote {out} in {time.perf_counter() - start:.1f} s')

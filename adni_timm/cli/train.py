@@ -19,8 +19,6 @@ from adni_timm.config import ConfigError, TrainConfig, field_types, load_config,
 
 __all__ = ['build_parser', 'run', 'main']
 
-DEMO_DATA_NOTE = 'synthetic (adni_timm.synthetic demo set; NOT real MRI)'
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -84,7 +82,8 @@ def run(argv=None):
     logging.getLogger('adni_timm').setLevel(args.log_level.upper())
     overrides = {k: getattr(args, k) for k in field_types() if getattr(args, k) is not None}
 
-    from adni_timm.run_record import RunRecord
+    from adni_timm.data_note import describe
+    from adni_timm.run import RunRecord
 
     if args.resume:  # the run's own record says what it was: recipe, split, data, test evaluation
         if not args.output_dir:
@@ -102,7 +101,8 @@ def run(argv=None):
             # ConvNeXt-T at 224 px trains at ~5 img/s on a laptop CPU
             overrides.setdefault('img_size', '64')
         cfg = load_config(args.config or 'demo', overrides)
-        record = RunRecord.new(cfg, args.data_dir or demo_dataset(), DEMO_DATA_NOTE, eval_test=True)
+        data_dir = args.data_dir or demo_dataset()
+        record = RunRecord.new(cfg, data_dir, describe(data_dir), eval_test=True)
         return _train(
             record,
             args.output_dir or f'runs/demo-{time.strftime("%Y%m%d-%H%M%S")}',
@@ -112,7 +112,7 @@ def run(argv=None):
         parser.error('--data-dir (the AD_NC folder) and --output-dir are required, or use --demo')
     cfg = load_config(args.config, overrides)
     return _train(
-        RunRecord.new(cfg, args.data_dir, eval_test=args.eval_test),
+        RunRecord.new(cfg, args.data_dir, describe(args.data_dir), eval_test=args.eval_test),
         args.output_dir,
         overwrite=args.overwrite,
     )
@@ -134,7 +134,8 @@ def main(argv=None) -> int:
     from adni_timm.data import DataError
     from adni_timm.evaluation import EvaluationError
     from adni_timm.export import ExportError
-    from adni_timm.run_record import RunRecordError
+    from adni_timm.inference import InferenceError
+    from adni_timm.run import RunError
     from adni_timm.training import TrainingError
 
     try:
@@ -145,7 +146,8 @@ def main(argv=None) -> int:
         TrainingError,
         EvaluationError,
         ExportError,
-        RunRecordError,
+        InferenceError,
+        RunError,
         FileNotFoundError,
     ) as e:
         print(f'train.py: error: {e}', file=sys.stderr)
@@ -170,63 +172,71 @@ def main(argv=None) -> int:
 
 def format_summary(result) -> str:
     """Where everything is, which model was kept and why, the test table, and the next commands."""
+    from adni_timm.cv import format_out_of_fold
     from adni_timm.display import fmt
     from adni_timm.evaluation import format_table
 
-    run, best = result.run_dir, result.best or {}
+    run, best = result.run, result.best
     lines = ['=' * 100, f'run folder   {run}']
-    if getattr(result, 'cv', None) is not None:  # a cross-validation run
+    if result.is_cv:
+        cv = result.cv
         lines += [
-            f'folds        {run}/fold0 .. fold{result.cv["k"] - 1} (ordinary run folders), '
-            f'{run / "oof_predictions.csv"}, {run / "cv.json"}',
-            'cross-validation (validation patients of each fold, at the out-of-fold threshold):',
+            f'folds        {run.fold(0).path} .. fold{cv["k"] - 1} (ordinary run folders), '
+            f'{run.oof_file}, {run.cv_file}',
+            'cross-validation (held-out patients of each fold, at the threshold chosen on the '
+            'other folds):',
             result.cv_table,
+            f'out of fold  {format_out_of_fold(cv["out_of_fold"])}',
         ]
         if result.final is not None:
             lines.append(
-                f'final model  {run / "final"}  (refit on all training patients for '
-                f"{best.get('epoch')} epochs, the folds' median best epoch)"
+                f'final model  {run.final_dir}  (refit on all training patients for '
+                f"{best.epoch} epochs, the folds' choice; {best.weights} weights)"
             )
+            point = cv['refit']
         else:
             lines.append(
-                f'ensemble     the {result.cv["k"]} fold models '
-                f'(no refit: add one with --resume --refit)'
+                f'ensemble     the {cv["k"]} fold models (no refit: add one with --resume --refit)'
             )
-        export = run / 'final' if result.final is not None else run
-    else:
-        export = run / 'best'
-        why = (
-            f'best {best.get("metric")} {fmt(best.get("value"))} '
-            f'on validation, ties by lower val loss'
-            if best.get('metric')
-            else 'the last epoch (no validation split)'
+            point = cv['ensemble']
+        lines.append(
+            f'threshold    P(AD) >= {fmt(point["threshold"])} (out-of-fold, '
+            f'{point["threshold_rule"]})'
         )
-        if best.get('epoch') is not None:
-            lines.append(
-                f'best model   {export}  (epoch {best.get("epoch")}, '
-                f'{best.get("weights")} weights: {why})'
+        export = run.final_dir if result.final is not None else run.path
+    else:
+        export = run.best_dir
+        if best is not None:
+            why = (
+                f'best {best.metric} {fmt(best.value)} on validation, ties by lower val loss'
+                if best.metric
+                else 'the last epoch (no validation split)'
             )
-        lines.append(f'curves       {run / "curves.png"}   per epoch: {run / "metrics.jsonl"}')
-    lines.append(
-        f'threshold    P(AD) >= {fmt(best.get("threshold"))} ({best.get("threshold_source")}), '
-        f'temperature {fmt(best.get("temperature"))}'
-    )
-    ensemble = getattr(result, 'ensemble_metrics', None)
-    if ensemble is not None and ensemble is not result.eval_metrics:
-        lines += ['', format_table(ensemble), f'evaluation   {run / "eval"} (the fold ensemble)']
+            lines.append(
+                f'best model   {export}  (epoch {best.epoch}, {best.weights} weights: {why})'
+            )
+            lines.append(
+                f'threshold    P(AD) >= {fmt(best.threshold)} ({best.threshold_source}), '
+                f'temperature {fmt(best.temperature)}'
+            )
+        lines.append(f'curves       {run.curves_file}   per epoch: {run.history_file}')
+    if result.ensemble_metrics is not None and result.ensemble_metrics is not result.eval_metrics:
+        lines += [
+            '',
+            format_table(result.ensemble_metrics),
+            f'evaluation   {run.eval_dir().path} (the fold ensemble)',
+        ]
     if result.eval_metrics:
-        where = run / ('eval-final' if getattr(result, 'final', None) is not None else 'eval')
+        where = run.eval_dir(final=result.final is not None).path
         lines += ['', format_table(result.eval_metrics), f'evaluation   {where}']
-    data_dir = result.record.data_dir
     lines += [
         '',
         'next:',
-        f'  python evaluate.py --model {run / "final" if export == run / "final" else run} '
-        f'--data-dir {data_dir}',
-        f'  python push_to_hub.py --run {run} --repo-id '
-        f'ORG/NAME --dry-run --output-dir {run / "hub"}',
+        f'  python evaluate.py --model {export} --data-dir {result.record.data_dir}',
+        f'  python push_to_hub.py --run {run} --repo-id ORG/NAME --dry-run --output-dir '
+        f'{run.hub_dir}',
     ]
-    if export != run:
+    if export != run.path:
         lines.append(f'  timm.create_model("local-dir:{export}", pretrained=True)')
     return '\n'.join(lines)
 

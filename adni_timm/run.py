@@ -1,0 +1,623 @@
+"""The run folder: its layout, what it remembers, and what may be said about its evaluations.
+
+This is the only module that names the files of a run folder (README, "The run folder")::
+
+    RUN/train_config.yaml   the RunRecord: config, data, versions; written once, never rewritten
+    RUN/resumes.jsonl       one line per --resume
+    RUN/split.json          who is in train / val (/ test): resume and evaluation read it
+    RUN/metrics.jsonl       one row per epoch;  RUN/curves.png
+    RUN/best/               the export of the kept epoch;  RUN/checkpoints/  for --resume
+    RUN/eval/               the published model on test at its stored operating point
+    RUN/eval-<tag>/         any other evaluation (another split, threshold, TTA, precision)
+
+A cross-validation run adds ``folds.json``, ``fold{k}/`` (ordinary runs), ``cv.json``,
+``oof_predictions.csv``, ``refit/`` (an ordinary run) and ``final/`` (its export with the
+out-of-fold operating point), ``eval/`` (the fold ensemble) and ``eval-final/`` (the refit).
+
+``RunRecord`` is what a run remembers (``train_config.yaml`` + ``resumes.jsonl``), read once.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import TrainConfig, config_to_dict, make_config
+from .data_note import DataNote
+from .export import WEIGHTS_NAME, is_export, read_export_settings
+from .files import read_json, read_yaml, sha256_file, write_json, write_yaml
+
+__all__ = [
+    'RESUME_OVERRIDABLE',
+    'RunError',
+    'RunRecordError',
+    'DataNote',
+    'RunRecord',
+    'Run',
+    'EvalFolder',
+    'EvalCheck',
+    'OldRunAside',
+    'library_versions',
+    'git_commit',
+]
+
+_logger = logging.getLogger(__name__)
+
+# keys that may change when a run is continued. All but epochs leave what is learned as it was; a
+# new epochs re-stretches the schedule (e.g. the cosine) over the new length from the current update
+# on; refit adds the refit after a cross-validation that ran without it.
+RESUME_OVERRIDABLE = ('epochs', 'num_workers', 'log_with', 'compile', 'cache', 'progress', 'refit')
+
+
+class RunError(ValueError):
+    """A run folder that cannot be used as asked; the message names the fix."""
+
+
+RunRecordError = RunError  # the name earlier releases raised
+
+
+# ------------------------------------------------------------------------------------ the record
+
+
+@dataclass
+class RunRecord:
+    config: TrainConfig
+    data_dir: str
+    data: DataNote = field(default_factory=DataNote)
+    eval_test: bool = False
+    num_processes: int | None = None
+    mixed_precision: str | None = None
+    device: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    git_commit: str | None = None
+    created: str | None = None
+    resumes: list[dict[str, Any]] = field(default_factory=list)
+    # what --resume changed
+    resumed_from: RunRecord | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def new(
+        cls,
+        config: TrainConfig,
+        data_dir: str | os.PathLike,
+        data: DataNote | None = None,
+        eval_test: bool = False,
+    ) -> RunRecord:
+        return cls(
+            config=config,
+            data_dir=str(Path(data_dir).resolve()),
+            data=data or DataNote(),
+            eval_test=eval_test,
+            versions=library_versions(),
+            git_commit=git_commit(),
+            created=_now(),
+        )
+
+    @property
+    def synthetic(self) -> bool:
+        return self.data.synthetic
+
+    def with_hardware(self, accelerator) -> RunRecord:
+        return dataclasses.replace(
+            self,
+            num_processes=accelerator.num_processes,
+            mixed_precision=accelerator.mixed_precision,
+            device=str(accelerator.device),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            'config': config_to_dict(self.config),
+            'data_dir': self.data_dir,
+            'data': self.data.note,
+            'synthetic': self.data.synthetic,
+            'preprocessing': self.data.preprocessing,
+            'eval_test': self.eval_test,
+            'num_processes': self.num_processes,
+            'mixed_precision': self.mixed_precision,
+            'device': self.device,
+            'versions': self.versions,
+            'git_commit': self.git_commit,
+            'created': self.created,
+        }
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike) -> RunRecord:
+        """The record of ``run_dir`` with every resume applied (the config it continues with)."""
+        run = Run(run_dir)
+        if not run.record_file.is_file():
+            raise RunError(
+                f'{run.record_file} not found; is {run.path} a training run folder '
+                f'(train.py --output-dir)?'
+            )
+        raw = read_yaml(run.record_file) or {}
+        resumes = (
+            [
+                json.loads(line)
+                for line in (run.resumes_file.read_text(encoding='utf-8').splitlines())
+                if line.strip()
+            ]
+            if run.resumes_file.is_file()
+            else []
+        )
+        values = dict(raw.get('config') or {})
+        data_dir = raw.get('data_dir', '')
+        for entry in resumes:
+            values.update({key: new for key, (_, new) in entry.get('changed', {}).items()})
+            data_dir = entry.get('data_dir') or data_dir
+        note = raw.get('data') or DataNote.note
+        # records written before the boolean existed said "synthetic" in the note
+        synthetic = raw.get('synthetic', 'synthetic' in note.lower())
+        return cls(
+            config=make_config(values, source=str(run.record_file)),
+            data_dir=data_dir,
+            data=DataNote(note, bool(synthetic), raw.get('preprocessing')),
+            eval_test=bool(raw.get('eval_test')),
+            num_processes=raw.get('num_processes'),
+            mixed_precision=raw.get('mixed_precision'),
+            device=raw.get('device'),
+            versions=raw.get('versions') or {},
+            git_commit=raw.get('git_commit'),
+            created=raw.get('created'),
+            resumes=resumes,
+        )
+
+    def resumed(
+        self,
+        overrides: dict[str, Any] | None = None,
+        data_dir: str | os.PathLike | None = None,
+        eval_test: bool = False,
+    ) -> RunRecord:
+        """This record continued with ``overrides`` (RESUME_OVERRIDABLE keys only), maybe moved."""
+        overrides = overrides or {}
+        refused = sorted(k for k in overrides if k not in RESUME_OVERRIDABLE)
+        if refused:
+            raise RunError(
+                f'--resume continues the recorded recipe; {refused} cannot change (only '
+                f'{list(RESUME_OVERRIDABLE)} can). Start a new run to change them.'
+            )
+        config = make_config(
+            {**config_to_dict(self.config), **overrides}, source='--resume overrides'
+        )
+        return dataclasses.replace(
+            self,
+            config=config,
+            eval_test=self.eval_test or eval_test,
+            data_dir=str(Path(data_dir).resolve()) if data_dir else self.data_dir,
+            resumed_from=self,
+        )
+
+    def check_processes(self, num_processes: int) -> None:
+        """--batch-size is per process: another process count would change the recipe."""
+        if self.num_processes is not None and self.num_processes != num_processes:
+            raise RunError(
+                f'--resume: the run was trained with {self.num_processes} process(es), this launch '
+                f'has {num_processes}; resume with the same number of GPUs / processes'
+            )
+
+    def resume_entry(self, accelerator, after_epoch: int | None) -> dict[str, Any]:
+        """One line of ``resumes.jsonl``: when, with what, and which keys changed."""
+        before = config_to_dict((self.resumed_from or self).config)
+        after = config_to_dict(self.config)
+        return {
+            'time': _now(),
+            'after_epoch': after_epoch,
+            'versions': library_versions(),
+            'git_commit': git_commit(),
+            'num_processes': accelerator.num_processes,
+            'mixed_precision': accelerator.mixed_precision,
+            'device': str(accelerator.device),
+            'data_dir': self.data_dir,
+            'changed': {k: [before[k], after[k]] for k in after if before.get(k) != after[k]},
+        }
+
+
+def _now() -> str:
+    return time.strftime('%Y-%m-%dT%H:%M:%S%z')
+
+
+def library_versions() -> dict[str, str]:
+    import accelerate
+    import huggingface_hub
+    import sklearn
+    import timm
+    import torch
+
+    from . import __version__
+
+    return {
+        'adni_timm': __version__,
+        'python': platform.python_version(),
+        'torch': str(torch.__version__),
+        'timm': timm.__version__,
+        'accelerate': accelerate.__version__,
+        'huggingface_hub': huggingface_hub.__version__,
+        'scikit-learn': sklearn.__version__,
+    }
+
+
+def git_commit() -> str | None:
+    """The commit of the adni-timm checkout in use; None for an installed copy."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ['git', *args], capture_output=True, text=True, timeout=5, cwd=here
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() or None if out.returncode == 0 else None
+
+    top = git('rev-parse', '--show-toplevel')
+    if top is None or Path(top).resolve() / 'adni_timm' != here:
+        return None
+    return git('rev-parse', 'HEAD')
+
+
+# ------------------------------------------------------------------------------- the folder
+
+
+class EvalFolder:
+    """One evaluation's folder (``RUN/eval``, ``RUN/eval-<tag>`` or any ``--output-dir``)."""
+
+    METRICS = 'metrics.json'
+    PREDICTIONS = 'predictions.csv'
+    PATIENTS = 'patients.csv'
+    CAM = 'cam'
+    POPULATION_MAPS = 'population_maps.png'
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    metrics_file = property(lambda self: self.path / self.METRICS)
+    predictions_file = property(lambda self: self.path / self.PREDICTIONS)
+    patients_file = property(lambda self: self.path / self.PATIENTS)
+    cam_dir = property(lambda self: self.path / self.CAM)
+    population_maps = property(lambda self: self.path / self.CAM / self.POPULATION_MAPS)
+
+    def figure(self, name: str) -> Path:
+        return self.path / name
+
+    def evaluated_patients(self) -> set[str] | None:
+        """The patient ids of ``patients.csv``; None when it is missing."""
+        if not self.patients_file.is_file():
+            return None
+        with self.patients_file.open(encoding='utf-8') as f:
+            return {row['patient'] for row in csv.DictReader(f)}
+
+
+class Run:
+    """A training run folder (possibly not created yet). Paths only: nothing is read on creation."""
+
+    RECORD = 'train_config.yaml'
+    RESUMES = 'resumes.jsonl'
+    SPLIT = 'split.json'
+    HISTORY = 'metrics.jsonl'
+    CURVES = 'curves.png'
+    BEST = 'best'
+    CHECKPOINTS = 'checkpoints'
+    LOGS = 'logs'
+    FOLDS = 'folds.json'
+    CV = 'cv.json'
+    OOF = 'oof_predictions.csv'
+    REFIT = 'refit'
+    FINAL = 'final'
+    EVAL = 'eval'
+    HUB = 'hub'  # push_to_hub.py's default export folder
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f'Run({str(self.path)!r})'
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Run) and self.path.resolve() == other.path.resolve()
+
+    def __hash__(self) -> int:
+        return hash(self.path.resolve())
+
+    # ---- files
+    record_file = property(lambda self: self.path / self.RECORD)
+    resumes_file = property(lambda self: self.path / self.RESUMES)
+    split_file = property(lambda self: self.path / self.SPLIT)
+    history_file = property(lambda self: self.path / self.HISTORY)
+    curves_file = property(lambda self: self.path / self.CURVES)
+    best_dir = property(lambda self: self.path / self.BEST)
+    checkpoints_dir = property(lambda self: self.path / self.CHECKPOINTS)
+    logs_dir = property(lambda self: self.path / self.LOGS)
+    folds_file = property(lambda self: self.path / self.FOLDS)
+    cv_file = property(lambda self: self.path / self.CV)
+    oof_file = property(lambda self: self.path / self.OOF)
+    final_dir = property(lambda self: self.path / self.FINAL)
+    hub_dir = property(lambda self: self.path / self.HUB)
+
+    def fold(self, k: int) -> Run:
+        return Run(self.path / f'fold{k}')
+
+    @property
+    def refit(self) -> Run:
+        return Run(self.path / self.REFIT)
+
+    # ---- what this folder is
+    @property
+    def is_run(self) -> bool:
+        """A training run (ordinary or cross-validation): it has a record or a split."""
+        return any(p.is_file() for p in (self.record_file, self.split_file, self.folds_file))
+
+    @property
+    def is_cv(self) -> bool:
+        return self.folds_file.is_file() or self.cv_file.is_file()
+
+    def has_content(self) -> bool:
+        return self.path.is_dir() and any(self.path.iterdir())
+
+    def refuse_existing(self) -> None:
+        """A new run never lands in a folder that holds something (that is --resume/--overwrite)."""
+        if self.has_content():
+            raise RunError(
+                f'{self.path} already exists and is not empty; continue it with --resume, '
+                f'replace it with --overwrite, or choose another --output-dir'
+            )
+
+    @staticmethod
+    def of_export(export_dir: str | os.PathLike) -> Run | None:
+        """The run an export folder belongs to: ``RUN`` for ``RUN/best`` and ``RUN/final``."""
+        export_dir = Path(export_dir)
+        parent = Run(export_dir.parent)
+        if export_dir.name in (Run.BEST, Run.FINAL) and parent.is_run:
+            return parent
+        return None
+
+    def published_export_dir(self) -> Path:
+        """What a run publishes: ``final/`` (a cross-validation refit), else ``best/``."""
+        return self.final_dir if self.is_cv else self.best_dir
+
+    # ---- evaluations
+    def eval_dir(self, tag: str | None = None, *, final: bool = False) -> EvalFolder:
+        """``eval`` (the published model's test evaluation), ``eval-<tag>`` for any other;
+        ``eval-final[-<tag>]`` for a cross-validation run's refit."""
+        name = self.EVAL + ('-final' if final else '') + (f'-{tag}' if tag else '')
+        return EvalFolder(self.path / name)
+
+    def published_eval(self) -> EvalFolder | None:
+        """The evaluation of what this run publishes, when it exists."""
+        folder = self.eval_dir(final=self.final_dir.is_dir())
+        return folder if folder.metrics_file.is_file() else None
+
+    # ---- what it remembers
+    def record(self) -> RunRecord:
+        return RunRecord.load(self.path)
+
+    def save_record(self, record: RunRecord) -> Path:
+        """Write ``train_config.yaml`` (new runs only: the record is never rewritten)."""
+        return write_yaml(self.record_file, record.to_dict())
+
+    def append_resume(self, entry: dict[str, Any]) -> None:
+        with self.resumes_file.open('a', encoding='utf-8') as f:
+            f.write(json.dumps(entry) + '\n')
+
+    def read_split(self) -> dict[str, Any]:
+        if not self.split_file.is_file():
+            raise RunError(f'{self.split_file} not found: {self.path} is not a finished run folder')
+        return read_json(self.split_file)
+
+    def write_split(self, split: dict[str, Any]) -> None:
+        write_json(self.split_file, split)
+
+    def read_folds(self) -> dict[str, Any]:
+        return read_json(self.folds_file)
+
+    def write_folds(self, folds: list[list[str]], seed: int) -> None:
+        write_json(self.folds_file, {'k': len(folds), 'seed': seed, 'folds': folds})
+
+    def read_cv(self) -> dict[str, Any]:
+        return read_json(self.cv_file)
+
+    def write_cv(self, result: dict[str, Any]) -> None:
+        write_json(self.cv_file, result)
+
+    def seen_patients(self) -> set[str] | None:
+        """Every patient whose slices trained or selected these weights; None when unknown.
+
+        An ordinary run: its split's train and val. A cross-validation run: every fold's patients
+        (the refit trains on all of them). Slice-level splits name files: the patient is parsed.
+        """
+        if self.folds_file.is_file():
+            return {p for fold in self.read_folds()['folds'] for p in fold}
+        if not self.split_file.is_file():
+            return None
+        split = self.read_split()
+        seen = set(split.get('train', [])) | set(split.get('val', []))
+        if split.get('level') == 'slice':
+            from .data import parse_file_name
+
+            seen = {(parse_file_name(Path(key)) or (key,))[0] for key in seen}
+        return seen
+
+    def write_history(self, history: list[dict], best_epoch: int | None, best_weights) -> None:
+        """``metrics.jsonl`` rewritten whole from the (checkpointed) history, and the curves."""
+        from . import plots  # matplotlib only when a run writes its curves
+
+        tmp = self.path / f'.{self.HISTORY}.tmp'
+        tmp.write_text(''.join(json.dumps(row) + '\n' for row in history))
+        tmp.replace(self.history_file)
+        plots.plot_curves(
+            history, self.curves_file, best_epoch=best_epoch, best_weights=best_weights
+        )
+
+    def read_history(self) -> list[dict]:
+        if not self.history_file.is_file():
+            return []
+        return [json.loads(x) for x in self.history_file.read_text().splitlines() if x.strip()]
+
+
+# ------------------------------------------------------------ does an evaluation belong here
+
+
+@dataclass
+class EvalCheck:
+    """What a card or the demo may say about an evaluation of an export."""
+
+    problems: list[str] = field(default_factory=list)
+    # True only when the evaluated patients are known to share none with the weights' training
+    disjoint: bool | None = None
+
+
+def check_eval_belongs(
+    metrics: dict[str, Any], folder: EvalFolder, export_dir: Path, run: Run | None
+) -> EvalCheck:
+    """Whether ``metrics`` (read from ``folder``) evaluated exactly the export in ``export_dir``.
+
+    A problem is any difference from what the export ships: other weights (fingerprint), another
+    epoch, another split than test, or another operating point (threshold, temperature), TTA or
+    precision than the stored ones. ``disjoint`` compares the evaluated patients with
+    every patient the run trained or selected on.
+    """
+    settings = read_export_settings(export_dir)
+    problems = []
+    evaluated = metrics.get('weights_sha256')
+    if evaluated is None:
+        problems.append('it records no weights fingerprint (made by an older evaluate.py)')
+    elif evaluated != sha256_file(export_dir / WEIGHTS_NAME):
+        problems.append(f'it evaluated other weights than {export_dir}')
+    if (
+        metrics.get('epoch') is not None
+        and settings.epoch is not None
+        and metrics['epoch'] != settings.epoch
+    ):
+        problems.append(f'it evaluated epoch {metrics["epoch"]}, the export holds {settings.epoch}')
+    if metrics.get('split') != 'test':
+        problems.append(f'it evaluated the {metrics.get("split")!r} split, not the held-out test')
+    if settings.threshold is not None and not math.isclose(
+        metrics.get('threshold', -1), settings.threshold, abs_tol=1e-9
+    ):
+        problems.append(
+            f'its threshold {metrics.get("threshold")} ({metrics.get("threshold_source")}) is not '
+            f'the stored {settings.threshold}'
+        )
+    temperature = (metrics.get('calibration') or {}).get('temperature')
+    if isinstance(temperature, (int, float)) and not math.isclose(
+        temperature, settings.temperature, rel_tol=1e-9
+    ):
+        problems.append(f'its temperature {temperature} is not the stored {settings.temperature}')
+    if metrics.get('tta'):
+        problems.append('it used test-time augmentation, which the published model does not')
+    stored = _plain_precision(settings.precision)
+    used = _plain_precision(metrics.get('precision'))
+    if stored != used:
+        problems.append(f'it ran in {used} precision, the model was trained in {stored}')
+    seen = run.seen_patients() if run is not None else None
+    evaluated_patients = folder.evaluated_patients()
+    disjoint = None
+    if seen is not None and evaluated_patients is not None:
+        disjoint = not (evaluated_patients & seen)
+    return EvalCheck(problems=problems, disjoint=disjoint)
+
+
+def _plain_precision(precision) -> str:
+    return {'no': 'fp32', None: 'fp32', 'auto': 'auto'}.get(precision, str(precision))
+
+
+# ------------------------------------------------------------------------------ --overwrite
+
+
+class OldRunAside:
+    """``--overwrite`` without losing work: the old run moves aside only after every check has
+    passed, is deleted once the new run has its first checkpoint (``release``), and comes back if
+    the new run fails before that."""
+
+    def __init__(self, run: Run, accelerator, active: bool):
+        self.run, self.accelerator = run, accelerator
+        self.active = active and run.has_content()
+        self.aside = run.path.with_name(f'.{run.path.name}.replaced')
+
+    def __enter__(self) -> OldRunAside:
+        if self.active and self.accelerator.is_main_process:
+            shutil.rmtree(self.aside, ignore_errors=True)
+            self.run.path.rename(self.aside)
+            _logger.warning(
+                '--overwrite: %s moved to %s; deleted once the new run has its first checkpoint',
+                self.run.path,
+                self.aside,
+            )
+        self.accelerator.wait_for_everyone()
+        return self
+
+    def release(self) -> None:
+        if self.active and self.accelerator.is_main_process:
+            shutil.rmtree(self.aside, ignore_errors=True)
+        self.active = False
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.active and exc_type is not None and self.accelerator.is_main_process:
+            shutil.rmtree(self.run.path, ignore_errors=True)
+            self.aside.rename(self.run.path)
+            _logger.warning(
+                'the new run failed before its first checkpoint: %s restored', self.run.path
+            )
+
+
+# ------------------------------------------------------------------------- finding the export
+
+MODEL_FORMS = (
+    'a training run folder (RUN), an export folder, local-dir:DIR, hf-hub:ORG/NAME '
+    'or path/model.safetensors'
+)
+
+
+def locate(path: str | os.PathLike) -> tuple[Path, Run | None]:
+    """(export folder, its run or None) for RUN, RUN/best, RUN/final, an export folder or its
+    ``model.safetensors``. A run gives what it publishes (``Run.published_export_dir``)."""
+    from .export import ExportError
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ExportError(f'model {str(path)!r} does not exist; pass {MODEL_FORMS}.')
+    if p.is_file():
+        if p.name != WEIGHTS_NAME:
+            raise ExportError(
+                f"{p} is not an export's weights file: timm loads {WEIGHTS_NAME} with its "
+                f'config.json beside it; pass the folder, or rename the file to {WEIGHTS_NAME}.'
+            )
+        p = p.parent
+    run = Run(p)
+    if run.is_run:
+        export_dir = run.published_export_dir()
+        if is_export(export_dir):
+            return export_dir, run
+        if run.is_cv:
+            raise ExportError(
+                f'{p} is a cross-validation run without its refit model ({export_dir}): add it '
+                f'with train.py --output-dir {p} --resume --refit, or pass {run.fold(0).path} for '
+                f'one fold model (see docs/EVALUATION.md).'
+            )
+        raise ExportError(
+            f'{p} has no best weights ({export_dir} is missing or incomplete); train first '
+            f'(train.py writes RUN/{Run.BEST} when a validation epoch finishes) or point at a '
+            f'finished run'
+        )
+    if not is_export(p):
+        raise ExportError(
+            f'{p} is neither a training run nor a timm export folder (config.json and '
+            f'{WEIGHTS_NAME}); pass {MODEL_FORMS}.'
+        )
+    return p, Run.of_export(p)
