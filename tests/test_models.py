@@ -2,7 +2,6 @@
 
 import json
 import socket
-import time
 
 import pytest
 import timm
@@ -169,11 +168,13 @@ def no_network(monkeypatch):
 @pytest.mark.parametrize(
     'kwargs', [{}, {'features_only': True}, {'pretrained_cfg': PRETRAINED_TAG}, {'in_chans': 3}]
 )
-def test_pretrained_without_a_weight_source_fails_at_once(name, kwargs, no_network):
-    start = time.perf_counter()
+def test_pretrained_without_a_weight_source_fails_at_once(name, kwargs, no_network, monkeypatch):
+    def build(*args, **kwargs):
+        raise AssertionError('built the model before refusing')  # convnext_base: 89 M parameters
+
+    monkeypatch.setattr(adni_timm.models, 'build_model_with_cfg', build)
     with pytest.raises(RuntimeError) as err:
         timm.create_model(name, pretrained=True, **kwargs)
-    assert time.perf_counter() - start < 1.0  # refused before building (convnext_base: 89M)
     message = str(err.value)
     assert message.startswith(f'{name}: no pretrained weights are published')
     assert "pretrained_cfg_overlay=dict(hf_hub_id='ORG/NAME')" in message
@@ -199,3 +200,65 @@ def test_pretrained_with_a_hub_overlay_loads_those_weights(tmp_path, no_network)
     x = torch.randn(2, 1, 64, 64)
     with torch.no_grad():  # timm sums the 3-channel stem: one channel = three equal channels
         torch.testing.assert_close(model(x), stock(x.repeat(1, 3, 1, 1)), rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# .ci/timm_model_tests.py: the offline parts (the run itself needs PyPI; .ci/run does it)
+
+
+@pytest.fixture(scope='module')
+def timm_tests_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / '.ci' / 'timm_model_tests.py'
+    spec = importlib.util.spec_from_file_location('timm_model_tests', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_timm_tests_refuse_an_unknown_variant(timm_tests_script, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        timm_tests_script.main(['adni_convnext_atto', 'adni_convnext_huge'])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert 'unknown variant adni_convnext_huge' in err and 'adni_convnext_tiny' in err
+
+
+def test_timm_tests_count_outcomes_and_variants_that_ran_nothing(timm_tests_script, tmp_path):
+    junit = tmp_path / 'junit.xml'
+    junit.write_text(
+        '<testsuites><testsuite>'
+        '<testcase name="test_model_forward[1-adni_convnext_atto]"/>'
+        '<testcase name="test_model_default_cfgs_non_std[1-adni_convnext_atto.adni_ad_nc]">'
+        '<skipped/></testcase>'
+        '<testcase name="test_model_backward[2-adni_convnext_tiny]"><failure/></testcase>'
+        '<testcase name="test_model_forward_fx[1-adni_convnext_tiny]"><error/></testcase>'
+        '</testsuite></testsuites>'
+    )
+    counts, silent = timm_tests_script.summarize(
+        junit, ['adni_convnext_atto', 'adni_convnext_tiny', 'adni_convnext_nano']
+    )
+    assert counts == {'passed': 1, 'failed': 2, 'skipped': 1}
+    assert silent == ['adni_convnext_nano']
+
+
+def test_timm_tests_unpack_only_the_tests_of_the_installed_version(timm_tests_script, tmp_path):
+    import io
+    import tarfile
+
+    sdist = tmp_path / 'timm-9.9.9.tar.gz'
+    with tarfile.open(sdist, 'w:gz') as tar:
+        for name in ('tests/test_models.py', 'tests/__init__.py', 'pyproject.toml', 'timm/x.py'):
+            info = tarfile.TarInfo(f'timm-9.9.9/{name}')
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b'#\n'))
+    with pytest.raises(timm_tests_script.TimmTestsError, match='not the installed timm-1.0.31'):
+        timm_tests_script.unpack_tests(sdist, '1.0.31', tmp_path / 'a')
+    root = timm_tests_script.unpack_tests(sdist, '9.9.9', tmp_path / 'b')
+    assert root == tmp_path / 'b' / 'timm-9.9.9'
+    # no timm/ source folder: the tests import the installed timm our models register in
+    files = sorted(str(p.relative_to(root)) for p in root.rglob('*') if p.is_file())
+    assert files == ['conftest.py', 'pyproject.toml', 'tests/__init__.py', 'tests/test_models.py']
+    assert 'import adni_timm' in (root / 'conftest.py').read_text()
