@@ -1,8 +1,8 @@
 """Run timm's own model tests on our entrypoints: an external check that the adni models are timm
 models (forward, backward, default cfgs, features, intermediates, torchscript, fx).
 
-    python .ci/timm_model_tests.py          # all five adni_convnext_*
-    python .ci/timm_model_tests.py adni_convnext_atto adni_convnext_tiny   # what .ci/run runs
+    python .ci/timm_model_tests.py          # all five adni_convnext_*: 40 tests, ~5 min on 2 cores
+    python .ci/timm_model_tests.py adni_convnext_atto adni_convnext_tiny   # .ci/run: 16, ~2 min
 
 It downloads the source distribution of the *installed* timm (its tests ship there; needs PyPI, or
 --sdist FILE), unpacks its tests/ into a temporary folder outside the checkout, adds a conftest.py
