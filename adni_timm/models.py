@@ -6,11 +6,21 @@ Each ``adni_convnext_*`` model is timm's own ``ConvNeXt`` built by
 scratch initialisation (never ImageNet weights). The state dict is exactly that
 of the matching stock model (``STOCK_ARCHITECTURES``), so exported weights load
 in plain timm without this package.
+
+No weights are published (``PUBLISHED_WEIGHTS`` is empty), so the cfgs name no
+weight source, ``timm.list_pretrained('adni*')`` is empty, and ``pretrained=True``
+needs one: ``pretrained_cfg_overlay=dict(hf_hub_id='ORG/NAME')`` or
+``timm.create_model('local-dir:DIR', pretrained=True)`` (docs/HUB.md).
 """
 
 from __future__ import annotations
 
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import (
+    build_model_with_cfg,
+    generate_default_cfgs,
+    register_model,
+    resolve_pretrained_cfg,
+)
 from timm.models.convnext import ConvNeXt, checkpoint_filter_fn
 
 __all__ = [
@@ -19,9 +29,9 @@ __all__ = [
     'STD',
     'INTERPOLATION',
     'CROP_PCT',
-    'HF_HUB_ORG',
     'LICENSE',
     'PRETRAINED_TAG',
+    'PUBLISHED_WEIGHTS',
     'STOCK_ARCHITECTURES',
     'stock_architecture',
 ]
@@ -33,7 +43,6 @@ INTERPOLATION = 'bilinear'
 # 256x240 slices are resized (short side) to img_size / crop_pct, then centre-cropped.
 # 1.0 keeps the whole brain: the slices are already tightly framed.
 CROP_PCT = 1.0
-HF_HUB_ORG = 'adni-timm'  # where published weights would live; override with pretrained_cfg_overlay
 PRETRAINED_TAG = 'adni_ad_nc'
 LICENSE = 'apache-2.0'  # code and weights; the ADNI data-use agreement may restrict redistribution
 
@@ -47,6 +56,16 @@ STOCK_ARCHITECTURES = {
 }
 
 
+# adni name -> Hub repo id of reference weights that really exist. Empty: nothing is published, and
+# a cfg that names a repo which does not exist makes timm advertise (list_pretrained) weights that
+# fail to load. Publishing reference weights adds their repo id here in the same commit.
+PUBLISHED_WEIGHTS: dict[str, str] = {}
+
+# the keys by which a pretrained cfg names its weights (timm's PretrainedCfg.has_weights, plus an
+# in-memory state dict)
+_WEIGHT_SOURCE_KEYS = ('hf_hub_id', 'url', 'file', 'state_dict')
+
+
 def stock_architecture(model_name: str) -> str:
     """The stock timm architecture a model name builds (identity for non-adni names)."""
     return STOCK_ARCHITECTURES.get(model_name.split('.')[0], model_name.split('.')[0])
@@ -54,7 +73,8 @@ def stock_architecture(model_name: str) -> str:
 
 def _cfg(hf_hub_id: str = '', **kwargs):
     return {
-        'hf_hub_id': hf_hub_id,
+        # no key at all without published weights: timm lists a cfg with a source as pretrained
+        **({'hf_hub_id': hf_hub_id} if hf_hub_id else {}),
         'num_classes': 2,
         'input_size': (1, 224, 224),
         'pool_size': (7, 7),
@@ -80,16 +100,37 @@ def _cfg(hf_hub_id: str = '', **kwargs):
 
 default_cfgs = generate_default_cfgs(
     {
-        f'{name}.{PRETRAINED_TAG}': _cfg(hf_hub_id=f'{HF_HUB_ORG}/{name}.{PRETRAINED_TAG}')
+        f'{name}.{PRETRAINED_TAG}': _cfg(hf_hub_id=PUBLISHED_WEIGHTS.get(name, ''))
         for name in STOCK_ARCHITECTURES
     }
 )
+
+
+def _require_weight_source(variant: str, kwargs: dict) -> None:
+    """Refuse ``pretrained=True`` before building anything when no cfg names weights.
+
+    timm itself would build the model first and then fail with a message that names no way out;
+    this says at once how to give a source.
+    """
+    cfg = resolve_pretrained_cfg(
+        variant,
+        pretrained_cfg=kwargs.get('pretrained_cfg'),
+        pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'),
+    )
+    if not any(getattr(cfg, key, None) for key in _WEIGHT_SOURCE_KEYS):
+        raise RuntimeError(
+            f'{variant}: no pretrained weights are published for it (the adni models train from '
+            f"scratch); load your own with pretrained_cfg_overlay=dict(hf_hub_id='ORG/NAME') or "
+            f"timm.create_model('local-dir:/path/to/export', pretrained=True) (docs/HUB.md), "
+            f'or use pretrained=False.'
+        )
 
 
 def _create_adni_convnext(variant: str, pretrained: bool = False, **kwargs) -> ConvNeXt:
     kwargs.setdefault('in_chans', 1)
     kwargs.setdefault('num_classes', 2)
     if pretrained:
+        _require_weight_source(variant, kwargs)
         # published weights (adni_timm.export) are 3-channel:
         # say so, and timm sums them for in_chans=1
         overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
@@ -108,9 +149,9 @@ def _create_adni_convnext(variant: str, pretrained: bool = False, **kwargs) -> C
         if not pretrained or isinstance(e, (TypeError, ValueError, KeyError)):
             raise
         raise RuntimeError(
-            f'{variant}: pretrained weights could not be loaded ({type(e).__name__}: {e}); none '
-            f"are published by default: pass pretrained_cfg_overlay=dict(hf_hub_id='ORG/NAME') "
-            f"or load 'local-dir:/path/to/export' (see docs/HUB.md, also for offline use)."
+            f'{variant}: pretrained weights could not be loaded ({type(e).__name__}: {e}); check '
+            f"pretrained_cfg_overlay=dict(hf_hub_id='ORG/NAME') or load "
+            f"'local-dir:/path/to/export' (see docs/HUB.md, also for offline use)."
         ) from e
     channels = kwargs['in_chans']
     # describe the model built, not the weights' source
