@@ -128,20 +128,21 @@ def app_process(demo_files, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def expected_p_ad(demo_files, app_process):
-    """evaluate.py's P(AD) of the slice: evaluation.predict, then the stored temperature.
+    """evaluate.py's P(AD) of the slice: inference.predict_slices, then the stored temperature.
 
     Computed while the app starts up in its own process (hence ``app_process``)."""
-    from adni_timm import data, evaluation, metrics
+    from adni_timm import data, metrics
+    from adni_timm.inference import load_model, predict_slices
 
     export, slice_path, _ = demo_files
-    model, info = evaluation.resolve_model(export)
+    loaded = load_model(export)
     patient, index = data.parse_file_name(slice_path)
-    probs = evaluation.predict(
-        model, [data.Slice(str(slice_path), patient, -1, index)], batch_size=1
+    probs = predict_slices(
+        loaded.net, [data.Slice(str(slice_path), patient, -1, index)], batch_size=1
     )
-    assert info['temperature'] == pytest.approx(TEMPERATURE)
-    calibrated = metrics.apply_temperature(probs, info['temperature'])
-    return float(calibrated[0, data.positive_index(info['classes'])])
+    assert loaded.point.temperature == pytest.approx(TEMPERATURE)
+    calibrated = metrics.apply_temperature(probs, loaded.point.temperature)
+    return float(calibrated[0, data.positive_index(loaded.classes)])
 
 
 def _free_port() -> int:

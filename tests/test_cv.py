@@ -110,9 +110,7 @@ def test_cross_fitted_metrics_score_each_fold_at_the_threshold_of_the_others():
         assert fold['patient']['accuracy'] == pytest.approx(direct['patient']['accuracy'])
     # pooled: every patient decided at its own fold's threshold; AUC threshold-free
     pooled = result['pooled']
-    decided = [
-        result['per_fold'][k]['patient']['confusion_matrix'] for k in range(3)
-    ]
+    decided = [result['per_fold'][k]['patient']['confusion_matrix'] for k in range(3)]
     assert pooled['patient']['confusion_matrix'] == np.sum(decided, axis=0).tolist()
     everyone = slice_and_patient_metrics(patients, y, p, 0.5)
     assert pooled['patient']['auc'] == pytest.approx(everyone['patient']['auc'])
@@ -302,7 +300,12 @@ def test_cli_compare_and_one_line_errors(tmp_path, capsys):
 
 def test_cli_as_a_module_exits_2_without_traceback(tmp_path):
     command = [
-        sys.executable, '-m', 'adni_timm.cv_compare', 'compare', str(tmp_path), str(tmp_path)
+        sys.executable,
+        '-m',
+        'adni_timm.cv_compare',
+        'compare',
+        str(tmp_path),
+        str(tmp_path),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2

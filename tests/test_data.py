@@ -21,17 +21,13 @@ from adni_timm.data import (
     SliceCache,
     SliceDataset,
     build_transforms,
-    check_no_leakage,
     create_loader,
-    find_bad_images,
     preload,
     read_image,
     resolve_bad_images,
     scan_split,
-    select,
-    split_patients,
-    split_slices,
 )
+from adni_timm.splits import check_no_leakage, select, split_patients, split_slices
 from adni_timm.hardware import available_memory
 from adni_timm.synthetic import generate
 
@@ -209,15 +205,14 @@ def broken(tmp_path):
     return root
 
 
-def test_find_bad_images(broken):
-    bad = dict(find_bad_images(scan_split(broken, 'train')))
-    assert set(bad) == {
+def test_bad_images_are_found_alike_on_threads(broken):
+    slices = scan_split(broken, 'train')
+    kept = resolve_bad_images(slices, skip_bad=True)
+    assert {s.path for s in slices} - {s.path for s in kept} == {
         str(broken / 'train' / 'NC' / '7_1.jpeg'),
         str(broken / 'train' / 'AD' / '8_1.jpeg'),
     }
-    assert 'not an image' in bad[str(broken / 'train' / 'NC' / '7_1.jpeg')]
-    assert 'truncated' in bad[str(broken / 'train' / 'AD' / '8_1.jpeg')]
-    assert dict(find_bad_images(scan_split(broken, 'train'), num_workers=2)) == bad
+    assert resolve_bad_images(slices, skip_bad=True, num_workers=2) == kept
 
 
 def test_bad_images_stop_by_default_listing_every_file(broken):

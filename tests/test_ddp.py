@@ -11,7 +11,8 @@ import numpy as np
 import timm
 import torch
 
-from adni_timm import data, evaluation, export
+from adni_timm import data, export
+from adni_timm.inference import load_model, predict_slices
 from helpers import LAUNCH, ROOT, TINY
 
 ENV = {**os.environ, 'ACCELERATE_USE_CPU': '1', 'OMP_NUM_THREADS': '1'}
@@ -41,7 +42,7 @@ def test_two_process_predict_returns_every_test_slice_once_in_order(tiny_data, t
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     gathered = np.load(out)
-    single = evaluation.predict(evaluation.resolve_model(exported)[0], slices, batch_size=5)
+    single = predict_slices(load_model(exported).net, slices, batch_size=5)
     assert gathered.shape == single.shape == (len(slices), 2)
     np.testing.assert_allclose(gathered, single, atol=1e-6)
     # distinct values: order is really checked

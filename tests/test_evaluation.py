@@ -19,17 +19,13 @@ import torch
 from accelerate import Accelerator
 from PIL import Image
 
-from adni_timm import data, evaluation, export, synthetic
+from adni_timm import data, export, inference, run, synthetic
+from adni_timm.evaluation import EvaluationError, evaluate, format_table, predict_images
 from adni_timm.export import ExportError
-from adni_timm.evaluation import (
-    EvaluationError,
-    evaluate,
-    format_table,
-    predict,
-    predict_images,
-    resolve_model,
-)
+from adni_timm.inference import UNNAMED_GROUP, load_model, predict_slices
 from adni_timm.metrics import CI_KEYS, METRIC_KEYS
+from adni_timm.run import Run
+from adni_timm.splits import split_patients
 
 ROOT = Path(__file__).resolve().parents[1]
 STORED_THRESHOLD = 0.37
@@ -73,16 +69,15 @@ def run_dir(tmp_path_factory, model, data_dir):
             'classes': ['NC', 'AD'],
         },
     )
-    split = data.split_patients(data.scan_split(data_dir, 'train'), val_fraction=0.34, seed=0)
+    split = split_patients(data.scan_split(data_dir, 'train'), val_fraction=0.34, seed=0)
     (run / 'split.json').write_text(json.dumps(split))
     return run
 
 
 @pytest.fixture(scope='module')
 def loaded(run_dir):
-    """``dict(model=..., info=...)`` of the run, for tests about something other than loading."""
-    model, info = resolve_model(run_dir)
-    return dict(model=model, info=info)
+    """The run's LoadedModel, for tests about something other than loading."""
+    return load_model(run_dir)
 
 
 @pytest.fixture(scope='module')
@@ -158,7 +153,7 @@ def test_evaluate_run_writes_reports_with_the_stored_threshold(
 
 
 def test_format_table_shows_both_levels_and_cis(run_dir, data_dir, loaded):
-    table = format_table(evaluate(str(run_dir), data_dir, n_boot=50, **loaded))
+    table = format_table(evaluate(loaded, data_dir, n_boot=50))
     assert 'slices (n=24)' in table and 'patients (n=6)' in table
     assert 'threshold 0.370 (validation)' in table
     assert len([line for line in table.splitlines() if line.startswith(CI_KEYS)]) == len(CI_KEYS)
@@ -167,17 +162,17 @@ def test_format_table_shows_both_levels_and_cis(run_dir, data_dir, loaded):
 
 def test_predict_equals_a_direct_forward_with_and_without_tta(model, data_dir, direct_probs):
     slices = data.scan_split(data_dir, 'test')
-    probs = predict(model, slices, batch_size=5)  # 5 does not divide 24: the last batch is short
+    probs = predict_slices(model, slices, batch_size=5)  # 5 does not divide 24: a short last batch
     assert probs.shape == (24, 2)
     np.testing.assert_allclose(probs, direct_probs[0], atol=1e-5)
-    tta = predict(model, slices, batch_size=8, tta=True)
+    tta = predict_slices(model, slices, batch_size=8, tta=True)
     np.testing.assert_allclose(tta, (direct_probs[0] + direct_probs[1]) / 2, atol=1e-5)
     assert not np.allclose(tta, probs)
 
 
 def test_predict_through_an_accelerator_counts_each_slice_once(model, data_dir, direct_probs):
     slices = data.scan_split(data_dir, 'test')
-    probs = predict(model, slices, batch_size=7, accelerator=Accelerator(cpu=True))
+    probs = predict_slices(model, slices, batch_size=7, accelerator=Accelerator(cpu=True))
     np.testing.assert_allclose(probs, direct_probs[0], atol=1e-5)
 
 
@@ -187,7 +182,7 @@ def test_predict_on_cuda_in_bf16_matches_cpu(data_dir):
     net = _tiny_model()  # its own model: predict moves it to the GPU
     slices = data.scan_split(data_dir, 'test')
     reference = _direct_probs(net, slices)
-    probs = predict(net, slices, batch_size=8, tta=True)
+    probs = predict_slices(net, slices, batch_size=8, tta=True)
     assert next(net.parameters()).is_cuda and not net.training
     np.testing.assert_allclose(
         probs, (reference + _direct_probs(net.cpu(), slices, flip=True)) / 2, atol=3e-2
@@ -200,33 +195,34 @@ def test_predict_on_cuda_in_bf16_matches_cpu(data_dir):
 @pytest.mark.parametrize(
     'form', ['run', 'run/best', 'local-dir:run/best', 'run/best/model.safetensors']
 )
-def test_resolve_model_forms(run_dir, model, form):
+def test_load_model_forms(run_dir, model, form):
     ref = form.replace('run', str(run_dir))
-    loaded, info = resolve_model(ref)
-    assert {
-        k: info[k]
-        for k in ('model', 'threshold', 'threshold_source', 'temperature', 'run_dir', 'classes')
-    } == {
-        'model': ref,
-        'threshold': STORED_THRESHOLD,
-        'threshold_source': 'validation',
-        'temperature': 1.0,
-        'run_dir': run_dir,
-        'classes': ['NC', 'AD'],
-    }
-    assert info['export']['format'] == 2 and info['export']['trained_in_chans'] == 1
+    loaded = load_model(ref)
+    assert (loaded.ref, loaded.classes, loaded.run, loaded.cv_run) == (
+        ref,
+        ['NC', 'AD'],
+        Run(run_dir),
+        None,
+    )
+    assert (loaded.point.threshold, loaded.point.source, loaded.point.temperature) == (
+        STORED_THRESHOLD,
+        'validation',
+        1.0,
+    )
+    assert loaded.settings.format == 2 and loaded.settings.trained_in_chans == 1
     assert (
-        info['weights_sha256']
+        loaded.weights_sha256
         == hashlib.sha256((run_dir / 'best/model.safetensors').read_bytes()).hexdigest()
     )
-    assert not loaded.training
+    assert not loaded.net.training and not loaded.is_ensemble
     x = torch.randn(2, 1, 64, 64)
-    torch.testing.assert_close(loaded(x), model(x))
+    torch.testing.assert_close(loaded.net(x), model(x), rtol=1e-5, atol=1e-6)
 
 
 def test_plain_export_has_no_run_and_a_fixed_threshold(plain_export, data_dir):
-    _, info = resolve_model(plain_export)
-    assert info['run_dir'] is None and info['threshold'] is None
+    loaded = load_model(plain_export)
+    assert loaded.run is None and loaded.settings.threshold is None
+    assert (loaded.point.threshold, loaded.point.source) == (0.5, 'fixed')
     result = evaluate(str(plain_export), data_dir, n_boot=0)
     assert (result['threshold'], result['threshold_source']) == (0.5, 'fixed')
     assert 'accuracy_ci' not in result['patient'] and result['ci'] is None
@@ -244,40 +240,40 @@ def test_hf_hub_model_loads_from_the_cache_with_its_threshold(
     (repo / 'refs').mkdir()
     (repo / 'refs' / 'main').write_text(commit)
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path))
-    loaded, info = resolve_model('hf-hub:adni-timm/tiny')
-    assert info['threshold'] == STORED_THRESHOLD and info['run_dir'] is None
+    loaded = load_model('hf-hub:adni-timm/tiny')
+    assert loaded.point.threshold == STORED_THRESHOLD and loaded.run is None
     x = torch.randn(1, 1, 64, 64)
-    torch.testing.assert_close(loaded(x), model(x))
+    torch.testing.assert_close(loaded.net(x), model(x), rtol=1e-5, atol=1e-6)
     with pytest.raises(ExportError, match='could not load hf-hub:adni-timm/absent.*repository id'):
-        resolve_model('hf-hub:adni-timm/absent')
+        load_model('hf-hub:adni-timm/absent')
 
 
 def test_bad_model_references(tmp_path, run_dir):
     with pytest.raises(ExportError, match='does not exist.*hf-hub:ORG/NAME'):
-        resolve_model(tmp_path / 'nope')
+        load_model(tmp_path / 'nope')
     (tmp_path / 'notes.txt').write_text('hi')
-    with pytest.raises(ExportError, match='neither a training run .* nor a timm export folder'):
-        resolve_model(tmp_path)
+    with pytest.raises(ExportError, match='neither a training run nor a timm export folder'):
+        load_model(tmp_path)
     weights = tmp_path / 'w' / 'weights.safetensors'
     weights.parent.mkdir()
     shutil.copy(run_dir / 'best' / 'model.safetensors', weights)
     with pytest.raises(ExportError, match='rename the file to model.safetensors'):
-        resolve_model(weights)
+        load_model(weights)
     not_timm = tmp_path / 'hf'
     shutil.copytree(run_dir / 'best', not_timm)
     (not_timm / 'config.json').write_text(json.dumps({'model_type': 'bert'}))
     with pytest.raises(ExportError, match='not a timm config'):
-        resolve_model(not_timm)
+        load_model(not_timm)
 
 
 # --------------------------------------------------------------------------------------- thresholds
 
 
 def test_cli_threshold_wins_and_is_applied(run_dir, data_dir, loaded):
-    low = evaluate(str(run_dir), data_dir, threshold=0.0, n_boot=0, **loaded)
+    low = evaluate(loaded, data_dir, threshold=0.0, n_boot=0)
     assert (low['threshold'], low['threshold_source']) == (0.0, 'cli')
     assert low['patient']['confusion_matrix'] == [[0, 3], [0, 3]]  # everything called AD
-    high = evaluate(str(run_dir), data_dir, threshold=1.0, n_boot=0, **loaded)
+    high = evaluate(loaded, data_dir, threshold=1.0, n_boot=0)
     assert high['patient']['sensitivity'] == 0.0 and high['patient']['specificity'] == 1.0
 
 
@@ -295,11 +291,11 @@ def test_cli_threshold_wins_and_is_applied(run_dir, data_dir, loaded):
 )
 def test_bad_threshold_options(run_dir, data_dir, loaded, kwargs, match):
     with pytest.raises(EvaluationError, match=match):
-        evaluate(str(run_dir), data_dir, n_boot=0, **loaded, **kwargs)
+        evaluate(loaded, data_dir, n_boot=0, **kwargs)
 
 
 def _fake_predict(p_by_patient):
-    def fake(model, slices, **kwargs):
+    def fake(net, slices, **kwargs):
         p = np.array([p_by_patient[s.patient] for s in slices])
         return np.stack([1 - p, p], axis=1)
 
@@ -314,7 +310,7 @@ def test_target_sensitivity_is_met_on_the_runs_validation_patients_not_on_test(
     data_dir, model, tmp_path, monkeypatch
 ):
     train_ad, train_nc = _patients(data_dir, 'train', 1), _patients(data_dir, 'train', 0)
-    seed0_val = set(data.split_patients(data.scan_split(data_dir, 'train'), seed=0)['val'])
+    seed0_val = set(split_patients(data.scan_split(data_dir, 'train'), seed=0)['val'])
     # differs from the fallback split on purpose
     val_ad = next(p for p in train_ad if p not in seed0_val)
     run = tmp_path / 'run'
@@ -335,9 +331,10 @@ def test_target_sensitivity_is_met_on_the_runs_validation_patients_not_on_test(
     p = {pid: 0.1 for pid in train_nc + _patients(data_dir, 'test', 0)}
     p.update({pid: 0.6 + 0.1 * i for i, pid in enumerate(q for q in train_ad if q != val_ad)})
     p.update({val_ad: 0.8, **{pid: 0.3 for pid in _patients(data_dir, 'test', 1)}})
-    monkeypatch.setattr(evaluation, 'predict', _fake_predict(p))
+    monkeypatch.setattr(inference, 'predict_slices', _fake_predict(p))
     result = evaluate(str(run), data_dir, target_sensitivity=1.0, n_boot=0)
-    assert result['threshold'] == pytest.approx(0.8) and result['threshold_source'] == 'validation'
+    # the middle of the gap below 0.8 on validation (NC at 0.1): 0.45, never 0.6 or 0.3
+    assert result['threshold'] == pytest.approx(0.45) and result['threshold_source'] == 'validation'
     assert result['threshold_selection'] == {
         'target_sensitivity': 1.0,
         'chosen_on': str(run / 'split.json'),
@@ -352,15 +349,15 @@ def test_target_sensitivity_is_met_on_the_runs_validation_patients_not_on_test(
 def test_target_sensitivity_without_a_run_uses_a_seed0_split_of_train(
     plain_export, data_dir, monkeypatch, caplog
 ):
-    split = data.split_patients(data.scan_split(data_dir, 'train'), seed=0)
+    split = split_patients(data.scan_split(data_dir, 'train'), seed=0)
     val_ad = [pid for pid in split['val'] if pid in _patients(data_dir, 'train', 1)]
     p = {pid: 0.2 for pid in _patients(data_dir, 'train', 0) + _patients(data_dir, 'test', 0)}
     p.update({pid: 0.9 for pid in _patients(data_dir, 'train', 1) + _patients(data_dir, 'test', 1)})
     p.update({pid: 0.65 for pid in val_ad})
-    monkeypatch.setattr(evaluation, 'predict', _fake_predict(p))
+    monkeypatch.setattr(inference, 'predict_slices', _fake_predict(p))
     with caplog.at_level(logging.WARNING, logger='adni_timm.evaluation'):
         result = evaluate(str(plain_export), data_dir, target_sensitivity=1.0, n_boot=0)
-    assert result['threshold'] == pytest.approx(0.65)
+    assert result['threshold'] == pytest.approx((0.65 + 0.2) / 2)  # the gap below 0.65
     assert result['threshold_selection']['chosen_on'] == 'seed-0 patient split of DATA_DIR/train'
     assert 'optimistic' in caplog.text
 
@@ -397,11 +394,11 @@ def test_target_sensitivity_refuses_validation_patients_that_are_also_tested(
 
 def test_data_dir_without_the_split(run_dir, data_dir, loaded, tmp_path):
     with pytest.raises(data.DataError, match='does not exist'):
-        evaluate(str(run_dir), tmp_path / 'missing', n_boot=0, **loaded)
+        evaluate(loaded, tmp_path / 'missing', n_boot=0)
     only_train = tmp_path / 'only_train'
     shutil.copytree(data_dir / 'train', only_train / 'train')
     with pytest.raises(data.DataError, match="no 'test' folder"):
-        evaluate(str(run_dir), only_train, n_boot=0, **loaded)
+        evaluate(loaded, only_train, n_boot=0)
 
 
 def test_three_channel_model_on_grayscale_data(tmp_path, data_dir):
@@ -411,14 +408,14 @@ def test_three_channel_model_on_grayscale_data(tmp_path, data_dir):
     )
     exported = export.export_model(rgb, tmp_path / 'rgb')
     with pytest.raises(
-        EvaluationError, match='3-channel input but ADNI slices are 1-channel.*in_chans=1'
+        inference.InferenceError, match='3-channel input but ADNI slices are 1-channel.*in_chans=1'
     ):
         evaluate(str(exported), data_dir, n_boot=0)
 
 
 def test_class_count_must_match_the_model(run_dir, data_dir, loaded):
     with pytest.raises(EvaluationError, match='2 outputs but the classes are NC,MCI,AD'):
-        evaluate(str(run_dir), data_dir, classes=['NC', 'MCI', 'AD'], n_boot=0, **loaded)
+        evaluate(loaded, data_dir, classes=['NC', 'MCI', 'AD'], n_boot=0)
 
 
 def test_three_classes_report_ad_vs_rest(tmp_path):
@@ -465,7 +462,9 @@ def test_predict_images_folder_file_and_unnamed(run_dir, data_dir, model, tmp_pa
     unnamed = tmp_path / 'scan.png'
     Image.open(slices[0]).save(unnamed)
     single = predict_images(str(run_dir), unnamed, threshold=0.9)
-    assert single['patients'] == [] and single['slices'][0]['patient'] == ''
+    # a file without a <patient>_<slice> name is its own group, never dropped from the table
+    assert [r['patient'] for r in single['patients']] == [UNNAMED_GROUP]
+    assert single['slices'][0]['patient'] == UNNAMED_GROUP
     # PNG of the same pixels
     assert single['slices'][0]['p_AD'] == pytest.approx(by_path[str(slices[0])], abs=1e-3)
     assert (single['threshold'], single['threshold_source']) == (0.9, 'cli')
@@ -484,15 +483,12 @@ def _cli():
 
 
 def test_cli_evaluates_into_the_run_folder(run_dir, data_dir, capsys):
-    assert (
-        _cli()(['--model', str(run_dir), '--data-dir', str(data_dir), '--n-boot', '20', '--tta'])
-        == 0
-    )
+    assert _cli()(['--model', str(run_dir), '--data-dir', str(data_dir), '--n-boot', '20']) == 0
     out = capsys.readouterr().out
     # where push_to_hub.py looks
     assert 'patients (n=6)' in out and f'wrote {run_dir / "eval"}' in out
     assert {p.name for p in (run_dir / 'eval').iterdir()} == FILES
-    assert json.loads((run_dir / 'eval' / 'metrics.json').read_text())['tta'] is True
+    assert json.loads((run_dir / 'eval' / 'metrics.json').read_text())['tta'] is False
 
 
 def test_cli_images_and_usage_errors(run_dir, data_dir, tmp_path, capsys):
@@ -548,5 +544,50 @@ def test_cli_bad_model_is_one_line_without_traceback(tmp_path):
     assert proc.returncode == 1
     assert 'Traceback' not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        f"error: model '{tmp_path / 'nope'}' does not exist; pass {export.MODEL_FORMS}."
+        f"error: model '{tmp_path / 'nope'}' does not exist; pass {run.MODEL_FORMS}."
     ]
+
+
+def test_non_default_evaluations_get_their_own_folder_and_never_overwrite_eval(
+    run_dir, data_dir, capsys, tmp_path
+):
+    run = shutil.copytree(run_dir, tmp_path / 'run')
+    main = _cli()
+    assert main(['--model', str(run), '--data-dir', str(data_dir), '--n-boot', '0']) == 0
+    published = (run / 'eval' / 'metrics.json').read_bytes()
+    for extra, folder in (
+        (['--threshold', '0.05'], 'eval-threshold-0.05'),
+        (['--tta'], 'eval-tta'),
+        (['--target-sensitivity', '0.9'], 'eval-sensitivity-0.9'),
+        (['--split', 'train', '--threshold', '0.5'], 'eval-train-threshold-0.5'),
+    ):
+        assert (
+            main(['--model', str(run), '--data-dir', str(data_dir), '--n-boot', '0', *extra]) == 0
+        )
+        assert f'wrote {run / folder}' in capsys.readouterr().out
+        assert (run / folder / 'metrics.json').is_file()
+    assert (run / 'eval' / 'metrics.json').read_bytes() == published
+    # asked for by name, the published folder still refuses a non-default evaluation
+    argv = ['--model', str(run), '--data-dir', str(data_dir), '--threshold', '0.05']
+    assert main([*argv, '--output-dir', str(run / 'eval')]) == 1
+    err = capsys.readouterr().err
+    assert 'eval-threshold-0.05' in err and err.count('\n') == 1
+    assert (run / 'eval' / 'metrics.json').read_bytes() == published
+
+
+def test_images_name_every_unusable_file_and_skip_them_on_request(run_dir, data_dir, tmp_path):
+    folder = tmp_path / 'mixed'
+    folder.mkdir()
+    good = sorted((data_dir / 'test' / 'NC').glob('*.jpeg'))[0]
+    shutil.copy(good, folder / good.name)
+    (folder / '5_1.jpeg').write_text('not a jpeg')
+    colour = np.zeros((64, 64, 3), np.uint8)
+    colour[..., 0] = 255
+    Image.fromarray(colour).save(folder / 'photo.png')
+    with pytest.raises(data.DataError, match='(?s)5_1.jpeg: not an image.*--skip-bad-images'):
+        predict_images(str(run_dir), folder)
+    (folder / '5_1.jpeg').unlink()
+    with pytest.raises(EvaluationError, match='(?s)colour image.*photo.png.*--skip-bad-images'):
+        predict_images(str(run_dir), folder)
+    result = predict_images(str(run_dir), folder, skip_bad_images=True)
+    assert [Path(r['path']).name for r in result['slices']] == [good.name]

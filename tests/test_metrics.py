@@ -131,9 +131,10 @@ def test_threshold_for_sensitivity_is_the_highest_reaching_target_with_a_margin(
     # which would call a new slice scoring a hair under ``edge`` negative)
     t = threshold_for_sensitivity(Y, P, target)
     assert t == pytest.approx((edge + below) / 2)
-    assert binary_metrics(Y, P, t)['confusion_matrix'] == binary_metrics(Y, P, edge)[
-        'confusion_matrix'
-    ]
+    assert (
+        binary_metrics(Y, P, t)['confusion_matrix']
+        == binary_metrics(Y, P, edge)['confusion_matrix']
+    )
     assert binary_metrics(Y, P, t)['sensitivity'] >= target
     assert binary_metrics(Y, P, np.nextafter(edge, 1))['sensitivity'] < target
 

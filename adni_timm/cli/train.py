@@ -203,7 +203,7 @@ def format_summary(result) -> str:
             f'threshold    P(AD) >= {fmt(point["threshold"])} (out-of-fold, '
             f'{point["threshold_rule"]})'
         )
-        export = run.final_dir if result.final is not None else run.path
+        export = run.final_dir if result.final is not None else None
     else:
         export = run.best_dir
         if best is not None:
@@ -232,11 +232,12 @@ def format_summary(result) -> str:
     lines += [
         '',
         'next:',
-        f'  python evaluate.py --model {export} --data-dir {result.record.data_dir}',
+        f'  python evaluate.py --model {run.final_dir if result.final is not None else run} '
+        f'--data-dir {result.record.data_dir}',
         f'  python push_to_hub.py --run {run} --repo-id ORG/NAME --dry-run --output-dir '
         f'{run.hub_dir}',
     ]
-    if export != run.path:
+    if export is not None:
         lines.append(f'  timm.create_model("local-dir:{export}", pretrained=True)')
     return '\n'.join(lines)
 
