@@ -102,7 +102,9 @@ def _validation_slices(
         'on the test split, though).',
         data_dir,
     )
-    return select(train, split_patients(train, seed=0), 'val'), 'seed-0 patient split of DATA_DIR/train'
+    return select(
+        train, split_patients(train, seed=0), 'val'
+    ), 'seed-0 patient split of DATA_DIR/train'
 
 
 def choose_point(

@@ -504,15 +504,19 @@ def check_eval_belongs(
         and settings.epoch is not None
         and metrics['epoch'] != settings.epoch
     ):
-        problems.append(f'it evaluated epoch {metrics["epoch"]}, the export holds {settings.epoch}')
+        problems.append(
+            f'it evaluated epoch {metrics["epoch"]}, the export holds epoch {settings.epoch}'
+        )
     if metrics.get('split') != 'test':
-        problems.append(f'it evaluated the {metrics.get("split")!r} split, not the held-out test')
+        problems.append(
+            f'it evaluated the {metrics.get("split")!r} split, not the held-out test split'
+        )
     if settings.threshold is not None and not math.isclose(
         metrics.get('threshold', -1), settings.threshold, abs_tol=1e-9
     ):
         problems.append(
-            f'its threshold {metrics.get("threshold")} ({metrics.get("threshold_source")}) is not '
-            f'the stored {settings.threshold}'
+            f'its threshold {metrics.get("threshold")} is not the stored {settings.threshold} '
+            f'({metrics.get("threshold_source")} threshold)'
         )
     temperature = (metrics.get('calibration') or {}).get('temperature')
     if isinstance(temperature, (int, float)) and not math.isclose(
@@ -600,24 +604,26 @@ def locate(path: str | os.PathLike) -> tuple[Path, Run | None]:
             )
         p = p.parent
     run = Run(p)
-    if run.is_run:
-        export_dir = run.published_export_dir()
-        if is_export(export_dir):
-            return export_dir, run
-        if run.is_cv:
-            raise ExportError(
-                f'{p} is a cross-validation run without its refit model ({export_dir}): add it '
-                f'with train.py --output-dir {p} --resume --refit, or pass {run.fold(0).path} for '
-                f'one fold model (see docs/EVALUATION.md).'
-            )
+    if run.is_cv:
+        if is_export(run.final_dir):
+            return run.final_dir, run
         raise ExportError(
-            f'{p} has no best weights ({export_dir} is missing or incomplete); train first '
+            f'{p} is a cross-validation run without its refit model ({run.final_dir}): add it '
+            f'with train.py --output-dir {p} --resume --refit, or pass {run.fold(0).path} for '
+            f'one fold model (see docs/EVALUATION.md).'
+        )
+    for candidate in (run.final_dir, run.best_dir):  # a run folder, also one copied without records
+        if is_export(candidate):
+            return candidate, run if run.is_run else Run.of_export(candidate)
+    if is_export(p):
+        return p, Run.of_export(p)
+    if run.is_run:
+        raise ExportError(
+            f'{p} has no best weights ({run.best_dir} is missing or incomplete); train first '
             f'(train.py writes RUN/{Run.BEST} when a validation epoch finishes) or point at a '
             f'finished run'
         )
-    if not is_export(p):
-        raise ExportError(
-            f'{p} is neither a training run nor a timm export folder (config.json and '
-            f'{WEIGHTS_NAME}); pass {MODEL_FORMS}.'
-        )
-    return p, Run.of_export(p)
+    raise ExportError(
+        f'{p} is neither a training run nor a timm export folder: it has no best weights '
+        f'({Run.BEST}/{WEIGHTS_NAME}) and no config.json with {WEIGHTS_NAME}; pass {MODEL_FORMS}.'
+    )

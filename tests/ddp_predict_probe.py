@@ -1,4 +1,4 @@
-"""inference.predict_slices under `accelerate launch` (2 CPU processes): rank 0 saves what it gathered.
+"""inference.predict_slices under `accelerate launch` (2 CPU processes): rank 0 saves it all.
 
 Used by tests/test_ddp.py. argv: EXPORT_DIR DATA_DIR OUT_FILE BATCH_SIZE.
 """

@@ -134,6 +134,38 @@ def test_missing_and_empty_class_folders(tmp_path):
         scan_split(root, 'train')
 
 
+@pytest.mark.parametrize(
+    'name, parsed',
+    [
+        ('218391_78.jpeg', ('218391', 78)),
+        ('002_S_0295_12.png', ('002_S_0295', 12)),  # ADNI subject ids hold underscores
+        ('002_S_0295_m12_45.png', ('002_S_0295_m12', 45)),  # a visit of a subject (adni-prepare)
+        ('002_S_0295.jpeg', None),  # a subject without a slice number, not patient 002_S slice 295
+        ('scan.png', None),
+    ],
+)
+def test_the_slice_number_is_the_last_underscore_digits(name, parsed):
+    assert data.parse_file_name(Path(name)) == parsed
+
+
+def test_one_slice_in_two_files_is_an_error_naming_both(tmp_path):
+    root = small_layout(tmp_path)
+    write_image(root / 'train' / 'NC' / '1_010.jpeg')  # 1_10.jpeg exists: the same slice 10
+    with pytest.raises(
+        DataError, match=r'patient 1 slice 10 is in 2 files .*1_010.jpeg.*1_10.jpeg'
+    ):
+        scan_split(root, 'train')
+
+
+def test_a_patient_with_an_odd_slice_count_is_warned_about(tmp_path, caplog):
+    root = make_layout(tmp_path, {'train': {'NC': ['1', '2', '3'], 'AD': ['4', '5']}})
+    for k in range(12, 20):  # patient 5: 10 slices where the others have 2
+        write_image(root / 'train' / 'AD' / f'5_{k}.jpeg', value=k)
+    with caplog.at_level(logging.WARNING, logger='adni_timm.data'):
+        scan_split(root, 'train')
+    assert 'slice count far from the median 2: 5 (10)' in caplog.text
+
+
 def test_file_name_without_patient_id(tmp_path):
     root = small_layout(tmp_path)
     write_image(root / 'train' / 'NC' / 'scan.jpeg')

@@ -388,7 +388,8 @@ def test_registered_name_with_hub_overlay_and_local_dir_load_the_same_weights(tr
     local = timm.create_model(f'local-dir:{trained["export"]}', pretrained=True, in_chans=1).eval()
     with torch.no_grad():
         for model in (overlay, local):
-            torch.testing.assert_close(model(trained['x']), trained['logits'], atol=1e-5, rtol=0)
+            # 3-channel luma stem vs the trained 1-channel one: fp32 rounding is relative
+            torch.testing.assert_close(model(trained['x']), trained['logits'], rtol=1e-5, atol=1e-6)
     # the registered model describes itself: 1 channel
     cfg = timm.data.resolve_data_config(model=overlay)
     assert (

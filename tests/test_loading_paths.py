@@ -18,7 +18,7 @@ import pytest
 import torch
 from timm.models import save_for_hf
 
-from adni_timm import data, evaluation, export, hub, metrics
+from adni_timm import data, evaluation, export, hub
 from adni_timm.inference import load_model, predict_slices
 from helpers import ROOT, populate_hub_cache, run_train
 

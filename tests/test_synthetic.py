@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from adni_timm import synthetic
+from adni_timm.data_note import describe
 from adni_timm.synthetic import (
     HEIGHT,
     WIDTH,
@@ -28,7 +29,8 @@ def synth(tmp_path_factory) -> Path:
 
 
 def _files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob('*') if p.is_file())
+    """The images of a generated set (its dataset.json note aside)."""
+    return sorted(p for p in root.rglob('*.jpeg') if p.is_file())
 
 
 def _patients(folder: Path) -> dict[str, list[int]]:
@@ -41,7 +43,10 @@ def _patients(folder: Path) -> dict[str, list[int]]:
 
 
 def test_layout_and_counts(synth):
-    assert sorted(p.name for p in synth.iterdir()) == ['test', 'train']
+    assert sorted(p.name for p in synth.iterdir()) == ['dataset.json', 'test', 'train']
+    # what the set is, for the run record, the card and the demo: synthetic, never ADNI
+    note = describe(synth)
+    assert note.synthetic and 'NOT real MRI' in note.note
     for split, n in (('train', TRAIN), ('test', TEST)):
         assert sorted(p.name for p in (synth / split).iterdir()) == ['AD', 'NC']
         for name in ('AD', 'NC'):

@@ -80,8 +80,9 @@ def test_best_export_loads_in_plain_timm_with_the_same_logits(tiny_run, tmp_path
         f'import sys, timm, torch\nref = torch.load(r"{tmp_path / "ref.pt"}", '
         f'weights_only=True)\nrgb = timm.create_model("local-dir:{run / "best"}", '
         f'pretrained=True).eval()\ntorch.testing.assert_close(rgb(ref["x"].repeat(1, 3, 1, 1)), '
-        f'ref["logits"], rtol=1e-5, atol=1e-6)\ngray = timm.create_model("local-dir:{run / "best"}", '
-        f'pretrained=True, in_chans=1).eval()\ntorch.testing.assert_close(gray(ref["x"]), '
+        f'ref["logits"], rtol=1e-5, atol=1e-6)\n'
+        f'gray = timm.create_model("local-dir:{run / "best"}", pretrained=True, in_chans=1).eval()'
+        f'\ntorch.testing.assert_close(gray(ref["x"]), '
         f'ref["logits"], rtol=1e-5, atol=1e-6)\nassert "adni_timm" not in '
         f'sys.modules\nprint(timm.data.resolve_data_config(model=rgb)["input_size"])\n'
     )
