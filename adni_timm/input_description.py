@@ -387,6 +387,7 @@ def network_data_format(
     pred = {
         'type': 'probabilities',
         'format': 'classes',
+        'modality': 'n/a',
         'num_channels': len(classes),
         'spatial_shape': [1, len(classes)],
         'dtype': 'float32',

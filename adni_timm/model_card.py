@@ -1134,7 +1134,8 @@ from PIL import Image
 
 config = json.load(open(hf_hub_download('{repo_id}', 'config.json')))
 ad = config['label_names'].index('{pos}')
-threshold, temperature = config['adni_timm']['threshold'], config['adni_timm']['temperature']
+threshold = config['adni_timm']['threshold']
+temperature = config['adni_timm'].get('temperature', 1.0)  # 1.0: not calibrated
 
 # 1. timm, RGB input
 model = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()
