@@ -125,9 +125,11 @@ def build_export_folder(
     """Assemble the folder to publish from a training run; returns the files written (sorted).
 
     Only ``UPLOAD_ALLOWLIST`` is ever written: the best (or refit) weights in the current export
-    format, a checked ``config.json``, the model card ``README.md`` and the plots that exist
-    (``RUN/curves.png``; the evaluation's figures beside its ``metrics.json``). The evaluation must
-    belong to these weights at their stored operating point (``run.check_eval_belongs``);
+    format, a checked ``config.json``, the model card ``README.md``, the plots that exist
+    (``RUN/curves.png``; the evaluation's figures beside its ``metrics.json``) and ``example.png``,
+    a SYNTHETIC slice for the card and the Hub widget (never a data image). The evaluation must
+    belong to these weights at their stored operating point (``run.check_eval_belongs``; its
+    patients must share none with the folds nor, for a cross-validation run, the refit's split);
     ``force_eval`` publishes it anyway and the card says it is unverified. ``out_dir`` must be new,
     empty or an earlier export folder: a folder holding anything else is refused rather than
     cleaned. ``repo_id`` is used in the card's code examples; ``acknowledgement`` replaces the

@@ -100,7 +100,6 @@ class InputDescription:
     slice_range: tuple[int, int] | None  # smallest and largest slice number in the file names
     slices_per_patient: tuple[int, int] | None  # fewest and most slices of one patient
     intensity: IntensityStats | None
-    preprocessing: dict[str, Any] | None = None  # adni-prepare's prepare.json, when it made them
 
     @property
     def image_size(self) -> tuple[int, int] | None:
@@ -187,7 +186,6 @@ def describe_input(
         if per_patient
         else None,
         intensity=intensity_stats(images),
-        preprocessing=note.preprocessing,
     )
 
 
@@ -342,7 +340,6 @@ def network_data_format(
         description = InputDescription.from_dict(description)
     if description is not None:
         synthetic = synthetic or description.synthetic
-        preprocessing = description.preprocessing or preprocessing
     channels, height, width = (int(v) for v in pretrained_cfg.get('input_size', (3, 224, 224)))
     mean = float((pretrained_cfg.get('mean') or [0.5])[0])
     std = float((pretrained_cfg.get('std') or [0.5])[0])

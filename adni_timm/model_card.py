@@ -664,7 +664,7 @@ def _input_data(
     channels, height, width = cfg.get('input_size', (3, 224, 224))
     raw = settings.extra.get('input')
     description = InputDescription.from_dict(raw) if isinstance(raw, dict) else None
-    preprocessing = (description.preprocessing if description else None) or settings.preprocessing
+    preprocessing = settings.preprocessing
     what = (
         'synthetic T1-like images (generated, not MRI)'
         if source.synthetic

@@ -598,3 +598,36 @@ def test_the_cards_timm_snippets_run_offline_and_the_class_map_matters(tmp_path)
     assert 0 < accuracy < 1  # a model that is neither always right nor always wrong here
     assert lines[4] == f'slice accuracy {accuracy:.3f}'
     assert lines[5] == f'slice accuracy {1 - accuracy:.3f}'  # every label swapped
+
+
+def test_describe_slices_reads_the_files_as_the_loader_does(tiny_data):
+    from adni_timm import data
+    from adni_timm.data_note import describe
+    from adni_timm.input_description import describe_slices, read_sample
+
+    slices = data.scan_split(tiny_data, 'train', ('NC', 'AD'))
+    desc = describe_slices(slices, describe(tiny_data), max_images=10)
+    images = [np.asarray(data.read_image(s.path)) for s in slices]  # every file, decoded
+    sample = read_sample(slices, max_images=10)
+    assert desc.n_images == len(sample) == 10 and desc.n_slices == len(slices) == 48
+    assert desc.synthetic and desc.image_sizes == ((256, 240),)
+    assert all(any(np.array_equal(s, im) for im in images) for s in sample)
+    assert desc.intensity == intensity_stats(sample)
+    assert describe_slices(slices, describe(tiny_data), max_images=len(slices)).intensity == (
+        intensity_stats(images)
+    )
+
+
+def test_an_export_from_prepared_scans_says_how_they_were_made(tmp_path):
+    recipe = {'template': {'name': 'MNI152 2009a'}, 'recipe': {'slices': 20, 'register': True}}
+    config = export.read_export_config(
+        _export(tmp_path / 'e', {'preprocessing': recipe, 'data': 'ADNI T1'})
+    )
+    image = config['adni_timm']['network_data_format']['inputs']['image']
+    assert (
+        image['orientation']
+        == 'axial 2D slices, in the space of MNI152 2009a (affine registration)'
+    )
+    assert (
+        image['preprocessing'] == list(recipe_steps(recipe)) and image['sequence'] == 'T1-weighted'
+    )
