@@ -281,9 +281,7 @@ def test_a_cv_card_describes_folds_and_refit_and_checks_leakage_against_both():
     assert 'The 6 training patients were cut into 3 folds (seed 7' in data
     assert 'no top-level split' in data and 'inner validation split of its own training' in data
     assert 'refit: one model trained on all 6 training patients (`refit/split.json`)' in data
-    assert (
-        'shares no patient with every cross-validation fold (checked against `folds.json`' in data
-    )
+    assert 'shares no patient with any cross-validation fold (checked against `folds.json`' in data
     assert "refit's `refit/split.json`" in data
     assert 'Validation was carved' not in data
     cv = _section(card.text, 'Cross-validation')
@@ -521,9 +519,7 @@ def test_a_cv_runs_card_checks_the_test_patients_against_folds_and_refit(tmp_pat
     run = _cv_run(tmp_path / 'clean', evaluated=['900', '901'])
     hub.build_export_folder(run, tmp_path / 'a', run / 'eval-final' / 'metrics.json', repo_id=REPO)
     text = (tmp_path / 'a' / 'README.md').read_text()
-    assert (
-        'shares no patient with every cross-validation fold (checked against `folds.json`' in text
-    )
+    assert 'shares no patient with any cross-validation fold (checked against `folds.json`' in text
     assert 'cut into 3 folds' in text and '0.810, 0.720, 0.930' in text
     # patient 7 is in no fold but the refit trained on it: the check must see refit/split.json
     run = _cv_run(tmp_path / 'leaky', evaluated=['900', '7'])
