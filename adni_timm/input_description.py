@@ -4,7 +4,7 @@ Three consumers read the same facts: the model card's "Input data" section, the 
 ``network_data_format`` block under ``config.json['adni_timm']`` (for programs that check inputs
 before they call a model), and the card's example image. Everything here is a pure function of
 decoded slices or recorded facts (the data note, adni-prepare's recipe, the export's timm cfg);
-only :func:`read_sample` touches files.
+only :func:`read_sample` and :func:`write_example_image` touch files.
 
 ``InputDescription.to_dict()`` is what training stores under ``config.json['adni_timm']['input']``;
 ``network_data_format`` follows MONAI's bundle metadata (``docs.monai.io`` "MONAI Bundle
