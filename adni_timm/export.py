@@ -45,6 +45,7 @@ from huggingface_hub import hf_hub_download
 from timm.models import save_for_hf
 
 from .files import read_json, sha256_file, write_json
+from .input_description import network_data_format
 from .models import LABEL_NAMES, LICENSE, PRETRAINED_TAG, stock_architecture
 
 __all__ = [
@@ -140,7 +141,10 @@ def export_model(
             _StateOnly(model, state), tmp, model_config=model_config, safe_serialization=True
         )
         write_json(
-            tmp / CONFIG_NAME, _published_config(read_json(tmp / CONFIG_NAME), trained_in_chans)
+            tmp / CONFIG_NAME,
+            _published_config(
+                read_json(tmp / CONFIG_NAME), trained_in_chans, _final_reduction(model)
+            ),
         )
         old = out_dir.with_name(f'.{out_dir.name}.old')
         if old.exists():
@@ -183,9 +187,23 @@ def input_channels(model: torch.nn.Module) -> int:
         return int(model.pretrained_cfg.get('input_size', (3,))[0])
 
 
-def _published_config(config: dict[str, Any], trained_in_chans: int) -> dict[str, Any]:
-    """timm's config.json made loadable everywhere
-    (see the module docstring) and our own provenance.
+def _final_reduction(model: torch.nn.Module) -> int | None:
+    """The stride of the last feature map against the input (32 for ConvNeXt); None if unknown."""
+    info = getattr(model, 'feature_info', None)
+    try:
+        return int(info[-1]['reduction'])
+    except (TypeError, IndexError, KeyError):
+        return None
+
+
+def _published_config(
+    config: dict[str, Any], trained_in_chans: int, reduction: int | None = None
+) -> dict[str, Any]:
+    """timm's config.json made loadable everywhere (see the module docstring), our own
+    provenance, and the input description (``network_data_format``) in our block.
+
+    ``reduction``: the model's final stride; ``pool_size`` is then the last feature map's size at
+    the trained input size (timm's cfgs say 7 x 7 for 224 px whatever size the model was built for).
     """
     config = json.loads(json.dumps(config))  # deep copy
     cfg = config.setdefault('pretrained_cfg', {})
@@ -208,12 +226,24 @@ def _published_config(config: dict[str, Any], trained_in_chans: int) -> dict[str
         cfg['input_size'] = [PUBLISHED_CHANNELS, height, width]
         for key in ('mean', 'std'):
             cfg[key] = [cfg[key][0]]  # 1-element: broadcasts over 3 channels and 1 alike
+    if reduction and cfg.get('pool_size'):
+        _, height, width = cfg['input_size']
+        cfg['pool_size'] = [height // reduction, width // reduction]
     classes = list(extra.get('classes') or LABEL_NAMES)
     if len(classes) == config.get('num_classes', cfg.get('num_classes')):
         cfg['label_names'] = config['label_names'] = classes
     else:
         cfg.pop('label_names', None)
         config.pop('label_names', None)
+    if EXTRA_KEY in config:
+        settings = ExportSettings.from_dict(extra)
+        config[EXTRA_KEY]['network_data_format'] = network_data_format(
+            cfg,
+            cfg.get('label_names') or classes,
+            extra.get('input'),
+            synthetic=settings.synthetic,
+            preprocessing=settings.preprocessing,
+        )
     # our block last: what timm and transformers read comes first in the file
     config[EXTRA_KEY] = config.pop(EXTRA_KEY, {})
     return config

@@ -24,11 +24,13 @@ from huggingface_hub.utils import validate_repo_id
 from safetensors import safe_open
 
 from . import export
+from .complexity import measure_export_config
 from .export import CONFIG_NAME, EXTRA_KEY, WEIGHTS_NAME, read_export_config, trained_in_chans
 from .files import read_json, read_yaml
+from .input_description import EXAMPLE_NAME, InputDescription, write_example_image
 from .model_card import ACK_PLACEHOLDER, build_model_card
 from .models import MEAN, STD
-from .run import EvalFolder, Run, check_eval_belongs, locate
+from .run import EvalCheck, EvalFolder, Run, check_eval_belongs, locate
 
 try:  # huggingface_hub >= 1.0 talks httpx; older versions raise requests errors, which are OSErrors
     from huggingface_hub.errors import HTTPError as _TransportError
@@ -61,7 +63,8 @@ PLOT_NAMES = (
     'population_maps.png',
 )
 # The only files that ever go to the Hub: never a data image, a checkpoint pickle or a token.
-UPLOAD_ALLOWLIST = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, *PLOT_NAMES)
+# EXAMPLE_NAME is a SYNTHETIC slice drawn for the card and the widget, never a training image.
+UPLOAD_ALLOWLIST = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, EXAMPLE_NAME, *PLOT_NAMES)
 
 
 class HubError(ValueError):
@@ -122,9 +125,11 @@ def build_export_folder(
     """Assemble the folder to publish from a training run; returns the files written (sorted).
 
     Only ``UPLOAD_ALLOWLIST`` is ever written: the best (or refit) weights in the current export
-    format, a checked ``config.json``, the model card ``README.md`` and the plots that exist
-    (``RUN/curves.png``; the evaluation's figures beside its ``metrics.json``). The evaluation must
-    belong to these weights at their stored operating point (``run.check_eval_belongs``);
+    format, a checked ``config.json``, the model card ``README.md``, the plots that exist
+    (``RUN/curves.png``; the evaluation's figures beside its ``metrics.json``) and ``example.png``,
+    a SYNTHETIC slice for the card and the Hub widget (never a data image). The evaluation must
+    belong to these weights at their stored operating point (``run.check_eval_belongs``; its
+    patients must share none with the folds nor, for a cross-validation run, the refit's split);
     ``force_eval`` publishes it anyway and the card says it is unverified. ``out_dir`` must be new,
     empty or an earlier export folder: a folder holding anything else is refused rather than
     cleaned. ``repo_id`` is used in the card's code examples; ``acknowledgement`` replaces the
@@ -137,7 +142,9 @@ def build_export_folder(
     eval_facts = None
     folder = EvalFolder(Path(eval_metrics_path).parent) if eval_metrics_path is not None else None
     if metrics is not None:
-        eval_facts = check_eval_belongs(metrics, folder, best, run)
+        eval_facts = _with_refit_patients(
+            check_eval_belongs(metrics, folder, best, run), folder, run
+        )
         if eval_facts.problems and not force_eval:
             raise HubError(
                 f'{eval_metrics_path} does not belong to the weights being published: '
@@ -157,20 +164,42 @@ def build_export_folder(
     config = export.copy_export(best, out_dir)  # converts an older format to the current one
     for name, src in plots.items():
         shutil.copyfile(src, out_dir / name)
+    write_example_image(out_dir, _example_size(config))
     card = build_model_card(
         repo_id=repo_id or 'ORG/NAME',
         config=config,
         num_params=count_parameters(out_dir / WEIGHTS_NAME),
+        stats=measure_export_config(config),
         train_config=read_yaml(run.record_file) if run.record_file.is_file() else None,
         split=read_json(run.split_file) if run.split_file.is_file() else None,
+        folds=run.read_folds() if run.folds_file.is_file() else None,
+        refit_split=read_json(run.refit.split_file) if run.refit.split_file.is_file() else None,
         metrics=metrics,
         eval_facts=eval_facts,
         cv=run.read_cv() if run.cv_file.is_file() else None,
         plots=sorted(plots),
+        example=EXAMPLE_NAME,
         acknowledgement=acknowledgement,
     )
     card.save(out_dir / CARD_NAME)
     return sorted(p for p in out_dir.iterdir() if p.name in UPLOAD_ALLOWLIST)
+
+
+def _with_refit_patients(facts: EvalCheck, folder: EvalFolder | None, run: Run) -> EvalCheck:
+    """A cross-validation run's refit trains on ``refit/split.json``'s patients: the evaluated
+    patients must share none with them either (``Run.seen_patients`` covers the folds)."""
+    if facts.disjoint is not True or folder is None or not run.refit.split_file.is_file():
+        return facts
+    split = read_json(run.refit.split_file)
+    refit = set(split.get('train', [])) | set(split.get('val', []))
+    evaluated = folder.evaluated_patients() or set()
+    return dataclasses.replace(facts, disjoint=not (evaluated & refit))
+
+
+def _example_size(config: dict[str, Any]) -> tuple[int, int] | None:
+    """The example at the training slices' size when it was recorded, else the generator's."""
+    recorded = config.get(EXTRA_KEY, {}).get('input')
+    return InputDescription.from_dict(recorded).image_size if isinstance(recorded, dict) else None
 
 
 def count_parameters(weights_file: str | os.PathLike) -> int:

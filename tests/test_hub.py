@@ -44,6 +44,7 @@ EXPORT_FILES = {
     'curves.png',
     'confusion_matrix.png',
     'roc.png',
+    'example.png',  # SYNTHETIC: drawn for the card's widget, never a training image
 }
 EXTRA = {
     'threshold': 0.47,
@@ -247,7 +248,7 @@ def test_rebuilding_drops_plots_that_no_longer_apply(run_dir, tmp_path):
     assert (
         {p.name for p in files}
         == {p.name for p in out.iterdir()}
-        == {'model.safetensors', 'config.json', 'README.md', 'curves.png'}
+        == {'model.safetensors', 'config.json', 'README.md', 'curves.png', 'example.png'}
     )
 
 
