@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
-from .distributed import first_error, run_on_main
+from .distributed import first_error, raise_agreed, run_on_main
 
 __all__ = ['CheckpointError', 'save_checkpoint', 'find_checkpoint', 'load_checkpoint']
 
@@ -30,12 +31,12 @@ class CheckpointError(OSError):
     """A checkpoint could not be written; the previous one is kept."""
 
 
-def _stop_if(error: str | None) -> None:
-    if error:
-        raise CheckpointError(
-            f'{error}. The previous checkpoint is kept: fix the cause (e.g. free disk space) '
-            f'and continue with --resume.'
-        )
+_stop_if = partial(
+    raise_agreed,
+    exception=CheckpointError,
+    hint='. The previous checkpoint is kept: fix the cause (e.g. free disk space) and continue '
+    'with --resume.',
+)
 
 
 def save_checkpoint(

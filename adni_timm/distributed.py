@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-__all__ = ['first_error', 'run_on_main']
+__all__ = ['first_error', 'run_on_main', 'raise_agreed']
 
 
 def first_error(accelerator, error: str | None) -> str | None:
@@ -34,3 +34,10 @@ def run_on_main(accelerator, fn: Callable[[], object], what: str) -> str | None:
         except Exception as e:  # noqa: BLE001 - reported to every process, which raise it together
             error = f'{what} failed on the main process: {type(e).__name__}: {e}'
     return first_error(accelerator, error)
+
+
+def raise_agreed(error: str | None, exception: type[Exception], hint: str) -> None:
+    """Raise ``exception(error + hint)`` when every process agreed on an error (from
+    ``first_error`` or ``run_on_main``); nothing when there is none."""
+    if error:
+        raise exception(f'{error}{hint}')

@@ -41,7 +41,7 @@ from .inference import (
     patient_rows,
     slice_decisions,
 )
-from .run import EvalFolder
+from .run import EvalFolder, Run
 from .splits import select, split_patients
 
 __all__ = [
@@ -261,13 +261,13 @@ def default_output_dir(model: LoadedModel, tag: str | None, what: str = 'eval') 
     refit), else ``./eval[-<tag>]``; for unlabelled images ``predict`` instead of ``eval``."""
     if what == 'predict':
         run = model.run or model.cv_run
-        name = 'predict' if tag is None else f'predict-{tag}'
+        name = Run.PREDICT if tag is None else f'{Run.PREDICT}-{tag}'
         return (run.path / name) if run is not None else Path(name)
     if model.cv_run is not None:
         return model.cv_run.eval_dir(tag, final=not model.is_ensemble).path
     if model.run is not None:
         return model.run.eval_dir(tag).path
-    return Path('eval' if tag is None else f'eval-{tag}')
+    return Path(Run.EVAL if tag is None else f'{Run.EVAL}-{tag}')
 
 
 def check_output_dir(model: LoadedModel, output_dir: Path, tag: str | None) -> None:
@@ -531,13 +531,13 @@ def _write_reports(folder: EvalFolder, result: dict, slices, probs, p_raw, y, cl
     plots.plot_confusion_matrix(
         result['patient']['confusion_matrix'],
         labels,
-        folder.figure('confusion_matrix.png'),
+        folder.figure(EvalFolder.CONFUSION),
         title=f'patients (threshold {thr:.3g})',
     )
     plots.plot_confusion_matrix(
         result['slice']['confusion_matrix'],
         labels,
-        folder.figure('confusion_matrix_slices.png'),
+        folder.figure(EvalFolder.CONFUSION_SLICES),
         title=f'slices (threshold {thr:.3g})',
     )
     patients = [s.patient for s in slices]
@@ -546,7 +546,7 @@ def _write_reports(folder: EvalFolder, result: dict, slices, probs, p_raw, y, cl
         plots.plot_roc(
             y_pat,
             p_pat,
-            folder.figure('roc.png'),
+            folder.figure(EvalFolder.ROC),
             title=f'{classes[pos]} vs {negative}, patients',
             threshold=thr,
         )
@@ -560,7 +560,7 @@ def _write_reports(folder: EvalFolder, result: dict, slices, probs, p_raw, y, cl
         p_raw,
         y_pat,
         p_pat_raw,
-        folder.figure('reliability.png'),
+        folder.figure(EvalFolder.RELIABILITY),
         title=f'calibration, temperature {fmt(temperature)}',
         p_slice_calibrated=probs[:, pos] if calibrated else None,
         p_patient_calibrated=p_pat if calibrated else None,

@@ -55,12 +55,13 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 CARD_NAME = 'README.md'
+# the run's and its evaluation's figures, published under the same names
 PLOT_NAMES = (
-    'curves.png',
-    'confusion_matrix.png',
-    'roc.png',
-    'reliability.png',
-    'population_maps.png',
+    Run.CURVES,
+    EvalFolder.CONFUSION,
+    EvalFolder.ROC,
+    EvalFolder.RELIABILITY,
+    EvalFolder.POPULATION_MAPS,
 )
 # The only files that ever go to the Hub: never a data image, a checkpoint pickle or a token.
 # EXAMPLE_NAME is a SYNTHETIC slice drawn for the card and the widget, never a training image.
@@ -152,12 +153,12 @@ def build_export_folder(
                 f'operating point (python evaluate.py --model {run.path} --data-dir AD_NC), or '
                 f'pass --force-eval to publish it marked unverified (see docs/HUB.md).'
             )
-    plot_sources = {'curves.png': run.curves_file}
+    plot_sources = {Run.CURVES: run.curves_file}
     if folder is not None:
         plot_sources.update(
-            {name: folder.figure(name) for name in PLOT_NAMES if name != 'curves.png'}
+            {name: folder.figure(name) for name in PLOT_NAMES if name != Run.CURVES}
         )
-        plot_sources['population_maps.png'] = folder.population_maps  # an average, no patient
+        plot_sources[EvalFolder.POPULATION_MAPS] = folder.population_maps  # an average, no patient
     plots = {name: src for name, src in plot_sources.items() if src.is_file()}
 
     out_dir = _prepare_out_dir(Path(out_dir))

@@ -27,7 +27,7 @@ from .display import fmt, fmt_ci, is_number
 from .export import ExportSettings
 from .input_description import InputDescription, orientation, recipe_lines
 from .models import LABEL_NAMES
-from .run import EvalCheck
+from .run import EvalCheck, EvalFolder, Run
 
 __all__ = [
     'CARD_TAGS',
@@ -942,11 +942,11 @@ def _evaluation(
                     table,
                 ]
     captions = {
-        'curves.png': 'Training curves',
-        'confusion_matrix.png': 'Patient-level confusion matrix',
-        'roc.png': 'ROC curve',
-        'reliability.png': 'Reliability diagram (calibration)',
-        'population_maps.png': (
+        Run.CURVES: 'Training curves',
+        EvalFolder.CONFUSION: 'Patient-level confusion matrix',
+        EvalFolder.ROC: 'ROC curve',
+        EvalFolder.RELIABILITY: 'Reliability diagram (calibration)',
+        EvalFolder.POPULATION_MAPS: (
             f'Mean Grad-CAM over all {task.positive} and all {task.short_negative} test slices (an '
             f'average, no patient)'
         ),

@@ -275,8 +275,13 @@ class EvalFolder:
     METRICS = 'metrics.json'
     PREDICTIONS = 'predictions.csv'
     PATIENTS = 'patients.csv'
+    CONFUSION = 'confusion_matrix.png'  # patients
+    CONFUSION_SLICES = 'confusion_matrix_slices.png'
+    ROC = 'roc.png'
+    RELIABILITY = 'reliability.png'
     CAM = 'cam'
     POPULATION_MAPS = 'population_maps.png'
+    POPULATION_ARRAYS = 'population_maps.npz'
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -316,6 +321,7 @@ class Run:
     FINAL = 'final'
     EVAL = 'eval'
     HUB = 'hub'  # push_to_hub.py's default export folder
+    PREDICT = 'predict'  # evaluate.py --images
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)

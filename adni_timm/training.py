@@ -16,6 +16,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,10 @@ from . import data, export, metrics
 from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_to_dict, fit_warmup
 from .display import fmt, fmt_duration
-from .distributed import run_on_main
+from .distributed import raise_agreed, run_on_main
 from .hardware import bf16_supported
 from .inference import predict_loader
+from .input_description import describe_slices
 from .models import CROP_PCT, INTERPOLATION, MEAN, STD
 from .progress import Progress
 from .run import OldRunAside, Run, RunRecord
@@ -142,12 +144,12 @@ class Candidate:
     slices: int
 
 
-def stop_if(error: str | None) -> None:
-    """Raise the error every process agreed on (``distributed.run_on_main``), if any."""
-    if error:
-        raise TrainingError(
-            f'{error}; the last checkpoint is kept, continue with --resume once fixed'
-        )
+# the error every process agreed on (``distributed.run_on_main``) stops them all, the same way
+stop_if = partial(
+    raise_agreed,
+    exception=TrainingError,
+    hint='; the last checkpoint is kept, continue with --resume once fixed',
+)
 
 
 def open_run(
@@ -192,6 +194,8 @@ def train(
 
     # every check that can fail runs before an old run is touched or a weight is trained
     splits = load_splits(cfg, record.data_dir, recorded=split, check_test=record.eval_test)
+    # what the model will expect as input, stored with every export (the card's "Input data")
+    described = describe_slices(splits.train, record.data).to_dict() if splits.train else None
     # --overwrite: the old run moves aside now and is deleted only once the new one has a checkpoint
     with OldRunAside(run, accelerator, active=overwrite and not resume) as aside:
         if accelerator.is_main_process and not resume:
@@ -199,7 +203,9 @@ def train(
             # recorded before training: resume and evaluate.py read who was in validation
             run.write_split(splits.split)
             run.save_record(record)
-        return _fit(record, run, accelerator, splits, resume=resume, aside=aside)
+        return _fit(
+            record, run, accelerator, splits, resume=resume, aside=aside, described=described
+        )
 
 
 def _fit(
@@ -210,6 +216,7 @@ def _fit(
     *,
     resume: bool,
     aside: OldRunAside,
+    described: dict | None = None,
 ) -> TrainResult:
     cfg, main = record.config, accelerator.is_main_process
 
@@ -278,7 +285,7 @@ def _fit(
         scheduler.step_update(num_updates=state.num_updates)
         if main:
             run.append_resume(record.resume_entry(accelerator, after_epoch=state.epoch))
-            _repair_best_export(run, state, base_model, ema, record)
+            _repair_best_export(run, state, base_model, ema, record, described)
         _logger.info('resumed from %s after epoch %d', ckpt, state.epoch)
     if cfg.log_with:
         accelerator.init_trackers(run.path.name, config=_tracker_config(cfg))
@@ -333,7 +340,9 @@ def _fit(
         stop_if(
             run_on_main(
                 accelerator,
-                lambda: _write_epoch_outputs(run, state, weights if is_best else None, record),
+                lambda: _write_epoch_outputs(
+                    run, state, weights if is_best else None, record, described
+                ),
                 'writing RUN/best and metrics.jsonl',
             )
         )
@@ -712,7 +721,9 @@ def _tracker_config(cfg: TrainConfig) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- run folder outputs
 
 
-def best_settings(best: BestEpoch, record: RunRecord) -> dict[str, Any]:
+def best_settings(
+    best: BestEpoch, record: RunRecord, described: dict | None = None
+) -> dict[str, Any]:
     """What RUN/best/config.json keeps under 'adni_timm' (read by evaluate, the card, the demo)."""
     cfg = record.config
     return export.ExportSettings(
@@ -733,12 +744,17 @@ def best_settings(best: BestEpoch, record: RunRecord) -> dict[str, Any]:
         precision=record.mixed_precision,
         file_is_patient=cfg.file_is_patient,
         split_level=cfg.split_level,
+        extra={'input': described} if described else {},
     ).to_dict()
 
 
-def _write_epoch_outputs(run: Run, state: LoopState, best_weights, record: RunRecord) -> None:
+def _write_epoch_outputs(
+    run: Run, state: LoopState, best_weights, record: RunRecord, described: dict | None
+) -> None:
     if best_weights is not None:
-        export.export_model(best_weights, run.best_dir, extra=best_settings(state.best, record))
+        export.export_model(
+            best_weights, run.best_dir, extra=best_settings(state.best, record, described)
+        )
     best = state.best
     run.write_history(
         state.history,
@@ -747,7 +763,9 @@ def _write_epoch_outputs(run: Run, state: LoopState, best_weights, record: RunRe
     )
 
 
-def _repair_best_export(run: Run, state: LoopState, base_model, ema, record: RunRecord) -> None:
+def _repair_best_export(
+    run: Run, state: LoopState, base_model, ema, record: RunRecord, described: dict | None = None
+) -> None:
     """A kill between the checkpoint and the best export leaves RUN/best one best behind: redo it.
 
     Only the last checkpointed epoch can be missing, and its weights are the ones just loaded.
@@ -761,7 +779,7 @@ def _repair_best_export(run: Run, state: LoopState, base_model, ema, record: Run
         exported_epoch = None
     if exported_epoch != best.epoch:
         weights = ema.module if best.weights == 'ema' and ema is not None else base_model
-        export.export_model(weights, run.best_dir, extra=best_settings(best, record))
+        export.export_model(weights, run.best_dir, extra=best_settings(best, record, described))
         _logger.info('re-exported the best model (epoch %d) to %s', best.epoch, run.best_dir)
 
 
