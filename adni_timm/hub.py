@@ -26,8 +26,10 @@ from safetensors import safe_open
 from . import data, export
 from .export import CONFIG_NAME, EXTRA_KEY, WEIGHTS_NAME, find_best_export, read_export_config
 from .files import read_json, read_yaml, sha256_file
+from .input_check import INPUT_CHECK_FILES
 from .model_card import ACK_PLACEHOLDER, build_model_card
 from .models import MEAN, STD
+from .onnx_export import ONNX_NAME
 
 try:  # huggingface_hub >= 1.0 talks httpx; older versions raise requests errors, which are OSErrors
     from huggingface_hub.errors import HTTPError as _TransportError
@@ -62,7 +64,15 @@ PLOT_NAMES = (
     'population_maps.png',
 )
 # The only files that ever go to the Hub: never a data image, a checkpoint pickle or a token.
-UPLOAD_ALLOWLIST = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, *PLOT_NAMES)
+# model.onnx and the input check are optional (push_to_hub.py --onnx; a run that fitted the check).
+UPLOAD_ALLOWLIST = (
+    WEIGHTS_NAME,
+    CONFIG_NAME,
+    CARD_NAME,
+    *PLOT_NAMES,
+    ONNX_NAME,
+    *INPUT_CHECK_FILES,
+)
 
 
 class HubError(ValueError):

@@ -16,10 +16,13 @@ timm and transformers ignore):
 1. **Image checks** on the decoded 8-bit grayscale slice, before the model transform: colour,
    aspect ratio, blank or near-constant, intensity percentiles and foreground fraction outside the
    range training saw, the correlation with the mean training slice at 32 x 32 px (a photo or
-   noise does not resemble a brain), and whether a 90-degree-rotated or upside-down copy of that
-   mean slice fits better than the mean itself (a rotated or flipped slice). Ranges are the
-   training minimum and maximum, widened by ``RANGE_WIDEN`` of their span plus a per-statistic
-   slack (JPEG noise, scanner gain), so held-out slices of new patients pass.
+   noise does not resemble a brain), and three orientation cues: the head's height / width (an
+   axial slice is longer front to back than side to side), and whether a 90-degree-turned or an
+   upside-down copy of the mean slice fits better than the mean itself. Ranges are the training
+   minimum and maximum, widened by ``RANGE_WIDEN`` of their span plus a per-statistic slack (JPEG
+   noise, scanner gain), so held-out slices of new patients pass; two orientation bounds are
+   plain facts instead (below), because a round head turned by 90 degrees falls inside the
+   training range of both cues.
 2. **Feature check**: the penultimate features (timm's ``forward_head(forward_features(x),
    pre_logits=True)``) against class-conditional Gaussians with one shared covariance, shrunk
    with scikit-learn's Ledoit-Wolf estimator (a few thousand slices for 320-1024 feature
@@ -97,12 +100,18 @@ SLACK = {
     'p50': 8.0,
     'p99': 8.0,
     'foreground_fraction': 0.03,
+    'elongation': 0.02,
     'template_correlation': 0.05,
     'upright_vs_rotated': 0.01,
     'upright_vs_flipped': 0.01,
 }
 # statistics bounded on one side only: a slice cannot resemble the mean slice too much
-LOWER_BOUND_ONLY = ('template_correlation', 'upright_vs_rotated', 'upright_vs_flipped')
+LOWER_BOUND_ONLY = (
+    'template_correlation',
+    'elongation',
+    'upright_vs_rotated',
+    'upright_vs_flipped',
+)
 # readable names and units for the reasons
 _DESCRIBE = {
     'p1': ('its 1st-percentile grey level', '{:.0f}'),
@@ -133,6 +142,7 @@ class ImageStats:
     p50: float
     p99: float
     foreground_fraction: float
+    elongation: float  # height / width of the foreground (sd of its rows / of its columns)
     template_correlation: float  # Pearson r with the mean training slice at 32 x 32 (nan: blank)
     upright_vs_rotated: float  # r(mean) - r(mean turned by +-90 degrees): < 0 fits turned better
     upright_vs_flipped: float  # r(mean) - r(mean upside down): < 0 fits upside down better
@@ -206,7 +216,10 @@ def image_stats(gray: Image.Image, colour: bool, templates: _Templates | None) -
     """The statistics of one decoded grayscale slice (template columns nan without templates)."""
     a = np.asarray(gray)
     p1, p50, p99 = (float(v) for v in np.percentile(a, [1, 50, 99]))
-    foreground = float((a > FOREGROUND_LEVEL * p99).mean()) if p99 > 0 else 0.0
+    mask = a > FOREGROUND_LEVEL * p99 if p99 > 0 else np.zeros(a.shape, bool)
+    foreground = float(mask.mean())
+    rows, cols = np.nonzero(mask)
+    elongation = float(np.sqrt(rows.var() / cols.var())) if cols.size and cols.var() > 0 else 0.0
     r_up = r_rot = r_flip = math.nan
     if templates is not None and p99 - p1 >= MIN_CONTRAST:
         r_up, r_rot, r_flip = templates.correlations(_small(gray))
@@ -219,6 +232,7 @@ def image_stats(gray: Image.Image, colour: bool, templates: _Templates | None) -
         p50=p50,
         p99=p99,
         foreground_fraction=foreground,
+        elongation=elongation,
         template_correlation=r_up,
         upright_vs_rotated=r_up - r_rot,
         upright_vs_flipped=r_up - r_flip,
@@ -238,8 +252,15 @@ class StatRange:
     def fit(cls, values: np.ndarray, name: str) -> StatRange:
         lo, hi = float(np.min(values)), float(np.max(values))
         pad = RANGE_WIDEN * (hi - lo) + SLACK[name]
+        lower = lo - pad
+        if name == 'upright_vs_rotated':
+            # flagged only when the turned mean fits better (< 0), or below anything training saw
+            lower = min(0.0, lower)
+        elif name == 'elongation' and lo >= 1:
+            # every training head is taller than wide: one wider than tall is turned
+            lower = 1.0
         upper = None if name in LOWER_BOUND_ONLY else hi + pad
-        return cls(lo=lo - pad, hi=upper, train_min=lo, train_max=hi)
+        return cls(lo=lower, hi=upper, train_min=lo, train_max=hi)
 
     def __contains__(self, value: float) -> bool:
         return self.lo <= value and (self.hi is None or value <= self.hi)
@@ -284,23 +305,38 @@ class ImageRanges:
                     f'{form.format(r.train_min)} to {form.format(r.train_max)}'
                 )
         corr = self.ranges['template_correlation']
-        if s.template_correlation not in corr:
+        turned = s.template_correlation - s.upright_vs_rotated  # r with the turned mean slice
+        flipped = s.template_correlation - s.upright_vs_flipped
+        if not any(r in corr for r in (s.template_correlation, turned, flipped)):
             out.append(
                 f'it does not resemble the mean training slice (correlation '
                 f'{s.template_correlation:.2f}; training slices {corr.train_min:.2f} or more)'
             )
-            return out  # the orientation tests compare fits to that mean: meaningless here
+            return out  # the orientation cues below assume a head: meaningless here
+        orientation = []
+        elongation = self.ranges.get('elongation')
+        if elongation is not None and s.elongation not in elongation:
+            orientation.append(
+                f'its head is {s.elongation:.2f} times as tall as wide (training slices '
+                f'{elongation.train_min:.2f} to {elongation.train_max:.2f}): is it rotated by '
+                f'90 degrees?'
+            )
         if s.upright_vs_rotated not in self.ranges['upright_vs_rotated']:
-            out.append(
+            orientation.append(
                 'it looks rotated by 90 degrees (it matches the turned mean training slice '
                 'better than the upright one)'
             )
         if s.upright_vs_flipped not in self.ranges['upright_vs_flipped']:
-            out.append(
+            orientation.append(
                 'it looks upside down (it matches the flipped mean training slice better than '
                 'the upright one)'
             )
-        return out
+        if s.template_correlation not in corr and not orientation:
+            orientation.append(
+                f'it does not resemble the mean training slice (correlation '
+                f'{s.template_correlation:.2f}; training slices {corr.train_min:.2f} or more)'
+            )
+        return out + orientation
 
 
 # ----------------------------------------------------------------------------- feature statistics
