@@ -20,9 +20,9 @@ timm and transformers ignore):
    axial slice is longer front to back than side to side), and whether a 90-degree-turned or an
    upside-down copy of the mean slice fits better than the mean itself. Ranges are the training
    minimum and maximum, widened by ``RANGE_WIDEN`` of their span plus a per-statistic slack (JPEG
-   noise, scanner gain), so held-out slices of new patients pass; two orientation bounds are
-   plain facts instead (below), because a round head turned by 90 degrees falls inside the
-   training range of both cues.
+   noise, scanner gain), so held-out slices of new patients pass; the two 90-degree bounds are
+   plain facts instead (``StatRange.fit``: wider than tall; the turned mean fits better), because
+   a held-out round head falls below the training range of both cues while still upright.
 2. **Feature check**: the penultimate features (timm's ``forward_head(forward_features(x),
    pre_logits=True)``) against class-conditional Gaussians with one shared covariance, shrunk
    with scikit-learn's Ledoit-Wolf estimator (a few thousand slices for 320-1024 feature
@@ -31,14 +31,15 @@ timm and transformers ignore):
    covariance was fitted on and so sit closer): 1.5 x their 95th percentile by default. Not a
    tail quantile such as the 99.5th: slices of one patient move together, so a tail quantile is
    set by one or two validation patients and new patients cross it far more often than it
-   promises (on synthetic data 1.5-7% of held-out slices with 8-100 validation patients, against
-   0-1.5% for this rule, which also keeps blank, noise and photo inputs at >= 1.3 x the
-   threshold).
+   promises (on synthetic data, 8-100 validation patients: 1-6% of held-out slices refused on
+   average by the 99.5th percentile x 1.1, 0-0.3% by this rule, which still keeps blank, noise
+   and photo inputs at >= 1.3 x the threshold; docs/EVALUATION.md).
 
 Images are PIL images (any mode; colour is detected before the conversion to 'L') or file paths.
 The feature stage needs the model as ``resolve_model`` loads it (1 channel) and its eval transform
 (``data.build_transforms(model)[1]``); ``InputCheck.verdicts`` takes precomputed features instead,
-e.g. from the ONNX runner (``adni_timm.onnx_runtime``), so the check runs without torch too.
+e.g. the ONNX runner's (``adni_timm.onnx_runtime``: its ``features`` output), so an onnxruntime
+backend needs no torch forward pass for it (this module still imports the package, and so torch).
 """
 
 from __future__ import annotations
