@@ -106,7 +106,7 @@ SLACK = {
     'upright_vs_rotated': 0.01,
     'upright_vs_flipped': 0.01,
 }
-# statistics bounded on one side only: a slice cannot resemble the mean slice too much
+# bounded below only: a slice cannot resemble the mean slice too much, nor look too upright
 LOWER_BOUND_ONLY = (
     'template_correlation',
     'elongation',
@@ -213,8 +213,15 @@ class _Templates:
         return float(small @ self.upright), rotated, float(small @ _zscore(np.flipud(t)))
 
 
-def image_stats(gray: Image.Image, colour: bool, templates: _Templates | None) -> ImageStats:
-    """The statistics of one decoded grayscale slice (template columns nan without templates)."""
+def image_stats(
+    gray: Image.Image,
+    colour: bool,
+    templates: _Templates | None,
+    small: np.ndarray | None = None,
+) -> ImageStats:
+    """The statistics of one decoded grayscale slice (template columns nan without templates).
+
+    ``small``: its 32 x 32 z-scored form when the caller has it already."""
     a = np.asarray(gray)
     p1, p50, p99 = (float(v) for v in np.percentile(a, [1, 50, 99]))
     mask = a > FOREGROUND_LEVEL * p99 if p99 > 0 else np.zeros(a.shape, bool)
@@ -223,7 +230,7 @@ def image_stats(gray: Image.Image, colour: bool, templates: _Templates | None) -
     elongation = float(np.sqrt(rows.var() / cols.var())) if cols.size and cols.var() > 0 else 0.0
     r_up = r_rot = r_flip = math.nan
     if templates is not None and p99 - p1 >= MIN_CONTRAST:
-        r_up, r_rot, r_flip = templates.correlations(_small(gray))
+        r_up, r_rot, r_flip = templates.correlations(_small(gray) if small is None else small)
     return ImageStats(
         width=gray.width,
         height=gray.height,
@@ -652,8 +659,9 @@ def _scan(
 
     for item in images:
         gray, colour = _decode(item)
-        stats.append(image_stats(gray, colour, templates))
-        smalls.append(_small(gray))
+        small = _small(gray)
+        stats.append(image_stats(gray, colour, templates, small))
+        smalls.append(small)
         batch.append(gray)
         if len(batch) == batch_size:
             flush()
