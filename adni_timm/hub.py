@@ -27,9 +27,11 @@ from . import export
 from .complexity import measure_export_config
 from .export import CONFIG_NAME, EXTRA_KEY, WEIGHTS_NAME, read_export_config, trained_in_chans
 from .files import read_json, read_yaml
+from .input_check import INPUT_CHECK_FILES
 from .input_description import EXAMPLE_NAME, InputDescription, write_example_image
 from .model_card import ACK_PLACEHOLDER, build_model_card
 from .models import MEAN, STD
+from .onnx_export import ONNX_NAME
 from .run import EvalCheck, EvalFolder, Run, check_eval_belongs, locate
 
 try:  # huggingface_hub >= 1.0 talks httpx; older versions raise requests errors, which are OSErrors
@@ -64,8 +66,17 @@ PLOT_NAMES = (
     EvalFolder.POPULATION_MAPS,
 )
 # The only files that ever go to the Hub: never a data image, a checkpoint pickle or a token.
-# EXAMPLE_NAME is a SYNTHETIC slice drawn for the card and the widget, never a training image.
-UPLOAD_ALLOWLIST = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, EXAMPLE_NAME, *PLOT_NAMES)
+# EXAMPLE_NAME is a SYNTHETIC slice drawn for the card and the widget, never a training image;
+# model.onnx and the input check are optional (push_to_hub.py --onnx; a run that fitted the check).
+UPLOAD_ALLOWLIST = (
+    WEIGHTS_NAME,
+    CONFIG_NAME,
+    CARD_NAME,
+    EXAMPLE_NAME,
+    *PLOT_NAMES,
+    ONNX_NAME,
+    *INPUT_CHECK_FILES,
+)
 
 
 class HubError(ValueError):
