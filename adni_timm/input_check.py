@@ -37,7 +37,8 @@ timm and transformers ignore):
 
 Images are PIL images (any mode; colour is detected before the conversion to 'L') or file paths.
 The feature stage needs the model as ``inference.load_model`` loads it (1 channel) and its eval
-transform (``data.build_transforms(model)[1]``); ``InputCheck.verdicts`` takes precomputed features instead,
+transform (``data.build_transforms(model)[1]``); ``InputCheck.verdicts`` takes precomputed
+features instead,
 e.g. the ONNX runner's (``adni_timm.onnx_runtime``: its ``features`` output), so an onnxruntime
 backend needs no torch forward pass for it (this module still imports the package, and so torch).
 """
@@ -729,7 +730,8 @@ def fit_input_check(
     slices). ``train_labels``: class indices of the training slices (one Gaussian per class). At
     most ``max_train`` training slices are used (a seeded sample): the covariance of 768 features
     needs a few thousand, and every slice costs a forward pass. ``model``: as
-    ``inference.load_model`` loads it (1 channel); ``transform``: its eval transform. ``quantile`` and ``margin`` set the
+    ``inference.load_model`` loads it (1 channel); ``transform``: its eval transform.
+    ``quantile`` and ``margin`` set the
     threshold (module docstring); the validation pass rates land in ``summary``.
     """
     if len(train_images) != len(train_labels):

@@ -12,7 +12,8 @@ and predict ``--images`` slices in batches. It prints the loop's img/s (after on
 and writes P(AD) per slice to ``--json``. Timing it as a whole process (``/usr/bin/time -v``,
 several runs) adds the start-up each backend costs: importing torch + timm + adni-timm vs
 onnxruntime. The torch backend is evaluate.py's own (``inference.predict_slices``: the 1-channel
-model, fp32, its eval transform); the onnxruntime backend is ``adni_timm/onnx_runtime.py`` loaded as a
+model, fp32, its eval transform); the onnxruntime backend is ``adni_timm/onnx_runtime.py`` loaded
+as a
 standalone file (``OnnxClassifier``: numpy preprocessing, the published 3-channel graph), so
 ``run --backend onnxruntime`` works in an environment without torch.
 """
