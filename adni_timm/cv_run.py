@@ -300,9 +300,8 @@ def _refit(record: RunRecord, run: Run, train_slices, cv_result: dict, accelerat
     point = cv_result['refit']
 
     def write_final():
-        loaded = load_model(str(run.refit.path))
         settings = dataclasses.replace(
-            loaded.settings,
+            export.read_export_settings(run.refit.best_dir),
             threshold=point['threshold'],
             threshold_source='out-of-fold',
             threshold_rule=point['threshold_rule'],
@@ -313,7 +312,8 @@ def _refit(record: RunRecord, run: Run, train_slices, cv_result: dict, accelerat
             refit_epochs=epochs,
             folds=cv_result['k'],
         )
-        export.export_model(loaded.net, run.final_dir, extra=settings.to_dict())
+        # the refit's weights byte for byte (its input check still belongs to them), new settings
+        export.export_with_settings(run.refit.best_dir, run.final_dir, settings.to_dict())
 
     stop_if(run_on_main(accelerator, write_final, 'exporting the refit model'))
     return result

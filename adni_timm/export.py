@@ -58,6 +58,7 @@ __all__ = [
     'Export',
     'export_model',
     'copy_export',
+    'export_with_settings',
     'is_export',
     'read_export_config',
     'read_export_settings',
@@ -146,13 +147,41 @@ def export_model(
                 read_json(tmp / CONFIG_NAME), trained_in_chans, _final_reduction(model)
             ),
         )
-        old = out_dir.with_name(f'.{out_dir.name}.old')
-        if old.exists():
-            shutil.rmtree(old)
-        if out_dir.exists():
-            out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        _swap_in(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def _swap_in(tmp: Path, out_dir: Path) -> None:
+    """Replace ``out_dir`` by the finished folder ``tmp`` with renames: a kill never leaves a
+    half-written export."""
+    old = out_dir.with_name(f'.{out_dir.name}.old')
+    if old.exists():
+        shutil.rmtree(old)
+    if out_dir.exists():
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export_with_settings(
+    src: str | os.PathLike, out_dir: str | os.PathLike, settings: dict[str, Any]
+) -> Path:
+    """``src`` copied to ``out_dir`` with other settings under ``config.json['adni_timm']``: the
+    weights and every file beside them (the input check) byte for byte, so whatever was fitted on
+    these weights still belongs to them (a refit's ``RUN/final``)."""
+    src, out_dir = Path(src), Path(out_dir)
+    config = read_export_config(src)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', dir=out_dir.parent))
+    try:
+        for f in src.iterdir():
+            if f.is_file() and f.name != CONFIG_NAME:
+                shutil.copyfile(f, tmp / f.name)
+        config[EXTRA_KEY] = {**settings, 'format': config.get(EXTRA_KEY, {}).get('format', 1)}
+        write_json(tmp / CONFIG_NAME, config)
+        _swap_in(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

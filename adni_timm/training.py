@@ -42,7 +42,7 @@ from .input_description import describe_slices
 from .models import CROP_PCT, INTERPOLATION, MEAN, STD
 from .progress import Progress
 from .run import OldRunAside, Run, RunRecord
-from .splits import Splits, load_splits
+from .splits import Splits, load_splits, select, split_patients
 
 _logger = logging.getLogger(__name__)
 
@@ -357,6 +357,14 @@ def _fit(
 
     if cfg.log_with:
         accelerator.end_training()
+    # once the kept weights are final: what they will refuse as unlike their training slices
+    stop_if(
+        run_on_main(
+            accelerator,
+            lambda: _fit_input_check(run, splits, cfg, accelerator.device),
+            'fitting the input check',
+        )
+    )
     result = TrainResult(
         run=run, record=record, best=state.best, history=state.history, model=base_model
     )
@@ -781,6 +789,31 @@ def _repair_best_export(
         weights = ema.module if best.weights == 'ema' and ema is not None else base_model
         export.export_model(weights, run.best_dir, extra=best_settings(best, record, described))
         _logger.info('re-exported the best model (epoch %d) to %s', best.epoch, run.best_dir)
+
+
+def _fit_input_check(run: Run, splits: Splits, cfg: TrainConfig, device) -> None:
+    """Fit ``input_check`` on RUN/best: the training slices' distribution, its threshold on the
+    validation slices. A run without validation (a refit) thresholds on training patients left out
+    of the fit; the model saw them, so that threshold is tighter (it refuses more, never less)."""
+    from .input_check import fit_input_check
+
+    net = export.load_export(str(run.best_dir), export_dir=run.best_dir).net
+    _, eval_tf = data.build_transforms(net)
+    fit, threshold_on = splits.train, splits.val
+    if not threshold_on:
+        held = split_patients(fit, 0.2, cfg.seed)
+        fit, threshold_on = select(fit, held, 'train'), select(fit, held, 'val')
+    check = fit_input_check(
+        net,
+        [s.path for s in fit],
+        [s.label for s in fit],
+        [s.path for s in threshold_on],
+        transform=eval_tf,
+        batch_size=cfg.batch_size,
+        device=device,
+        seed=cfg.seed,
+    )
+    check.save(run.best_dir)  # fit_input_check logs what it fitted and the pass rate
 
 
 def _evaluate_on_test(run: Run, record: RunRecord, splits: Splits, accelerator) -> dict | None:
