@@ -14,8 +14,8 @@ This module holds the pure parts, over plain data (dicts, lists, numpy arrays); 
 - summaries: :func:`cv_summary`, :func:`format_cv_table`;
 - ensembles of the K fold models: :func:`ensemble_probs`;
 - comparing two CV runs made on the same folds: :func:`paired_bootstrap_difference`,
-  :func:`compare`, :func:`format_comparison`, and the CLI
-  ``python -m adni_timm.cv compare RUN_A RUN_B`` (also ``summary RUN``).
+  :func:`compare`, :func:`format_comparison`; the CLI ``python -m adni_timm.cv compare RUN_A
+  RUN_B`` (also ``summary RUN``) lives in ``adni_timm.cli.cv``.
 
 A CV run folder holds, besides ``fold{k}/`` run folders:
 
@@ -50,7 +50,6 @@ INVALID).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -83,7 +82,6 @@ __all__ = [
     'read_cv_run',
     'compare',
     'format_comparison',
-    'main',
 ]
 
 CV_JSON = 'cv.json'
@@ -648,50 +646,7 @@ def format_comparison(result: Mapping) -> str:
     return '\n'.join(lines)
 
 
-# ---- command line ---------------------------------------------------------------------------
+if __name__ == '__main__':  # python -m adni_timm.cv compare RUN_A RUN_B (adni_timm.cli.cv)
+    from .cli.cv import main
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog='python -m adni_timm.cv', description='Cross-validation run tools.'
-    )
-    commands = parser.add_subparsers(dest='command', required=True)
-    cmp = commands.add_parser(
-        'compare',
-        help='compare two CV runs made on the same folds (B - A, paired bootstrap CI)',
-        description='Compare CV run B against run A: per-fold differences of the validation '
-        'metrics and the paired bootstrap difference of the out-of-fold patient '
-        'AUC and accuracy. Refuses runs made on different folds.',
-    )
-    cmp.add_argument('run_a', metavar='RUN_A', type=Path)
-    cmp.add_argument('run_b', metavar='RUN_B', type=Path)
-    cmp.add_argument(
-        '--allow-different-folds',
-        action='store_true',
-        help='report anyway when the folds differ (the comparison is then INVALID)',
-    )
-    cmp.add_argument('--n-boot', type=int, default=2000, help='bootstrap resamples (default 2000)')
-    cmp.add_argument('--seed', type=int, default=0, help='bootstrap seed (default 0)')
-    cmp.add_argument('--json', type=Path, metavar='FILE', help='also write the result as JSON')
-    summary = commands.add_parser('summary', help='the per-fold validation metrics of a CV run')
-    summary.add_argument('run', metavar='RUN', type=Path)
-    args = parser.parse_args(argv)
-    try:
-        if args.command == 'summary':
-            cv, _ = read_cv_run(args.run)
-            print(format_cv_table(cv_summary(cv['per_fold'])))
-            return 0
-        result = compare(args.run_a, args.run_b, args.allow_different_folds, args.n_boot, args.seed)
-        print(format_comparison(result))
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(result, indent=2) + '\n')
-    except (CVError, ValueError, OSError) as e:
-        message = ' '.join(str(e).split())  # one line, whatever the exception carried
-        print(f'{parser.prog}: error: {message}', file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == '__main__':
     sys.exit(main())
