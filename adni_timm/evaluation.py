@@ -412,6 +412,9 @@ def evaluate(
     slices: Sequence[data.Slice] | None = None,
     members: list | None = None,
     cam: int = 0,
+    cam_method: str = 'occlusion',
+    cam_layer: str | None = None,
+    cam_region_masks=None,
 ) -> dict[str, Any]:
     """Slice- and patient-level metrics of a model on
     ``DATA_DIR/<split>``: the ``metrics.json`` dict.
@@ -420,7 +423,9 @@ def evaluate(
     (their ensemble: the mean of their probabilities; ``members`` then lists each one's own
     metrics). ``model``/``info`` (or ``members``/``info`` from ``load_models``) skip loading
     ``model_ref``. ``cam`` > 0 writes Grad-CAM montages of the ``cam`` most confident patients of
-    each outcome and the population maps under ``OUTPUT_DIR/cam/`` (one model only). ``slices``
+    each outcome and the population maps under ``OUTPUT_DIR/cam/`` (one model only; ``cam_method``,
+    ``cam_layer`` and ``cam_region_masks`` as ``cam.write_cam_report``'s method, layer and
+    region_masks: with masks, metrics.json's ``cam.region_score``). ``slices``
     skips scanning and checking the split (training passes the test slices it checked at start-up).
     ``precision`` defaults to the model's training precision; ``file_is_patient`` to the run's
     setting. With ``output_dir``, writes metrics.json, predictions.csv, patients.csv, confusion
@@ -518,19 +523,50 @@ def evaluate(
     if len(members) > 1:
         result['members'] = _member_metrics(members, each, patients, y, pos)
     if output_dir is not None and (accelerator is None or accelerator.is_main_process):
-        _write_reports(Path(output_dir), result, slices, probs, raw[:, pos], y, classes)
+        context = _figure_context(result, slices)
+        _write_reports(Path(output_dir), result, slices, probs, raw[:, pos], y, classes, context)
         if cam:
             result['cam'] = _write_cam(
-                members, slices, p_pos, thr, classes, Path(output_dir), cam, labelled=True
+                members,
+                slices,
+                p_pos,
+                thr,
+                classes,
+                Path(output_dir),
+                cam,
+                labelled=True,
+                method=cam_method,
+                layer=cam_layer,
+                region_masks=cam_region_masks,
+                context=context,
             )
             write_json(Path(output_dir) / 'metrics.json', result)
     return result
 
 
+def _figure_context(result: dict, slices) -> plots.FigureContext:
+    """Model, split and SYNTHETIC (the images carry the generator's marker) for every figure."""
+    from .synthetic import is_synthetic_image
+
+    synthetic = bool(slices) and is_synthetic_image(slices[0].path)
+    return plots.FigureContext(str(result.get('model')), result.get('split'), synthetic)
+
+
 def _write_cam(
-    members, slices, p_pos, threshold, classes, out_dir: Path, n: int, labelled: bool
+    members,
+    slices,
+    p_pos,
+    threshold,
+    classes,
+    out_dir: Path,
+    n: int,
+    labelled: bool,
+    method: str = 'occlusion',
+    layer: str | None = None,
+    region_masks=None,
+    context=None,
 ) -> dict:
-    """Grad-CAM montages and population maps of one model (``adni_timm.cam``; captum underneath)."""
+    """Evidence-map montages and population maps of one model (``adni_timm.cam``; captum)."""
     if len(members) != 1:
         raise EvaluationError(
             '--cam explains one model, not an ensemble: pass a single --model '
@@ -551,6 +587,10 @@ def _write_cam(
         transform=eval_tf,
         device=PartialState().device,
         labelled=labelled,
+        method=method,
+        layer=layer,
+        region_masks=region_masks,
+        context=context,
     )
     _logger.info(
         'Grad-CAM (%s of %s): %d montages and %s in %.1f s under %s',
@@ -618,7 +658,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def _write_reports(out: Path, result: dict, slices, probs, p_raw, y, classes) -> None:
+def _write_reports(out: Path, result: dict, slices, probs, p_raw, y, classes, context) -> None:
     out.mkdir(parents=True, exist_ok=True)
     pos, thr = data.positive_index(classes), result['threshold']
     p_key = f'p_{classes[pos]}'
@@ -661,12 +701,16 @@ def _write_reports(out: Path, result: dict, slices, probs, p_raw, y, classes) ->
         labels,
         out / 'confusion_matrix.png',
         title=f'patients (threshold {thr:.3g})',
+        context=context,
+        unit='patients',
     )
     plots.plot_confusion_matrix(
         result['slice']['confusion_matrix'],
         labels,
         out / 'confusion_matrix_slices.png',
         title=f'slices (threshold {thr:.3g})',
+        context=context,
+        unit='slices',
     )
     if len(np.unique(y_pat)) == 2:
         plots.plot_roc(
@@ -675,6 +719,8 @@ def _write_reports(out: Path, result: dict, slices, probs, p_raw, y, classes) ->
             out / 'roc.png',
             title=f'{classes[pos]} vs {negative}, patients',
             threshold=thr,
+            context=context,
+            unit='patients',
         )
     else:
         _logger.warning('roc.png not written: the %s split holds a single class', result['split'])
@@ -689,6 +735,7 @@ def _write_reports(out: Path, result: dict, slices, probs, p_raw, y, classes) ->
         title=f'calibration, temperature {result["calibration"]["temperature"]:.3g}',
         p_slice_calibrated=probs[:, pos] if calibrated else None,
         p_patient_calibrated=p_pat if calibrated else None,
+        context=context,
     )
     _logger.info('wrote metrics.json, predictions.csv, patients.csv and figures to %s', out)
 
@@ -793,6 +840,8 @@ def predict_images(
     info: dict | None = None,
     precision: str | None = None,
     cam: int = 0,
+    cam_method: str = 'occlusion',
+    cam_layer: str | None = None,
 ) -> dict[str, Any]:
     """Predict unlabelled slices (one file or a folder,
     searched recursively): class and p_AD per slice.
@@ -876,7 +925,17 @@ def predict_images(
         _logger.info('wrote predictions to %s', out)
         if cam:
             result['cam'] = _write_cam(
-                [(model, info)], slices, probs[:, pos], thr, classes, out, cam, labelled=False
+                [(model, info)],
+                slices,
+                probs[:, pos],
+                thr,
+                classes,
+                out,
+                cam,
+                labelled=False,
+                method=cam_method,
+                layer=cam_layer,
+                context=plots.FigureContext(str(info['model']), 'unlabelled'),
             )
     return result
 

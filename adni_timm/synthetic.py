@@ -54,6 +54,7 @@ __all__ = [
     'REGIONS',
     'patient_atrophy_masks',
     'atrophy_masks',
+    'is_synthetic_image',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -542,6 +543,15 @@ def _write_patient(job, slices: int, difficulty: str) -> None:
         Image.fromarray(image, 'L').save(
             f'{stem}_{first + k}.jpeg', 'JPEG', quality=JPEG_QUALITY, comment=SYNTHETIC_COMMENT
         )
+
+
+def is_synthetic_image(path) -> bool:
+    """Whether an image file carries this generator's SYNTHETIC marker (its JPEG comment)."""
+    try:
+        with Image.open(path) as im:
+            return im.info.get('comment') == SYNTHETIC_COMMENT
+    except OSError:
+        return False
 
 
 def _cache_root(cache_root=None) -> Path:

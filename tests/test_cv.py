@@ -19,12 +19,12 @@ from adni_timm.cv import (
     fold_split,
     format_comparison,
     format_cv_table,
-    main,
     make_folds,
     paired_bootstrap_difference,
     read_oof_csv,
     write_oof_csv,
 )
+from adni_timm.cli.cv import main
 from adni_timm.metrics import resample_patient_counts, slice_and_patient_metrics
 
 # 23 AD and 27 NC patients; ids of mixed widths so that sorting is by string, not insertion order

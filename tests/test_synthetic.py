@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from adni_timm import synthetic
+from adni_timm.cli.synthetic import main as synthetic_cli
 from adni_timm.synthetic import (
     HEIGHT,
     WIDTH,
@@ -141,7 +142,7 @@ def test_bad_arguments(tmp_path):
 
 def test_cli(tmp_path, capsys):
     assert (
-        synthetic.main(
+        synthetic_cli(
             [
                 str(tmp_path / 'cli'),
                 '--train-patients',
@@ -159,12 +160,12 @@ def test_cli(tmp_path, capsys):
     assert len(_files(tmp_path / 'cli')) == 2 * 2 * 2
     assert 'SYNTHETIC' in capsys.readouterr().out
     assert (
-        synthetic.main([str(tmp_path / 'cli'), '--train-patients', '1', '--test-patients', '1'])
+        synthetic_cli([str(tmp_path / 'cli'), '--train-patients', '1', '--test-patients', '1'])
         == 2
     )
     assert 'already holds files' in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        synthetic.main(['--help'])
+        synthetic_cli(['--help'])
     assert e.value.code == 0
     assert 'SYNTHETIC' in capsys.readouterr().out
 
