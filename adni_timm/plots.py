@@ -382,15 +382,17 @@ def plot_population_maps(
     counts: dict | None = None,
     title: str | None = None,
     target: str | None = None,
+    map_name: str = 'map',
     context: FigureContext | None = None,
 ) -> Path:
-    """Mean Grad-CAM per class side by side (one colour scale), over the class's mean slice.
+    """Mean evidence map per class side by side (one colour scale), over the class's mean slice.
 
     ``maps`` is ``{class: [H, W]}`` (e.g. ``adni_timm.cam.population_maps``); ``mean_slices`` the
     mean input slice per class, drawn underneath; ``counts`` slices per class, in the titles.
     With two classes a third panel shows their difference (second minus first, e.g. AD - NC) over
     the mean anatomy of both, red where the second class's maps are stronger, with its own
-    labelled colour bar. ``target`` names the class the maps explain (colour-bar labels).
+    labelled colour bar. ``target`` names the class the maps explain and ``map_name`` the kind of
+    map (e.g. 'Occlusion map'), both for the colour-bar labels.
     """
     if not maps:
         raise ValueError('plot_population_maps: no maps to draw')
@@ -411,7 +413,7 @@ def plot_population_maps(
         shown = _overlay(ax, backgrounds[name], maps[name], vmax=vmax)
         n = f' ({counts[name]} slices)' if counts and name in counts else ''
         ax.set_title(f'{name}{n}', fontsize=10)
-    fig.colorbar(shown, ax=list(axes[: len(names)]), shrink=0.8, label=f'mean Grad-CAM{of}')
+    fig.colorbar(shown, ax=list(axes[: len(names)]), shrink=0.8, label=f'mean {map_name}{of}')
     if diff:
         delta = np.asarray(maps[names[1]]) - np.asarray(maps[names[0]])
         bound = float(np.abs(delta).max()) or 1.0
@@ -422,7 +424,7 @@ def plot_population_maps(
             shown,
             ax=axes[-1],
             shrink=0.8,
-            label=f'mean Grad-CAM{of}: {names[1]} minus {names[0]}',
+            label=f'mean {map_name}{of}: {names[1]} minus {names[0]}',
         )
     total = sum(counts.values()) if counts else None
     n = f'n={total} slices' if total else None
