@@ -807,10 +807,16 @@ def _write_epoch_outputs(run_dir: Path, state: dict, best_weights, record: RunRe
         export.export_model(
             best_weights, run_dir / 'best', extra=_best_extra(state['best'], record)
         )
-    _write_history(run_dir, state['history'], state['best'])
+    context = plots.FigureContext(record.config.model, 'validation', record.synthetic)
+    _write_history(run_dir, state['history'], state['best'], context)
 
 
-def _write_history(run_dir: Path, history: list[dict], best: dict | None) -> None:
+def _write_history(
+    run_dir: Path,
+    history: list[dict],
+    best: dict | None,
+    context: plots.FigureContext | None = None,
+) -> None:
     """metrics.jsonl rewritten whole from the (checkpointed)
     history, so a resumed run stays consistent.
     """
@@ -822,6 +828,7 @@ def _write_history(run_dir: Path, history: list[dict], best: dict | None) -> Non
         run_dir / 'curves.png',
         best_epoch=(best or {}).get('epoch'),
         best_weights=(best or {}).get('weights'),
+        context=context,
     )
 
 
