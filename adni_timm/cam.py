@@ -735,7 +735,8 @@ def write_cam_report(
             cam_dir / 'population_maps.png',
             mean_slices=mean_slices,
             counts={classes[k]: counts[k] for k in present},
-            title=f'Mean {method_name} map of {classes[pos]} per true class ({layer_name})',
+            title=f'Mean {method_name} map of {classes[pos]} per true class'
+            + ('' if method == 'occlusion' else f' ({layer_name})'),
             target=classes[pos],
             map_name=f'{method_name} map',
             context=context,
@@ -769,8 +770,14 @@ def write_cam_report(
 def _write_readme(cam_dir: Path, result: dict, method_name: str) -> None:
     """What the folder holds, in words: the layer, its map size, the notes and the region score."""
     size = 'x'.join(map(str, result['map_size'] or ())) or '?'
+    where = (
+        f'Occlusion maps: the logit drop when each square of an {size} grid is set to the mean '
+        f'intensity, upsampled to the input.'
+        if result['method'] == 'occlusion'
+        else f'{method_name} maps at layer {result["layer"]} ({size} map, upsampled to the input).'
+    )
     lines = [
-        f'{method_name} maps at {result["layer"]} ({size} map, upsampled to the input).',
+        where,
         "Montages: the evidence for each patient's predicted class, one colour scale per patient",
         "(0 to the patient's largest value; red: evidence for the positive class, blue: for the",
         'negative class).',

@@ -451,7 +451,7 @@ def test_write_cam_report_labelled(test_slices, tmp_path, monkeypatch):
     assert kwargs['cmap'] == 'Blues' and 'for NC' in kwargs['colorbar_label']
     assert kwargs['title'].endswith('map: evidence for NC')
     readme = (cam_dir / 'README.txt').read_text()
-    assert 'Occlusion maps at input (8x8 map' in readme and f'TN_{nc0}.png' in readme
+    assert 'each square of an 8x8 grid' in readme and f'TN_{nc0}.png' in readme
 
 
 def test_report_says_when_an_outcome_has_no_patient(test_slices, tmp_path):
@@ -477,7 +477,7 @@ def test_report_says_when_an_outcome_has_no_patient(test_slices, tmp_path):
     assert result['layer'] == 'stages.1' and result['map_size'] == [8, 8]
     readme = (tmp_path / 'cam' / 'README.txt').read_text()
     assert 'no FP patients' in readme and 'no FN patients' in readme
-    assert 'Grad-CAM maps at stages.1 (8x8 map' in readme
+    assert 'Grad-CAM maps at layer stages.1 (8x8 map' in readme
 
 
 def test_write_cam_report_unlabelled(test_slices, tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import re
 import runpy
@@ -128,6 +129,7 @@ def test_evaluate_help_shows_its_defaults_and_what_cam_draws():
     for default in (
         'split folder to evaluate (default: test)',
         'slices per inference batch (default: 64)',
+        'data-loader worker processes (default: 0)',
         'bootstrap resamples for 95% CIs (0: none) (default: 1000)',
         'at --cam-layer (default: occlusion)',
     ):
@@ -221,3 +223,20 @@ def test_evaluate_offers_the_cam_methods_of_adni_timm_cam():
     assert (
         build_parser().parse_args(['--model', 'm', '--images', ROOT]).cam_method == cam.METHODS[0]
     )
+
+
+def test_evaluate_cam_options_reach_the_report(tiny_run, tiny_data, tmp_path, capsys):
+    from adni_timm.cli.evaluate import main
+
+    run, _ = tiny_run
+    out = tmp_path / 'ev'
+    argv = ['--model', str(run), '--data-dir', str(tiny_data), '--n-boot', '0', '--output-dir']
+    argv += [str(out), '--cam', '1', '--cam-method', 'gradcam', '--cam-layer', 'stages.2']
+    assert main(argv) == cli.EXIT_OK
+    report = json.loads((out / 'metrics.json').read_text())['cam']
+    assert report['method'] == 'gradcam' and report['layer'] == 'stages.2'
+    assert report['map_size'] == [4, 4]  # 64 px / 16
+    assert (out / 'cam' / 'README.txt').read_text().startswith('Grad-CAM maps at layer stages.2')
+    # a layer the model does not have: refused, with the stages it has
+    assert main([*argv[:-1], 'stage.7']) == EXIT_REFUSED
+    assert 'stages.0, stages.1, stages.2, stages.3' in capsys.readouterr().err

@@ -91,7 +91,7 @@ class HelpFormatter(argparse.HelpFormatter):
         if (
             'default' in text
             or not action.option_strings
-            or action.default in (None, False, argparse.SUPPRESS)
+            or any(action.default is v for v in (None, False, argparse.SUPPRESS))
         ):
             return text
         return f'{text} (default: %(default)s)'

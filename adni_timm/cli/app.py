@@ -1,4 +1,5 @@
-"""``adni-app --model RUN``: the local web demo (also ``python app.py``, ``python -m adni_timm.app``).
+"""``adni-app --model RUN``: the local web demo (also ``python app.py``, ``python -m
+adni_timm.app``).
 
 Drop MRI slices, read P(AD), the decision and Grad-CAM. Research use only. Needs the demo extra
 (``pip install 'adni-timm[demo]'``). Parsing only: the page lives in ``adni_timm.app``.
