@@ -417,9 +417,12 @@ def test_write_cam_report_labelled(test_slices, tmp_path, monkeypatch):
     # the map of the class each patient was called: TN and FN explain NC, TP and FP explain AD
     assert result['montage_targets'] == {nc0: 'NC', nc1: 'AD', ad0: 'AD', ad1: 'NC'}
 
-    # independently: every slice's positive-class map, then class means
+    # independently: every slice's positive-class map, then class means of the unit-peak maps
     images = torch.stack([transform(data.read_image(s.path)) for s in slices])
-    maps = cam.class_maps(model, images, 1)
+    raw_ad = cam.class_maps(model, images, 1, normalize=False)
+    peaks = raw_ad.max(axis=(1, 2), keepdims=True)
+    maps = np.where(peaks > 0, raw_ad / np.maximum(peaks, 1e-30), 0)
+    np.testing.assert_allclose(cam.class_maps(model, images[:2], 1), maps[:2], rtol=1e-5, atol=1e-6)
     labels = np.array([s.label for s in slices])
     with np.load(cam_dir / 'population_maps.npz') as saved:
         for name, mean in cam.population_maps(maps, labels).items():
@@ -427,7 +430,6 @@ def test_write_cam_report_labelled(test_slices, tmp_path, monkeypatch):
         assert int(saved['n_AD']) == 6 and int(saved['n_NC']) == 6
 
     # the TP montage: that patient's slices in slice order, AD maps on ONE scale for the patient
-    raw_ad = cam.class_maps(model, images, 1, normalize=False)
     tiles, tile_maps, kwargs = calls[f'TP_{ad0}.png']
     own = sorted(
         (i for i, s in enumerate(slices) if s.patient == ad0), key=lambda i: slices[i].slice_index
@@ -444,10 +446,10 @@ def test_write_cam_report_labelled(test_slices, tmp_path, monkeypatch):
     assert kwargs['title'].endswith('map: evidence for AD')
 
     # the TN montage maps NC evidence, in blue: a true negative is not painted as AD evidence
-    raw_nc = cam.class_maps(model, images, 0, normalize=False)
     _, tile_maps, kwargs = calls[f'TN_{nc0}.png']
     own = [i for i, s in enumerate(slices) if s.patient == nc0]
-    np.testing.assert_allclose(tile_maps, raw_nc[own], rtol=1e-5, atol=1e-7)
+    raw_nc = cam.class_maps(model, images[own], 0, normalize=False)
+    np.testing.assert_allclose(tile_maps, raw_nc, rtol=1e-5, atol=1e-7)
     assert kwargs['cmap'] == 'Blues' and 'for NC' in kwargs['colorbar_label']
     assert kwargs['title'].endswith('map: evidence for NC')
     readme = (cam_dir / 'README.txt').read_text()
