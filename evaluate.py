@@ -10,4 +10,4 @@ import sys
 from adni_timm.cli.evaluate import main
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(main(prog='evaluate.py'))

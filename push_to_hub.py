@@ -11,4 +11,4 @@ import sys
 from adni_timm.cli.push import format_file_list, main, parse_args  # noqa: F401
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(main(prog='push_to_hub.py'))

@@ -7,9 +7,14 @@ the ``adni-train`` console script); the work in ``adni_timm.training``.
 """
 
 import sys
+from functools import partial
+
+from adni_timm.cli import train as _cli
 
 # tests and probes import these from here
-from adni_timm.cli.train import build_parser, main, run  # noqa: F401
+from adni_timm.cli.train import build_parser, run  # noqa: F401
+
+main = partial(_cli.main, prog='train.py')  # usage and error lines name the script that was run
 
 if __name__ == '__main__':
     sys.exit(main())

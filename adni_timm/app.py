@@ -528,3 +528,11 @@ def launch(
         show_error=False,
     )
     return demo
+
+
+if __name__ == '__main__':  # python -m adni_timm.app --model RUN (parsing: adni_timm.cli.app)
+    import sys
+
+    from .cli.app import main
+
+    sys.exit(main(prog='python -m adni_timm.app'))

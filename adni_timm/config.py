@@ -27,6 +27,9 @@ __all__ = [
     'CONFIG_DIR',
     'preset_names',
     'fit_warmup',
+    'field_types',
+    'field_help',
+    'format_value',
 ]
 
 # package data: works after a plain pip install
@@ -37,88 +40,160 @@ class ConfigError(ValueError):
     """An invalid configuration value; the message names the key and the fix."""
 
 
+def _key(default, help: str, *, choices=None, metavar: str | None = None):
+    """A config field with its one-line ``help`` (what ``adni-train --help`` shows), its
+    ``choices`` (checked by ``validate_config``) and a ``metavar`` for the command line."""
+    metadata = {'help': help}
+    if choices is not None:
+        metadata['choices'] = tuple(choices)
+    if metavar is not None:
+        metadata['metavar'] = metavar
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+_BEST_METRICS = tuple(
+    f'{level}_{m}'
+    for level in ('patient', 'slice')
+    for m in ('auc', 'accuracy', 'balanced_accuracy', 'sensitivity', 'specificity', 'f1')
+)
+
+
 @dataclass
 class TrainConfig:
+    """One training recipe. Each field's metadata holds its help line (and choices): the one place
+    ``adni-train --help`` and ``validate_config`` read them from."""
+
     # model
-    model: str = 'adni_convnext_tiny'
-    classes: list[str] = field(default_factory=lambda: list(LABEL_NAMES))
-    img_size: int = 224
-    drop_path: float = 0.1
-    # data
-    val_fraction: float = 0.2
-    split_level: str = (
-        'patient'  # 'slice' is the reference's leaky split, allowed only for reproducing it
+    model: str = _key(
+        'adni_convnext_tiny',
+        'timm model name: adni_convnext_{atto,nano,tiny,small,base} or any timm model',
     )
-    file_is_patient: bool = False
-    skip_bad_images: bool = False
-    cache: bool = True
-    num_workers: int = 8
+    classes: list[str] = _key(
+        list(LABEL_NAMES),
+        'class folders in label order (AD, else the last, is the positive class)',
+        metavar='NAME,NAME',
+    )
+    img_size: int = _key(224, 'input side in pixels, a multiple of 32 (slices are resized to it)')
+    drop_path: float = _key(0.1, 'stochastic depth rate')
+    # data
+    val_fraction: float = _key(
+        0.2, 'share of training patients held out for validation, by patient and class'
+    )
+    split_level: str = _key(
+        'patient',
+        "validation split by patient; 'slice' is the reference's leaky split, only to reproduce it",
+        choices=('patient', 'slice'),
+    )
+    file_is_patient: bool = _key(
+        False, 'each file is its own patient (file names without <patient>_<slice>)'
+    )
+    skip_bad_images: bool = _key(
+        False, 'leave out files that cannot be decoded (else: list them and stop)'
+    )
+    cache: bool = _key(True, 'decode every slice once into memory shared by the loader workers')
+    num_workers: int = _key(8, 'data-loader worker processes per training process')
     # augmentation (timm create_transform)
-    scale: list[float] = field(default_factory=lambda: [0.7, 1.0])
-    ratio: list[float] = field(default_factory=lambda: [0.9, 1.1])
-    hflip: float = 0.5
-    color_jitter: float = 0.1
-    auto_augment: str | None = None
-    re_prob: float = 0.1
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    smoothing: float = 0.1
+    scale: list[float] = _key(
+        [0.7, 1.0], 'random-resized-crop area range (fractions of the slice)', metavar='MIN,MAX'
+    )
+    ratio: list[float] = _key(
+        [0.9, 1.1], 'random-resized-crop aspect-ratio range', metavar='MIN,MAX'
+    )
+    hflip: float = _key(0.5, 'probability of a horizontal flip')
+    color_jitter: float = _key(0.1, 'brightness / contrast jitter strength (0: off)')
+    auto_augment: str | None = _key(
+        None, 'timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1 (null: off)'
+    )
+    re_prob: float = _key(0.1, 'random-erasing probability')
+    mixup: float = _key(0.0, 'mixup alpha (0: off)')
+    cutmix: float = _key(0.0, 'cutmix alpha (0: off)')
+    smoothing: float = _key(0.1, 'label smoothing')
     # optimisation (timm create_optimizer_v2 / create_scheduler_v2)
-    epochs: int = 100
-    batch_size: int = 128  # per process
-    grad_accum_steps: int = 1
-    opt: str = 'adamw'
-    lr: float = 5e-4
-    weight_decay: float = 0.05
-    clip_grad: float | None = 1.0
-    sched: str = 'cosine'
-    warmup_epochs: int = 5
-    warmup_lr: float = 1e-6
-    min_lr: float = 1e-6
+    epochs: int = _key(100, 'training epochs')
+    batch_size: int = _key(128, 'images per step and process')
+    grad_accum_steps: int = _key(
+        1, 'steps per optimizer update (effective batch: batch-size x processes x this)'
+    )
+    opt: str = _key('adamw', 'timm optimizer, e.g. adamw, sgd, lamb (timm.optim.list_optimizers())')
+    lr: float = _key(5e-4, 'peak learning rate')
+    weight_decay: float = _key(0.05, 'weight decay')
+    clip_grad: float | None = _key(1.0, 'clip the gradient norm to this (null: no clipping)')
+    sched: str = _key(
+        'cosine',
+        'timm learning-rate schedule after the warmup',
+        choices=('cosine', 'constant', 'step', 'multistep', 'tanh', 'poly', 'wsd'),
+    )
+    warmup_epochs: int = _key(5, 'epochs of linear warmup from warmup-lr')
+    warmup_lr: float = _key(1e-6, 'learning rate at the start of the warmup')
+    min_lr: float = _key(1e-6, 'learning rate at the end of the schedule')
     # EMA (timm ModelEmaV3)
-    ema: bool = True
-    ema_decay: float = 0.9998
+    ema: bool = _key(True, 'also validate an EMA of the weights (timm ModelEmaV3); keep the better')
+    ema_decay: float = _key(0.9998, 'EMA decay per optimizer step')
     # model selection and the operating point (chosen on validation, or out-of-fold with folds)
-    best_metric: str = 'patient_auc'
-    target_sensitivity: float | None = (
-        None  # None: Youden's J; else the highest threshold reaching it
+    best_metric: str = _key(
+        'patient_auc', 'validation metric that chooses the kept epoch', choices=_BEST_METRICS
+    )
+    target_sensitivity: float | None = _key(
+        None, "threshold: the highest reaching this validation sensitivity (null: Youden's J)"
     )
     # cross-validation by patient (0: one validation split of val_fraction)
-    folds: int = 0
-    # how each fold chooses its weights: 'inner' = epoch, live/EMA and temperature on a validation
-    # split (val_fraction) of the fold's own training patients; 'last' = no choice (the last epoch)
-    cv_select: str = 'inner'
-    refit: bool = (
-        False  # with folds: then train on all training patients for the folds' median best epoch
+    folds: int = _key(0, 'K-fold cross-validation by patient, K >= 2 (0: one validation split)')
+    cv_select: str = _key(
+        'inner',
+        'how each fold chooses its epoch, weights and temperature: inner = on a val-fraction '
+        "split of the fold's own training patients; last = nothing chosen, the last epoch",
+        choices=('inner', 'last'),
+    )
+    refit: bool = _key(
+        False, "with folds: then train on all training patients for the folds' median best epoch"
     )
     # hardware
-    mixed_precision: str = (
-        'auto'  # auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU
+    mixed_precision: str = _key(
+        'auto',
+        'auto: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU',
+        choices=('auto', 'no', 'fp16', 'bf16'),
     )
-    channels_last: bool = True  # CUDA only
-    compile: bool = False
-    log_with: str | None = None  # 'tensorboard' or 'wandb'
-    progress: str = 'auto'  # auto: a live bar on a terminal, plain lines in a log file
-    seed: int = 0
+    channels_last: bool = _key(True, 'channels-last memory format (CUDA only)')
+    compile: bool = _key(False, 'torch.compile the model')
+    log_with: str | None = _key(
+        None, 'experiment tracker (null: none)', choices=(None, 'tensorboard', 'wandb')
+    )
+    progress: str = _key(
+        'auto',
+        'auto: a live bar on a terminal, plain lines in a log file',
+        choices=('auto', 'bar', 'lines', 'none'),
+    )
+    seed: int = _key(0, 'seed of the split, the initialisation and the augmentation')
 
 
+# choices per key, from the fields' metadata
 _CHOICES = {
-    'split_level': ('patient', 'slice'),
-    'cv_select': ('inner', 'last'),
-    'mixed_precision': ('auto', 'no', 'fp16', 'bf16'),
-    'log_with': (None, 'tensorboard', 'wandb'),
-    'progress': ('auto', 'bar', 'lines', 'none'),
-    'sched': ('cosine', 'constant', 'step', 'multistep', 'tanh', 'poly', 'wsd'),
-    'best_metric': tuple(
-        f'{level}_{m}'
-        for level in ('patient', 'slice')
-        for m in ('auc', 'accuracy', 'balanced_accuracy', 'sensitivity', 'specificity', 'f1')
-    ),
+    f.name: f.metadata['choices']
+    for f in dataclasses.fields(TrainConfig)
+    if 'choices' in f.metadata
 }
 
 
 def field_types() -> dict[str, Any]:
     return {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+
+
+def field_help() -> dict[str, dict[str, Any]]:
+    """Per key: ``help`` (one line), and ``choices`` / ``metavar`` where the key has them."""
+    return {f.name: dict(f.metadata) for f in dataclasses.fields(TrainConfig)}
+
+
+def format_value(value: Any) -> str:
+    """A config value in the syntax the command line and YAML accept: null, true, 0.7,1.0."""
+    if value is None:
+        return 'null'
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ','.join(format_value(v) for v in value)
+    return str(value)
 
 
 def preset_names() -> list[str]:

@@ -281,3 +281,11 @@ def format_cv_table(summary: Mapping) -> str:
         )
     lines.append(f'{k} folds; held-out metrics, mean ± sample sd (ddof=1) over folds')
     return '\n'.join(lines)
+
+
+if __name__ == '__main__':  # python -m adni_timm.cv compare RUN_A RUN_B (adni_timm.cli.cv)
+    import sys
+
+    from .cli.cv import main
+
+    sys.exit(main())

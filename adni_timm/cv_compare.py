@@ -4,21 +4,19 @@ bootstrap CI of the out-of-fold patient AUC and accuracy (``adni-cv compare RUN_
 Two runs are comparable only when made on the same folds (same patients, same k, same seed):
 otherwise the per-fold differences mix model differences with split differences, and
 :func:`compare` refuses unless told ``allow_different_folds=True`` (and then marks the result
-INVALID). Differences are B - A.
+INVALID). Differences are B - A. The command line: ``adni_timm.cli.cv``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .cv import CVError, cv_summary, format_cv_table, read_oof_csv
+from .cv import CVError, read_oof_csv
 from .data import positive_index
 from .display import is_number
 from .metrics import CI_KEYS, patient_level, resample_patient_counts, weighted_metrics
@@ -31,7 +29,6 @@ __all__ = [
     'read_cv_run',
     'compare',
     'format_comparison',
-    'main',
 ]
 
 _CV_JSON_KEYS = ('k', 'seed', 'folds', 'threshold', 'per_fold')
@@ -319,52 +316,3 @@ def format_comparison(result: Mapping) -> str:
             f'({verdict})'
         )
     return '\n'.join(lines)
-
-
-# ---- command line ---------------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog='python -m adni_timm.cv_compare', description='Cross-validation run tools.'
-    )
-    commands = parser.add_subparsers(dest='command', required=True)
-    cmp = commands.add_parser(
-        'compare',
-        help='compare two CV runs made on the same folds (B - A, paired bootstrap CI)',
-        description='Compare CV run B against run A: per-fold differences of the validation '
-        'metrics and the paired bootstrap difference of the out-of-fold patient '
-        'AUC and accuracy. Refuses runs made on different folds.',
-    )
-    cmp.add_argument('run_a', metavar='RUN_A', type=Path)
-    cmp.add_argument('run_b', metavar='RUN_B', type=Path)
-    cmp.add_argument(
-        '--allow-different-folds',
-        action='store_true',
-        help='report anyway when the folds differ (the comparison is then INVALID)',
-    )
-    cmp.add_argument('--n-boot', type=int, default=2000, help='bootstrap resamples (default 2000)')
-    cmp.add_argument('--seed', type=int, default=0, help='bootstrap seed (default 0)')
-    cmp.add_argument('--json', type=Path, metavar='FILE', help='also write the result as JSON')
-    summary = commands.add_parser('summary', help='the per-fold validation metrics of a CV run')
-    summary.add_argument('run', metavar='RUN', type=Path)
-    args = parser.parse_args(argv)
-    try:
-        if args.command == 'summary':
-            cv, _ = read_cv_run(args.run)
-            print(format_cv_table(cv_summary(cv['per_fold'])))
-            return 0
-        result = compare(args.run_a, args.run_b, args.allow_different_folds, args.n_boot, args.seed)
-        print(format_comparison(result))
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(result, indent=2) + '\n')
-    except (CVError, ValueError, OSError) as e:
-        message = ' '.join(str(e).split())  # one line, whatever the exception carried
-        print(f'{parser.prog}: error: {message}', file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -17,12 +17,12 @@ forked loader workers share copy-on-write; slices of another size are kept as th
 are, so training and evaluation both apply the exported preprocessing to the
 original image.
 
-CLI: ``python -m adni_timm.data check DATA_DIR [--classes NC,AD]``.
+The ``check`` report (``check_data_dir``) is what ``adni-check-data DATA_DIR`` prints (its
+parsing lives in ``adni_timm.cli.check``; ``python -m adni_timm.data check DATA_DIR`` works too).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import re
@@ -66,8 +66,8 @@ __all__ = [
     'preload',
     'SliceDataset',
     'create_loader',
-    'main',
-    'check_main',
+    'CheckReport',
+    'check_data_dir',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -715,8 +715,28 @@ def _format_counts(counts: Counter, fmt: Callable = str) -> str:
     return ', '.join(f'{fmt(k)} ({n})' for k, n in counts.most_common())
 
 
-def _check(data_dir: Path, classes: Sequence[str], file_is_patient: bool, num_workers: int):
-    """Everything ``check`` prints: (report lines, notes, problems)."""
+@dataclass(frozen=True)
+class CheckReport:
+    """What ``check_data_dir`` found: the table (lines), notes (fixed on the fly) and problems."""
+
+    lines: list[str]
+    notes: list[str]
+    problems: list[str]
+
+
+def check_data_dir(
+    data_dir: str | os.PathLike,
+    classes: Sequence[str] = LABEL_NAMES,
+    file_is_patient: bool = False,
+    num_workers: int = 0,
+) -> CheckReport:
+    """Patients and slices per split and class, image sizes and modes, and every problem found.
+
+    Problems: a missing split or class folder, unknown class folders, bad file names, patients in
+    two classes or in both train and test, files that do not decode. ``num_workers`` threads
+    decode the images.
+    """
+    data_dir = Path(data_dir)
     lines = [
         f'DATA_DIR {data_dir}   classes: ' + ', '.join(f'{c}={i}' for i, c in enumerate(classes)),
         f'{"split":<6} {"class":<6} {"patients":>8} {"slices":>7}   slices/patient min/median/max',
@@ -725,7 +745,7 @@ def _check(data_dir: Path, classes: Sequence[str], file_is_patient: bool, num_wo
     try:
         _require_data_dir(data_dir)
     except DataError as e:  # one problem, not one per split
-        return lines[:1], notes, [str(e)]
+        return CheckReport(lines[:1], notes, [str(e)])
     for split in SPLITS:
         try:
             slices, split_problems, ignored = _scan(
@@ -766,59 +786,10 @@ def _check(data_dir: Path, classes: Sequence[str], file_is_patient: bool, num_wo
     )
     notes += _notes(infos)
     problems += [f'{i.path}: {i.problem}' for i in infos if i.problem]
-    return lines, notes, problems
+    return CheckReport(lines, notes, problems)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog='python -m adni_timm.data', description='Tools for data in the ADNI AD_NC layout.'
-    )
-    commands = parser.add_subparsers(dest='command', required=True)
-    check = commands.add_parser(
-        'check',
-        help='report patients, slices, image sizes and every problem; exit 1 on problems',
-        description=f'Check DATA_DIR/{{train,test}}/{{NC,AD}}/{FILE_NAME_PATTERN}: print patients '
-        f'and slices per split and class, slices per patient, image sizes and modes, and every '
-        f'problem found. Exit status 1 when there are problems.',
-    )
-    check.add_argument('data_dir', metavar='DATA_DIR', type=Path)
-    check.add_argument(
-        '--classes',
-        default=','.join(LABEL_NAMES),
-        help='class folders in label order (default NC,AD: NC=0, AD=1)',
-    )
-    check.add_argument(
-        '--file-is-patient',
-        action='store_true',
-        help='treat each file as its own patient (names without <patient>_<slice>)',
-    )
-    check.add_argument(
-        '--workers',
-        type=int,
-        default=min(8, os.cpu_count() or 1),
-        help='threads decoding images (default: up to 8)',
-    )
-    args = parser.parse_args(argv)
-    try:
-        classes = parse_classes(args.classes)
-    except DataError as e:
-        parser.error(str(e))
-    lines, notes, problems = _check(args.data_dir, classes, args.file_is_patient, args.workers)
-    print('\n'.join(lines))
-    for note in notes:
-        print(f'note: {note}')
-    if problems:
-        print(f'{len(problems)} problem(s):')
-        print('\n'.join(f'- {p}' for p in problems))
-        return 1
-    print('no problems found')
-    return 0
+if __name__ == '__main__':  # python -m adni_timm.data check DATA_DIR
+    from .cli.check import module_main
 
-
-def check_main(argv=None) -> int:
-    """``adni-check-data DATA_DIR``: the ``check`` command as its own console script."""
-    return main(['check', *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(module_main())

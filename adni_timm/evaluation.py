@@ -316,14 +316,18 @@ def evaluate(
     file_is_patient: bool | None = None,
     slices: Sequence[data.Slice] | None = None,
     cam: int = 0,
+    cam_method: str = 'occlusion',
     cam_layer: str | None = None,
+    cam_region_masks=None,
 ) -> dict[str, Any]:
     """Slice- and patient-level metrics of ``model`` on ``DATA_DIR/<split>``: the metrics.json dict.
 
     ``model`` is a ``LoadedModel`` or anything ``load_model`` takes. ``slices`` skips scanning and
     checking the split (training passes the test slices it checked at start-up). ``cam`` > 0 writes
-    Grad-CAM montages of the ``cam`` most confident patients of each outcome under
-    ``OUTPUT_DIR/cam/`` (one model only). With an ``accelerator`` every process must call
+    evidence-map montages of the ``cam`` most confident patients of each outcome and the population
+    maps under ``OUTPUT_DIR/cam/`` (one model only; ``cam_method``, ``cam_layer`` and
+    ``cam_region_masks`` as ``cam.write_cam_report``'s method, layer and region_masks: with masks,
+    metrics.json's ``cam.region_score``). With an ``accelerator`` every process must call
     (inference is sharded, each slice counted once) and only the main process writes.
     """
     if not isinstance(model, LoadedModel):
@@ -405,7 +409,8 @@ def evaluate(
         result['members'] = _member_metrics(model, each, patients, y, pos)
     if output_dir is not None and (accelerator is None or accelerator.is_main_process):
         folder = EvalFolder(output_dir)
-        _write_reports(folder, result, slices, probs, uncalibrated[:, pos], y, classes)
+        context = _figure_context(model, result, slices)
+        _write_reports(folder, result, slices, probs, uncalibrated[:, pos], y, classes, context)
         if cam:
             result['cam'] = _write_cam(
                 model,
@@ -416,7 +421,10 @@ def evaluate(
                 folder,
                 cam,
                 labelled=True,
+                method=cam_method,
                 layer=cam_layer,
+                region_masks=cam_region_masks,
+                context=context,
             )
             write_json(folder.metrics_file, result)
     return result
@@ -451,6 +459,14 @@ def _ece(patients, y, p_raw, p_cal) -> dict[str, Any]:
     }
 
 
+def _figure_context(model: LoadedModel, result: dict, slices) -> plots.FigureContext:
+    """Model, split and SYNTHETIC (a synthetic model, or images with the generator's marker)."""
+    from .synthetic import is_synthetic_image
+
+    synthetic = model.synthetic or (bool(slices) and is_synthetic_image(slices[0].path))
+    return plots.FigureContext(str(result.get('model')), result.get('split'), synthetic)
+
+
 def _write_cam(
     model: LoadedModel,
     slices,
@@ -461,9 +477,12 @@ def _write_cam(
     n: int,
     *,
     labelled: bool,
+    method: str = 'occlusion',
     layer: str | None = None,
+    region_masks=None,
+    context=None,
 ) -> dict:
-    """Grad-CAM montages and population maps of one model (``adni_timm.cam``; captum underneath)."""
+    """Evidence-map montages and population maps of one model (``adni_timm.cam``; captum)."""
     from accelerate import PartialState
 
     from . import cam
@@ -481,7 +500,10 @@ def _write_cam(
         transform=eval_tf,
         device=PartialState().device,
         labelled=labelled,
+        method=method,
         layer=layer,
+        region_masks=region_masks,
+        context=context,
     )
     _logger.info(
         'Grad-CAM (%s of %s): %d montages in %.1f s under %s',
@@ -494,7 +516,9 @@ def _write_cam(
     return json.loads(json.dumps(report, default=str))
 
 
-def _write_reports(folder: EvalFolder, result: dict, slices, probs, p_raw, y, classes) -> None:
+def _write_reports(
+    folder: EvalFolder, result: dict, slices, probs, p_raw, y, classes, context=None
+) -> None:
     folder.path.mkdir(parents=True, exist_ok=True)
     pos, thr = data.positive_index(classes), result['threshold']
     p_key = f'p_{classes[pos]}'
@@ -533,12 +557,16 @@ def _write_reports(folder: EvalFolder, result: dict, slices, probs, p_raw, y, cl
         labels,
         folder.figure(EvalFolder.CONFUSION),
         title=f'patients (threshold {thr:.3g})',
+        context=context,
+        unit='patients',
     )
     plots.plot_confusion_matrix(
         result['slice']['confusion_matrix'],
         labels,
         folder.figure(EvalFolder.CONFUSION_SLICES),
         title=f'slices (threshold {thr:.3g})',
+        context=context,
+        unit='slices',
     )
     patients = [s.patient for s in slices]
     _, y_pat, p_pat = metrics.patient_level(patients, y, probs[:, pos])
@@ -549,6 +577,8 @@ def _write_reports(folder: EvalFolder, result: dict, slices, probs, p_raw, y, cl
             folder.figure(EvalFolder.ROC),
             title=f'{classes[pos]} vs {negative}, patients',
             threshold=thr,
+            context=context,
+            unit='patients',
         )
     else:
         _logger.warning('roc.png not written: the %s split holds a single class', result['split'])
@@ -564,6 +594,7 @@ def _write_reports(folder: EvalFolder, result: dict, slices, probs, p_raw, y, cl
         title=f'calibration, temperature {fmt(temperature)}',
         p_slice_calibrated=probs[:, pos] if calibrated else None,
         p_patient_calibrated=p_pat if calibrated else None,
+        context=context,
     )
     _logger.info('wrote metrics.json, predictions.csv, patients.csv and figures to %s', folder.path)
 
@@ -675,6 +706,7 @@ def predict_images(
     threshold: float | None = None,
     precision: str | None = None,
     cam: int = 0,
+    cam_method: str = 'occlusion',
     cam_layer: str | None = None,
     skip_bad_images: bool = False,
     file_is_patient: bool | None = None,
@@ -740,7 +772,9 @@ def predict_images(
                 folder,
                 cam,
                 labelled=False,
+                method=cam_method,
                 layer=cam_layer,
+                context=plots.FigureContext(model.ref, 'unlabelled', model.synthetic),
             )
     return result
 

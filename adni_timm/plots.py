@@ -1,12 +1,17 @@
 """Matplotlib figures for runs and evaluations: training curves, confusion matrix, ROC.
 
 Each function writes one PNG and returns its path. The Agg backend is used so
-figures render on headless machines (clusters, CI) without a display.
+figures render on headless machines (clusters, CI) without a display. A figure
+travels without its run folder (a card, a slide), so each one carries its
+context in its title: model, split, n, and SYNTHETIC when the data was generated
+(``FigureContext``).
 """
 
 from __future__ import annotations
 
 import os
+import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -17,7 +22,41 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
 
-__all__ = ['plot_curves', 'plot_confusion_matrix', 'plot_roc']
+__all__ = ['FigureContext', 'plot_curves', 'plot_confusion_matrix', 'plot_roc']
+
+SYNTHETIC_TAG = 'SYNTHETIC data (not MRI)'
+
+
+@dataclass(frozen=True)
+class FigureContext:
+    """What a figure says about where it came from: the model, the split, and SYNTHETIC.
+
+    Each plot adds its own ``n`` (patients or slices of that figure) to ``line``.
+    """
+
+    model: str
+    split: str | None = None
+    synthetic: bool = False
+
+    def line(self, n: str | None = None) -> str:
+        """``SYNTHETIC data (not MRI) | model | split split | n`` (the parts that are known)."""
+        parts = [SYNTHETIC_TAG] if self.synthetic else []
+        parts.append(self.model)
+        if self.split:
+            parts.append(f'{self.split} split')
+        if n:
+            parts.append(n)
+        return ' | '.join(parts)
+
+
+def _title(title: str | None, context: FigureContext | None, n: str | None, width: int) -> str:
+    """The figure's title over its context line, each wrapped to ``width`` characters."""
+    lines = [title] if title else []
+    if context is not None:
+        lines.append(context.line(n))
+    elif n:
+        lines.append(n)
+    return '\n'.join(textwrap.fill(line, width) for line in lines)
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
@@ -53,6 +92,7 @@ def plot_curves(
     path: str | os.PathLike,
     best_epoch: int | None = None,
     best_weights: str | None = None,
+    context: FigureContext | None = None,
 ) -> Path:
     """Did it learn, did it overfit, which epoch was
     kept? Four panels from ``RUN/metrics.jsonl`` rows.
@@ -61,6 +101,7 @@ def plot_curves(
     and EMA dashed in the same colour; a vertical line at ``best_epoch`` (the kept weights).
     Patient-level only: the slice-level numbers are in metrics.jsonl and add little beside them.
     Null values (e.g. an undefined AUC) are skipped; a panel without any value is left out.
+    ``context`` titles the figure (n: the validation slices of the last row, when recorded).
     """
     panels = []
     for title, keys, ylim in _CURVE_PANELS:
@@ -106,12 +147,26 @@ def plot_curves(
             ax.ticklabel_format(axis='y', style='sci', scilimits=(-2, 2))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, framealpha=0.7)
+    if context is not None:
+        val = next((row['val_slices'] for row in reversed(history) if row.get('val_slices')), None)
+        n = f'validation n={val} slices' if val else None
+        fig.suptitle(_title(None, context, n, 40 * ncols), fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def plot_confusion_matrix(cm, labels, path: str | os.PathLike, title: str | None = None) -> Path:
-    """Confusion matrix (rows = true class, columns = predicted) with counts and row percentages."""
+def plot_confusion_matrix(
+    cm,
+    labels,
+    path: str | os.PathLike,
+    title: str | None = None,
+    context: FigureContext | None = None,
+    unit: str = '',
+) -> Path:
+    """Confusion matrix (rows = true class, columns = predicted) with counts and row percentages.
+
+    The title ends with the context line and ``n`` = the matrix total (``unit``: e.g. 'patients').
+    """
     cm = np.asarray(cm)
     fig, ax = plt.subplots(figsize=(3.8, 3.4))
     display = ConfusionMatrixDisplay(cm, display_labels=list(labels))
@@ -121,13 +176,20 @@ def plot_confusion_matrix(cm, labels, path: str | os.PathLike, title: str | None
         # the percentage of the true class: sensitivity / specificity on the diagonal
         if row_totals[i]:
             text.set_text(f'{cm[i, j]}\n{100 * cm[i, j] / row_totals[i]:.0f}%')
-    if title:
-        ax.set_title(title)
+    n = f'n={int(cm.sum())} {unit}'.strip()
+    if title or context is not None:
+        ax.set_title(_title(title, context, n, 38), fontsize=9)
     return _save(fig, path)
 
 
 def plot_roc(
-    y_true, p_pos, path: str | os.PathLike, title: str | None = None, threshold: float | None = None
+    y_true,
+    p_pos,
+    path: str | os.PathLike,
+    title: str | None = None,
+    threshold: float | None = None,
+    context: FigureContext | None = None,
+    unit: str = '',
 ) -> Path:
     """ROC curve with its AUC; marks the operating point of ``threshold`` when given."""
     y, p = np.asarray(y_true), np.asarray(p_pos)
@@ -142,8 +204,9 @@ def plot_roc(
         ax.legend(loc='lower right', fontsize=8)
     ax.set_xlabel('1 - specificity')
     ax.set_ylabel('sensitivity')
-    if title:
-        ax.set_title(title)
+    n = f'n={len(y)} {unit} ({int((y == 1).sum())} positive)'.replace('  ', ' ')
+    if title or context is not None:
+        ax.set_title(_title(title, context, n, 40), fontsize=9)
     return _save(fig, path)
 
 
@@ -160,12 +223,14 @@ def plot_reliability(
     p_slice_calibrated=None,
     p_patient_calibrated=None,
     n_bins: int = 15,
+    context: FigureContext | None = None,
 ) -> Path:
     """Reliability diagrams of P(AD), slices and patients side by side, with the ECE in the legend.
 
-    Each point is one non-empty equal-width bin: mean predicted P(AD) against the observed
-    fraction of AD (``adni_timm.metrics.reliability_curve``); a calibrated model lies on the
-    diagonal. Give ``p_slice_calibrated`` / ``p_patient_calibrated`` (e.g. after temperature
+    Each marker is one non-empty equal-width bin: mean predicted P(AD) against the observed
+    fraction of AD (``adni_timm.metrics.reliability_curve``), its count written beside it; a
+    calibrated model lies on the diagonal, drawn dotted over the curves so that two filled bins
+    cannot hide it. Give ``p_slice_calibrated`` / ``p_patient_calibrated`` (e.g. after temperature
     scaling) to draw them over the uncalibrated curves, labelled 'calibrated'.
     """
     from .metrics import expected_calibration_error, reliability_curve
@@ -186,17 +251,42 @@ def plot_reliability(
             for label, q in probs
         ]
         panels.append((f'{name} (n={len(y)})', curves))
-    fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.8), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(8.0, 4.0), sharey=True)
     for ax, (panel_title, curves) in zip(axes, panels):
-        ax.plot([0, 1], [0, 1], linestyle=':', color='grey', label='perfectly calibrated')
-        for i, (label, (mean_predicted, observed, _)) in enumerate(curves):
-            ax.plot(mean_predicted, observed, marker='o', markersize=3, color=f'C{i}', label=label)
-        ax.set(title=panel_title, xlabel='mean predicted P(AD)', xlim=(0, 1), ylim=(0, 1))
+        for i, (label, (mean_predicted, observed, count)) in enumerate(curves):
+            ax.plot(
+                mean_predicted,
+                observed,
+                marker='o' if i == 0 else 's',
+                markersize=5,
+                linewidth=1.0,
+                alpha=0.85,
+                color=f'C{i}',
+                label=label,
+            )
+            for x, y_obs, c in zip(mean_predicted, observed, count):
+                # counts beside the markers: a bin of 3 slices and one of 300 look alike otherwise
+                ax.annotate(
+                    str(int(c)),
+                    (x, y_obs),
+                    xytext=(4, -10 if i else 4),
+                    textcoords='offset points',
+                    fontsize=7,
+                    color=f'C{i}',
+                )
+        ax.plot([0, 1], [0, 1], linestyle=':', color='0.3', zorder=5, label='perfectly calibrated')
+        ax.set(title=panel_title, xlabel='mean predicted P(AD)', xlim=(0, 1), ylim=(-0.02, 1.05))
         ax.grid(alpha=0.3)
-        ax.legend(loc='upper left', fontsize=7, framealpha=0.6)
+        ax.legend(
+            loc='upper left',
+            fontsize=7,
+            framealpha=0.6,
+            title='n per bin beside it',
+            title_fontsize=7,
+        )
     axes[0].set_ylabel('observed fraction AD')
-    if title:
-        fig.suptitle(title)
+    if title or context is not None:
+        fig.suptitle(_title(title, context, None, 90), fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -210,15 +300,18 @@ def _unit(image: np.ndarray) -> np.ndarray:
     return (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
 
 
-def _overlay(ax, image: np.ndarray, heat: np.ndarray, vmax: float = 1.0, cmap: str = 'jet'):
-    """Grey slice with the map on top; opacity follows the map, so cold areas show the anatomy."""
+def _overlay(
+    ax, image: np.ndarray, heat: np.ndarray, vmax: float = 1.0, cmap: str = 'jet', vmin=0.0
+):
+    """Grey slice with the map on top; opacity follows |map|, so cold areas show the anatomy."""
     ax.imshow(_unit(image), cmap='gray', vmin=0, vmax=1)
+    bound = max(abs(vmin), abs(vmax))
     shown = ax.imshow(
         heat,
         cmap=cmap,
-        vmin=0,
+        vmin=vmin,
         vmax=vmax,
-        alpha=0.6 * np.clip(heat / vmax, 0, 1) if vmax > 0 else 0.0,
+        alpha=0.6 * np.clip(np.abs(heat) / bound, 0, 1) if bound > 0 else 0.0,
     )
     ax.set_xticks([])
     ax.set_yticks([])
@@ -233,11 +326,17 @@ def plot_cam_montage(
     tile_titles=None,
     title: str | None = None,
     ncols: int = 5,
+    vmax: float | None = None,
+    cmap: str = 'jet',
+    colorbar_label: str = "Grad-CAM (each slice's max = 1)",
+    context: FigureContext | None = None,
 ) -> Path:
-    """One patient's slices in a grid, each with its Grad-CAM map (0..1) overlaid.
+    """One patient's slices in a grid, each with its Grad-CAM map overlaid on one colour scale.
 
     ``images`` and ``maps`` are ``[S, H, W]`` (slices in order); ``tile_titles`` one per slice
-    (e.g. slice index and P(AD)); ``title`` the patient line (mean P(AD), decision, outcome).
+    (e.g. slice index and P(AD)); ``title`` the patient line (mean P(AD), decision, outcome),
+    wrapped to the figure's width over the ``context`` line. The colour scale runs from 0 to
+    ``vmax`` (default 1: maps already normalised) for every tile, with ``colorbar_label``.
     """
     images, maps = np.asarray(images, dtype=np.float32), np.asarray(maps, dtype=np.float32)
     if images.ndim != 3 or images.shape != maps.shape:
@@ -248,12 +347,14 @@ def plot_cam_montage(
         raise ValueError(
             f'plot_cam_montage: {len(tile_titles)} tile titles for {len(images)} slices'
         )
+    vmax = 1.0 if vmax is None else float(vmax)
     ncols = max(1, min(ncols, len(images)))
     nrows = -(-len(images) // ncols)
+    width = 2.2 * ncols + 0.8
     fig, axes = plt.subplots(
         nrows,
         ncols,
-        figsize=(2.2 * ncols + 0.8, 2.4 * nrows + 0.5),
+        figsize=(width, 2.4 * nrows + 0.9),
         squeeze=False,
         layout='constrained',
     )
@@ -261,13 +362,15 @@ def plot_cam_montage(
         ax.axis('off')
     shown = None
     for k, ax in enumerate(axes.flat[: len(images)]):
-        shown = _overlay(ax, images[k], maps[k])
+        shown = _overlay(ax, images[k], maps[k], vmax=vmax, cmap=cmap)
         if tile_titles is not None:
             ax.set_title(tile_titles[k], fontsize=9)
     if shown is not None:
-        fig.colorbar(shown, ax=axes, shrink=0.7, label="Grad-CAM (each slice's max = 1)")
-    if title:
-        fig.suptitle(title, fontsize=10)
+        fig.colorbar(shown, ax=axes, shrink=0.7, label=colorbar_label)
+    if title or context is not None:
+        # ~ 11 characters per inch at 10 pt: a long patient line wraps instead of being cut off
+        n = f'n={len(images)} slices'
+        fig.suptitle(_title(title, context, n, max(30, int(width * 11))), fontsize=10)
     return _save(fig, path)
 
 
@@ -278,12 +381,18 @@ def plot_population_maps(
     mean_slices: dict | None = None,
     counts: dict | None = None,
     title: str | None = None,
+    target: str | None = None,
+    map_name: str = 'map',
+    context: FigureContext | None = None,
 ) -> Path:
-    """Mean Grad-CAM per class side by side (one colour scale), over the class's mean slice.
+    """Mean evidence map per class side by side (one colour scale), over the class's mean slice.
 
     ``maps`` is ``{class: [H, W]}`` (e.g. ``adni_timm.cam.population_maps``); ``mean_slices`` the
     mean input slice per class, drawn underneath; ``counts`` slices per class, in the titles.
-    With two classes a third panel shows their difference (second minus first, e.g. AD - NC).
+    With two classes a third panel shows their difference (second minus first, e.g. AD - NC) over
+    the mean anatomy of both, red where the second class's maps are stronger, with its own
+    labelled colour bar. ``target`` names the class the maps explain and ``map_name`` the kind of
+    map (e.g. 'Occlusion map'), both for the colour-bar labels.
     """
     if not maps:
         raise ValueError('plot_population_maps: no maps to draw')
@@ -293,24 +402,32 @@ def plot_population_maps(
     fig, axes = plt.subplots(
         1,
         len(names) + diff,
-        figsize=(3.3 * (len(names) + diff), 3.6),
+        figsize=(3.3 * (len(names) + diff), 3.9),
         squeeze=False,
         layout='constrained',
     )
     axes = axes[0]
+    of = f' of {target}' if target else ''
+    backgrounds = {name: (mean_slices or {}).get(name, np.zeros_like(maps[name])) for name in names}
     for ax, name in zip(axes, names):
-        background = (mean_slices or {}).get(name, np.zeros_like(maps[name]))
-        shown = _overlay(ax, background, maps[name], vmax=vmax)
+        shown = _overlay(ax, backgrounds[name], maps[name], vmax=vmax)
         n = f' ({counts[name]} slices)' if counts and name in counts else ''
         ax.set_title(f'{name}{n}', fontsize=10)
-    fig.colorbar(shown, ax=list(axes[: len(names)]), shrink=0.8, label='mean Grad-CAM')
+    fig.colorbar(shown, ax=list(axes[: len(names)]), shrink=0.8, label=f'mean {map_name}{of}')
     if diff:
         delta = np.asarray(maps[names[1]]) - np.asarray(maps[names[0]])
         bound = float(np.abs(delta).max()) or 1.0
-        shown = axes[-1].imshow(delta, cmap='RdBu_r', vmin=-bound, vmax=bound)
+        anatomy = (backgrounds[names[0]] + backgrounds[names[1]]) / 2
+        shown = _overlay(axes[-1], anatomy, delta, vmax=bound, vmin=-bound, cmap='RdBu_r')
         axes[-1].set_title(f'{names[1]} - {names[0]}', fontsize=10)
-        axes[-1].set(xticks=[], yticks=[])
-        fig.colorbar(shown, ax=axes[-1], shrink=0.8)
-    if title:
-        fig.suptitle(title, fontsize=11)
+        fig.colorbar(
+            shown,
+            ax=axes[-1],
+            shrink=0.8,
+            label=f'mean {map_name}{of}: {names[1]} minus {names[0]}',
+        )
+    total = sum(counts.values()) if counts else None
+    n = f'n={total} slices' if total else None
+    if title or context is not None:
+        fig.suptitle(_title(title, context, n, int(3.3 * (len(names) + diff) * 11)), fontsize=10)
     return _save(fig, path)

@@ -459,15 +459,22 @@ class Run:
             seen = {(parse_file_name(Path(key)) or (key,))[0] for key in seen}
         return seen
 
-    def write_history(self, history: list[dict], best_epoch: int | None, best_weights) -> None:
-        """``metrics.jsonl`` rewritten whole from the (checkpointed) history, and the curves."""
+    def write_history(
+        self, history: list[dict], best_epoch: int | None, best_weights, context=None
+    ) -> None:
+        """``metrics.jsonl`` rewritten whole from the (checkpointed) history, and the curves
+        (``context``: the ``plots.FigureContext`` their title names)."""
         from . import plots  # matplotlib only when a run writes its curves
 
         tmp = self.path / f'.{self.HISTORY}.tmp'
         tmp.write_text(''.join(json.dumps(row) + '\n' for row in history))
         tmp.replace(self.history_file)
         plots.plot_curves(
-            history, self.curves_file, best_epoch=best_epoch, best_weights=best_weights
+            history,
+            self.curves_file,
+            best_epoch=best_epoch,
+            best_weights=best_weights,
+            context=context,
         )
 
     def read_history(self) -> list[dict]:

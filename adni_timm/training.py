@@ -31,7 +31,7 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 
-from . import data, export, metrics
+from . import data, export, metrics, plots
 from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_to_dict, fit_warmup
 from .display import fmt, fmt_duration
@@ -768,6 +768,7 @@ def _write_epoch_outputs(
         state.history,
         best_epoch=best.epoch if best else None,
         best_weights=best.weights if best else None,
+        context=plots.FigureContext(record.config.model, 'validation', record.synthetic),
     )
 
 

@@ -217,8 +217,8 @@ def test_app_cli_reports_a_missing_model_in_one_line(tmp_path):
         timeout=120,
         env={**os.environ, **LOCAL_ENV, 'ADNI_MODEL': str(tmp_path / 'nowhere')},
     )
-    assert proc.returncode == 1
-    assert proc.stderr.startswith('error:') and 'does not exist' in proc.stderr
+    assert proc.returncode == 2  # a refused input (adni_timm.cli: exit codes)
+    assert proc.stderr.startswith('app.py: error:') and 'does not exist' in proc.stderr
     assert 'Traceback' not in proc.stderr
 
 

@@ -20,7 +20,8 @@ from adni_timm.cv import (
     read_oof_csv,
     write_oof_csv,
 )
-from adni_timm.cv_compare import compare, format_comparison, main, paired_bootstrap_difference
+from adni_timm.cli.cv import main
+from adni_timm.cv_compare import compare, format_comparison, paired_bootstrap_difference
 from adni_timm.metrics import resample_patient_counts, slice_and_patient_metrics, youden_threshold
 from adni_timm.splits import make_folds
 

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from adni_timm import data
+from adni_timm.cli.check import module_main as check_cli
 from adni_timm.data import (
     DataError,
     Slice,
@@ -538,7 +539,7 @@ def test_loader_with_workers_and_cache(synth, model):
 
 
 def test_check_cli_clean_set(synth, capsys):
-    assert data.main(['check', str(synth)]) == 0
+    assert check_cli(['check', str(synth)]) == 0
     out = capsys.readouterr().out
     assert 'train  NC            3       9   3/3/3' in out
     assert 'test   AD            2       6   3/3/3' in out
@@ -550,7 +551,7 @@ def test_check_cli_lists_every_problem(broken, capsys):
     write_image(broken / 'test' / 'MCI' / '9_1.jpeg')
     # leaks patient 1 from train; colour
     write_image(broken / 'test' / 'NC' / '1_12.jpeg', mode='RGB')
-    assert data.main(['check', str(broken)]) == 1
+    assert check_cli(['check', str(broken)]) == 1
     out = capsys.readouterr().out
     assert '4 problem(s)' in out
     for expected in (
@@ -564,9 +565,13 @@ def test_check_cli_lists_every_problem(broken, capsys):
 
 
 def test_check_cli_errors(tmp_path, capsys):
-    assert data.main(['check', str(tmp_path / 'nowhere')]) == 1
-    assert 'does not exist' in capsys.readouterr().out
+    # a DATA_DIR that does not exist is a usage error (2), like any refused input; 1 is for
+    # problems found in data that is there
     with pytest.raises(SystemExit) as e:
-        data.main(['check', str(tmp_path), '--classes', 'AD'])
+        check_cli(['check', str(tmp_path / 'nowhere')])
+    assert e.value.code == 2
+    assert 'does not exist' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        check_cli(['check', str(tmp_path), '--classes', 'AD'])
     assert e.value.code == 2
     assert 'two distinct' in capsys.readouterr().err

@@ -509,20 +509,20 @@ def test_cli_acknowledgement_file_replaces_the_placeholder(run_dir, tmp_path, ca
 @pytest.mark.parametrize('repo_id', ['no-owner', 'a/b/c', 'org/bad name', 'org/-x'])
 def test_cli_malformed_repo_id(run_dir, capsys, repo_id):
     code, _, err = _cli(capsys, run_dir, '--dry-run', repo_id=repo_id)
-    assert code == 1 and 'ORG/NAME' in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and 'ORG/NAME' in err and len(err.strip().splitlines()) == 1
     assert not (run_dir / 'hub').exists()
 
 
 def test_cli_run_without_best_weights(tmp_path, capsys):
     (tmp_path / 'run').mkdir()
     code, _, err = _cli(capsys, tmp_path / 'run', '--dry-run')
-    assert code == 1 and 'no best weights' in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and 'no best weights' in err and len(err.strip().splitlines()) == 1
 
 
 def test_cli_without_a_token_names_the_fix_and_keeps_the_export(run_dir, no_login, capsys):
     with mock.patch('adni_timm.hub.HfApi') as api_cls:
         code, _, err = _cli(capsys, run_dir)
-    assert code == 1 and 'hf auth login' in err and 'HF_TOKEN' in err
+    assert code == 2 and 'hf auth login' in err and 'HF_TOKEN' in err
     api_cls.assert_not_called()
     assert {p.name for p in (run_dir / 'hub').iterdir()} == EXPORT_FILES
 
@@ -560,7 +560,7 @@ def test_cli_upload_failure_exits_non_zero_and_keeps_the_export(
 def test_cli_missing_eval_metrics_file(run_dir, tmp_path, capsys):
     missing = tmp_path / 'nope' / 'metrics.json'
     code, _, err = _cli(capsys, run_dir, '--dry-run', '--eval', str(missing))
-    assert code == 1 and 'does not exist' in err and 'evaluate.py' in err
+    assert code == 2 and 'does not exist' in err and 'evaluate.py' in err
 
 
 # --------------------------------------------------------------------------------------------------

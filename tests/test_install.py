@@ -25,7 +25,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ['adni-train', 'adni-evaluate', 'adni-push', 'adni-check-data', 'adni-synthetic']
+SCRIPTS = [
+    'adni-train',
+    'adni-evaluate',
+    'adni-push',
+    'adni-check-data',
+    'adni-synthetic',
+    'adni-app',
+]
 # never copied into the build tree: environments, caches, build outputs, local runs and data
 COPY_IGNORE = shutil.ignore_patterns(
     '.git',
@@ -211,7 +218,9 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
         assert proc.returncode == 0, (
             f'{name} --help exited {proc.returncode}\n--- stdout\n{out}\n--- stderr\n{err}'
         )
-        assert 'usage' in out.lower(), f'{name} --help printed no usage:\n{out}'
+        # its own name in the usage line, and examples to copy
+        assert out.startswith(f'usage: {name} '), f'{name} --help usage line:\n{out}'
+        assert '\nexamples:\n' in out, f'{name} --help has no examples:\n{out}'
 
     # a tiny SYNTHETIC set and a tiny run, all through
     # the installed console scripts, outside the repo

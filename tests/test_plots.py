@@ -5,7 +5,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adni_timm.plots import plot_confusion_matrix, plot_curves, plot_roc
+from adni_timm import plots
+from adni_timm.plots import (
+    FigureContext,
+    plot_cam_montage,
+    plot_confusion_matrix,
+    plot_curves,
+    plot_population_maps,
+    plot_reliability,
+    plot_roc,
+)
 
 
 def _png_size(path):
@@ -105,3 +114,122 @@ def test_confusion_matrix_with_an_empty_row(tmp_path):
     assert plot_confusion_matrix(
         np.array([[0, 0], [1, 3]]), ['NC', 'AD'], tmp_path / 'cm.png'
     ).is_file()
+
+
+# --------------------------------------------------------------------- figures carry their context
+
+
+def _figures(monkeypatch):
+    """Figures as they are closed (after saving): their axes, texts and titles stay readable."""
+    figures = []
+    monkeypatch.setattr(plt, 'close', figures.append)
+    return figures
+
+
+SYN = FigureContext('adni_convnext_atto', 'test', synthetic=True)
+
+
+def _all_text(fig) -> str:
+    texts = [fig._suptitle.get_text()] if fig._suptitle else []
+    for ax in fig.axes:
+        texts += [ax.get_title(), *(t.get_text() for t in ax.texts)]
+    return ' '.join(' '.join(texts).split())  # titles wrap: compare words, not line breaks
+
+
+def test_context_line_names_model_split_n_and_synthetic():
+    assert SYN.line('n=12 patients') == (
+        'SYNTHETIC data (not MRI) | adni_convnext_atto | test split | n=12 patients'
+    )
+    assert FigureContext('m').line() == 'm'  # real data: no tag; unknown parts left out
+
+
+def test_evaluation_figures_carry_model_split_n_and_synthetic(tmp_path, monkeypatch):
+    figures = _figures(monkeypatch)
+    plot_confusion_matrix(
+        [[5, 1], [2, 6]], ['NC', 'AD'], tmp_path / 'cm.png', 'patients', SYN, unit='patients'
+    )
+    y, p = [0, 0, 1, 1, 0, 1], [0.1, 0.4, 0.35, 0.8, 0.2, 0.9]
+    plot_roc(y, p, tmp_path / 'roc.png', 'AD vs NC', threshold=0.5, context=SYN, unit='patients')
+    plot_reliability(y, p, y[:4], p[:4], tmp_path / 'rel.png', 'calibration', context=SYN)
+    plot_curves(
+        [{'epoch': 1, 'train_loss': 0.7, 'val_loss': 0.8, 'val_slices': 96}],
+        tmp_path / 'c.png',
+        context=SYN,
+    )
+    cm, roc, rel, curves = (_all_text(f) for f in figures)
+    for text in (cm, roc, rel, curves):
+        assert 'SYNTHETIC data (not MRI)' in text and 'adni_convnext_atto' in text
+    assert 'test split' in cm and 'n=14 patients' in cm  # n: the matrix total
+    assert 'n=6 patients (3 positive)' in roc
+    assert 'validation n=96 slices' in curves
+
+
+def test_reliability_marks_every_bin_with_its_count_and_keeps_the_diagonal_visible(
+    tmp_path, monkeypatch
+):
+    figures = _figures(monkeypatch)
+    # two filled bins: the curve joins them, the reference must still show, counts beside them
+    y = [0] * 30 + [1] * 10
+    p = [0.05] * 30 + [0.95] * 10
+    plot_reliability(y, p, y[:4], p[:4], tmp_path / 'rel.png', n_bins=10)
+    slices_ax = figures[0].axes[0]
+    lines = {line.get_label(): line for line in slices_ax.get_lines()}
+    model, reference = lines['model (ECE 0.050)'], lines['perfectly calibrated']
+    assert model.get_marker() == 'o' and len(model.get_xdata()) == 2
+    assert reference.get_zorder() > model.get_zorder()  # drawn over the curve
+    assert sorted(t.get_text() for t in slices_ax.texts) == ['10', '30']
+
+
+def test_montage_title_wraps_and_the_colour_bar_shows_the_patient_scale(tmp_path, monkeypatch):
+    figures = _figures(monkeypatch)
+    images = np.random.default_rng(0).random((3, 16, 16)).astype(np.float32)
+    maps = images * 0.004  # raw values of one patient: the scale is theirs, not 0..1
+    title = 'TP: patient 123456 (true AD, mean P(AD) 0.93 -> AD at threshold 0.50); ' * 2
+    plot_cam_montage(
+        images,
+        maps,
+        tmp_path / 'm.png',
+        title=title.strip(),
+        vmax=float(maps.max()),
+        cmap='Reds',
+        colorbar_label="Occlusion for AD, 0 to this patient's max",
+        context=SYN,
+    )
+    fig = figures[0]
+    lines = fig._suptitle.get_text().splitlines()
+    assert len(lines) >= 3 and max(len(line) for line in lines) <= 80  # wrapped to the figure
+    assert lines[-1].endswith('n=3 slices')
+    colorbar = fig.axes[-1]
+    assert colorbar.get_ylabel() == "Occlusion for AD, 0 to this patient's max"
+    assert colorbar.get_ylim() == pytest.approx((0.0, float(maps.max())))
+    tile = fig.axes[0].get_images()[-1]
+    assert tile.get_cmap().name == 'Reds' and tile.get_clim()[1] == pytest.approx(maps.max())
+
+
+def test_population_difference_panel_sits_on_the_mean_anatomy_with_a_labelled_bar(
+    tmp_path, monkeypatch
+):
+    figures = _figures(monkeypatch)
+    rng = np.random.default_rng(0)
+    maps = {'NC': rng.random((8, 8)), 'AD': rng.random((8, 8))}
+    anatomy = {k: rng.random((8, 8)) for k in maps}
+    plot_population_maps(
+        maps,
+        tmp_path / 'pop.png',
+        mean_slices=anatomy,
+        counts={'NC': 6, 'AD': 6},
+        title='mean map',
+        target='AD',
+        context=SYN,
+    )
+    fig = figures[0]
+    diff_ax = next(ax for ax in fig.axes if ax.get_title() == 'AD - NC')
+    background, overlay = diff_ax.get_images()
+    np.testing.assert_allclose(
+        background.get_array(), plots._unit((anatomy['NC'] + anatomy['AD']) / 2)
+    )
+    assert overlay.get_cmap().name == 'RdBu_r'
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert 'mean Grad-CAM of AD: AD minus NC' not in labels  # the method is not named wrongly
+    assert 'mean map of AD: AD minus NC' in labels and 'mean map of AD' in labels
+    assert 'n=12 slices' in fig._suptitle.get_text()

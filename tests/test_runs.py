@@ -77,7 +77,7 @@ def test_resume_refuses_when_a_recorded_patient_is_missing(one_epoch_run, tmp_pa
     proc = run_train(
         '--output-dir', run, '--resume', '--epochs', '2', '--data-dir', data_copy, check=False
     )
-    assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr  # a problem in the data
     assert f"recorded in split['val'] are not in the data: {patient}" in proc.stderr
     assert 'Restore their files, or point --data-dir at the data' in proc.stderr
     # nothing lost
@@ -116,8 +116,9 @@ def test_overwrite_touches_the_old_run_only_after_every_check_passed(one_epoch_r
     corrupt = run_train(
         '--data-dir', broken, '--output-dir', run, '--overwrite', *ONE_EPOCH, check=False
     )
-    for proc in (typo, corrupt):
-        assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+    # a DATA_DIR that does not exist is refused (2); a corrupt file is a problem in the data (1)
+    for proc, code in ((typo, 2), (corrupt, 1)):
+        assert proc.returncode == code and 'Traceback' not in proc.stderr
     assert 'cannot be decoded' in corrupt.stderr
     assert (run / 'best/model.safetensors').read_bytes() == before  # the old run is untouched
     run_train('--data-dir', data_dir, '--output-dir', run, '--overwrite', *ONE_EPOCH, '--seed', '1')
@@ -163,7 +164,7 @@ def test_a_corrupt_test_image_stops_eval_test_before_training(tiny_data, tmp_pat
     train_args = ['--data-dir', data_dir, '--output-dir', tmp_path / 'run']
     train_args += [*ONE_EPOCH, '--eval-test']
     proc = run_train(*train_args, check=False)
-    assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr  # a problem in the data
     assert '1 test file(s) cannot be decoded' in proc.stderr and bad.name in proc.stderr
     assert '--skip-bad-images' in proc.stderr
     assert not (tmp_path / 'run' / 'checkpoints').exists()  # found before any training

@@ -10,6 +10,7 @@ from PIL import Image
 
 from adni_timm import synthetic
 from adni_timm.data_note import describe
+from adni_timm.cli.synthetic import main as synthetic_cli
 from adni_timm.synthetic import (
     HEIGHT,
     WIDTH,
@@ -146,7 +147,7 @@ def test_bad_arguments(tmp_path):
 
 def test_cli(tmp_path, capsys):
     assert (
-        synthetic.main(
+        synthetic_cli(
             [
                 str(tmp_path / 'cli'),
                 '--train-patients',
@@ -164,12 +165,11 @@ def test_cli(tmp_path, capsys):
     assert len(_files(tmp_path / 'cli')) == 2 * 2 * 2
     assert 'SYNTHETIC' in capsys.readouterr().out
     assert (
-        synthetic.main([str(tmp_path / 'cli'), '--train-patients', '1', '--test-patients', '1'])
-        == 2
+        synthetic_cli([str(tmp_path / 'cli'), '--train-patients', '1', '--test-patients', '1']) == 2
     )
     assert 'already holds files' in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        synthetic.main(['--help'])
+        synthetic_cli(['--help'])
     assert e.value.code == 0
     assert 'SYNTHETIC' in capsys.readouterr().out
 
@@ -208,3 +208,40 @@ def test_parallel_generation_writes_identical_files(tmp_path):
         (tmp_path / 'one' / f).read_bytes() == (tmp_path / 'two' / f).read_bytes()
         for f in files_one
     )
+
+
+# ------------------------------------------------------- where atrophy was drawn (Grad-CAM truth)
+
+
+def test_atrophy_masks_cover_every_written_slice_and_sit_on_the_dark_csf(synth):
+    masks = synthetic.atrophy_masks(TRAIN, TEST, slices=SLICES, seed=0, splits=('train', 'test'))
+    written = {'/'.join(f.parts[-3:]) for f in _files(synth)}
+    assert set(masks) == written  # keyed like adni_timm.data.slice_key
+    ventricles = synthetic.atrophy_masks(
+        TRAIN, TEST, slices=SLICES, seed=0, regions=('ventricles',)
+    )
+    for key, mask in ventricles.items():
+        image = np.asarray(Image.open(synth / key))
+        assert mask.shape == image.shape == (HEIGHT, WIDTH) and mask.dtype == bool
+        brain = image > 60  # tissue, not background or CSF
+        # the masks land on the image's own ventricles: CSF, much darker than the tissue around
+        assert image[mask].mean() < 0.5 * image[brain].mean(), key
+    with pytest.raises(SyntheticError, match='unknown atrophy region'):
+        synthetic.atrophy_masks(1, 1, regions=('hippocampus',))
+
+
+def test_ad_patients_have_larger_atrophy_regions_and_masks_leave_images_unchanged():
+    areas = {}
+    for name, severity in (('NC', 0.1), ('AD', 0.9)):
+        first, images = render_patient(7, severity, slices=20, difficulty='demo')
+        first_m, masks = synthetic.patient_atrophy_masks(7, severity, slices=20, difficulty='demo')
+        assert first_m == first and set(masks) == set(synthetic.REGIONS)
+        assert all(m.shape == images.shape and m.dtype == bool for m in masks.values())
+        areas[name] = {region: m.mean() for region, m in masks.items()}
+        # the masks use no random numbers: rendering after computing them gives the same pixels
+        np.testing.assert_array_equal(render_patient(7, severity, 20, 'demo')[1], images)
+        # the medial temporal lobes show only in the lower slices of the slab
+        assert masks['medial_temporal'][0].any() and not masks['medial_temporal'][-1].any()
+    for region in ('ventricles', 'sulci'):
+        assert areas['AD'][region] > 1.5 * areas['NC'][region], (region, areas)
+    assert areas['AD']['cortex'] < areas['NC']['cortex']  # a thinner ribbon

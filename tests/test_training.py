@@ -118,10 +118,13 @@ def test_bad_config_is_refused_before_any_work(tiny_data, tmp_path, args, messag
 
 
 def test_missing_data_dir_is_a_clear_error(tmp_path, capsys):
-    code, _, err = train_in_process(
-        capsys, '--data-dir', tmp_path / 'nope', '--output-dir', tmp_path / 'run', *TINY
-    )
-    assert code == 2 and str(tmp_path / 'nope') in err
+    with pytest.raises(SystemExit) as e:  # refused while parsing: a usage error
+        train_in_process(
+            capsys, '--data-dir', tmp_path / 'nope', '--output-dir', tmp_path / 'run', *TINY
+        )
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f'{tmp_path / "nope"} does not exist' in err
+    assert not (tmp_path / 'run').exists()
 
 
 def test_resume_after_kill_matches_an_uninterrupted_run(tiny_data, tmp_path):

@@ -1,6 +1,118 @@
-"""Command-line front ends: argument parsing only; the work is in the library modules.
+"""Command-line front ends: every command's argument parsing, and one exit-code policy.
 
-Each is reachable three ways: the top-level script (``python train.py``,
-``accelerate launch train.py``), the console script installed with the
-package (``adni-train``), and ``python -m adni_timm.cli.train``.
+The work is in the library modules; these modules only parse, call and report. Each command is
+reachable as a console script installed with the package (``adni-train``), and most also as a
+top-level script (``python train.py``, ``accelerate launch train.py``) or a module
+(``python -m adni_timm.synthetic``); the usage line names the way it was started.
+
+Exit codes, the same for every command (README, "Exit codes"):
+
+====  ==========================================================================================
+0     done
+1     a problem found in the data or by a check: ``adni-check-data`` listed problems; a slice that
+      cannot be decoded, train and test sharing a patient, recorded patients missing from the
+      data (``adni_timm.data.DataError`` and its subclasses)
+2     a usage error or a refused input: an unknown flag or bad value, a path, model, run or
+      config that does not exist or cannot be used, a run folder that already exists, an upload
+      that failed; one ``PROG: error: ...`` line on stderr says what and how to fix it
+3     ``adni-train`` only: the GPU ran out of memory (continue with ``--resume``)
+130   interrupted (Ctrl-C)
+====  ==========================================================================================
 """
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = [
+    'EXIT_OK',
+    'EXIT_PROBLEM',
+    'EXIT_REFUSED',
+    'EXIT_OUT_OF_MEMORY',
+    'EXIT_INTERRUPTED',
+    'HelpFormatter',
+    'exit_code',
+    'fail',
+    'examples',
+    'existing_dir',
+    'existing_path',
+]
+
+EXIT_OK = 0
+EXIT_PROBLEM = 1
+EXIT_REFUSED = 2  # also what argparse exits with on a usage error
+EXIT_OUT_OF_MEMORY = 3
+EXIT_INTERRUPTED = 130
+
+
+def exit_code(error: BaseException) -> int:
+    """The policy's code for an error a command stopped on: 1 for a problem in the data, else 2."""
+    from adni_timm.data import DataError  # lazy: --help must not import torch
+
+    return EXIT_PROBLEM if isinstance(error, DataError) else EXIT_REFUSED
+
+
+def fail(prog: str, error: BaseException | str, code: int | None = None) -> int:
+    """Print ``PROG: error: MESSAGE`` on stderr (no traceback) and return the exit code.
+
+    ``code`` defaults to ``exit_code(error)`` (2 for a plain message). Multi-line messages (a list
+    of undecodable files) are printed as they are.
+    """
+    message = str(error).strip() or type(error).__name__
+    print(f'{prog}: error: {message}', file=sys.stderr)
+    if code is not None:
+        return code
+    return exit_code(error) if isinstance(error, BaseException) else EXIT_REFUSED
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps prose, keeps example blocks as written, and shows each option's default.
+
+    A paragraph (of a description or epilog) whose lines after the first are indented, like
+    ``examples()``, is kept line for line; other paragraphs are wrapped to the terminal.
+    ``(default: X)`` is added where the help does not mention a default already and the default
+    says something (not None or False).
+    """
+
+    def _fill_text(self, text, width, indent):
+        paragraphs = []
+        for paragraph in text.split('\n\n'):
+            lines = paragraph.splitlines()
+            if len(lines) > 1 and all(line.startswith(' ') for line in lines[1:]):
+                paragraphs.append('\n'.join(indent + line for line in lines))
+            else:
+                paragraphs.append(super()._fill_text(paragraph, width, indent))
+        return '\n\n'.join(paragraphs)
+
+    def _get_help_string(self, action):
+        text = action.help or ''
+        if (
+            'default' in text
+            or not action.option_strings
+            or any(action.default is v for v in (None, False, argparse.SUPPRESS))
+        ):
+            return text
+        return f'{text} (default: %(default)s)'
+
+
+def examples(*lines: str) -> str:
+    """An ``examples:`` epilog; ``%(prog)s`` in a line becomes the command's name."""
+    return 'examples:\n' + '\n'.join(f'  {line}' for line in lines)
+
+
+def existing_dir(text: str) -> str:
+    """argparse ``type``: a folder that exists (else a usage error, exit 2); the text unchanged."""
+    path = Path(text)
+    if not path.is_dir():
+        what = 'is a file, not a folder' if path.exists() else 'does not exist'
+        raise argparse.ArgumentTypeError(f'{text} {what}')
+    return text
+
+
+def existing_path(text: str) -> str:
+    """argparse ``type``: a file or folder that exists (else a usage error, exit 2)."""
+    if not Path(text).exists():
+        raise argparse.ArgumentTypeError(f'{text} does not exist')
+    return text

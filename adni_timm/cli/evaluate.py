@@ -1,4 +1,4 @@
-"""Evaluate a trained AD vs NC model at slice and
+"""``adni-evaluate`` (``python evaluate.py``): evaluate a trained AD vs NC model at slice and
 patient level (thin CLI over adni_timm.evaluation).
 
 python evaluate.py --model runs/tiny --data-dir AD_NC                # -> runs/tiny/eval/
@@ -15,11 +15,38 @@ import logging
 import sys
 import time
 
-__all__ = ['main']
+from adni_timm.cli import EXIT_OK, HelpFormatter, examples, existing_dir, existing_path, fail
+
+__all__ = ['build_parser', 'main']
+
+PROG = 'adni-evaluate'
+CAM_METHODS = ('occlusion', 'gradcam', 'hirescam')  # adni_timm.cam.METHODS (cam imports torch)
 
 
-def _parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+def _classes(text: str) -> tuple[str, ...]:
+    from adni_timm.data import DataError, parse_classes
+
+    try:
+        return parse_classes(text)
+    except DataError as e:  # a bad flag value: a usage error (exit 2)
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description='Evaluate a trained AD vs NC model at slice and patient level: metrics with '
+        'bootstrap CIs, predictions, confusion matrices, ROC and reliability diagrams.',
+        formatter_class=HelpFormatter,
+        epilog=examples(
+            '%(prog)s --model runs/tiny --data-dir AD_NC                 # -> runs/tiny/eval/',
+            '%(prog)s --model hf-hub:ORG/NAME --data-dir AD_NC --target-sensitivity 0.9',
+            '%(prog)s --model runs/tiny --data-dir AD_NC --cam 2         # + maps under eval/cam/',
+            '%(prog)s --model runs/tiny --images new_scans/             # unlabelled: predictions',
+            '%(prog)s --model runs/cv --data-dir AD_NC                   # a CV run: its ensemble',
+            '%(prog)s --model runs/a --model runs/b --data-dir AD_NC     # any ensemble of exports',
+        ),
+    )
     p.add_argument(
         '--model',
         required=True,
@@ -29,27 +56,30 @@ def _parse_args(argv):
         'fold ensemble; repeat --model for any ensemble',
     )
     p.add_argument(
-        '--data-dir', help='ADNI-layout folder with <split>/<class>/<patient>_<slice>.jpeg'
+        '--data-dir',
+        type=existing_dir,
+        help='ADNI-layout folder with <split>/<class>/<patient>_<slice>.jpeg',
     )
-    p.add_argument('--split', default='test', help='split folder to evaluate (default: test)')
+    p.add_argument('--split', default='test', help='split folder to evaluate')
     p.add_argument(
         '--output-dir',
-        help='where reports go (default: RUN/eval for the test split of a run, '
-        'RUN/eval-<split> for another split, else ./eval[-<split>]; '
-        'with --images: RUN/predict or ./predict)',
+        help='where reports go (default: RUN/eval for the published model on the test split at '
+        'its stored operating point; RUN/eval-<tag> for any other split, threshold, sensitivity, '
+        'TTA or precision, e.g. eval-threshold-0.05; ./eval[-<tag>] outside a run; with --images: '
+        'RUN/predict or ./predict)',
     )
     thr = p.add_mutually_exclusive_group()
     thr.add_argument(
         '--threshold',
         type=float,
-        help='decision threshold on p_AD (default: the stored validation threshold, else 0.5)',
+        help='decision threshold on P(AD) (default: the stored validation threshold, else 0.5)',
     )
     thr.add_argument(
         '--target-sensitivity',
         type=float,
         metavar='S',
         help='choose the highest threshold reaching sensitivity S on the validation patients of '
-        "DATA_DIR/train (the run's split.json), never on the evaluated split",
+        "DATA_DIR/train (the run's split.json), never on the evaluated split (default: off)",
     )
     p.add_argument(
         '--tta',
@@ -62,13 +92,15 @@ def _parse_args(argv):
         choices=['auto', 'no', 'fp32', 'bf16', 'fp16'],
         help='CUDA inference precision (default: the precision the model was trained in)',
     )
-    p.add_argument('--batch-size', type=int, default=64)
-    p.add_argument('--num-workers', type=int, default=0)
+    p.add_argument('--batch-size', type=int, default=64, help='slices per inference batch')
+    p.add_argument('--num-workers', type=int, default=0, help='data-loader worker processes')
     p.add_argument(
         '--n-boot', type=int, default=1000, help='bootstrap resamples for 95%% CIs (0: none)'
     )
     p.add_argument(
         '--classes',
+        type=_classes,
+        metavar='NAME,NAME',
         help='comma-separated class list in training order (default: stored with the model)',
     )
     p.add_argument(
@@ -83,24 +115,42 @@ def _parse_args(argv):
         help='leave out files that cannot be decoded (default: list them and stop)',
     )
     p.add_argument(
-        '--images', metavar='PATH', help='predict unlabelled slices (a file or folder) instead'
+        '--images',
+        metavar='PATH',
+        type=existing_path,
+        help='predict unlabelled slices (a file or folder) instead of evaluating a split',
     )
-    p.add_argument(
+    cam = p.add_argument_group('evidence maps (Grad-CAM and friends, under OUT/cam/)')
+    cam.add_argument(
         '--cam',
         type=int,
         nargs='?',
         const=2,
         default=0,
         metavar='N',
-        help='Grad-CAM maps under OUT/cam/: montages of the N most confident right and wrong '
-        'patients of each class (default N 2) and the mean map over all AD and all NC slices',
+        help='montages of the N most confident patients of each outcome (TP/TN/FP/FN), the map '
+        'of the class each patient was called, and the mean map over all AD and all NC slices '
+        '(N defaults to 2 when --cam is given; default: no maps)',
     )
-    p.add_argument(
+    cam.add_argument(
+        '--cam-method',
+        choices=CAM_METHODS,
+        default='occlusion',
+        help='occlusion: the logit drop when each square of an 8x8 grid is masked (checked '
+        'against the synthetic atrophy regions, see README); gradcam / hirescam: one backward '
+        'pass, ~30x faster, at --cam-layer',
+    )
+    cam.add_argument(
         '--cam-layer',
         metavar='NAME',
-        help='the module whose output Grad-CAM explains (default: the last stage whose map is at '
-        'least 7x7 at the input size, e.g. stages.2)',
+        help='module whose output gradcam/hirescam explain, e.g. stages.3 (default: the deepest '
+        'stage giving at least a 7x7 map at the input size: stages.1 at 64 px, stages.3 at 224)',
     )
+    return p
+
+
+def _parse_args(argv, prog: str = PROG):
+    p = build_parser(prog)
     args = p.parse_args(argv)
     if args.images is None and args.data_dir is None:
         p.error('--data-dir is required (or --images PATH for unlabelled slices)')
@@ -108,22 +158,26 @@ def _parse_args(argv):
         p.error(
             '--target-sensitivity needs labelled validation data; with --images pass --threshold X'
         )
+    if args.cam_layer and args.cam_method == 'occlusion':
+        p.error('--cam-layer is for --cam-method gradcam or hirescam (occlusion has no layer)')
     return args
 
 
-def main(argv=None) -> int:
-    args = _parse_args(argv)
+def main(argv=None, prog: str = PROG) -> int:
+    """0 done; 1 a problem in the data (files that cannot be decoded); 2 a refused input."""
+    args = _parse_args(argv, prog)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     # per-load chatter ("Loading pretrained weights ...")
     logging.getLogger('timm').setLevel(logging.WARNING)
-    from adni_timm import data, evaluation  # after argparse: --help stays fast
+    from adni_timm import evaluation  # after argparse: --help stays fast
     from adni_timm.inference import load_model
 
     start = time.perf_counter()
     try:
+        cam_options = {'cam': args.cam, 'cam_method': args.cam_method, 'cam_layer': args.cam_layer}
         model = load_model(args.model[0] if len(args.model) == 1 else args.model)
         if args.classes:
-            model.classes = list(data.parse_classes(args.classes))
+            model.classes = list(args.classes)
         if args.images:
             tag = 'tta' if args.tta else None
             if args.threshold is not None:
@@ -138,10 +192,9 @@ def main(argv=None) -> int:
                 tta=args.tta,
                 threshold=args.threshold,
                 precision=args.precision,
-                cam=args.cam,
-                cam_layer=args.cam_layer,
                 skip_bad_images=args.skip_bad_images,
                 file_is_patient=args.file_is_patient,
+                **cam_options,
             )
             print(evaluation.format_predictions(result))
         else:
@@ -169,16 +222,14 @@ def main(argv=None) -> int:
                 precision=args.precision,
                 skip_bad_images=args.skip_bad_images,
                 file_is_patient=args.file_is_patient,
-                cam=args.cam,
-                cam_layer=args.cam_layer,
+                **cam_options,
             )
             print(evaluation.format_table(result))
     except (ValueError, OSError) as e:
-        # EvaluationError, DataError, ExportError, RunError, missing files: one line, no traceback
-        print(f'error: {e}', file=sys.stderr)
-        return 1
+        # EvaluationError, ExportError, RunError, missing files: refused (2); DataError: data (1)
+        return fail(prog, e)
     print(f'wrote {out} in {time.perf_counter() - start:.1f} s')
-    return 0
+    return EXIT_OK
 
 
 if __name__ == '__main__':

@@ -14,14 +14,27 @@ import logging
 import sys
 from pathlib import Path
 
+from adni_timm.cli import EXIT_OK, HelpFormatter, examples, fail
 from adni_timm.export import ExportError
-from adni_timm.hub import HubError, UploadError, push_to_hub
+from adni_timm.hub import HubError, push_to_hub
 
-__all__ = ['parse_args', 'format_file_list', 'main']
+__all__ = ['build_parser', 'parse_args', 'format_file_list', 'main']
+
+PROG = 'adni-push'
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=__doc__.split('\n\n')[0],
+        formatter_class=HelpFormatter,
+        epilog=examples(
+            '%(prog)s --run runs/convnext_t --repo-id ORG/NAME --dry-run --output-dir export',
+            '%(prog)s --run runs/convnext_t --repo-id ORG/NAME --private',
+            '%(prog)s --run runs/cv --repo-id ORG/NAME --eval runs/cv/eval-final/metrics.json',
+            '%(prog)s --run runs/convnext_t --repo-id ORG/NAME --revision v2 --create-pr',
+        ),
+    )
     p.add_argument(
         '--run',
         required=True,
@@ -69,7 +82,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         '--dry-run', action='store_true', help='write the export folder and list it; no network'
     )
     p.add_argument('--output-dir', type=Path, default=None, help='export folder (default: RUN/hub)')
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None, prog: str = PROG) -> argparse.Namespace:
+    return build_parser(prog).parse_args(argv)
 
 
 def format_file_list(files: list[Path]) -> str:
@@ -79,8 +96,10 @@ def format_file_list(files: list[Path]) -> str:
     return '\n'.join(lines)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def main(argv=None, prog: str = PROG) -> int:
+    """0 uploaded (or written, with --dry-run); 2 refused: a bad repo id, a run without weights,
+    an evaluation of other weights, no token, a failed upload (the export is kept)."""
+    args = parse_args(argv, prog)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s: %(message)s')
     try:
         acknowledgement = (
@@ -100,12 +119,8 @@ def main(argv=None) -> int:
             acknowledgement=acknowledgement,
             force_eval=args.force_eval,
         )
-    except UploadError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    except (HubError, ExportError, OSError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
+    except (HubError, ExportError, OSError) as e:  # UploadError too: the export is kept
+        return fail(prog, e)
     if result.dry_run:
         print(
             f'dry run: nothing uploaded. {result.repo_id} would receive, from {result.export_dir}:'
@@ -115,7 +130,7 @@ def main(argv=None) -> int:
     print(format_file_list(result.files))
     if result.pr_url or result.commit_url:
         print(result.pr_url or result.commit_url)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == '__main__':

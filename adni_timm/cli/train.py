@@ -15,17 +15,84 @@ import logging
 import sys
 import time
 
-from adni_timm.config import ConfigError, TrainConfig, field_types, load_config, preset_names
+from adni_timm.cli import (
+    EXIT_INTERRUPTED,
+    EXIT_OUT_OF_MEMORY,
+    HelpFormatter,
+    examples,
+    existing_dir,
+    fail,
+)
+from adni_timm.config import (
+    ConfigError,
+    TrainConfig,
+    field_help,
+    field_types,
+    format_value,
+    load_config,
+    preset_names,
+)
 
 __all__ = ['build_parser', 'run', 'main']
 
+PROG = 'adni-train'
 
-def build_parser() -> argparse.ArgumentParser:
+EPILOG = examples(
+    '%(prog)s --demo                                   # SYNTHETIC demo set, no data needed',
+    '%(prog)s --data-dir AD_NC --output-dir runs/convnext_t',
+    '%(prog)s --data-dir AD_NC --output-dir runs/atto --model adni_convnext_atto --img-size 96',
+    '%(prog)s --data-dir AD_NC --output-dir runs/s --scale 0.6 1.0 --target-sensitivity 0.9',
+    '%(prog)s --output-dir runs/convnext_t --resume    # continue a killed run',
+    '%(prog)s --data-dir AD_NC --output-dir runs/cv --folds 5 --refit   # 5-fold CV by patient',
+    'accelerate launch train.py --data-dir AD_NC --output-dir runs/convnext_t   # several GPUs',
+) + (
+    '\n\nOverrides use the config keys (YAML presets: '
+    + ', '.join(preset_names())
+    + "); defaults shown are the adni\npreset's, a --config preset replaces them. Values as in"
+    ' YAML: null, true/false, lists as 0.7,1.0\nor 0.7 1.0.'
+)
+
+
+class _ListValue(argparse.Action):
+    """A list key: ``--scale 0.6 1.0`` and ``--scale 0.6,1.0`` both become the text '0.6,1.0'."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parts = [part.strip() for value in values for part in value.split(',')]
+        setattr(namespace, self.dest, ','.join(part for part in parts if part))
+
+
+def _override_help(type_name: str, meta: dict, default) -> tuple[str, str | tuple[str, ...]]:
+    """(help, metavar) of one override: its description, choices and default in CLI syntax."""
+    choices = meta.get('choices')
+    text = meta['help']
+    if type_name == 'bool':
+        metavar = 'true|false'
+    elif 'metavar' in meta:  # a list: --classes NAME [NAME ...]
+        metavar = tuple(meta['metavar'].split(','))
+        text += f'; {" ".join(metavar)} or {",".join(metavar)}'
+    elif choices and len(choices) <= 4:
+        metavar = '{' + ','.join(format_value(c) for c in choices) + '}'
+    elif choices:  # a long list reads better in the help than in the usage line
+        metavar = 'NAME'
+        text += f'; one of {", ".join(format_value(c) for c in choices)}'
+    else:
+        metavar = type_name.upper().replace(' | NONE', '|null')
+    text += f' (default: {format_value(default)})'
+    return text.replace('%', '%%'), metavar
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        prog=prog,
         description='Train an ADNI AD vs NC classifier with timm and Accelerate.',
-        epilog='Overrides default to the preset (--config), else to the adni preset.',
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument('--data-dir', help='AD_NC folder with train/{NC,AD} (and test/{NC,AD})')
+    parser.add_argument(
+        '--data-dir',
+        type=existing_dir,
+        help='AD_NC folder with train/{NC,AD} (and test/{NC,AD})',
+    )
     parser.add_argument('--output-dir', help='run folder to create (see README: run folder)')
     parser.add_argument(
         '--config', help=f'YAML preset: a path, or a preset name ({", ".join(preset_names())})'
@@ -49,33 +116,29 @@ def build_parser() -> argparse.ArgumentParser:
         help='evaluate the best model on the test split at the end',
     )
     parser.add_argument('--log-level', default='info', choices=['debug', 'info', 'warning'])
-    overrides = parser.add_argument_group('config overrides (keys of the YAML presets)')
+    overrides = parser.add_argument_group(
+        'config overrides (keys of the YAML presets, dashes for underscores)'
+    )
     defaults = TrainConfig()
+    helps = field_help()
     for key, type_name in field_types().items():
         flag = f'--{key.replace("_", "-")}'
+        text, metavar = _override_help(type_name, helps[key], getattr(defaults, key))
         if type_name == 'bool':  # --cache (= true), --cache false
             overrides.add_argument(
-                flag,
-                dest=key,
-                nargs='?',
-                const='true',
-                default=None,
-                metavar='true|false',
-                help=f'(adni: {getattr(defaults, key)})',
+                flag, dest=key, nargs='?', const='true', default=None, metavar=metavar, help=text
+            )
+        elif type_name.startswith('list['):
+            overrides.add_argument(
+                flag, dest=key, nargs='+', action=_ListValue, metavar=metavar, help=text
             )
         else:
-            overrides.add_argument(
-                flag,
-                dest=key,
-                default=None,
-                help=f'(adni: {getattr(defaults, key)})',
-                metavar=type_name.upper().replace(' | NONE', '|null'),
-            )
+            overrides.add_argument(flag, dest=key, default=None, help=text, metavar=metavar)
     return parser
 
 
-def run(argv=None):
-    parser = build_parser()
+def run(argv=None, prog: str = PROG):
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
     # libraries below stay at warnings
@@ -128,7 +191,9 @@ def _train(record, run_dir, **kwargs):
     return train(record, run_dir, **kwargs)
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str = PROG) -> int:
+    """Exit codes: ``adni_timm.cli`` (0 ok, 1 a problem in the data, 2 refused, 3 out of GPU
+    memory, 130 interrupted)."""
     import torch
 
     from adni_timm.data import DataError
@@ -139,7 +204,7 @@ def main(argv=None) -> int:
     from adni_timm.training import TrainingError
 
     try:
-        result = run(argv)
+        result = run(argv, prog)
     except (
         ConfigError,
         DataError,
@@ -150,19 +215,18 @@ def main(argv=None) -> int:
         RunError,
         FileNotFoundError,
     ) as e:
-        print(f'train.py: error: {e}', file=sys.stderr)
-        return 2
+        return fail(prog, e)
     except torch.OutOfMemoryError:
-        print(
-            'train.py: error: the GPU ran out of memory. Lower --batch-size (and raise '
-            '--grad-accum-steps to keep the same effective batch), or lower --img-size; continue '
-            'with --resume from the last checkpoint.',
-            file=sys.stderr,
+        return fail(
+            prog,
+            'the GPU ran out of memory. Lower --batch-size (and raise --grad-accum-steps to keep '
+            'the same effective batch), or lower --img-size; continue with --resume from the last '
+            'checkpoint.',
+            EXIT_OUT_OF_MEMORY,
         )
-        return 3
     except KeyboardInterrupt:
-        print('train.py: interrupted; continue with --resume', file=sys.stderr)
-        return 130
+        print(f'{prog}: interrupted; continue with --resume', file=sys.stderr)
+        return EXIT_INTERRUPTED
     from accelerate import PartialState
 
     if PartialState().is_main_process:

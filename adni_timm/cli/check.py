@@ -1,0 +1,113 @@
+"""``adni-check-data DATA_DIR``: is this folder usable as ADNI AD_NC data? (also
+``python -m adni_timm.data check DATA_DIR``). Parsing and printing only: the check is
+``adni_timm.data.check_data_dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from adni_timm.cli import EXIT_OK, EXIT_PROBLEM, HelpFormatter, examples, existing_dir
+
+__all__ = ['build_parser', 'main', 'module_main']
+
+PROG = 'adni-check-data'
+DESCRIPTION = (
+    'Check DATA_DIR/{train,test}/{NC,AD}/<patient>_<slice>.jpeg: print patients and slices per '
+    'split and class, slices per patient, image sizes and modes, and every problem found. '
+    'Exit status 1 when there are problems, 2 on a usage error (e.g. DATA_DIR does not exist).'
+)
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        'data_dir',
+        metavar='DATA_DIR',
+        type=existing_dir,
+        help='the AD_NC folder: DATA_DIR/{train,test}/{NC,AD}/',
+    )
+    parser.add_argument(
+        '--classes',
+        default='NC,AD',
+        type=_classes,
+        metavar='NAME,NAME',
+        help='class folders in label order (NC=0, AD=1)',
+    )
+    parser.add_argument(
+        '--file-is-patient',
+        action='store_true',
+        help='treat each file as its own patient (names without <patient>_<slice>)',
+    )
+    parser.add_argument(
+        '--workers',
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help='threads decoding images (default: up to 8)',
+    )
+
+
+def _classes(text: str) -> tuple[str, ...]:
+    from adni_timm.data import DataError, parse_classes
+
+    try:
+        return parse_classes(text)
+    except DataError as e:  # a bad flag value: a usage error (exit 2)
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=DESCRIPTION,
+        formatter_class=HelpFormatter,
+        epilog=examples(
+            '%(prog)s AD_NC                         # counts, sizes, every problem',
+            '%(prog)s AD_NC --classes NC,MCI,AD     # three classes, in label order',
+            '%(prog)s scans/ --file-is-patient      # one file per patient',
+        ),
+    )
+    _add_arguments(parser)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from adni_timm.data import check_data_dir
+
+    report = check_data_dir(args.data_dir, args.classes, args.file_is_patient, args.workers)
+    print('\n'.join(report.lines))
+    for note in report.notes:
+        print(f'note: {note}')
+    if report.problems:
+        print(f'{len(report.problems)} problem(s):')
+        print('\n'.join(f'- {p}' for p in report.problems))
+        return EXIT_PROBLEM
+    print('no problems found')
+    return EXIT_OK
+
+
+def main(argv=None, prog: str = PROG) -> int:
+    """``adni-check-data DATA_DIR [...]``: 0 no problems, 1 problems listed, 2 usage error."""
+    return _run(build_parser(prog).parse_args(argv))
+
+
+def module_main(argv=None, prog: str = 'python -m adni_timm.data') -> int:
+    """``python -m adni_timm.data check DATA_DIR [...]``: the same command as a subcommand."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description='Tools for data in the ADNI AD_NC layout.'
+    )
+    commands = parser.add_subparsers(dest='command', required=True)
+    check = commands.add_parser(
+        'check',
+        help='report patients, slices, image sizes and every problem; exit 1 on problems',
+        description=DESCRIPTION,
+        formatter_class=HelpFormatter,
+        epilog=examples('%(prog)s AD_NC', f'{PROG} AD_NC   # the same, as a console script'),
+    )
+    _add_arguments(check)
+    return _run(parser.parse_args(argv))
+
+
+if __name__ == '__main__':
+    sys.exit(main())
