@@ -142,8 +142,7 @@ class TrainConfig:
     folds: int = _key(0, 'K-fold cross-validation by patient, K >= 2 (0: one validation split)')
     cv_select: str = _key(
         'inner',
-        'how each fold chooses its epoch, weights and temperature: inner = on a val-fraction '
-        "split of the fold's own training patients; last = nothing chosen, the last epoch",
+        "with folds: choose each fold's epoch on its own training patients (inner), or not (last)",
         choices=('inner', 'last'),
     )
     refit: bool = _key(
