@@ -303,7 +303,7 @@ def test_cli_as_a_module_exits_2_without_traceback(tmp_path):
     command = [
         sys.executable,
         '-m',
-        'adni_timm.cv_compare',
+        'adni_timm.cv',
         'compare',
         str(tmp_path),
         str(tmp_path),
