@@ -45,6 +45,7 @@ from timm.layers import LayerNorm2d
 from torch import nn
 
 from .data import Slice, positive_index, read_image, slice_key
+from .inference import PatientRow, negative_name, patient_rows
 
 __all__ = [
     'OUTCOMES',
@@ -501,18 +502,18 @@ _METHOD_NAMES = {'occlusion': 'Occlusion', 'hirescam': 'HiResCAM', 'gradcam': 'G
 _CLASS_CMAPS = ('Blues', 'Reds')
 
 
-def _group_patients(slices: Sequence[Slice]) -> tuple[dict[str, list[int]], dict[str, str]]:
-    """Slice indices per patient (slice order; a file without a slice index stands alone), and
-    each group's display name."""
+def _group_patients(
+    slices: Sequence[Slice], p_pos: np.ndarray, threshold: float, classes: Sequence[str]
+) -> tuple[list[PatientRow], dict[str, list[int]]]:
+    """The patients as evaluation reports them (``inference.patient_rows``: the same groups, mean
+    P(AD) and decisions), and each one's slice indices in slice order."""
+    rows = patient_rows(slices, p_pos, threshold, classes)
     groups: dict[str, list[int]] = defaultdict(list)
-    names: dict[str, str] = {}
     for i, s in enumerate(slices):
-        key = s.patient if s.slice_index is not None else s.path
-        groups[key].append(i)
-        names[key] = s.patient if s.slice_index is not None else Path(s.path).stem
+        groups[s.patient].append(i)
     for key in groups:
         groups[key].sort(key=lambda i: (slices[i].slice_index or 0, slices[i].path))
-    return groups, names
+    return rows, groups
 
 
 def _no_outcome_notes(patients: dict[str, list], classes, pos: int, threshold: float) -> list[str]:
@@ -580,11 +581,12 @@ def write_cam_report(
     cam_dir.mkdir(parents=True, exist_ok=True)
     model = _unwrap(model).to(device)
     pos = positive_index(classes)
-    negative = classes[1 - pos] if len(classes) == 2 else f'not-{classes[pos]}'
+    negative = negative_name(classes)
 
-    groups, names = _group_patients(slices)
-    keys = list(groups)
-    p_patient = np.array([p_pos[groups[k]].mean() for k in keys])
+    rows, groups = _group_patients(slices, p_pos, threshold, classes)
+    keys = [r.patient for r in rows]
+    names = {key: key for key in keys}
+    p_patient = np.array([r.p_positive for r in rows])
     p_of = dict(zip(keys, p_patient))
 
     if labelled:

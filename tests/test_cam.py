@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from adni_timm.inference import UNNAMED_GROUP
 from adni_timm import cam, data, plots, synthetic
 
 SIZE = 64
@@ -486,8 +487,8 @@ def test_write_cam_report_unlabelled(test_slices, tmp_path, monkeypatch):
     patients = list(dict.fromkeys(s.patient for s in test_slices))
     base = dict(zip(patients, (0.45, 0.05, 0.7, 0.98)))
     slices = [data.Slice(s.path, s.patient, -1, s.slice_index) for s in test_slices]
-    # a file without a patient id stands alone
-    loose = data.Slice(test_slices[0].path, 'loose', -1, None)
+    # files without a patient id form one group, as evaluate.py --images reports them
+    loose = data.Slice(test_slices[0].path, UNNAMED_GROUP, -1, None)
     p = np.array([base[s.patient] for s in slices] + [0.6])
     calls = _record_montages(monkeypatch)
 
@@ -507,7 +508,7 @@ def test_write_cam_report_unlabelled(test_slices, tmp_path, monkeypatch):
     )
 
     # n * 4 = 4 of the 5 "patients", most confident first; the least confident (0.45) is left out
-    stem = test_slices[0].path.rsplit('/', 1)[-1].rsplit('.', 1)[0]
+    stem = cam._safe_name(UNNAMED_GROUP)
     order = [
         f'AD_{patients[3]}.png',
         f'NC_{patients[1]}.png',
