@@ -30,7 +30,14 @@ from PIL import Image, UnidentifiedImageError
 from . import data
 from .display import fmt
 from .files import read_json
-from .inference import UNNAMED_GROUP, LoadedModel, load_model, patient_rows, slice_decisions
+from .inference import (
+    REFUSED,
+    UNNAMED_GROUP,
+    LoadedModel,
+    load_model,
+    patient_rows,
+    slice_decisions,
+)
 from .run import Run, check_eval_belongs
 
 __all__ = [
@@ -137,6 +144,7 @@ def _attach_test_metrics(demo_model: DemoModel) -> None:
     loaded = demo_model.loaded
     run = loaded.cv_run or loaded.run
     if run is None:
+        _attach_card_metrics(demo_model)
         return
     folder = run.eval_dir(final=loaded.cv_run is not None and not loaded.is_ensemble)
     if not folder.metrics_file.is_file():
@@ -160,6 +168,28 @@ def _attach_test_metrics(demo_model: DemoModel) -> None:
     demo_model.test_metrics = found
     demo_model.test_metrics_source = str(folder.metrics_file)
     demo_model.test_metrics_problems = problems
+
+
+def _attach_card_metrics(demo_model: DemoModel) -> None:
+    """A published model (hf-hub:ORG/NAME): the test metrics of its card's model-index."""
+    from huggingface_hub import hf_hub_download
+
+    from .model_card import metrics_from_card
+
+    ref = str(demo_model.loaded.ref)
+    if not ref.startswith(('hf-hub:', 'hf_hub:')):
+        return
+    repo_id, _, revision = ref.split(':', 1)[1].partition('@')
+    try:
+        card = Path(hf_hub_download(repo_id, 'README.md', revision=revision or None))
+        found = metrics_from_card(card.read_text(encoding='utf-8'))
+    except Exception as e:  # noqa: BLE001 - offline, or a repo without a card: say not known
+        _logger.warning('no model card of %s: %s', repo_id, e)
+        return
+    if found:
+        found.setdefault('data_dir', f"the model card's model-index (huggingface.co/{repo_id})")
+        demo_model.test_metrics = found
+        demo_model.test_metrics_source = f'model card of {repo_id}'
 
 
 # ------------------------------------------------------------------------------- the input
@@ -239,6 +269,17 @@ def predict_files(
         return result
     slices = sorted(_as_slices(accepted), key=lambda s: (s.patient, s.slice_index or 0, s.path))
     loaded = demo_model.loaded
+    # unlike every training slice (blank, a photo, turned): no decision, said why
+    reasons = loaded.check_inputs(slices, batch_size=batch_size)
+    result['rejected'] += [
+        {'file': Path(s.path).name, 'problem': f'{Path(s.path).name} {REFUSED}: {reason}'}
+        for s, reason in zip(slices, reasons)
+        if reason is not None
+    ]
+    slices = [s for s, reason in zip(slices, reasons) if reason is None]
+    result['input_check'] = loaded.has_input_check
+    if not slices:
+        return result
     probs = loaded.predict(slices, batch_size=batch_size)
     p_pos = probs[:, demo_model.positive]
     decisions = slice_decisions(probs, demo_model.threshold, demo_model.classes)
@@ -266,10 +307,12 @@ def predict_files(
 
 
 def cam_montages(demo_model: DemoModel, result: dict[str, Any]) -> list[tuple[Image.Image, str]]:
-    """One Grad-CAM montage (PIL image, caption) per patient of ``result``: the evidence for AD.
+    """One evidence-map montage (PIL image, caption) per patient of ``result``: where the model
+    finds evidence for the class it *predicted* (AD in red, NC in blue), every slice of a patient
+    on one colour scale (0 to that patient's largest value), as evaluate.py's montages.
 
-    At most ``MAX_CAM_SLICES`` slices in all; the maps are ``cam.gradcam`` of the positive class
-    over the model's input, drawn with ``plots.plot_cam_montage``.
+    At most ``MAX_CAM_SLICES`` slices in all; Grad-CAM at a stage giving at least 7x7 at the input
+    size (``cam.default_target_layer``; occlusion would cost ~30 times more per upload).
     """
     from . import cam, plots  # captum and matplotlib only when maps are drawn
 
@@ -287,8 +330,17 @@ def cam_montages(demo_model: DemoModel, result: dict[str, Any]) -> list[tuple[Im
                 break
             budget -= len(rows)
             images = torch.stack([demo_model.transform(data.read_image(r['path'])) for r in rows])
-            maps = cam.gradcam(loaded.net, images, demo_model.positive, batch_size=8)
-            shown = images.float().mean(dim=1).numpy()  # [N, H, W]; the plot rescales each tile
+            explained = positive if row['predicted'] == positive else demo_model.negative_class
+            target = (
+                demo_model.classes.index(explained)
+                if explained in demo_model.classes
+                else (demo_model.positive)
+            )
+            maps = cam.class_maps(
+                loaded.net, images, target, method='gradcam', batch_size=8, normalize=False
+            )
+            vmax = float(maps.max()) or 1.0  # one scale per patient: a weak slice looks weak
+            shown = images.float().mean(dim=1).numpy()  # [N, H, W]
             titles = [
                 (r['file'] if r['slice_index'] is None else f'slice {r["slice_index"]}')
                 + f'\nP({positive}) {r[p_key]:.3f}'
@@ -296,10 +348,19 @@ def cam_montages(demo_model: DemoModel, result: dict[str, Any]) -> list[tuple[Im
             ]
             caption = (
                 f'patient {row["patient"]}: mean P({positive}) {row[p_key]:.3f} '
-                f'→ {row["predicted"]} at threshold {demo_model.threshold:.2f}'
+                f'→ {row["predicted"]} at threshold {demo_model.threshold:.2f}; '
+                f'evidence for {explained}'
             )
             png = plots.plot_cam_montage(
-                shown, maps, Path(tmp) / f'{len(montages)}.png', tile_titles=titles, title=caption
+                shown,
+                maps,
+                Path(tmp) / f'{len(montages)}.png',
+                tile_titles=titles,
+                title=caption,
+                vmax=vmax,
+                cmap='Reds' if explained == positive else 'Blues',
+                colorbar_label=f"evidence for {explained} (Grad-CAM, this patient's scale)",
+                context=plots.FigureContext(loaded.ref, 'upload', loaded.synthetic),
             )
             with Image.open(png) as im:
                 montages.append((im.convert('RGB'), caption))
@@ -442,6 +503,17 @@ def analyse(demo_model: DemoModel, paths: Sequence[str] | None) -> tuple[str, li
     return summary, gallery, result
 
 
+EXAMPLES_DIR = Path(__file__).resolve().parent / 'demo_examples'  # SYNTHETIC slices, package data
+
+
+def example_uploads() -> list[list[list[str]]]:
+    """The page's clickable examples: one SYNTHETIC AD and one NC patient (three slices each,
+    drawn by adni_timm.synthetic), and a blank image that the input check refuses."""
+    groups = [sorted(EXAMPLES_DIR.glob(f'synthetic-{c}_*.png')) for c in ('AD', 'NC')]
+    groups.append([EXAMPLES_DIR / 'blank.png'])
+    return [[[str(p) for p in group]] for group in groups if group and group[0].is_file()]
+
+
 def build_demo(demo_model: DemoModel):
     """The ``gr.Blocks`` page: disclaimer, model facts, upload, result, Grad-CAM, raw JSON."""
     import gradio as gr
@@ -463,14 +535,27 @@ def build_demo(demo_model: DemoModel):
                     type='filepath',
                     elem_id='slices',
                 )
+                preview = gr.Gallery(
+                    label='your upload',
+                    columns=6,
+                    height=120,
+                    object_fit='contain',
+                    elem_id='preview',
+                )
                 run = gr.Button('Analyse', variant='primary', elem_id='analyse')
+                gr.Examples(
+                    examples=example_uploads(),
+                    inputs=files,
+                    label='SYNTHETIC examples (generated, not MRI), and a blank image the model '
+                    'refuses',
+                )
                 with gr.Accordion('The model', open=True):
                     gr.Markdown(describe_model(demo_model), elem_id='model-info')
             with gr.Column(scale=3):  # the result beside the upload: visible without scrolling
                 summary = gr.Markdown(f'Drop slices to see P({positive}).', elem_id='result')
                 gallery = gr.Gallery(
-                    label=f'Grad-CAM: where the model finds evidence for '
-                    f"{positive} (each slice's map scaled to its maximum)",
+                    label='Grad-CAM: where the model finds evidence for the class it predicted '
+                    f'({positive} red, {demo_model.negative_class} blue; one scale per patient)',
                     columns=4,
                     height=480,
                     object_fit='contain',
@@ -489,7 +574,11 @@ def build_demo(demo_model: DemoModel):
         def open_first_montage(result):  # the gallery grid would crop a montage to a square
             return gr.Gallery(selected_index=0 if (result or {}).get('slices') else None)
 
+        def show(paths):  # what was dropped, before anything is scored
+            return [getattr(p, 'name', p) for p in (paths or [])]
+
         ui_only = _ui_only_event(run.click)
+        files.change(show, inputs=files, outputs=preview, **ui_only)
         # one public API endpoint, /analyse, returns plain values; the upload event is UI only
         run.click(handle, inputs=files, outputs=[summary, gallery, raw], api_name='analyse').then(
             open_first_montage, inputs=raw, outputs=gallery, **ui_only

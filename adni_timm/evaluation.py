@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -32,6 +33,7 @@ from .display import fmt, fmt_ci
 from .files import write_csv, write_json
 from .inference import (
     PRECISIONS,
+    REFUSED,
     UNNAMED_GROUP,
     LoadedModel,
     OperatingPoint,
@@ -405,6 +407,10 @@ def evaluate(
             else None,
         }
     )
+    checks = [m.input_check() for m in model.members]
+    if any(c is not None for c in checks):  # how the model refuses unlike inputs (validation)
+        summaries = [c.summary.as_metrics() if c is not None else None for c in checks]
+        result['input_check'] = summaries[0] if len(summaries) == 1 else summaries
     if model.is_ensemble:
         result['members'] = _member_metrics(model, each, patients, y, pos)
     if output_dir is not None and (accelerator is None or accelerator.is_main_process):
@@ -710,10 +716,16 @@ def predict_images(
     cam_layer: str | None = None,
     skip_bad_images: bool = False,
     file_is_patient: bool | None = None,
+    score_flagged: bool = False,
 ) -> dict[str, Any]:
     """Predict unlabelled slices (one file or a folder): P(AD) and the decision per slice and per
     patient (a cross-validation run predicts with its fold ensemble). With ``output_dir`` writes
-    ``predictions.csv`` and ``patients.csv``."""
+    ``predictions.csv`` and ``patients.csv``.
+
+    A slice the model's input check refuses (``input_check``: unlike every training slice) gets
+    no decision and no P(AD) (``score_flagged`` shows its P(AD) anyway) and leaves its patient's
+    mean; a patient left with no slice gets no decision either.
+    """
     if not isinstance(model, LoadedModel):
         model = load_model(model)
     classes = model.classes
@@ -727,31 +739,52 @@ def predict_images(
     )
     if not slices:
         raise EvaluationError(f'--images {path}: no usable image left')
+    reasons = model.check_inputs(slices, batch_size=batch_size)
     each = model.predict_raw(
         slices, batch_size=batch_size, num_workers=num_workers, tta=tta, precision=precision
     )
     probs = calibrated_mean(each, point)
     pos = data.positive_index(classes)
     p_key = f'p_{classes[pos]}'
+    decisions = slice_decisions(probs, point.threshold, classes)
     slice_rows = [
-        {'path': s.path, 'patient': s.patient, p_key: float(p[pos]), 'predicted': pred}
-        for s, p, pred in zip(slices, probs, slice_decisions(probs, point.threshold, classes))
+        {
+            'path': s.path,
+            'patient': s.patient,
+            p_key: float(p[pos]) if reason is None or score_flagged else None,
+            'predicted': decision if reason is None else '',
+            'input_check': 'ok' if reason is None else f'{REFUSED}: {reason}',
+        }
+        for s, p, decision, reason in zip(slices, probs, decisions, reasons)
     ]
-    rows = patient_rows(slices, probs[:, pos], point.threshold, classes)
+    kept = np.array([r is None for r in reasons], dtype=bool)
+    rows = patient_rows(
+        [s for s, k in zip(slices, kept) if k], probs[kept, pos], point.threshold, classes
+    )
+    flagged = Counter(s.patient for s, k in zip(slices, kept) if not k)
     patient_table = [
         {
             'patient': r.patient,
             'n_slices': r.n_slices,
             p_key: r.p_positive,
             'predicted': r.predicted,
+            'n_refused': flagged.get(r.patient, 0),
         }
         for r in rows
+    ]
+    scored = {r.patient for r in rows}
+    patient_table += [  # every slice refused: nothing to decide on
+        {'patient': pid, 'n_slices': 0, p_key: None, 'predicted': '', 'n_refused': n}
+        for pid, n in sorted(flagged.items())
+        if pid not in scored
     ]
     result = {
         'model': model.ref,
         **point.as_metrics(),
         'temperature': point.temperature,
         'positive_class': classes[pos],
+        'input_check': model.has_input_check,
+        'refused': int((~kept).sum()),
         'slices': slice_rows,
         'patients': patient_table,
     }
@@ -765,8 +798,8 @@ def predict_images(
         if cam:
             result['cam'] = _write_cam(
                 model,
-                slices,
-                probs[:, pos],
+                [s for s, k in zip(slices, kept) if k],
+                probs[kept, pos],
                 point.threshold,
                 classes,
                 folder,
@@ -780,19 +813,29 @@ def predict_images(
 
 
 def format_predictions(result: dict, max_rows: int = 20) -> str:
-    """Per-patient rows (files without a patient id as one group), then per-slice rows."""
+    """Per-patient rows (files without a patient id as one group), then per-slice rows; a slice
+    the input check refused says why instead of a decision."""
     p_key = f'p_{result["positive_class"]}'
+
+    def p(value):
+        return f'{value:>9.3f}' if value is not None else f'{"-":>9}'
+
     lines = [f'threshold {fmt(result["threshold"])} ({result["threshold_source"]})']
+    if not result.get('input_check'):
+        lines.append('(this model has no input check: every image is scored, whatever it shows)')
     lines.append(f'{"patient":<40}{"slices":>7}{p_key:>9}  predicted')
     for r in result['patients'][:max_rows]:
+        refused = f' ({r["n_refused"]} refused)' if r.get('n_refused') else ''
         lines.append(
-            f'{str(r["patient"])[-40:]:<40}{r["n_slices"]:>7}{r[p_key]:>9.3f}  {r["predicted"]}'
+            f'{str(r["patient"])[-40:]:<40}{r["n_slices"]:>7}{p(r[p_key])}  '
+            f'{r["predicted"] or "no decision"}{refused}'
         )
     if len(result['patients']) > max_rows:
         lines.append(f'... {len(result["patients"]) - max_rows} more patients')
     lines.append(f'{"slice":<47}{p_key:>9}  predicted')
     for r in result['slices'][:max_rows]:
-        lines.append(f'{str(r["path"])[-47:]:<47}{r[p_key]:>9.3f}  {r["predicted"]}')
+        said = r['predicted'] if r.get('input_check', 'ok') == 'ok' else r['input_check']
+        lines.append(f'{str(r["path"])[-47:]:<47}{p(r[p_key])}  {said}')
     if len(result['slices']) > max_rows:
         lines.append(f'... {len(result["slices"]) - max_rows} more slices (predictions.csv)')
     return '\n'.join(lines)

@@ -45,6 +45,7 @@ from huggingface_hub import hf_hub_download
 from timm.models import save_for_hf
 
 from .files import read_json, sha256_file, write_json
+from .input_check import INPUT_CHECK_FILES
 from .input_description import network_data_format
 from .models import LABEL_NAMES, LICENSE, PRETRAINED_TAG, stock_architecture
 
@@ -395,6 +396,7 @@ class Export:
     settings: ExportSettings
     weights_sha256: str
     export_dir: Path | None  # None for hf-hub:
+    files_dir: Path | None = None  # where the files beside the weights lie (the Hub cache too)
 
 
 def _hub_file(repo: str, filename: str) -> str:
@@ -462,6 +464,7 @@ def load_export(ref: str | os.PathLike, export_dir: Path | None = None) -> Expor
             ) from e
         net = _load(ref, config)
         export_dir = None
+        _fetch_optional(rest, OPTIONAL_FILES)  # the input check, when the repo has one
     else:
         if export_dir is None:
             raise ExportError(f'{ref}: no export folder given')
@@ -479,4 +482,18 @@ def load_export(ref: str | os.PathLike, export_dir: Path | None = None) -> Expor
         settings=ExportSettings.from_dict(config.get(EXTRA_KEY)),
         weights_sha256=sha256_file(weights),
         export_dir=export_dir,
+        files_dir=Path(weights).parent,
     )
+
+
+# files a published repo may hold beside the weights
+OPTIONAL_FILES = INPUT_CHECK_FILES
+
+
+def _fetch_optional(repo: str, names: tuple[str, ...]) -> None:
+    """Bring the optional files of a Hub repo into the cache beside its weights; absent: fine."""
+    for name in names:
+        try:
+            _hub_file(repo, name)
+        except Exception:  # noqa: BLE001 - a repo without the file, or offline without it
+            pass

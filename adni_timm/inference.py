@@ -35,6 +35,7 @@ __all__ = [
     'PRECISIONS',
     'THRESHOLD_SOURCES',
     'UNNAMED_GROUP',
+    'REFUSED',
     'InferenceError',
     'OperatingPoint',
     'Member',
@@ -58,6 +59,8 @@ PRECISIONS = ('auto', 'no', 'fp32', 'bf16', 'fp16')
 THRESHOLD_SOURCES = ('validation', 'out-of-fold', 'cli', 'fixed')
 DATA_CHANNELS = 1  # data.SliceDataset reads every slice as 8-bit grayscale ('L')
 UNNAMED_GROUP = 'unnamed files'  # the patient of files whose names carry no <patient>_<slice>
+# how a slice the input check refuses is shown, before its reason
+REFUSED = 'does not look like a training slice'
 
 
 class InferenceError(ValueError):
@@ -233,6 +236,13 @@ class Member:
     precision: str  # the precision it was trained in ('no' = fp32)
     weights_sha256: str
     export_dir: Path | None
+    files_dir: Path | None = None  # the export's files (a Hub repo: its cache snapshot)
+
+    def input_check(self):
+        """The export's ``input_check.InputCheck``; None when it has none."""
+        from .input_check import InputCheck
+
+        return InputCheck.load(self.files_dir) if self.files_dir is not None else None
 
 
 @dataclass
@@ -308,6 +318,37 @@ class LoadedModel:
             for m in self.members
         ]
 
+    def check_inputs(self, slices, *, batch_size: int = 64) -> list[str | None]:
+        """Per slice, why it does not look like a training slice (the first member's check that
+        refuses it), or None; all None when no member has an input check."""
+        from accelerate import PartialState
+
+        reasons: list[str | None] = [None] * len(slices)
+        for member in self.members:
+            check = member.input_check()
+            if check is None:
+                continue
+            _, eval_tf = data.build_transforms(member.net)
+            verdicts = check.check(
+                member.net,
+                [s.path for s in slices],
+                eval_tf,
+                batch_size=batch_size,
+                device=PartialState().device,
+            )
+            for i, verdict in enumerate(verdicts):
+                if not verdict.ok and reasons[i] is None:
+                    reasons[i] = verdict.reason
+        return reasons
+
+    @property
+    def has_input_check(self) -> bool:
+        from .input_check import CHECK_NAME
+
+        return any(
+            m.files_dir is not None and (m.files_dir / CHECK_NAME).is_file() for m in self.members
+        )
+
     def predict(self, slices, *, point: OperatingPoint | None = None, **kwargs) -> np.ndarray:
         """Calibrated probabilities ``[N, C]`` at ``point`` (default: the stored one)."""
         return calibrated_mean(self.predict_raw(slices, **kwargs), (point or self.point))
@@ -349,6 +390,7 @@ def _load_member(ref: str) -> tuple[Member, Run | None]:
         precision=precision,
         weights_sha256=loaded.weights_sha256,
         export_dir=loaded.export_dir,
+        files_dir=loaded.files_dir,
     )
     return member, run
 

@@ -38,6 +38,7 @@ __all__ = [
     'Task',
     'build_model_card',
     'eval_results_from_metrics',
+    'metrics_from_card',
     'public_train_config',
 ]
 
@@ -321,6 +322,25 @@ def eval_results_from_metrics(
                 )
             )
     return results
+
+
+def metrics_from_card(card_text: str) -> dict[str, Any] | None:
+    """The test metrics a published card's model-index holds, in metrics.json's shape
+    (``{'slice': {...}, 'patient': {...}, 'split': ...}``); None when it holds none."""
+    from huggingface_hub import ModelCard
+
+    try:
+        results = ModelCard(card_text).data.eval_results or []
+    except Exception:  # noqa: BLE001 - a card that does not parse has nothing to show
+        return None
+    key_of = {metric_type: key for key, metric_type in EVAL_METRICS.items()}
+    found: dict[str, Any] = {}
+    for r in results:
+        level = (r.dataset_config or '').replace('-level', '')
+        if level in ('slice', 'patient') and r.metric_type in key_of:
+            found.setdefault(level, {})[key_of[r.metric_type]] = r.metric_value
+            found['split'] = r.dataset_split or 'test'
+    return found or None
 
 
 def public_train_config(train_config: dict[str, Any]) -> dict[str, Any]:

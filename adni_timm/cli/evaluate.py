@@ -115,6 +115,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help='leave out files that cannot be decoded (default: list them and stop)',
     )
     p.add_argument(
+        '--score-flagged',
+        action='store_true',
+        help='with --images: also show P(AD) of slices the input check refuses (they still get '
+        'no decision)',
+    )
+    p.add_argument(
         '--images',
         metavar='PATH',
         type=existing_path,
@@ -194,6 +200,7 @@ def main(argv=None, prog: str = PROG) -> int:
                 precision=args.precision,
                 skip_bad_images=args.skip_bad_images,
                 file_is_patient=args.file_is_patient,
+                score_flagged=args.score_flagged,
                 **cam_options,
             )
             print(evaluation.format_predictions(result))
