@@ -360,7 +360,9 @@ def cam_montages(demo_model: DemoModel, result: dict[str, Any]) -> list[tuple[Im
                 vmax=vmax,
                 cmap='Reds' if explained == positive else 'Blues',
                 colorbar_label=f"evidence for {explained} (Grad-CAM, this patient's scale)",
-                context=plots.FigureContext(loaded.ref, 'upload', loaded.synthetic),
+                context=plots.FigureContext(
+                    loaded.settings.model_name or loaded.ref, 'upload', loaded.synthetic
+                ),
             )
             with Image.open(png) as im:
                 montages.append((im.convert('RGB'), caption))

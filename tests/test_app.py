@@ -78,15 +78,34 @@ def demo_files(tmp_path_factory):
             'epoch': 1,
         },
     )
-    generate(root / 'data', train_patients=1, test_patients=1, slices=3, seed=0)
+    generate(root / 'data', train_patients=3, test_patients=1, slices=3, seed=0)
     slice_path = sorted((root / 'data' / 'test' / 'AD').glob('*.jpeg'))[0]
+    # the input check training fits, here on the synthetic train slices (thresholded on test's)
+    from adni_timm.data import build_transforms, scan_split
+    from adni_timm.inference import load_model
+    from adni_timm.input_check import fit_input_check
+
+    net = load_model(export).net
+    train, test = scan_split(root / 'data', 'train'), scan_split(root / 'data', 'test')
+    fit_input_check(
+        net,
+        [s.path for s in train],
+        [s.label for s in train],
+        [s.path for s in test],
+        transform=build_transforms(net)[1],
+    ).save(export)
     bad = root / 'bad'
     bad.mkdir()
+    Image.fromarray(np.zeros((240, 256), np.uint8)).save(bad / 'blank.png')
     (bad / 'notes.jpeg').write_text('not an image, only a renamed text file\n')
     photo = np.zeros((120, 160, 3), np.uint8)
     photo[..., 0], photo[:60, :, 2], photo[:, 80:, 1] = 200, 255, 128
     Image.fromarray(photo).save(bad / 'holiday.jpg')
-    return export, slice_path, {'text': bad / 'notes.jpeg', 'photo': bad / 'holiday.jpg'}
+    return (
+        export,
+        slice_path,
+        {'text': bad / 'notes.jpeg', 'photo': bad / 'holiday.jpg', 'blank': bad / 'blank.png'},
+    )
 
 
 @pytest.fixture(scope='module')
@@ -249,6 +268,59 @@ def test_served_app_gives_evaluate_probability_and_refuses_bad_input(
     assert 'holiday.jpg is a colour image' in summary and 'grayscale MRI slices' in summary
     assert 'Traceback' not in summary and 'Error' not in summary
 
+    # an all-black slice (it used to get P(AD) = 1.000 -> AD): refused by the input check, no score
+    summary, gallery, result = client.predict(
+        [handle_file(str(bad['blank'])), handle_file(str(slice_path))], api_name='/analyse'
+    )
+    assert [r['file'] for r in result['slices']] == [slice_path.name]
+    (refused,) = result['rejected']
+    assert refused['file'] == 'blank.png'
+    assert 'blank.png does not look like a training slice: it is blank' in summary
+    assert result['patients'][0]['p_AD'] == pytest.approx(expected_p_ad, abs=1e-6)
+
+
+def test_the_examples_are_synthetic_slices_shipped_with_the_package():
+    from adni_timm import app, data
+    from adni_timm.synthetic import SYNTHETIC_COMMENT
+
+    examples = app.example_uploads()
+    assert len(examples) == 3  # an AD and an NC patient, and a blank image the model refuses
+    ad, nc, blank = ([Path(p) for p in group[0]] for group in examples)
+    assert len(ad) == len(nc) == 3 and [p.name for p in blank] == ['blank.png']
+    for path in ad + nc:
+        assert path.is_file() and app.EXAMPLES_DIR in path.parents  # package data, not the tests
+        patient, _ = data.parse_file_name(path)
+        assert patient in ('synthetic-AD', 'synthetic-NC')
+        with Image.open(path) as im:
+            assert im.size == (256, 240) and im.mode == 'L'
+            assert im.info.get('Comment') == SYNTHETIC_COMMENT.decode()
+        assert app.check_image(path) is None
+
+
+def test_a_published_model_shows_the_test_metrics_of_its_card(demo_files, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from adni_timm import app
+    from adni_timm.model_card import eval_results_from_metrics
+    from helpers import populate_hub_cache
+    from huggingface_hub import ModelCard, ModelCardData
+
+    export, _, _ = demo_files
+    metrics = {
+        'split': 'test',
+        'patient': {'accuracy': 0.8125, 'auc': 0.875, 'sensitivity': 0.75, 'specificity': 0.875},
+        'slice': {'accuracy': 0.7},
+    }
+    data = ModelCardData(eval_results=eval_results_from_metrics(metrics, True), model_name='x')
+    folder = shutil.copytree(export, tmp_path / 'repo')
+    ModelCard(f'---\n{data.to_yaml()}\n---\n\n# x\n').save(folder / 'README.md')
+    populate_hub_cache(tmp_path / 'cache', 'lab/demo', folder)
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path / 'cache'))
+    served = app.load('hf-hub:lab/demo')
+    assert served.test_metrics['patient']['auc'] == pytest.approx(0.875)
+    text = app.describe_model(served)
+    assert 'not known here' not in text and 'AUC 0.875' in text and 'model card' in text
+
 
 @pytest.fixture(scope='module')
 def browser_tools():
@@ -275,7 +347,7 @@ def test_page_in_a_real_browser_shows_p_ad_and_grad_cam(
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    _, slice_path, _ = demo_files
+    _, slice_path, bad = demo_files
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in CHROMIUM_FLAGS + (f'--user-data-dir={tmp_path / "profile"}',):
@@ -295,9 +367,11 @@ def test_page_in_a_real_browser_shows_p_ad_and_grad_cam(
         disclaimer = driver.find_element(By.ID, 'disclaimer').text
         assert 'Research use only, not a medical device' in disclaimer
         assert 'SYNTHETIC' in driver.find_element(By.ID, 'model-info').text
-        upload.send_keys(str(slice_path))  # the upload event runs the analysis
+        # a blank image and a real (synthetic) slice at once; the upload event runs the analysis
+        upload.send_keys(f'{bad["blank"]}\n{slice_path}')
         wait.until(lambda d: 'P(AD) =' in d.find_element(By.ID, 'result').text)
         shown = driver.find_element(By.ID, 'result').text
+        assert 'blank.png does not look like a training slice' in shown
         p_shown = float(re.search(r'P\(AD\) = ([0-9.]+)', shown)[1])
         assert p_shown == pytest.approx(expected_p_ad, abs=5e-4)  # shown with 3 decimals
         wait.until(
