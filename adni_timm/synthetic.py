@@ -448,6 +448,8 @@ def _parse_args(argv):
         description='Write a SYNTHETIC dataset in the ADNI AD_NC layout: OUT/{train,test}/{AD,NC}/'
         '<patient>_<slice>.jpeg, 256x240 8-bit grayscale. The images are procedurally drawn '
         'heads with simulated atrophy for AD; they are not MRI and not real patients.',
+        epilog='OUT --volumes [--dicom] --subjects N writes 3D SYNTHETIC heads (NIfTI or DICOM) '
+        'for adni-prepare instead: see adni-synthetic OUT --volumes --help.',
     )
     parser.add_argument('out', metavar='OUT', help='output folder (new or empty)')
     parser.add_argument(
@@ -474,6 +476,11 @@ def _parse_args(argv):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if '--volumes' in argv:  # 3D heads (NIfTI / DICOM): adni_timm.synthetic_volumes, [mri] extra
+        from .synthetic_volumes import main as volumes_main
+
+        return volumes_main(argv)
     args = _parse_args(argv)
     classes = tuple(c.strip() for c in args.classes.split(',') if c.strip())
     try:

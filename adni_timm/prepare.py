@@ -1,0 +1,857 @@
+"""``adni-prepare``: a folder of 3D T1 scans + a labels file -> the slice layout training reads.
+
+::
+
+    OUT/{train,test}/{class}/<patient>_<slice>.png   the slices (8-bit; --image-format jpeg)
+    OUT/manifest.csv      one row per scan: patient, subject, visit, image_id, source, label,
+                          split, similarity, flagged, included, steps, warnings, ...
+    OUT/prepare.json      the recipe, the template, library versions, options, slice mapping
+    OUT/plan.json         every planned scan and its split (the same for every shard)
+    OUT/records/<subject>.json   one per subject, written atomically after its slices
+    OUT/qc/<patient>.png  the slices over the template's brain outline; OUT/qc/overview.png
+    OUT/flagged/...       slices of registration outliers (unless --keep-flagged)
+
+How a run goes: find the scans (``volumes.discover_scans``), match each to its label
+(``labels``), choose the visits (baseline = the earliest acquisition, or all), split **by
+subject**, stratified and seeded, over *all* subjects (so every shard of ``--shard K/N`` computes
+the same split), then prepare this shard's subjects (``preprocess.slices_from_scan``) in
+``workers`` processes. A subject whose record holds the same recipe digest and the same scans is
+skipped: a re-run after a kill redoes only the subject that was in flight. An unsharded run then
+finalises (:func:`merge`): outlier flagging, the manifest and the overview; sharded runs do that
+with ``adni-prepare --merge OUT``.
+
+The file-name patient id is the subject (``002_S_0295``) with ``--visits baseline``, and
+``<subject>_<visit>`` (``002_S_0295_m12``) with ``--visits all``; ``manifest.csv`` carries both
+(columns ``patient`` and ``subject``) so a validation split can group the visits of a subject.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import re
+import sys
+from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .files import read_json, write_json, write_text
+from .labels import Labels, LabelsError, class_of_group, normalise_visit
+from .preprocess import (
+    PreparedScan,
+    Recipe,
+    RegistrationError,
+    read_recipe,
+    slice_numbers,
+    slices_from_scan,
+)
+from .template import load_template
+from .volumes import Discovery, Scan, VolumeError
+
+__all__ = [
+    'MANIFEST_COLUMNS',
+    'PrepareError',
+    'PrepareOptions',
+    'Problem',
+    'PlannedScan',
+    'Plan',
+    'ScanRecord',
+    'PrepareResult',
+    'MergeResult',
+    'build_plan',
+    'split_subjects',
+    'parse_shard',
+    'prepare',
+    'merge',
+    'read_recipe',
+    'slices_from_scan',
+    'Recipe',
+    'PreparedScan',
+]
+
+_logger = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = (
+    'patient',  # the file-name patient id: <patient>_<slice>.png
+    'subject',  # the real subject id; all visits of a subject share it (and the split)
+    'visit',
+    'image_id',
+    'date',
+    'source',
+    'group',  # the labels file's value (CN, Dementia, ...)
+    'label',  # our class (NC, AD, ...)
+    'split',
+    'status',  # ok | failed
+    'similarity',  # registration NCC with the template inside the brain
+    'flagged',  # registration outlier
+    'included',  # slices in OUT/{split}/{label}/ (False: failed, or flagged without --keep-flagged)
+    'n_slices',
+    'steps',
+    'warnings',
+    'error',
+)
+_BASELINE_CODES = ('bl', 'sc', 'scmri', 'init', 'baseline')
+
+
+class PrepareError(ValueError):
+    """A run that cannot start (bad options, an output folder of another plan)."""
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """The run's choices besides the per-scan recipe (all recorded in prepare.json)."""
+
+    classes: tuple[str, ...] = ('NC', 'AD')
+    group_map: tuple[tuple[str, str], ...] = ()  # overrides of labels.DEFAULT_GROUP_MAP
+    visits: str = 'baseline'  # or 'all'
+    test_fraction: float = 0.2
+    seed: int = 0
+    keep_flagged: bool = False
+    min_similarity: float = 0.6  # below this a registration is flagged whatever the others do
+    outlier_z: float = 3.5  # robust z (median / MAD) below which a scan is an outlier
+    outlier_mad_floor: float = 0.01  # a very uniform run does not flag 0.01 below its median
+
+    def __post_init__(self):
+        object.__setattr__(self, 'classes', tuple(self.classes))
+        object.__setattr__(self, 'group_map', tuple(tuple(p) for p in self.group_map))
+        if self.visits not in ('baseline', 'all'):
+            raise PrepareError(f'--visits {self.visits!r}: choose baseline or all')
+        if not 0 <= self.test_fraction < 1:
+            raise PrepareError(f'--test-fraction {self.test_fraction}: give a value in [0, 1)')
+        if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
+            raise PrepareError(
+                f'--classes {",".join(self.classes)}: give two or more distinct '
+                f'classes, NC first (e.g. NC,AD or NC,MCI,AD)'
+            )
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One bad input: ``kind`` for the summary, ``message`` one line naming the fix."""
+
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class PlannedScan:
+    """A scan the run will prepare, with its label and split."""
+
+    patient: str
+    subject: str
+    visit: str
+    image_id: str
+    source: str
+    group: str
+    label: str
+    split: str
+    date: str | None = None
+
+
+@dataclass
+class Plan:
+    layout: str
+    scans: list[PlannedScan]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (scan, why): not problems
+    problems: list[Problem] = field(default_factory=list)
+    mapping: dict[str, str] = field(default_factory=dict)  # group value -> class or 'skipped'
+
+    def subjects(self) -> list[str]:
+        return sorted({s.subject for s in self.scans})
+
+    def by_subject(self) -> dict[str, list[PlannedScan]]:
+        groups: dict[str, list[PlannedScan]] = defaultdict(list)
+        for s in self.scans:
+            groups[s.subject].append(s)
+        return dict(groups)
+
+    def to_dict(self) -> dict:
+        return {'layout': self.layout, 'scans': [asdict(s) for s in self.scans]}
+
+
+@dataclass
+class ScanRecord:
+    """What happened to one planned scan (a row of manifest.csv, plus timings)."""
+
+    patient: str
+    subject: str
+    visit: str
+    image_id: str
+    date: str | None
+    source: str
+    group: str
+    label: str
+    split: str
+    status: str
+    similarity: float | None = None
+    files: list[str] = field(default_factory=list)  # relative to OUT, as if not flagged
+    slice_numbers: list[int] = field(default_factory=list)
+    steps: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    error: str = ''
+    problem_kind: str = ''
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class PrepareResult:
+    plan: Plan
+    prepared: list[ScanRecord]  # this run's
+    already_done: list[str]  # subjects skipped: prepared before with the same recipe
+    problems: list[Problem]
+    merged: 'MergeResult | None' = None
+
+
+@dataclass
+class MergeResult:
+    records: list[ScanRecord]
+    flagged: list[str]
+    missing: list[str]  # planned subjects without a record (a shard not run yet)
+    problems: list[Problem]
+    counts: dict[str, int]
+
+
+# ------------------------------------------------------------------------------------ the plan
+
+
+def _safe(text: str) -> str:
+    """A visit or subject as a file-name part: letters, digits, '-', '.' and '_' kept."""
+    return re.sub(r'[^A-Za-z0-9._-]+', '-', text.strip()).strip('-') or 'x'
+
+
+def _visit_order(scan: Scan, visit: str | None, date: str | None):
+    """Earliest acquisition first; without dates, baseline codes first, then months."""
+    code = normalise_visit(visit) or ''
+    month = (
+        int(code[1:]) if re.fullmatch(r'm\d+', code) else (0 if code in _BASELINE_CODES else 10_000)
+    )
+    return (date or '9999-99-99', month, code, scan.image_id, scan.path)
+
+
+def split_subjects(
+    subject_class: dict[str, str], test_fraction: float, seed: int, classes
+) -> dict[str, str]:
+    """Subject -> 'train' | 'test': per class, the sorted subjects in a seeded random order, the
+    first ``round(test_fraction * n)`` (at least one when ``n >= 2`` and the fraction > 0) to
+    test. Depends only on the subjects, their classes, the fraction and the seed."""
+    split = {}
+    for i, name in enumerate(classes):
+        members = sorted(s for s, c in subject_class.items() if c == name)
+        order = np.random.default_rng([seed, i]).permutation(len(members))
+        n_test = int(round(test_fraction * len(members)))
+        if test_fraction > 0 and len(members) >= 2:
+            n_test = min(max(n_test, 1), len(members) - 1)
+        for rank, j in enumerate(order):
+            split[members[j]] = 'test' if rank < n_test else 'train'
+    return split
+
+
+def build_plan(discovery: Discovery, labels: Labels, options: PrepareOptions) -> Plan:
+    """Every scan to prepare with its label, visit and split; what is skipped and why; and the
+    problems (one line each): subjects missing from the labels, unknown group values, scans the
+    labels cannot place."""
+    overrides = dict(options.group_map)
+    problems: list[Problem] = []
+    skipped: list[tuple[str, str]] = []
+    missing: list[str] = []
+    unknown: dict[str, list[str]] = defaultdict(list)
+    mapping: dict[str, str] = {}
+    candidates: dict[str, list[tuple]] = defaultdict(list)
+    for scan in discovery.scans:
+        try:
+            match = labels.match(scan)
+        except LabelsError as e:
+            problems.append(Problem('ambiguous-label', str(e)))
+            continue
+        if match is None:
+            missing.append(scan.subject)
+            continue
+        candidates[scan.subject].append((scan, match))
+    plan_rows = []
+    for subject in sorted(candidates):
+        entries = sorted(
+            candidates[subject], key=lambda e: _visit_order(e[0], e[1].visit, e[1].date)
+        )
+        by_visit: dict[str, list] = defaultdict(list)
+        for scan, match in entries:
+            visit = match.visit or scan.visit or (match.date or scan.date or scan.image_id)
+            by_visit[visit].append((scan, match))
+        visits = list(by_visit)  # insertion order = visit order
+        if options.visits == 'baseline':
+            for v in visits[1:]:
+                skipped.append((f'{subject} {v}', 'not the baseline visit (--visits all keeps it)'))
+            visits = visits[:1]
+        for visit in visits:
+            (scan, match), *others = by_visit[visit]
+            for other, _ in others:
+                skipped.append(
+                    (other.path, f'another scan of {subject} {visit} was kept ({scan.image_id})')
+                )
+            group = match.group.strip()
+            if not group:
+                skipped.append((scan.path, f'no diagnosis for {subject} at {visit} in the labels'))
+                continue
+            cls = class_of_group(group, overrides)
+            if cls is None:
+                unknown[group].append(subject)
+                continue
+            if cls not in options.classes:
+                mapping[group] = f'{cls} (not in --classes: skipped)'
+                skipped.append(
+                    (scan.path, f'{group} -> {cls} is not in --classes {",".join(options.classes)}')
+                )
+                continue
+            mapping[group] = cls
+            plan_rows.append((scan, visit, match, group, cls))
+    if missing:
+        names = sorted(set(missing))
+        problems.append(
+            Problem(
+                'missing-label',
+                f'{len(names)} subject(s) have scans but no row in {labels.path}: '
+                f'{", ".join(names[:20])}{" ..." if len(names) > 20 else ""}: add them to the '
+                f'labels file, or remove their scans from the source folder',
+            )
+        )
+    for group, subjects in sorted(unknown.items()):
+        problems.append(
+            Problem(
+                'unknown-group',
+                f'unknown group value {group!r} in {labels.path} ({len(subjects)} scan(s), e.g. '
+                f"{subjects[0]}): map it with --group-map '{group}=NC' (or another class)",
+            )
+        )
+    # split by subject, stratified by the class of the subject's first kept visit
+    first_class: dict[str, str] = {}
+    for scan, _, _, _, cls in plan_rows:
+        first_class.setdefault(scan.subject, cls)
+    split = split_subjects(first_class, options.test_fraction, options.seed, options.classes)
+    scans = []
+    for scan, visit, match, group, cls in plan_rows:
+        patient = (
+            _safe(scan.subject)
+            if options.visits == 'baseline'
+            else (f'{_safe(scan.subject)}_{_safe(visit)}')
+        )
+        scans.append(
+            PlannedScan(
+                patient,
+                scan.subject,
+                visit,
+                scan.image_id,
+                scan.path,
+                group,
+                cls,
+                split[scan.subject],
+                match.date or scan.date,
+            )
+        )
+    patients = Counter(s.patient for s in scans)
+    clashes = [p for p, n in patients.items() if n > 1]
+    if clashes:
+        raise PrepareError(
+            f'two scans would share the file-name id {clashes[0]}: rename the '
+            f'subject or visit folders so ids are unique'
+        )
+    return Plan(discovery.layout, scans, skipped, problems, mapping)
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``'3/8'`` -> (3, 8); None -> (1, 1)."""
+    if not text:
+        return 1, 1
+    m = re.fullmatch(r'\s*(\d+)\s*/\s*(\d+)\s*', text)
+    if not m or not 1 <= int(m[1]) <= int(m[2]):
+        raise PrepareError(
+            f'--shard {text!r}: write K/N with 1 <= K <= N, e.g. '
+            f'--shard $SLURM_ARRAY_TASK_ID/8 with --array=1-8'
+        )
+    return int(m[1]), int(m[2])
+
+
+def _shard_subjects(subjects: list[str], shard: tuple[int, int]) -> list[str]:
+    k, n = shard
+    return [s for i, s in enumerate(sorted(subjects)) if i % n == k - 1]
+
+
+# ---------------------------------------------------------------------------------- per subject
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {'python': platform.python_version()}
+    for name in (
+        'adni-timm',
+        'SimpleITK',
+        'nibabel',
+        'numpy',
+        'scipy',
+        'pydicom',
+        'nilearn',
+        'pillow',
+    ):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = 'not installed'
+    return out
+
+
+def _write_image(array: np.ndarray, path: Path, fmt: str, comment: str) -> None:
+    from PIL import Image, PngImagePlugin
+
+    tmp = path.with_name(f'.{path.name}.tmp')
+    image = Image.fromarray(array, 'L')
+    if fmt == 'png':
+        info = PngImagePlugin.PngInfo()
+        info.add_text('Software', comment)
+        image.save(tmp, 'PNG', pnginfo=info)
+    else:
+        image.save(tmp, 'JPEG', quality=95, comment=comment.encode())
+    tmp.replace(path)
+
+
+def _qc_image(prepared: PreparedScan, title: str, n: int = 5) -> np.ndarray:
+    """RGB strip: up to ``n`` of the slices, the template's brain outline in red."""
+    from PIL import Image, ImageDraw
+    from scipy import ndimage
+
+    picks = np.unique(np.round(np.linspace(0, len(prepared.slices) - 1, n)).astype(int))
+    tiles = []
+    for i in picks:
+        gray = prepared.slices[i]
+        rgb = np.repeat(gray[..., None], 3, axis=2)
+        brain = prepared.brain_slices[i] > 0
+        outline = brain & ~ndimage.binary_erosion(brain)
+        rgb[outline] = (255, 40, 40)
+        tile = Image.fromarray(rgb)
+        ImageDraw.Draw(tile).text((4, 4), f'k={prepared.slice_numbers[i]}', fill=(255, 255, 0))
+        tiles.append(np.asarray(tile))
+    strip = np.concatenate(tiles, axis=1)
+    header = Image.new('RGB', (strip.shape[1], 18))
+    ImageDraw.Draw(header).text((4, 3), title, fill=(255, 255, 255))
+    return np.concatenate([np.asarray(header), strip], axis=0)
+
+
+def _prepare_scan(scan: PlannedScan, out: Path, recipe: Recipe, fmt_comment: str) -> ScanRecord:
+    record = ScanRecord(
+        scan.patient,
+        scan.subject,
+        scan.visit,
+        scan.image_id,
+        scan.date,
+        scan.source,
+        scan.group,
+        scan.label,
+        scan.split,
+        status='failed',
+        steps=list(recipe.steps),
+    )
+    try:
+        prepared = slices_from_scan(scan.source, recipe)
+    except VolumeError as e:
+        record.error, record.problem_kind = str(e), e.kind
+        return record
+    except RegistrationError as e:
+        record.error = (
+            f'{scan.source}: {e}: check the header orientation (view it in any '
+            f'viewer), or use --no-register if the scan is already in MNI space'
+        )
+        record.problem_kind = 'registration'
+        return record
+    except Exception as e:  # noqa: BLE001  a bug or an ITK failure must not stop the others
+        last = str(e).strip().splitlines()[-1] if str(e).strip() else ''
+        record.error = (
+            f'{scan.source}: unexpected {type(e).__name__} ({last[:160]}): report it '
+            f"with this scan's header (nibabel.load(path).header)"
+        )
+        record.problem_kind = 'error'
+        return record
+    folder = out / scan.split / scan.label
+    folder.mkdir(parents=True, exist_ok=True)
+    ext = 'png' if recipe.image_format == 'png' else 'jpeg'
+    for k, image in zip(prepared.slice_numbers, prepared.slices):
+        name = f'{scan.patient}_{k}.{ext}'
+        _write_image(image, folder / name, recipe.image_format, fmt_comment)
+        record.files.append(f'{scan.split}/{scan.label}/{name}')
+    qc = _qc_image(prepared, f'{scan.patient}  {scan.label}  NCC {prepared.similarity:.3f}')
+    (out / 'qc').mkdir(exist_ok=True)
+    from PIL import Image
+
+    tmp = out / 'qc' / f'.{scan.patient}.png.tmp'
+    Image.fromarray(qc).save(tmp, 'PNG')
+    tmp.replace(out / 'qc' / f'{scan.patient}.png')
+    record.status = 'ok'
+    record.similarity = prepared.similarity
+    record.slice_numbers = list(prepared.slice_numbers)
+    record.warnings = list(prepared.warnings)
+    record.seconds = prepared.seconds
+    return record
+
+
+def _record_path(out: Path, subject: str) -> Path:
+    return out / 'records' / f'{_safe(subject)}.json'
+
+
+def _remove_old_files(out: Path, subject: str) -> None:
+    """Slices of an earlier, different preparation of this subject (another recipe)."""
+    path = _record_path(out, subject)
+    if not path.is_file():
+        return
+    try:
+        old = read_json(path)
+    except (OSError, json.JSONDecodeError):
+        return
+    for scan in old.get('scans', []):
+        for rel in scan.get('files', []):
+            for base in (out, out / 'flagged'):
+                (base / rel).unlink(missing_ok=True)
+
+
+def _prepare_subject(
+    subject: str, scans: list[PlannedScan], out: str, recipe_dict: dict, digest: str
+) -> list[ScanRecord]:
+    """Prepare one subject's scans and write its record last (atomically): the record is the
+    mark of a finished subject."""
+    out_dir = Path(out)
+    recipe = Recipe.from_dict(recipe_dict)
+    _remove_old_files(out_dir, subject)
+    comment = f'adni-prepare recipe {digest}'
+    records = [_prepare_scan(scan, out_dir, recipe, comment) for scan in scans]
+    write_json(
+        _record_path(out_dir, subject),
+        {
+            'subject': subject,
+            'recipe_digest': digest,
+            'scans': [asdict(r) for r in records],
+        },
+    )
+    return records
+
+
+def _is_done(out: Path, subject: str, scans: list[PlannedScan], digest: str) -> bool:
+    path = _record_path(out, subject)
+    if not path.is_file():
+        return False
+    try:
+        record = read_json(path)
+    except (OSError, json.JSONDecodeError):
+        return False
+    done = [(s['patient'], s['source']) for s in record.get('scans', [])]
+    return record.get('recipe_digest') == digest and done == [(s.patient, s.source) for s in scans]
+
+
+# ------------------------------------------------------------------------------------------ run
+
+
+def _prepare_json(recipe: Recipe, options: PrepareOptions, labels: Labels, src: Path) -> dict:
+    template = load_template()
+    ks = slice_numbers(recipe, template)
+    return {
+        'format': 1,
+        'tool': 'adni-prepare',
+        'recipe': recipe.to_dict(),
+        'recipe_digest': recipe.digest,
+        'steps': list(recipe.steps),
+        'slices': {
+            'numbers': list(ks),
+            'mni_z_mm': [template.z_of_index(k) for k in ks],
+            'numbering': 'template axial voxel index k; MNI z = k - 72 mm',
+            'size': list(recipe.size),
+            'orientation': 'rows anterior -> posterior, columns patient right -> left '
+            '(radiological), 1 mm pixels',
+        },
+        'template': template.describe(),
+        'modality': 'T1-weighted MRI (3D MPRAGE / SPGR)',
+        'options': {
+            'classes': list(options.classes),
+            'group_map': dict(options.group_map),
+            'visits': options.visits,
+            'test_fraction': options.test_fraction,
+            'seed': options.seed,
+            'keep_flagged': options.keep_flagged,
+            'min_similarity': options.min_similarity,
+            'outlier_z': options.outlier_z,
+            'outlier_mad_floor': options.outlier_mad_floor,
+        },
+        'labels': {'path': str(labels.path), 'format': labels.format, 'column': labels.column},
+        'source': str(src),
+        'versions': _versions(),
+    }
+
+
+def _check_out(out: Path, plan: Plan) -> None:
+    """Refuse an OUT that holds another run's plan (another source, labels or split)."""
+    plan_path = out / 'plan.json'
+    if plan_path.is_file():
+        old = read_json(plan_path)
+        if old.get('scans') != plan.to_dict()['scans']:
+            raise PrepareError(
+                f'{out} holds another plan (other scans, labels, visits or split options): '
+                f'prepare into a new folder, or repeat the options of the first run'
+            )
+
+
+def prepare(
+    src,
+    out,
+    labels: Labels,
+    discovery: Discovery,
+    recipe: Recipe | None = None,
+    options: PrepareOptions | None = None,
+    workers: int = 1,
+    shard: tuple[int, int] = (1, 1),
+    on_subject: Callable[[str, list[ScanRecord], int, int], None] | None = None,
+    on_plan: Callable[[Plan, list[str], list[str]], None] | None = None,
+) -> PrepareResult:
+    """Prepare this shard's subjects of ``discovery`` into ``out`` (see the module docstring).
+
+    ``on_plan(plan, todo, done)`` is called once the plan is made; ``on_subject(subject,
+    records, n_done, n_total)`` after each subject (the CLI's progress). An unsharded run ends with
+    :func:`merge`."""
+    recipe = recipe or Recipe()
+    options = options or PrepareOptions()
+    out, src = Path(out), Path(src)
+    plan = build_plan(discovery, labels, options)
+    meta = _prepare_json(recipe, options, labels, src)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_out(out, plan)
+    write_json(out / 'plan.json', plan.to_dict())
+    write_json(out / 'prepare.json', meta)
+    for split in ('train', 'test'):
+        for name in options.classes:
+            (out / split / name).mkdir(parents=True, exist_ok=True)
+    (out / 'records').mkdir(exist_ok=True)
+    by_subject = plan.by_subject()
+    mine = _shard_subjects(list(by_subject), shard)
+    done = [s for s in mine if _is_done(out, s, by_subject[s], recipe.digest)]
+    todo = [s for s in mine if s not in set(done)]
+    if on_plan:
+        on_plan(plan, todo, done)
+    records: list[ScanRecord] = []
+
+    def finished(subject, subject_records):
+        records.extend(subject_records)
+        if on_subject:
+            on_subject(subject, subject_records, len(done) + n_finished, len(mine))
+
+    n_finished = 0
+    recipe_dict = recipe.to_dict()
+    if workers > 1 and len(todo) > 1:
+        context = multiprocessing.get_context('spawn')  # ITK's thread pool does not survive fork
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context) as pool:
+            futures = {
+                pool.submit(
+                    _prepare_subject, s, by_subject[s], str(out), recipe_dict, recipe.digest
+                ): s
+                for s in todo
+            }
+            for future in as_completed(futures):
+                n_finished += 1
+                finished(futures[future], future.result())
+    else:
+        for subject in todo:
+            subject_records = _prepare_subject(
+                subject, by_subject[subject], str(out), recipe_dict, recipe.digest
+            )
+            n_finished += 1
+            finished(subject, subject_records)
+    problems = list(plan.problems) + [
+        Problem(r.problem_kind, f'{r.patient}: {r.error}') for r in records if r.status != 'ok'
+    ]
+    result = PrepareResult(plan, records, done, problems)
+    if shard == (1, 1):
+        result.merged = merge(out)
+    return result
+
+
+# ---------------------------------------------------------------------------------------- merge
+
+
+def _read_records(out: Path) -> list[ScanRecord]:
+    records = []
+    for path in sorted((out / 'records').glob('*.json')):
+        for scan in read_json(path).get('scans', []):
+            records.append(ScanRecord(**scan))
+    return records
+
+
+def _outliers(records: list[ScanRecord], options: dict) -> set[str]:
+    """Patients whose similarity is below the floor, or a robust-z outlier low in the run
+    (median / 1.4826 MAD, the MAD floored; with 10 or more scans)."""
+    ok = [r for r in records if r.status == 'ok' and r.similarity is not None]
+    flagged = {r.patient for r in ok if r.similarity < options['min_similarity']}
+    if len(ok) >= 10:
+        values = np.array([r.similarity for r in ok])
+        median = float(np.median(values))
+        mad = max(1.4826 * float(np.median(np.abs(values - median))), options['outlier_mad_floor'])
+        flagged |= {r.patient for r in ok if (r.similarity - median) / mad < -options['outlier_z']}
+    return flagged
+
+
+def _place(out: Path, rel: str, flagged: bool) -> None:
+    """Move a slice between the layout and ``flagged/`` to match the decision."""
+    here, there = (
+        (out / rel, out / 'flagged' / rel) if flagged else (out / 'flagged' / rel, out / rel)
+    )
+    if here.is_file():
+        there.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(here, there)
+
+
+def _manifest_text(records: list[ScanRecord], flagged: set[str], keep: bool) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator='\n')
+    writer.writerow(MANIFEST_COLUMNS)
+    for r in sorted(records, key=lambda r: r.patient):
+        is_flagged = r.patient in flagged
+        included = r.status == 'ok' and (keep or not is_flagged)
+        writer.writerow(
+            [
+                r.patient,
+                r.subject,
+                r.visit,
+                r.image_id,
+                r.date or '',
+                r.source,
+                r.group,
+                r.label,
+                r.split,
+                r.status,
+                '' if r.similarity is None else f'{r.similarity:.4f}',
+                is_flagged,
+                included,
+                len(r.files),
+                ' '.join(r.steps),
+                ' | '.join(r.warnings),
+                r.error,
+            ]
+        )
+    return buffer.getvalue()
+
+
+def _overview(out: Path, records: list[ScanRecord], flagged: set[str], options: dict) -> None:
+    """qc/overview.png: every scan's similarity, and the lowest 24 scans' middle slices."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    ok = sorted((r for r in records if r.status == 'ok'), key=lambda r: r.similarity)
+    if not ok:
+        return
+    worst = ok[:24]
+    cols = 8
+    rows = (len(worst) + cols - 1) // cols
+    fig = plt.figure(figsize=(16, 3 + 2.2 * rows))
+    grid = fig.add_gridspec(rows + 1, cols, height_ratios=[1.4] + [1] * rows)
+    ax = fig.add_subplot(grid[0, :])
+    values = [r.similarity for r in ok]
+    colours = ['tab:red' if r.patient in flagged else 'tab:blue' for r in ok]
+    ax.scatter(range(len(ok)), values, c=colours, s=12)
+    ax.axhline(
+        options['min_similarity'],
+        color='tab:red',
+        lw=0.8,
+        ls='--',
+        label=f'floor {options["min_similarity"]}',
+    )
+    ax.set_ylabel('NCC with template')
+    ax.set_xlabel(f'{len(ok)} prepared scans, by similarity ({len(flagged)} flagged, red)')
+    ax.legend(loc='lower right')
+    for i, r in enumerate(worst):
+        rel = r.files[len(r.files) // 2]
+        path = out / ('flagged/' + rel if (out / 'flagged' / rel).is_file() else rel)
+        sub = fig.add_subplot(grid[1 + i // cols, i % cols])
+        sub.imshow(np.asarray(Image.open(path)), cmap='gray', vmin=0, vmax=255)
+        sub.set_title(
+            f'{r.patient}\n{r.similarity:.3f}',
+            fontsize=7,
+            color='tab:red' if r.patient in flagged else 'black',
+        )
+        sub.axis('off')
+    fig.tight_layout()
+    (out / 'qc').mkdir(exist_ok=True)
+    tmp = out / 'qc' / '.overview.png.tmp'
+    fig.savefig(tmp, dpi=80, format='png')
+    plt.close(fig)
+    tmp.replace(out / 'qc' / 'overview.png')
+
+
+def merge(out) -> MergeResult:
+    """Assemble ``out`` from its records (after all shards, or at the end of an unsharded run):
+    flag registration outliers over the whole run, move their slices to ``flagged/`` (back, with
+    ``--keep-flagged``), write manifest.csv and qc/overview.png. Idempotent."""
+    out = Path(out)
+    if not (out / 'prepare.json').is_file() or not (out / 'plan.json').is_file():
+        raise PrepareError(
+            f'{out} holds no prepare.json / plan.json: give the OUT folder of an adni-prepare run'
+        )
+    meta = read_json(out / 'prepare.json')
+    options = meta['options']
+    plan_scans = read_json(out / 'plan.json')['scans']
+    records = _read_records(out)
+    planned = {(s['patient'], s['source']) for s in plan_scans}
+    stale = [r for r in records if (r.patient, r.source) not in planned]
+    records = [r for r in records if (r.patient, r.source) in planned]
+    digests = {read_json(p).get('recipe_digest') for p in (out / 'records').glob('*.json')}
+    problems = []
+    if digests - {meta['recipe_digest']}:
+        problems.append(
+            Problem(
+                'recipe',
+                f'some records in {out}/records were made with another '
+                f'recipe: re-run every shard with the same options',
+            )
+        )
+    done_subjects = {r.subject for r in records}
+    missing = sorted({s['subject'] for s in plan_scans} - done_subjects)
+    if missing:
+        problems.append(
+            Problem(
+                'missing',
+                f'{len(missing)} planned subject(s) are not prepared yet: '
+                f'{", ".join(missing[:10])}{" ..." if len(missing) > 10 else ""}: run the '
+                f'shards that hold them (or re-run without --shard), then --merge again',
+            )
+        )
+    if stale:
+        problems.append(
+            Problem(
+                'stale',
+                f'{len(stale)} record(s) belong to no planned scan '
+                f'(an older plan): they are left out of the manifest',
+            )
+        )
+    for r in records:
+        if r.status != 'ok':
+            problems.append(Problem(r.problem_kind or 'error', f'{r.patient}: {r.error}'))
+    flagged = _outliers(records, options)
+    keep = bool(options['keep_flagged'])
+    for r in records:
+        for rel in r.files:
+            _place(out, rel, r.patient in flagged and not keep)
+    write_text(out / 'manifest.csv', _manifest_text(records, flagged, keep))
+    _overview(out, records, flagged, options)
+    counts = Counter()
+    for r in records:
+        if r.status == 'ok' and (keep or r.patient not in flagged):
+            counts[f'{r.split}/{r.label}'] += 1
+    return MergeResult(records, sorted(flagged), missing, problems, dict(sorted(counts.items())))
+
+
+if __name__ == '__main__':
+    from .cli.prepare import main
+
+    sys.exit(main())
