@@ -359,7 +359,9 @@ def register_affine(
     initial = sitk.Similarity3DTransform()  # rigid + one scale: a rigid start cannot fix head size
     fixed_centre = _upper_centre(mask_small, extra_mm=_SCALP_MM)
     initial.SetCenter(fixed_centre.tolist())
-    initial.SetTranslation((_upper_centre(_head_mask(moving_small)) - fixed_centre).tolist())
+    head = _head_mask(moving_small)
+    _check_head(head)
+    initial.SetTranslation((_upper_centre(head) - fixed_centre).tolist())
     shrink = [max(1, int(round(mm / finest))) for mm in levels_mm]
     sigmas = [mm / 2 for mm in levels_mm]
     try:
@@ -376,7 +378,36 @@ def register_affine(
     except RuntimeError as e:
         last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise RegistrationError(f'the affine registration failed ({last[:160]})') from e
+    _check_transform(result)
     return result
+
+
+_HEAD_MIN_MM = 100.0  # the foreground of a head scan spans >= 10 cm in every direction
+_SCALE_RANGE = (0.6, 1.6)  # adult heads are within ~20% of the template's size
+
+
+def _check_head(head) -> None:
+    array, affine = ras_from_image(head)
+    points = np.argwhere(array > 0)
+    if len(points) == 0:
+        raise RegistrationError('no head found (the Otsu foreground is empty)')
+    mm = points @ affine[:3, :3].T
+    extent = mm.max(axis=0) - mm.min(axis=0) + np.abs(np.diag(affine[:3, :3]))
+    if extent.min() < _HEAD_MIN_MM:
+        raise RegistrationError(
+            f'no head found: the foreground spans {"x".join(f"{e:.0f}" for e in extent)} mm '
+            f'(a head spans >= {_HEAD_MIN_MM:.0f} mm each way; a phantom or a localiser?)'
+        )
+
+
+def _check_transform(transform) -> None:
+    """Refuse what no head gives: a collapse or blow-up of the scale, a reflection."""
+    singular = np.linalg.svd(np.asarray(transform.GetMatrix()).reshape(3, 3), compute_uv=False)
+    det = np.linalg.det(np.asarray(transform.GetMatrix()).reshape(3, 3))
+    if det <= 0 or singular.min() < _SCALE_RANGE[0] or singular.max() > _SCALE_RANGE[1]:
+        raise RegistrationError(
+            f'the affine registration diverged (scales {", ".join(f"{v:.2f}" for v in singular)})'
+        )
 
 
 _SCALP_MM = 10.0  # skull + scalp above the brain's top, roughly, in adults
@@ -457,15 +488,15 @@ def _plane_to_image(plane: np.ndarray, template: Template, size, centre_mm) -> n
     width, height = size
     ci = int(round((centre_mm[0] - template.affine[0, 3]) / template.affine[0, 0]))
     cj = int(round((centre_mm[1] - template.affine[1, 3]) / template.affine[1, 1]))
+    # RAS: x grows towards the patient's right, y towards the front. Radiological view: column c
+    # shows x = ci + width//2 - c (the patient's right on the image's left); row r shows
+    # y = cj + height//2 - r (anterior at the top)
+    cols = ci + width // 2 - np.arange(width)
+    rows = cj + height // 2 - np.arange(height)
+    ok_c = (cols >= 0) & (cols < plane.shape[0])
+    ok_r = (rows >= 0) & (rows < plane.shape[1])
     out = np.zeros((height, width), plane.dtype)
-    # column c shows x index ci - width//2 + c (x grows to the patient's right... of the viewer:
-    # radiological view puts the patient's right (low x) on the left); row r shows y decreasing
-    i0, j1 = ci - width // 2, cj + height // 2
-    for_cols = np.arange(width) + i0
-    for_rows = j1 - np.arange(height)
-    ok_c = (for_cols >= 0) & (for_cols < plane.shape[0])
-    ok_r = (for_rows >= 0) & (for_rows < plane.shape[1])
-    out[np.ix_(ok_r, ok_c)] = plane[np.ix_(for_cols[ok_c], for_rows[ok_r])].T
+    out[np.ix_(ok_r, ok_c)] = plane[np.ix_(cols[ok_c], rows[ok_r])].T
     return out
 
 

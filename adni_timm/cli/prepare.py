@@ -89,20 +89,23 @@ def _parse_args(argv):
         help='subjects per class to OUT/test (default 0.2)',
     )
     p.add_argument('--seed', type=int, default=0, help='split seed (default 0)')
-    p.add_argument('--slices', type=int, default=20, help='axial slices per scan (default 20)')
+    p.add_argument(
+        '--recipe',
+        metavar='PREPARE_JSON',
+        help="start from the recipe of an earlier run (its prepare.json, or a model export's "
+        'preprocessing entry saved as JSON), to prepare new scans exactly as a model was trained; '
+        'the options below still override it',
+    )
+    p.add_argument('--slices', type=int, help='axial slices per scan (default 20)')
     p.add_argument(
         '--z-range',
-        default='-30,27',
         metavar='LO,HI',
         help='MNI z range in mm the slices cover, written --z-range=-30,27 (the '
         'default: medial temporal lobes to the lateral ventricle bodies)',
     )
-    p.add_argument(
-        '--size', default='192x192', metavar='WxH', help='slice size in px = mm (default 192x192)'
-    )
+    p.add_argument('--size', metavar='WxH', help='slice size in px = mm (default 192x192)')
     p.add_argument(
         '--image-format',
-        default='png',
         choices=['png', 'jpeg'],
         help='png (lossless, default) or jpeg (as the AD_NC set)',
     )
@@ -142,22 +145,26 @@ def _parse_args(argv):
 
 
 def _recipe(args):
-    from adni_timm.preprocess import Recipe
+    import dataclasses
 
-    z = _pair(args.z_range, ',', float, '--z-range')
-    size = _pair(args.size, 'x', int, '--size')
-    return Recipe(
-        reorient=not args.no_reorient,
-        resample_mm=None if args.no_resample else 1.0,
-        n4=not args.no_n4,
-        register=not args.no_register,
-        mask=not args.no_mask,
-        normalise=not args.no_normalise,
-        z_range_mm=z,
-        slices=args.slices,
-        size=size,
-        image_format=args.image_format,
-    )
+    from adni_timm.preprocess import Recipe, read_recipe
+
+    base = read_recipe(args.recipe) if args.recipe else Recipe()
+    changes = {}
+    if args.z_range is not None:
+        changes['z_range_mm'] = _pair(args.z_range, ',', float, '--z-range')
+    if args.size is not None:
+        changes['size'] = _pair(args.size, 'x', int, '--size')
+    if args.slices is not None:
+        changes['slices'] = args.slices
+    if args.image_format is not None:
+        changes['image_format'] = args.image_format
+    for step in ('reorient', 'n4', 'register', 'mask', 'normalise'):
+        if getattr(args, f'no_{step}'):
+            changes[step] = False
+    if args.no_resample:
+        changes['resample_mm'] = None
+    return dataclasses.replace(base, **changes)
 
 
 def _print_merge(result, out) -> None:
