@@ -198,6 +198,7 @@ def test_outliers_are_flagged_and_moved_out_unless_kept(prepared, tmp_path):
     assert all((out / f).is_file() for f in files)
 
 
+@pytest.mark.slow
 def test_shards_merged_equal_an_unsharded_run(prepared, volumes, tmp_path):
     out = tmp_path / 'sharded'
     labels = read_labels(volumes / 'labels.csv')
@@ -227,7 +228,7 @@ def test_each_bad_input_gets_one_line_and_the_others_finish(volumes, tmp_path, c
 
     src = tmp_path / 'src'
     src.mkdir()
-    good = sorted((volumes / 'ADNI').glob('*/*/*/*/*.nii.gz'))[::2][:4]  # 4 baseline scans
+    good = sorted((volumes / 'ADNI').glob('*/*/*/*/*.nii.gz'))[::2][2:4]  # NC 0003, AD 0004
     rows = ['subject,label']
     for path in good:
         subject = path.parts[-5]
@@ -240,7 +241,7 @@ def test_each_bad_input_gets_one_line_and_the_others_finish(volumes, tmp_path, c
     write_dicom_series(image, src / 'twoseries', 'twoseries', 'I2', '2006-01-01')
     shutil.copy(good[0], src / 'nolabel.nii.gz')
     shutil.copy(good[1], src / 'odd.nii.gz')
-    shutil.copy(good[2], src / 'mci.nii.gz')
+    shutil.copy(good[0], src / 'mci.nii.gz')
     ball = np.zeros((96, 96, 96), np.int16)
     idx = np.indices(ball.shape)
     ball[((idx - 30) ** 2).sum(0) < 100] = 100
@@ -286,7 +287,7 @@ def test_each_bad_input_gets_one_line_and_the_others_finish(volumes, tmp_path, c
     manifest = (out / 'manifest.csv').read_text().splitlines()
     ok = [r.split(',')[0] for r in manifest[1:] if ',ok,' in r]
     assert ok == sorted(p.parts[-5] for p in good)
-    assert len(_tree(out)) == 4 * 4
+    assert len(_tree(out)) == 2 * 4
 
 
 def test_cli_refuses_bad_usage(tmp_path, capsys):

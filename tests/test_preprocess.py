@@ -94,13 +94,13 @@ def test_template_moved_by_a_known_affine_comes_back_aligned(seed, orientation):
     assert _ncc(array, template.t1, template.brain) > 0.95
 
 
+@pytest.mark.slow
 def test_voxel_order_does_not_change_the_slices():
     """A scan stored axially (LPS) or sagittally (PIL) gives the very same slices."""
     pose = _random_affine(np.random.default_rng(7))
     recipe = Recipe(n4=False, resample_mm=2.0, slices=4)
     results = [
-        slices_from_image(_moved_template(pose, 3.0, o), recipe).slices
-        for o in ('LPS', 'PIL')
+        slices_from_image(_moved_template(pose, 3.0, o), recipe).slices for o in ('LPS', 'PIL')
     ]
     assert results[0].shape == (4, 192, 192) and results[0].dtype == np.uint8
     for other in results[1:]:
@@ -127,20 +127,18 @@ def test_no_register_takes_the_scan_as_already_in_mni_space():
 
 def test_n4_removes_a_known_bias_field():
     template = load_template()
-    t1 = template.t1 * 1000
+    t1 = template.t1[::3, ::3, ::3] * 1000  # 3 mm: N4 fits on a coarse grid anyway
     x = np.linspace(-1, 1, t1.shape[0])[:, None, None]
     z = np.linspace(-1, 1, t1.shape[2])[None, None, :]
-    biased = t1 * np.exp(0.25 * x + 0.2 * z**2)
-    image = image_from_ras(
-        biased[::2, ::2, ::2].astype(np.float32), template.affine @ np.diag([2, 2, 2, 1])
-    )
-    corrected, _ = ras_from_image(n4_correct(image, shrink=3))
-    wm = template.wm[::2, ::2, ::2] > 0.9
+    biased = (t1 * np.exp(0.25 * x + 0.2 * z**2)).astype(np.float32)
+    image = image_from_ras(biased, template.affine @ np.diag([3, 3, 3, 1]))
+    corrected, _ = ras_from_image(n4_correct(image, shrink=2))
+    wm = template.wm[::3, ::3, ::3] > 0.9
 
     def cov(a):
         return a[wm].std() / a[wm].mean()
 
-    assert cov(corrected) < 0.6 * cov(biased[::2, ::2, ::2])
+    assert cov(corrected) < 0.6 * cov(biased)
 
 
 def test_a_scan_without_a_head_fails_registration_in_one_line():

@@ -144,8 +144,10 @@ def small_head():
 
 def test_synthetic_dicom_series_round_trips_to_the_nifti(tmp_path):
     """The generator's DICOM series and its NIfTI of the same scan read to the same volume."""
-    nifti = generate_volumes(tmp_path / 'n', 1, voxel_mm=4.0, base_mm=2.0)
-    dicom = generate_volumes(tmp_path / 'd', 1, voxel_mm=4.0, base_mm=2.0, dicom=True)
+    nifti = generate_volumes(tmp_path / 'n', 1, classes=('AD',), voxel_mm=4.0, base_mm=2.0)
+    dicom = generate_volumes(
+        tmp_path / 'd', 1, classes=('AD',), voxel_mm=4.0, base_mm=2.0, dicom=True
+    )
     assert [s.image_id for s in nifti] == [s.image_id for s in dicom]
     for a, b in zip(nifti, dicom):
         assert Path(b.path).is_dir() and len(list(Path(b.path).glob('*.dcm'))) > 16
