@@ -36,6 +36,7 @@ import os
 import platform
 import re
 import sys
+import time
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -199,7 +200,8 @@ class ScanRecord:
     warnings: list[str] = field(default_factory=list)
     error: str = ''
     problem_kind: str = ''
-    seconds: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall, per step (+ write)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -477,6 +479,7 @@ def _prepare_scan(scan: PlannedScan, out: Path, recipe: Recipe, fmt_comment: str
         )
         record.problem_kind = 'error'
         return record
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
     folder = out / scan.split / scan.label
     folder.mkdir(parents=True, exist_ok=True)
     ext = 'png' if recipe.image_format == 'png' else 'jpeg'
@@ -495,7 +498,11 @@ def _prepare_scan(scan: PlannedScan, out: Path, recipe: Recipe, fmt_comment: str
     record.similarity = prepared.similarity
     record.slice_numbers = list(prepared.slice_numbers)
     record.warnings = list(prepared.warnings)
-    record.seconds = prepared.seconds
+    record.seconds = {**prepared.seconds, 'write': round(time.perf_counter() - start_wall, 3)}
+    record.cpu_seconds = {
+        **prepared.cpu_seconds,
+        'write': round(time.process_time() - start_cpu, 3),
+    }
     return record
 
 

@@ -211,8 +211,10 @@ class PreparedScan:
     """What :func:`slices_from_scan` made of one scan: exactly what ``adni-prepare`` writes.
 
     ``slices``: uint8 ``[n, height, width]``; ``slice_numbers``: their template axial indices;
-    ``similarity``: registration NCC with the template inside the brain (None without a brain
-    mask to measure in); ``warnings``: notes for the manifest; ``seconds``: per step.
+    ``similarity``: registration NCC with the template inside the brain; ``warnings``: notes for
+    the manifest; ``seconds`` / ``cpu_seconds``: wall and CPU time per step (``to_template`` is
+    the one resampling onto the template grid); ``brain_slices``: the template's (dilated) brain
+    mask at the same planes, for the QC outline.
     """
 
     slices: np.ndarray
@@ -221,7 +223,7 @@ class PreparedScan:
     steps: tuple[str, ...]
     warnings: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
-    template_slices: np.ndarray | None = None  # the template at the same planes (for QC)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
     brain_slices: np.ndarray | None = None  # the brain mask at the same planes (for QC)
 
 
@@ -474,6 +476,21 @@ def _cached_template_images(template, ks, dilation_mm):
     return _TEMPLATE_CACHE[key]
 
 
+class _StepClock:
+    """Wall and CPU seconds per step (CPU time is what a busy machine does not inflate)."""
+
+    def __init__(self):
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def done(self, step: str) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.wall[step] = round(wall - self._wall, 3)
+        self.cpu[step] = round(cpu - self._cpu, 3)
+        self._wall, self._cpu = wall, cpu
+
+
 def _ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     x, y = a[mask].astype(np.float64), b[mask].astype(np.float64)
     x -= x.mean()
@@ -511,15 +528,9 @@ def _slices_from_image(image, recipe: Recipe, template: Template | None) -> Prep
 
     template = template or load_template()
     ks = slice_numbers(recipe, template)
-    seconds: dict[str, float] = {}
     warnings: list[str] = []
-    clock = time.perf_counter()
-
-    def done(step):
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[step] = round(now - clock, 3)
-        clock = now
+    clock = _StepClock()
+    done = clock.done
 
     image = sitk.Cast(image, sitk.sitkFloat32)
     if recipe.reorient:
@@ -555,11 +566,7 @@ def _slices_from_image(image, recipe: Recipe, template: Template | None) -> Prep
     template_slab = template.t1[:, :, k0 : k0 + slab.shape[2]]
     inside = brain & template.brain[:, :, k0 : k0 + slab.shape[2]]
     similarity = _ncc(slab, template_slab, inside)
-    if not recipe.register:
-        done('resample_to_template')
-    else:
-        seconds['register'] = round(seconds['register'] + time.perf_counter() - clock, 3)
-        clock = time.perf_counter()
+    done('to_template')
     if recipe.mask:
         slab = np.where(brain, slab, 0).astype(np.float32)
         done('mask')
@@ -574,9 +581,6 @@ def _slices_from_image(image, recipe: Recipe, template: Template | None) -> Prep
     slab = np.clip(np.round(slab), 0, 255).astype(np.uint8)
     planes = [slab[:, :, k - k0] for k in ks]
     slices = np.stack([_plane_to_image(p, template, recipe.size, recipe.centre_mm) for p in planes])
-    qc_t1 = np.stack(
-        [_plane_to_image(template.t1[:, :, k], template, recipe.size, recipe.centre_mm) for k in ks]
-    )
     qc_brain = np.stack(
         [_plane_to_image(brain[:, :, k - k0], template, recipe.size, recipe.centre_mm) for k in ks]
     )
@@ -587,8 +591,8 @@ def _slices_from_image(image, recipe: Recipe, template: Template | None) -> Prep
         similarity=round(similarity, 4),
         steps=recipe.steps,
         warnings=warnings,
-        seconds=seconds,
-        template_slices=qc_t1,
+        seconds=clock.wall,
+        cpu_seconds=clock.cpu,
         brain_slices=qc_brain,
     )
 
@@ -600,11 +604,12 @@ def slices_from_scan(
     folder) under ``recipe``: the same arrays, slice numbers and similarity. Raises VolumeError
     for a file that is not a 3D volume and RegistrationError when the registration fails."""
     recipe = recipe or Recipe()
-    start = time.perf_counter()
+    clock = _StepClock()
     image = read_volume(path)
-    read_s = time.perf_counter() - start
+    clock.done('read')
     prepared = slices_from_image(image, recipe, template)
-    prepared.seconds = {'read': round(read_s, 3), **prepared.seconds}
+    prepared.seconds = {**clock.wall, **prepared.seconds}
+    prepared.cpu_seconds = {**clock.cpu, **prepared.cpu_seconds}
     return prepared
 
 

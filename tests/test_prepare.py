@@ -342,7 +342,7 @@ def test_killed_run_resumes_without_redoing_finished_subjects(prepared, volumes,
     recipe.write_text(json.dumps({'recipe': FAST.to_dict()}))
     out = tmp_path / 'out'
     args = _prepare_cli(
-        volumes / 'ADNI',
+        volumes,  # the generator's folder itself: the ADNI layout is found inside
         out,
         '--labels',
         volumes / 'labels.csv',
