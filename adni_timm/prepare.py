@@ -73,6 +73,8 @@ __all__ = [
     'parse_shard',
     'prepare',
     'merge',
+    'encode_slice',
+    'written_pixels',
     'read_recipe',
     'slices_from_scan',
     'Recipe',
@@ -409,17 +411,40 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _write_image(array: np.ndarray, path: Path, fmt: str, comment: str) -> None:
+JPEG_QUALITY = 95
+
+
+def encode_slice(array: np.ndarray, image_format: str, comment: str = '') -> bytes:
+    """One uint8 slice as the bytes adni-prepare writes (PNG with a Software text chunk, or
+    JPEG at quality 95 with a comment)."""
     from PIL import Image, PngImagePlugin
 
-    tmp = path.with_name(f'.{path.name}.tmp')
+    buffer = io.BytesIO()
     image = Image.fromarray(array, 'L')
-    if fmt == 'png':
+    if image_format == 'png':
         info = PngImagePlugin.PngInfo()
         info.add_text('Software', comment)
-        image.save(tmp, 'PNG', pnginfo=info)
+        image.save(buffer, 'PNG', pnginfo=info)
     else:
-        image.save(tmp, 'JPEG', quality=95, comment=comment.encode())
+        image.save(buffer, 'JPEG', quality=JPEG_QUALITY, comment=comment.encode())
+    return buffer.getvalue()
+
+
+def written_pixels(prepared: PreparedScan, recipe: Recipe) -> np.ndarray:
+    """The pixels training reads back from what adni-prepare wrote for this scan: the slices
+    themselves for PNG, their JPEG decode with ``--image-format jpeg``. Use these, not
+    ``prepared.slices``, to predict a new scan as the model saw its training scans."""
+    from PIL import Image
+
+    if recipe.image_format == 'png':
+        return prepared.slices
+    decoded = [Image.open(io.BytesIO(encode_slice(s, 'jpeg'))) for s in prepared.slices]
+    return np.stack([np.asarray(image.convert('L')) for image in decoded])
+
+
+def _write_image(array: np.ndarray, path: Path, fmt: str, comment: str) -> None:
+    tmp = path.with_name(f'.{path.name}.tmp')
+    tmp.write_bytes(encode_slice(array, fmt, comment))
     tmp.replace(path)
 
 
@@ -623,6 +648,9 @@ def prepare(
 ) -> PrepareResult:
     """Prepare this shard's subjects of ``discovery`` into ``out`` (see the module docstring).
 
+    With ``workers`` > 1 the subjects go to ``spawn``ed processes: a script calling this needs the
+    usual ``if __name__ == '__main__':`` guard.
+
     ``on_plan(plan, todo, done)`` is called once the plan is made; ``on_subject(subject,
     records, n_done, n_total)`` after each subject (the CLI's progress). An unsharded run ends with
     :func:`merge`."""
@@ -796,10 +824,11 @@ def _overview(out: Path, records: list[ScanRecord], flagged: set[str], options: 
     tmp.replace(out / 'qc' / 'overview.png')
 
 
-def merge(out) -> MergeResult:
+def merge(out, keep_flagged: bool | None = None) -> MergeResult:
     """Assemble ``out`` from its records (after all shards, or at the end of an unsharded run):
     flag registration outliers over the whole run, move their slices to ``flagged/`` (back, with
-    ``--keep-flagged``), write manifest.csv and qc/overview.png. Idempotent."""
+    ``--keep-flagged``; ``keep_flagged`` overrides the run's choice and is recorded), write
+    manifest.csv and qc/overview.png. Idempotent."""
     out = Path(out)
     if not (out / 'prepare.json').is_file() or not (out / 'plan.json').is_file():
         raise PrepareError(
@@ -807,6 +836,9 @@ def merge(out) -> MergeResult:
         )
     meta = read_json(out / 'prepare.json')
     options = meta['options']
+    if keep_flagged is not None and keep_flagged != options['keep_flagged']:
+        options['keep_flagged'] = keep_flagged
+        write_json(out / 'prepare.json', meta)
     plan_scans = read_json(out / 'plan.json')['scans']
     records = _read_records(out)
     planned = {(s['patient'], s['source']) for s in plan_scans}

@@ -328,8 +328,9 @@ def _discover_adni(src: Path, entries: list[Path]) -> Discovery:
             skipped.append(str(path))
             continue
         image_id = next((p for p in reversed(parts) if _IMAGE_ID.match(p)), None)
-        if image_id is None and path.is_file():
-            m = _IMAGE_ID_TAIL.search(_nifti_stem(path))
+        if image_id is None:  # IDA file names end in _I<image id> (NIfTI and DICOM downloads)
+            named = path if path.is_file() else next(iter(sorted(path.glob('*.dcm'))), path)
+            m = _IMAGE_ID_TAIL.search(_nifti_stem(named) if named.is_file() else '')
             image_id = m[1] if m else None
         date = next((d for d in map(_iso_date, parts[subject_at + 1 :]) if d), None)
         description = parts[subject_at + 1] if len(parts) > subject_at + 2 else None
@@ -368,7 +369,7 @@ def discover_scans(src: str | Path) -> Discovery:
     if src.is_file():
         stem = _nifti_stem(src)
         return Discovery('file', (Scan(stem, str(src), stem),))
-    if (src / 'dataset_description.json').is_file() or any(src.glob('sub-*/')):
+    if (src / 'dataset_description.json').is_file() or any(p.is_dir() for p in src.glob('sub-*')):
         found = _discover_bids(src)
     else:
         entries = _volume_entries(src)

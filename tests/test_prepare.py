@@ -30,10 +30,12 @@ from adni_timm.prepare import (  # noqa: E402
     MANIFEST_COLUMNS,
     PrepareOptions,
     build_plan,
+    encode_slice,
     merge,
     prepare,
     read_recipe,
     slices_from_scan,
+    written_pixels,
 )
 from adni_timm.preprocess import Recipe  # noqa: E402
 from adni_timm.synthetic_volumes import generate_volumes, write_dicom_series  # noqa: E402
@@ -160,6 +162,18 @@ def test_slices_from_scan_gives_exactly_what_prepare_wrote(prepared):
     np.testing.assert_array_equal(again.slices, written)
 
 
+def test_jpeg_pixels_are_the_ones_training_reads(prepared, tmp_path):
+    out, result = prepared
+    record = result.merged.records[0]
+    scan = slices_from_scan(record.source, FAST)
+    jpeg = Recipe(**{**FAST.to_dict(), 'image_format': 'jpeg'})
+    path = tmp_path / 'slice.jpeg'
+    path.write_bytes(encode_slice(scan.slices[1], 'jpeg'))
+    np.testing.assert_array_equal(written_pixels(scan, jpeg)[1], np.asarray(Image.open(path)))
+    assert not np.array_equal(written_pixels(scan, jpeg), scan.slices)  # lossy
+    assert written_pixels(scan, FAST) is scan.slices
+
+
 def test_rerun_skips_finished_subjects(prepared, volumes, tmp_path):
     out = tmp_path / 'out'
     shutil.copytree(prepared[0], out)
@@ -191,11 +205,11 @@ def test_outliers_are_flagged_and_moved_out_unless_kept(prepared, tmp_path):
     assert all((out / 'flagged' / f).is_file() for f in files)
     row = next(r for r in (out / 'manifest.csv').read_text().splitlines() if '000_S_0002,' in r)
     assert ',0.3100,True,False,' in row
-    meta = json.loads((out / 'prepare.json').read_text())
-    meta['options']['keep_flagged'] = True
-    (out / 'prepare.json').write_text(json.dumps(meta))
-    merge(out)
+    merge(out, keep_flagged=True)  # adni-prepare --merge OUT --keep-flagged
     assert all((out / f).is_file() for f in files)
+    assert json.loads((out / 'prepare.json').read_text())['options']['keep_flagged'] is True
+    row = next(r for r in (out / 'manifest.csv').read_text().splitlines() if '000_S_0002,' in r)
+    assert ',0.3100,True,True,' in row
 
 
 @pytest.mark.slow

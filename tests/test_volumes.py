@@ -204,6 +204,16 @@ def test_discover_bids_and_generic(tmp_path, small_head):
     found = discover_scans(flat)
     assert found.layout == 'generic'
     assert [(s.subject, s.visit) for s in found.scans] == [('S1', None), ('S2', 'v1')]
+    ida = tmp_path / 'ida' / 'ADNI' / '002_S_0295' / 'MPRAGE' / '2006-04-18_08_20_30.0' / 'S13408'
+    ida.mkdir(parents=True)
+    write_nifti(small_head, ida / 'ADNI_002_S_0295_MR_MPRAGE_br_raw_20060418_S13408_I13722.nii')
+    (found,) = discover_scans(tmp_path / 'ida').scans
+    assert (found.subject, found.image_id, found.date, found.description) == (
+        '002_S_0295',
+        'I13722',
+        '2006-04-18',
+        'MPRAGE',
+    )
     empty = tmp_path / 'empty'
     empty.mkdir()
     (empty / 'notes.txt').write_text('no scans')
@@ -295,3 +305,19 @@ def test_group_mapping_is_explicit():
         'bl',
         None,
     ]
+
+
+def test_adni_synthetic_volumes_cli(tmp_path, capsys):
+    """`adni-synthetic OUT --volumes [--dicom]` (the 2D generator's CLI hands over)."""
+    from adni_timm.synthetic import main
+
+    args = ['--volumes', '--subjects', '1', '--classes', 'AD', '--voxel-mm', '6', '--base-mm', '2']
+    assert main([str(tmp_path / 'n'), *args]) == 0
+    assert main([str(tmp_path / 'd'), *args, '--dicom']) == 0
+    assert 'wrote 1 SYNTHETIC DICOM series' in capsys.readouterr().out
+    rows = (tmp_path / 'd' / 'labels.csv').read_text().splitlines()
+    assert rows[0].startswith('Image Data ID,Subject,Group,Sex,Age,Visit,Modality,Description')
+    assert rows[1].split(',')[2] == 'AD' and 'SYNTHETIC' in rows[1]
+    assert len(list((tmp_path / 'n' / 'ADNI').glob('000_S_0001/*/*/*/*.nii.gz'))) == 1
+    assert 'NOT real MRI' in (tmp_path / 'n' / 'README.txt').read_text()
+    assert main([str(tmp_path / 'n'), *args]) == 2  # refuses to mix two sets

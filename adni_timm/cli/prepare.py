@@ -121,7 +121,8 @@ def _parse_args(argv):
     p.add_argument(
         '--keep-flagged',
         action='store_true',
-        help='keep registration outliers in the layout (default: moved to OUT/flagged)',
+        help='keep registration outliers in the layout (default: moved to OUT/flagged); also '
+        'with --merge',
     )
     p.add_argument(
         '--min-similarity',
@@ -244,7 +245,7 @@ def main(argv=None) -> int:
 
     try:
         if args.merge:
-            result = prepare_mod.merge(args.merge)
+            result = prepare_mod.merge(args.merge, keep_flagged=args.keep_flagged or None)
             _print_merge(result, args.merge)
             _print_problems(result.problems)
             return 1 if result.problems else 0
