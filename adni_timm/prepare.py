@@ -73,6 +73,7 @@ __all__ = [
     'parse_shard',
     'prepare',
     'merge',
+    'flag_outliers',
     'encode_slice',
     'written_pixels',
     'read_recipe',
@@ -121,7 +122,7 @@ class PrepareOptions:
     keep_flagged: bool = False
     min_similarity: float = 0.6  # below this a registration is flagged whatever the others do
     outlier_z: float = 3.5  # robust z (median / MAD) below which a scan is an outlier
-    outlier_mad_floor: float = 0.01  # a very uniform run does not flag 0.01 below its median
+    outlier_min_gap: float = 0.1  # ... and at least this far below the run's median
 
     def __post_init__(self):
         object.__setattr__(self, 'classes', tuple(self.classes))
@@ -614,7 +615,7 @@ def _prepare_json(recipe: Recipe, options: PrepareOptions, labels: Labels, src: 
             'keep_flagged': options.keep_flagged,
             'min_similarity': options.min_similarity,
             'outlier_z': options.outlier_z,
-            'outlier_mad_floor': options.outlier_mad_floor,
+            'outlier_min_gap': options.outlier_min_gap,
         },
         'labels': {'path': str(labels.path), 'format': labels.format, 'column': labels.column},
         'source': str(src),
@@ -721,17 +722,32 @@ def _read_records(out: Path) -> list[ScanRecord]:
     return records
 
 
-def _outliers(records: list[ScanRecord], options: dict) -> set[str]:
-    """Patients whose similarity is below the floor, or a robust-z outlier low in the run
-    (median / 1.4826 MAD, the MAD floored; with 10 or more scans)."""
-    ok = [r for r in records if r.status == 'ok' and r.similarity is not None]
-    flagged = {r.patient for r in ok if r.similarity < options['min_similarity']}
-    if len(ok) >= 10:
-        values = np.array([r.similarity for r in ok])
+def flag_outliers(
+    similarity: dict[str, float],
+    min_similarity: float = 0.6,
+    outlier_z: float = 3.5,
+    min_gap: float = 0.1,
+) -> set[str]:
+    """The keys whose registration similarity is below ``min_similarity``, or, with 10 or more
+    scans, low outliers of the run: more than ``outlier_z`` robust SDs (1.4826 MAD) **and** at
+    least ``min_gap`` below the median. Noise, bias and atrophy move a good registration's NCC
+    by a few hundredths (a noisy synthetic head at 0.81 against a median of 0.87 is fine); a
+    misregistration moves it by tenths."""
+    flagged = {k for k, v in similarity.items() if v < min_similarity}
+    if len(similarity) >= 10:
+        values = np.array(list(similarity.values()))
         median = float(np.median(values))
-        mad = max(1.4826 * float(np.median(np.abs(values - median))), options['outlier_mad_floor'])
-        flagged |= {r.patient for r in ok if (r.similarity - median) / mad < -options['outlier_z']}
+        spread = 1.4826 * float(np.median(np.abs(values - median)))
+        limit = median - max(outlier_z * spread, min_gap)
+        flagged |= {k for k, v in similarity.items() if v < limit}
     return flagged
+
+
+def _outliers(records: list[ScanRecord], options: dict) -> set[str]:
+    ok = {r.patient: r.similarity for r in records if r.status == 'ok' and r.similarity is not None}
+    return flag_outliers(
+        ok, options['min_similarity'], options['outlier_z'], options['outlier_min_gap']
+    )
 
 
 def _place(out: Path, rel: str, flagged: bool) -> None:

@@ -31,6 +31,7 @@ from adni_timm.prepare import (  # noqa: E402
     PrepareOptions,
     build_plan,
     encode_slice,
+    flag_outliers,
     merge,
     prepare,
     read_recipe,
@@ -210,6 +211,14 @@ def test_outliers_are_flagged_and_moved_out_unless_kept(prepared, tmp_path):
     assert json.loads((out / 'prepare.json').read_text())['options']['keep_flagged'] is True
     row = next(r for r in (out / 'manifest.csv').read_text().splitlines() if '000_S_0002,' in r)
     assert ',0.3100,True,True,' in row
+
+
+def test_outlier_rule_flags_misregistrations_not_noise():
+    good = {f's{i}': 0.86 + 0.004 * i for i in range(12)}  # median ~0.88, spread ~0.02
+    assert flag_outliers({**good, 'noisy': 0.81}) == set()
+    assert flag_outliers({**good, 'tilted': 0.70}) == {'tilted'}
+    assert flag_outliers({'a': 0.9, 'b': 0.55}) == {'b'}  # the floor, whatever the run size
+    assert flag_outliers({'a': 0.9, 'b': 0.7}) == set()  # too few scans for a run statistic
 
 
 @pytest.mark.slow
