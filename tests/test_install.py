@@ -25,7 +25,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ['adni-train', 'adni-evaluate', 'adni-push', 'adni-check-data', 'adni-synthetic']
+SCRIPTS = [
+    'adni-train',
+    'adni-evaluate',
+    'adni-push',
+    'adni-check-data',
+    'adni-synthetic',
+    'adni-prepare',
+]
 # never copied into the build tree: environments, caches, build outputs, local runs and data
 COPY_IGNORE = shutil.ignore_patterns(
     '.git',
