@@ -11,14 +11,14 @@
     OUT/qc/<patient>.png  the slices over the template's brain outline; OUT/qc/overview.png
     OUT/flagged/...       slices of registration outliers (unless --keep-flagged)
 
-How a run goes: find the scans (``volumes.discover_scans``), match each to its label
-(``labels``), choose the visits (baseline = the earliest acquisition, or all), split **by
-subject**, stratified and seeded, over *all* subjects (so every shard of ``--shard K/N`` computes
-the same split), then prepare this shard's subjects (``preprocess.slices_from_scan``) in
-``workers`` processes. A subject whose record holds the same recipe digest and the same scans is
-skipped: a re-run after a kill redoes only the subject that was in flight. An unsharded run then
-finalises (:func:`merge`): outlier flagging, the manifest and the overview; sharded runs do that
-with ``adni-prepare --merge OUT``.
+How a run goes: find the scans (``volumes.discover_scans``); make the plan (``scan_plan``: each
+scan matched to its label, the visits chosen, the split drawn **by subject**, stratified and
+seeded, over *all* subjects, so every shard of ``--shard K/N`` computes the same split); prepare
+this shard's subjects (``preprocess.slices_from_scan``) in ``workers`` processes. A subject
+whose record holds the same recipe digest and the same scans is skipped: a re-run after a kill
+redoes only the subject that was in flight. An unsharded run then finalises (:func:`merge`):
+outlier flagging, the manifest and the overview (``prepare_qc``); sharded runs do that with
+``adni-prepare --merge OUT``.
 
 The file-name patient id is the subject (``002_S_0295``) with ``--visits baseline``, and
 ``<subject>_<visit>`` (``002_S_0295_m12``) with ``--visits all``; ``manifest.csv`` carries both
@@ -34,10 +34,9 @@ import logging
 import multiprocessing
 import os
 import platform
-import re
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,7 +45,8 @@ from typing import Callable
 import numpy as np
 
 from .files import read_json, write_json, write_text
-from .labels import Labels, LabelsError, class_of_group, normalise_visit
+from .labels import Labels
+from .prepare_qc import flag_outliers, qc_strip, write_overview
 from .preprocess import (
     PreparedScan,
     Recipe,
@@ -55,8 +55,20 @@ from .preprocess import (
     slice_numbers,
     slices_from_scan,
 )
+from .scan_plan import (
+    Plan,
+    PlannedScan,
+    PrepareError,
+    PrepareOptions,
+    Problem,
+    build_plan,
+    parse_shard,
+    safe_name,
+    shard_subjects,
+    split_subjects,
+)
 from .template import load_template
-from .volumes import Discovery, Scan, VolumeError
+from .volumes import Discovery, VolumeError
 
 __all__ = [
     'MANIFEST_COLUMNS',
@@ -103,83 +115,6 @@ MANIFEST_COLUMNS = (
     'warnings',
     'error',
 )
-_BASELINE_CODES = ('bl', 'sc', 'scmri', 'init', 'baseline')
-
-
-class PrepareError(ValueError):
-    """A run that cannot start (bad options, an output folder of another plan)."""
-
-
-@dataclass(frozen=True)
-class PrepareOptions:
-    """The run's choices besides the per-scan recipe (all recorded in prepare.json)."""
-
-    classes: tuple[str, ...] = ('NC', 'AD')
-    group_map: tuple[tuple[str, str], ...] = ()  # overrides of labels.DEFAULT_GROUP_MAP
-    visits: str = 'baseline'  # or 'all'
-    test_fraction: float = 0.2
-    seed: int = 0
-    keep_flagged: bool = False
-    min_similarity: float = 0.6  # below this a registration is flagged whatever the others do
-    outlier_z: float = 3.5  # robust z (median / MAD) below which a scan is an outlier
-    outlier_min_gap: float = 0.1  # ... and at least this far below the run's median
-
-    def __post_init__(self):
-        object.__setattr__(self, 'classes', tuple(self.classes))
-        object.__setattr__(self, 'group_map', tuple(tuple(p) for p in self.group_map))
-        if self.visits not in ('baseline', 'all'):
-            raise PrepareError(f'--visits {self.visits!r}: choose baseline or all')
-        if not 0 <= self.test_fraction < 1:
-            raise PrepareError(f'--test-fraction {self.test_fraction}: give a value in [0, 1)')
-        if len(set(self.classes)) != len(self.classes) or len(self.classes) < 2:
-            raise PrepareError(
-                f'--classes {",".join(self.classes)}: give two or more distinct '
-                f'classes, NC first (e.g. NC,AD or NC,MCI,AD)'
-            )
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One bad input: ``kind`` for the summary, ``message`` one line naming the fix."""
-
-    kind: str
-    message: str
-
-
-@dataclass(frozen=True)
-class PlannedScan:
-    """A scan the run will prepare, with its label and split."""
-
-    patient: str
-    subject: str
-    visit: str
-    image_id: str
-    source: str
-    group: str
-    label: str
-    split: str
-    date: str | None = None
-
-
-@dataclass
-class Plan:
-    layout: str
-    scans: list[PlannedScan]
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (scan, why): not problems
-    problems: list[Problem] = field(default_factory=list)
-    mapping: dict[str, str] = field(default_factory=dict)  # group value -> class or 'skipped'
-
-    def subjects(self) -> list[str]:
-        return sorted({s.subject for s in self.scans})
-
-    def by_subject(self) -> dict[str, list[PlannedScan]]:
-        groups: dict[str, list[PlannedScan]] = defaultdict(list)
-        for s in self.scans:
-            groups[s.subject].append(s)
-        return dict(groups)
-
-    def to_dict(self) -> dict:
-        return {'layout': self.layout, 'scans': [asdict(s) for s in self.scans]}
 
 
 @dataclass
@@ -223,169 +158,6 @@ class MergeResult:
     missing: list[str]  # planned subjects without a record (a shard not run yet)
     problems: list[Problem]
     counts: dict[str, int]
-
-
-# ------------------------------------------------------------------------------------ the plan
-
-
-def _safe(text: str) -> str:
-    """A visit or subject as a file-name part: letters, digits, '-', '.' and '_' kept."""
-    return re.sub(r'[^A-Za-z0-9._-]+', '-', text.strip()).strip('-') or 'x'
-
-
-def _visit_order(scan: Scan, visit: str | None, date: str | None):
-    """Earliest acquisition first; without dates, baseline codes first, then months."""
-    code = normalise_visit(visit) or ''
-    month = (
-        int(code[1:]) if re.fullmatch(r'm\d+', code) else (0 if code in _BASELINE_CODES else 10_000)
-    )
-    return (date or '9999-99-99', month, code, scan.image_id, scan.path)
-
-
-def split_subjects(
-    subject_class: dict[str, str], test_fraction: float, seed: int, classes
-) -> dict[str, str]:
-    """Subject -> 'train' | 'test': per class, the sorted subjects in a seeded random order, the
-    first ``round(test_fraction * n)`` (at least one when ``n >= 2`` and the fraction > 0) to
-    test. Depends only on the subjects, their classes, the fraction and the seed."""
-    split = {}
-    for i, name in enumerate(classes):
-        members = sorted(s for s, c in subject_class.items() if c == name)
-        order = np.random.default_rng([seed, i]).permutation(len(members))
-        n_test = int(round(test_fraction * len(members)))
-        if test_fraction > 0 and len(members) >= 2:
-            n_test = min(max(n_test, 1), len(members) - 1)
-        for rank, j in enumerate(order):
-            split[members[j]] = 'test' if rank < n_test else 'train'
-    return split
-
-
-def build_plan(discovery: Discovery, labels: Labels, options: PrepareOptions) -> Plan:
-    """Every scan to prepare with its label, visit and split; what is skipped and why; and the
-    problems (one line each): subjects missing from the labels, unknown group values, scans the
-    labels cannot place."""
-    overrides = dict(options.group_map)
-    problems: list[Problem] = []
-    skipped: list[tuple[str, str]] = []
-    missing: list[str] = []
-    unknown: dict[str, list[str]] = defaultdict(list)
-    mapping: dict[str, str] = {}
-    candidates: dict[str, list[tuple]] = defaultdict(list)
-    for scan in discovery.scans:
-        try:
-            match = labels.match(scan)
-        except LabelsError as e:
-            problems.append(Problem('ambiguous-label', str(e)))
-            continue
-        if match is None:
-            missing.append(scan.subject)
-            continue
-        candidates[scan.subject].append((scan, match))
-    plan_rows = []
-    for subject in sorted(candidates):
-        entries = sorted(
-            candidates[subject], key=lambda e: _visit_order(e[0], e[1].visit, e[1].date)
-        )
-        by_visit: dict[str, list] = defaultdict(list)
-        for scan, match in entries:
-            visit = match.visit or scan.visit or (match.date or scan.date or scan.image_id)
-            by_visit[visit].append((scan, match))
-        visits = list(by_visit)  # insertion order = visit order
-        if options.visits == 'baseline':
-            for v in visits[1:]:
-                skipped.append((f'{subject} {v}', 'not the baseline visit (--visits all keeps it)'))
-            visits = visits[:1]
-        for visit in visits:
-            (scan, match), *others = by_visit[visit]
-            for other, _ in others:
-                skipped.append(
-                    (other.path, f'another scan of {subject} {visit} was kept ({scan.image_id})')
-                )
-            group = match.group.strip()
-            if not group:
-                skipped.append((scan.path, f'no diagnosis for {subject} at {visit} in the labels'))
-                continue
-            cls = class_of_group(group, overrides)
-            if cls is None:
-                unknown[group].append(subject)
-                continue
-            if cls not in options.classes:
-                mapping[group] = f'{cls} (not in --classes: skipped)'
-                skipped.append(
-                    (scan.path, f'{group} -> {cls} is not in --classes {",".join(options.classes)}')
-                )
-                continue
-            mapping[group] = cls
-            plan_rows.append((scan, visit, match, group, cls))
-    if missing:
-        names = sorted(set(missing))
-        problems.append(
-            Problem(
-                'missing-label',
-                f'{len(names)} subject(s) have scans but no row in {labels.path}: '
-                f'{", ".join(names[:20])}{" ..." if len(names) > 20 else ""}: add them to the '
-                f'labels file, or remove their scans from the source folder',
-            )
-        )
-    for group, subjects in sorted(unknown.items()):
-        problems.append(
-            Problem(
-                'unknown-group',
-                f'unknown group value {group!r} in {labels.path} ({len(subjects)} scan(s), e.g. '
-                f"{subjects[0]}): map it with --group-map '{group}=NC' (or another class)",
-            )
-        )
-    # split by subject, stratified by the class of the subject's first kept visit
-    first_class: dict[str, str] = {}
-    for scan, _, _, _, cls in plan_rows:
-        first_class.setdefault(scan.subject, cls)
-    split = split_subjects(first_class, options.test_fraction, options.seed, options.classes)
-    scans = []
-    for scan, visit, match, group, cls in plan_rows:
-        patient = (
-            _safe(scan.subject)
-            if options.visits == 'baseline'
-            else (f'{_safe(scan.subject)}_{_safe(visit)}')
-        )
-        scans.append(
-            PlannedScan(
-                patient,
-                scan.subject,
-                visit,
-                scan.image_id,
-                scan.path,
-                group,
-                cls,
-                split[scan.subject],
-                match.date or scan.date,
-            )
-        )
-    patients = Counter(s.patient for s in scans)
-    clashes = [p for p, n in patients.items() if n > 1]
-    if clashes:
-        raise PrepareError(
-            f'two scans would share the file-name id {clashes[0]}: rename the '
-            f'subject or visit folders so ids are unique'
-        )
-    return Plan(discovery.layout, scans, skipped, problems, mapping)
-
-
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """``'3/8'`` -> (3, 8); None -> (1, 1)."""
-    if not text:
-        return 1, 1
-    m = re.fullmatch(r'\s*(\d+)\s*/\s*(\d+)\s*', text)
-    if not m or not 1 <= int(m[1]) <= int(m[2]):
-        raise PrepareError(
-            f'--shard {text!r}: write K/N with 1 <= K <= N, e.g. '
-            f'--shard $SLURM_ARRAY_TASK_ID/8 with --array=1-8'
-        )
-    return int(m[1]), int(m[2])
-
-
-def _shard_subjects(subjects: list[str], shard: tuple[int, int]) -> list[str]:
-    k, n = shard
-    return [s for i, s in enumerate(sorted(subjects)) if i % n == k - 1]
 
 
 # ---------------------------------------------------------------------------------- per subject
@@ -449,28 +221,6 @@ def _write_image(array: np.ndarray, path: Path, fmt: str, comment: str) -> None:
     tmp.replace(path)
 
 
-def _qc_image(prepared: PreparedScan, title: str, n: int = 5) -> np.ndarray:
-    """RGB strip: up to ``n`` of the slices, the template's brain outline in red."""
-    from PIL import Image, ImageDraw
-    from scipy import ndimage
-
-    picks = np.unique(np.round(np.linspace(0, len(prepared.slices) - 1, n)).astype(int))
-    tiles = []
-    for i in picks:
-        gray = prepared.slices[i]
-        rgb = np.repeat(gray[..., None], 3, axis=2)
-        brain = prepared.brain_slices[i] > 0
-        outline = brain & ~ndimage.binary_erosion(brain)
-        rgb[outline] = (255, 40, 40)
-        tile = Image.fromarray(rgb)
-        ImageDraw.Draw(tile).text((4, 4), f'k={prepared.slice_numbers[i]}', fill=(255, 255, 0))
-        tiles.append(np.asarray(tile))
-    strip = np.concatenate(tiles, axis=1)
-    header = Image.new('RGB', (strip.shape[1], 18))
-    ImageDraw.Draw(header).text((4, 3), title, fill=(255, 255, 255))
-    return np.concatenate([np.asarray(header), strip], axis=0)
-
-
 def _prepare_scan(scan: PlannedScan, out: Path, recipe: Recipe, fmt_comment: str) -> ScanRecord:
     record = ScanRecord(
         scan.patient,
@@ -513,7 +263,7 @@ def _prepare_scan(scan: PlannedScan, out: Path, recipe: Recipe, fmt_comment: str
         name = f'{scan.patient}_{k}.{ext}'
         _write_image(image, folder / name, recipe.image_format, fmt_comment)
         record.files.append(f'{scan.split}/{scan.label}/{name}')
-    qc = _qc_image(prepared, f'{scan.patient}  {scan.label}  NCC {prepared.similarity:.3f}')
+    qc = qc_strip(prepared, f'{scan.patient}  {scan.label}  NCC {prepared.similarity:.3f}')
     (out / 'qc').mkdir(exist_ok=True)
     from PIL import Image
 
@@ -533,7 +283,7 @@ def _prepare_scan(scan: PlannedScan, out: Path, recipe: Recipe, fmt_comment: str
 
 
 def _record_path(out: Path, subject: str) -> Path:
-    return out / 'records' / f'{_safe(subject)}.json'
+    return out / 'records' / f'{safe_name(subject)}.json'
 
 
 def _remove_old_files(out: Path, subject: str) -> None:
@@ -669,7 +419,7 @@ def prepare(
             (out / split / name).mkdir(parents=True, exist_ok=True)
     (out / 'records').mkdir(exist_ok=True)
     by_subject = plan.by_subject()
-    mine = _shard_subjects(list(by_subject), shard)
+    mine = shard_subjects(list(by_subject), shard)
     done = [s for s in mine if _is_done(out, s, by_subject[s], recipe.digest)]
     todo = [s for s in mine if s not in set(done)]
     if on_plan:
@@ -722,27 +472,6 @@ def _read_records(out: Path) -> list[ScanRecord]:
     return records
 
 
-def flag_outliers(
-    similarity: dict[str, float],
-    min_similarity: float = 0.6,
-    outlier_z: float = 3.5,
-    min_gap: float = 0.1,
-) -> set[str]:
-    """The keys whose registration similarity is below ``min_similarity``, or, with 10 or more
-    scans, low outliers of the run: more than ``outlier_z`` robust SDs (1.4826 MAD) **and** at
-    least ``min_gap`` below the median. Noise, bias and atrophy move a good registration's NCC
-    by a few hundredths (a noisy synthetic head at 0.81 against a median of 0.87 is fine); a
-    misregistration moves it by tenths."""
-    flagged = {k for k, v in similarity.items() if v < min_similarity}
-    if len(similarity) >= 10:
-        values = np.array(list(similarity.values()))
-        median = float(np.median(values))
-        spread = 1.4826 * float(np.median(np.abs(values - median)))
-        limit = median - max(outlier_z * spread, min_gap)
-        flagged |= {k for k, v in similarity.items() if v < limit}
-    return flagged
-
-
 def _outliers(records: list[ScanRecord], options: dict) -> set[str]:
     ok = {r.patient: r.similarity for r in records if r.status == 'ok' and r.similarity is not None}
     return flag_outliers(
@@ -789,55 +518,6 @@ def _manifest_text(records: list[ScanRecord], flagged: set[str], keep: bool) -> 
             ]
         )
     return buffer.getvalue()
-
-
-def _overview(out: Path, records: list[ScanRecord], flagged: set[str], options: dict) -> None:
-    """qc/overview.png: every scan's similarity, and the lowest 24 scans' middle slices."""
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
-    ok = sorted((r for r in records if r.status == 'ok'), key=lambda r: r.similarity)
-    if not ok:
-        return
-    worst = ok[:24]
-    cols = 8
-    rows = (len(worst) + cols - 1) // cols
-    fig = plt.figure(figsize=(16, 3 + 2.2 * rows))
-    grid = fig.add_gridspec(rows + 1, cols, height_ratios=[1.4] + [1] * rows)
-    ax = fig.add_subplot(grid[0, :])
-    values = [r.similarity for r in ok]
-    colours = ['tab:red' if r.patient in flagged else 'tab:blue' for r in ok]
-    ax.scatter(range(len(ok)), values, c=colours, s=12)
-    ax.axhline(
-        options['min_similarity'],
-        color='tab:red',
-        lw=0.8,
-        ls='--',
-        label=f'floor {options["min_similarity"]}',
-    )
-    ax.set_ylabel('NCC with template')
-    ax.set_xlabel(f'{len(ok)} prepared scans, by similarity ({len(flagged)} flagged, red)')
-    ax.legend(loc='lower right')
-    for i, r in enumerate(worst):
-        rel = r.files[len(r.files) // 2]
-        path = out / ('flagged/' + rel if (out / 'flagged' / rel).is_file() else rel)
-        sub = fig.add_subplot(grid[1 + i // cols, i % cols])
-        sub.imshow(np.asarray(Image.open(path)), cmap='gray', vmin=0, vmax=255)
-        sub.set_title(
-            f'{r.patient}\n{r.similarity:.3f}',
-            fontsize=7,
-            color='tab:red' if r.patient in flagged else 'black',
-        )
-        sub.axis('off')
-    fig.tight_layout()
-    (out / 'qc').mkdir(exist_ok=True)
-    tmp = out / 'qc' / '.overview.png.tmp'
-    fig.savefig(tmp, dpi=80, format='png')
-    plt.close(fig)
-    tmp.replace(out / 'qc' / 'overview.png')
 
 
 def merge(out, keep_flagged: bool | None = None) -> MergeResult:
@@ -898,7 +578,7 @@ def merge(out, keep_flagged: bool | None = None) -> MergeResult:
         for rel in r.files:
             _place(out, rel, r.patient in flagged and not keep)
     write_text(out / 'manifest.csv', _manifest_text(records, flagged, keep))
-    _overview(out, records, flagged, options)
+    write_overview(out, records, flagged, options)
     counts = Counter()
     for r in records:
         if r.status == 'ok' and (keep or r.patient not in flagged):
