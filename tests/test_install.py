@@ -32,6 +32,7 @@ SCRIPTS = [
     'adni-check-data',
     'adni-synthetic',
     'adni-app',
+    'adni-prepare',
 ]
 # never copied into the build tree: environments, caches, build outputs, local runs and data
 COPY_IGNORE = shutil.ignore_patterns(
