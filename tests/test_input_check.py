@@ -14,7 +14,7 @@ from PIL import Image
 from scipy.spatial.distance import mahalanobis
 from sklearn.covariance import LedoitWolf
 
-from adni_timm import data
+from adni_timm import data, splits
 from adni_timm.inference import load_model
 from adni_timm.input_check import (
     CHECK_NAME,
@@ -116,8 +116,8 @@ def untrained(tiny_data):
     ).eval()
     _, eval_tf = data.build_transforms(model)
     train = slices_of(tiny_data, 'train')
-    split = data.split_patients(train, val_fraction=0.34, seed=0)
-    fit, val = data.select(train, split, 'train'), data.select(train, split, 'val')
+    split = splits.split_patients(train, val_fraction=0.34, seed=0)
+    fit, val = splits.select(train, split, 'train'), splits.select(train, split, 'val')
     check = fit_input_check(
         model, load(fit), [s.label for s in fit], load(val), transform=eval_tf, batch_size=16
     )
@@ -208,8 +208,8 @@ def trained_check(tiny_run, tmp_path_factory):
     model = load_model(tiny_run[0]).net
     _, eval_tf = data.build_transforms(model)
     train = slices_of(root, 'train')
-    split = data.split_patients(train, val_fraction=0.25, seed=0)
-    fit, val = data.select(train, split, 'train'), data.select(train, split, 'val')
+    split = splits.split_patients(train, val_fraction=0.25, seed=0)
+    fit, val = splits.select(train, split, 'train'), splits.select(train, split, 'val')
     check = fit_input_check(
         model, load(fit), [s.label for s in fit], load(val), transform=eval_tf, batch_size=32
     )

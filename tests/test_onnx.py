@@ -13,7 +13,7 @@ import timm
 import torch
 from PIL import Image
 
-from adni_timm import data
+from adni_timm import data, splits
 from adni_timm.inference import load_model
 from adni_timm.run import locate
 from adni_timm.input_check import fit_input_check
@@ -121,8 +121,8 @@ def test_the_input_check_runs_on_onnx_features(onnx_export, tiny_run, tiny_data)
     model = load_model(tiny_run[0]).net
     _, eval_tf = data.build_transforms(model)
     train = data.scan_split(tiny_data, 'train')
-    split = data.split_patients(train, val_fraction=0.34, seed=0)
-    fit, val = data.select(train, split, 'train'), data.select(train, split, 'val')
+    split = splits.split_patients(train, val_fraction=0.34, seed=0)
+    fit, val = splits.select(train, split, 'train'), splits.select(train, split, 'val')
     check = fit_input_check(
         model,
         [data.read_image(s.path) for s in fit],

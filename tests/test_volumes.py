@@ -309,7 +309,7 @@ def test_group_mapping_is_explicit():
 
 def test_adni_synthetic_volumes_cli(tmp_path, capsys):
     """`adni-synthetic OUT --volumes [--dicom]` (the 2D generator's CLI hands over)."""
-    from adni_timm.synthetic import main
+    from adni_timm.cli.synthetic import main
 
     args = ['--volumes', '--subjects', '1', '--classes', 'AD', '--voxel-mm', '6', '--base-mm', '2']
     assert main([str(tmp_path / 'n'), *args]) == 0
