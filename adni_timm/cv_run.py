@@ -39,7 +39,8 @@ from .checkpoint import find_checkpoint
 from .distributed import run_on_main
 from .inference import load_model
 from .run import RESUME_OVERRIDABLE, OldRunAside, Run, RunRecord
-from .splits import check_data, fold_split, make_folds, patient_labels, recorded_folds
+from .data_note import subjects_of
+from .splits import check_data, fold_split, make_subject_folds, patient_labels, recorded_folds
 from .training import TrainResult, open_run, stop_if
 
 __all__ = ['train_cv']
@@ -60,8 +61,10 @@ def train_cv(
     if resume:  # the recorded folds' patients only: a patient new on disk joins no fold, no refit
         folds = run.read_folds()['folds']
         train_slices = recorded_folds(folds, train_slices)
-    else:
-        folds = make_folds(patient_labels(train_slices), cfg.folds, cfg.seed)
+    else:  # every visit of a subject in one fold (adni-prepare --visits all)
+        folds = make_subject_folds(
+            patient_labels(train_slices), cfg.folds, cfg.seed, subjects_of(record.data_dir)
+        )
     labels = patient_labels(train_slices)
     with OldRunAside(run, accelerator, active=overwrite and not resume) as aside:
         if accelerator.is_main_process:
@@ -82,6 +85,7 @@ def train_cv(
                 seed=cfg.seed,
                 select_by=cfg.cv_select,
                 val_fraction=cfg.val_fraction,
+                subjects=subjects_of(record.data_dir),
             )
             _logger.info(
                 'fold %d/%d: %d training, %d selection (inner validation), %d held-out patients',

@@ -13,10 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ['DATASET_NOTE', 'PREPARE_NOTE', 'DataNote', 'describe', 'write_data_note']
+__all__ = [
+    'DATASET_NOTE',
+    'PREPARE_NOTE',
+    'MANIFEST',
+    'DataNote',
+    'describe',
+    'write_data_note',
+    'subjects_of',
+]
 
 DATASET_NOTE = 'dataset.json'  # what the folder holds (written by the synthetic generator)
 PREPARE_NOTE = 'prepare.json'  # the preprocessing recipe (written by adni-prepare)
+MANIFEST = 'manifest.csv'  # adni-prepare's scans: file-name patient id -> subject, visit, ...
 
 
 @dataclass(frozen=True)
@@ -46,3 +55,17 @@ def write_data_note(data_dir: str | os.PathLike, note: DataNote) -> Path:
     path = Path(data_dir) / DATASET_NOTE
     path.write_text(json.dumps({'synthetic': note.synthetic, 'note': note.note}, indent=2) + '\n')
     return path
+
+
+def subjects_of(data_dir: str | os.PathLike) -> dict[str, str]:
+    """``{file-name patient id: subject}`` from adni-prepare's manifest (``--visits all`` writes one
+    patient id per visit, ``002_S_0295_m12``); empty when the folder has no manifest. A split
+    keeps all patients of one subject together."""
+    import csv
+
+    path = Path(data_dir) / MANIFEST
+    if not path.is_file():
+        return {}
+    with path.open(encoding='utf-8', newline='') as f:
+        rows = list(csv.DictReader(f))
+    return {r['patient']: r['subject'] for r in rows if r.get('patient') and r.get('subject')}

@@ -44,6 +44,7 @@ from typing import Callable
 
 import numpy as np
 
+from .data_note import PREPARE_NOTE, DataNote, describe, write_data_note
 from .files import read_json, write_json, write_text
 from .labels import Labels
 from .prepare_qc import flag_outliers, qc_strip, write_overview
@@ -413,7 +414,10 @@ def prepare(
     out.mkdir(parents=True, exist_ok=True)
     _check_out(out, plan)
     write_json(out / 'plan.json', plan.to_dict())
-    write_json(out / 'prepare.json', meta)
+    write_json(out / PREPARE_NOTE, meta)
+    source = describe(src)
+    if source.synthetic:  # slices of synthetic heads are synthetic: training and cards say so
+        write_data_note(out, DataNote(f'{source.note}, prepared by adni-prepare', synthetic=True))
     for split in ('train', 'test'):
         for name in options.classes:
             (out / split / name).mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from . import data
 from .data import DataError, Slice, slice_key
+from .data_note import subjects_of
 
 __all__ = [
     'CV_SELECT',
@@ -45,6 +46,7 @@ __all__ = [
     'warn_new_patients',
     'patient_labels',
     'make_folds',
+    'make_subject_folds',
     'check_folds',
     'fold_split',
     'recorded_folds',
@@ -102,8 +104,35 @@ def _assert_disjoint(*parts: Sequence) -> None:
         seen |= set(part)
 
 
-def _split_ids(labels: Mapping[str, int], fraction: float, seed: int) -> tuple[list, list]:
-    """(kept, carved) patient ids, stratified by label, deterministic for a seed."""
+def _by_subject(labels: Mapping[str, int], subjects: Mapping[str, str]) -> dict[str, list[str]]:
+    """The patients of each subject (a patient is its own subject when none is recorded)."""
+    grouped: dict[str, list[str]] = {}
+    for patient in sorted(labels):
+        grouped.setdefault(subjects.get(patient, patient), []).append(patient)
+    return grouped
+
+
+def _split_ids(
+    labels: Mapping[str, int],
+    fraction: float,
+    seed: int,
+    subjects: Mapping[str, str] | None = None,
+) -> tuple[list, list]:
+    """(kept, carved) patient ids, stratified by label, deterministic for a seed; all patients of
+    one subject (``subjects``: the visits of a subject, from adni-prepare) on the same side."""
+    if subjects:
+        grouped = _by_subject(labels, subjects)
+        if any(len(v) > 1 for v in grouped.values()):
+            # a subject's class for stratifying: its most frequent (converters are rare)
+            subject_labels = {
+                g: max(set(labels[p] for p in ps), key=[labels[p] for p in ps].count)
+                for g, ps in grouped.items()
+            }
+            kept, carved = _split_ids(subject_labels, fraction, seed)
+            return (
+                sorted(p for g in kept for p in grouped[g]),
+                sorted(p for g in carved for p in grouped[g]),
+            )
     patients = sorted(labels)
     if fraction == 0:
         return patients, []
@@ -119,18 +148,27 @@ def _split_ids(labels: Mapping[str, int], fraction: float, seed: int) -> tuple[l
     return sorted(kept), sorted(carved)
 
 
-def split_patients(slices: Sequence[Slice], val_fraction: float = 0.2, seed: int = 0) -> dict:
-    """Patient-level train / val split, stratified by class, deterministic for a seed."""
+def split_patients(
+    slices: Sequence[Slice],
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    subjects: Mapping[str, str] | None = None,
+) -> dict:
+    """Patient-level train / val split, stratified by class, deterministic for a seed; with
+    ``subjects`` (``data_note.subjects_of``) every visit of a subject on one side."""
     _check_fraction(val_fraction)
-    train, val = _split_ids(patient_labels(slices), val_fraction, seed)
+    train, val = _split_ids(patient_labels(slices), val_fraction, seed, subjects)
     _assert_disjoint(train, val)
-    return {
+    split = {
         'level': 'patient',
         'seed': seed,
         'val_fraction': val_fraction,
         'train': train,
         'val': val,
     }
+    if subjects:
+        split['grouped_by'] = 'subject (manifest.csv)'
+    return split
 
 
 def split_slices(slices: Sequence[Slice], val_fraction: float = 0.2, seed: int = 0) -> dict:
@@ -251,7 +289,7 @@ def load_splits(
         )
         split = split_slices(train_all, cfg.val_fraction, cfg.seed)
     else:
-        split = split_patients(train_all, cfg.val_fraction, cfg.seed)
+        split = split_patients(train_all, cfg.val_fraction, cfg.seed, subjects_of(data_dir))
     if test:
         split['test'] = sorted({s.patient for s in test})
     return Splits(
@@ -290,6 +328,22 @@ def make_folds(labels: Mapping[str, int], k: int, seed: int) -> list[list[str]]:
     return [sorted(patients[i] for i in held) for _, held in splitter.split(np.zeros(len(y)), y)]
 
 
+def make_subject_folds(
+    labels: Mapping[str, int], k: int, seed: int, subjects: Mapping[str, str] | None = None
+) -> list[list[str]]:
+    """``make_folds`` with every patient of one subject (its visits) in the same fold."""
+    grouped = _by_subject(labels, subjects or {})
+    if all(len(v) == 1 for v in grouped.values()):
+        return make_folds(labels, k, seed)
+    subject_labels = {
+        g: max(set(labels[p] for p in ps), key=[labels[p] for p in ps].count)
+        for g, ps in grouped.items()
+    }
+    return [
+        sorted(p for g in fold for p in grouped[g]) for fold in make_folds(subject_labels, k, seed)
+    ]
+
+
 def check_folds(folds: Sequence[Sequence[str]]) -> None:
     """Raise when a patient sits in two folds."""
     seen: dict[str, int] = {}
@@ -311,6 +365,7 @@ def fold_split(
     seed: int,
     select_by: str = 'inner',
     val_fraction: float = 0.2,
+    subjects: Mapping[str, str] | None = None,
 ) -> dict:
     """Fold ``k`` as a run's split: ``held_out`` = fold k (only ever predicted); the fold's training
     patients (every other fold) split into ``train`` and ``val`` (``select_by='inner'``: by patient,
@@ -330,7 +385,7 @@ def fold_split(
                 'cv_select=inner needs a validation fraction > 0 to carve the inner validation '
                 'split from each fold; set --val-fraction 0.2, or use --cv-select last'
             )
-        train, val = _split_ids(rest, val_fraction, seed + k)
+        train, val = _split_ids(rest, val_fraction, seed + k, subjects)
     else:
         train, val = sorted(rest), []
     _assert_disjoint(train, val, held_out)

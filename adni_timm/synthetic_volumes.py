@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .data_note import DataNote, write_data_note
 from .synthetic import DIFFICULTIES, SyntheticError
 from .template import load_template
 from .volumes import image_from_ras, ras_from_image
@@ -547,6 +548,14 @@ def generate_volumes(
         'synthetic skull, deformed (individual anatomy, atrophy for AD), posed, bias field and\n'
         'noise added. NOT real MRI scans, NOT real patients. labels.csv is in the ADNI collection\n'
         'format; subjects 000_S_* (ADNI has no site 000).\n'
+    )
+    write_data_note(
+        out,
+        DataNote(
+            f'synthetic 3D T1 heads (adni_timm.synthetic_volumes, {difficulty} difficulty, seed '
+            f'{seed}; NOT real MRI)',
+            synthetic=True,
+        ),
     )
     _logger.info('wrote %d synthetic scans to %s', len(scans), out)
     return scans

@@ -75,3 +75,38 @@ def test_fold_split_refusals():
         fold_split(folds, 0, LABELS, seed=0, val_fraction=0)
     with pytest.raises(SplitError, match='in fold 0 and fold 1'):
         check_folds([['a', 'b'], ['b']])
+
+
+def test_every_visit_of_a_subject_lands_on_one_side():
+    # adni-prepare --visits all: one file-name patient id per visit, the subject in manifest.csv
+    from adni_timm.data import Slice
+    from adni_timm.splits import make_subject_folds, split_patients
+
+    subjects, slices = {}, []
+    for i in range(20):
+        for visit in ('bl', 'm12', 'm24'):
+            patient = f'{i:03d}_S_{i:04d}_{visit}'
+            subjects[patient] = f'{i:03d}_S_{i:04d}'
+            slices.append(Slice(f'{patient}_50.png', patient, i % 2, 50))
+    split = split_patients(slices, 0.25, seed=0, subjects=subjects)
+    assert split['grouped_by'] == 'subject (manifest.csv)'
+    sides = {}
+    for part in ('train', 'val'):
+        for patient in split[part]:
+            sides.setdefault(subjects[patient], set()).add(part)
+    assert all(len(s) == 1 for s in sides.values()) and len(split['val']) == 15  # 5 subjects
+    labels = {s.patient: s.label for s in slices}
+    folds = make_subject_folds(labels, 4, seed=0, subjects=subjects)
+    fold_of = {subjects[p]: k for k, fold in enumerate(folds) for p in fold}
+    assert (
+        all(fold_of[subjects[p]] == k for k, fold in enumerate(folds) for p in fold)
+        and len(fold_of) == 20
+    )
+    inner = fold_split(folds, 0, labels, seed=0, val_fraction=0.3, subjects=subjects)
+    inner_sides = {}
+    for part in ('train', 'val', 'held_out'):
+        for patient in inner[part]:
+            inner_sides.setdefault(subjects[patient], set()).add(part)
+    assert all(len(s) == 1 for s in inner_sides.values())
+    # without a manifest the patient is the unit, as before
+    assert split_patients(slices, 0.25, seed=0)['val'] != split['val']
