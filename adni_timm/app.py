@@ -39,6 +39,7 @@ from .inference import (
     slice_decisions,
 )
 from .run import Run, check_eval_belongs
+from .scan_input import is_scan, prepare_scans
 
 __all__ = [
     'DISCLAIMER',
@@ -249,7 +250,20 @@ def predict_files(
         too_many = f"more than {MAX_FILES} files at once; drop one patient's slices at a time."
         rejected += [{'file': Path(p).name, 'problem': too_many} for p in paths[MAX_FILES:]]
         paths = paths[:MAX_FILES]
+    scan_slices = []
     for path in paths:
+        if is_scan(path):  # a NIfTI upload: the model's recorded recipe cuts it into slices
+            try:
+                prepared = prepare_scans(
+                    path,
+                    demo_model.loaded.settings.preprocessing,
+                    tempfile.mkdtemp(prefix='adni-demo-scan-'),
+                )
+            except ValueError as e:  # ScanError, VolumeError, RegistrationError: one line
+                rejected.append({'file': Path(path).name, 'problem': str(e)})
+                continue
+            scan_slices += prepared.slices
+            continue
         problem = check_image(path)
         if problem is None:
             accepted.append(path)
@@ -265,9 +279,11 @@ def predict_files(
         'patients': [],
         'rejected': rejected,
     }
-    if not accepted:
+    if not accepted and not scan_slices:
         return result
-    slices = sorted(_as_slices(accepted), key=lambda s: (s.patient, s.slice_index or 0, s.path))
+    slices = sorted(
+        _as_slices(accepted) + scan_slices, key=lambda s: (s.patient, s.slice_index or 0, s.path)
+    )
     loaded = demo_model.loaded
     # unlike every training slice (blank, a photo, turned): no decision, said why
     reasons = loaded.check_inputs(slices, batch_size=batch_size)
@@ -532,7 +548,8 @@ def build_demo(demo_model: DemoModel):
         with gr.Row():
             with gr.Column(scale=2):
                 files = gr.File(
-                    label="Slices: one, or all of one patient's (grayscale JPEG/PNG)",
+                    label="Slices: one, or all of one patient's (grayscale JPEG/PNG); or a 3D "
+                    'scan (.nii / .nii.gz) when the model was trained on adni-prepare output',
                     file_count='multiple',
                     type='filepath',
                     elem_id='slices',

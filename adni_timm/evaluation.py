@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
@@ -44,6 +45,7 @@ from .inference import (
     slice_decisions,
 )
 from .run import EvalFolder, Run
+from .scan_input import is_scan, prepare_scans
 from .splits import select, split_patients
 
 __all__ = [
@@ -718,8 +720,10 @@ def predict_images(
     file_is_patient: bool | None = None,
     score_flagged: bool = False,
 ) -> dict[str, Any]:
-    """Predict unlabelled slices (one file or a folder): P(AD) and the decision per slice and per
-    patient (a cross-validation run predicts with its fold ensemble). With ``output_dir`` writes
+    """Predict unlabelled slices (one file or a folder), or 3D scans (a NIfTI file, a DICOM series
+    folder, a folder of NIfTI files: cut into slices by the model's recorded adni-prepare recipe,
+    ``scan_input``): P(AD) and the decision per slice and per patient (a scan is a patient; a
+    cross-validation run predicts with its fold ensemble). With ``output_dir`` writes
     ``predictions.csv`` and ``patients.csv``.
 
     A slice the model's input check refuses (``input_check``: unlike every training slice) gets
@@ -734,9 +738,15 @@ def predict_images(
     point = choose_point(model, threshold=threshold, tta=False, split=None)
     if file_is_patient is None:
         file_is_patient = model.file_is_patient
-    slices = _refuse_unusable(
-        unlabelled_slices(path, file_is_patient), skip_bad_images, num_workers
-    )
+    scans = None
+    if is_scan(path):  # a 3D scan: the model's own recorded preprocessing cuts it into slices
+        work = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp())
+        scans = prepare_scans(path, model.settings.preprocessing, work / 'slices')
+        slices = scans.slices
+    else:
+        slices = _refuse_unusable(
+            unlabelled_slices(path, file_is_patient), skip_bad_images, num_workers
+        )
     if not slices:
         raise EvaluationError(f'--images {path}: no usable image left')
     reasons = model.check_inputs(slices, batch_size=batch_size)
@@ -788,6 +798,8 @@ def predict_images(
         'slices': slice_rows,
         'patients': patient_table,
     }
+    if scans is not None:
+        result['scans'] = {'registration_similarity': scans.similarity, 'warnings': scans.warnings}
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -821,6 +833,8 @@ def format_predictions(result: dict, max_rows: int = 20) -> str:
         return f'{value:>9.3f}' if value is not None else f'{"-":>9}'
 
     lines = [f'threshold {fmt(result["threshold"])} ({result["threshold_source"]})']
+    for scan, similarity in (result.get('scans') or {}).get('registration_similarity', {}).items():
+        lines.append(f'scan {scan}: registered to the template, similarity {similarity:.3f}')
     if not result.get('input_check'):
         lines.append('(this model has no input check: every image is scored, whatever it shows)')
     lines.append(f'{"patient":<40}{"slices":>7}{p_key:>9}  predicted')

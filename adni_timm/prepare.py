@@ -415,7 +415,9 @@ def prepare(
     _check_out(out, plan)
     write_json(out / 'plan.json', plan.to_dict())
     write_json(out / PREPARE_NOTE, meta)
-    source = describe(src)
+    # the source's note, beside the scans or one folder up (adni-synthetic OUT --volumes writes
+    # OUT/ADNI/... and OUT/dataset.json; either folder may be given)
+    source = next((n for n in map(describe, (src, src.parent)) if n.synthetic), describe(src))
     if source.synthetic:  # slices of synthetic heads are synthetic: training and cards say so
         write_data_note(out, DataNote(f'{source.note}, prepared by adni-prepare', synthetic=True))
     for split in ('train', 'test'):

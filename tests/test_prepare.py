@@ -6,6 +6,7 @@ N4, 2 mm working resolution, 4 slices); the full recipe is tested in test_prepro
 """
 
 import filecmp
+import csv
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ import pytest
 pytest.importorskip('SimpleITK')
 pytest.importorskip('nilearn')
 
-from helpers import ROOT, run_train  # noqa: E402
+from helpers import cli_in_process, ROOT, run_train  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from adni_timm import data  # noqa: E402
@@ -39,6 +40,7 @@ from adni_timm.prepare import (  # noqa: E402
     written_pixels,
 )
 from adni_timm.preprocess import Recipe  # noqa: E402
+from adni_timm.export import read_export_settings  # noqa: E402
 from adni_timm.synthetic_volumes import generate_volumes, write_dicom_series  # noqa: E402
 from adni_timm.volumes import discover_scans, read_volume  # noqa: E402
 
@@ -407,7 +409,9 @@ def test_killed_run_resumes_without_redoing_finished_subjects(prepared, volumes,
 
 
 @pytest.mark.slow
-def test_prepared_scans_train_for_one_epoch(prepared, tmp_path):
+def test_prepared_scans_train_and_a_new_scan_gets_the_p_ad_of_its_prepared_slices(
+    prepared, volumes, tmp_path, capsys
+):
     out, _ = prepared
     run = tmp_path / 'run'
     run_train(
@@ -437,3 +441,45 @@ def test_prepared_scans_train_for_one_epoch(prepared, tmp_path):
     assert {p for part in split.values() if isinstance(part, list) for p in part} <= {
         f'000_S_000{i}' for i in range(1, 7)
     }
+    # the export records the recipe, and says what the slices were
+    settings = read_export_settings(run / 'best')
+    assert (
+        settings.preprocessing['recipe'] == json.loads((out / 'prepare.json').read_text())['recipe']
+    )
+    assert settings.synthetic  # synthetic heads, prepared: still synthetic
+    # a scan of a test subject, as the ADNI archive ships it: the same P(AD) as its slices
+    manifest = list(csv.DictReader((out / 'manifest.csv').open()))
+    row = next(r for r in manifest if r['split'] == 'test' and r['included'] == 'True')
+    code, text, err = cli_in_process(
+        capsys, 'evaluate', '--model', run, '--images', row['source'], '--output-dir',
+        tmp_path / 'scan',
+    )  # fmt: skip
+    assert code == 0, err
+    assert 'registered to the template, similarity' in text
+    by_scan = {
+        r['path']: float(r['p_AD'])
+        for r in csv.DictReader((tmp_path / 'scan/predictions.csv').open())
+    }
+    code, _, err = cli_in_process(
+        capsys, 'evaluate', '--model', run, '--images', out / 'test' / row['label'],
+        '--output-dir', tmp_path / 'slices',
+    )  # fmt: skip
+    assert code == 0, err
+    by_slice = {
+        Path(r['path']).name.rsplit('_', 1)[1]: float(r['p_AD'])
+        for r in csv.DictReader((tmp_path / 'slices/predictions.csv').open())
+        if Path(r['path']).name.startswith(row['patient'] + '_')
+    }
+    scan_p = {Path(k).name.rsplit('_', 1)[1]: v for k, v in by_scan.items()}
+    assert set(scan_p) == set(by_slice) and len(scan_p) == 4  # the recipe's 4 slices
+    for number in scan_p:
+        assert scan_p[number] == pytest.approx(by_slice[number], rel=1e-6, abs=1e-7)
+    # the web demo takes the .nii.gz upload the same way
+    pytest.importorskip('gradio')
+    from adni_timm import app
+
+    shown = app.predict_files(app.load(run), [row['source']])
+    assert not shown['rejected'] and len(shown['slices']) == 4
+    assert sorted(r['p_AD'] for r in shown['slices']) == pytest.approx(
+        sorted(scan_p.values()), rel=1e-6, abs=1e-7
+    )
