@@ -572,7 +572,7 @@ def test_non_default_evaluations_get_their_own_folder_and_never_overwrite_eval(
     assert (run / 'eval' / 'metrics.json').read_bytes() == published
     # asked for by name, the published folder still refuses a non-default evaluation
     argv = ['--model', str(run), '--data-dir', str(data_dir), '--threshold', '0.05']
-    assert main([*argv, '--output-dir', str(run / 'eval')]) == 1
+    assert main([*argv, '--output-dir', str(run / 'eval')]) == 2  # a refused input
     err = capsys.readouterr().err
     assert 'eval-threshold-0.05' in err and err.count('\n') == 1
     assert (run / 'eval' / 'metrics.json').read_bytes() == published

@@ -17,9 +17,22 @@ import logging
 import sys
 import time
 
+from adni_timm.cli import EXIT_OK, EXIT_PROBLEM, HelpFormatter, examples, fail
+
 __all__ = ['main']
 
-_EPILOG = 'Every step, its default and why: docs/PREPARE.md.'
+PROG = 'adni-prepare'
+_EPILOG = (
+    examples(
+        '%(prog)s ADNI/ prepared/ --labels ADNI_collection.csv    # ADNI download, baseline scans',
+        '%(prog)s bids/ prepared/ --labels bids/participants.tsv --labels-column diagnosis',
+        '%(prog)s mni_t1s/ prepared/ --labels labels.csv --no-register   # already in MNI space',
+        '%(prog)s ADNI/ prepared/ --labels ADNIMERGE.csv --visits all --shard 1/8   # SLURM arrays',
+        '%(prog)s --merge prepared/                                      # after all shards',
+        'adni-synthetic vols --volumes && %(prog)s vols prep --labels vols/labels.csv  # SYNTHETIC',
+    )
+    + '\n\nEvery step, its default and why: docs/PREPARE.md.'
+)
 
 
 def _pair(text: str, sep: str, kind=float, what: str = ''):
@@ -35,9 +48,10 @@ def _pair(text: str, sep: str, kind=float, what: str = ''):
 
 def _parse_args(argv):
     p = argparse.ArgumentParser(
-        prog='adni-prepare',
+        prog=PROG,
         description=__doc__.split('\n\n')[0].replace('\n', ' '),
         epilog=_EPILOG,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         'src',
@@ -248,7 +262,7 @@ def main(argv=None) -> int:
             result = prepare_mod.merge(args.merge, keep_flagged=args.keep_flagged or None)
             _print_merge(result, args.merge)
             _print_problems(result.problems)
-            return 1 if result.problems else 0
+            return EXIT_PROBLEM if result.problems else EXIT_OK
         recipe = _recipe(args)
         options = prepare_mod.PrepareOptions(
             classes=tuple(c.strip() for c in args.classes.split(',') if c.strip()),
@@ -263,8 +277,7 @@ def main(argv=None) -> int:
         labels = labels_mod.read_labels(args.labels, args.labels_format, args.labels_column)
         discovery = discover_scans(args.src)
     except (ValueError, OSError, argparse.ArgumentTypeError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+        return fail(PROG, e, code=2)
     on_plan, on_subject, close = _progress(args.progress)
     start = time.perf_counter()
     try:
@@ -282,8 +295,7 @@ def main(argv=None) -> int:
         )
     except (prepare_mod.PrepareError, VolumeError) as e:
         close()
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+        return fail(PROG, e, code=2)
     close()
     minutes = (time.perf_counter() - start) / 60
     n = len(result.prepared)
@@ -298,7 +310,7 @@ def main(argv=None) -> int:
             f'shard {shard[0]}/{shard[1]} done; after all shards: adni-prepare --merge {args.out}'
         )
     _print_problems(problems)
-    return 1 if problems else 0
+    return EXIT_PROBLEM if problems else EXIT_OK
 
 
 if __name__ == '__main__':
