@@ -240,6 +240,7 @@ def evaluation_tag(
     target_sensitivity: float | None = None,
     tta: bool = False,
     precision: str | None = None,
+    backend: str = 'torch',
 ) -> str | None:
     """None for the evaluation of the stored operating point on test (``RUN/eval``); otherwise the
     tag of its own folder (``RUN/eval-<tag>``): the split, the threshold or the sensitivity asked
@@ -253,6 +254,8 @@ def evaluation_tag(
         parts.append('tta')
     if precision is not None and _plain(precision) != _plain(model.precision):
         parts.append(_plain(precision))
+    if backend != 'torch':
+        parts.append(backend)
     return '-'.join(parts) or None
 
 
@@ -323,6 +326,7 @@ def evaluate(
     cam_method: str = 'occlusion',
     cam_layer: str | None = None,
     cam_region_masks=None,
+    backend: str = 'torch',
 ) -> dict[str, Any]:
     """Slice- and patient-level metrics of ``model`` on ``DATA_DIR/<split>``: the metrics.json dict.
 
@@ -353,6 +357,8 @@ def evaluate(
     pos = data.positive_index(classes)
 
     def predict_raw(items):
+        if backend != 'torch':  # onnxruntime: no TTA, no precision, no sharding (one process)
+            return model.predict_raw(items, backend=backend, batch_size=batch_size)
         return model.predict_raw(
             items,
             batch_size=batch_size,
@@ -400,6 +406,7 @@ def evaluate(
             'positive_class': classes[pos],
             'tta': tta,
             'precision': precision or model.precision,
+            'backend': backend,
             'file_is_patient': file_is_patient,
             'weights_sha256': model.weights_sha256,
             'epoch': None if model.is_ensemble else model.settings.epoch,
@@ -719,6 +726,7 @@ def predict_images(
     skip_bad_images: bool = False,
     file_is_patient: bool | None = None,
     score_flagged: bool = False,
+    backend: str = 'torch',
 ) -> dict[str, Any]:
     """Predict unlabelled slices (one file or a folder), or 3D scans (a NIfTI file, a DICOM series
     folder, a folder of NIfTI files: cut into slices by the model's recorded adni-prepare recipe,
@@ -750,9 +758,12 @@ def predict_images(
     if not slices:
         raise EvaluationError(f'--images {path}: no usable image left')
     reasons = model.check_inputs(slices, batch_size=batch_size)
-    each = model.predict_raw(
-        slices, batch_size=batch_size, num_workers=num_workers, tta=tta, precision=precision
-    )
+    if backend == 'torch':
+        each = model.predict_raw(
+            slices, batch_size=batch_size, num_workers=num_workers, tta=tta, precision=precision
+        )
+    else:
+        each = model.predict_raw(slices, backend=backend, batch_size=batch_size)
     probs = calibrated_mean(each, point)
     pos = data.positive_index(classes)
     p_key = f'p_{classes[pos]}'

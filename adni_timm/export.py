@@ -486,8 +486,8 @@ def load_export(ref: str | os.PathLike, export_dir: Path | None = None) -> Expor
     )
 
 
-# files a published repo may hold beside the weights
-OPTIONAL_FILES = INPUT_CHECK_FILES
+# files a published repo may hold beside the weights: the input check, model.onnx
+OPTIONAL_FILES = (*INPUT_CHECK_FILES, 'model.onnx')
 
 
 def _fetch_optional(repo: str, names: tuple[str, ...]) -> None:

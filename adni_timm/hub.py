@@ -133,8 +133,12 @@ def build_export_folder(
     repo_id: str | None = None,
     acknowledgement: str | None = None,
     force_eval: bool = False,
+    onnx: bool = False,
 ) -> list[Path]:
     """Assemble the folder to publish from a training run; returns the files written (sorted).
+
+    ``onnx`` adds ``model.onnx`` (dynamic batch, the export's 3-channel input: onnxruntime runs it
+    without torch); the input check fitted on these weights goes along when the run has one.
 
     Only ``UPLOAD_ALLOWLIST`` is ever written: the best (or refit) weights in the current export
     format, a checked ``config.json``, the model card ``README.md``, the plots that exist
@@ -176,6 +180,11 @@ def build_export_folder(
     config = export.copy_export(best, out_dir)  # converts an older format to the current one
     for name, src in plots.items():
         shutil.copyfile(src, out_dir / name)
+    _copy_input_check(best, out_dir)
+    if onnx:  # model.onnx of exactly the published weights (it records their fingerprint)
+        from .onnx_export import export_onnx
+
+        export_onnx(out_dir)
     write_example_image(out_dir, _example_size(config))
     card = build_model_card(
         repo_id=repo_id or 'ORG/NAME',
@@ -195,6 +204,26 @@ def build_export_folder(
     )
     card.save(out_dir / CARD_NAME)
     return sorted(p for p in out_dir.iterdir() if p.name in UPLOAD_ALLOWLIST)
+
+
+def _copy_input_check(export_dir: Path, out_dir: Path) -> None:
+    """The input check beside the published weights, when it was fitted on these very weights
+    (an export converted from an older format has new weights: its check would be refused)."""
+    from .files import sha256_file
+    from .input_check import CHECK_NAME, INPUT_CHECK_FILES
+
+    if not (export_dir / CHECK_NAME).is_file():
+        return
+    recorded = read_json(export_dir / CHECK_NAME).get('weights_sha256')
+    if recorded != sha256_file(out_dir / WEIGHTS_NAME):
+        _logger.warning(
+            'the input check of %s was fitted on other weights than the ones published (an older '
+            'export format was converted): it is left out; refit it by training again',
+            export_dir,
+        )
+        return
+    for name in INPUT_CHECK_FILES:
+        shutil.copyfile(export_dir / name, out_dir / name)
 
 
 def _with_refit_patients(facts: EvalCheck, folder: EvalFolder | None, run: Run) -> EvalCheck:
@@ -315,6 +344,7 @@ def push_to_hub(
     output_dir: str | os.PathLike | None = None,
     acknowledgement: str | None = None,
     force_eval: bool = False,
+    onnx: bool = False,
 ) -> PushResult:
     """Build the export folder of ``run_dir`` and upload it to ``repo_id`` (model repo).
 
@@ -342,6 +372,7 @@ def push_to_hub(
         repo_id=repo_id,
         acknowledgement=acknowledgement,
         force_eval=force_eval,
+        onnx=onnx,
     )
     if ACK_PLACEHOLDER in (export_dir / CARD_NAME).read_text(encoding='utf-8'):
         _logger.warning(

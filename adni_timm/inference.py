@@ -311,8 +311,15 @@ class LoadedModel:
     def synthetic(self) -> bool:
         return any(m.settings.synthetic for m in self.members)
 
-    def predict_raw(self, slices, *, precision: str | None = None, **kwargs) -> list[np.ndarray]:
-        """Each member's raw softmax ``[N, C]`` on ``slices`` (see ``predict_slices``)."""
+    def predict_raw(
+        self, slices, *, precision: str | None = None, backend: str = 'torch', **kwargs
+    ) -> list[np.ndarray]:
+        """Each member's raw softmax ``[N, C]`` on ``slices`` (see ``predict_slices``); with
+        ``backend='onnxruntime'`` each member's ``model.onnx`` computes it (``onnx_runtime``)."""
+        if backend == 'onnxruntime':
+            return [_onnx_probs(m, slices, kwargs.get('batch_size', 64)) for m in self.members]
+        if backend != 'torch':
+            raise InferenceError(f'backend {backend!r}: choose torch or onnxruntime')
         return [
             predict_slices(m.net, slices, precision=precision or m.precision, **kwargs)
             for m in self.members
@@ -352,6 +359,26 @@ class LoadedModel:
     def predict(self, slices, *, point: OperatingPoint | None = None, **kwargs) -> np.ndarray:
         """Calibrated probabilities ``[N, C]`` at ``point`` (default: the stored one)."""
         return calibrated_mean(self.predict_raw(slices, **kwargs), (point or self.point))
+
+
+def _onnx_probs(member: Member, slices, batch_size: int) -> np.ndarray:
+    """A member's softmax from its ``model.onnx``, written beside a local export when missing
+    (it is derived from the weights and records their fingerprint)."""
+    from .onnx_export import ONNX_NAME, export_onnx
+    from .onnx_runtime import OnnxClassifier
+
+    folder = member.files_dir
+    if folder is None:
+        raise InferenceError(f'{member.ref}: no export folder to run with onnxruntime')
+    if not (folder / ONNX_NAME).is_file():
+        if member.export_dir is None:  # a Hub repo published without --onnx
+            raise InferenceError(
+                f'{member.ref} has no {ONNX_NAME}: publish it with push_to_hub.py --onnx, or use '
+                f'--backend torch'
+            )
+        export_onnx(member.export_dir)
+    runner = OnnxClassifier(folder)
+    return runner.predict_images([s.path for s in slices], batch_size=batch_size).probs
 
 
 def calibrated_mean(member_probs: Sequence[np.ndarray], point: OperatingPoint) -> np.ndarray:

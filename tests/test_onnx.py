@@ -163,3 +163,48 @@ def test_export_refuses_the_one_channel_training_model(tiny_run, tmp_path):
     with pytest.raises(OnnxExportError, match='1-channel input.*pass the export folder'):
         export_onnx(model, tmp_path / ONNX_NAME)
     assert not (tmp_path / ONNX_NAME).exists()
+
+
+def test_evaluate_and_publish_with_onnx(tiny_run, tiny_data, tmp_path, capsys):
+    """evaluate.py --backend onnxruntime gives the torch evaluation's P(AD) (in its own folder);
+    push_to_hub.py --onnx publishes model.onnx with the input check of the same weights."""
+    import csv
+    import json
+
+    from helpers import cli_in_process
+
+    run = shutil.copytree(tiny_run[0], tmp_path / 'run')
+    code, _, err = cli_in_process(capsys, 'evaluate', '--model', run, '--data-dir', tiny_data)
+    assert code == 0, err
+    code, out, err = cli_in_process(
+        capsys, 'evaluate', '--model', run, '--data-dir', tiny_data, '--backend', 'onnxruntime'
+    )
+    assert code == 0, err
+    assert f'wrote {run / "eval-onnxruntime"}' in out  # never over RUN/eval
+    torch_rows, onnx_rows = (
+        {r['path']: float(r['p_AD']) for r in csv.DictReader((run / d / 'predictions.csv').open())}
+        for d in ('eval', 'eval-onnxruntime')
+    )
+    assert torch_rows.keys() == onnx_rows.keys()
+    np.testing.assert_allclose(
+        [onnx_rows[k] for k in torch_rows], list(torch_rows.values()), rtol=1e-5, atol=1e-7
+    )
+    assert (
+        json.loads((run / 'eval-onnxruntime/metrics.json').read_text())['backend'] == 'onnxruntime'
+    )
+    code, out, err = cli_in_process(
+        capsys, 'push', '--run', run, '--repo-id', 'lab/x', '--dry-run', '--onnx',
+        '--output-dir', tmp_path / 'hub',
+    )  # fmt: skip
+    assert code == 0, err
+    files = {p.name for p in (tmp_path / 'hub').iterdir()}
+    assert {'model.onnx', 'input_check.json', 'input_check.safetensors'} <= files
+    # the published model.onnx, torch-free, at the stored temperature: evaluate.py's P(AD)
+    from adni_timm.metrics import apply_temperature
+
+    published = OnnxClassifier(tmp_path / 'hub')
+    paths = list(torch_rows)[:4]
+    calibrated = apply_temperature(published.predict_images(paths).probs, published.temperature)
+    np.testing.assert_allclose(
+        calibrated[:, 1], [torch_rows[k] for k in paths], rtol=1e-5, atol=1e-7
+    )

@@ -115,6 +115,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help='leave out files that cannot be decoded (default: list them and stop)',
     )
     p.add_argument(
+        '--backend',
+        choices=('torch', 'onnxruntime'),
+        default='torch',
+        help="onnxruntime: predict with the export's model.onnx (written beside a local export "
+        'when missing; needs the onnx extra); no --tta',
+    )
+    p.add_argument(
         '--score-flagged',
         action='store_true',
         help='with --images: also show P(AD) of slices the input check refuses (they still get '
@@ -164,6 +171,8 @@ def _parse_args(argv, prog: str = PROG):
         p.error(
             '--target-sensitivity needs labelled validation data; with --images pass --threshold X'
         )
+    if args.backend == 'onnxruntime' and (args.tta or args.cam):
+        p.error('--backend onnxruntime runs the plain export: no --tta, no --cam')
     if args.cam_layer and args.cam_method == 'occlusion':
         p.error('--cam-layer is for --cam-method gradcam or hirescam (occlusion has no layer)')
     return args
@@ -201,6 +210,7 @@ def main(argv=None, prog: str = PROG) -> int:
                 skip_bad_images=args.skip_bad_images,
                 file_is_patient=args.file_is_patient,
                 score_flagged=args.score_flagged,
+                backend=args.backend,
                 **cam_options,
             )
             print(evaluation.format_predictions(result))
@@ -212,6 +222,7 @@ def main(argv=None, prog: str = PROG) -> int:
                 target_sensitivity=args.target_sensitivity,
                 tta=args.tta,
                 precision=args.precision,
+                backend=args.backend,
             )
             out = args.output_dir or evaluation.default_output_dir(model, tag)
             evaluation.check_output_dir(model, out, tag)
@@ -229,6 +240,7 @@ def main(argv=None, prog: str = PROG) -> int:
                 precision=args.precision,
                 skip_bad_images=args.skip_bad_images,
                 file_is_patient=args.file_is_patient,
+                backend=args.backend,
                 **cam_options,
             )
             print(evaluation.format_table(result))

@@ -2,7 +2,8 @@
 
     python push_to_hub.py --run RUN --repo-id ORG/NAME [--eval OUT/metrics.json] [--private]
                           [--revision R] [--create-pr] [--token T] [--commit-message M]
-                          [--acknowledgement FILE] [--force-eval] [--dry-run] [--output-dir DIR]
+                          [--acknowledgement FILE] [--force-eval] [--onnx] [--dry-run]
+                          [--output-dir DIR]
 
 The logic lives in ``adni_timm.hub``; this module only parses arguments and reports.
 """
@@ -79,6 +80,11 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help='publish an evaluation that cannot be matched to these weights (the card says so)',
     )
     p.add_argument(
+        '--onnx',
+        action='store_true',
+        help='also publish model.onnx (onnxruntime runs it without torch; needs the onnx extra)',
+    )
+    p.add_argument(
         '--dry-run', action='store_true', help='write the export folder and list it; no network'
     )
     p.add_argument('--output-dir', type=Path, default=None, help='export folder (default: RUN/hub)')
@@ -101,6 +107,8 @@ def main(argv=None, prog: str = PROG) -> int:
     an evaluation of other weights, no token, a failed upload (the export is kept)."""
     args = parse_args(argv, prog)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s: %(message)s')
+    for chatty in ('onnxscript', 'onnx_ir', 'torch.onnx'):  # the exporter's per-node messages
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         acknowledgement = (
             args.acknowledgement.read_text(encoding='utf-8') if args.acknowledgement else None
@@ -118,6 +126,7 @@ def main(argv=None, prog: str = PROG) -> int:
             output_dir=args.output_dir,
             acknowledgement=acknowledgement,
             force_eval=args.force_eval,
+            onnx=args.onnx,
         )
     except (HubError, ExportError, OSError) as e:  # UploadError too: the export is kept
         return fail(prog, e)
