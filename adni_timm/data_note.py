@@ -33,6 +33,9 @@ class DataNote:
     note: str = 'ADNI AD_NC'
     synthetic: bool = False
     preprocessing: dict[str, Any] | None = None  # adni-prepare's recipe, when slices came from it
+    # the synthetic generator's arguments (it can redraw where it put the atrophy: the evidence
+    # maps are scored against those regions)
+    generator: dict[str, Any] | None = None
 
 
 def describe(data_dir: str | os.PathLike) -> DataNote:
@@ -44,7 +47,7 @@ def describe(data_dir: str | os.PathLike) -> DataNote:
         found = json.loads(marker.read_text(encoding='utf-8'))
         synthetic = bool(found.get('synthetic'))
         note = str(found.get('note') or ('synthetic' if synthetic else DataNote.note))
-        return DataNote(note, synthetic, preprocessing)
+        return DataNote(note, synthetic, preprocessing, found.get('generator'))
     if preprocessing is not None:
         return DataNote(str(preprocessing.get('note') or 'prepared T1 scans'), False, preprocessing)
     return DataNote()
@@ -53,7 +56,10 @@ def describe(data_dir: str | os.PathLike) -> DataNote:
 def write_data_note(data_dir: str | os.PathLike, note: DataNote) -> Path:
     """Leave ``dataset.json`` in a data folder this toolkit wrote."""
     path = Path(data_dir) / DATASET_NOTE
-    path.write_text(json.dumps({'synthetic': note.synthetic, 'note': note.note}, indent=2) + '\n')
+    found = {'synthetic': note.synthetic, 'note': note.note}
+    if note.generator:
+        found['generator'] = note.generator
+    path.write_text(json.dumps(found, indent=2) + '\n')
     return path
 
 

@@ -422,6 +422,8 @@ def evaluate(
         result['input_check'] = summaries[0] if len(summaries) == 1 else summaries
     if model.is_ensemble:
         result['members'] = _member_metrics(model, each, patients, y, pos)
+    if cam and cam_region_masks is None:
+        cam_region_masks = _synthetic_atrophy(data_dir, split)
     if output_dir is not None and (accelerator is None or accelerator.is_main_process):
         folder = EvalFolder(output_dir)
         context = _figure_context(model, result, slices)
@@ -472,6 +474,19 @@ def _ece(patients, y, p_raw, p_cal) -> dict[str, Any]:
         'ece_slice_uncalibrated': before['ece_slice'],
         'ece_patient_uncalibrated': before['ece_patient'],
     }
+
+
+def _synthetic_atrophy(data_dir, split: str):
+    """Where the synthetic generator drew atrophy in ``DATA_DIR/<split>`` (its dataset.json
+    records its arguments), so the evidence maps get a region score; None for other data."""
+    from .data_note import describe
+
+    generator = describe(data_dir).generator if data_dir is not None else None
+    if not generator:
+        return None
+    from . import synthetic
+
+    return synthetic.atrophy_masks(**{**generator, 'splits': (split,)})
 
 
 def _figure_context(model: LoadedModel, result: dict, slices) -> plots.FigureContext:

@@ -28,6 +28,7 @@ carries atrophy (ground truth for Grad-CAM). CLI (``adni_timm.cli.synthetic``)::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -507,7 +508,16 @@ def generate(
     else:
         for job in jobs:
             write(job)
-    write_data_note(out_dir, synthetic_note(difficulty, seed))
+    note = synthetic_note(difficulty, seed)
+    generator = dict(
+        train_patients=train_patients,
+        test_patients=test_patients,
+        slices=slices,
+        seed=seed,
+        difficulty=difficulty,
+        classes=list(classes),
+    )
+    write_data_note(out_dir, dataclasses.replace(note, generator=generator))
     _logger.info('wrote %d synthetic patients x %d slices to %s', len(jobs), slices, out_dir)
     return out_dir
 
@@ -588,7 +598,13 @@ def demo_dataset(cache_root=None) -> Path:
     )
     if target.is_dir():
         if not (target / DATASET_NOTE).is_file():  # cached by a version that left no note
-            write_data_note(target, synthetic_note(p['difficulty'], p['seed']))
+            write_data_note(
+                target,
+                dataclasses.replace(
+                    synthetic_note(p['difficulty'], p['seed']),
+                    generator={**p, 'classes': ['NC', 'AD']},
+                ),
+            )
         return target
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix='.tmp-synthetic-demo-', dir=root))

@@ -594,3 +594,18 @@ def test_images_name_every_unusable_file_and_skip_them_on_request(run_dir, data_
         predict_images(str(run_dir), folder)
     result = predict_images(str(run_dir), folder, skip_bad_images=True)
     assert [Path(r['path']).name for r in result['slices']] == [good.name]
+
+
+def test_evidence_maps_of_a_synthetic_split_are_scored_against_the_drawn_atrophy(
+    loaded, data_dir, tmp_path
+):
+    from adni_timm import synthetic
+
+    result = evaluate(
+        loaded, data_dir, output_dir=tmp_path / 'e', n_boot=0, cam=1, cam_method='gradcam'
+    )
+    score = result['cam']['region_score']  # the generator's arguments are in dataset.json
+    assert score is not None and 0 <= score['pointing_game'] <= 1
+    assert json.loads((tmp_path / 'e' / 'metrics.json').read_text())['cam']['region_score'] == score
+    masks = synthetic.atrophy_masks(3, 3, slices=4, seed=0)  # what data_dir was generated with
+    assert score['n_slices'] == sum(1 for key in masks if key.startswith('test/AD/'))
