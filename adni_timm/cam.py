@@ -45,7 +45,7 @@ from timm.layers import LayerNorm2d
 from torch import nn
 
 from .data import Slice, positive_index, read_image, slice_key
-from .inference import PatientRow, negative_name, patient_rows
+from .inference import PatientRow, full_precision, negative_name, patient_rows
 
 __all__ = [
     'OUTCOMES',
@@ -250,7 +250,7 @@ def gradcam(
         with (
             torch.inference_mode(False),
             torch.enable_grad(),
-            torch.autocast(param.device.type, enabled=False),
+            full_precision(param.device.type),
         ):
             for start in range(0, len(images), batch_size):
                 x = images[start : start + batch_size].to(param.device, param.dtype).clone()
@@ -307,7 +307,7 @@ def occlusion(
     model.eval()
     maps = []
     try:
-        with torch.no_grad(), torch.autocast(param.device.type, enabled=False):
+        with torch.no_grad(), full_precision(param.device.type):
             for start in range(0, len(images), batch_size):
                 x = images[start : start + batch_size].to(param.device, param.dtype)
                 attr = explainer.attribute(

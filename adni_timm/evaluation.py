@@ -263,10 +263,10 @@ def _plain(precision) -> str:
     return {'no': 'fp32', 'fp32': 'fp32'}.get(str(precision), str(precision))
 
 
-def default_output_dir(model: LoadedModel, tag: str | None, what: str = 'eval') -> Path:
+def default_output_dir(model: LoadedModel, tag: str | None, images: bool = False) -> Path:
     """Where an evaluation goes by default: the run's ``eval[-<tag>]`` (``eval-final`` for a
-    refit), else ``./eval[-<tag>]``; for unlabelled images ``predict`` instead of ``eval``."""
-    if what == 'predict':
+    refit), else ``./eval[-<tag>]``; for unlabelled images (``images``) ``predict[-<tag>]``."""
+    if images:
         run = model.run or model.cv_run
         name = Run.PREDICT if tag is None else f'{Run.PREDICT}-{tag}'
         return (run.path / name) if run is not None else Path(name)

@@ -219,9 +219,9 @@ def input_channels(model: torch.nn.Module) -> int:
 
 def _final_reduction(model: torch.nn.Module) -> int | None:
     """The stride of the last feature map against the input (32 for ConvNeXt); None if unknown."""
-    info = getattr(model, 'feature_info', None)
+    stages = getattr(model, 'feature_info', None)
     try:
-        return int(info[-1]['reduction'])
+        return int(stages[-1]['reduction'])
     except (TypeError, IndexError, KeyError):
         return None
 

@@ -42,6 +42,7 @@ __all__ = [
     'LoadedModel',
     'PatientRow',
     'autocast_dtype',
+    'full_precision',
     'predict_loader',
     'predict_slices',
     'check_input_channels',
@@ -130,6 +131,11 @@ def predict_loader(
         model.train(was_training)
     probs = torch.cat(probs_out).double().numpy()
     return probs, (torch.cat(losses_out).double().numpy() if with_loss else None)
+
+
+def full_precision(device_type: str):
+    """A context without autocast, whatever a caller's: attributions need fp32 gradients."""
+    return torch.autocast(device_type, enabled=False)
 
 
 def check_input_channels(net: torch.nn.Module) -> None:

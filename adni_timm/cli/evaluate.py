@@ -197,7 +197,7 @@ def main(argv=None, prog: str = PROG) -> int:
             tag = 'tta' if args.tta else None
             if args.threshold is not None:
                 tag = '-'.join(filter(None, [f'threshold-{args.threshold:g}', tag]))
-            out = args.output_dir or evaluation.default_output_dir(model, tag, what='predict')
+            out = args.output_dir or evaluation.default_output_dir(model, tag, images=True)
             result = evaluation.predict_images(
                 model,
                 args.images,
