@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_quick_benchmark_measures_everything(tmp_path):
     out = tmp_path / 'throughput.json'
     proc = subprocess.run(

@@ -16,6 +16,9 @@ from adni_timm.run import Run
 from adni_timm.splits import make_folds, patient_labels
 from helpers import TINY, cli_in_process, run_train, train_and_kill
 
+# a 2-fold CV run with a refit: end to end, a minute of CPU
+pytestmark = pytest.mark.slow
+
 CV_ARGS = [*TINY, '--folds', '2']  # 2 epochs per fold
 
 

@@ -8,6 +8,7 @@ import subprocess
 import time
 
 import numpy as np
+import pytest
 import timm
 import torch
 
@@ -18,6 +19,7 @@ from helpers import LAUNCH, ROOT, TINY
 ENV = {**os.environ, 'ACCELERATE_USE_CPU': '1', 'OMP_NUM_THREADS': '1'}
 
 
+@pytest.mark.slow
 def test_two_process_predict_returns_every_test_slice_once_in_order(tiny_data, tmp_path):
     torch.manual_seed(0)
     model = timm.create_model(
@@ -49,6 +51,7 @@ def test_two_process_predict_returns_every_test_slice_once_in_order(tiny_data, t
     assert len(np.unique(gathered[:, 1].round(6))) > len(slices) // 2
 
 
+@pytest.mark.slow
 def test_a_failed_checkpoint_on_the_main_process_stops_every_process_promptly(tiny_data, tmp_path):
     run = tmp_path / 'run'
     cmd = [

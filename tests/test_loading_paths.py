@@ -23,6 +23,8 @@ from adni_timm.inference import load_model, predict_slices
 from helpers import ROOT, populate_hub_cache, run_train
 
 pytest.importorskip('transformers')
+# every Hugging Face loading path, in fresh processes: end to end, a minute of CPU
+pytestmark = pytest.mark.slow
 REPO_ID = 'adni-timm-tests/tiny'
 
 

@@ -17,6 +17,7 @@ EPOCH_LINE = re.compile(r'^epoch \d+/\d+ \|')
 PROGRESS_LINE = re.compile(r'^  epoch \d+/\d+ +\d+% ')
 
 
+@pytest.mark.slow
 def test_a_redirected_run_writes_plain_lines_and_short_epoch_lines(tiny_data, tmp_path):
     log = tmp_path / 'train.log'
     run = tmp_path / 'run'

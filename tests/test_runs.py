@@ -46,6 +46,7 @@ def _split(run):
 # ---------------------------------------------------------------------------------- runs and resume
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_recorded_split_when_patients_are_added_or_the_data_moves(
     one_epoch_run, tmp_path
 ):
@@ -67,6 +68,7 @@ def test_resume_keeps_the_recorded_split_when_patients_are_added_or_the_data_mov
     assert RunRecord.load(run).data_dir == str(moved)
 
 
+@pytest.mark.slow
 def test_resume_refuses_when_a_recorded_patient_is_missing(one_epoch_run, tmp_path):
     run, data_dir = one_epoch_run
     run = _copy(run, tmp_path / 'run')
@@ -84,6 +86,7 @@ def test_resume_refuses_when_a_recorded_patient_is_missing(one_epoch_run, tmp_pa
     assert json.loads((run / 'checkpoints/last/trainer_state.json').read_text())['epoch'] == 1
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_original_provenance_and_records_each_resume(one_epoch_run, tmp_path):
     run, _ = one_epoch_run
     run = _copy(run, tmp_path / 'run')
@@ -98,6 +101,7 @@ def test_resume_keeps_the_original_provenance_and_records_each_resume(one_epoch_
     assert RunRecord.load(run).config.epochs == 2
 
 
+@pytest.mark.slow
 def test_overwrite_touches_the_old_run_only_after_every_check_passed(one_epoch_run, tmp_path):
     run, data_dir = one_epoch_run
     run = _copy(run, tmp_path / 'run')
@@ -128,6 +132,7 @@ def test_overwrite_touches_the_old_run_only_after_every_check_passed(one_epoch_r
     assert not list(tmp_path.glob('.run.replaced*'))
 
 
+@pytest.mark.slow
 def test_a_smoke_run_shortens_the_warmup_and_nonsense_is_still_refused(tiny_data, tmp_path):
     at = TINY.index('--warmup-epochs')
     # no --warmup-epochs: the preset's 5
@@ -157,6 +162,7 @@ def test_a_smoke_run_shortens_the_warmup_and_nonsense_is_still_refused(tiny_data
 # ---------------------------------------------------------------------------- data checked up front
 
 
+@pytest.mark.slow
 def test_a_corrupt_test_image_stops_eval_test_before_training(tiny_data, tmp_path, capsys):
     data_dir = _copy(tiny_data, tmp_path / 'AD_NC')
     bad = next((data_dir / 'test' / 'AD').glob('*.jpeg'))
@@ -182,6 +188,7 @@ def test_a_corrupt_test_image_stops_eval_test_before_training(tiny_data, tmp_pat
     assert code == 0
 
 
+@pytest.mark.slow
 def test_a_file_is_patient_run_can_be_evaluated(tmp_path, capsys):
     data_dir = tmp_path / 'flat'
     for split, n in (('train', 5), ('test', 2)):

@@ -127,6 +127,7 @@ def test_missing_data_dir_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / 'run').exists()
 
 
+@pytest.mark.slow
 def test_resume_after_kill_matches_an_uninterrupted_run(tiny_data, tmp_path):
     args = [*TINY, '--epochs', '4', '--data-dir', tiny_data]
     full = tmp_path / 'full'
@@ -187,6 +188,7 @@ def test_non_finite_loss_stops_with_the_last_checkpoint_intact(tiny_data, tmp_pa
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
+@pytest.mark.slow
 def test_two_processes_count_each_val_slice_once_write_from_main_and_agree(tiny_data, tmp_path):
     probe = tmp_path / 'probe'
     probe.mkdir()
@@ -223,6 +225,7 @@ def test_two_processes_count_each_val_slice_once_write_from_main_and_agree(tiny_
     assert (proc.stdout + proc.stderr).count('epoch 2/2 | loss') == 1
 
 
+@pytest.mark.slow
 def test_demo_runs_without_data_and_evaluates_on_the_synthetic_test_split(tmp_path):
     run = tmp_path / 'demo'
     proc = run_train(
@@ -352,6 +355,7 @@ def test_a_best_export_lost_to_a_kill_is_redone_on_resume(tmp_path):
     assert (tmp_path / 'best/model.safetensors').stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_three_classes_validate_ad_against_the_rest(tmp_path):
     data_dir = tmp_path / 'AD_NC'
     generate(
