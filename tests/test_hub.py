@@ -597,6 +597,11 @@ def test_an_evaluation_of_other_weights_is_refused_unless_forced(run_dir, tmp_pa
         ({'epoch': 11}, 'evaluated epoch 11, the export holds epoch 12'),
         ({'threshold': 0.3}, 'threshold 0.3 is not the stored 0.47'),
         ({'split': 'train'}, "evaluated the 'train' split, not the held-out test split"),
+        # evaluate.py --threshold 0.05 once overwrote RUN/eval and was published "set by hand"
+        ({'threshold': 0.05, 'threshold_source': 'cli'}, 'threshold 0.05 is not the stored 0.47'),
+        ({'calibration': {'temperature': 2.0}}, 'temperature 2.0 is not the stored 1.0'),
+        ({'tta': True}, 'used test-time augmentation'),
+        ({'precision': 'bf16'}, 'ran in bf16 precision, the model was trained in fp32'),
     ],
 )
 def test_an_evaluation_that_does_not_match_the_export_is_named(run_dir, tmp_path, changes, problem):
