@@ -232,7 +232,9 @@ def test_compare_paired_ci_matches_a_direct_computation(tmp_path):
     assert paired['auc']['difference'] == pytest.approx(
         roc_auc_score(y, mean_b) - roc_auc_score(y, mean_a)
     )
-    np.testing.assert_allclose(paired['auc']['ci'], np.percentile(d_auc, [2.5, 97.5]), atol=1e-12)
+    np.testing.assert_allclose(
+        paired['auc']['ci'], np.percentile(d_auc, [2.5, 97.5]), rtol=1e-9, atol=1e-12
+    )
     np.testing.assert_allclose(
         paired['accuracy']['ci'], np.percentile(d_acc, [2.5, 97.5]), atol=1e-12
     )

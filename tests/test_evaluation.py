@@ -134,7 +134,9 @@ def test_evaluate_run_writes_reports_with_the_stored_threshold(
     slices = data.scan_split(data_dir, 'test')
     assert [r['path'] for r in rows] == [s.path for s in slices]
     p_ad = np.array([float(r['p_AD']) for r in rows])
-    np.testing.assert_allclose(p_ad, direct_probs[0][:, 1], atol=2e-6)  # the exported weights
+    np.testing.assert_allclose(
+        p_ad, direct_probs[0][:, 1], rtol=1e-5, atol=1e-6
+    )  # the exported weights
     assert [r['predicted'] for r in rows] == ['AD' if p >= STORED_THRESHOLD else 'NC' for p in p_ad]
     tn_fp_fn_tp = np.array(result['slice']['confusion_matrix']).ravel()
     truth = np.array([r['label'] == 'AD' for r in rows])
@@ -164,16 +166,16 @@ def test_predict_equals_a_direct_forward_with_and_without_tta(model, data_dir, d
     slices = data.scan_split(data_dir, 'test')
     probs = predict_slices(model, slices, batch_size=5)  # 5 does not divide 24: a short last batch
     assert probs.shape == (24, 2)
-    np.testing.assert_allclose(probs, direct_probs[0], atol=1e-5)
+    np.testing.assert_allclose(probs, direct_probs[0], rtol=1e-5, atol=1e-6)
     tta = predict_slices(model, slices, batch_size=8, tta=True)
-    np.testing.assert_allclose(tta, (direct_probs[0] + direct_probs[1]) / 2, atol=1e-5)
+    np.testing.assert_allclose(tta, (direct_probs[0] + direct_probs[1]) / 2, rtol=1e-5, atol=1e-6)
     assert not np.allclose(tta, probs)
 
 
 def test_predict_through_an_accelerator_counts_each_slice_once(model, data_dir, direct_probs):
     slices = data.scan_split(data_dir, 'test')
     probs = predict_slices(model, slices, batch_size=7, accelerator=Accelerator(cpu=True))
-    np.testing.assert_allclose(probs, direct_probs[0], atol=1e-5)
+    np.testing.assert_allclose(probs, direct_probs[0], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.gpu
