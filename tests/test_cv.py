@@ -236,7 +236,7 @@ def test_compare_paired_ci_matches_a_direct_computation(tmp_path):
         paired['auc']['ci'], np.percentile(d_auc, [2.5, 97.5]), rtol=1e-9, atol=1e-12
     )
     np.testing.assert_allclose(
-        paired['accuracy']['ci'], np.percentile(d_acc, [2.5, 97.5]), atol=1e-12
+        paired['accuracy']['ci'], np.percentile(d_acc, [2.5, 97.5]), rtol=1e-9, atol=1e-12
     )
     assert paired['auc']['ci'][0] > 0  # B is clearly better here
     assert 'B better' in format_comparison(result)
