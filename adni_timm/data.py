@@ -42,6 +42,7 @@ from timm.data import create_transform, resolve_data_config
 from timm.data.auto_augment import AugmentOp
 
 from .hardware import available_memory, local_process_count
+from .input_check import is_colour  # one rule for every front end (the demo's)
 from .models import LABEL_NAMES
 
 __all__ = [
@@ -361,21 +362,6 @@ def _map(fn: Callable, items: Sequence, num_workers: int) -> list:
 
 def _inspect_all(slices: Sequence[Slice], num_workers: int = 0) -> list[_ImageInfo]:
     return _map(_inspect, [s.path for s in slices], num_workers)
-
-
-# a colour picture: over 1% of pixels whose R, G, B differ by more than 24 grey levels (the chroma
-# noise of a grayscale slice saved as an RGB JPEG stays well below)
-_COLOUR_SPREAD, _COLOUR_FRACTION = 24, 0.01
-
-
-def is_colour(im: Image.Image) -> bool:
-    """Whether the channels of ``im`` clearly differ (a grayscale slice saved as RGB is not)."""
-    bands = [b for b in im.getbands() if b != 'A']
-    if im.mode != 'P' and len(bands) <= 1:
-        return False
-    rgb = np.asarray(im.convert('RGB'), dtype=np.int16)
-    spread = rgb.max(axis=-1) - rgb.min(axis=-1)
-    return float((spread > _COLOUR_SPREAD).mean()) > _COLOUR_FRACTION
 
 
 def is_colour_image(path: str | os.PathLike) -> bool:

@@ -36,6 +36,7 @@ __all__ = [
     'exit_code',
     'fail',
     'examples',
+    'class_list',
     'existing_dir',
     'existing_path',
 ]
@@ -100,6 +101,16 @@ class HelpFormatter(argparse.HelpFormatter):
 def examples(*lines: str) -> str:
     """An ``examples:`` epilog; ``%(prog)s`` in a line becomes the command's name."""
     return 'examples:\n' + '\n'.join(f'  {line}' for line in lines)
+
+
+def class_list(text: str) -> tuple[str, ...]:
+    """An argparse type for ``--classes NC,AD``: a bad value is a usage error (exit 2)."""
+    from adni_timm.data import DataError, parse_classes
+
+    try:
+        return parse_classes(text)
+    except DataError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def existing_dir(text: str) -> str:

@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from adni_timm.cli import EXIT_OK, EXIT_PROBLEM, HelpFormatter, examples, existing_dir
+from adni_timm.cli import EXIT_OK, EXIT_PROBLEM, HelpFormatter, class_list, examples, existing_dir
 
 __all__ = ['build_parser', 'main', 'module_main']
 
@@ -31,7 +31,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--classes',
         default='NC,AD',
-        type=_classes,
+        type=class_list,
         metavar='NAME,NAME',
         help='class folders in label order (NC=0, AD=1)',
     )
@@ -46,15 +46,6 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         default=min(8, os.cpu_count() or 1),
         help='threads decoding images (default: up to 8)',
     )
-
-
-def _classes(text: str) -> tuple[str, ...]:
-    from adni_timm.data import DataError, parse_classes
-
-    try:
-        return parse_classes(text)
-    except DataError as e:  # a bad flag value: a usage error (exit 2)
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:

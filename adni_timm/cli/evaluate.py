@@ -15,21 +15,20 @@ import logging
 import sys
 import time
 
-from adni_timm.cli import EXIT_OK, HelpFormatter, examples, existing_dir, existing_path, fail
+from adni_timm.cli import (
+    EXIT_OK,
+    HelpFormatter,
+    class_list,
+    examples,
+    existing_dir,
+    existing_path,
+    fail,
+)
 
 __all__ = ['build_parser', 'main']
 
 PROG = 'adni-evaluate'
 CAM_METHODS = ('occlusion', 'gradcam', 'hirescam')  # adni_timm.cam.METHODS (cam imports torch)
-
-
-def _classes(text: str) -> tuple[str, ...]:
-    from adni_timm.data import DataError, parse_classes
-
-    try:
-        return parse_classes(text)
-    except DataError as e:  # a bad flag value: a usage error (exit 2)
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -99,7 +98,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     p.add_argument(
         '--classes',
-        type=_classes,
+        type=class_list,
         metavar='NAME,NAME',
         help='comma-separated class list in training order (default: stored with the model)',
     )
