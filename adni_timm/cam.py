@@ -57,7 +57,6 @@ __all__ = [
     'occlusion',
     'class_maps',
     'select_patients',
-    'population_maps',
     'transform_mask',
     'RegionScore',
     'region_score',
@@ -377,22 +376,6 @@ def select_patients(ids, y, p, threshold: float, n: int) -> dict[str, list]:
     masks = {'TP': y & pred, 'TN': ~y & ~pred, 'FP': ~y & pred, 'FN': y & ~pred}
     order = np.argsort(-np.abs(p - threshold), kind='stable')
     return {k: [ids[i] for i in order if masks[k][i]][:n] for k in OUTCOMES}
-
-
-def population_maps(maps, labels, classes: Sequence[str] = ('NC', 'AD')) -> dict[str, np.ndarray]:
-    """Mean map per class, ``{'NC': [H, W], 'AD': [H, W]}`` (``labels`` = class indices per map).
-
-    Only meaningful because the slices are aligned (same anatomy at the same pixels).
-    Classes without any slice are left out.
-    """
-    maps, labels = np.asarray(maps, dtype=np.float32), np.asarray(labels)
-    if len(maps) != len(labels):
-        raise ValueError(f'population_maps: {len(maps)} maps for {len(labels)} labels')
-    return {
-        name: maps[labels == i].mean(axis=0)
-        for i, name in enumerate(classes)
-        if (labels == i).any()
-    }
 
 
 # ------------------------------------------------------------------------- scored against truth
