@@ -35,6 +35,7 @@ from .inference import (
     UNNAMED_GROUP,
     LoadedModel,
     load_model,
+    onnx_runner,
     patient_rows,
     slice_decisions,
 )
@@ -89,6 +90,7 @@ class DemoModel:
     test_metrics: dict[str, Any] | None = None
     test_metrics_source: str | None = None
     test_metrics_problems: list[str] = field(default_factory=list)
+    backend: str = 'torch'  # or 'onnxruntime': P(AD) from the export's model.onnx
 
     @property
     def classes(self) -> list[str]:
@@ -122,9 +124,12 @@ class DemoModel:
 # ------------------------------------------------------------------------------- the model
 
 
-def load(ref: str | os.PathLike) -> DemoModel:
+def load(ref: str | os.PathLike, backend: str = 'torch') -> DemoModel:
     """Load ``ref`` (RUN, export folder, local-dir:DIR, hf-hub:ORG/NAME) as evaluate.py does; a
     cross-validation run gives what it publishes (its refit), else its fold ensemble.
+    ``backend='onnxruntime'``: P(AD) from each member's ``model.onnx`` (written beside a local
+    export when missing, checked here so a page never starts without it); the input check and
+    Grad-CAM still run on the torch model.
 
     Raises ``ExportError`` / ``ValueError`` with a message that names the fix.
     """
@@ -134,7 +139,12 @@ def load(ref: str | os.PathLike) -> DemoModel:
     loaded = load_model(ref)
     # also refuses a data config that is not 1-channel
     _, eval_tf = data.build_transforms(loaded.members[0].net)
-    demo_model = DemoModel(loaded=loaded, transform=eval_tf)
+    if backend == 'onnxruntime':
+        for member in loaded.members:
+            onnx_runner(member)
+    elif backend != 'torch':
+        raise ValueError(f'backend {backend!r}: choose torch or onnxruntime')
+    demo_model = DemoModel(loaded=loaded, transform=eval_tf, backend=backend)
     _attach_test_metrics(demo_model)
     return demo_model
 
@@ -296,7 +306,7 @@ def predict_files(
     result['input_check'] = loaded.has_input_check
     if not slices:
         return result
-    probs = loaded.predict(slices, batch_size=batch_size)
+    probs = loaded.predict(slices, batch_size=batch_size, backend=demo_model.backend)
     p_pos = probs[:, demo_model.positive]
     decisions = slice_decisions(probs, demo_model.threshold, demo_model.classes)
     result['slices'] = [
@@ -401,6 +411,8 @@ def describe_model(demo_model: DemoModel) -> str:
     )
     classes = ', '.join(demo_model.classes)
     lines = [f'**Model** `{loaded.ref}`: {what}, {size} px input, classes {classes}']
+    if demo_model.backend != 'torch':
+        lines[0] += f'; P({demo_model.positive_class}) computed with {demo_model.backend}'
     note = settings.data or 'not recorded with this export'
     if loaded.synthetic:
         lines.append(

@@ -368,11 +368,24 @@ class LoadedModel:
 
 
 def _onnx_probs(member: Member, slices, batch_size: int) -> np.ndarray:
-    """A member's softmax from its ``model.onnx``, written beside a local export when missing
-    (it is derived from the weights and records their fingerprint)."""
+    """A member's softmax from its ``model.onnx`` (``onnx_runner``)."""
+    runner = onnx_runner(member)
+    return runner.predict_images([s.path for s in slices], batch_size=batch_size).probs
+
+
+def onnx_runner(member: Member):
+    """The onnxruntime session of a member's ``model.onnx``, written beside a local export when
+    missing (it is derived from the weights and records their fingerprint)."""
+    import importlib.util
+
     from .onnx_export import ONNX_NAME, export_onnx
     from .onnx_runtime import OnnxClassifier
 
+    if importlib.util.find_spec('onnxruntime') is None:
+        raise InferenceError(
+            "the onnxruntime backend needs onnxruntime: pip install 'adni-timm[onnx]', or use "
+            'the torch backend'
+        )
     folder = member.files_dir
     if folder is None:
         raise InferenceError(f'{member.ref}: no export folder to run with onnxruntime')
@@ -383,8 +396,7 @@ def _onnx_probs(member: Member, slices, batch_size: int) -> np.ndarray:
                 f'--backend torch'
             )
         export_onnx(member.export_dir)
-    runner = OnnxClassifier(folder)
-    return runner.predict_images([s.path for s in slices], batch_size=batch_size).probs
+    return OnnxClassifier(folder)
 
 
 def calibrated_mean(member_probs: Sequence[np.ndarray], point: OperatingPoint) -> np.ndarray:

@@ -208,3 +208,41 @@ def test_evaluate_and_publish_with_onnx(tiny_run, tiny_data, tmp_path, capsys):
     np.testing.assert_allclose(
         calibrated[:, 1], [torch_rows[k] for k in paths], rtol=1e-5, atol=1e-7
     )
+
+
+def test_the_demo_scores_with_onnxruntime_as_with_torch(tiny_run, tiny_data, tmp_path, monkeypatch):
+    """adni-app --backend onnxruntime: the page's P(AD) and decisions are the torch page's; the
+    model.onnx is written at start-up, and a missing onnxruntime is one line naming the extra."""
+    import importlib.util
+
+    from adni_timm import app
+    from adni_timm.inference import InferenceError
+
+    run = shutil.copytree(tiny_run[0], tmp_path / 'run')
+    assert not (run / 'best' / ONNX_NAME).exists()
+    on_torch = app.load(run)
+    on_onnx = app.load(run, backend='onnxruntime')
+    assert (run / 'best' / ONNX_NAME).is_file()  # checked before the page could start
+    paths = [s.path for s in data.scan_split(tiny_data, 'test')][:6]
+    want, got = app.predict_files(on_torch, paths), app.predict_files(on_onnx, paths)
+    assert len(got['slices']) == len(want['slices']) == 6 and not got['rejected']
+    np.testing.assert_allclose(
+        [r['p_AD'] for r in got['slices']],
+        [r['p_AD'] for r in want['slices']],
+        rtol=1e-5,
+        atol=1e-7,
+    )
+    assert [r['predicted'] for r in got['patients']] == [r['predicted'] for r in want['patients']]
+    assert 'computed with onnxruntime' in app.describe_model(on_onnx)
+    assert 'onnxruntime' not in app.describe_model(on_torch)
+    with pytest.raises(ValueError, match='choose torch or onnxruntime'):
+        app.load(run, backend='tensorrt')
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        'find_spec',
+        lambda n, *a: None if n == 'onnxruntime' else real_find_spec(n, *a),
+    )
+    with pytest.raises(InferenceError, match=r"pip install 'adni-timm\[onnx\]'"):
+        app.load(run, backend='onnxruntime')

@@ -29,6 +29,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         epilog=examples(
             '%(prog)s --model runs/tiny                  # http://127.0.0.1:7860',
             '%(prog)s --model hf-hub:ORG/NAME --port 8080',
+            '%(prog)s --model runs/tiny --backend onnxruntime   # P(AD) from model.onnx',
             'ADNI_MODEL=hf-hub:ORG/NAME %(prog)s        # as a Hugging Face Space runs it',
         ),
     )
@@ -51,6 +52,14 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         default=int(os.environ.get('GRADIO_SERVER_PORT', 7860)),
         help='port (default: $GRADIO_SERVER_PORT, else 7860)',
     )
+    parser.add_argument(
+        '--backend',
+        choices=('torch', 'onnxruntime'),
+        default='torch',
+        help="onnxruntime: P(AD) from the export's model.onnx (written beside a local export "
+        'when missing; needs the onnx extra); the input check and Grad-CAM stay on torch '
+        '(default: torch)',
+    )
     return parser
 
 
@@ -71,7 +80,7 @@ def main(argv=None, prog: str = PROG) -> int:
     from adni_timm import app
 
     try:
-        demo_model = app.load(args.model)
+        demo_model = app.load(args.model, backend=args.backend)
     except (ValueError, OSError) as e:  # ExportError, missing files: one line, no traceback
         return fail(prog, e)
     app.launch(demo_model, host=args.host, port=args.port)
