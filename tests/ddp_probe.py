@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from accelerate import PartialState
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train  # noqa: E402  (the repo's train.py)
 
@@ -48,3 +50,6 @@ for key in sorted(state):
         }
     )
 )
+# as adni-train's main() does before it returns: no process exits with the process group alive
+PartialState().wait_for_everyone()
+PartialState().destroy_process_group()

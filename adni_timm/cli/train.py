@@ -229,8 +229,13 @@ def main(argv=None, prog: str = PROG) -> int:
         return EXIT_INTERRUPTED
     from accelerate import PartialState
 
-    if PartialState().is_main_process:
+    state = PartialState()
+    if state.is_main_process:
         print('\n' + format_summary(result))
+    # every process finished; leaving with the process group alive lets one process tear it
+    # down while another still uses it (an abort at exit, seen with gloo; torch warns on NCCL)
+    state.wait_for_everyone()
+    state.destroy_process_group()
     return 0
 
 
