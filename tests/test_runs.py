@@ -20,7 +20,7 @@ from adni_timm.inference import load_model, predict_slices
 from adni_timm.run import RunRecord
 from adni_timm.splits import select
 from adni_timm.training import make_ema
-from helpers import TINY, cli_in_process, run_train, with_option
+from helpers import TINY, cli_in_process, run_train, train_in_process, with_option
 
 ONE_EPOCH = with_option(with_option(TINY, '--epochs', '1'), '--warmup-epochs', '0')
 
@@ -69,19 +69,19 @@ def test_resume_keeps_the_recorded_split_when_patients_are_added_or_the_data_mov
 
 
 @pytest.mark.slow
-def test_resume_refuses_when_a_recorded_patient_is_missing(one_epoch_run, tmp_path):
+def test_resume_refuses_when_a_recorded_patient_is_missing(one_epoch_run, tmp_path, capsys):
     run, data_dir = one_epoch_run
     run = _copy(run, tmp_path / 'run')
     patient = _split(run)['val'][0]
     data_copy = _copy(data_dir, tmp_path / 'AD_NC')
     for f in data_copy.glob(f'train/*/{patient}_*.jpeg'):
         f.unlink()
-    proc = run_train(
-        '--output-dir', run, '--resume', '--epochs', '2', '--data-dir', data_copy, check=False
+    code, _, err = train_in_process(
+        capsys, '--output-dir', run, '--resume', '--epochs', '2', '--data-dir', data_copy
     )
-    assert proc.returncode == 1 and 'Traceback' not in proc.stderr  # a problem in the data
-    assert f"recorded in split['val'] are not in the data: {patient}" in proc.stderr
-    assert 'Restore their files, or point --data-dir at the data' in proc.stderr
+    assert code == 1  # a problem in the data
+    assert f"recorded in split['val'] are not in the data: {patient}" in err
+    assert 'Restore their files, or point --data-dir at the data' in err
     # nothing lost
     assert json.loads((run / 'checkpoints/last/trainer_state.json').read_text())['epoch'] == 1
 
@@ -102,28 +102,32 @@ def test_resume_keeps_the_original_provenance_and_records_each_resume(one_epoch_
 
 
 @pytest.mark.slow
-def test_overwrite_touches_the_old_run_only_after_every_check_passed(one_epoch_run, tmp_path):
+def test_overwrite_touches_the_old_run_only_after_every_check_passed(
+    one_epoch_run, tmp_path, capsys
+):
     run, data_dir = one_epoch_run
     run = _copy(run, tmp_path / 'run')
     before = (run / 'best/model.safetensors').read_bytes()
-    typo = run_train(
-        '--data-dir',
-        tmp_path / 'AD_NCC',
-        '--output-dir',
-        run,
-        '--overwrite',
-        *ONE_EPOCH,
-        check=False,
-    )
+    # a DATA_DIR that does not exist is a usage error (2, from argparse) ...
+    with pytest.raises(SystemExit) as typo:
+        train_in_process(
+            capsys,
+            '--data-dir',
+            tmp_path / 'AD_NCC',
+            '--output-dir',
+            run,
+            '--overwrite',
+            *ONE_EPOCH,
+        )
+    assert typo.value.code == 2 and 'AD_NCC does not exist' in capsys.readouterr().err
+    assert (run / 'best/model.safetensors').read_bytes() == before
+    # ... a corrupt file a problem in the data (1), found by the checks before anything is moved
     broken = _copy(data_dir, tmp_path / 'broken')
     next((broken / 'train' / 'NC').glob('*.jpeg')).write_bytes(b'not a jpeg')
-    corrupt = run_train(
-        '--data-dir', broken, '--output-dir', run, '--overwrite', *ONE_EPOCH, check=False
+    code, _, err = train_in_process(
+        capsys, '--data-dir', broken, '--output-dir', run, '--overwrite', *ONE_EPOCH
     )
-    # a DATA_DIR that does not exist is refused (2); a corrupt file is a problem in the data (1)
-    for proc, code in ((typo, 2), (corrupt, 1)):
-        assert proc.returncode == code and 'Traceback' not in proc.stderr
-    assert 'cannot be decoded' in corrupt.stderr
+    assert code == 1 and 'cannot be decoded' in err
     assert (run / 'best/model.safetensors').read_bytes() == before  # the old run is untouched
     run_train('--data-dir', data_dir, '--output-dir', run, '--overwrite', *ONE_EPOCH, '--seed', '1')
     # replaced ...
@@ -133,7 +137,7 @@ def test_overwrite_touches_the_old_run_only_after_every_check_passed(one_epoch_r
 
 
 @pytest.mark.slow
-def test_a_smoke_run_shortens_the_warmup_and_nonsense_is_still_refused(tiny_data, tmp_path):
+def test_a_smoke_run_shortens_the_warmup_and_nonsense_is_still_refused(tiny_data, tmp_path, capsys):
     at = TINY.index('--warmup-epochs')
     # no --warmup-epochs: the preset's 5
     args = with_option(TINY[:at] + TINY[at + 2 :], '--epochs', '1')
@@ -146,7 +150,8 @@ def test_a_smoke_run_shortens_the_warmup_and_nonsense_is_still_refused(tiny_data
         ]
         == 0
     )
-    bad = run_train(
+    code, _, err = train_in_process(
+        capsys,
         '--data-dir',
         tiny_data,
         '--output-dir',
@@ -154,9 +159,8 @@ def test_a_smoke_run_shortens_the_warmup_and_nonsense_is_still_refused(tiny_data
         *args,
         '--warmup-epochs',
         '-1',
-        check=False,
     )
-    assert bad.returncode == 2 and 'warmup_epochs=-1: must not be negative' in bad.stderr
+    assert code == 2 and 'warmup_epochs=-1: must not be negative' in err
 
 
 # ---------------------------------------------------------------------------- data checked up front
@@ -169,10 +173,10 @@ def test_a_corrupt_test_image_stops_eval_test_before_training(tiny_data, tmp_pat
     bad.write_bytes(bad.read_bytes()[:200])  # truncated JPEG
     train_args = ['--data-dir', data_dir, '--output-dir', tmp_path / 'run']
     train_args += [*ONE_EPOCH, '--eval-test']
-    proc = run_train(*train_args, check=False)
-    assert proc.returncode == 1 and 'Traceback' not in proc.stderr  # a problem in the data
-    assert '1 test file(s) cannot be decoded' in proc.stderr and bad.name in proc.stderr
-    assert '--skip-bad-images' in proc.stderr
+    code, _, err = train_in_process(capsys, *train_args)
+    assert code == 1  # a problem in the data
+    assert '1 test file(s) cannot be decoded' in err and bad.name in err
+    assert '--skip-bad-images' in err
     assert not (tmp_path / 'run' / 'checkpoints').exists()  # found before any training
     proc = run_train(*train_args, '--skip-bad-images')
     assert '--skip-bad-images: dropped 1 of 24 test file(s)' in proc.stderr
