@@ -7,10 +7,10 @@ import torch
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('HF_HUB_DISABLE_TELEMETRY', '1')
 
-# pytest-xdist runs 2 workers (pyproject); measured on 2 cores: 2 workers, each torch on up to 2
-# threads and the scripts a test starts (train.py, evaluate.py, ...) on its share of the cores,
-# ran the suite in 379 s (1 process: 555-614 s; most tests are single-threaded: imports,
-# scripts, I/O); torch on 1 thread per worker made the in-process training fixtures 2x slower.
+# pytest-xdist runs 2 workers (pyproject). Measured on the 2-core VM, whose speed drifts during the
+# day: 2 workers 379-498 s for the suite, 1 process 553-614 s (most tests are single-threaded:
+# imports, scripts, I/O). torch keeps up to 2 threads in each worker (1 thread made one in-process
+# training fixture 14 s -> 32 s, a single sample); the scripts a test starts get the cores' share.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 WORKERS = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
 os.environ.setdefault('OMP_NUM_THREADS', str(max(1, min(2, (os.cpu_count() or 1) // WORKERS))))
