@@ -244,7 +244,11 @@ def _as_slices(paths: Sequence[str]) -> list[data.Slice]:
 
 
 def predict_files(
-    demo_model: DemoModel, paths: Sequence[str | os.PathLike], *, batch_size: int = 32
+    demo_model: DemoModel,
+    paths: Sequence[str | os.PathLike],
+    *,
+    batch_size: int = 32,
+    scan_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """P(AD) per accepted file and per patient, the decision at the stored threshold; plain data.
 
@@ -253,6 +257,10 @@ def predict_files(
     'patients': [{'patient', 'n_slices', 'p_<AD>', 'predicted'}],
     'rejected': [{'file', 'problem'}]}``. Slices are sorted by patient and slice index; files that
     are not usable slices are listed under ``rejected``, never raised.
+
+    A 3D scan is cut into slices under ``scan_dir`` (one subfolder per scan), which the caller
+    owns and removes once it is done with the slices' ``path``; without one, a new temporary
+    folder per call that is left in place (``analyse`` passes one and removes it).
     """
     paths = [str(p) for p in paths]
     rejected, accepted = [], []
@@ -261,13 +269,15 @@ def predict_files(
         rejected += [{'file': Path(p).name, 'problem': too_many} for p in paths[MAX_FILES:]]
         paths = paths[:MAX_FILES]
     scan_slices = []
-    for path in paths:
+    for index, path in enumerate(paths):
         if is_scan(path):  # a NIfTI upload: the model's recorded recipe cuts it into slices
+            if scan_dir is None:
+                scan_dir = tempfile.mkdtemp(prefix='adni-demo-scan-')
             try:
                 prepared = prepare_scans(
                     path,
                     demo_model.loaded.settings.preprocessing,
-                    tempfile.mkdtemp(prefix='adni-demo-scan-'),
+                    Path(scan_dir) / f'upload-{index}',  # two uploads may share file names
                 )
             except ValueError as e:  # ScanError, VolumeError, RegistrationError: one line
                 rejected.append({'file': Path(path).name, 'problem': str(e)})
@@ -508,18 +518,20 @@ def analyse(demo_model: DemoModel, paths: Sequence[str] | None) -> tuple[str, li
     A failure shows as one readable line on the page; the traceback goes to the server log only.
     """
     paths = [getattr(p, 'name', p) for p in (paths or [])]  # str paths (older gradio: file objects)
-    try:
-        result = predict_files(demo_model, paths)
-    except Exception as e:  # noqa: BLE001 - the page must show a message, never a stack trace
-        _logger.exception('prediction failed')
-        return f'**Could not analyse these files:** {type(e).__name__}: {e}', [], {}
-    gallery = []
-    if result['slices']:
+    # an uploaded scan's slices live only until its maps are drawn: a server runs for weeks
+    with tempfile.TemporaryDirectory(prefix='adni-demo-scan-') as scan_dir:
         try:
-            gallery = cam_montages(demo_model, result)
-        except Exception as e:  # noqa: BLE001 - the scores stand without the maps
-            _logger.exception('Grad-CAM failed')
-            result['cam_error'] = f'{type(e).__name__}: {e}'
+            result = predict_files(demo_model, paths, scan_dir=scan_dir)
+        except Exception as e:  # noqa: BLE001 - the page must show a message, never a stack trace
+            _logger.exception('prediction failed')
+            return f'**Could not analyse these files:** {type(e).__name__}: {e}', [], {}
+        gallery = []
+        if result['slices']:
+            try:
+                gallery = cam_montages(demo_model, result)
+            except Exception as e:  # noqa: BLE001 - the scores stand without the maps
+                _logger.exception('Grad-CAM failed')
+                result['cam_error'] = f'{type(e).__name__}: {e}'
     summary = format_result(result)
     # the page gets no server paths (and gradio_client would take a dict with 'path' for a file)
     result = {

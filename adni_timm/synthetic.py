@@ -34,6 +34,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -458,6 +459,24 @@ def _difficulty(name: str) -> Difficulty:
     return DIFFICULTIES[name]
 
 
+def check_classes(classes: Sequence[str], level: Difficulty) -> None:
+    """Refuse an unknown, repeated or missing class: ``NC,NC`` would write every patient into
+    one folder under one label and still report two classes' worth."""
+    unknown = [c for c in classes if c not in level.severity]
+    if unknown:
+        raise SyntheticError(
+            f'the generator knows classes {", ".join(level.severity)}, not {", ".join(unknown)}'
+        )
+    if not classes:
+        raise SyntheticError('no classes given: name at least one, e.g. --classes NC,AD')
+    repeated = sorted({c for c in classes if list(classes).count(c) > 1})
+    if repeated:
+        raise SyntheticError(
+            f'classes {",".join(classes)} repeat {", ".join(repeated)}: give each class once, '
+            f'e.g. NC,AD'
+        )
+
+
 def _check_out_dir(out_dir: Path) -> None:
     for split in ('train', 'test'):
         if (out_dir / split).exists() and any((out_dir / split).iterdir()):
@@ -486,11 +505,7 @@ def generate(
     in that many processes; the files are identical either way.
     """
     level = _difficulty(difficulty)
-    unknown = [c for c in classes if c not in level.severity]
-    if unknown:
-        raise SyntheticError(
-            f'the generator knows classes {", ".join(level.severity)}, not {", ".join(unknown)}'
-        )
+    check_classes(classes, level)
     if min(train_patients, test_patients) < 0 or slices < 1:
         raise SyntheticError('patient counts must be >= 0 and --slices >= 1')
     out_dir = Path(out_dir)

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .data_note import DataNote, write_data_note
-from .synthetic import DIFFICULTIES, SyntheticError
+from .synthetic import DIFFICULTIES, SyntheticError, check_classes
 from .template import load_template
 from .volumes import image_from_ras, ras_from_image
 
@@ -500,9 +500,7 @@ def generate_volumes(
         raise SyntheticError(
             f'unknown difficulty {difficulty!r}: choose one of {", ".join(DIFFICULTIES)}'
         )
-    unknown = [c for c in classes if c not in DIFFICULTIES[difficulty].severity]
-    if unknown:
-        raise SyntheticError(f'the generator knows classes NC, MCI, AD, not {", ".join(unknown)}')
+    check_classes(classes, DIFFICULTIES[difficulty])
     if subjects < 1 or not 1 <= visits <= len(VISIT_CODES):
         raise SyntheticError(f'--subjects must be >= 1 and --visits 1..{len(VISIT_CODES)}')
     out = Path(out_dir)

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -410,7 +411,7 @@ def test_killed_run_resumes_without_redoing_finished_subjects(prepared, volumes,
 
 @pytest.mark.slow
 def test_prepared_scans_train_and_a_new_scan_gets_the_p_ad_of_its_prepared_slices(
-    prepared, volumes, tmp_path, capsys
+    prepared, volumes, tmp_path, capsys, monkeypatch
 ):
     out, _ = prepared
     run = tmp_path / 'run'
@@ -478,8 +479,14 @@ def test_prepared_scans_train_and_a_new_scan_gets_the_p_ad_of_its_prepared_slice
     pytest.importorskip('gradio')
     from adni_timm import app
 
-    shown = app.predict_files(app.load(run), [row['source']])
-    assert not shown['rejected'] and len(shown['slices']) == 4
+    demo_model = app.load(run)
+    scratch = tmp_path / 'server-tmp'
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, 'tempdir', str(scratch))  # what the page's handler leaves
+    summary, gallery, shown = app.analyse(demo_model, [row['source']])
+    assert not shown['rejected'] and len(shown['slices']) == 4, summary
     assert sorted(r['p_AD'] for r in shown['slices']) == pytest.approx(
         sorted(scan_p.values()), rel=1e-6, abs=1e-7
     )
+    assert len(gallery) == 1  # the scan's evidence maps were drawn from its slices
+    assert sorted(scratch.iterdir()) == []  # and then the slices were removed

@@ -143,6 +143,25 @@ def test_bad_arguments(tmp_path):
         generate(tmp_path / 'x', 1, 1, difficulty='easy')
     with pytest.raises(SyntheticError, match='knows classes'):
         generate(tmp_path / 'x', 1, 1, classes=('NC', 'FTD'))
+    with pytest.raises(SyntheticError, match='repeat NC: give each class once'):
+        generate(tmp_path / 'x', 1, 1, classes=('NC', 'AD', 'NC'))
+    with pytest.raises(SyntheticError, match='no classes given'):
+        generate(tmp_path / 'x', 1, 1, classes=())
+    assert not (tmp_path / 'x').exists()  # refused before anything was written
+
+
+def test_cli_refuses_a_repeated_class_in_one_line(tmp_path, capsys):
+    # NC,NC once wrote every patient into NC/ and printed "4 patients": a one-class set
+    slices_args = ['--train-patients', '1', '--test-patients', '1', '--slices', '1']
+    for i, extra in enumerate((slices_args, ['--volumes', '--subjects', '1'])):
+        out = tmp_path / f'repeat{i}'
+        assert synthetic_cli([str(out), '--classes', 'NC,NC', *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and 'repeat NC: give each class once' in err[0], err
+        assert not out.exists()
+    # one class stays allowed (a set of controls for adni-prepare)
+    assert synthetic_cli([str(tmp_path / 'one'), '--classes', 'NC', *slices_args]) == 0
+    assert sorted(p.name for p in (tmp_path / 'one' / 'train').iterdir()) == ['NC']
 
 
 def test_cli(tmp_path, capsys):
