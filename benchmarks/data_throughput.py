@@ -16,7 +16,9 @@ Prints a Markdown table (docs/DATA.md quotes it).
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import tempfile
 import time
 from collections import defaultdict
@@ -106,6 +108,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # one core, like one loader worker
     work = args.work_dir or Path(tempfile.mkdtemp(prefix='adni-timm-bench-'))
+    if not args.work_dir:  # scratch: gone when the script ends
+        atexit.register(shutil.rmtree, work, ignore_errors=True)
     rows = []
 
     speed = generator_speed(work / 'speed', 5 if args.quick else 10)

@@ -15,7 +15,9 @@ has no registration and only a random bias-field augmentation, no N4.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -55,6 +57,7 @@ def main(argv=None) -> int:
     idx = np.argwhere(template.brain)[::500]
     points = idx @ template.affine[:3, :3].T + template.affine[:3, 3]
     work = Path(tempfile.mkdtemp(prefix='adni-backends-'))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # scratch: gone when the script ends
     sitk.WriteImage(mask, str(work / 'mask.nii.gz'))
     ants_fixed = ants.image_read(str(template_path('t1')))
     ants_mask = ants.image_read(str(work / 'mask.nii.gz'))

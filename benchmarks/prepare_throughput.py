@@ -19,6 +19,7 @@ CPU times much less. ``--quick`` (2 volumes at 2 mm) only checks that everything
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import shutil
@@ -148,6 +149,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     volumes = 2 if args.quick else args.volumes
     work = Path(args.work_dir or tempfile.mkdtemp(prefix='adni-prepare-bench-'))
+    if not args.work_dir:  # scratch: gone when the script ends
+        atexit.register(shutil.rmtree, work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     result = run(work, volumes, args.workers, args.quick)
     print(_table(result))

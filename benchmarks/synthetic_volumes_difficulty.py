@@ -10,6 +10,8 @@ slices downsampled to 32 x 32 and concatenated. docs/PREPARE.md quotes the resul
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -56,6 +58,7 @@ def main(argv=None) -> int:
     p.add_argument('--workers', type=int, default=2)
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix='adni-volume-difficulty-'))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # scratch: gone when the script ends
     generate_volumes(
         work / 'src',
         args.subjects,
