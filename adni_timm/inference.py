@@ -19,7 +19,7 @@ import os
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -243,6 +243,8 @@ class Member:
     weights_sha256: str
     export_dir: Path | None
     files_dir: Path | None = None  # the export's files (a Hub repo: its cache snapshot)
+    # onnx_runner's session, built once: each build parses the graph and hashes the weights
+    _onnx: Any = field(default=None, init=False, repr=False, compare=False)
 
     def input_check(self):
         """The export's ``input_check.InputCheck``; None when it has none."""
@@ -375,7 +377,10 @@ def _onnx_probs(member: Member, slices, batch_size: int) -> np.ndarray:
 
 def onnx_runner(member: Member):
     """The onnxruntime session of a member's ``model.onnx``, written beside a local export when
-    missing (it is derived from the weights and records their fingerprint)."""
+    missing (it is derived from the weights and records their fingerprint); built on the first
+    call, the same one after (the demo checks it at start-up, then serves every request)."""
+    if member._onnx is not None:
+        return member._onnx
     import importlib.util
 
     from .onnx_export import ONNX_NAME, export_onnx
@@ -396,7 +401,8 @@ def onnx_runner(member: Member):
                 f'--backend torch'
             )
         export_onnx(member.export_dir)
-    return OnnxClassifier(folder)
+    member._onnx = OnnxClassifier(folder)
+    return member._onnx
 
 
 def calibrated_mean(member_probs: Sequence[np.ndarray], point: OperatingPoint) -> np.ndarray:

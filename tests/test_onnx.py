@@ -218,13 +218,26 @@ def test_the_demo_scores_with_onnxruntime_as_with_torch(tiny_run, tiny_data, tmp
     from adni_timm import app
     from adni_timm.inference import InferenceError
 
+    from adni_timm.onnx_runtime import OnnxClassifier
+
     run = shutil.copytree(tiny_run[0], tmp_path / 'run')
     assert not (run / 'best' / ONNX_NAME).exists()
     on_torch = app.load(run)
+    sessions = []
+    real_init = OnnxClassifier.__init__
+
+    def counted_init(self, *args, **kwargs):
+        sessions.append(args[0] if args else kwargs)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(OnnxClassifier, '__init__', counted_init)
     on_onnx = app.load(run, backend='onnxruntime')
     assert (run / 'best' / ONNX_NAME).is_file()  # checked before the page could start
     paths = [s.path for s in data.scan_split(tiny_data, 'test')][:6]
     want, got = app.predict_files(on_torch, paths), app.predict_files(on_onnx, paths)
+    again = app.predict_files(on_onnx, paths)
+    assert [r['p_AD'] for r in again['slices']] == [r['p_AD'] for r in got['slices']]
+    assert len(sessions) == 1  # the session checked at start-up serves every request
     assert len(got['slices']) == len(want['slices']) == 6 and not got['rejected']
     np.testing.assert_allclose(
         [r['p_AD'] for r in got['slices']],
