@@ -51,6 +51,8 @@ __all__ = [
     'GENERATOR_VERSION',
     'DIFFICULTIES',
     'Difficulty',
+    'difficulty_level',
+    'check_classes',
     'SYNTHETIC_COMMENT',
     'generate',
     'demo_dataset',
@@ -393,7 +395,7 @@ class _Head:
 
 def render_patient(seed, severity: float, slices: int = 20, difficulty: str = 'default'):
     """(first slice index, uint8 array [slices, HEIGHT, WIDTH]) for one synthetic patient."""
-    head = _Head(np.random.default_rng(seed), severity, _difficulty(difficulty))
+    head = _Head(np.random.default_rng(seed), severity, difficulty_level(difficulty))
     images = np.stack([head.render(head.first_slice + i) for i in range(slices)])
     return head.first_slice, images
 
@@ -410,7 +412,7 @@ def patient_atrophy_masks(
     ``REGIONS`` (see ``_Head.atrophy_masks``); ``seed`` as in ``render_patient`` (an int, or a
     fresh Generator in the same state).
     """
-    head = _Head(np.random.default_rng(seed), severity, _difficulty(difficulty))
+    head = _Head(np.random.default_rng(seed), severity, difficulty_level(difficulty))
     per_slice = [head.atrophy_masks(head.first_slice + i) for i in range(slices)]
     return head.first_slice, {r: np.stack([m[r] for m in per_slice]) for r in REGIONS}
 
@@ -433,7 +435,7 @@ def atrophy_masks(
     (about 0.1 s and 60 KB per slice); ``atrophy_masks(**DEMO_PARAMS)`` gives the demo set's.
     NC patients have the regions too, only smaller: the class difference is their size.
     """
-    level = _difficulty(difficulty)
+    level = difficulty_level(difficulty)
     unknown = sorted(set(regions) - set(REGIONS))
     if unknown or not regions:
         raise SyntheticError(f'unknown atrophy region(s) {unknown}: choose from {REGIONS}')
@@ -451,7 +453,8 @@ def atrophy_masks(
     return out
 
 
-def _difficulty(name: str) -> Difficulty:
+def difficulty_level(name: str) -> Difficulty:
+    """``DIFFICULTIES[name]``, or ``SyntheticError`` naming the choices."""
     if name not in DIFFICULTIES:
         raise SyntheticError(
             f'unknown difficulty {name!r}: choose one of {", ".join(DIFFICULTIES)}'
@@ -504,7 +507,7 @@ def generate(
     for the whole set, so they are unique across splits. ``workers`` > 1 renders patients
     in that many processes; the files are identical either way.
     """
-    level = _difficulty(difficulty)
+    level = difficulty_level(difficulty)
     check_classes(classes, level)
     if min(train_patients, test_patients) < 0 or slices < 1:
         raise SyntheticError('patient counts must be >= 0 and --slices >= 1')
@@ -567,7 +570,7 @@ def _patient_head(key, severity_params, difficulty: str) -> _Head:
     mean, sd = severity_params
     rng = np.random.default_rng(list(key))
     severity = float(np.clip(rng.normal(mean, sd), 0.0, 1.0))
-    return _Head(rng, severity, _difficulty(difficulty))
+    return _Head(rng, severity, difficulty_level(difficulty))
 
 
 def _write_patient(job, slices: int, difficulty: str) -> None:

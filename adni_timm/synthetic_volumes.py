@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .data_note import DataNote, write_data_note
-from .synthetic import DIFFICULTIES, SyntheticError, check_classes
+from .synthetic import DIFFICULTIES, SyntheticError, check_classes, difficulty_level
 from .template import load_template
 from .volumes import image_from_ras, ras_from_image
 
@@ -496,11 +496,7 @@ def generate_volumes(
     the ADNI download layout, NIfTI or (``dicom``) DICOM series, plus ``labels.csv`` in the ADNI
     collection format. ``base_mm`` > 1 builds the heads from a coarser template (fast tests).
     Scan ``i`` is the same whatever the worker count and the format."""
-    if difficulty not in DIFFICULTIES:
-        raise SyntheticError(
-            f'unknown difficulty {difficulty!r}: choose one of {", ".join(DIFFICULTIES)}'
-        )
-    check_classes(classes, DIFFICULTIES[difficulty])
+    check_classes(classes, difficulty_level(difficulty))
     if subjects < 1 or not 1 <= visits <= len(VISIT_CODES):
         raise SyntheticError(f'--subjects must be >= 1 and --visits 1..{len(VISIT_CODES)}')
     out = Path(out_dir)
