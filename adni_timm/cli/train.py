@@ -5,7 +5,7 @@ python train.py --demo                                    # built-in synthetic d
 python train.py --data-dir AD_NC --output-dir runs/convnext_t
 accelerate launch train.py --data-dir AD_NC --output-dir runs/convnext_t --config adni
 python train.py --output-dir runs/convnext_t --resume     # continue a killed run
-python train.py --data-dir AD_NC --output-dir runs/cv --folds 5 --refit   # 5-fold CV by patient
+python train.py --data-dir AD_NC --output-dir runs/cv --folds 5 --refit   # 5-fold CV by scan
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ EPILOG = examples(
     '%(prog)s --data-dir AD_NC --output-dir runs/atto --model adni_convnext_atto --img-size 96',
     '%(prog)s --data-dir AD_NC --output-dir runs/s --scale 0.6 1.0 --target-sensitivity 0.9',
     '%(prog)s --output-dir runs/convnext_t --resume    # continue a killed run',
-    '%(prog)s --data-dir AD_NC --output-dir runs/cv --folds 5 --refit   # 5-fold CV by patient',
+    '%(prog)s --data-dir AD_NC --output-dir runs/cv --folds 5 --refit   # 5-fold CV by scan',
     'accelerate launch train.py --data-dir AD_NC --output-dir runs/convnext_t   # several GPUs',
 ) + (
     '\n\nOverrides use the config keys (YAML presets: '
@@ -252,14 +252,14 @@ def format_summary(result) -> str:
         lines += [
             f'folds        {run.fold(0).path} .. fold{cv["k"] - 1} (ordinary run folders), '
             f'{run.oof_file}, {run.cv_file}',
-            'cross-validation (held-out patients of each fold, at the threshold chosen on the '
+            'cross-validation (held-out scans of each fold, at the threshold chosen on the '
             'other folds):',
             result.cv_table,
             f'out of fold  {format_out_of_fold(cv["out_of_fold"])}',
         ]
         if result.final is not None:
             lines.append(
-                f'final model  {run.final_dir}  (refit on all training patients for '
+                f'final model  {run.final_dir}  (refit on all training scans for '
                 f"{best.epoch} epochs, the folds' choice; {best.weights} weights)"
             )
             point = cv['refit']

@@ -329,7 +329,7 @@ class ExportSettings:
     synthetic: bool = False
     preprocessing: dict[str, Any] | None = None
     precision: str | None = None
-    file_is_patient: bool = False
+    file_is_scan: bool = False
     split_level: str | None = None
     refit_epochs: int | None = None
     folds: int | None = None
@@ -350,7 +350,7 @@ class ExportSettings:
         values['temperature'] = float(values.get('temperature') or 1.0)
         if values.get('classes'):
             values['classes'] = tuple(values['classes'])
-        values['file_is_patient'] = bool(values.get('file_is_patient'))
+        values['file_is_scan'] = bool(values.get('file_is_scan'))
         return cls(**values, extra=block)
 
     def to_dict(self) -> dict[str, Any]:
