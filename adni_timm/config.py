@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from .utils.legacy import upgrade_config
 from .models import LABEL_NAMES
 
 __all__ = [
@@ -222,6 +223,7 @@ def load_config(
 
 
 def make_config(values: dict[str, Any], source: str = 'config') -> TrainConfig:
+    values = upgrade_config(values)  # records and presets written when a scan was a 'patient'
     known = field_types()
     unknown = sorted(set(values) - set(known))
     if unknown:

@@ -37,6 +37,7 @@ from .config import TrainConfig, config_to_dict, make_config
 from .data.note import DataNote
 from .export.format import WEIGHTS_NAME, is_export, read_export_settings
 from .utils.files import read_json, read_yaml, sha256_file, write_json, write_yaml
+from .utils.legacy import scan_column, upgrade
 
 __all__ = [
     'RESUME_OVERRIDABLE',
@@ -271,6 +272,7 @@ class EvalFolder:
     METRICS = 'metrics.json'
     PREDICTIONS = 'predictions.csv'
     SCANS = 'scans.csv'
+    OLD_SCANS = 'patients.csv'  # its name before a scan was called a scan
     CONFUSION = 'confusion_matrix.png'  # scans
     CONFUSION_SLICES = 'confusion_matrix_slices.png'
     ROC = 'roc.png'
@@ -292,11 +294,13 @@ class EvalFolder:
         return self.path / name
 
     def evaluated_scans(self) -> set[str] | None:
-        """The scan ids of ``scans.csv``; None when it is missing."""
-        if not self.scans_file.is_file():
+        """The scan ids of ``scans.csv`` (``patients.csv`` in folders written before); None
+        when it is missing."""
+        path = next((p for p in (self.scans_file, self.path / self.OLD_SCANS) if p.is_file()), None)
+        if path is None:
             return None
-        with self.scans_file.open(encoding='utf-8') as f:
-            return {row['scan'] for row in csv.DictReader(f)}
+        with path.open(encoding='utf-8') as f:
+            return {scan_column(row) for row in csv.DictReader(f)}
 
 
 class Run:
@@ -420,19 +424,19 @@ class Run:
     def read_split(self) -> dict[str, Any]:
         if not self.split_file.is_file():
             raise RunError(f'{self.split_file} not found: {self.path} is not a finished run folder')
-        return read_json(self.split_file)
+        return upgrade(read_json(self.split_file))
 
     def write_split(self, split: dict[str, Any]) -> None:
         write_json(self.split_file, split)
 
     def read_folds(self) -> dict[str, Any]:
-        return read_json(self.folds_file)
+        return upgrade(read_json(self.folds_file))
 
     def write_folds(self, folds: list[list[str]], seed: int) -> None:
         write_json(self.folds_file, {'k': len(folds), 'seed': seed, 'folds': folds})
 
     def read_cv(self) -> dict[str, Any]:
-        return read_json(self.cv_file)
+        return upgrade(read_json(self.cv_file))
 
     def write_cv(self, result: dict[str, Any]) -> None:
         write_json(self.cv_file, result)

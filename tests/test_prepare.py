@@ -81,7 +81,7 @@ def test_plan_splits_by_subject_across_visits(volumes):
     by_subject = plan.by_subject()
     for subject, scans in by_subject.items():
         assert {s.split for s in scans} == {scans[0].split}, subject
-        assert sorted(s.scan for s in scans) == [f'{subject}_bl', f'{subject}_m12']
+        assert sorted(s.scan_id for s in scans) == [f'{subject}_bl', f'{subject}_m12']
     test = sorted(s for s, scans in by_subject.items() if scans[0].split == 'test')
     assert sorted(by_subject[s][0].label for s in test) == ['AD', 'NC']  # one per class
     again = build_plan(discovery, labels, PrepareOptions(visits='all', test_fraction=0.34))
@@ -98,7 +98,7 @@ def test_plan_splits_by_subject_across_visits(volumes):
     assert len(set(splits.values())) > 1  # the seed chooses the split
     baseline = build_plan(discovery, labels, OPTIONS)
     assert [s.visit for s in baseline.scans] == ['bl'] * 6
-    assert [s.scan for s in baseline.scans] == sorted(by_subject)  # the real subject ids
+    assert [s.scan_id for s in baseline.scans] == sorted(by_subject)  # the real subject ids
     assert len(baseline.skipped) == 6 and 'not the baseline visit' in baseline.skipped[0][1]
 
 

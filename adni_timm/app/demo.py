@@ -42,6 +42,7 @@ from ..data.images import EXPECTED_SLICE
 from ..evaluation.options import EvaluationOptions
 from ..evaluation.predict import score_slices
 from ..prepare.scan_input import is_scan, prepare_scans
+from ..utils.legacy import upgrade
 
 __all__ = [
     'DISCLAIMER',
@@ -160,7 +161,7 @@ def _attach_test_metrics(demo_model: DemoModel) -> None:
     if not folder.metrics_file.is_file():
         return
     try:
-        found = read_json(folder.metrics_file)
+        found = upgrade(read_json(folder.metrics_file))
         if loaded.is_ensemble:
             problems = (
                 []

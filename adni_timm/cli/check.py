@@ -37,6 +37,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         '--file-is-scan',
+        '--file-is-patient',  # its name before scans were called scans
         action='store_true',
         help='treat each file as its own scan (names without <scan>_<slice>)',
     )

@@ -105,6 +105,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     p.add_argument(
         '--file-is-scan',
+        '--file-is-patient',  # its name before scans were called scans
         action='store_true',
         default=None,
         help='treat each file as its own scan (default: as the model was trained)',

@@ -33,10 +33,23 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument('out', metavar='OUT', help='output folder (new or empty)')
+    # --train-patients / --test-patients: their names before scans and subjects were told apart
     parser.add_argument(
-        '--train-subjects', type=int, required=True, help='training scans per class'
+        '--train-subjects',
+        '--train-patients',
+        dest='train_subjects',
+        type=int,
+        required=True,
+        help='training subjects per class',
     )
-    parser.add_argument('--test-subjects', type=int, required=True, help='test scans per class')
+    parser.add_argument(
+        '--test-subjects',
+        '--test-patients',
+        dest='test_subjects',
+        type=int,
+        required=True,
+        help='test subjects per class',
+    )
     parser.add_argument(
         '--slices', type=int, default=20, help='consecutive axial slices per scan (default 20)'
     )
@@ -48,7 +61,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help='class overlap: demo (easy), default (realistic), hard',
     )
     parser.add_argument(
-        '--workers', type=int, default=1, help='processes rendering scans in parallel'
+        '--workers', type=int, default=1, help='processes rendering heads in parallel'
     )
     parser.add_argument(
         '--classes', default='NC,AD', help='comma-separated, from NC, MCI, AD (default NC,AD)'
@@ -147,8 +160,8 @@ def main(argv=None, prog: str = PROG) -> int:
     try:
         out = generate(
             args.out,
-            args.train_patients,
-            args.test_patients,
+            args.train_subjects,
+            args.test_subjects,
             args.slices,
             args.seed,
             args.difficulty,
@@ -157,7 +170,7 @@ def main(argv=None, prog: str = PROG) -> int:
         )
     except SyntheticError as e:
         return fail(prog, e)
-    n = (args.train_patients + args.test_patients) * len(classes)
+    n = (args.train_subjects + args.test_subjects) * len(classes)
     print(f'wrote SYNTHETIC data ({args.difficulty}): {n} scans x {args.slices} slices to {out}')
     return EXIT_OK
 

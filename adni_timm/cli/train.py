@@ -61,6 +61,10 @@ class _ListValue(argparse.Action):
         setattr(namespace, self.dest, ','.join(part for part in parts if part))
 
 
+# flags of keys renamed since: they keep working (a file-name group was called a patient)
+_OLD_FLAGS = {'file_is_scan': ('--file-is-patient',)}
+
+
 def _override_help(type_name: str, meta: dict, default) -> tuple[str, str | tuple[str, ...]]:
     """(help, metavar) of one override: its description, choices and default in CLI syntax."""
     choices = meta.get('choices')
@@ -122,18 +126,18 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     defaults = TrainConfig()
     helps = field_help()
     for key, type_name in field_types().items():
-        flag = f'--{key.replace("_", "-")}'
+        flags = [f'--{key.replace("_", "-")}', *_OLD_FLAGS.get(key, ())]
         text, metavar = _override_help(type_name, helps[key], getattr(defaults, key))
         if type_name == 'bool':  # --cache (= true), --cache false
             overrides.add_argument(
-                flag, dest=key, nargs='?', const='true', default=None, metavar=metavar, help=text
+                *flags, dest=key, nargs='?', const='true', default=None, metavar=metavar, help=text
             )
         elif type_name.startswith('list['):
             overrides.add_argument(
-                flag, dest=key, nargs='+', action=_ListValue, metavar=metavar, help=text
+                *flags, dest=key, nargs='+', action=_ListValue, metavar=metavar, help=text
             )
         else:
-            overrides.add_argument(flag, dest=key, default=None, help=text, metavar=metavar)
+            overrides.add_argument(*flags, dest=key, default=None, help=text, metavar=metavar)
     return parser
 
 

@@ -23,6 +23,7 @@ from ..metrics import CI_KEYS, scan_level, resample_scan_counts, weighted_metric
 from ..models import LABEL_NAMES
 from ..run import Run
 from ..data.splits import SplitError, check_folds
+from ..utils.legacy import upgrade
 
 __all__ = [
     'paired_bootstrap_difference',
@@ -124,7 +125,7 @@ def read_cv_run(run: str | os.PathLike) -> tuple[dict, list[dict]]:
             f'(train.py --folds K writes one).'
         )
     try:
-        cv = json.loads(cv_path.read_text())
+        cv = upgrade(json.loads(cv_path.read_text()))
     except json.JSONDecodeError as e:
         raise CVError(f'{cv_path}: not valid JSON ({e.msg}, line {e.lineno}).') from e
     except (OSError, UnicodeDecodeError) as e:

@@ -36,6 +36,7 @@ import numpy as np
 from ..utils.display import fmt_ci, is_number
 from ..utils.files import format_float, write_text
 from ..metrics import CI_KEYS, binary_metrics_quiet, bootstrap_ci, scan_level
+from ..utils.legacy import scan_column, upgrade_key
 
 __all__ = [
     'OOF_COLUMNS',
@@ -137,7 +138,8 @@ def read_oof_csv(path: str | os.PathLike) -> list[dict]:
     try:
         with open(path, newline='') as f:
             reader = csv.DictReader(f)
-            missing = [c for c in OOF_COLUMNS if c not in (reader.fieldnames or [])]
+            columns = [upgrade_key(c) for c in reader.fieldnames or []]  # 'patient' before
+            missing = [c for c in OOF_COLUMNS if c not in columns]
             if missing:
                 raise CVError(
                     f'{path}: not an out-of-fold prediction file; columns {missing} are '
@@ -149,7 +151,7 @@ def read_oof_csv(path: str | os.PathLike) -> list[dict]:
                     rows.append(
                         {
                             'path': row['path'],
-                            'scan': row['scan'],
+                            'scan': scan_column(row),
                             'label': int(row['label']),
                             'fold': int(row['fold']),
                             'p_AD': float(row['p_AD']),

@@ -60,9 +60,12 @@ def subjects_of(data_dir: str | os.PathLike) -> dict[str, str]:
     keeps all scans of one subject together."""
     import csv
 
+    from ..utils.legacy import upgrade
+
     path = Path(data_dir) / MANIFEST
     if not path.is_file():
         return {}
     with path.open(encoding='utf-8', newline='') as f:
         rows = list(csv.DictReader(f))
+    rows = [upgrade(r) for r in rows]  # manifests written before name the column 'patient'
     return {r['scan']: r['subject'] for r in rows if r.get('scan') and r.get('subject')}

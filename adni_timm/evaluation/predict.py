@@ -142,7 +142,7 @@ def predict_images(
 ) -> dict[str, Any]:
     """Predict unlabelled slices (one file or a folder), or 3D scans (a NIfTI file, a DICOM series
     folder, a folder of NIfTI files: cut into slices by the model's recorded adni-prepare recipe,
-    ``scan_input``): P(AD) and the decision per slice and per scan (a scan is a scan; a
+    ``scan_input``): P(AD) and the decision per slice and per scan (a 3D file is one scan; a
     cross-validation run predicts with its fold ensemble). With ``output_dir`` writes
     ``predictions.csv`` and ``scans.csv``.
 
@@ -213,7 +213,10 @@ def predict_images(
         'scans': scan_table,
     }
     if scans is not None:
-        result['scans'] = {'registration_similarity': scans.similarity, 'warnings': scans.warnings}
+        result['volumes'] = {
+            'registration_similarity': scans.similarity,
+            'warnings': scans.warnings,
+        }
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -245,7 +248,9 @@ def format_predictions(result: dict, max_rows: int = 20) -> str:
         return f'{value:>9.3f}' if value is not None else f'{"-":>9}'
 
     lines = [f'threshold {fmt(result["threshold"])} ({result["threshold_source"]})']
-    for scan, similarity in (result.get('scans') or {}).get('registration_similarity', {}).items():
+    for scan, similarity in (
+        (result.get('volumes') or {}).get('registration_similarity', {}).items()
+    ):
         lines.append(f'scan {scan}: registered to the template, similarity {similarity:.3f}')
     if not result.get('input_check'):
         lines.append('(this model has no input check: every image is scored, whatever it shows)')

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from ..data.note import DataNote
+from ..utils.legacy import upgrade
 
 __all__ = [
     'PERCENTILES',
@@ -119,6 +120,7 @@ class InputDescription:
     @classmethod
     def from_dict(cls, block: Mapping[str, Any]) -> InputDescription:
         known = {f.name for f in dataclasses.fields(cls)}
+        block = upgrade(dict(block))  # n_patients, slices_per_patient: exports written before
         values = {k: v for k, v in block.items() if k in known}  # newer keys are ignored
         values['image_sizes'] = tuple(tuple(s) for s in values.get('image_sizes') or ())
         values['file_types'] = tuple(values.get('file_types') or ())

@@ -28,6 +28,7 @@ from ..export.format import ExportSettings
 from ..export.input_description import InputDescription, orientation, recipe_lines
 from ..models import LABEL_NAMES
 from ..run import EvalCheck, EvalFolder, Run
+from ..utils.legacy import upgrade_key
 
 __all__ = [
     'CARD_TAGS',
@@ -336,7 +337,7 @@ def metrics_from_card(card_text: str) -> dict[str, Any] | None:
     key_of = {metric_type: key for key, metric_type in EVAL_METRICS.items()}
     found: dict[str, Any] = {}
     for r in results:
-        level = (r.dataset_config or '').replace('-level', '')
+        level = upgrade_key((r.dataset_config or '').replace('-level', ''))  # 'patient' before
         if level in ('slice', 'scan') and r.metric_type in key_of:
             found.setdefault(level, {})[key_of[r.metric_type]] = r.metric_value
             found['split'] = r.dataset_split or 'test'
@@ -565,9 +566,10 @@ def _training_data(
     source: DataSource,
 ) -> str:
     withheld = (
-        '**No images, scan identifiers or other ADNI data are included in this repository.**'
+        '**No images, subject or scan identifiers or other ADNI data are included in this '
+        'repository.**'
         if source.adni
-        else '**No training images or scan identifiers are included in this repository.**'
+        else '**No training images, subject or scan identifiers are included in this repository.**'
     )
     lines = ['## Training data', '', _source_paragraph(settings, source), '', withheld]
     if folds:

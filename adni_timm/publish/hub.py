@@ -39,6 +39,7 @@ from .card import ACK_PLACEHOLDER, build_model_card
 from ..models import MEAN, STD
 from ..export.onnx import ONNX_NAME
 from ..run import EvalCheck, EvalFolder, Run, check_eval_belongs, locate
+from ..utils.legacy import upgrade
 
 try:  # huggingface_hub >= 1.0 talks httpx; older versions raise requests errors, which are OSErrors
     from huggingface_hub.errors import HTTPError as _TransportError
@@ -196,9 +197,9 @@ def build_export_folder(
         num_params=count_parameters(out_dir / WEIGHTS_NAME),
         stats=measure_export_config(config),
         train_config=read_yaml(run.record_file) if run.record_file.is_file() else None,
-        split=read_json(run.split_file) if run.split_file.is_file() else None,
+        split=run.read_split() if run.split_file.is_file() else None,
         folds=run.read_folds() if run.folds_file.is_file() else None,
-        refit_split=read_json(run.refit.split_file) if run.refit.split_file.is_file() else None,
+        refit_split=run.refit.read_split() if run.refit.split_file.is_file() else None,
         metrics=metrics,
         eval_facts=eval_facts,
         cv=run.read_cv() if run.cv_file.is_file() else None,
@@ -235,7 +236,7 @@ def _with_refit_scans(facts: EvalCheck, folder: EvalFolder | None, run: Run) -> 
     scans must share none with them either (``Run.seen_scans`` covers the folds)."""
     if facts.disjoint is not True or folder is None or not run.refit.split_file.is_file():
         return facts
-    split = read_json(run.refit.split_file)
+    split = run.refit.read_split()
     refit = set(split.get('train', [])) | set(split.get('val', []))
     evaluated = folder.evaluated_scans() or set()
     return dataclasses.replace(facts, disjoint=not (evaluated & refit))
@@ -278,7 +279,7 @@ def _read_eval_metrics(path: str | os.PathLike | None) -> dict[str, Any] | None:
             f'--eval {path} does not exist; run evaluate.py '
             f'--output-dir OUT and pass OUT/metrics.json'
         )
-    metrics = read_json(path)
+    metrics = upgrade(read_json(path))
     if not isinstance(metrics, dict) or not any(
         isinstance(metrics.get(k), dict) for k in ('slice', 'scan')
     ):
