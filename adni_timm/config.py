@@ -90,6 +90,14 @@ class TrainConfig:
     file_is_scan: bool = _key(
         False, 'each file is its own scan (file names without <scan>_<slice>)'
     )
+    # subjects: a map file (meta_data_with_label.json, an ADNI collection CSV, scan,subject CSV)
+    subjects: str | None = _key(None, "subject map file: splits keep a subject's scans together")
+    resplit_test: float | None = _key(
+        None, 'pool train+test, hold out this share of SUBJECTS as the test set'
+    )
+    allow_subject_overlap: bool = _key(
+        False, 'train although test subjects have scans in train (stated everywhere)'
+    )
     skip_bad_images: bool = _key(
         False, 'leave out files that cannot be decoded (else: list them and stop)'
     )
@@ -316,6 +324,14 @@ def validate_config(cfg: TrainConfig) -> None:
         bad('clip_grad', 'must be positive or null', 'use e.g. 1.0, or null for no clipping')
     if not 0 <= cfg.val_fraction < 1:
         bad('val_fraction', 'must be in [0, 1)', 'e.g. 0.2')
+    if cfg.resplit_test is not None and not 0 < cfg.resplit_test < 1:
+        bad('resplit_test', 'must be in (0, 1)', 'e.g. 0.2 (a fifth of the subjects)')
+    if cfg.resplit_test is not None and cfg.allow_subject_overlap:
+        bad(
+            'allow_subject_overlap',
+            'contradicts --resplit-test (a re-split test set shares no subject with train)',
+            'give one of the two',
+        )
     if cfg.target_sensitivity is not None and not 0 < cfg.target_sensitivity <= 1:
         bad('target_sensitivity', 'must be in (0, 1]', "e.g. 0.9, or null for Youden's J")
     if cfg.folds == 1 or cfg.folds < 0:

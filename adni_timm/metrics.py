@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -38,6 +38,8 @@ __all__ = [
     'clopper_pearson',
     'weighted_metrics',
     'resample_scan_counts',
+    'subject_groups',
+    'subject_level',
     'reliability_curve',
     'expected_calibration_error',
     'calibration_report',
@@ -150,13 +152,50 @@ def scan_level(scans: Sequence, y_true, p_pos) -> tuple[np.ndarray, np.ndarray, 
     return ids, (n_pos > 0).astype(np.int64), mean_p
 
 
-def slice_and_scan_metrics(scans: Sequence, y_true, p_pos, threshold: float = 0.5) -> dict:
-    """``{'slice': binary_metrics(...), 'scan': binary_metrics(...)}`` at the same threshold."""
+def subject_groups(scan_ids: Sequence, y_scan, subjects: Mapping[str, str]) -> np.ndarray:
+    """The subject group of each scan: its subject, or ``subject:label`` for a subject whose scans
+    carry two labels (a converter: each diagnosis is scored on its own scans). A scan missing from
+    ``subjects`` is its own subject."""
+    subject = np.array([str(subjects.get(str(s), s)) for s in scan_ids], dtype=object)
+    y_scan = np.asarray(y_scan)
+    out = subject.copy()
+    for sid in np.unique(subject):
+        members = subject == sid
+        if len(np.unique(y_scan[members])) > 1:
+            out[members] = [f'{sid}:{int(v)}' for v in y_scan[members]]
+    return out.astype(str)
+
+
+def subject_level(
+    scans: Sequence, y_true, p_pos, subjects: Mapping[str, str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Aggregate slices to subjects: ``(ids, y, p)``, ids sorted; a subject's probability is the
+    mean over its scans of each scan's mean over its slices (every visit counts once)."""
+    scan_ids, y_scan, p_scan = scan_level(scans, y_true, p_pos)
+    groups = subject_groups(scan_ids, y_scan, subjects)
+    ids, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    y = (np.bincount(inverse, weights=y_scan, minlength=len(ids)) > 0).astype(np.int64)
+    return ids, y, np.bincount(inverse, weights=p_scan, minlength=len(ids)) / counts
+
+
+def slice_and_scan_metrics(
+    scans: Sequence,
+    y_true,
+    p_pos,
+    threshold: float = 0.5,
+    subjects: Mapping[str, str] | None = None,
+) -> dict:
+    """``{'slice': binary_metrics(...), 'scan': binary_metrics(...)}`` at the same threshold, and
+    ``'subject'`` when ``subjects`` (``{scan: subject}``) is given."""
     _, y_pat, p_pat = scan_level(scans, y_true, p_pos)
-    return {
+    out = {
         'slice': binary_metrics(y_true, p_pos, threshold),
         'scan': binary_metrics(y_pat, p_pat, threshold),
     }
+    if subjects is not None:
+        _, y_sub, p_sub = subject_level(scans, y_true, p_pos, subjects)
+        out['subject'] = binary_metrics(y_sub, p_sub, threshold)
+    return out
 
 
 def _require_both_classes(y: np.ndarray, what: str) -> None:
@@ -276,18 +315,22 @@ def bootstrap_ci(
     seed: int = 0,
     level: float = 0.95,
     chunk: int = 200,
+    subjects: Mapping[str, str] | None = None,
 ) -> dict[str, dict[str, list[float] | None]]:
-    """Percentile bootstrap CIs of the slice- and scan-level metrics, resampling SCANS.
+    """Percentile bootstrap CIs of the slice- and scan-level metrics (and subject-level, with
+    ``subjects``: ``{scan: subject}``), resampling at the highest known level: SUBJECTS when
+    ``subjects`` is given, else SCANS.
 
-    Each resample draws scans with replacement within each class (the test set is a fixed number
-    of AD and NC scans) and keeps all slices of a drawn scan, so slices of one scan are
-    never treated as independent. The threshold is held fixed. Returns ``{'slice': {key: [lo, hi]},
-    'scan': ...}`` for ``CI_KEYS`` (``None`` where a metric is undefined in every resample).
+    Each resample draws units with replacement within each class (the test set is a fixed number
+    of AD and NC units) and keeps all scans and slices of a drawn unit, so slices of one scan, and
+    scans of one person, are never treated as independent. The threshold is held fixed. Returns
+    ``{'slice': {key: [lo, hi]}, 'scan': ..., ['subject': ...]}`` for ``CI_KEYS`` (``None`` where
+    a metric is undefined in every resample).
 
-    When every resample gives the same value (32 of 32 scans right: the bootstrap says
-    ``[1, 1]``), a proportion (accuracy, sensitivity, specificity, precision) gets the exact
-    Clopper-Pearson interval instead, counted in scans at both levels (slices of one scan
-    are not independent): 32/32 -> [0.891, 1].
+    When every resample gives the same value (32 of 32 right: the bootstrap says ``[1, 1]``), a
+    proportion (accuracy, sensitivity, specificity, precision) gets the exact Clopper-Pearson
+    interval instead, counted in resampled units at every level (slices of one scan are not
+    independent): 32/32 -> [0.891, 1].
     """
     if n_boot < 1:
         raise ValueError(f'bootstrap_ci: n_boot must be >= 1, got {n_boot}.')
@@ -296,33 +339,40 @@ def bootstrap_ci(
     y, p = _as_arrays(y_true, p_pos, 'bootstrap_ci')
     ids, y_pat, p_pat = scan_level(scans, y, p)
     slice_to_scan = np.searchsorted(ids, np.asarray(scans))
+    # the resampled unit: subjects when known (each scan -> its subject group), else scans
+    levels = {'scan': (y_pat, p_pat), 'slice': (y, p)}
+    if subjects is not None:
+        groups = subject_groups(ids, y_pat, subjects)
+        unit_ids, scan_to_unit = np.unique(groups, return_inverse=True)
+        sub_ids, y_unit, p_unit = subject_level(scans, y, p, subjects)
+        assert (sub_ids == unit_ids).all()  # one grouping rule for the metrics and the resample
+        levels = {'subject': (y_unit, p_unit), **levels}
+        to_unit = {'subject': None, 'scan': scan_to_unit, 'slice': scan_to_unit[slice_to_scan]}
+    else:
+        y_unit, p_unit = y_pat, p_pat
+        to_unit = {'scan': None, 'slice': slice_to_scan}
     rng = np.random.default_rng(seed)
-    draws = {'slice': {k: [] for k in CI_KEYS}, 'scan': {k: [] for k in CI_KEYS}}
+    draws = {name: {k: [] for k in CI_KEYS} for name in levels}
     for start in range(0, n_boot, chunk):  # chunks bound memory: (chunk, n_slices) weights
-        counts = resample_scan_counts(rng, y_pat, min(chunk, n_boot - start))
-        for level_name, values in (
-            ('scan', weighted_metrics(y_pat, p_pat, threshold, counts)),
-            ('slice', weighted_metrics(y, p, threshold, counts[:, slice_to_scan])),
-        ):
-            for k, v in values.items():
-                draws[level_name][k].append(v)
+        counts = resample_scan_counts(rng, y_unit, min(chunk, n_boot - start))
+        for name, (y_l, p_l) in levels.items():
+            weights = counts if to_unit[name] is None else counts[:, to_unit[name]]
+            for k, v in weighted_metrics(y_l, p_l, threshold, weights).items():
+                draws[name][k].append(v)
     cis = {
         lvl: {k: _percentile_ci(np.concatenate(v), level) for k, v in per_key.items()}
         for lvl, per_key in draws.items()
     }
-    point = {
-        'scan': binary_metrics_quiet(y_pat, p_pat, threshold),
-        'slice': binary_metrics_quiet(y, p, threshold),
-    }
-    pred_pat = p_pat >= threshold
-    scans_behind = {  # the scans each proportion is counted over
-        'accuracy': len(y_pat),
-        'sensitivity': int((y_pat == 1).sum()),
-        'specificity': int((y_pat == 0).sum()),
-        'precision': int(pred_pat.sum()),
+    point = {name: binary_metrics_quiet(y_l, p_l, threshold) for name, (y_l, p_l) in levels.items()}
+    pred_unit = p_unit >= threshold
+    units_behind = {  # the resampled units each proportion is counted over
+        'accuracy': len(y_unit),
+        'sensitivity': int((y_unit == 1).sum()),
+        'specificity': int((y_unit == 0).sum()),
+        'precision': int(pred_unit.sum()),
     }
     for lvl in cis:
-        for key, n in scans_behind.items():
+        for key, n in units_behind.items():
             ci, value = cis[lvl].get(key), point[lvl].get(key)
             if ci is not None and value is not None and n > 0 and ci[0] == ci[1]:
                 cis[lvl][key] = clopper_pearson(value * n, n, level)

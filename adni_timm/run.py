@@ -432,8 +432,14 @@ class Run:
     def read_folds(self) -> dict[str, Any]:
         return upgrade(read_json(self.folds_file))
 
-    def write_folds(self, folds: list[list[str]], seed: int) -> None:
-        write_json(self.folds_file, {'k': len(folds), 'seed': seed, 'folds': folds})
+    def write_folds(
+        self, folds: list[list[str]], seed: int, subjects: dict[str, str] | None = None
+    ) -> None:
+        """``folds.json``: the scans of each fold, and each fold's subjects when known."""
+        found: dict[str, Any] = {'k': len(folds), 'seed': seed, 'folds': folds}
+        if subjects:
+            found['subjects'] = [sorted({subjects.get(p, p) for p in fold}) for fold in folds]
+        write_json(self.folds_file, found)
 
     def read_cv(self) -> dict[str, Any]:
         return upgrade(read_json(self.cv_file))

@@ -443,6 +443,14 @@ def _describe_test_metrics(demo_model: DemoModel) -> str:
         f"'{found.get('split', '?')}' in {found.get('data_dir', '?')}): {shown}; "
         f'slice accuracy {fmt(found.get("slice", {}).get("accuracy"))}'
     )
+    if found.get('test_from') == 'resplit':
+        text += ' (the test set: a re-split by subject)'
+    overlap = found.get('subject_overlap')
+    if isinstance(overlap, dict) and overlap.get('n'):
+        text += (
+            f'. **Subjects overlap train and test: {overlap["n"]} of {overlap.get("of", "?")}** '
+            f'(optimistic for people the model has never seen)'
+        )
     if demo_model.test_metrics_problems:
         text += '. **These may not belong to the loaded weights:** ' + '; '.join(
             demo_model.test_metrics_problems

@@ -42,6 +42,13 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help='treat each file as its own scan (names without <scan>_<slice>)',
     )
     parser.add_argument(
+        '--subjects',
+        metavar='FILE',
+        help="subject map (the course's meta_data_with_label.json, an ADNI collection CSV or a "
+        'scan,subject CSV): subjects per split and class, scans per subject, and the test '
+        "subjects who also have scans in train (a problem). Default: DATA_DIR's manifest.csv",
+    )
+    parser.add_argument(
         '--workers',
         type=int,
         default=min(8, os.cpu_count() or 1),
@@ -57,7 +64,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         epilog=examples(
             '%(prog)s AD_NC                         # counts, sizes, every problem',
             '%(prog)s AD_NC --classes NC,MCI,AD     # three classes, in label order',
-            '%(prog)s scans/ --file-is-scan      # one file per scan',
+            '%(prog)s scans/ --file-is-scan         # one file per scan',
+            '%(prog)s AD_NC --subjects meta_data_with_label.json   # subjects, train/test overlap',
         ),
     )
     _add_arguments(parser)
@@ -67,7 +75,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     from adni_timm.data import check_data_dir
 
-    report = check_data_dir(args.data_dir, args.classes, args.file_is_scan, args.workers)
+    report = check_data_dir(
+        args.data_dir, args.classes, args.file_is_scan, args.workers, subjects=args.subjects
+    )
     print('\n'.join(report.lines))
     for note in report.notes:
         print(f'note: {note}')

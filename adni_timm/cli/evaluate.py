@@ -111,6 +111,14 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help='treat each file as its own scan (default: as the model was trained)',
     )
     p.add_argument(
+        '--subjects',
+        metavar='FILE',
+        help="subject map (the course's meta_data_with_label.json, an ADNI collection CSV or a "
+        'scan,subject CSV): adds subject-level metrics, resamples subjects for the CIs and counts '
+        "evaluated subjects the model trained on (default: the run's map, else DATA_DIR's "
+        'manifest.csv)',
+    )
+    p.add_argument(
         '--skip-bad-images',
         action='store_true',
         help='leave out files that cannot be decoded (default: list them and stop)',
@@ -237,6 +245,7 @@ def main(argv=None, prog: str = PROG) -> int:
                 target_sensitivity=args.target_sensitivity,
                 n_boot=args.n_boot,
                 options=options,
+                subjects=args.subjects,
             )
             print(evaluation.format_table(result))
     except (ValueError, OSError) as e:

@@ -24,6 +24,7 @@ from .slices import (
     summarize,
 )
 from .splits import check_no_leakage
+from .subjects import find_subject_map, subject_report
 
 
 @dataclass(frozen=True)
@@ -40,12 +41,14 @@ def check_data_dir(
     classes: Sequence[str] = LABEL_NAMES,
     file_is_scan: bool = False,
     num_workers: int = 0,
+    subjects: str | os.PathLike | None = None,
 ) -> CheckReport:
     """Scans and slices per split and class, image sizes and modes, and every problem found.
 
     Problems: a missing split or class folder, unknown class folders, bad file names, scans in
-    two classes or in both train and test, files that do not decode. ``num_workers`` threads
-    decode the images.
+    two classes or in both train and test, files that do not decode; with a subject map
+    (``subjects``, else the folder's manifest.csv): scans it does not know or labels otherwise,
+    and test subjects who also have scans in train. ``num_workers`` threads decode the images.
     """
     data_dir = Path(data_dir)
     lines = [
@@ -85,6 +88,14 @@ def check_data_dir(
             check_no_leakage(found['train'], found['test'])
         except DataError as e:
             problems.append(str(e))
+    try:
+        smap = find_subject_map(data_dir, subjects)
+    except DataError as e:
+        smap, problems = None, [*problems, str(e)]
+    if smap is not None and found:
+        subject_lines, subject_problems = subject_report(found, smap, classes)
+        lines += subject_lines
+        problems += subject_problems
     infos = inspect_all([s for split in found.values() for s in split], num_workers)
     lines.append(
         'image sizes (WxH): '

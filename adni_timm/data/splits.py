@@ -32,7 +32,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from .images import resolve_bad_images
 from .slices import DataError, Slice, scan_split, slice_key
 from ..utils.display import preview
-from .note import subjects_of
+from .subjects import SubjectOverlap, find_subject_map, subject_overlap
 
 
 _logger = logging.getLogger(__name__)
@@ -47,6 +47,18 @@ class SplitError(DataError):
 
 
 @dataclass
+class CheckedData:
+    """The data a run trains and is tested on, checked; with the subjects when a map is known."""
+
+    train: list[Slice]
+    test: list[Slice]
+    subjects: dict[str, str] | None = None  # {scan: subject} of train and test; None: unknown
+    subject_source: str | None = None  # the map's file
+    overlap: SubjectOverlap | None = None  # test subjects with scans in train (allowed)
+    resplit: float | None = None  # test re-split from the pooled scans: the share of subjects
+
+
+@dataclass
 class Splits:
     """The slices of each part and the JSON-able split (scan ids) that ``split.json`` records."""
 
@@ -54,6 +66,7 @@ class Splits:
     val: list[Slice]
     test: list[Slice]
     split: dict[str, Any]
+    subjects: dict[str, str] | None = None  # {scan: subject} when a map is known
 
 
 def _check_fraction(fraction: float, key: str = 'val_fraction') -> None:
@@ -131,9 +144,10 @@ def split_scans(
     val_fraction: float = 0.2,
     seed: int = 0,
     subjects: Mapping[str, str] | None = None,
+    source: str = 'manifest.csv',
 ) -> dict:
     """Scan-level train / val split, stratified by class, deterministic for a seed; with
-    ``subjects`` (``data_note.subjects_of``) every visit of a subject on one side."""
+    ``subjects`` (``{scan: subject}``, from ``source``) every scan of a subject on one side."""
     _check_fraction(val_fraction)
     train, val = _split_ids(scan_labels(slices), val_fraction, seed, subjects)
     _assert_disjoint(train, val)
@@ -145,7 +159,7 @@ def split_scans(
         'val': val,
     }
     if subjects:
-        split['grouped_by'] = 'subject (manifest.csv)'
+        split['grouped_by'] = f'subject ({source})'
     return split
 
 
@@ -224,36 +238,120 @@ def warn_new_scans(slices: Sequence[Slice], known: Iterable[str]) -> list[Slice]
 # ------------------------------------------------------------------------------ the checked data
 
 
-def check_data(cfg, data_dir, check_test: bool = False) -> tuple[list[Slice], list[Slice]]:
-    """(train, test) slices, checked before any training: layout, leakage between the splits,
-    unreadable files (of test too when it will be evaluated; ``skip_bad_images`` drops them with a
-    count)."""
+def check_data(
+    cfg, data_dir, check_test: bool = False, recorded: Mapping[str, Any] | None = None
+) -> CheckedData:
+    """The train and test slices, checked before any training: layout, scans shared by the
+    splits, unreadable files (of test too when it will be evaluated; ``skip_bad_images`` drops
+    them with a count), and with a subject map (``cfg.subjects``, else the folder's
+    manifest.csv) every scan mapped, test subjects with scans in train refused unless
+    ``cfg.allow_subject_overlap``, or the test set re-split by subject (``cfg.resplit_test``;
+    ``recorded``: a split that already holds it)."""
     scan = dict(classes=tuple(cfg.classes), file_is_scan=cfg.file_is_scan)
     train_all = scan_split(data_dir, 'train', **scan)
     test = scan_split(data_dir, 'test', **scan) if (Path(data_dir) / 'test').is_dir() else []
     if test:
         check_no_leakage(train_all, test, names=('train', 'test'))
-    train_all = resolve_bad_images(
-        train_all, skip_bad=cfg.skip_bad_images, num_workers=cfg.num_workers, what='train'
+    smap = find_subject_map(data_dir, cfg.subjects)
+    subjects = smap.for_slices([*train_all, *test], cfg.classes) if smap is not None else None
+    checked = CheckedData(train_all, test, subjects, smap.source if smap is not None else None)
+    if cfg.resplit_test is not None:
+        _resplit(checked, cfg.resplit_test, cfg.seed, recorded)
+    elif subjects and test:
+        overlap = subject_overlap(train_all, test, subjects)
+        if overlap.n and not cfg.allow_subject_overlap:
+            raise SplitError(
+                f'{overlap.sentence()} ({smap.source}): the test folder is not split by subject, '
+                f'so it would report on people the model trained on. Re-split by subject with '
+                f'--resplit-test 0.2, or keep the official split with --allow-subject-overlap '
+                f'(the overlap is then stated in the log, metrics.json and the model card).'
+            )
+        if overlap.n:
+            _logger.warning(
+                'subjects overlap train and test: %d of %d test subjects also have scans in '
+                'train (--allow-subject-overlap); test scores are optimistic for new people.',
+                overlap.n,
+                overlap.n_test_subjects,
+            )
+            checked.overlap = overlap
+    checked.train = resolve_bad_images(
+        checked.train, skip_bad=cfg.skip_bad_images, num_workers=cfg.num_workers, what='train'
     )
     if check_test:
-        if not test:
+        if not checked.test:
             raise SplitError(
                 f'--eval-test: {data_dir} has no test split to evaluate on; drop --eval-test or '
                 f'add {Path(data_dir) / "test"}'
             )
-        test = resolve_bad_images(
-            test, skip_bad=cfg.skip_bad_images, num_workers=cfg.num_workers, what='test'
+        checked.test = resolve_bad_images(
+            checked.test, skip_bad=cfg.skip_bad_images, num_workers=cfg.num_workers, what='test'
         )
-    return train_all, test
+    return checked
+
+
+def resplit_test(
+    slices: Sequence[Slice], fraction: float, seed: int, subjects: Mapping[str, str]
+) -> tuple[list[Slice], list[Slice]]:
+    """(train, test) slices: ``fraction`` of the SUBJECTS of ``slices`` held out as the test set,
+    stratified by class, deterministic for a seed; every scan of a subject on one side."""
+    if not 0 < fraction < 1:
+        raise SplitError(f'resplit_test={fraction}: must be in (0, 1), e.g. 0.2')
+    _, carved = _split_ids(scan_labels(slices), fraction, seed, subjects)
+    held = set(carved)
+    return [s for s in slices if s.scan not in held], [s for s in slices if s.scan in held]
+
+
+def _resplit(
+    checked: CheckedData, fraction: float, seed: int, recorded: Mapping[str, Any] | None
+) -> None:
+    if not checked.subjects:
+        raise SplitError(
+            f'--resplit-test {fraction}: needs a subject map to keep each subject on one side; '
+            f"give --subjects FILE (the course's meta_data_with_label.json, an ADNI collection "
+            f'CSV or a scan,subject CSV)'
+        )
+    pooled = [*checked.train, *checked.test]
+    if recorded is not None and recorded.get('test_from') == 'resplit':
+        held = set(recorded.get('test', []))  # resume: the recorded test set, never a new one
+        checked.train = [s for s in pooled if s.scan not in held]
+        checked.test = [s for s in pooled if s.scan in held]
+    else:
+        checked.train, checked.test = resplit_test(pooled, fraction, seed, checked.subjects)
+    checked.resplit = fraction
+    _logger.info(
+        'test set re-split by subject (--resplit-test %g): %d test scans of %d subjects, '
+        "held out of the pooled train and test scans (the folders' test/ is not used as such)",
+        fraction,
+        len({s.scan for s in checked.test}),
+        len({checked.subjects.get(s.scan, s.scan) for s in checked.test}),
+    )
+
+
+def record_subjects(split: dict[str, Any], checked: CheckedData) -> dict[str, Any]:
+    """``split`` with what it knows of subjects: the re-split, the allowed overlap, and each
+    part's subjects (``split.json``)."""
+    if checked.resplit is not None:
+        split['test_from'] = 'resplit'
+        split['resplit_test'] = checked.resplit
+    if checked.overlap is not None:
+        split['subject_overlap'] = checked.overlap.to_dict()
+    if checked.subjects and split.get('level') == 'scan':
+        split['subject_map'] = checked.subject_source
+        split['subjects'] = {
+            part: sorted({checked.subjects.get(p, p) for p in split[part]})
+            for part in ('train', 'val', 'held_out', 'test')
+            if part in split
+        }
+    return split
 
 
 def load_splits(
     cfg, data_dir, recorded: dict[str, Any] | None = None, check_test: bool = False
 ) -> Splits:
-    """The checked data split into train and validation: by scan (or ``recorded``: on resume,
-    a cross-validation fold, a refit)."""
-    train_all, test = check_data(cfg, data_dir, check_test)
+    """The checked data split into train and validation: by subject when a map is known, else by
+    scan (or ``recorded``: on resume, a cross-validation fold, a refit)."""
+    checked = check_data(cfg, data_dir, check_test, recorded=recorded)
+    train_all, test = checked.train, checked.test
     if recorded is not None:
         split = dict(recorded)
         if split.get('level') == 'scan':
@@ -267,14 +365,21 @@ def load_splits(
         )
         split = split_slices(train_all, cfg.val_fraction, cfg.seed)
     else:
-        split = split_scans(train_all, cfg.val_fraction, cfg.seed, subjects_of(data_dir))
+        split = split_scans(
+            train_all,
+            cfg.val_fraction,
+            cfg.seed,
+            checked.subjects,
+            source=Path(checked.subject_source or 'manifest.csv').name,
+        )
     if test:
         split['test'] = sorted({s.scan for s in test})
     return Splits(
         train=select(train_all, split, 'train'),
         val=select(train_all, split, 'val'),
         test=test,
-        split=split,
+        split=record_subjects(split, checked),
+        subjects=checked.subjects,
     )
 
 

@@ -41,8 +41,9 @@ from ..inference import (
     scan_rows,
     slice_decisions,
 )
-from ..run import EvalFolder, Run, plain_precision
+from ..run import EvalFolder, Run, RunRecord, plain_precision
 from ..data.splits import select, split_scans
+from ..data.subjects import SubjectMap, find_subject_map
 from .options import CamOptions, EvaluationOptions
 
 _logger = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ def _validation_slices(
     run = model.run
     if run is not None and run.split_file.is_file():
         split = run.read_split()
+        if split.get('test_from') == 'resplit':  # its train and val came from train/ and test/
+            train = _pooled(data_dir, classes, file_is_scan)
         if split.get('level') != 'scan':
             _logger.warning(
                 '%s splits by %s, not by scan: the validation slices share scans with the '
@@ -92,6 +95,53 @@ def _validation_slices(
         data_dir,
     )
     return select(train, split_scans(train, seed=0), 'val'), 'seed-0 scan split of DATA_DIR/train'
+
+
+def _pooled(data_dir, classes, file_is_scan: bool) -> list[data.Slice]:
+    """The slices of DATA_DIR/train and DATA_DIR/test together (a subject re-split's pool)."""
+    found = data.scan_split(data_dir, 'train', classes, file_is_scan=file_is_scan)
+    if (Path(data_dir) / 'test').is_dir():
+        found += data.scan_split(data_dir, 'test', classes, file_is_scan=file_is_scan)
+    return found
+
+
+def _run_split(model: LoadedModel) -> dict[str, Any] | None:
+    """The model's recorded split; a cross-validation run's is its first fold's (every fold
+    records the same test set)."""
+    run = model.run
+    if run is None:
+        return None
+    for candidate in (run, run.fold(0)):
+        if candidate.split_file.is_file():
+            return candidate.read_split()
+    return None
+
+
+def _split_slices(model: LoadedModel, data_dir, split: str, classes, file_is_scan: bool):
+    """The slices of ``split``: the folder ``DATA_DIR/<split>``, except the test set of a run
+    that re-split test by subject (``--resplit-test``): exactly its recorded test scans."""
+    recorded = _run_split(model) or {}
+    if split == 'test' and recorded.get('test_from') == 'resplit':
+        wanted = {'level': 'scan', 'test': recorded.get('test', [])}
+        _logger.info(
+            "the test set is the run's subject re-split (split.json: %d scans), not %s/test",
+            len(wanted['test']),
+            data_dir,
+        )
+        return select(_pooled(data_dir, classes, file_is_scan), wanted, 'test')
+    return data.scan_split(data_dir, split, classes, file_is_scan=file_is_scan)
+
+
+def _subject_map(model: LoadedModel, data_dir, subjects) -> SubjectMap | None:
+    """``subjects`` (a file or a SubjectMap), else the run's recorded ``--subjects`` file, else
+    the data folder's manifest.csv; None when subjects are unknown."""
+    if isinstance(subjects, SubjectMap):
+        return subjects
+    if subjects is None and model.run is not None and model.run.record_file.is_file():
+        recorded = RunRecord.load(model.run.path).config.subjects
+        if recorded and Path(recorded).is_file():
+            subjects = recorded
+    return find_subject_map(data_dir, subjects)
 
 
 def choose_point(
@@ -296,11 +346,15 @@ def evaluate(
     slices: Sequence[data.Slice] | None = None,
     accelerator=None,
     options: EvaluationOptions | None = None,
+    subjects=None,
 ) -> dict[str, Any]:
     """Slice- and scan-level metrics of ``model`` on ``DATA_DIR/<split>``: the metrics.json dict.
 
     ``model`` is a ``LoadedModel`` or anything ``load_model`` takes. ``slices`` skips scanning and
-    checking the split (training passes the test slices it checked at start-up). ``options``:
+    checking the split (training passes the test slices it checked at start-up); the test split of
+    a run that re-split test by subject is its recorded test scans. ``subjects`` (a subject map
+    file, else the run's, else the folder's manifest.csv) adds the ``subject`` level, resamples
+    subjects for the CIs and counts the evaluated subjects the model trained on. ``options``:
     batching, TTA, precision, backend, bad files; ``options.cam.n`` > 0 writes evidence-map
     montages of the ``n`` most confident scans of each outcome and the population maps under
     ``OUTPUT_DIR/cam/`` (one model only; with region masks, metrics.json's
@@ -320,12 +374,15 @@ def evaluate(
         model.net  # noqa: B018 - refuses an ensemble (one model's maps) before any work
     file_is_scan = model.file_is_scan if opt.file_is_scan is None else opt.file_is_scan
     if slices is None:
-        slices = data.scan_split(data_dir, split, classes, file_is_scan=file_is_scan)
+        slices = _split_slices(model, data_dir, split, classes, file_is_scan)
         slices = data.resolve_bad_images(
             slices, skip_bad=opt.skip_bad_images, num_workers=opt.num_workers, what=split
         )
     slices = list(slices)
     pos = data.positive_index(classes)
+    subject_map = _subject_map(model, data_dir, subjects)
+    # {scan: subject} of the evaluated scans: every one must be mapped (else one error, exit 1)
+    subject_of = subject_map.for_slices(slices, classes) if subject_map is not None else None
 
     def predict_raw(items):
         return model.predict_raw(
@@ -355,9 +412,11 @@ def evaluate(
     uncalibrated = np.mean(each, axis=0)
     y = data.binary_labels(slices, classes)
     p_pos = probs[:, pos]
-    result = metrics.slice_and_scan_metrics(scans, y, p_pos, point.threshold)
+    result = metrics.slice_and_scan_metrics(scans, y, p_pos, point.threshold, subject_of)
     if n_boot:
-        cis = metrics.bootstrap_ci(scans, y, p_pos, point.threshold, n_boot=n_boot)
+        cis = metrics.bootstrap_ci(
+            scans, y, p_pos, point.threshold, n_boot=n_boot, subjects=subject_of
+        )
         for level, level_cis in cis.items():
             result[level].update({f'{k}_ci': v for k, v in level_cis.items()})
     result.update(
@@ -380,11 +439,39 @@ def evaluate(
             'weights_sha256': model.weights_sha256,
             'epoch': None if model.is_ensemble else model.settings.epoch,
             'synthetic': model.synthetic,
-            'ci': {'method': CI_METHOD, 'n_boot': n_boot, 'level': 0.95, 'seed': 0}
+            'ci': {
+                'method': CI_METHOD,
+                'n_boot': n_boot,
+                'level': 0.95,
+                'seed': 0,
+                'resampled': 'subjects' if subject_of is not None else 'scans',
+            }
             if n_boot
             else None,
         }
     )
+    recorded = _run_split(model) or {}
+    if split == 'test' and recorded.get('test_from') == 'resplit':
+        result['test_from'] = 'resplit'  # the run's subject re-split, not the folder's test/
+    if subject_of is not None:
+        result['subjects'] = {'source': subject_map.source, 'n': len(set(subject_of.values()))}
+        if model.run is not None:
+            seen = model.run.seen_scans()
+            if seen is not None:
+                # the subjects of the scans that trained or selected the model, as far as mapped
+                seen_subjects = {subject_map.subject(p) or p for p in seen}
+                evaluated = set(subject_of.values())
+                result['subject_overlap'] = {
+                    'n': len(evaluated & seen_subjects),
+                    'of': len(evaluated),
+                }
+                if result['subject_overlap']['n']:
+                    _logger.warning(
+                        'subjects overlap train and test: %d of %d evaluated subjects also had '
+                        'scans that trained or selected this model',
+                        result['subject_overlap']['n'],
+                        len(evaluated),
+                    )
     checks = [m.input_check() for m in model.members]
     if any(c is not None for c in checks):  # how the model refuses unlike inputs (validation)
         summaries = [c.summary.as_metrics() if c is not None else None for c in checks]
@@ -594,24 +681,28 @@ def _write_reports(
 
 
 def format_table(result: dict) -> str:
-    """A compact console table: slice and scan columns, 95% CIs in brackets."""
+    """A compact console table: slice, scan (and subject) columns, 95% CIs in brackets."""
     s, p = result['slice'], result['scan']
+    levels = [('slices', s), ('scans', p)]
+    if isinstance(result.get('subject'), dict):
+        levels.append(('subjects', result['subject']))
     width = max(24, len(str(s['confusion_matrix'])) + 2)  # confusion matrices of ADNI size run wide
+    test = ' (re-split by subject)' if result.get('test_from') == 'resplit' else ''
     lines = [
-        f'{result.get("model", "")} on {result.get("data_dir", "")}/{result.get("split", "")}: '
-        f'{result.get("positive_class", "AD")} positive, threshold {fmt(result["threshold"])} '
-        f'({result["threshold_source"]})',
-        f'{"":<18}{"slices (n=" + str(s["n"]) + ")":<{width}}'
-        f'{"scans (n=" + str(p["n"]) + ")":<{width}}',
+        f'{result.get("model", "")} on {result.get("data_dir", "")}/{result.get("split", "")}'
+        f'{test}: {result.get("positive_class", "AD")} positive, threshold '
+        f'{fmt(result["threshold"])} ({result["threshold_source"]})',
+        f'{"":<18}'
+        + ''.join(f'{name + " (n=" + str(m["n"]) + ")":<{width}}' for name, m in levels),
     ]
     for key in metrics.CI_KEYS:
         lines.append(
-            f'{key:<18}{fmt_ci(s[key], s.get(key + "_ci")):<{width}}'
-            f'{fmt_ci(p[key], p.get(key + "_ci")):<{width}}'
+            f'{key:<18}'
+            + ''.join(f'{fmt_ci(m[key], m.get(key + "_ci")):<{width}}' for _, m in levels)
         )
     lines.append(
-        f'{"[[TN,FP],[FN,TP]]":<18}{str(s["confusion_matrix"]):<{width}}'
-        f'{str(p["confusion_matrix"]):<{width}}'
+        f'{"[[TN,FP],[FN,TP]]":<18}'
+        + ''.join(f'{str(m["confusion_matrix"]):<{width}}' for _, m in levels)
     )
     cal = result.get('calibration')
     if cal:
@@ -627,7 +718,13 @@ def format_table(result: dict) -> str:
             f'{fmt(cal["ece_scan_uncalibrated"])})'
         )
     if result.get('ci'):
-        lines.append(f'[lo, hi]: 95% CI, bootstrap over scans ({result["ci"]["n_boot"]} resamples)')
+        unit = result['ci'].get('resampled', 'scans')
+        lines.append(
+            f'[lo, hi]: 95% CI, bootstrap over {unit} ({result["ci"]["n_boot"]} resamples)'
+        )
+    overlap = result.get('subject_overlap')
+    if overlap and overlap.get('n'):
+        lines.append(f'subjects overlap train and test: {overlap["n"]} of {overlap["of"]}')
     if result.get('members'):
         lines.append(
             f"the ensemble of {len(result['members'])}: P(AD) = mean of the members' calibrated "

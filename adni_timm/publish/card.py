@@ -86,7 +86,7 @@ _MCI_LIKE = {'MCI', 'EMCI', 'LMCI', 'SMC'}
 _ADNI_NOTE = 'ADNI AD_NC'  # DataNote's default: a data folder without a note
 # config keys never shown in the card: credentials, and local paths of the publisher's machine
 _SECRET_KEY = re.compile(r'token|secret|password|passwd|api_?key|credential', re.IGNORECASE)
-_PATH_KEY = re.compile(r'(_dir|_path|_file|^resume)$')
+_PATH_KEY = re.compile(r'(_dir|_path|_file|^resume|^subjects)$')
 
 CITATIONS = r"""```bibtex
 @inproceedings{liu2022convnet,
@@ -578,7 +578,36 @@ def _training_data(
         lines += ['', _split_summary(split)]
     if metrics and isinstance(metrics.get('scan'), dict):
         lines += ['', _leakage(metrics, eval_facts, cross_validated=bool(folds), refit=refit_split)]
+        people = _subject_sentence(metrics)
+        if people:
+            lines += ['', people]
     return '\n'.join(lines)
+
+
+def _subject_sentence(metrics: dict[str, Any]) -> str:
+    """What the evaluation knows about people: a re-split test set, or the subjects it shares
+    with training (``metrics.json``'s ``test_from``, ``subjects``, ``subject_overlap``)."""
+    out = []
+    if metrics.get('test_from') == 'resplit':
+        out.append(
+            'The test set is a **re-split by subject** (`--resplit-test`): subjects held out of '
+            "the pooled training and test scans, recorded in `split.json['test']`; the data "
+            "folder's own test split was not used as such."
+        )
+    overlap = metrics.get('subject_overlap')
+    if isinstance(overlap, dict) and overlap.get('n'):
+        out.append(
+            f'**Subjects overlap train and test: {overlap["n"]} of {overlap.get("of", "?")}** '
+            f'evaluated subjects also had scans that trained or selected this model (the '
+            f'official AD_NC split is not by subject), so the results below are optimistic for '
+            f'people the model has never seen.'
+        )
+    elif isinstance(overlap, dict):
+        out.append(
+            f'None of its {overlap.get("of", "?")} subjects had a scan that trained or selected '
+            f'this model.'
+        )
+    return ' '.join(out)
 
 
 def _leakage(
@@ -635,10 +664,19 @@ def _split_summary(split: dict[str, Any]) -> str:
         f'{len(split.get("train", []))} training and {len(split.get("val", []))} validation '
         f'(fraction {split.get("val_fraction", "?")}, seed {split.get("seed", "?")})'
     )
+    if level == 'scan' and isinstance(split.get('subjects'), dict):
+        people = split['subjects']
+        return (
+            f'Validation was carved from the training scans **by subject** '
+            f'(subject map `{Path(str(split.get("subject_map") or "?")).name}`): {counts} scans of '
+            f'{len(people.get("train", []))} and {len(people.get("val", []))} subjects, no subject '
+            f'in both.'
+        )
     if level == 'scan':
         return (
             f'Validation was carved from the training folder **by scan**: {counts} '
-            f'scans, no scan in both.'
+            f'scans, no scan in both (subjects unknown: a person with several scans may sit on '
+            f'both sides).'
         )
     return (
         f'**Validation was carved from the training folder by {level}**: {counts} {level}s, so one '
@@ -927,22 +965,27 @@ def _evaluation(
             ]
         split = metrics.get('split', 'test')
         slices, scans = metrics.get('slice') or {}, metrics.get('scan') or {}
+        people = metrics.get('subject') if isinstance(metrics.get('subject'), dict) else None
+        levels = [('Slice', slices), ('Scan', scans)] + ([('Subject', people)] if people else [])
         cal = metrics.get('calibration') or {}
         pos = task.positive
+        unit = (metrics.get('ci') or {}).get('resampled') or 'scans'
         lines += [
             f'On the **{source.name} {split}** split ({slices.get("n", "?")} slices, '
-            f'{scans.get("n", "?")} scans), at threshold P({pos}) >= '
-            f'{fmt(metrics.get("threshold"))}, '
+            f'{scans.get("n", "?")} scans'
+            + (f', {people.get("n", "?")} subjects' if people else '')
+            + f'), at threshold P({pos}) >= {fmt(metrics.get("threshold"))}, '
             f'{_threshold_origin(metrics.get("threshold_source"))}. Scan-level: the '
-            f'probability of a scan is the mean over their slices. Brackets: 95% confidence '
-            f'intervals where computed (bootstrap over scans).',
+            f'probability of a scan is the mean over its slices'
+            + ("; subject-level: the mean over the subject's scans" if people else '')
+            + f'. Brackets: 95% confidence intervals where computed (bootstrap over {unit}).',
             '',
             _table(
-                ['Metric', 'Slice-level', 'Scan-level'],
+                ['Metric', *(f'{name}-level' for name, _ in levels)],
                 [
-                    (name, _fmt_ci(slices, key), _fmt_ci(scans, key))
+                    (name, *(_fmt_ci(values, key) for _, values in levels))
                     for key, name in task.metric_names().items()
-                    if key in slices or key in scans
+                    if any(key in values for _, values in levels)
                 ],
             ),
         ]

@@ -42,7 +42,6 @@ from .checkpoint import find_checkpoint
 from ..utils.distributed import run_on_main
 from ..inference import load_model
 from ..run import RESUME_OVERRIDABLE, OldRunAside, Run, RunRecord
-from ..data.note import subjects_of
 from ..data.splits import check_data, fold_split, make_subject_folds, scan_labels, recorded_folds
 from .loop import TrainResult, open_run, stop_if
 
@@ -60,14 +59,13 @@ def train_cv(
     accelerator, record = open_run(record, run, resume=resume, overwrite=overwrite)
 
     # ---- the data and the folds, checked before anything is replaced or trained
-    train_slices, test_slices = check_data(cfg, record.data_dir, check_test=record.eval_test)
+    checked = check_data(cfg, record.data_dir, check_test=record.eval_test)
+    train_slices, test_slices, subjects = checked.train, checked.test, checked.subjects
     if resume:  # the recorded folds' scans only: a scan new on disk joins no fold, no refit
         folds = run.read_folds()['folds']
         train_slices = recorded_folds(folds, train_slices)
-    else:  # every visit of a subject in one fold (adni-prepare --visits all)
-        folds = make_subject_folds(
-            scan_labels(train_slices), cfg.folds, cfg.seed, subjects_of(record.data_dir)
-        )
+    else:  # every scan of a subject in one fold (a subject map, adni-prepare --visits all)
+        folds = make_subject_folds(scan_labels(train_slices), cfg.folds, cfg.seed, subjects)
     labels = scan_labels(train_slices)
     with OldRunAside(run, accelerator, active=overwrite and not resume) as aside:
         if accelerator.is_main_process:
@@ -76,7 +74,7 @@ def train_cv(
             else:
                 run.path.mkdir(parents=True, exist_ok=True)
                 run.save_record(record)
-                run.write_folds(folds, cfg.seed)
+                run.write_folds(folds, cfg.seed, subjects)
 
         # ---- one ordinary run per fold (a killed CV run resumes the unfinished fold and the rest)
         fold_results = []
@@ -88,7 +86,7 @@ def train_cv(
                 seed=cfg.seed,
                 select_by=cfg.cv_select,
                 val_fraction=cfg.val_fraction,
-                subjects=subjects_of(record.data_dir),
+                subjects=subjects,
             )
             _logger.info(
                 'fold %d/%d: %d training, %d selection (inner validation), %d held-out scans',

@@ -851,7 +851,7 @@ def _fit_input_check(run: Run, splits: Splits, cfg: TrainConfig, device) -> None
     _, eval_tf = data.build_transforms(net)
     fit, threshold_on = splits.train, splits.val
     if not threshold_on:
-        held = split_scans(fit, 0.2, cfg.seed)
+        held = split_scans(fit, 0.2, cfg.seed, splits.subjects)
         fit, threshold_on = select(fit, held, 'train'), select(fit, held, 'val')
     check = fit_input_check(
         net,
