@@ -254,6 +254,25 @@ def test_the_resplit_keeps_every_subject_on_one_side(people, tmp_path, seed):
     assert not refit_pool & {subject_of[s.scan] for s in checked.test}
 
 
+def test_a_missing_map_file_is_a_usage_error(tiny_data, tmp_path, capsys):
+    from helpers import train_in_process
+
+    with pytest.raises(SystemExit) as e:
+        _check(capsys, tiny_data, '--subjects', tmp_path / 'nope.json')
+    assert e.value.code == cli.EXIT_REFUSED
+    with pytest.raises(SystemExit) as e:
+        train_in_process(
+            capsys,
+            '--data-dir',
+            tiny_data,
+            '--output-dir',
+            tmp_path / 'run',
+            '--subjects',
+            tmp_path / 'nope.json',
+        )
+    assert e.value.code == cli.EXIT_REFUSED and 'nope.json: no such file' in capsys.readouterr().err
+
+
 def test_resplit_without_a_map_is_refused(tiny_data):
     cfg = make_config({'resplit_test': 0.2, 'num_workers': 0})
     with pytest.raises(splits.SplitError, match='needs a subject map'):
@@ -326,7 +345,7 @@ def test_a_resplit_run_trains_and_is_tested_on_its_own_subject_test_set(people, 
         timeout=900,
     )
     split = json.loads((run / 'split.json').read_text())
-    assert split['test_from'] == 'resplit' and split['subject_map'] == str(paths['json'])
+    assert split['test_from'] == 'resplit' and split['subject_map'] == str(paths['json'].resolve())
     sides = [set(split['subjects'][k]) for k in ('train', 'val', 'test')]
     assert not (sides[0] & sides[1]) and not (sides[0] & sides[2]) and not (sides[1] & sides[2])
     found = json.loads((run / 'eval' / 'metrics.json').read_text())

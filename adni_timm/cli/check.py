@@ -9,7 +9,15 @@ import argparse
 import os
 import sys
 
-from adni_timm.cli import EXIT_OK, EXIT_PROBLEM, HelpFormatter, class_list, examples, existing_dir
+from adni_timm.cli import (
+    EXIT_OK,
+    EXIT_PROBLEM,
+    HelpFormatter,
+    class_list,
+    examples,
+    existing_dir,
+    existing_path,
+)
 
 __all__ = ['build_parser', 'main', 'module_main']
 
@@ -44,6 +52,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         '--subjects',
         metavar='FILE',
+        type=existing_path,
         help="subject map (the course's meta_data_with_label.json, an ADNI collection CSV or a "
         'scan,subject CSV): subjects per split and class, scans per subject, and the test '
         "subjects who also have scans in train (a problem). Default: DATA_DIR's manifest.csv",

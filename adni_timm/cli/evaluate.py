@@ -113,6 +113,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument(
         '--subjects',
         metavar='FILE',
+        type=existing_path,
         help="subject map (the course's meta_data_with_label.json, an ADNI collection CSV or a "
         'scan,subject CSV): adds subject-level metrics, resamples subjects for the CIs and counts '
         "evaluated subjects the model trained on (default: the run's map, else DATA_DIR's "

@@ -14,6 +14,7 @@ import argparse
 import logging
 import sys
 import time
+from pathlib import Path
 
 from adni_timm.cli import (
     EXIT_INTERRUPTED,
@@ -148,6 +149,11 @@ def run(argv=None, prog: str = PROG):
     # libraries below stay at warnings
     logging.getLogger('adni_timm').setLevel(args.log_level.upper())
     overrides = {k: getattr(args, k) for k in field_types() if getattr(args, k) is not None}
+    if overrides.get('subjects'):  # recorded absolute: resume and evaluate.py find it from anywhere
+        found = Path(overrides['subjects']).expanduser()
+        if not found.is_file():
+            parser.error(f'--subjects {overrides["subjects"]}: no such file')
+        overrides['subjects'] = str(found.resolve())
 
     from adni_timm.data.note import describe
     from adni_timm.run import RunRecord
