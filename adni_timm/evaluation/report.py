@@ -384,7 +384,7 @@ def evaluate(
     # {scan: subject} of the evaluated scans: every one must be mapped (else one error, exit 1)
     subject_of = subject_map.for_slices(slices, classes) if subject_map is not None else None
 
-    def predict_raw(items):
+    def predict_raw(items, progress='none'):
         return model.predict_raw(
             items,
             batch_size=opt.batch_size,
@@ -392,6 +392,7 @@ def evaluate(
             accelerator=accelerator,
             tta=tta,
             precision=precision,
+            progress=progress,
         )
 
     scans = [s.scan for s in slices]
@@ -407,7 +408,7 @@ def evaluate(
         file_is_scan=file_is_scan,
         predict_raw=predict_raw,
     )
-    each = predict_raw(slices)
+    each = predict_raw(slices, opt.progress)
     probs = calibrated_mean(each, point)
     uncalibrated = np.mean(each, axis=0)
     y = data.binary_labels(slices, classes)
@@ -495,6 +496,7 @@ def evaluate(
                 cam,
                 labelled=True,
                 context=context,
+                progress=opt.progress,
             )
             write_json(folder.metrics_file, result)
     return result
@@ -561,6 +563,7 @@ def _write_cam(
     *,
     labelled: bool,
     context=None,
+    progress: str = 'none',
 ) -> dict:
     """Evidence-map montages and population maps of one model (``adni_timm.evaluation.cam``;
     captum)."""
@@ -585,6 +588,7 @@ def _write_cam(
         layer=cam_options.layer,
         region_masks=cam_options.region_masks,
         context=context,
+        progress=progress,
     )
     _logger.info(
         'Grad-CAM (%s of %s): %d montages in %.1f s under %s',
@@ -663,6 +667,15 @@ def _write_reports(
         )
     else:
         _logger.warning('roc.png not written: the %s split holds a single class', result['split'])
+    plots.plot_scan_probabilities(
+        y_pat,
+        p_pat,
+        labels,
+        folder.figure(EvalFolder.SCAN_PROBABILITIES),
+        threshold=thr,
+        title=f'P({classes[pos]}) per scan by true class',
+        context=context,
+    )
     _, _, p_pat_raw = metrics.scan_level(scans, y, p_raw)
     temperature = result['calibration']['temperature']
     calibrated = temperature != 1
