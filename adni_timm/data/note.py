@@ -52,3 +52,12 @@ def write_data_note(data_dir: str | os.PathLike, note: DataNote) -> Path:
         found['generator'] = note.generator
     path.write_text(json.dumps(found, indent=2) + '\n')
     return path
+
+
+def subjects_of(data_dir: str | os.PathLike) -> dict[str, str]:
+    """``{scan: subject}`` from adni-prepare's ``manifest.csv`` in ``data_dir``; empty without one.
+    (``subjects.find_subject_map`` reads it, and every other kind of subject map.)"""
+    from .subjects import find_subject_map
+
+    found = find_subject_map(data_dir)
+    return dict(found.subjects) if found is not None else {}

@@ -144,10 +144,11 @@ def split_scans(
     val_fraction: float = 0.2,
     seed: int = 0,
     subjects: Mapping[str, str] | None = None,
-    source: str = 'manifest.csv',
+    grouped_by: str = 'subject (manifest.csv)',
 ) -> dict:
     """Scan-level train / val split, stratified by class, deterministic for a seed; with
-    ``subjects`` (``{scan: subject}``, from ``source``) every scan of a subject on one side."""
+    ``subjects`` (``{scan: subject}``; ``grouped_by`` says from where) every scan of a subject on
+    one side."""
     _check_fraction(val_fraction)
     train, val = _split_ids(scan_labels(slices), val_fraction, seed, subjects)
     _assert_disjoint(train, val)
@@ -159,7 +160,7 @@ def split_scans(
         'val': val,
     }
     if subjects:
-        split['grouped_by'] = f'subject ({source})'
+        split['grouped_by'] = grouped_by
     return split
 
 
@@ -370,7 +371,7 @@ def load_splits(
             cfg.val_fraction,
             cfg.seed,
             checked.subjects,
-            source=Path(checked.subject_source or 'manifest.csv').name,
+            grouped_by=f'subject ({Path(checked.subject_source or "manifest.csv").name})',
         )
     if test:
         split['test'] = sorted({s.scan for s in test})
