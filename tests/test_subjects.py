@@ -316,6 +316,10 @@ def test_manifest_csv_gives_subjects_and_its_old_patient_column_still_reads(tmp_
     smap = find_subject_map(tmp_path)
     assert smap.kind == 'manifest' and smap.subject('002_S_0295_m12') == '002_S_0295'
     assert smap.class_of('002_S_0295') == 'AD'
+    from adni_timm.data.note import subjects_of
+
+    assert subjects_of(tmp_path) == {'002_S_0295': '002_S_0295', '002_S_0295_m12': '002_S_0295'}
+    assert subjects_of(tmp_path / 'elsewhere') == {}
 
 
 # --------------------------------------------------------------------------- train and evaluate
