@@ -565,7 +565,12 @@ def write_cam_report(
     scored_maps, scored_masks = [], []
     todo = list(range(len(slices))) if labelled else sorted(wanted_pos)
     bar = Progress(
-        progress, len(todo) + len(wanted_neg), f'{method} maps', unit='slices', summary=True
+        progress,
+        len(todo) + len(wanted_neg),
+        f'{method} maps',
+        unit='slices',
+        summary=True,
+        logger=_logger,
     )
     for i, raw, shown in attribute(todo, pos):
         bar.update(1)
