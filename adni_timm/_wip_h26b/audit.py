@@ -3,18 +3,25 @@
 For users without a subject map (``--subjects``): the images themselves say which scans look like
 the same head. Two findings, each a pair of scans with a score:
 
-``duplicate``     the same slice twice: identical files, or slices whose perceptual hashes (DCT
-                  pHash, 64 bits) are within ``PHASH_RADIUS`` bits and whose pixels correlate at
-                  ``DUPLICATE_CORRELATION`` or more (a re-encoded or re-named copy). Neighbouring
-                  slices of one scan resemble each other by nature: inside a scan only identical
-                  slices count. Score: the pixel correlation (1 = identical).
+``duplicate``     the same slice twice: identical files, or slices whose perceptual hashes are
+                  within ``HASH_RADIUS`` bits and whose pixels correlate at
+                  ``DUPLICATE_CORRELATION`` or more (a re-encoded, re-scaled or re-named copy).
+                  The hash is a DCT pHash made for a set of look-alikes: 128 low-frequency DCT
+                  coefficients of a 32 x 32 thumbnail, each compared with its median over the set
+                  (the classic pHash compares with the image's own median, and every brain slice
+                  then hashes alike). Neighbouring slices of one scan resemble each other by
+                  nature: inside a scan only identical slices count. Score: the pixel correlation
+                  (1 = identical).
 ``same_subject``  two scans whose slices at the same slice numbers match after alignment. Each
                   slice is brought to a canonical pose (centre and principal axis of the head),
                   shrunk to ``GRID`` x ``GRID`` and high-passed; per slice number the population's
                   mean and its ``PCS`` strongest shared directions (head size, atrophy, residual
                   pose: what many people have in common) are taken out, so what remains is the
-                  individual detail (folding pattern, outline). Score: the mean correlation of
-                  that detail over the slice numbers two scans share (``MIN_SHARED`` at least).
+                  individual detail (folding pattern, outline). Similarity: the mean correlation
+                  of that detail over the slice numbers two scans share (``MIN_SHARED`` at
+                  least). Score: how far it stands out, in robust SDs, from each scan's
+                  similarities to all other scans (the smaller of the two): a scan that resembles
+                  everyone a little (a "hub") does not pair with everyone.
 
 The same-subject threshold comes from the data's own scores: nearly all scan pairs are of different
 people, so their median and robust spread (1.4826 x MAD) describe chance; the threshold sits
@@ -59,7 +66,7 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 AUDIT_COLUMNS = ('kind', 'scan_a', 'split_a', 'scan_b', 'split_b', 'score')
-PHASH_RADIUS = 8  # candidate near-duplicates: pHash Hamming distance at most this (of 64 bits)
+HASH_RADIUS = 8  # candidate near-duplicates: hash Hamming distance at most this (of 128 bits)
 DUPLICATE_CORRELATION = 0.98  # full-resolution pixel correlation that confirms a near-duplicate
 GRID = 48  # canonical slice side for the same-subject features
 PCS = 5  # shared directions removed per slice number (never more than an eighth of its scans)
@@ -67,6 +74,7 @@ MIN_SHARED = 3  # slice numbers two scans must share to be compared
 FALSE_PAIRS = 0.05  # expected chance pairs over the threshold, were the bulk of scores normal
 _MAX_CANDIDATES = 200_000  # near-duplicate candidates confirmed at full resolution, at most
 _MIN_PAIRS = 20  # scored scan pairs needed to estimate a threshold from their distribution
+_MIN_ROW = 10  # comparisons a scan needs for its own typical similarity
 
 
 @dataclass(frozen=True)
@@ -104,9 +112,9 @@ class SubjectThreshold:
 
     def sentence(self) -> str:
         return (
-            f'threshold {self.value:.3f} = median {self.median:.3f} + {self.z:.2f} x robust SD '
-            f'{self.spread:.3f} of the {self.n_pairs:,} scan-pair scores ({FALSE_PAIRS:g} chance '
-            f'pairs expected above it if their bulk were normal)'
+            f'score threshold {self.value:.2f} = median {self.median:.2f} + {self.z:.2f} x robust '
+            f'SD {self.spread:.2f} of the {self.n_pairs:,} scan-pair scores ({FALSE_PAIRS:g} '
+            f'chance pairs expected above it if their bulk were normal)'
         )
 
 
@@ -145,7 +153,7 @@ class AuditReport:
             f'audit: {self.n_slices:,} slices of {len(self.scans):,} scans ({splits}) in '
             f'{self.seconds:.1f} s',
             f'duplicate slices: {len(dups)} scan pair(s), {exact} with identical pixels (pHash '
-            f'within {PHASH_RADIUS} bits and pixel correlation >= {DUPLICATE_CORRELATION})',
+            f'within {HASH_RADIUS} of 128 bits and pixel correlation >= {DUPLICATE_CORRELATION})',
         ]
         lines += [f'  {p.split_a}/{p.scan_a} ~ {p.split_b}/{p.scan_b}: {p.detail}' for p in dups[:limit]]
         if self.threshold is None:
@@ -164,7 +172,7 @@ class AuditReport:
                 f'and were not compared'
             )
         lines += [
-            f'  {p.split_a}/{p.scan_a} ~ {p.split_b}/{p.scan_b}: {p.score:.3f}'
+            f'  {p.split_a}/{p.scan_a} ~ {p.split_b}/{p.scan_b}: {p.score:.1f}'
             for p in sorted(same, key=lambda p: -p.score)[:limit]
         ]
         groups = subject_groups(self.pairs, self.scans)
@@ -191,7 +199,7 @@ class AuditReport:
 @dataclass(frozen=True)
 class _Features:
     digest: bytes  # of the file's bytes
-    phash: int
+    dct: np.ndarray  # float32 [128]: low-frequency DCT of a 32 x 32 thumbnail, unit length
     canon: np.ndarray | None  # float16 [GRID * GRID], None for a blank slice
 
 
@@ -207,14 +215,21 @@ def _open_small(path: str) -> Image.Image:
     return read_image(path)
 
 
-def phash(im: Image.Image) -> int:
-    """64-bit DCT perceptual hash: low frequencies of a 32 x 32 thumbnail above their median."""
+def dct_signature(im: Image.Image) -> np.ndarray:
+    """128 low-frequency DCT coefficients (the constant one left out) of a 32 x 32 thumbnail, to
+    unit length (a brighter copy has the same signature)."""
     from scipy.fft import dctn
 
     small = np.asarray(im.resize((32, 32), Image.Resampling.BOX), np.float32)
-    low = dctn(small, norm='ortho')[:8, :8].ravel()
-    bits = low > np.median(low[1:])
-    return int.from_bytes(np.packbits(bits).tobytes(), 'big')
+    low = dctn(small, norm='ortho')[:12, :12].ravel()[1:129]
+    norm = np.linalg.norm(low)
+    return low / norm if norm > 0 else low
+
+
+def set_hashes(signatures: np.ndarray) -> np.ndarray:
+    """128-bit hashes (uint64 [n, 2]): each coefficient above its median over the set."""
+    bits = signatures > np.median(signatures, axis=0)
+    return np.packbits(bits, axis=1).view('>u8').astype(np.uint64)
 
 
 def canonical(im: Image.Image) -> np.ndarray | None:
@@ -249,7 +264,7 @@ def canonical(im: Image.Image) -> np.ndarray | None:
 def _features(path: str) -> _Features:
     digest = hashlib.blake2b(Path(path).read_bytes(), digest_size=16).digest()
     im = _open_small(path)
-    return _Features(digest, phash(im), canonical(im))
+    return _Features(digest, dct_signature(im), canonical(im))
 
 
 def _map(fn, items: Sequence, num_workers: int) -> list:
@@ -277,11 +292,13 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / den)
 
 
-def _near_hash_pairs(hashes: np.ndarray, radius: int, chunk: int = 1024):
-    """(i, j) with i < j whose 64-bit hashes differ in at most ``radius`` bits."""
+def _near_hash_pairs(hashes: np.ndarray, radius: int, chunk: int = 512):
+    """(i, j) with i < j whose hashes (uint64 [n, words]) differ in at most ``radius`` bits."""
     for start in range(0, len(hashes), chunk):
-        block = hashes[start : start + chunk, None] ^ hashes[None, :]
-        dist = np.bitwise_count(block)
+        block = hashes[start : start + chunk]
+        dist = np.zeros((len(block), len(hashes)), np.uint8)
+        for w in range(hashes.shape[1]):
+            dist += np.bitwise_count(block[:, w, None] ^ hashes[None, :, w])
         i, j = np.nonzero(dist <= radius)
         i = i + start
         keep = j > i
@@ -297,9 +314,11 @@ def _duplicates(slices, scan_of, feats) -> list[AuditPair]:
         for a in range(len(group)):
             for b in range(a + 1, len(group)):
                 found[(group[a], group[b])] = 1.0
-    hashes = np.array([f.phash for f in feats], dtype=np.uint64)
+    if len(feats) < 2:
+        return []
+    hashes = set_hashes(np.stack([f.dct for f in feats]))
     candidates = []
-    for i, j in _near_hash_pairs(hashes, PHASH_RADIUS):
+    for i, j in _near_hash_pairs(hashes, HASH_RADIUS):
         if (i, j) in found or scan_of[i] == scan_of[j]:  # neighbours in a scan look alike
             continue
         candidates.append((i, j))
@@ -327,14 +346,21 @@ def _duplicates(slices, scan_of, feats) -> list[AuditPair]:
         per_scans[(scan_of[a], scan_of[b])].append((r, a, b))
     pairs = []
     for (sa, sb), hits in sorted(per_scans.items()):
+        # a copy of a slice also resembles the original's neighbours: pair each slice once, best
+        # match first
         hits.sort(key=lambda h: -h[0])
+        used, matched = set(), []
+        for r, a, b in hits:
+            if a not in used and b not in used:
+                used |= {a, b}
+                matched.append((r, a, b))
         files = '; '.join(
             f'{Path(slices[a].path).name} = {Path(slices[b].path).name} ({r:.3f})'
-            for r, a, b in hits[:3]
+            for r, a, b in matched[:3]
         )
-        more = f' and {len(hits) - 3} more' if len(hits) > 3 else ''
+        more = f' and {len(matched) - 3} more' if len(matched) > 3 else ''
         pairs.append(
-            AuditPair('duplicate', sa[1], sa[0], sb[1], sb[0], hits[0][0], files + more)
+            AuditPair('duplicate', sa[1], sa[0], sb[1], sb[0], matched[0][0], files + more)
         )
     return pairs
 
@@ -342,20 +368,23 @@ def _duplicates(slices, scan_of, feats) -> list[AuditPair]:
 # ---------------------------------------------------------------------------------- same subject
 
 
-def _remove_shared(x: np.ndarray) -> np.ndarray:
-    """Rows minus their mean and minus their ``PCS`` strongest shared directions, unit length."""
+def _individual_correlations(x: np.ndarray) -> np.ndarray:
+    """Correlations between rows once their mean and their ``PCS`` strongest shared directions
+    are taken out. Works on the Gram matrix (rows x rows): taking out the top principal
+    directions of ``x`` takes the top eigenpairs out of ``x @ x.T``."""
+    from scipy.linalg import eigh
+    from threadpoolctl import threadpool_limits
+
     x = x - x.mean(0)
+    gram = (x @ x.T).astype(np.float64)
     k = min(PCS, (len(x) - 1) // 8)
     if k > 0:
-        if len(x) > 4 * k + 20:
-            from sklearn.utils.extmath import randomized_svd
-
-            _, _, vt = randomized_svd(x, k, random_state=0)
-        else:
-            vt = np.linalg.svd(x, full_matrices=False)[2][:k]
-        x = x - (x @ vt.T) @ vt
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norm > 0, norm, 1)
+        # a small eigenproblem: one thread (threaded LAPACK ran 50x slower on a busy machine)
+        with threadpool_limits(1):
+            values, vectors = eigh(gram, subset_by_index=[len(x) - k, len(x) - 1], driver='evr')
+        gram -= (vectors * values) @ vectors.T
+    norm = np.sqrt(np.clip(np.diag(gram), 1e-12, None))
+    return (gram / norm[:, None] / norm[None, :]).astype(np.float32)
 
 
 def _subject_scores(slices, scan_index, feats, n_scans: int):
@@ -371,11 +400,37 @@ def _subject_scores(slices, scan_index, feats, n_scans: int):
             continue
         scans = np.fromiter(members.keys(), np.intp)
         x = np.stack([feats[n].canon for n in members.values()]).astype(np.float32)
-        x = _remove_shared(x)
         cell = np.ix_(scans, scans)
-        total[cell] += x @ x.T
+        total[cell] += _individual_correlations(x)
         count[cell] += 1
     return total, count
+
+
+def _robust(values: np.ndarray) -> tuple[float, float]:
+    """Median and 1.4826 x median absolute deviation (the SD of a normal bulk)."""
+    median = float(np.median(values))
+    return median, float(1.4826 * np.median(np.abs(values - median)))
+
+
+def _standardise(similarity: np.ndarray, compared: np.ndarray) -> np.ndarray:
+    """Each pair's similarity in robust SDs above each scan's own similarities to every other
+    scan, the smaller of the two; scans with fewer than ``_MIN_ROW`` comparisons use the set's."""
+    import warnings
+
+    rows = np.where(compared, similarity, np.nan)
+    np.fill_diagonal(rows, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)  # all-NaN rows: scans never compared
+        median = np.nanmedian(rows, axis=1)
+        spread = 1.4826 * np.nanmedian(np.abs(rows - median[:, None]), axis=1)
+    upper = compared[np.triu_indices(len(compared), 1)]
+    overall = _robust(similarity[np.triu_indices(len(compared), 1)][upper]) if upper.any() else (0, 1)
+    few = (compared.sum(1) < _MIN_ROW) | ~(spread > 0)
+    median[few], spread[few] = overall[0], max(overall[1], 1e-6)
+    return np.minimum(
+        (similarity - median[:, None]) / spread[:, None],
+        (similarity - median[None, :]) / spread[None, :],
+    )
 
 
 def _threshold(scores: np.ndarray) -> SubjectThreshold | None:
@@ -383,8 +438,7 @@ def _threshold(scores: np.ndarray) -> SubjectThreshold | None:
         return None
     from scipy.stats import norm
 
-    median = float(np.median(scores))
-    spread = float(1.4826 * np.median(np.abs(scores - median)))
+    median, spread = _robust(scores)
     z = float(norm.isf(FALSE_PAIRS / len(scores)))
     return SubjectThreshold(median + z * spread, median, spread, z, len(scores))
 
@@ -413,10 +467,12 @@ def audit_slices(
     feats = _map(_features, [s.path for s in slices], num_workers)
     pairs = _duplicates(slices, scan_of, feats)
     total, count = _subject_scores(slices, scan_index, feats, len(keys))
+    compared = count >= MIN_SHARED
+    standardised = _standardise(total / np.maximum(count, 1), compared)
     ia, ib = np.triu_indices(len(keys), 1)
-    compared = count[ia, ib] >= MIN_SHARED
-    ia, ib = ia[compared], ib[compared]
-    scores = total[ia, ib] / count[ia, ib]
+    keep = compared[ia, ib]
+    ia, ib = ia[keep], ib[keep]
+    scores = standardised[ia, ib]
     threshold = _threshold(scores)
     if threshold is not None:
         for n in np.nonzero(scores > threshold.value)[0]:
