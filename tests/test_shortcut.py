@@ -31,14 +31,15 @@ def test_baseline_is_perfect_when_windows_give_the_class_and_chance_when_not():
     base = shortcut.slice_number_baseline(shortcut.scan_windows(train), shortcut.scan_windows(test))
     assert base.accuracy == 1.0 and base.method == 'train -> test' and base.n_scans == 120
     assert base.majority_accuracy == 0.5
-    train, test = _scans(100, False, 3), _scans(100, False, 4)
+    # every window holds both classes alike: chance (many scans, or the nine windows' luck shows)
+    train, test = _scans(1000, False, 3, slices=2), _scans(1000, False, 4, slices=2)
     base = shortcut.slice_number_baseline(shortcut.scan_windows(train), shortcut.scan_windows(test))
     assert 0.4 <= base.accuracy <= 0.6
     assert 'slice-number baseline: ' in base.sentence()
     # no test split: cross-validated over the scans
     cv = shortcut.slice_number_baseline(shortcut.scan_windows(_scans(30, True, 5)))
     assert cv.accuracy == 1.0 and cv.method == '5-fold cross-validation'
-    cv = shortcut.slice_number_baseline(shortcut.scan_windows(_scans(100, False, 6)))
+    cv = shortcut.slice_number_baseline(shortcut.scan_windows(_scans(1000, False, 6, slices=2)))
     assert 0.4 <= cv.accuracy <= 0.6
 
 

@@ -173,7 +173,7 @@ class AuditReport:
                 f'and were not compared'
             )
         lines += [
-            f'  {p.split_a}/{p.scan_a} ~ {p.split_b}/{p.scan_b}: {p.score:.1f}'
+            f'  {p.split_a}/{p.scan_a} ~ {p.split_b}/{p.scan_b}: {p.score:.2f}'
             for p in sorted(same, key=lambda p: -p.score)[:limit]
         ]
         groups = subject_groups(self.pairs, self.scans)
@@ -211,7 +211,7 @@ def _open_small(path: str) -> Image.Image:
             im.draft('L', (im.width // 2, im.height // 2))
         if im.mode in ('L', 'RGB', 'RGBA', 'LA', 'P', '1'):
             return im.convert('L')
-    from ..data import read_image  # 16-bit and float files: scaled as training reads them
+    from .images import read_image  # 16-bit and float files: scaled as training reads them
 
     return read_image(path)
 

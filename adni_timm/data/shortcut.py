@@ -27,6 +27,8 @@ __all__ = [
     'slice_number_baseline',
     'accuracy_per_window',
     'clearly_above',
+    'shortcut_lines',
+    'baseline_for',
 ]
 
 CV_FOLDS = 5
@@ -130,6 +132,8 @@ def slice_number_baseline(
     """Scan accuracy of a classifier that sees only slice numbers: fitted on ``train`` and scored
     on ``test``; with no ``test``, ``CV_FOLDS``-fold cross-validation over ``train``'s scans
     (stratified, seeded; fewer folds for a small class)."""
+    if not len(train) and (test is None or not len(test)):
+        return ShortcutBaseline(None, 'no slice numbers in the file names', 0, None)
     if test is not None and len(test) and len(train):
         if len(set(train.labels)) < 2:
             return ShortcutBaseline(None, 'the training scans hold one class', len(test), None)
@@ -202,3 +206,23 @@ def clearly_above(accuracy: float, ci: Sequence[float] | None, baseline: float |
     if ci is not None and ci[0] is not None:
         return ci[0] > baseline
     return accuracy >= baseline + MARGIN
+
+
+def baseline_for(found) -> ShortcutBaseline:
+    """The baseline of a data folder's splits (``{split: slices}``): train -> test when both
+    exist, else cross-validated over the one there is."""
+    windows = {split: scan_windows(slices) for split, slices in found.items()}
+    if 'train' in windows and 'test' in windows:
+        return slice_number_baseline(windows['train'], windows['test'])
+    if not windows:
+        return ShortcutBaseline(None, 'no split could be read', 0, None)
+    return slice_number_baseline(windows.get('train') or next(iter(windows.values())))
+
+
+def shortcut_lines(found, classes: Sequence[str]) -> list[str]:
+    """The check report's lines: per split and class the scans' slice windows, then the
+    slice-number baseline."""
+    lines = []
+    for split, slices in found.items():
+        lines += window_lines(split, scan_windows(slices), classes)
+    return lines + [baseline_for(found).sentence()]
