@@ -81,10 +81,23 @@ def test_check_prints_windows_and_the_baseline(tmp_path, capsys, class_windows, 
         assert 20 <= value <= 80
 
 
-def test_metrics_json_holds_the_shortcut(tiny_run):
+def test_metrics_json_holds_the_shortcut(tiny_run, tiny_data, tmp_path, capsys):
+    from adni_timm.cli.evaluate import main
+
     run, _ = tiny_run
-    metrics = json.loads((run / 'eval' / 'metrics.json').read_text())
+    out = tmp_path / 'ev'
+    code = main(['--model', str(run), '--data-dir', str(tiny_data), '--output-dir', str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    metrics = json.loads((out / 'metrics.json').read_text())
     cut = metrics['shortcut']
     assert 0 <= cut['slice_number_accuracy'] <= 1
     assert cut['method'] == 'train -> test'
-    assert sum(r['n_scans'] for r in cut['per_window']) == metrics['scan']['n']
+    level = metrics.get('scan') or metrics['patient']  # 'scan' after #26's renaming
+    assert cut['scan_accuracy'] == level['accuracy']
+    assert sum(r['n_scans'] for r in cut['per_window']) == level['n']
+    # clearly above: the lower end of the scan accuracy's 95% CI above the baseline
+    assert cut['clearly_above'] == (level['accuracy_ci'][0] > cut['slice_number_accuracy'])
+    assert 'slice-number baseline' in printed
+    assert ('WARNING: the model is not clearly above' in printed) != cut['clearly_above']
+    assert 'scan accuracy per slice window: ' in printed

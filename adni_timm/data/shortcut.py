@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -29,6 +29,8 @@ __all__ = [
     'clearly_above',
     'shortcut_lines',
     'baseline_for',
+    'evaluation_shortcut',
+    'shortcut_summary',
 ]
 
 CV_FOLDS = 5
@@ -226,3 +228,66 @@ def shortcut_lines(found, classes: Sequence[str]) -> list[str]:
     for split, slices in found.items():
         lines += window_lines(split, scan_windows(slices), classes)
     return lines + [baseline_for(found).sentence()]
+
+
+def evaluation_shortcut(
+    train_slices: Sequence | None,
+    eval_slices: Sequence,
+    positive: int,
+    scan_correct: dict[str, bool],
+    scan_accuracy: float,
+    scan_accuracy_ci: Sequence[float] | None = None,
+) -> dict:
+    """metrics.json's ``shortcut``: the slice-number baseline on the evaluated scans (fitted on
+    ``train_slices`` when given, else cross-validated over the evaluated scans), the model's scan
+    accuracy beside it, whether the model is clearly above it, and both per slice window.
+
+    Labels are the reported decision (``positive`` vs the rest), as the scan accuracy is.
+    """
+
+    def decision(slices):
+        return [replace(s, label=int(s.label == positive)) for s in slices]
+
+    evaluated = scan_windows(decision(eval_slices))
+    if train_slices:
+        base = slice_number_baseline(scan_windows(decision(train_slices)), evaluated)
+    else:
+        base = slice_number_baseline(evaluated)
+    return {
+        **base.as_metrics(),
+        'scan_accuracy': scan_accuracy,
+        'clearly_above': clearly_above(scan_accuracy, scan_accuracy_ci, base.accuracy),
+        'per_window': accuracy_per_window(evaluated, scan_correct, base),
+    }
+
+
+def shortcut_summary(shortcut: dict | None) -> list[str]:
+    """The evaluation summary's lines: the baseline beside the model, a flag when the model is
+    not clearly above it, and the scan accuracy per window."""
+    if not shortcut or shortcut.get('slice_number_accuracy') is None:
+        return []
+    base, acc = shortcut['slice_number_accuracy'], shortcut['scan_accuracy']
+    lines = [
+        f'slice-number baseline {100 * base:.1f}% ({shortcut["method"]}) vs the model\'s scan '
+        f'accuracy {100 * acc:.1f}%'
+    ]
+    if not shortcut.get('clearly_above', True):
+        lines.append(
+            'WARNING: the model is not clearly above the slice-number baseline (its scan '
+            'accuracy CI reaches it): its score may come from the slice level, not the anatomy'
+        )
+    rows = shortcut.get('per_window') or []
+    if rows:
+        lines.append(
+            'scan accuracy per slice window: '
+            + ', '.join(
+                f'{r["window"]} {100 * r["accuracy"]:.0f}% of {r["n_scans"]}'
+                + (
+                    f' (baseline {100 * r["slice_number_accuracy"]:.0f}%)'
+                    if r.get('slice_number_accuracy') is not None
+                    else ''
+                )
+                for r in rows
+            )
+        )
+    return lines

@@ -42,6 +42,7 @@ from ..inference import (
     slice_decisions,
 )
 from ..run import EvalFolder, Run, plain_precision
+from ..data.shortcut import evaluation_shortcut, shortcut_summary
 from ..data.splits import select, split_patients
 from .options import CamOptions, EvaluationOptions
 
@@ -387,6 +388,10 @@ def evaluate(
             else None,
         }
     )
+    result['shortcut'] = _shortcut(
+        data_dir, split, classes, slices, patients, y, p_pos, point.threshold, result['patient'],
+        file_is_patient,
+    )
     checks = [m.input_check() for m in model.members]
     if any(c is not None for c in checks):  # how the model refuses unlike inputs (validation)
         summaries = [c.summary.as_metrics() if c is not None else None for c in checks]
@@ -413,6 +418,30 @@ def evaluate(
             )
             write_json(folder.metrics_file, result)
     return result
+
+
+def _shortcut(
+    data_dir, split, classes, slices, scans, y, p_pos, threshold, scan_metrics, file_is_patient
+) -> dict[str, Any]:
+    """The slice-number baseline beside the model's scan accuracy, overall and per slice window
+    (metrics.json's ``shortcut``): fitted on DATA_DIR/train's scans, or cross-validated over the
+    evaluated scans when the split is train or there is no train folder."""
+    train = None
+    if data_dir is not None and split != 'train':
+        try:
+            train = data.scan_split(data_dir, 'train', classes, file_is_patient=file_is_patient)
+        except data.DataError:
+            train = None
+    ids, y_scan, p_scan = metrics.patient_level(scans, y, p_pos)
+    correct = {str(i): bool((p >= threshold) == t) for i, t, p in zip(ids, y_scan, p_scan)}
+    return evaluation_shortcut(
+        train,
+        slices,
+        data.positive_index(classes),
+        correct,
+        scan_metrics['accuracy'],
+        scan_metrics.get('accuracy_ci'),
+    )
 
 
 def _member_metrics(model: LoadedModel, each, patients, y, pos) -> list[dict[str, Any]]:
@@ -632,6 +661,7 @@ def format_table(result: dict) -> str:
         lines.append(
             f'[lo, hi]: 95% CI, bootstrap over patients ({result["ci"]["n_boot"]} resamples)'
         )
+    lines += shortcut_summary(result.get('shortcut'))
     if result.get('members'):
         lines.append(
             f"the ensemble of {len(result['members'])}: P(AD) = mean of the members' calibrated "

@@ -952,6 +952,9 @@ def _evaluation(
                 f'{fmt(cal.get("temperature"))}; {fmt(cal.get("ece_slice_uncalibrated"))} / '
                 f'{fmt(cal.get("ece_patient_uncalibrated"))} without it.',
             ]
+        shortcut = _shortcut_paragraph(metrics.get('shortcut'))
+        if shortcut:
+            lines += ['', shortcut]
         for level, values in (('Slice', slices), ('Patient', patients)):
             table = _confusion_table(values.get('confusion_matrix'), task)
             if table:
@@ -975,6 +978,44 @@ def _evaluation(
     if figures:
         lines += ['', *figures]
     return '\n'.join(lines)
+
+
+def _shortcut_paragraph(shortcut: dict[str, Any] | None) -> str:
+    """The slice-number baseline beside the model's scan accuracy, and per slice window."""
+    if not shortcut or not is_number(shortcut.get('slice_number_accuracy')):
+        return ''
+    base, acc = shortcut['slice_number_accuracy'], shortcut.get('scan_accuracy')
+    if not is_number(acc):
+        return ''
+    text = (
+        f'**Slice-number baseline: {100 * base:.1f}%.** A classifier that sees only the slice '
+        f'numbers of each scan (its slice window, nothing of the image) reaches this scan accuracy '
+        f'on the same scans ({shortcut.get("method")}); this model reaches {100 * acc:.1f}%'
+    )
+    if shortcut.get('clearly_above', True):
+        text += '.'
+    else:
+        text += (
+            ', **not clearly above it**: its score may come from recognising the slice level '
+            'rather than the anatomy.'
+        )
+    rows = shortcut.get('per_window') or []
+    if 1 < len(rows) <= 12:
+        text += '\n\n' + _table(
+            ['Slice window', 'Scans', 'Model scan accuracy', 'Slice-number baseline'],
+            [
+                (
+                    r['window'],
+                    r['n_scans'],
+                    f'{100 * r["accuracy"]:.1f}%',
+                    f'{100 * r["slice_number_accuracy"]:.1f}%'
+                    if is_number(r.get('slice_number_accuracy'))
+                    else '',
+                )
+                for r in rows
+            ],
+        )
+    return text
 
 
 def _confusion_table(cm: Any, task: Task) -> str:
