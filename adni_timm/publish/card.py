@@ -385,7 +385,7 @@ def _threshold_origin(source: str | None) -> str:
 def _title(repo_id: str, config: dict[str, Any], source: DataSource, task: Task) -> str:
     arch = _arch_name(config)
     text = (
-        f'# {repo_id.split("/")[-1]}\n\n{arch} trained **from scratch** to classify 2D axial '
+        f'# {repo_id.split("/")[-1]}\n\n{arch} trained **from scratch** to classify 2D '
         f'brain-MRI slices as {task.listing()}, published with '
         f'[adni-timm](https://github.com/adni-timm/adni-timm). It loads in plain '
         f"[timm](https://github.com/huggingface/pytorch-image-models) and in transformers' "
@@ -531,11 +531,13 @@ def _source_paragraph(settings: ExportSettings, source: DataSource) -> str:
         )
     if source.kind == 'adni':
         return (
-            'The ADNI "AD_NC" set: 2D axial T1-weighted brain-MRI slices (256 x 240 px, 8-bit '
-            "grayscale, 20 slices per subject) of Alzheimer's disease (AD) and normal control "
+            'The ADNI "AD_NC" set: 2D T1-weighted brain-MRI slices (256 x 240 px, 8-bit '
+            "grayscale, 20 slices per scan) of Alzheimer's disease (AD) and normal control "
             "(NC) participants of the [Alzheimer's Disease Neuroimaging "
             'Initiative](https://adni.loni.usc.edu). ADNI data is available only under the ADNI '
-            'Data Use Agreement (DUA) to approved researchers.'
+            'Data Use Agreement (DUA) to approved researchers. The slice orientation is not '
+            'documented with the set (a public audit of it describes sagittal slices); training '
+            'flips images horizontally, a choice explained in docs/DATA.md.'
         )
     text = (
         f'{source.name}: T1-weighted 3D scans cut into 2D axial slices by `adni-prepare` (its '
