@@ -1,4 +1,4 @@
-"""The one prediction path: a loaded model, its operating point, slices in, patients out.
+"""The one prediction path: a loaded model, its operating point, slices in, scans out.
 
 - ``load_model(ref)`` builds a ``LoadedModel`` (one export, a cross-validation run's fold ensemble,
   or any list of exports) in this one place: its members, classes, precision and the stored
@@ -9,7 +9,7 @@
 - ``predict_loader`` is the one inference loop (per-epoch validation uses it too) with the one
   precision policy: a run trained in fp32 is validated and evaluated in fp32, a bf16 run in bf16 on
   CUDA; the CPU always computes in fp32. channels_last only on CUDA.
-- ``patient_rows`` groups slices into patients and decides, for evaluate, ``--images``, the demo and
+- ``scan_rows`` groups slices into scans and decides, for evaluate, ``--images``, the demo and
   Grad-CAM alike.
 """
 
@@ -40,7 +40,7 @@ __all__ = [
     'OperatingPoint',
     'Member',
     'LoadedModel',
-    'PatientRow',
+    'ScanRow',
     'autocast_dtype',
     'full_precision',
     'predict_loader',
@@ -50,17 +50,17 @@ __all__ = [
     'calibrated_mean',
     'negative_name',
     'slice_decisions',
-    'patient_rows',
+    'scan_rows',
 ]
 
 # 'no' is Accelerate's name for fp32; 'auto' is bf16 where the GPU has it natively, else fp16
 PRECISIONS = ('auto', 'no', 'fp32', 'bf16', 'fp16')
 BACKENDS = ('torch', 'onnxruntime')
-# where a threshold came from: chosen on validation patients, on out-of-fold predictions of
+# where a threshold came from: chosen on validation scans, on out-of-fold predictions of
 # cross-validation, set by hand, or the fixed 0.5 when nothing was stored
 THRESHOLD_SOURCES = ('validation', 'out-of-fold', 'cli', 'fixed')
 DATA_CHANNELS = 1  # data.SliceDataset reads every slice as 8-bit grayscale ('L')
-UNNAMED_GROUP = 'unnamed files'  # the patient of files whose names carry no <patient>_<slice>
+UNNAMED_GROUP = 'unnamed files'  # the scan of files whose names carry no <scan>_<slice>
 # how a slice the input check refuses is shown, before its reason
 REFUSED = 'does not look like a training slice'
 
@@ -210,7 +210,7 @@ class OperatingPoint:
     temperatures: tuple[float, ...] = (1.0,)  # one per member
     rule: str | None = None  # 'youden', 'sensitivity >= 0.9', ...
     note: str | None = None  # e.g. 'chosen without TTA'
-    selection: dict | None = None  # how an evaluation chose it (on which patients, what it met)
+    selection: dict | None = None  # how an evaluation chose it (on which scans, what it met)
 
     @classmethod
     def fixed(cls, temperatures: Sequence[float] = (1.0,)) -> OperatingPoint:
@@ -265,7 +265,7 @@ class LoadedModel:
     run: Run | None = None  # the ordinary run it came from: its split.json names who validated
     cv_run: Run | None = None  # the cross-validation run whose out-of-fold predictions set it
     calibration_method: str = 'temperature fitted on the validation slices'
-    file_is_patient: bool = False
+    file_is_scan: bool = False
     notes: list[str] = field(default_factory=list)
     backend: str = 'torch'  # what computes P(AD): torch, or each member's model.onnx (onnxruntime)
 
@@ -422,13 +422,13 @@ def calibrated_mean(member_probs: Sequence[np.ndarray], point: OperatingPoint) -
 
 
 def _recorded(settings: ExportSettings, run: Run | None) -> tuple[str, bool]:
-    """(precision, file_is_patient) a model was trained with: its export, else its run record."""
-    precision, file_is_patient = settings.precision, settings.file_is_patient
+    """(precision, file_is_scan) a model was trained with: its export, else its run record."""
+    precision, file_is_scan = settings.precision, settings.file_is_scan
     if precision is None and run is not None and run.record_file.is_file():
         record = run.record()
         precision = record.mixed_precision
-        file_is_patient = file_is_patient or record.config.file_is_patient
-    return (precision if precision in PRECISIONS else 'no'), bool(file_is_patient)
+        file_is_scan = file_is_scan or record.config.file_is_scan
+    return (precision if precision in PRECISIONS else 'no'), bool(file_is_scan)
 
 
 def _load_member(ref: str) -> tuple[Member, Run | None]:
@@ -499,7 +499,7 @@ def load_model(ref: str | os.PathLike | Sequence[str | os.PathLike]) -> LoadedMo
             members=members,
             classes=classes,
             point=_stored_point(member.settings),
-            file_is_patient=_recorded(member.settings, run)[1],
+            file_is_scan=_recorded(member.settings, run)[1],
         )
         # RUN/best (an ordinary run): split.json says who validated; RUN/final (a refit): its
         # operating point is the cross-validation run's, chosen out of fold
@@ -515,7 +515,7 @@ def load_model(ref: str | os.PathLike | Sequence[str | os.PathLike]) -> LoadedMo
         classes=classes,
         point=OperatingPoint.fixed(tuple(m.settings.temperature for m in members)),
         calibration_method="each member's own stored temperature, then the mean",
-        file_is_patient=any(_recorded(m.settings, r)[1] for m, r in loaded),
+        file_is_scan=any(_recorded(m.settings, r)[1] for m, r in loaded),
     )
 
 
@@ -549,7 +549,7 @@ def _load_cv_ensemble(run: Run) -> LoadedModel:
         calibration_method=ensemble.get(
             'calibration', "each fold model's own temperature, then the mean"
         ),
-        file_is_patient=any(m.settings.file_is_patient for m in members),
+        file_is_scan=any(m.settings.file_is_scan for m in members),
     )
 
 
@@ -574,38 +574,38 @@ def slice_decisions(probs: np.ndarray, threshold: float, classes: Sequence[str])
 
 
 @dataclass(frozen=True)
-class PatientRow:
-    """One patient: its slices' mean calibrated P(AD) and the decision at the threshold."""
+class ScanRow:
+    """One scan: its slices' mean calibrated P(AD) and the decision at the threshold."""
 
-    patient: str
+    scan: str
     n_slices: int
     p_positive: float
     predicted: str
     label: str | None = None  # the true class, when known
-    named: bool = True  # False: the group of files whose names carry no patient id
+    named: bool = True  # False: the group of files whose names carry no scan id
 
 
-def patient_rows(
+def scan_rows(
     slices: Sequence[data.Slice],
     p_positive: np.ndarray,
     threshold: float,
     classes: Sequence[str],
     labelled: bool = False,
-) -> list[PatientRow]:
-    """Group slices by patient (sorted ids), mean P(AD), decide. Files without a patient id
-    (``slice_index`` None and no patient from the name) form one group, ``UNNAMED_GROUP``."""
+) -> list[ScanRow]:
+    """Group slices by scan (sorted ids), mean P(AD), decide. Files without a scan id
+    (``slice_index`` None and no scan from the name) form one group, ``UNNAMED_GROUP``."""
     p_positive = np.asarray(p_positive, dtype=np.float64)
     if len(slices) != len(p_positive):
         raise InferenceError(f'{len(slices)} slices but {len(p_positive)} probabilities')
-    ids = [s.patient or UNNAMED_GROUP for s in slices]
+    ids = [s.scan or UNNAMED_GROUP for s in slices]
     pos = data.positive_index(classes)
     groups, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
     means = np.bincount(inverse, weights=p_positive, minlength=len(groups)) / counts
     label_of = {i: classes[s.label] for i, s in zip(ids, slices)} if labelled else {}
     negative = negative_name(classes)
     return [
-        PatientRow(
-            patient=str(g),
+        ScanRow(
+            scan=str(g),
             n_slices=int(n),
             p_positive=float(p),
             predicted=classes[pos] if p >= threshold else negative,

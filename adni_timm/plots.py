@@ -32,7 +32,7 @@ SYNTHETIC_TAG = 'SYNTHETIC data (not MRI)'
 class FigureContext:
     """What a figure says about where it came from: the model, the split, and SYNTHETIC.
 
-    Each plot adds its own ``n`` (patients or slices of that figure) to ``line``.
+    Each plot adds its own ``n`` (scans or slices of that figure) to ``line``.
     """
 
     model: str
@@ -92,8 +92,8 @@ def _series(history: list[dict], key: str) -> tuple[list, list]:
 # EMA keys are the same with an 'ema_' prefix: same colour, dashed
 _CURVE_PANELS = (
     ('loss', (('train_loss', 'train'), ('val_loss', 'validation')), None),
-    ('patient-level AUC (validation)', (('val_patient_auc', 'AUC'),), (0, 1.02)),
-    ('patient-level accuracy (validation)', (('val_patient_accuracy', 'accuracy'),), (0, 1.02)),
+    ('scan-level AUC (validation)', (('val_scan_auc', 'AUC'),), (0, 1.02)),
+    ('scan-level accuracy (validation)', (('val_scan_accuracy', 'accuracy'),), (0, 1.02)),
     ('learning rate', (('lr', 'lr'),), None),
 )
 
@@ -108,9 +108,9 @@ def plot_curves(
     """Did it learn, did it overfit, which epoch was
     kept? Four panels from ``RUN/metrics.jsonl`` rows.
 
-    Loss (train vs validation), patient-level AUC and accuracy, learning rate; live weights solid
+    Loss (train vs validation), scan-level AUC and accuracy, learning rate; live weights solid
     and EMA dashed in the same colour; a vertical line at ``best_epoch`` (the kept weights).
-    Patient-level only: the slice-level numbers are in metrics.jsonl and add little beside them.
+    Scan-level only: the slice-level numbers are in metrics.jsonl and add little beside them.
     Null values (e.g. an undefined AUC) are skipped; a panel without any value is left out.
     ``context`` titles the figure (n: the validation slices of the last row, when recorded).
     """
@@ -176,7 +176,7 @@ def plot_confusion_matrix(
 ) -> Path:
     """Confusion matrix (rows = true class, columns = predicted) with counts and row percentages.
 
-    The title ends with the context line and ``n`` = the matrix total (``unit``: e.g. 'patients').
+    The title ends with the context line and ``n`` = the matrix total (``unit``: e.g. 'scans').
     """
     cm = np.asarray(cm)
     fig, ax = plt.subplots(figsize=(3.8, 3.4))
@@ -227,21 +227,21 @@ __all__.append('plot_reliability')
 def plot_reliability(
     y_true_slice,
     p_slice,
-    y_true_patient,
-    p_patient,
+    y_true_scan,
+    p_scan,
     path: str | os.PathLike,
     title: str | None = None,
     p_slice_calibrated=None,
-    p_patient_calibrated=None,
+    p_scan_calibrated=None,
     n_bins: int = 15,
     context: FigureContext | None = None,
 ) -> Path:
-    """Reliability diagrams of P(AD), slices and patients side by side, with the ECE in the legend.
+    """Reliability diagrams of P(AD), slices and scans side by side, with the ECE in the legend.
 
     Each marker is one non-empty equal-width bin: mean predicted P(AD) against the observed
     fraction of AD (``adni_timm.metrics.reliability_curve``), its count written beside it; a
     calibrated model lies on the diagonal, drawn dotted over the curves so that two filled bins
-    cannot hide it. Give ``p_slice_calibrated`` / ``p_patient_calibrated`` (e.g. after temperature
+    cannot hide it. Give ``p_slice_calibrated`` / ``p_scan_calibrated`` (e.g. after temperature
     scaling) to draw them over the uncalibrated curves, labelled 'calibrated'.
     """
     from .metrics import expected_calibration_error, reliability_curve
@@ -249,7 +249,7 @@ def plot_reliability(
     panels = []  # curves first, so bad input raises before a figure is opened
     for name, y, p, p_calibrated in (
         ('slices', y_true_slice, p_slice, p_slice_calibrated),
-        ('patients', y_true_patient, p_patient, p_patient_calibrated),
+        ('scans', y_true_scan, p_scan, p_scan_calibrated),
     ):
         probs = [('model' if p_calibrated is None else 'uncalibrated', p)]
         if p_calibrated is not None:
@@ -342,10 +342,10 @@ def plot_cam_montage(
     colorbar_label: str = "Grad-CAM (each slice's max = 1)",
     context: FigureContext | None = None,
 ) -> Path:
-    """One patient's slices in a grid, each with its Grad-CAM map overlaid on one colour scale.
+    """One scan's slices in a grid, each with its Grad-CAM map overlaid on one colour scale.
 
     ``images`` and ``maps`` are ``[S, H, W]`` (slices in order); ``tile_titles`` one per slice
-    (e.g. slice index and P(AD)); ``title`` the patient line (mean P(AD), decision, outcome),
+    (e.g. slice index and P(AD)); ``title`` the scan line (mean P(AD), decision, outcome),
     wrapped to the figure's width over the ``context`` line. The colour scale runs from 0 to
     ``vmax`` (default 1: maps already normalised) for every tile, with ``colorbar_label``.
     ``path=None`` returns the figure as a PIL image instead of writing it.
@@ -380,7 +380,7 @@ def plot_cam_montage(
     if shown is not None:
         fig.colorbar(shown, ax=axes, shrink=0.7, label=colorbar_label)
     if title or context is not None:
-        # ~ 11 characters per inch at 10 pt: a long patient line wraps instead of being cut off
+        # ~ 11 characters per inch at 10 pt: a long scan line wraps instead of being cut off
         n = f'n={len(images)} slices'
         fig.suptitle(_title(title, context, n, max(30, int(width * 11))), fontsize=10)
     return _save(fig, path)

@@ -66,8 +66,8 @@ def test_audit_finds_repeat_scans_and_pairs_no_two_different_heads(repeats, repo
 
 def test_audit_counts_test_scans_that_share_a_subject_with_train(repeats, report):
     subjects = _subjects(repeats)
-    test = {s.patient for s in scan_split(repeats, 'test')}
-    train_subjects = {subjects[s.patient] for s in scan_split(repeats, 'train')}
+    test = {s.scan for s in scan_split(repeats, 'test')}
+    train_subjects = {subjects[s.scan] for s in scan_split(repeats, 'train')}
     truth = sorted(s for s in test if subjects[s] in train_subjects)
     assert len(truth) == 2 * PER_CLASS // 2  # half of each class's test subjects
     assert set(report.test_scans_sharing()) <= set(truth)

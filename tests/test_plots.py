@@ -29,7 +29,7 @@ def test_confusion_matrix_png_with_counts_and_row_percentages(tmp_path, monkeypa
         plt, 'close', lambda fig: texts.extend(t.get_text() for t in fig.axes[0].texts)
     )
     out = plot_confusion_matrix(
-        [[5, 1], [2, 6]], ['NC', 'AD'], tmp_path / 'sub' / 'cm.png', title='patients'
+        [[5, 1], [2, 6]], ['NC', 'AD'], tmp_path / 'sub' / 'cm.png', title='scans'
     )
     assert out == tmp_path / 'sub' / 'cm.png' and _png_size(out)[0] > 100
     assert texts == ['5\n83%', '1\n17%', '2\n25%', '6\n75%']
@@ -37,7 +37,7 @@ def test_confusion_matrix_png_with_counts_and_row_percentages(tmp_path, monkeypa
 
 def test_roc_png_and_single_class_refused(tmp_path):
     y, p = [0, 0, 1, 1, 0, 1], [0.1, 0.4, 0.35, 0.8, 0.2, 0.9]
-    assert _png_size(plot_roc(y, p, tmp_path / 'roc.png', title='patients', threshold=0.5))[0] > 100
+    assert _png_size(plot_roc(y, p, tmp_path / 'roc.png', title='scans', threshold=0.5))[0] > 100
     with pytest.raises(ValueError, match='both positive'):
         plot_roc([1, 1], [0.2, 0.3], tmp_path / 'bad.png')
     assert not (tmp_path / 'bad.png').exists()
@@ -72,10 +72,10 @@ def test_curves_answer_did_it_learn_overfit_and_which_epoch_was_kept(tmp_path, m
             'val_loss': 1.1 / (e + 1),
             'ema_val_loss': 1.2 / (e + 1),
             'val_slice_accuracy': 0.5 + e / 20,
-            'val_patient_auc': None if e == 0 else 0.6 + e / 30,
-            'ema_val_patient_auc': 0.7,
-            'val_patient_accuracy': 0.6,
-            'ema_val_patient_accuracy': 0.65,
+            'val_scan_auc': None if e == 0 else 0.6 + e / 30,
+            'ema_val_scan_auc': 0.7,
+            'val_scan_accuracy': 0.6,
+            'ema_val_scan_accuracy': 0.65,
             'lr': 1e-3 * (1 - e / 5),
             'epoch_time_s': 3.0,
         }
@@ -87,8 +87,8 @@ def test_curves_answer_did_it_learn_overfit_and_which_epoch_was_kept(tmp_path, m
     # slice-level curves stay in metrics.jsonl
     assert titles == [
         'loss',
-        'patient-level AUC (validation)',
-        'patient-level accuracy (validation)',
+        'scan-level AUC (validation)',
+        'scan-level accuracy (validation)',
         'learning rate',
     ]
     lines = dict(panels)
@@ -98,7 +98,7 @@ def test_curves_answer_did_it_learn_overfit_and_which_epoch_was_kept(tmp_path, m
     assert loss['validation'][0] == loss['validation (EMA)'][0] != loss['train'][0]
     # live solid, EMA dashed
     assert (loss['validation'][1], loss['validation (EMA)'][1]) == ('-', '--')
-    auc = {label: xs for label, _, _, xs in lines['patient-level AUC (validation)']}
+    auc = {label: xs for label, _, _, xs in lines['scan-level AUC (validation)']}
     assert auc['AUC'] == [2, 3, 4, 5]  # the undefined first AUC is skipped, not drawn as 0
     for _, series in panels:  # the kept epoch is marked in every panel
         assert [xs for label, _, _, xs in series if label.startswith('kept')] == [[4, 4]]
@@ -137,8 +137,8 @@ def _all_text(fig) -> str:
 
 
 def test_context_line_names_model_split_n_and_synthetic():
-    assert SYN.line('n=12 patients') == (
-        'SYNTHETIC data (not MRI) | adni_convnext_atto | test split | n=12 patients'
+    assert SYN.line('n=12 scans') == (
+        'SYNTHETIC data (not MRI) | adni_convnext_atto | test split | n=12 scans'
     )
     assert FigureContext('m').line() == 'm'  # real data: no tag; unknown parts left out
 
@@ -146,10 +146,10 @@ def test_context_line_names_model_split_n_and_synthetic():
 def test_evaluation_figures_carry_model_split_n_and_synthetic(tmp_path, monkeypatch):
     figures = _figures(monkeypatch)
     plot_confusion_matrix(
-        [[5, 1], [2, 6]], ['NC', 'AD'], tmp_path / 'cm.png', 'patients', SYN, unit='patients'
+        [[5, 1], [2, 6]], ['NC', 'AD'], tmp_path / 'cm.png', 'scans', SYN, unit='scans'
     )
     y, p = [0, 0, 1, 1, 0, 1], [0.1, 0.4, 0.35, 0.8, 0.2, 0.9]
-    plot_roc(y, p, tmp_path / 'roc.png', 'AD vs NC', threshold=0.5, context=SYN, unit='patients')
+    plot_roc(y, p, tmp_path / 'roc.png', 'AD vs NC', threshold=0.5, context=SYN, unit='scans')
     plot_reliability(y, p, y[:4], p[:4], tmp_path / 'rel.png', 'calibration', context=SYN)
     plot_curves(
         [{'epoch': 1, 'train_loss': 0.7, 'val_loss': 0.8, 'val_slices': 96}],
@@ -159,8 +159,8 @@ def test_evaluation_figures_carry_model_split_n_and_synthetic(tmp_path, monkeypa
     cm, roc, rel, curves = (_all_text(f) for f in figures)
     for text in (cm, roc, rel, curves):
         assert 'SYNTHETIC data (not MRI)' in text and 'adni_convnext_atto' in text
-    assert 'test split' in cm and 'n=14 patients' in cm  # n: the matrix total
-    assert 'n=6 patients (3 positive)' in roc
+    assert 'test split' in cm and 'n=14 scans' in cm  # n: the matrix total
+    assert 'n=6 scans (3 positive)' in roc
     assert 'validation n=96 slices' in curves
 
 
@@ -180,11 +180,11 @@ def test_reliability_marks_every_bin_with_its_count_and_keeps_the_diagonal_visib
     assert sorted(t.get_text() for t in slices_ax.texts) == ['10', '30']
 
 
-def test_montage_title_wraps_and_the_colour_bar_shows_the_patient_scale(tmp_path, monkeypatch):
+def test_montage_title_wraps_and_the_colour_bar_shows_the_scan_scale(tmp_path, monkeypatch):
     figures = _figures(monkeypatch)
     images = np.random.default_rng(0).random((3, 16, 16)).astype(np.float32)
-    maps = images * 0.004  # raw values of one patient: the scale is theirs, not 0..1
-    title = 'TP: patient 123456 (true AD, mean P(AD) 0.93 -> AD at threshold 0.50); ' * 2
+    maps = images * 0.004  # raw values of one scan: the scale is theirs, not 0..1
+    title = 'TP: scan 123456 (true AD, mean P(AD) 0.93 -> AD at threshold 0.50); ' * 2
     plot_cam_montage(
         images,
         maps,
@@ -192,7 +192,7 @@ def test_montage_title_wraps_and_the_colour_bar_shows_the_patient_scale(tmp_path
         title=title.strip(),
         vmax=float(maps.max()),
         cmap='Reds',
-        colorbar_label="Occlusion for AD, 0 to this patient's max",
+        colorbar_label="Occlusion for AD, 0 to this scan's max",
         context=SYN,
     )
     fig = figures[0]
@@ -200,7 +200,7 @@ def test_montage_title_wraps_and_the_colour_bar_shows_the_patient_scale(tmp_path
     assert len(lines) >= 3 and max(len(line) for line in lines) <= 80  # wrapped to the figure
     assert lines[-1].endswith('n=3 slices')
     colorbar = fig.axes[-1]
-    assert colorbar.get_ylabel() == "Occlusion for AD, 0 to this patient's max"
+    assert colorbar.get_ylabel() == "Occlusion for AD, 0 to this scan's max"
     assert colorbar.get_ylim() == pytest.approx((0.0, float(maps.max())))
     tile = fig.axes[0].get_images()[-1]
     assert tile.get_cmap().name == 'Reds' and tile.get_clim()[1] == pytest.approx(maps.max())

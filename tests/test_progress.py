@@ -75,8 +75,8 @@ def test_the_epoch_line_stays_short_at_its_widest():
         'train_img_per_s': 12345.6,
         'epoch_time_s': 3599.0,
         'ema_val_loss': 9.87654,
-        'ema_val_patient_auc': 0.987654,
-        'ema_val_patient_accuracy': 0.912345,
+        'ema_val_scan_auc': 0.987654,
+        'ema_val_scan_accuracy': 0.912345,
     }
     line = epoch_line(row, 100, 'ema', True, eta_s=99 * 3600.0)
     assert len(line) < 120, line

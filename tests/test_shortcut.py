@@ -93,7 +93,7 @@ def test_metrics_json_holds_the_shortcut(tiny_run, tiny_data, tmp_path, capsys):
     cut = metrics['shortcut']
     assert 0 <= cut['slice_number_accuracy'] <= 1
     assert cut['method'] == 'train -> test'
-    level = metrics.get('scan') or metrics['patient']  # 'scan' after #26's renaming
+    level = metrics['scan']
     assert cut['scan_accuracy'] == level['accuracy']
     assert sum(r['n_scans'] for r in cut['per_window']) == level['n']
     # clearly above: the lower end of the scan accuracy's 95% CI above the baseline

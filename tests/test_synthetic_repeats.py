@@ -94,9 +94,9 @@ def test_a_later_scan_is_the_same_head_in_another_session():
     """Closer to its own first scan than another subject's head is, but not a copy."""
     level = synthetic.difficulty_level('default')
     key, other = (0, 0, 1, 0), (0, 0, 1, 1)
-    first = synthetic._patient_head(key, level.severity['AD'], 'default')
-    later = synthetic._patient_head(key, level.severity['AD'], 'default', visit=1)
-    stranger = synthetic._patient_head(other, level.severity['AD'], 'default')
+    first = synthetic._subject_head(key, level.severity['AD'], 'default')
+    later = synthetic._subject_head(key, level.severity['AD'], 'default', visit=1)
+    stranger = synthetic._subject_head(other, level.severity['AD'], 'default')
     index = 64
     a, b, c = (h.render(index).astype(np.float64) for h in (first, later, stranger))
     assert later.a > first.a  # progression
@@ -125,13 +125,13 @@ def test_cli_repeat_scans_and_refusals(tmp_path, capsys):
     from adni_timm.cli.synthetic import main
 
     out = tmp_path / 's'
-    code = main([str(out), '--train-patients', '1', '--test-patients', '1', '--slices', '2',
+    code = main([str(out), '--train-subjects', '1', '--test-subjects', '1', '--slices', '2',
                  '--scans-per-subject', '2'])
     assert code == 0
     text = capsys.readouterr().out
     assert '8 scans of 4 subjects' in text and 'subjects.csv' in text
     assert len(_map(out)) == 8
-    code = main([str(tmp_path / 't'), '--train-patients', '1', '--test-patients', '1',
+    code = main([str(tmp_path / 't'), '--train-subjects', '1', '--test-subjects', '1',
                  '--shared-subjects', '0.5'])
     err = capsys.readouterr().err
     assert code == 2 and 'scans-per-subject' in err and 'Traceback' not in err

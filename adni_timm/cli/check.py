@@ -15,8 +15,8 @@ __all__ = ['build_parser', 'main', 'module_main']
 
 PROG = 'adni-check-data'
 DESCRIPTION = (
-    'Check DATA_DIR/{train,test}/{NC,AD}/<patient>_<slice>.jpeg: print patients and slices per '
-    'split and class, slices per patient, image sizes and modes, the slice-number windows and '
+    'Check DATA_DIR/{train,test}/{NC,AD}/<scan>_<slice>.jpeg: print scans and slices per '
+    'split and class, slices per scan, image sizes and modes, the slice-number windows and '
     'the slice-number baseline (the scan accuracy of slice numbers alone), and every problem '
     'found. --audit adds a content audit: duplicate slices and scans that are probably the same '
     'person. Exit status 1 when there are problems (duplicate slices among them), 2 on a usage '
@@ -39,9 +39,10 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help='class folders in label order (NC=0, AD=1)',
     )
     parser.add_argument(
-        '--file-is-patient',
+        '--file-is-scan',
+        '--file-is-patient',  # its name before scans were called scans
         action='store_true',
-        help='treat each file as its own patient (names without <patient>_<slice>)',
+        help='treat each file as its own scan (names without <scan>_<slice>)',
     )
     parser.add_argument(
         '--workers',
@@ -72,7 +73,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         epilog=examples(
             '%(prog)s AD_NC                         # counts, sizes, every problem',
             '%(prog)s AD_NC --classes NC,MCI,AD     # three classes, in label order',
-            '%(prog)s scans/ --file-is-patient      # one file per patient',
+            '%(prog)s scans/ --file-is-scan      # one file per scan',
             '%(prog)s AD_NC --audit --audit-csv audit.csv   # duplicates, probable same subjects',
         ),
     )
@@ -83,7 +84,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     from adni_timm.data import check_data_dir
 
-    report = check_data_dir(args.data_dir, args.classes, args.file_is_patient, args.workers)
+    report = check_data_dir(args.data_dir, args.classes, args.file_is_scan, args.workers)
     print('\n'.join(report.lines))
     for note in report.notes:
         print(f'note: {note}')
@@ -130,7 +131,7 @@ def module_main(argv=None, prog: str = 'python -m adni_timm.data') -> int:
     commands = parser.add_subparsers(dest='command', required=True)
     check = commands.add_parser(
         'check',
-        help='report patients, slices, image sizes and every problem; exit 1 on problems',
+        help='report scans, slices, image sizes and every problem; exit 1 on problems',
         description=DESCRIPTION,
         formatter_class=HelpFormatter,
         epilog=examples('%(prog)s AD_NC', f'{PROG} AD_NC   # the same, as a console script'),

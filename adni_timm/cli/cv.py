@@ -33,7 +33,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         'compare',
         help='compare two CV runs made on the same folds (B - A, paired bootstrap CI)',
         description='Compare CV run B against run A: per-fold differences of the validation '
-        'metrics and the paired bootstrap difference of the out-of-fold patient '
+        'metrics and the paired bootstrap difference of the out-of-fold scan '
         'AUC and accuracy. Refuses runs made on different folds (exit 2).',
         formatter_class=HelpFormatter,
         epilog=examples('%(prog)s runs/cv5-seed runs/cv5 --n-boot 5000'),

@@ -458,7 +458,7 @@ def audit_slices(
     for split, items in slices_by_split.items():
         for s in items:
             slices.append(s)
-            scan_of.append((split, s.patient))
+            scan_of.append((split, s.scan))
     keys = sorted(set(scan_of))
     index = {k: n for n, k in enumerate(keys)}
     scan_index = [index[k] for k in scan_of]

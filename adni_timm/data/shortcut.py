@@ -97,8 +97,8 @@ def scan_windows(slices: Sequence) -> ScanWindows:
     numbers, labels = defaultdict(list), {}
     for s in slices:
         if s.slice_index is not None:
-            numbers[s.patient].append(s.slice_index)
-            labels[s.patient] = s.label
+            numbers[s.scan].append(s.slice_index)
+            labels[s.scan] = s.label
     scans = tuple(sorted(numbers))
     return ScanWindows(
         scans,

@@ -628,7 +628,7 @@ def generate(
         folder.mkdir(parents=True, exist_ok=True)
         jobs.append((scan, level.severity[scan.name], str(folder / scan.scan)))
         subjects.append((scan.scan, scan.subject))
-    write = partial(_write_patient, slices=slices, difficulty=difficulty)
+    write = partial(_write_scan, slices=slices, difficulty=difficulty)
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             list(pool.map(write, jobs, chunksize=8))
@@ -734,7 +734,7 @@ def _class_window(key, visit: int, class_i: int, n_classes: int) -> int:
     return int(np.clip(centre + rng.integers(-1, 2), FIRST_SLICE - 4, FIRST_SLICE + 4))
 
 
-def _patient_head(key, severity_params, difficulty: str, visit: int = 0) -> _Head:
+def _subject_head(key, severity_params, difficulty: str, visit: int = 0) -> _Head:
     """The head of the subject with rng ``key``: its severity drawn first, then its anatomy;
     ``visit`` > 0: the same head at that later scan (``draw_visit``)."""
     mean, sd = severity_params
@@ -746,13 +746,13 @@ def _patient_head(key, severity_params, difficulty: str, visit: int = 0) -> _Hea
 
 
 def _scan_head(scan: _Scan, severity_params, difficulty: str) -> _Head:
-    head = _patient_head(scan.key, severity_params, difficulty, scan.visit)
+    head = _subject_head(scan.key, severity_params, difficulty, scan.visit)
     if scan.window is not None:
         head.first_slice = scan.window
     return head
 
 
-def _write_patient(job, slices: int, difficulty: str) -> None:
+def _write_scan(job, slices: int, difficulty: str) -> None:
     scan, severity_params, stem = job
     head = _scan_head(scan, severity_params, difficulty)
     first = head.first_slice
