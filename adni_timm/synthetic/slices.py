@@ -1,16 +1,16 @@
 """SYNTHETIC ADNI-layout data: procedurally drawn
-axial brain slices, NOT real MRI, NOT real patients.
+axial brain slices, NOT real MRI, NOT real people.
 
 ADNI is under a data-use agreement, so every test, demo and benchmark here runs
 on this stand-in. It has the very layout and file format of the ADNI AD_NC set::
 
-    OUT/{train,test}/{AD,NC}/<patient>_<slice>.jpeg     256 wide x 240 high, 8-bit grayscale
+    OUT/{train,test}/{AD,NC}/<scan>_<slice>.jpeg     256 wide x 240 high, 8-bit grayscale
 
-with numeric 6-digit patient ids (unique across splits) and consecutive axial
-slice indices per patient (e.g. 57..76). Each patient is a head drawn from a
+with numeric 6-digit scan ids (unique across splits) and consecutive axial
+slice indices per scan (e.g. 57..76). Each subject is a head drawn from a
 few analytic shapes (scalp, skull, CSF, cortex with sulci, white matter,
 deep grey matter, lateral ventricles, medial temporal lobes) with its own size,
-shape, position, intensities, bias field and Rician noise. AD patients carry
+shape, position, intensities, bias field and Rician noise. AD subjects carry
 atrophy -- larger ventricles and sulci, thinner cortex, smaller medial temporal
 region -- drawn from a severity distribution that overlaps NC's, so the task is
 learnable but not trivial. ``difficulty`` sets that overlap:
@@ -19,10 +19,14 @@ learnable but not trivial. ``difficulty`` sets that overlap:
 * ``default``: realistic overlap; a pixel-level logistic regression stays far from perfect;
 * ``hard``: more overlap and more nuisance variation.
 
+One scan per subject by default; ``scans_per_subject`` > 1 scans each head again at later visits
+(``Visit``) and writes the subject map ``subjects.csv`` beside the splits.
+
 Numpy only, vectorised, deterministic for a seed. ``atrophy_masks`` says where each slice
 carries atrophy (ground truth for Grad-CAM). CLI (``adni_timm.cli.synthetic``)::
 
-    adni-synthetic OUT --train-patients N --test-patients M [--slices 20] [--seed 0]
+    adni-synthetic OUT --train-subjects N --test-subjects M [--slices 20] [--seed 0]
+                       [--scans-per-subject K] [--shared-subjects F] [--class-windows]
     python -m adni_timm.synthetic OUT ...                                  (the same)
 """
 
