@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from . import data, metrics
 from .export.format import ExportError, ExportSettings, input_channels, load_export
 from .utils.hardware import bf16_supported
+from .utils.progress import Progress
 from .models import LABEL_NAMES
 from .run import Run, RunError, locate
 
@@ -54,6 +56,7 @@ __all__ = [
 ]
 
 # 'no' is Accelerate's name for fp32; 'auto' is bf16 where the GPU has it natively, else fp16
+_logger = logging.getLogger(__name__)
 PRECISIONS = ('auto', 'no', 'fp32', 'bf16', 'fp16')
 BACKENDS = ('torch', 'onnxruntime')
 # where a threshold came from: chosen on validation scans, on out-of-fold predictions of
@@ -94,6 +97,8 @@ def predict_loader(
     tta: bool = False,
     accelerator=None,
     with_loss: bool = False,
+    progress: str = 'none',
+    desc: str = 'predict',
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(softmax probabilities ``[N, C]`` float64, per-slice cross-entropy ``[N]`` or None).
 
@@ -101,6 +106,8 @@ def predict_loader(
     compiled in place. With an ``accelerator`` the loader is sharded over its processes and
     ``gather_for_metrics`` returns every slice exactly once; every process must call. ``tta``
     averages the softmax of each slice and its horizontal flip. The training flag is restored.
+    ``progress`` (auto, bar, lines, none) shows the slices done (``utils.progress``), on the main
+    process only.
     """
     dtype = autocast_dtype(precision, device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
@@ -108,6 +115,9 @@ def predict_loader(
     was_training = model.training
     model.eval()
     probs_out, losses_out = [], []
+    main = accelerator is None or accelerator.is_main_process
+    total = len(loader.dataset) if hasattr(loader, 'dataset') else 0
+    bar = Progress(progress, total, desc, enabled=main, unit='slices', summary=True, logger=_logger)
     try:
         for images, targets in loader:
             images = images.to(device, non_blocking=True)
@@ -128,8 +138,10 @@ def predict_loader(
             probs_out.append(out[0].cpu())
             if with_loss:
                 losses_out.append(out[1].cpu())
+            bar.update(out[0].shape[0])
     finally:
         model.train(was_training)
+        bar.close()
     probs = torch.cat(probs_out).double().numpy()
     return probs, (torch.cat(losses_out).double().numpy() if with_loss else None)
 
@@ -160,6 +172,7 @@ def predict_slices(
     accelerator=None,
     tta: bool = False,
     precision: str = 'no',
+    progress: str = 'none',
 ) -> np.ndarray:
     """Raw softmax probabilities ``(len(slices), num_classes)`` of one network, in slice order.
 
@@ -194,6 +207,7 @@ def predict_slices(
         channels_last=True,
         tta=tta,
         accelerator=accelerator,
+        progress=progress,
     )
     return probs
 
@@ -333,6 +347,7 @@ class LoadedModel:
         process, fp32, no TTA; the torch-only options are not used)."""
         if self.backend == 'onnxruntime':
             return [_onnx_probs(m, slices, kwargs.get('batch_size', 64)) for m in self.members]
+
         return [
             predict_slices(m.net, slices, precision=precision or m.precision, **kwargs)
             for m in self.members

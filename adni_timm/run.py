@@ -277,6 +277,7 @@ class EvalFolder:
     CONFUSION_SLICES = 'confusion_matrix_slices.png'
     ROC = 'roc.png'
     RELIABILITY = 'reliability.png'
+    SCAN_PROBABILITIES = 'scan_probabilities.png'  # P(AD) per scan by true class, the threshold
     CAM = 'cam'
     POPULATION_MAPS = 'population_maps.png'
     POPULATION_ARRAYS = 'population_maps.npz'
@@ -317,6 +318,7 @@ class Run:
     FOLDS = 'folds.json'
     CV = 'cv.json'
     OOF = 'oof_predictions.csv'
+    CV_FIGURE = 'cv.png'  # per-fold metrics with CIs and the pooled out-of-fold ROC
     REFIT = 'refit'
     FINAL = 'final'
     EVAL = 'eval'
@@ -352,6 +354,7 @@ class Run:
     logs_dir = property(lambda self: self.path / self.LOGS)
     folds_file = property(lambda self: self.path / self.FOLDS)
     cv_file = property(lambda self: self.path / self.CV)
+    cv_figure_file = property(lambda self: self.path / self.CV_FIGURE)
     oof_file = property(lambda self: self.path / self.OOF)
     final_dir = property(lambda self: self.path / self.FINAL)
     hub_dir = property(lambda self: self.path / self.HUB)

@@ -233,3 +233,88 @@ def test_population_difference_panel_sits_on_the_mean_anatomy_with_a_labelled_ba
     assert 'mean Grad-CAM of AD: AD minus NC' not in labels  # the method is not named wrongly
     assert 'mean map of AD: AD minus NC' in labels and 'mean map of AD' in labels
     assert 'n=12 slices' in fig._suptitle.get_text()
+
+
+# ------------------------------------------------------------ new figures: scans, CV, cv compare
+
+
+def test_scan_probabilities_show_every_scan_by_true_class_with_the_threshold(tmp_path, monkeypatch):
+    figures = _figures(monkeypatch)
+    y, p = np.array([0, 0, 0, 1, 1]), np.array([0.1, 0.3, 0.7, 0.4, 0.9])
+    path = plots.plot_scan_probabilities(
+        y, p, ['NC', 'AD'], tmp_path / 's.png', threshold=0.5, title='P(AD) per scan', context=SYN
+    )
+    assert _png_size(path)[0] > 200
+    (fig,) = figures
+    text = _all_text(fig)
+    assert 'SYNTHETIC data (not MRI)' in text and 'adni_convnext_atto' in text
+    assert 'n=5 scans' in text and 'test split' in text
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ['NC\n(3)', 'AD\n(2)']
+    # the threshold line, and every scan drawn once: right calls as dots, wrong ones as crosses
+    assert any(list(line.get_ydata()) == [0.5, 0.5] for line in ax.get_lines())
+    drawn = sorted(float(v) for c in ax.collections for v in c.get_offsets()[:, 1])
+    assert drawn == sorted(p.tolist())
+    wrong = [c for c in ax.collections if len(c.get_offsets()) and c.get_paths()[0] is not None]
+    assert len(wrong) >= 3  # NC right, NC wrong (0.7), AD right, AD wrong (0.4)
+    with pytest.raises(ValueError, match='labels for'):
+        plots.plot_scan_probabilities(y, p[:3], ['NC', 'AD'], tmp_path / 'x.png', threshold=0.5)
+
+
+def test_the_cv_figure_has_every_fold_with_its_ci_and_the_pooled_roc(tmp_path, monkeypatch):
+    figures = _figures(monkeypatch)
+    folds = [
+        {'auc': 0.8, 'auc_ci': [0.6, 0.95], 'accuracy': 0.7, 'accuracy_ci': [0.5, 0.85]},
+        {'auc': 0.9, 'auc_ci': [0.75, 1.0], 'accuracy': 0.8, 'accuracy_ci': [0.6, 0.9]},
+        {'auc': None, 'auc_ci': None, 'accuracy': 0.6, 'accuracy_ci': [0.4, 0.8]},
+    ]
+    y, p = np.array([0, 0, 1, 1, 0, 1]), np.array([0.2, 0.6, 0.7, 0.9, 0.1, 0.4])
+    plots.plot_cv_folds(folds, y, p, tmp_path / 'cv.png', title='3-fold', context=SYN)
+    assert (tmp_path / 'cv.png').is_file()
+    (fig,) = figures
+    text = _all_text(fig)
+    assert 'SYNTHETIC data (not MRI)' in text and 'n=6 scans, 3 folds' in text
+    left, right = fig.axes[:2]
+    # error bars span each fold's CI
+    bars = [c for c in left.collections if c.get_segments()]
+    spans = sorted(
+        (round(float(s[0][1]), 3), round(float(s[1][1]), 3))
+        for c in bars
+        for s in c.get_segments()
+        if len(s) == 2
+    )
+    assert (0.6, 0.95) in spans and (0.75, 1.0) in spans and (0.4, 0.8) in spans
+    assert 'AUC' in ' '.join(t.get_text() for t in right.get_legend().get_texts())
+
+
+def test_the_cv_compare_figure_shows_per_fold_and_pooled_differences(tmp_path, monkeypatch):
+    figures = _figures(monkeypatch)
+    comparison = {
+        'run_a': 'runs/a',
+        'run_b': 'runs/b',
+        'valid': True,
+        'per_fold': [
+            {'fold': 0, 'scan': {'auc': {'difference': 0.05}, 'accuracy': {'difference': 0.0}}},
+            {'fold': 1, 'scan': {'auc': {'difference': -0.02}, 'accuracy': {'difference': 0.1}}},
+        ],
+        'paired': {
+            'n_scans': 40,
+            'auc': {'a': 0.8, 'b': 0.82, 'difference': 0.02, 'ci': [-0.03, 0.07]},
+            'accuracy': {'a': 0.7, 'b': 0.75, 'difference': 0.05, 'ci': [-0.05, 0.15]},
+        },
+    }
+    plots.plot_cv_comparison(comparison, tmp_path / 'cmp.png', title='compared', context=SYN)
+    (fig,) = figures
+    text = _all_text(fig)
+    assert 'SYNTHETIC data (not MRI)' in text and 'A = runs/a, B = runs/b, n=40 scans' in text
+    assert 'CI [-0.030, +0.070]' in text and 'CI [-0.050, +0.150]' in text
+    auc_ax = fig.axes[0]
+    labels = [t.get_text() for t in auc_ax.get_yticklabels()]
+    assert labels == ['fold 0', 'fold 1', 'pooled (paired bootstrap)']
+    xs = sorted(
+        float(line.get_xdata()[0]) for line in auc_ax.get_lines() if line.get_marker() == 'o'
+    )
+    assert xs == [-0.02, 0.05]
+    comparison['valid'] = False
+    plots.plot_cv_comparison(comparison, tmp_path / 'cmp2.png', context=SYN)
+    assert 'INVALID: different folds' in _all_text(figures[-1])

@@ -123,6 +123,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         'when missing; needs the onnx extra); no --tta',
     )
     p.add_argument(
+        '--progress',
+        choices=('auto', 'bar', 'lines', 'none'),
+        default='auto',
+        help='auto: a bar on a terminal, plain lines in a log (one every 30 s and one per step '
+        'at its end); for prediction, --cam maps and the decode',
+    )
+    p.add_argument(
         '--score-flagged',
         action='store_true',
         help='with --images: also show P(AD) of slices the input check refuses (they still get '
@@ -200,6 +207,7 @@ def main(argv=None, prog: str = PROG) -> int:
             skip_bad_images=args.skip_bad_images,
             file_is_scan=args.file_is_scan,
             cam=CamOptions(n=args.cam, method=args.cam_method, layer=args.cam_layer),
+            progress=args.progress,
         )
         model = load_model(args.model[0] if len(args.model) == 1 else args.model)
         if args.classes:

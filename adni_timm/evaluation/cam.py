@@ -44,6 +44,7 @@ from torch import nn
 
 from ..data import Slice, positive_index, read_image, slice_key
 from ..utils.files import safe_name
+from ..utils.progress import Progress
 from ..inference import ScanRow, full_precision, negative_name, scan_rows
 
 
@@ -508,6 +509,7 @@ def write_cam_report(
     method: str = 'occlusion',
     region_masks: Mapping[str, np.ndarray] | None = None,
     context=None,
+    progress: str = 'none',
 ) -> dict:
     """Class activation maps written under ``out_dir/cam/``; returns what was written (JSON-safe).
 
@@ -528,7 +530,8 @@ def write_cam_report(
     name, default ``default_target_layer`` at the input size); ``p_pos`` holds P(AD) per slice;
     ``transform`` is the model's eval transform on PIL 'L' images; ``context`` (a
     ``plots.FigureContext``) titles the figures. The model is moved to ``device``. Also writes
-    ``README.txt``: method, layer, map size, notes, region score.
+    ``README.txt``: method, layer, map size, notes, region score. ``progress`` (auto, bar,
+    lines, none) shows the slices mapped.
     """
     start = time.perf_counter()
     slices, p_pos = list(slices), np.asarray(p_pos, dtype=np.float64).reshape(-1)
@@ -561,7 +564,11 @@ def write_cam_report(
     population = _PopulationSums()
     scored_maps, scored_masks = [], []
     todo = list(range(len(slices))) if labelled else sorted(wanted_pos)
+    bar = Progress(
+        progress, len(todo) + len(wanted_neg), f'{method} maps', unit='slices', summary=True
+    )
     for i, raw, shown in attribute(todo, pos):
+        bar.update(1)
         if i in wanted_pos:
             kept_maps[i], kept_images[i] = raw, shown
         if labelled:
@@ -577,7 +584,9 @@ def write_cam_report(
                 scored_masks.append(transform_mask(mask, transform))
     # pass 2: the montages of scans predicted negative, mapped for their own class
     for i, raw, shown in attribute(sorted(wanted_neg), 1 - pos if len(classes) == 2 else pos):
+        bar.update(1)
         kept_maps[i], kept_images[i] = raw, shown
+    bar.close()
 
     method_name = _METHOD_NAMES[method]
     montages, scans = _write_montages(

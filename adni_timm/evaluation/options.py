@@ -32,3 +32,4 @@ class EvaluationOptions:
     skip_bad_images: bool = False
     file_is_scan: bool | None = None  # None: what the model recorded
     cam: CamOptions = field(default_factory=CamOptions)
+    progress: str = 'none'  # auto, bar, lines, none (utils.progress): the CLI's default is auto

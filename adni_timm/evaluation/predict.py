@@ -127,6 +127,7 @@ def score_slices(
         num_workers=opt.num_workers,
         tta=opt.tta,
         precision=opt.precision,
+        progress=opt.progress,
     )
     return ScoredSlices(list(slices), calibrated_mean(each, point), reasons, point, model.classes)
 
@@ -235,6 +236,7 @@ def predict_images(
                 opt.cam,
                 labelled=False,
                 context=plots.FigureContext(model.ref, 'unlabelled', model.synthetic),
+                progress=opt.progress,
             )
     return result
 

@@ -328,7 +328,7 @@ def evaluate(
     slices = list(slices)
     pos = data.positive_index(classes)
 
-    def predict_raw(items):
+    def predict_raw(items, progress='none'):
         return model.predict_raw(
             items,
             batch_size=opt.batch_size,
@@ -336,6 +336,7 @@ def evaluate(
             accelerator=accelerator,
             tta=tta,
             precision=precision,
+            progress=progress,
         )
 
     scans = [s.scan for s in slices]
@@ -351,7 +352,7 @@ def evaluate(
         file_is_scan=file_is_scan,
         predict_raw=predict_raw,
     )
-    each = predict_raw(slices)
+    each = predict_raw(slices, opt.progress)
     probs = calibrated_mean(each, point)
     uncalibrated = np.mean(each, axis=0)
     y = data.binary_labels(slices, classes)
@@ -413,6 +414,7 @@ def evaluate(
                 cam,
                 labelled=True,
                 context=context,
+                progress=opt.progress,
             )
             write_json(folder.metrics_file, result)
     return result
@@ -503,6 +505,7 @@ def _write_cam(
     *,
     labelled: bool,
     context=None,
+    progress: str = 'none',
 ) -> dict:
     """Evidence-map montages and population maps of one model (``adni_timm.evaluation.cam``;
     captum)."""
@@ -527,6 +530,7 @@ def _write_cam(
         layer=cam_options.layer,
         region_masks=cam_options.region_masks,
         context=context,
+        progress=progress,
     )
     _logger.info(
         'Grad-CAM (%s of %s): %d montages in %.1f s under %s',
@@ -605,6 +609,15 @@ def _write_reports(
         )
     else:
         _logger.warning('roc.png not written: the %s split holds a single class', result['split'])
+    plots.plot_scan_probabilities(
+        y_pat,
+        p_pat,
+        labels,
+        folder.figure(EvalFolder.SCAN_PROBABILITIES),
+        threshold=thr,
+        title=f'P({classes[pos]}) per scan by true class',
+        context=context,
+    )
     _, _, p_pat_raw = metrics.scan_level(scans, y, p_raw)
     temperature = result['calibration']['temperature']
     calibrated = temperature != 1

@@ -259,7 +259,41 @@ def _write_cv(run: Run, train_slices, folds, fold_results, cfg) -> dict[str, Any
         'best_weights': [r.best.weights for r in fold_results],
     }
     run.write_cv(result)
+    _plot_cv(run, cfg, scans, y, p_oof, fold_of, crossed['per_fold'], len(folds))
     return result
+
+
+def _plot_cv(run: Run, cfg, scans, y, p_oof, fold_of, per_fold, k: int) -> None:
+    """RUN/cv.png: each fold's scan-level AUC and accuracy with a bootstrap CI (scans resampled
+    within class), beside the pooled out-of-fold ROC."""
+    from .. import plots  # matplotlib only when the figure is drawn
+
+    rows = []
+    for i in range(k):
+        mask = fold_of == i
+        cis = metrics.bootstrap_ci(
+            scans[mask], y[mask], p_oof[mask], per_fold[i]['threshold'], n_boot=200
+        )
+        level = 'scan'
+        values, level_cis = per_fold[i][level], cis.get(level, {})
+        rows.append(
+            {
+                'auc': values.get('auc'),
+                'auc_ci': level_cis.get('auc'),
+                'accuracy': values.get('accuracy'),
+                'accuracy_ci': level_cis.get('accuracy'),
+            }
+        )
+    _, y_scan, p_scan = metrics.scan_level(scans, y, p_oof)
+    synthetic = run.record().synthetic if run.record_file.is_file() else False
+    plots.plot_cv_folds(
+        rows,
+        y_scan,
+        p_scan,
+        run.cv_figure_file,
+        title=f'{k}-fold cross-validation, out of fold ({cfg.model})',
+        context=plots.FigureContext(str(run.path), 'train (out of fold)', synthetic),
+    )
 
 
 def refit_epochs(cv_result: dict[str, Any], configured: int) -> int:

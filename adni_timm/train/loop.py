@@ -712,9 +712,8 @@ def _make_loaders(cfg, train_slices, val_slices, train_tf, eval_tf, accelerator)
             f'batch_size={cfg.batch_size} is larger than the training set ({len(train_slices)} '
             f'slices); lower --batch-size'
         )
-    cache = (
-        data.preload(train_slices + val_slices, num_workers=cfg.num_workers) if cfg.cache else None
-    )
+    shown = cfg.progress if accelerator.is_main_process else 'none'  # one voice
+    cache = data.preload(train_slices + val_slices, cfg.num_workers, shown) if cfg.cache else None
     pin = accelerator.device.type == 'cuda'
     train_loader = data.create_loader(
         data.SliceDataset(train_slices, train_tf, cache),
@@ -892,5 +891,7 @@ def evaluate_on_test(model_ref: str, output_dir, record: RunRecord, test_slices)
         output_dir=output_dir,
         classes=record.config.classes,
         slices=test_slices,
-        options=EvaluationOptions(num_workers=min(record.config.num_workers, 4)),
+        options=EvaluationOptions(
+            num_workers=min(record.config.num_workers, 4), progress=record.config.progress
+        ),
     )
