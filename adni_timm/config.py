@@ -90,6 +90,12 @@ class TrainConfig:
     file_is_scan: bool = _key(
         False, 'each file is its own scan (file names without <scan>_<slice>)'
     )
+    subjects_from_audit: str | None = _key(
+        None,
+        'an audit CSV (adni-check-data --audit-csv): splits and folds keep the scans its pairs '
+        'join on one side (an estimate of who is who, not a subject map)',
+        metavar='PATH',
+    )
     skip_bad_images: bool = _key(
         False, 'leave out files that cannot be decoded (else: list them and stop)'
     )

@@ -122,3 +122,39 @@ def test_audit_csv_columns_and_subject_groups(report, repeats, tmp_path):
     (tmp_path / 'bad.csv').write_text('scan,subject\n1,2\n')
     with pytest.raises(ValueError, match='not an audit CSV'):
         audit.read_audit_csv(tmp_path / 'bad.csv')
+
+
+def test_subjects_from_audit_keeps_each_estimated_subject_on_one_side(report, repeats, tmp_path):
+    from types import SimpleNamespace
+
+    from adni_timm.data.splits import split_scans, subjects_for
+
+    path = audit.write_audit_csv(report, tmp_path / 'audit.csv')
+    subjects, source = subjects_for(SimpleNamespace(subjects_from_audit=str(path)), repeats)
+    assert 'audit' in source and len(subjects) >= 2 * len(report.of_kind('same_subject')) // 2
+    train = scan_split(repeats, 'train')
+    for seed in range(3):
+        split = split_scans(train, 0.4, seed, subjects, source)
+        assert split['grouped_by'] == source
+        val = set(split['val'])
+        groups = defaultdict(set)
+        for scan in split['train'] + split['val']:
+            groups[subjects.get(scan, scan)].add(scan in val)
+        assert all(len(sides) == 1 for sides in groups.values())
+        # the generator's subjects too (the audit found every pair inside train here)
+        truth = _subjects(repeats)
+        sides = defaultdict(set)
+        for scan in split['train'] + split['val']:
+            sides[truth[scan]].add(scan in val)
+        assert all(len(s) == 1 for s in sides.values())
+
+
+def test_train_refuses_a_file_that_is_not_an_audit_csv(tmp_path, capsys):
+    from adni_timm.cli.train import main
+
+    bad = tmp_path / 'map.csv'
+    bad.write_text('scan,subject\n1,a\n')
+    with pytest.raises(SystemExit) as e:
+        main(['--data-dir', str(tmp_path), '--subjects-from-audit', str(bad)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and 'not an audit CSV' in err and 'Traceback' not in err

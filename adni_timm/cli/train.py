@@ -14,6 +14,7 @@ import argparse
 import logging
 import sys
 import time
+from pathlib import Path
 
 from adni_timm.cli import (
     EXIT_INTERRUPTED,
@@ -148,6 +149,15 @@ def run(argv=None, prog: str = PROG):
     # libraries below stay at warnings
     logging.getLogger('adni_timm').setLevel(args.log_level.upper())
     overrides = {k: getattr(args, k) for k in field_types() if getattr(args, k) is not None}
+    if overrides.get('subjects_from_audit'):  # checked now, recorded absolute (resume finds it)
+        from adni_timm.data.audit import read_audit_csv
+
+        found = Path(overrides['subjects_from_audit']).expanduser()
+        try:
+            read_audit_csv(found)
+        except (OSError, ValueError) as e:
+            parser.error(f'--subjects-from-audit {found}: {e}')
+        overrides['subjects_from_audit'] = str(found.resolve())
 
     from adni_timm.data.note import describe
     from adni_timm.run import RunRecord

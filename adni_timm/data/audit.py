@@ -61,6 +61,7 @@ __all__ = [
     'write_audit_csv',
     'read_audit_csv',
     'subject_groups',
+    'audit_subjects',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -534,3 +535,12 @@ def subject_groups(pairs: Sequence[AuditPair], scans) -> dict[str, str]:
             if ra != rb:
                 parent[max(ra, rb)] = min(ra, rb)
     return {s: root(s) for s in sorted(parent)}
+
+
+def audit_subjects(path: str | os.PathLike) -> dict[str, str]:
+    """``{scan: estimated subject}`` from an audit CSV, for splitting: the scans its pairs (both
+    kinds) join, each group named ``audit:<its first scan>``; a scan in no pair is absent (its own
+    subject). ValueError naming the file when it is not an audit CSV."""
+    pairs = read_audit_csv(path)
+    scans = {s for p in pairs for s in (p.scan_a, p.scan_b)}
+    return {scan: f'audit:{group}' for scan, group in subject_groups(pairs, scans).items()}

@@ -126,11 +126,24 @@ def _split_ids(
     return sorted(kept), sorted(carved)
 
 
+def subjects_for(cfg, data_dir) -> tuple[dict[str, str], str]:
+    """(scan -> subject, where it came from) for splits and folds: the groups of an audit CSV
+    (``--subjects-from-audit``, an estimate), else adni-prepare's manifest (empty when neither)."""
+    if getattr(cfg, 'subjects_from_audit', None):
+        from .audit import audit_subjects
+
+        return audit_subjects(cfg.subjects_from_audit), (
+            f'estimated subject (audit {Path(cfg.subjects_from_audit).name})'
+        )
+    return subjects_of(data_dir), 'subject (manifest.csv)'
+
+
 def split_scans(
     slices: Sequence[Slice],
     val_fraction: float = 0.2,
     seed: int = 0,
     subjects: Mapping[str, str] | None = None,
+    grouped_by: str = 'subject (manifest.csv)',
 ) -> dict:
     """Scan-level train / val split, stratified by class, deterministic for a seed; with
     ``subjects`` (``data_note.subjects_of``) every visit of a subject on one side."""
@@ -145,7 +158,7 @@ def split_scans(
         'val': val,
     }
     if subjects:
-        split['grouped_by'] = 'subject (manifest.csv)'
+        split['grouped_by'] = grouped_by
     return split
 
 
@@ -267,7 +280,7 @@ def load_splits(
         )
         split = split_slices(train_all, cfg.val_fraction, cfg.seed)
     else:
-        split = split_scans(train_all, cfg.val_fraction, cfg.seed, subjects_of(data_dir))
+        split = split_scans(train_all, cfg.val_fraction, cfg.seed, *subjects_for(cfg, data_dir))
     if test:
         split['test'] = sorted({s.scan for s in test})
     return Splits(

@@ -42,8 +42,14 @@ from .checkpoint import find_checkpoint
 from ..utils.distributed import run_on_main
 from ..inference import load_model
 from ..run import RESUME_OVERRIDABLE, OldRunAside, Run, RunRecord
-from ..data.note import subjects_of
-from ..data.splits import check_data, fold_split, make_subject_folds, scan_labels, recorded_folds
+from ..data.splits import (
+    check_data,
+    fold_split,
+    make_subject_folds,
+    recorded_folds,
+    scan_labels,
+    subjects_for,
+)
 from .loop import TrainResult, open_run, stop_if
 
 __all__ = ['train_cv']
@@ -66,7 +72,7 @@ def train_cv(
         train_slices = recorded_folds(folds, train_slices)
     else:  # every visit of a subject in one fold (adni-prepare --visits all)
         folds = make_subject_folds(
-            scan_labels(train_slices), cfg.folds, cfg.seed, subjects_of(record.data_dir)
+            scan_labels(train_slices), cfg.folds, cfg.seed, subjects_for(cfg, record.data_dir)[0]
         )
     labels = scan_labels(train_slices)
     with OldRunAside(run, accelerator, active=overwrite and not resume) as aside:
@@ -88,7 +94,7 @@ def train_cv(
                 seed=cfg.seed,
                 select_by=cfg.cv_select,
                 val_fraction=cfg.val_fraction,
-                subjects=subjects_of(record.data_dir),
+                subjects=subjects_for(cfg, record.data_dir)[0],
             )
             _logger.info(
                 'fold %d/%d: %d training, %d selection (inner validation), %d held-out scans',
