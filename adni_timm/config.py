@@ -92,8 +92,7 @@ class TrainConfig:
     )
     subjects_from_audit: str | None = _key(
         None,
-        'an audit CSV (adni-check-data --audit-csv): splits and folds keep the scans its pairs '
-        'join on one side (an estimate of who is who, not a subject map)',
+        'audit CSV (adni-check-data --audit-csv): split by the subjects it estimates',
         metavar='PATH',
     )
     skip_bad_images: bool = _key(
