@@ -29,7 +29,7 @@ people, so their median and robust spread (1.4826 x MAD) describe chance; the th
 pairs would pass. The report says the numbers. Pairs then join into subject groups (connected
 components), the estimate ``train.py --subjects-from-audit`` splits by.
 
-Cost: decoding and features are linear in slices; duplicates compare every slice pair's 64-bit
+Cost: decoding and features are linear in slices; duplicates compare every slice pair's 128-bit
 hashes (N^2 / 2 popcounts, vectorised); same-subject scoring is one matrix product per slice number
 (sum over slice numbers of scans_with_it^2 x GRID^2). Validated on synthetic repeat scans only
 (docs/DATA.md gives precision, recall and timings); never on real MRI.
