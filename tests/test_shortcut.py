@@ -22,7 +22,9 @@ def _scans(n_per_class: int, windows_give_class: bool, seed: int, slices: int = 
             else:
                 first = 67 + 3 * int(rng.integers(0, 9))
             scan = f'{seed}{label}{i:04d}'
-            out += [Slice(f'{scan}_{first + k}.jpeg', scan, label, first + k) for k in range(slices)]
+            out += [
+                Slice(f'{scan}_{first + k}.jpeg', scan, label, first + k) for k in range(slices)
+            ]
     return out
 
 
@@ -57,7 +59,9 @@ def test_accuracy_per_window_and_clearly_above():
     rows = shortcut.accuracy_per_window(windows, correct)
     assert sum(r['n_scans'] for r in rows) == 6
     assert sum(r['accuracy'] * r['n_scans'] for r in rows) == pytest.approx(3)
-    assert [r['window'] for r in rows] == sorted({r['window'] for r in rows}, key=lambda w: int(w[:2]))
+    assert [r['window'] for r in rows] == sorted(
+        {r['window'] for r in rows}, key=lambda w: int(w[:2])
+    )
     assert not shortcut.clearly_above(0.70, None, 0.68)
     assert shortcut.clearly_above(0.90, None, 0.68)
     assert not shortcut.clearly_above(0.90, [0.65, 0.95], 0.68)  # the CI reaches below it

@@ -55,9 +55,7 @@ def test_one_scan_per_subject_is_the_set_it_always_was(tmp_path):
 @pytest.fixture(scope='module')
 def three(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp('repeats') / 'AD_NC'
-    return synthetic.generate(
-        out, 2, 2, slices=4, seed=0, scans_per_subject=3, shared_subjects=0.5
-    )
+    return synthetic.generate(out, 2, 2, slices=4, seed=0, scans_per_subject=3, shared_subjects=0.5)
 
 
 def _map(root: Path) -> dict[str, str]:
@@ -85,7 +83,9 @@ def test_repeat_scans_have_their_own_ids_and_a_subject_map(three):
     assert note.generator['scans_per_subject'] == 3 and note.generator['shared_subjects'] == 0.5
     # half of each class's test subjects have their later scans in train
     shared = [
-        v for v in per_subject.values() if {next(iter(where[s])).split('/')[0] for s in v} == {'train', 'test'}
+        v
+        for v in per_subject.values()
+        if {next(iter(where[s])).split('/')[0] for s in v} == {'train', 'test'}
     ]
     assert len(shared) == 2
 
@@ -125,13 +125,33 @@ def test_cli_repeat_scans_and_refusals(tmp_path, capsys):
     from adni_timm.cli.synthetic import main
 
     out = tmp_path / 's'
-    code = main([str(out), '--train-subjects', '1', '--test-subjects', '1', '--slices', '2',
-                 '--scans-per-subject', '2'])
+    code = main(
+        [
+            str(out),
+            '--train-subjects',
+            '1',
+            '--test-subjects',
+            '1',
+            '--slices',
+            '2',
+            '--scans-per-subject',
+            '2',
+        ]
+    )
     assert code == 0
     text = capsys.readouterr().out
     assert '8 scans of 4 subjects' in text and 'subjects.csv' in text
     assert len(_map(out)) == 8
-    code = main([str(tmp_path / 't'), '--train-subjects', '1', '--test-subjects', '1',
-                 '--shared-subjects', '0.5'])
+    code = main(
+        [
+            str(tmp_path / 't'),
+            '--train-subjects',
+            '1',
+            '--test-subjects',
+            '1',
+            '--shared-subjects',
+            '0.5',
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and 'scans-per-subject' in err and 'Traceback' not in err

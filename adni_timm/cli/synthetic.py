@@ -200,7 +200,9 @@ def main(argv=None, prog: str = PROG) -> int:
         return fail(prog, e)
     n = (args.train_subjects + args.test_subjects) * len(classes)
     if args.scans_per_subject == 1:
-        print(f'wrote SYNTHETIC data ({args.difficulty}): {n} scans x {args.slices} slices to {out}')
+        print(
+            f'wrote SYNTHETIC data ({args.difficulty}): {n} scans x {args.slices} slices to {out}'
+        )
     else:
         print(
             f'wrote SYNTHETIC data ({args.difficulty}): {n * args.scans_per_subject} scans of {n} '

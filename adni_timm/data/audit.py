@@ -154,10 +154,13 @@ class AuditReport:
         lines = [
             f'audit: {self.n_slices:,} slices of {len(self.scans):,} scans ({splits}) in '
             f'{self.seconds:.1f} s',
-            f'duplicate slices: {len(dups)} scan pair(s), {exact} with identical pixels (image hash '
-            f'within {HASH_RADIUS} of 128 bits and pixel correlation >= {DUPLICATE_CORRELATION})',
+            f'duplicate slices: {len(dups)} scan pair(s), {exact} with identical pixels (image '
+            f'hash within {HASH_RADIUS} of 128 bits, pixel correlation >= '
+            f'{DUPLICATE_CORRELATION})',
         ]
-        lines += [f'  {p.split_a}/{p.scan_a} ~ {p.split_b}/{p.scan_b}: {p.detail}' for p in dups[:limit]]
+        lines += [
+            f'  {p.split_a}/{p.scan_a} ~ {p.split_b}/{p.scan_b}: {p.detail}' for p in dups[:limit]
+        ]
         if self.threshold is None:
             lines.append(
                 f'same-subject pairs: not estimated ({self.n_compared} scan pairs share '
@@ -445,9 +448,7 @@ def _threshold(scores: np.ndarray) -> SubjectThreshold | None:
 # ------------------------------------------------------------------------------------------ audit
 
 
-def audit_slices(
-    slices_by_split: Mapping[str, Sequence], num_workers: int = 0
-) -> AuditReport:
+def audit_slices(slices_by_split: Mapping[str, Sequence], num_workers: int = 0) -> AuditReport:
     """Duplicate slices and probable same-subject scan pairs among all splits' slices.
 
     ``slices_by_split``: split name -> ``Slice`` objects (``data.scan_split``). A scan is a
@@ -500,7 +501,8 @@ def write_audit_csv(report: AuditReport, path: str | os.PathLike) -> Path:
 
 
 def read_audit_csv(path: str | os.PathLike) -> list[AuditPair]:
-    """The pairs of an audit CSV (ValueError naming the file when its columns are not the audit's)."""
+    """The pairs of an audit CSV; ValueError naming the file when its columns are not the
+    audit's."""
     with Path(path).open(encoding='utf-8', newline='') as f:
         reader = csv.DictReader(f)
         if tuple(reader.fieldnames or ()) != AUDIT_COLUMNS:

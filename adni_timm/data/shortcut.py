@@ -116,9 +116,7 @@ def window_lines(split: str, windows: ScanWindows, classes: Sequence[str], top: 
             continue
         shown = ', '.join(f'{w} x{n}' for w, n in counts.most_common(top))
         more = f', +{len(counts) - top} more' if len(counts) > top else ''
-        lines.append(
-            f'{split:<6} {name:<6} slice windows ({len(counts)}): {shown}{more}'
-        )
+        lines.append(f'{split:<6} {name:<6} slice windows ({len(counts)}): {shown}{more}')
     return lines
 
 
@@ -128,9 +126,7 @@ def _tree():
     return DecisionTreeClassifier(random_state=0)
 
 
-def slice_number_baseline(
-    train: ScanWindows, test: ScanWindows | None = None
-) -> ShortcutBaseline:
+def slice_number_baseline(train: ScanWindows, test: ScanWindows | None = None) -> ShortcutBaseline:
     """Scan accuracy of a classifier that sees only slice numbers: fitted on ``train`` and scored
     on ``test``; with no ``test``, ``CV_FOLDS``-fold cross-validation over ``train``'s scans
     (stratified, seeded; fewer folds for a small class)."""
@@ -154,7 +150,9 @@ def slice_number_baseline(
     counts = Counter(scans.labels)
     folds = min(CV_FOLDS, min(counts.values()) if counts else 0)
     if len(counts) < 2 or folds < 2:
-        return ShortcutBaseline(None, 'too few scans of each class to cross-validate', len(scans), None)
+        return ShortcutBaseline(
+            None, 'too few scans of each class to cross-validate', len(scans), None
+        )
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     y = np.asarray(scans.labels)
@@ -268,7 +266,7 @@ def shortcut_summary(shortcut: dict | None) -> list[str]:
         return []
     base, acc = shortcut['slice_number_accuracy'], shortcut['scan_accuracy']
     lines = [
-        f'slice-number baseline {100 * base:.1f}% ({shortcut["method"]}) vs the model\'s scan '
+        f"slice-number baseline {100 * base:.1f}% ({shortcut['method']}) vs the model's scan "
         f'accuracy {100 * acc:.1f}%'
     ]
     if not shortcut.get('clearly_above', True):

@@ -388,7 +388,15 @@ def evaluate(
         }
     )
     result['shortcut'] = _shortcut(
-        data_dir, split, classes, slices, scans, y, p_pos, point.threshold, result['scan'],
+        data_dir,
+        split,
+        classes,
+        slices,
+        scans,
+        y,
+        p_pos,
+        point.threshold,
+        result['scan'],
         file_is_scan,
     )
     checks = [m.input_check() for m in model.members]

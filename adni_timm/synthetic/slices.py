@@ -527,7 +527,12 @@ def atrophy_masks(
         raise SyntheticError(f'unknown atrophy region(s) {unknown}: choose from {REGIONS}')
     out = {}
     scans = _scans(
-        train_patients, test_patients, seed, classes, scans_per_subject, shared_subjects,
+        train_patients,
+        test_patients,
+        seed,
+        classes,
+        scans_per_subject,
+        shared_subjects,
         class_windows,
     )
     for scan in scans:
@@ -624,7 +629,12 @@ def generate(
     # one per scan: (scan, severity params, output stem), independent of the worker count
     jobs, subjects = [], []
     scans = _scans(
-        train_patients, test_patients, seed, classes, scans_per_subject, shared_subjects,
+        train_patients,
+        test_patients,
+        seed,
+        classes,
+        scans_per_subject,
+        shared_subjects,
         class_windows,
     )
     for scan in scans:
@@ -725,7 +735,9 @@ def _scans(
                 for v in range(k):
                     where = 'train' if v and i < shared else split
                     window = _class_window(key, v, class_i, len(classes)) if class_windows else None
-                    yield _Scan(where, name, key, v, str(ids[n * k + v]), f'SYN_S_{n + 1:04d}', window)
+                    yield _Scan(
+                        where, name, key, v, str(ids[n * k + v]), f'SYN_S_{n + 1:04d}', window
+                    )
                 n += 1
 
 
