@@ -98,6 +98,11 @@ class TrainConfig:
     allow_subject_overlap: bool = _key(
         False, 'train although test subjects have scans in train (stated everywhere)'
     )
+    subjects_from_audit: str | None = _key(
+        None,
+        'audit CSV (adni-check-data --audit-csv): split by the subjects it estimates',
+        metavar='PATH',
+    )
     skip_bad_images: bool = _key(
         False, 'leave out files that cannot be decoded (else: list them and stop)'
     )

@@ -24,8 +24,11 @@ __all__ = ['build_parser', 'main', 'module_main']
 PROG = 'adni-check-data'
 DESCRIPTION = (
     'Check DATA_DIR/{train,test}/{NC,AD}/<scan>_<slice>.jpeg: print scans and slices per '
-    'split and class, slices per scan, image sizes and modes, and every problem found. '
-    'Exit status 1 when there are problems, 2 on a usage error (e.g. DATA_DIR does not exist).'
+    'split and class, slices per scan, image sizes and modes, the slice-number windows and '
+    'the slice-number baseline (the scan accuracy of slice numbers alone), and every problem '
+    'found. --audit adds a content audit: duplicate slices and scans that are probably the same '
+    'person. Exit status 1 when there are problems (duplicate slices among them), 2 on a usage '
+    'error (e.g. DATA_DIR does not exist).'
 )
 
 
@@ -63,6 +66,19 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         default=min(8, os.cpu_count() or 1),
         help='threads decoding images (default: up to 8)',
     )
+    parser.add_argument(
+        '--audit',
+        action='store_true',
+        help='also audit the images: duplicate slices (within and across splits) and pairs of '
+        'scans that are probably one person, each with a score; an estimate from image content '
+        '(see docs/DATA.md)',
+    )
+    parser.add_argument(
+        '--audit-csv',
+        metavar='PATH',
+        help='write the audit pairs to PATH (kind,scan_a,split_a,scan_b,split_b,score); '
+        'implies --audit. train.py --subjects-from-audit PATH splits by the groups they make',
+    )
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -75,6 +91,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
             '%(prog)s AD_NC --classes NC,MCI,AD     # three classes, in label order',
             '%(prog)s scans/ --file-is-scan         # one file per scan',
             '%(prog)s AD_NC --subjects meta_data_with_label.json   # subjects, train/test overlap',
+            '%(prog)s AD_NC --audit --audit-csv audit.csv   # duplicates, probable same subjects',
         ),
     )
     _add_arguments(parser)
@@ -90,12 +107,34 @@ def _run(args: argparse.Namespace) -> int:
     print('\n'.join(report.lines))
     for note in report.notes:
         print(f'note: {note}')
-    if report.problems:
-        print(f'{len(report.problems)} problem(s):')
-        print('\n'.join(f'- {p}' for p in report.problems))
+    problems = list(report.problems)
+    if (args.audit or args.audit_csv) and any(report.slices.values()):
+        problems += _audit(report.slices, args.audit_csv, args.workers)
+    if problems:
+        print(f'{len(problems)} problem(s):')
+        print('\n'.join(f'- {p}' for p in problems))
         return EXIT_PROBLEM
     print('no problems found')
     return EXIT_OK
+
+
+def _audit(slices, csv_path, workers: int) -> list[str]:
+    """Print the audit (and write its CSV); duplicate slices are problems, the same-subject pairs
+    an estimate to act on (train.py --subjects-from-audit)."""
+    from adni_timm.data.audit import audit_slices, write_audit_csv
+
+    report = audit_slices(slices, workers)
+    print('\n'.join(report.lines()))
+    if csv_path:
+        print(f'audit pairs written to {write_audit_csv(report, csv_path)}')
+    duplicates = report.of_kind('duplicate')
+    if not duplicates:
+        return []
+    return [
+        f'{len(duplicates)} pair(s) of scans hold the same slice image (listed under "duplicate '
+        f'slices" above): a copy counts twice, and a copy in train and test is tested on what was '
+        f'trained on; keep one of each'
+    ]
 
 
 def main(argv=None, prog: str = PROG) -> int:

@@ -29,6 +29,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
             '%(prog)s syn --train-subjects 60 --test-subjects 30 --seed 1 --workers 4',
             '%(prog)s easy --train-subjects 8 --test-subjects 4 --difficulty demo --slices 12',
             '%(prog)s three --train-subjects 10 --test-subjects 5 --classes NC,MCI,AD',
+            '%(prog)s visits --train-subjects 20 --test-subjects 10 --scans-per-subject 3 '
+            '--shared-subjects 0.6',
             '%(prog)s vols --volumes --subjects 8   # 3D heads for adni-prepare (see --volumes -h)',
         ),
     )
@@ -65,6 +67,29 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         '--classes', default='NC,AD', help='comma-separated, from NC, MCI, AD (default NC,AD)'
+    )
+    parser.add_argument(
+        '--scans-per-subject',
+        type=int,
+        default=1,
+        metavar='K',
+        help='scans of each subject: the same head at later visits (mild progression, another '
+        'pose, intensity and noise, a slice window that may shift), each scan its own id; writes '
+        'the subject map OUT/subjects.csv (scan,subject). 1 (default) writes the plain set',
+    )
+    parser.add_argument(
+        '--shared-subjects',
+        type=float,
+        default=0.0,
+        metavar='FRACTION',
+        help="put the later scans of this fraction of each class's test subjects into train, as "
+        'the official AD_NC split shares subjects between train and test (needs K >= 2)',
+    )
+    parser.add_argument(
+        '--class-windows',
+        action='store_true',
+        help="draw each scan's slice window from a band of its class, so slice numbers alone "
+        'give the class (a shortcut for testing the slice-number baseline)',
     )
     return parser
 
@@ -167,11 +192,22 @@ def main(argv=None, prog: str = PROG) -> int:
             args.difficulty,
             classes,
             workers=args.workers,
+            scans_per_subject=args.scans_per_subject,
+            shared_subjects=args.shared_subjects,
+            class_windows=args.class_windows,
         )
     except SyntheticError as e:
         return fail(prog, e)
     n = (args.train_subjects + args.test_subjects) * len(classes)
-    print(f'wrote SYNTHETIC data ({args.difficulty}): {n} scans x {args.slices} slices to {out}')
+    if args.scans_per_subject == 1:
+        print(
+            f'wrote SYNTHETIC data ({args.difficulty}): {n} scans x {args.slices} slices to {out}'
+        )
+    else:
+        print(
+            f'wrote SYNTHETIC data ({args.difficulty}): {n * args.scans_per_subject} scans of {n} '
+            f'subjects x {args.slices} slices to {out}; subject map {out / "subjects.csv"}'
+        )
     return EXIT_OK
 
 

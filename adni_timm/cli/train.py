@@ -154,6 +154,15 @@ def run(argv=None, prog: str = PROG):
         if not found.is_file():
             parser.error(f'--subjects {overrides["subjects"]}: no such file')
         overrides['subjects'] = str(found.resolve())
+    if overrides.get('subjects_from_audit'):  # checked now, recorded absolute (resume finds it)
+        from adni_timm.data.audit import read_audit_csv
+
+        found = Path(overrides['subjects_from_audit']).expanduser()
+        try:
+            read_audit_csv(found)
+        except (OSError, ValueError) as e:
+            parser.error(f'--subjects-from-audit {found}: {e}')
+        overrides['subjects_from_audit'] = str(found.resolve())
 
     from adni_timm.data.note import describe
     from adni_timm.run import RunRecord

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -23,6 +23,7 @@ from .slices import (
     slice_count_outliers,
     summarize,
 )
+from .shortcut import shortcut_lines
 from .splits import check_no_leakage
 from .subjects import find_subject_map, subject_report
 
@@ -34,6 +35,8 @@ class CheckReport:
     lines: list[str]
     notes: list[str]
     problems: list[str]
+    # the slices of each split that could be read (for the --audit that may follow)
+    slices: dict = field(default_factory=dict)
 
 
 def check_data_dir(
@@ -106,4 +109,5 @@ def check_data_dir(
     )
     notes += notes_on(infos)
     problems += [f'{i.path}: {i.problem}' for i in infos if i.problem]
-    return CheckReport(lines, notes, problems)
+    lines += shortcut_lines(found, classes)  # slice windows and the slice-number baseline
+    return CheckReport(lines, notes, problems, found)

@@ -27,6 +27,9 @@ class DataNote:
     # the synthetic generator's arguments (it can redraw where it put the atrophy: the evidence
     # maps are scored against those regions)
     generator: dict[str, Any] | None = None
+    # a scan -> subject map beside the data (the generator's subjects.csv, written with repeat
+    # scans), relative to the folder
+    subject_map: str | None = None
 
 
 def describe(data_dir: str | os.PathLike) -> DataNote:
@@ -38,7 +41,9 @@ def describe(data_dir: str | os.PathLike) -> DataNote:
         found = json.loads(marker.read_text(encoding='utf-8'))
         synthetic = bool(found.get('synthetic'))
         note = str(found.get('note') or ('synthetic' if synthetic else DataNote.note))
-        return DataNote(note, synthetic, preprocessing, found.get('generator'))
+        return DataNote(
+            note, synthetic, preprocessing, found.get('generator'), found.get('subject_map')
+        )
     if preprocessing is not None:
         return DataNote(str(preprocessing.get('note') or 'prepared T1 scans'), False, preprocessing)
     return DataNote()
@@ -50,6 +55,8 @@ def write_data_note(data_dir: str | os.PathLike, note: DataNote) -> Path:
     found = {'synthetic': note.synthetic, 'note': note.note}
     if note.generator:
         found['generator'] = note.generator
+    if note.subject_map:
+        found['subject_map'] = note.subject_map
     path.write_text(json.dumps(found, indent=2) + '\n')
     return path
 

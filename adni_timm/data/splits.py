@@ -32,6 +32,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from .images import resolve_bad_images
 from .slices import DataError, Slice, scan_split, slice_key
 from ..utils.display import preview
+from .note import subjects_of
 from .subjects import SubjectOverlap, find_subject_map, subject_overlap
 
 
@@ -137,6 +138,18 @@ def _split_ids(
             f'scans or change the fraction'
         ) from e
     return sorted(kept), sorted(carved)
+
+
+def subjects_for(cfg, data_dir) -> tuple[dict[str, str], str]:
+    """(scan -> subject, where it came from) for splits and folds: the groups of an audit CSV
+    (``--subjects-from-audit``, an estimate), else adni-prepare's manifest (empty when neither)."""
+    if getattr(cfg, 'subjects_from_audit', None):
+        from .audit import audit_subjects
+
+        return audit_subjects(cfg.subjects_from_audit), (
+            f'estimated subject (audit {Path(cfg.subjects_from_audit).name})'
+        )
+    return subjects_of(data_dir), 'subject (manifest.csv)'
 
 
 def split_scans(
@@ -256,6 +269,11 @@ def check_data(
     smap = find_subject_map(data_dir, cfg.subjects)
     subjects = smap.for_slices([*train_all, *test], cfg.classes) if smap is not None else None
     checked = CheckedData(train_all, test, subjects, smap.source if smap is not None else None)
+    if subjects is None and getattr(cfg, 'subjects_from_audit', None):
+        # an estimate from the content audit: it groups scans for splitting and folds, but it
+        # is not a record of who is who, so it never refuses a train/test overlap
+        checked.subjects = subjects_for(cfg, data_dir)[0]
+        checked.subject_source = f'{cfg.subjects_from_audit} (estimated by the audit)'
     if cfg.resplit_test is not None:
         _resplit(checked, cfg.resplit_test, cfg.seed, recorded)
     elif subjects and test:

@@ -42,6 +42,7 @@ from ..inference import (
     slice_decisions,
 )
 from ..run import EvalFolder, Run, RunRecord, plain_precision
+from ..data.shortcut import evaluation_shortcut, shortcut_summary
 from ..data.splits import select, split_scans
 from ..data.subjects import SubjectMap, find_subject_map
 from .options import CamOptions, EvaluationOptions
@@ -473,6 +474,18 @@ def evaluate(
                         result['subject_overlap']['n'],
                         len(evaluated),
                     )
+    result['shortcut'] = _shortcut(
+        data_dir,
+        split,
+        classes,
+        slices,
+        scans,
+        y,
+        p_pos,
+        point.threshold,
+        result['scan'],
+        file_is_scan,
+    )
     checks = [m.input_check() for m in model.members]
     if any(c is not None for c in checks):  # how the model refuses unlike inputs (validation)
         summaries = [c.summary.as_metrics() if c is not None else None for c in checks]
@@ -500,6 +513,30 @@ def evaluate(
             )
             write_json(folder.metrics_file, result)
     return result
+
+
+def _shortcut(
+    data_dir, split, classes, slices, scans, y, p_pos, threshold, scan_metrics, file_is_scan
+) -> dict[str, Any]:
+    """The slice-number baseline beside the model's scan accuracy, overall and per slice window
+    (metrics.json's ``shortcut``): fitted on DATA_DIR/train's scans, or cross-validated over the
+    evaluated scans when the split is train or there is no train folder."""
+    train = None
+    if data_dir is not None and split != 'train':
+        try:
+            train = data.scan_split(data_dir, 'train', classes, file_is_scan=file_is_scan)
+        except data.DataError:
+            train = None
+    ids, y_scan, p_scan = metrics.scan_level(scans, y, p_pos)
+    correct = {str(i): bool((p >= threshold) == t) for i, t, p in zip(ids, y_scan, p_scan)}
+    return evaluation_shortcut(
+        train,
+        slices,
+        data.positive_index(classes),
+        correct,
+        scan_metrics['accuracy'],
+        scan_metrics.get('accuracy_ci'),
+    )
 
 
 def _member_metrics(model: LoadedModel, each, scans, y, pos) -> list[dict[str, Any]]:
@@ -738,6 +775,7 @@ def format_table(result: dict) -> str:
     overlap = result.get('subject_overlap')
     if overlap and overlap.get('n'):
         lines.append(f'subjects overlap train and test: {overlap["n"]} of {overlap["of"]}')
+    lines += shortcut_summary(result.get('shortcut'))
     if result.get('members'):
         lines.append(
             f"the ensemble of {len(result['members'])}: P(AD) = mean of the members' calibrated "

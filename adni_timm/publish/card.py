@@ -386,7 +386,7 @@ def _threshold_origin(source: str | None) -> str:
 def _title(repo_id: str, config: dict[str, Any], source: DataSource, task: Task) -> str:
     arch = _arch_name(config)
     text = (
-        f'# {repo_id.split("/")[-1]}\n\n{arch} trained **from scratch** to classify 2D axial '
+        f'# {repo_id.split("/")[-1]}\n\n{arch} trained **from scratch** to classify 2D '
         f'brain-MRI slices as {task.listing()}, published with '
         f'[adni-timm](https://github.com/adni-timm/adni-timm). It loads in plain '
         f"[timm](https://github.com/huggingface/pytorch-image-models) and in transformers' "
@@ -532,11 +532,13 @@ def _source_paragraph(settings: ExportSettings, source: DataSource) -> str:
         )
     if source.kind == 'adni':
         return (
-            'The ADNI "AD_NC" set: 2D axial T1-weighted brain-MRI slices (256 x 240 px, 8-bit '
-            "grayscale, 20 slices per subject) of Alzheimer's disease (AD) and normal control "
+            'The ADNI "AD_NC" set: 2D T1-weighted brain-MRI slices (256 x 240 px, 8-bit '
+            "grayscale, 20 slices per scan) of Alzheimer's disease (AD) and normal control "
             "(NC) participants of the [Alzheimer's Disease Neuroimaging "
             'Initiative](https://adni.loni.usc.edu). ADNI data is available only under the ADNI '
-            'Data Use Agreement (DUA) to approved researchers.'
+            'Data Use Agreement (DUA) to approved researchers. The slice orientation is not '
+            'documented with the set (a public audit of it describes sagittal slices); training '
+            'flips images horizontally, a choice explained in docs/DATA.md.'
         )
     text = (
         f'{source.name}: T1-weighted 3D scans cut into 2D axial slices by `adni-prepare` (its '
@@ -997,6 +999,9 @@ def _evaluation(
                 f'{fmt(cal.get("temperature"))}; {fmt(cal.get("ece_slice_uncalibrated"))} / '
                 f'{fmt(cal.get("ece_scan_uncalibrated"))} without it.',
             ]
+        shortcut = _shortcut_paragraph(metrics.get('shortcut'))
+        if shortcut:
+            lines += ['', shortcut]
         for level, values in (('Slice', slices), ('Scan', scans)):
             table = _confusion_table(values.get('confusion_matrix'), task)
             if table:
@@ -1020,6 +1025,44 @@ def _evaluation(
     if figures:
         lines += ['', *figures]
     return '\n'.join(lines)
+
+
+def _shortcut_paragraph(shortcut: dict[str, Any] | None) -> str:
+    """The slice-number baseline beside the model's scan accuracy, and per slice window."""
+    if not shortcut or not is_number(shortcut.get('slice_number_accuracy')):
+        return ''
+    base, acc = shortcut['slice_number_accuracy'], shortcut.get('scan_accuracy')
+    if not is_number(acc):
+        return ''
+    text = (
+        f'**Slice-number baseline: {100 * base:.1f}%.** A classifier that sees only the slice '
+        f'numbers of each scan (its slice window, nothing of the image) reaches this scan accuracy '
+        f'on the same scans ({shortcut.get("method")}); this model reaches {100 * acc:.1f}%'
+    )
+    if shortcut.get('clearly_above', True):
+        text += '.'
+    else:
+        text += (
+            ', **not clearly above it**: its score may come from recognising the slice level '
+            'rather than the anatomy.'
+        )
+    rows = shortcut.get('per_window') or []
+    if 1 < len(rows) <= 12:
+        text += '\n\n' + _table(
+            ['Slice window', 'Scans', 'Model scan accuracy', 'Slice-number baseline'],
+            [
+                (
+                    r['window'],
+                    r['n_scans'],
+                    f'{100 * r["accuracy"]:.1f}%',
+                    f'{100 * r["slice_number_accuracy"]:.1f}%'
+                    if is_number(r.get('slice_number_accuracy'))
+                    else '',
+                )
+                for r in rows
+            ],
+        )
+    return text
 
 
 def _confusion_table(cm: Any, task: Task) -> str:

@@ -1,16 +1,16 @@
 """SYNTHETIC ADNI-layout data: procedurally drawn
-axial brain slices, NOT real MRI, NOT real patients.
+axial brain slices, NOT real MRI, NOT real people.
 
 ADNI is under a data-use agreement, so every test, demo and benchmark here runs
 on this stand-in. It has the very layout and file format of the ADNI AD_NC set::
 
-    OUT/{train,test}/{AD,NC}/<patient>_<slice>.jpeg     256 wide x 240 high, 8-bit grayscale
+    OUT/{train,test}/{AD,NC}/<scan>_<slice>.jpeg     256 wide x 240 high, 8-bit grayscale
 
-with numeric 6-digit patient ids (unique across splits) and consecutive axial
-slice indices per patient (e.g. 57..76). Each patient is a head drawn from a
+with numeric 6-digit scan ids (unique across splits) and consecutive axial
+slice indices per scan (e.g. 57..76). Each subject is a head drawn from a
 few analytic shapes (scalp, skull, CSF, cortex with sulci, white matter,
 deep grey matter, lateral ventricles, medial temporal lobes) with its own size,
-shape, position, intensities, bias field and Rician noise. AD patients carry
+shape, position, intensities, bias field and Rician noise. AD subjects carry
 atrophy -- larger ventricles and sulci, thinner cortex, smaller medial temporal
 region -- drawn from a severity distribution that overlaps NC's, so the task is
 learnable but not trivial. ``difficulty`` sets that overlap:
@@ -19,10 +19,14 @@ learnable but not trivial. ``difficulty`` sets that overlap:
 * ``default``: realistic overlap; a pixel-level logistic regression stays far from perfect;
 * ``hard``: more overlap and more nuisance variation.
 
+One scan per subject by default; ``scans_per_subject`` > 1 scans each head again at later visits
+(``Visit``) and writes the subject map ``subjects.csv`` beside the splits.
+
 Numpy only, vectorised, deterministic for a seed. ``atrophy_masks`` says where each slice
 carries atrophy (ground truth for Grad-CAM). CLI (``adni_timm.cli.synthetic``)::
 
-    adni-synthetic OUT --train-patients N --test-patients M [--slices 20] [--seed 0]
+    adni-synthetic OUT --train-subjects N --test-subjects M [--slices 20] [--seed 0]
+                       [--scans-per-subject K] [--shared-subjects F] [--class-windows]
     python -m adni_timm.synthetic OUT ...                                  (the same)
 """
 
@@ -73,6 +77,8 @@ JPEG_QUALITY = 92
 # Demo set: small enough for ConvNeXt-T at 64 px on 2 CPU cores in a few minutes.
 DEMO_PARAMS = dict(train_patients=24, test_patients=16, slices=12, seed=0, difficulty='demo')
 
+_VISIT_STREAM = 1_000_003  # rng key entries that set visits' and windows' draws apart
+_WINDOW_STREAM = 1_000_033
 _N_THETA = 720  # angular resolution of the per-direction tables (brain outline, sulci)
 _NOISE_PAD = (
     48  # per-patient noise block is this much larger than a slice; slices take shifted windows
@@ -140,12 +146,71 @@ def _slice_position(slice_index: int) -> float:
     return (slice_index - 70) / 50.0
 
 
-class _Head:
-    """One synthetic patient: anatomy drawn once, any axial slice rendered on demand."""
+@dataclass(frozen=True)
+class Visit:
+    """How a later scan of a head differs from its first: the same person, scanned again.
 
-    def __init__(self, rng: np.random.Generator, severity: float, difficulty: Difficulty):
+    ``progression`` is added to the atrophy severity; ``shift`` (px), ``turn`` (radians) and
+    ``z_offset`` (in slices: the head sits a little higher or lower in the slab) move the pose;
+    ``gain``, ``bias`` and ``noise`` are the new session's intensity scale, bias field and noise;
+    ``first_slice`` is the new scan's slice window (it may shift); ``rng`` draws the session's own
+    noise. Anatomy (shape, sulci, texture, tissue contrasts) stays the person's own.
+    """
+
+    progression: float
+    shift: tuple[float, float]
+    turn: float
+    z_offset: float
+    gain: float
+    bias: tuple[float, float, float]
+    noise: float
+    first_slice: int | None
+    rng: np.random.Generator
+
+
+def draw_visit(key, visit: int, severity: float, difficulty: Difficulty) -> Visit:
+    """Visit ``visit`` (1, 2, ...) of the head with rng ``key``: mild progression (faster for more
+    severe atrophy), another pose, intensity and noise, and a slice window that moves in half the
+    visits. Its own rng stream, so the first scan (and every other head) is unchanged.
+    """
+    j = difficulty.jitter
+    rng = np.random.default_rng([*key, _VISIT_STREAM, visit])
+    rate = (0.01 + 0.06 * severity) * rng.uniform(0.5, 1.5)  # severity per visit (about a year)
+    window = None  # the first scan's window
+    if rng.random() < 0.5:
+        window = FIRST_SLICE + int(rng.integers(-4, 5))
+    return Visit(
+        progression=float(rate * visit),
+        shift=(float(rng.normal(0, 4.0 * j)), float(rng.normal(0, 4.0 * j))),
+        turn=float(np.deg2rad(rng.normal(0, 4.0 * j))),
+        z_offset=float(rng.normal(0, 0.5)),
+        gain=float(1.0 + rng.normal(0, 0.07 * j)),
+        bias=tuple(float(b) for b in rng.normal(0, 0.04 * j, size=3)),
+        noise=float(rng.uniform(*difficulty.noise)),
+        first_slice=window,
+        rng=rng,
+    )
+
+
+class _Head:
+    """One synthetic head: anatomy drawn once, any axial slice rendered on demand.
+
+    With a ``visit``, the same head at a later scan: the same draws make the same anatomy, then
+    the visit's progression, pose, intensity, noise and window replace the first scan's.
+    """
+
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        severity: float,
+        difficulty: Difficulty,
+        visit: Visit | None = None,
+    ):
         j = difficulty.jitter
         self.rng = rng
+        self.z_offset = 0.0
+        if visit is not None:
+            severity = min(1.0, severity + visit.progression)
         self.a = a = float(severity)
         # Pose and size
         self.cx = WIDTH / 2 + rng.normal(0, 6.0 * j)
@@ -176,9 +241,28 @@ class _Head:
         bias = rng.normal(0, 0.04 * j, size=3)
         # Slab position: consecutive slices around the ventricles, start jittered per patient
         self.first_slice = FIRST_SLICE + int(rng.integers(-4, 5))
+        if visit is not None:  # the new session; every draw above is kept, so the anatomy is too
+            self.cx, self.cy = self.cx + visit.shift[0], self.cy + visit.shift[1]
+            self.phi += visit.turn
+            self.z_offset = visit.z_offset
+            self.gain *= visit.gain
+            self.noise = visit.noise
+            bias = np.asarray(visit.bias)
+            if visit.first_slice is not None:
+                self.first_slice = visit.first_slice
 
         self._prepare_grid(brain_ax, brain_ay, bias)
         self._prepare_sulci()
+        if visit is not None:  # the session's own noise (the first scan's block was drawn above
+            # to keep the anatomy's draws in step)
+            self.rng = visit.rng
+            self.noise_block = self.rng.standard_normal(self.noise_block.shape, dtype=np.float32)
+            self.noise_block *= np.float32(self.noise)
+
+    def _position(self, slice_index: int) -> float:
+        if self.z_offset:  # a later visit's head sits a little higher or lower
+            return _slice_position(slice_index + self.z_offset)
+        return _slice_position(slice_index)
 
     def _prepare_grid(self, ax, ay, bias):
         yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
@@ -271,7 +355,7 @@ class _Head:
 
     def render(self, slice_index: int) -> np.ndarray:
         """The axial slice ``slice_index`` as a uint8 [HEIGHT, WIDTH] array."""
-        z = _slice_position(slice_index)
+        z = self._position(slice_index)
         depth, white_start, sulci, fissure = self._surface(z)
         img = np.zeros((HEIGHT, WIDTH), np.float32)
         _blend(img, self.fat, _ramp(depth + self.gap + self.skull + self.scalp))
@@ -375,7 +459,7 @@ class _Head:
         atrophy); ``medial_temporal`` (hippocampus and the CSF rim around it, in the lower slices
         only). Uses no random numbers, so rendering is unchanged.
         """
-        z = _slice_position(slice_index)
+        z = self._position(slice_index)
         depth, white_start, sulci, fissure = self._surface(z)
         surface_csf = _ramp(depth + self.gap) * (1 - _ramp(depth))
         ribbon = _ramp(depth) * (1 - _ramp(depth - np.take(white_start, self.tidx)))
@@ -425,6 +509,9 @@ def atrophy_masks(
     classes=('NC', 'AD'),
     splits=('test',),
     regions=REGIONS,
+    scans_per_subject: int = 1,
+    shared_subjects: float = 0.0,
+    class_windows: bool = False,
 ) -> dict[str, np.ndarray]:
     """The atrophy regions of every slice of the set ``generate`` writes with these arguments.
 
@@ -439,14 +526,23 @@ def atrophy_masks(
     if unknown or not regions:
         raise SyntheticError(f'unknown atrophy region(s) {unknown}: choose from {REGIONS}')
     out = {}
-    for split, name, key, pid in _patients(train_patients, test_patients, seed, classes):
-        if split not in splits:
+    scans = _scans(
+        train_patients,
+        test_patients,
+        seed,
+        classes,
+        scans_per_subject,
+        shared_subjects,
+        class_windows,
+    )
+    for scan in scans:
+        if scan.split not in splits:
             continue
-        head = _patient_head(key, level.severity[name], difficulty)
+        head = _scan_head(scan, level.severity[scan.name], difficulty)
         for i in range(slices):
             index = head.first_slice + i
             masks = head.atrophy_masks(index)
-            out[f'{split}/{name}/{pid}_{index}.jpeg'] = np.logical_or.reduce(
+            out[f'{scan.split}/{scan.name}/{scan.scan}_{index}.jpeg'] = np.logical_or.reduce(
                 [masks[r] for r in regions]
             )
     return out
@@ -497,6 +593,9 @@ def generate(
     difficulty: str = 'default',
     classes=('NC', 'AD'),
     workers: int = 1,
+    scans_per_subject: int = 1,
+    shared_subjects: float = 0.0,
+    class_windows: bool = False,
 ) -> Path:
     """Write a SYNTHETIC ADNI-layout set to ``out_dir`` and return its path.
 
@@ -505,20 +604,45 @@ def generate(
     gets the same anatomy for a seed, whatever the other counts; patient ids are drawn
     for the whole set, so they are unique across splits. ``workers`` > 1 renders patients
     in that many processes; the files are identical either way.
+
+    ``scans_per_subject`` > 1 scans each head again at later visits (``draw_visit``: mild
+    progression, another pose, intensity, noise, maybe another slice window), each scan with its
+    own id, and writes the subject map ``subjects.csv`` (``scan,subject``) beside the splits;
+    1 writes exactly the set it always did. ``shared_subjects`` (0..1) puts the later scans of
+    that fraction of each class's test subjects into train, as the official AD_NC split does.
+    ``class_windows`` draws each scan's slice window from a band of its class (the slice numbers
+    alone then give the class: a shortcut to test the slice-number baseline with).
     """
     level = difficulty_level(difficulty)
     check_classes(classes, level)
     if min(train_patients, test_patients) < 0 or slices < 1:
         raise SyntheticError('patient counts must be >= 0 and --slices >= 1')
+    if scans_per_subject < 1:
+        raise SyntheticError('--scans-per-subject must be >= 1')
+    if not 0 <= shared_subjects <= 1 or (shared_subjects and scans_per_subject < 2):
+        raise SyntheticError(
+            '--shared-subjects takes a fraction in [0, 1] and needs --scans-per-subject >= 2 '
+            '(a subject shares train and test through its later scans)'
+        )
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
-    # one per patient: (rng key, severity params, output stem), independent of the worker count
-    jobs = []
-    for split, name, key, pid in _patients(train_patients, test_patients, seed, classes):
-        folder = out_dir / split / name
+    # one per scan: (scan, severity params, output stem), independent of the worker count
+    jobs, subjects = [], []
+    scans = _scans(
+        train_patients,
+        test_patients,
+        seed,
+        classes,
+        scans_per_subject,
+        shared_subjects,
+        class_windows,
+    )
+    for scan in scans:
+        folder = out_dir / scan.split / scan.name
         folder.mkdir(parents=True, exist_ok=True)
-        jobs.append((key, level.severity[name], str(folder / pid)))
-    write = partial(_write_patient, slices=slices, difficulty=difficulty)
+        jobs.append((scan, level.severity[scan.name], str(folder / scan.scan)))
+        subjects.append((scan.scan, scan.subject))
+    write = partial(_write_scan, slices=slices, difficulty=difficulty)
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             list(pool.map(write, jobs, chunksize=8))
@@ -534,9 +658,32 @@ def generate(
         difficulty=difficulty,
         classes=list(classes),
     )
-    write_data_note(out_dir, dataclasses.replace(note, generator=generator))
-    _logger.info('wrote %d synthetic patients x %d slices to %s', len(jobs), slices, out_dir)
+    # only what differs from a plain set, so a plain set's dataset.json stays as it always was
+    if scans_per_subject > 1:
+        generator['scans_per_subject'] = scans_per_subject
+    if shared_subjects:
+        generator['shared_subjects'] = shared_subjects
+    if class_windows:
+        generator['class_windows'] = True
+    subject_map = _write_subject_map(out_dir, subjects) if scans_per_subject > 1 else None
+    write_data_note(
+        out_dir, dataclasses.replace(note, generator=generator, subject_map=subject_map)
+    )
+    _logger.info('wrote %d synthetic scans x %d slices to %s', len(jobs), slices, out_dir)
     return out_dir
+
+
+SUBJECT_MAP = 'subjects.csv'  # scan,subject of a set with repeat scans
+
+
+def _write_subject_map(out_dir: Path, subjects) -> str:
+    import csv
+
+    with (out_dir / SUBJECT_MAP).open('w', encoding='utf-8', newline='') as f:
+        writer = csv.writer(f, lineterminator='\n')
+        writer.writerow(['scan', 'subject'])
+        writer.writerows(sorted(subjects))
+    return SUBJECT_MAP
 
 
 def synthetic_note(difficulty: str, seed: int) -> DataNote:
@@ -547,34 +694,83 @@ def synthetic_note(difficulty: str, seed: int) -> DataNote:
     )
 
 
-def _patients(train_patients: int, test_patients: int, seed: int, classes):
-    """(split, class, rng key, patient id) of every patient of a set, in writing order.
+@dataclass(frozen=True)
+class _Scan:
+    """One scan of a set: where it goes, whose head (rng ``key``), which visit, its window."""
 
-    Patient ids are drawn for the whole set (unique across splits); the rng key gives patient
-    ``i`` of a split and class the same anatomy whatever the other counts.
+    split: str
+    name: str  # class
+    key: tuple
+    visit: int  # 0 = the subject's first scan
+    scan: str  # file-name prefix
+    subject: str
+    window: int | None  # first slice when --class-windows sets it, else the head's own
+
+
+def _scans(
+    train_patients: int,
+    test_patients: int,
+    seed: int,
+    classes,
+    scans_per_subject: int = 1,
+    shared_subjects: float = 0.0,
+    class_windows: bool = False,
+):
+    """Every scan of a set, in writing order.
+
+    Scan ids are drawn for the whole set (unique across splits); the rng key gives subject
+    ``i`` of a split and class the same anatomy whatever the other counts. With one scan per
+    subject this is the set the generator always wrote (the same ids, keys and order).
     """
     counts = {'train': train_patients, 'test': test_patients}
     total = sum(counts.values()) * len(classes)
-    ids = np.random.default_rng(seed).choice(900_000, size=total, replace=False) + 100_000
+    k = scans_per_subject
+    ids = np.random.default_rng(seed).choice(900_000, size=total * k, replace=False) + 100_000
     n = 0
     for split_i, split in enumerate(counts):
         for class_i, name in enumerate(classes):
+            shared = round(shared_subjects * counts[split]) if split == 'test' else 0
             for i in range(counts[split]):
-                yield split, name, (seed, split_i, class_i, i), str(ids[n])
+                key = (seed, split_i, class_i, i)
+                for v in range(k):
+                    where = 'train' if v and i < shared else split
+                    window = _class_window(key, v, class_i, len(classes)) if class_windows else None
+                    yield _Scan(
+                        where, name, key, v, str(ids[n * k + v]), f'SYN_S_{n + 1:04d}', window
+                    )
                 n += 1
 
 
-def _patient_head(key, severity_params, difficulty: str) -> _Head:
-    """The head of the patient with rng ``key``: its severity drawn first, then its anatomy."""
+def _class_window(key, visit: int, class_i: int, n_classes: int) -> int:
+    """A first slice from the band of class ``class_i``: bands split the windows' range apart, so
+    the slice numbers alone give the class (its own rng stream: the images are otherwise those of
+    the plain set)."""
+    rng = np.random.default_rng([*key, _WINDOW_STREAM, visit])
+    centre = FIRST_SLICE - 4 + round(8 * class_i / max(1, n_classes - 1))
+    return int(np.clip(centre + rng.integers(-1, 2), FIRST_SLICE - 4, FIRST_SLICE + 4))
+
+
+def _subject_head(key, severity_params, difficulty: str, visit: int = 0) -> _Head:
+    """The head of the subject with rng ``key``: its severity drawn first, then its anatomy;
+    ``visit`` > 0: the same head at that later scan (``draw_visit``)."""
     mean, sd = severity_params
     rng = np.random.default_rng(list(key))
     severity = float(np.clip(rng.normal(mean, sd), 0.0, 1.0))
-    return _Head(rng, severity, difficulty_level(difficulty))
+    level = difficulty_level(difficulty)
+    later = draw_visit(key, visit, severity, level) if visit else None
+    return _Head(rng, severity, level, later)
 
 
-def _write_patient(job, slices: int, difficulty: str) -> None:
-    key, severity_params, stem = job
-    head = _patient_head(key, severity_params, difficulty)
+def _scan_head(scan: _Scan, severity_params, difficulty: str) -> _Head:
+    head = _subject_head(scan.key, severity_params, difficulty, scan.visit)
+    if scan.window is not None:
+        head.first_slice = scan.window
+    return head
+
+
+def _write_scan(job, slices: int, difficulty: str) -> None:
+    scan, severity_params, stem = job
+    head = _scan_head(scan, severity_params, difficulty)
     first = head.first_slice
     images = np.stack([head.render(first + i) for i in range(slices)])
     for k, image in enumerate(images):
