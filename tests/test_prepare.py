@@ -296,7 +296,10 @@ def test_each_bad_input_gets_one_line_and_the_others_finish(volumes, tmp_path, c
     captured = capsys.readouterr()
     assert code == 1
     problems = [line.strip() for line in captured.err.splitlines()[1:]]
-    assert captured.err.splitlines()[0] == '6 problem(s):'
+    # 6 bad inputs, and the split/class their failures left empty (training would refuse it)
+    assert captured.err.splitlines()[0] == '7 problem(s):'
+    emptied = [p for p in problems if 'training refuses an empty class folder' in p]
+    assert len(emptied) == 1 and 'failed' in emptied[0], problems
     expected = {
         'nolabel': 'no row in',
         'Scan': "--group-map 'Scan=NC'",
@@ -456,7 +459,7 @@ def test_prepared_scans_train_and_a_new_scan_gets_the_p_ad_of_its_prepared_slice
         tmp_path / 'scan',
     )  # fmt: skip
     assert code == 0, err
-    assert 'registered to the template, similarity' in text
+    assert 'registered to the template (similarity' in text
     by_scan = {
         r['path']: float(r['p_AD'])
         for r in csv.DictReader((tmp_path / 'scan/predictions.csv').open())
