@@ -24,7 +24,7 @@ from adni_timm.data.slices import scan_split  # noqa: E402
 from adni_timm.prepare import run as prepare_run  # noqa: E402
 from adni_timm.prepare.labels import read_labels  # noqa: E402
 from adni_timm.prepare.preprocess import Recipe, RegistrationError, slices_from_image  # noqa
-from adni_timm.prepare.run import PrepareOptions, merge, prepare  # noqa: E402
+from adni_timm.prepare.run import PrepareOptions, prepare  # noqa: E402
 from adni_timm.prepare.similarity import (  # noqa: E402
     DEFAULT_MIN_SIMILARITY,
     describe_registration,
@@ -132,9 +132,7 @@ def test_synthetic_heads_pass_the_default_floor(prepared):
     assert meta['options']['similarity_measure'] == 'turn-contrast-ncc-v1'
 
 
-def test_flagging_that_empties_a_split_exits_1_and_says_what_to_change(
-    prepared, tmp_path, capsys
-):
+def test_flagging_that_empties_a_split_exits_1_and_says_what_to_change(prepared, tmp_path, capsys):
     from adni_timm.cli.prepare import main
 
     out = tmp_path / 'out'

@@ -189,8 +189,9 @@ def _prepared_why(split_dir: Path, name: str) -> str:
     try:
         with manifest.open(newline='', encoding='utf-8') as f:
             rows = [
-                r for r in csv.DictReader(f) if r.get('split') == split_dir.name
-                and r.get('label') == name
+                r
+                for r in csv.DictReader(f)
+                if r.get('split') == split_dir.name and r.get('label') == name
             ]
     except (OSError, csv.Error, UnicodeDecodeError):
         return ''

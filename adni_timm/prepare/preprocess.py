@@ -493,7 +493,6 @@ class _StepClock:
         self._wall, self._cpu = wall, cpu
 
 
-
 def _ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     """Plain NCC of two arrays inside ``mask`` (tests compare registrations with it)."""
     x, y = a[mask].astype(np.float64), b[mask].astype(np.float64)

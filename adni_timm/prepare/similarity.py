@@ -18,7 +18,8 @@ the person (atrophy, contrast, resolution) about as much as on the registration;
 atrophic, well-registered head scored below a healthy head turned upside down. Atrophy lowers the
 NCC in every orientation alike, so the difference keeps such heads well clear of the failures:
 a blob, a phantom, noise or a CT have no front and back and score about 0; a head the
-registration left turned around, or matched skull-to-brain, scores about 0 or below.
+registration left turned around scores about 0 or below, one it matched skull to brain (too
+small) clearly less than a well-registered head.
 docs/PREPARE.md ("Quality control") has the figures, measured on public real heads.
 """
 

@@ -172,8 +172,9 @@ def read_dicom_series(folder: str | Path):
             kind='unreadable',
         )
     if len(series) > 1:
+        named = _series_summary(folder, series, reader)
         raise VolumeError(
-            f'{folder} holds {len(series)} DICOM series ({_series_summary(folder, series, reader)}): '
+            f'{folder} holds {len(series)} DICOM series ({named}): '
             f'put each series in its own folder (as the ADNI download does, one image id per '
             f'folder)',
             kind='two-series',
