@@ -18,6 +18,7 @@ import sys
 import time
 
 from adni_timm.cli import EXIT_OK, EXIT_PROBLEM, HelpFormatter, examples, fail
+from adni_timm.prepare.similarity import DEFAULT_MIN_SIMILARITY
 
 __all__ = ['main']
 
@@ -141,8 +142,10 @@ def _parse_args(argv, prog: str = PROG):
     p.add_argument(
         '--min-similarity',
         type=float,
-        default=0.6,
-        help='flag registrations below this NCC with the template (default 0.6)',
+        default=None,
+        metavar='S',
+        help='flag registrations whose similarity (docs/PREPARE.md, "Quality control") is below '
+        f'S as failed (default {DEFAULT_MIN_SIMILARITY}); with --merge: flag again with this floor',
     )
     p.add_argument('--workers', type=int, default=1, help='scans prepared in parallel')
     p.add_argument('--shard', metavar='K/N', help='prepare only shard K of N (SLURM arrays)')
@@ -238,7 +241,7 @@ def _progress(mode: str):
         if mode == 'lines':
             elapsed = time.perf_counter() - state['start']
             notes = '; '.join(
-                f'{r.visit} {"NCC %.3f" % r.similarity if r.status == "ok" else "FAILED"}'
+                f'{r.visit} {"similarity %.3f" % r.similarity if r.status == "ok" else "FAILED"}'
                 for r in records
             )
             print(f'[{n}/{total}] {subject} {notes} ({elapsed:.0f} s)', flush=True)
@@ -250,6 +253,15 @@ def _progress(mode: str):
     return on_plan, on_subject, close
 
 
+def _write_failure(error: OSError, out) -> str:
+    where = error.filename or out
+    return (
+        f'cannot write {where}: {error.strerror or error}: the prepared subjects are kept in '
+        f'{out} (each with its record in {out}/records); free space, then adni-prepare --merge '
+        f'{out} writes the manifest and the QC overview'
+    )
+
+
 def main(argv=None, prog: str = PROG) -> int:
     args = _parse_args(argv, prog)
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
@@ -259,7 +271,11 @@ def main(argv=None, prog: str = PROG) -> int:
 
     try:
         if args.merge:
-            result = prepare_mod.merge(args.merge, keep_flagged=args.keep_flagged or None)
+            result = prepare_mod.merge(
+                args.merge,
+                keep_flagged=args.keep_flagged or None,
+                min_similarity=args.min_similarity,
+            )
             _print_merge(result, args.merge)
             _print_problems(result.problems)
             return EXIT_PROBLEM if result.problems else EXIT_OK
@@ -271,7 +287,9 @@ def main(argv=None, prog: str = PROG) -> int:
             test_fraction=args.test_fraction,
             seed=args.seed,
             keep_flagged=args.keep_flagged,
-            min_similarity=args.min_similarity,
+            min_similarity=(
+                DEFAULT_MIN_SIMILARITY if args.min_similarity is None else args.min_similarity
+            ),
         )
         shard = prepare_mod.parse_shard(args.shard)
         labels = labels_mod.read_labels(args.labels, args.labels_format, args.labels_column)
@@ -296,6 +314,9 @@ def main(argv=None, prog: str = PROG) -> int:
     except (prepare_mod.PrepareError, VolumeError) as e:
         close()
         return fail(prog, e, code=2)
+    except OSError as e:  # writing the manifest or the overview at the end (a full disk)
+        close()
+        return fail(prog, _write_failure(e, args.out), code=2)
     close()
     minutes = (time.perf_counter() - start) / 60
     n = len(result.prepared)

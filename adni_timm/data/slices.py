@@ -159,6 +159,7 @@ def _scan(split_dir: Path, classes: Sequence[str], file_is_scan: bool):
             problems.append(
                 f'empty class folder {folder}: it holds no {"/".join(IMAGE_EXTENSIONS)} files; '
                 f'put the {name} slices there, or leave {name} out of --classes'
+                + _prepared_why(split_dir, name)
             )
         for f in images:
             parsed = parse_file_name(f, file_is_scan)
@@ -175,6 +176,40 @@ def _scan(split_dir: Path, classes: Sequence[str], file_is_scan: bool):
     problems += _scans_in_two_classes(slices)
     problems += _duplicate_slices(slices)
     return sorted(slices, key=_slice_order), problems, ignored
+
+
+def _prepared_why(split_dir: Path, name: str) -> str:
+    """Why adni-prepare left ``split_dir/name`` empty, from its manifest.csv beside the splits
+    (its scans flagged by registration QC or failed), or '' for a layout it did not write."""
+    import csv
+
+    manifest = split_dir.parent / 'manifest.csv'
+    if not manifest.is_file():
+        return ''
+    try:
+        with manifest.open(newline='', encoding='utf-8') as f:
+            rows = [
+                r
+                for r in csv.DictReader(f)
+                if r.get('split') == split_dir.name and r.get('label') == name
+            ]
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return ''
+    root = split_dir.parent
+    if not rows:
+        return f' (adni-prepare planned no {split_dir.name}/{name} scans: give it more scans)'
+    flagged = sum(r.get('flagged') == 'True' and r.get('included') != 'True' for r in rows)
+    failed = sum(r.get('status') != 'ok' for r in rows)
+    why = (
+        f' (adni-prepare: {len(rows)} {split_dir.name}/{name} scan(s), {flagged} flagged by '
+        f'registration QC and moved to {root / "flagged" / split_dir.name / name}, {failed} failed'
+    )
+    if flagged:
+        why += (
+            f'; see {root / "qc" / "overview.png"}: adni-prepare --merge {root} --keep-flagged '
+            f'puts them back, --min-similarity S with --merge flags again with another floor'
+        )
+    return why + ')'
 
 
 def _duplicate_slices(slices: Iterable[Slice]) -> list[str]:

@@ -27,6 +27,7 @@ from ..inference import (
     slice_decisions,
 )
 from ..prepare.scan_input import is_scan, prepare_scans
+from ..prepare.similarity import describe_registration
 from ..utils.display import fmt
 from ..utils.files import write_csv
 from ..run import EvalFolder
@@ -253,7 +254,7 @@ def format_predictions(result: dict, max_rows: int = 20) -> str:
     for scan, similarity in (
         (result.get('volumes') or {}).get('registration_similarity', {}).items()
     ):
-        lines.append(f'scan {scan}: registered to the template, similarity {similarity:.3f}')
+        lines.append(f'scan {scan}: {describe_registration(similarity)}')
     if not result.get('input_check'):
         lines.append('(this model has no input check: every image is scored, whatever it shows)')
     lines.append(f'{"scan":<40}{"slices":>7}{p_key:>9}  predicted')

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..utils.files import safe_name
 from .labels import Labels, LabelsError, class_of_group, normalise_visit
+from .similarity import DEFAULT_MIN_SIMILARITY
 from .volumes import Discovery, Scan
 
 __all__ = [
@@ -37,6 +38,10 @@ class PrepareError(ValueError):
     """A run that cannot start (bad options, an output folder of another plan)."""
 
 
+class PrepareWriteError(PrepareError):
+    """OUT could not be written (a full disk, a read-only folder); the message names the path."""
+
+
 @dataclass(frozen=True)
 class PrepareOptions:
     """The run's choices besides the per-scan recipe (all recorded in prepare.json)."""
@@ -47,7 +52,7 @@ class PrepareOptions:
     test_fraction: float = 0.2
     seed: int = 0
     keep_flagged: bool = False
-    min_similarity: float = 0.6  # below this a registration is flagged whatever the others do
+    min_similarity: float = DEFAULT_MIN_SIMILARITY  # below: a failed registration, flagged
     outlier_z: float = 3.5  # robust z (median / MAD) below which a scan is an outlier
     outlier_min_gap: float = 0.1  # ... and at least this far below the run's median
 

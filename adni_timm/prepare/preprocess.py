@@ -23,9 +23,10 @@ and switchable (``Recipe.steps`` lists the ones that ran):
                ``size`` around ``centre_mm``; rows run anterior -> posterior, columns the
                patient's right -> left (radiological view)
 
-The registration similarity is the normalised cross-correlation between the registered scan and
-the template inside the brain mask of the slab: 1 = identical; registered synthetic heads score
-0.85-0.94, the template moved by a known affine > 0.95, a failed registration well under 0.7.
+The scan is resampled once onto the whole template grid: the slab of the slices is cut from it,
+and the registration similarity (``similarity.registration_similarity``: how much better the
+scan matches the template as registered than turned front to back or upside down) is measured on
+it.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .similarity import registration_similarity
 from .template import Template, load_template
 from .volumes import VolumeError, read_volume, ras_from_image
 
@@ -212,7 +214,7 @@ class PreparedScan:
     """What :func:`slices_from_scan` made of one scan: exactly what ``adni-prepare`` writes.
 
     ``slices``: uint8 ``[n, height, width]``; ``slice_numbers``: their template axial indices;
-    ``similarity``: registration NCC with the template inside the brain; ``warnings``: notes for
+    ``similarity``: the registration similarity (``similarity.py``); ``warnings``: notes for
     the manifest; ``seconds`` / ``cpu_seconds``: wall and CPU time per step (``to_template`` is
     the one resampling onto the template grid); ``brain_slices``: the template's (dilated) brain
     mask at the same planes, for the QC outline.
@@ -444,7 +446,7 @@ def _shrink_mask(mask, voxel_mm: float):
 
 
 def _template_images(template: Template, ks: tuple[int, ...], dilation_mm: int):
-    """(template T1 as an ITK image, registration mask, slab reference grid, slab arrays)."""
+    """(template T1 as an ITK image, registration mask, template grid, slab brain mask)."""
     import SimpleITK as sitk
     from scipy import ndimage
 
@@ -456,10 +458,9 @@ def _template_images(template: Template, ks: tuple[int, ...], dilation_mm: int):
         image_from_ras(reg_mask.astype(np.uint8), template.affine), sitk.sitkUInt8
     )
     k0, k1 = min(ks), max(ks)
-    slab_affine = template.affine.copy()
-    slab_affine[:3, 3] = template.affine[:3, :3] @ [0, 0, k0] + template.affine[:3, 3]
-    slab_shape = (*template.shape[:2], k1 - k0 + 1)
-    reference = image_from_ras(np.zeros(slab_shape, np.float32), slab_affine)
+    # the whole grid, not only the slab: the registration QC looks at the whole head; the slab's
+    # voxels are the same points, so the slices are those of a slab-only resampling
+    reference = image_from_ras(np.zeros(template.shape, np.float32), template.affine)
     brain = template.brain[:, :, k0 : k1 + 1]
     if dilation_mm > 0:
         brain = ndimage.binary_dilation(brain, iterations=int(dilation_mm))
@@ -493,6 +494,7 @@ class _StepClock:
 
 
 def _ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    """Plain NCC of two arrays inside ``mask`` (tests compare registrations with it)."""
     x, y = a[mask].astype(np.float64), b[mask].astype(np.float64)
     x -= x.mean()
     y -= y.mean()
@@ -561,13 +563,14 @@ def _slices_from_image(image, recipe: Recipe, template: Template | None) -> Prep
         done('register')
     else:
         transform = sitk.Transform(3, sitk.sitkIdentity)
-    slab_image = sitk.Resample(image, reference, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    slab, _ = ras_from_image(slab_image)
+    on_grid = sitk.Resample(image, reference, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    volume, _ = ras_from_image(on_grid)
     k0 = min(ks)
-    template_slab = template.t1[:, :, k0 : k0 + slab.shape[2]]
-    inside = brain & template.brain[:, :, k0 : k0 + slab.shape[2]]
-    similarity = _ncc(slab, template_slab, inside)
+    slab = volume[:, :, k0 : k0 + brain.shape[2]]
     done('to_template')
+    similarity = registration_similarity(volume, template)
+    del volume, on_grid
+    done('qc')
     if recipe.mask:
         slab = np.where(brain, slab, 0).astype(np.float32)
         done('mask')

@@ -8,6 +8,7 @@ import numpy as np
 
 from .plan import ScanRecord
 from .preprocess import PreparedScan
+from .similarity import DEFAULT_MIN_SIMILARITY
 
 __all__ = ['qc_strip', 'flag_outliers', 'write_overview']
 
@@ -36,15 +37,15 @@ def qc_strip(prepared: PreparedScan, title: str, n: int = 5) -> np.ndarray:
 
 def flag_outliers(
     similarity: dict[str, float],
-    min_similarity: float = 0.6,
+    min_similarity: float = DEFAULT_MIN_SIMILARITY,
     outlier_z: float = 3.5,
     min_gap: float = 0.1,
 ) -> set[str]:
-    """The keys whose registration similarity is below ``min_similarity``, or, with 10 or more
-    scans, low outliers of the run: more than ``outlier_z`` robust SDs (1.4826 MAD) **and** at
-    least ``min_gap`` below the median. Noise, bias and atrophy move a good registration's NCC
-    by a few hundredths (a noisy synthetic head at 0.81 against a median of 0.87 is fine); a
-    misregistration moves it by tenths."""
+    """The keys whose registration similarity (``similarity.py``) is below ``min_similarity``
+    (a failed registration), or, with 10 or more scans, low outliers of the run: more than
+    ``outlier_z`` robust SDs (1.4826 MAD) **and** at least ``min_gap`` below the median. Noise,
+    bias, contrast and atrophy move a good registration's similarity by a few hundredths; a
+    registration that turned or mis-scaled the head moves it by tenths."""
     flagged = {k for k, v in similarity.items() if v < min_similarity}
     if len(similarity) >= 10:
         values = np.array(list(similarity.values()))
@@ -82,7 +83,7 @@ def write_overview(out: Path, records: list[ScanRecord], flagged: set[str], opti
         ls='--',
         label=f'floor {options["min_similarity"]}',
     )
-    ax.set_ylabel('NCC with template')
+    ax.set_ylabel('registration similarity')
     ax.set_xlabel(f'{len(ok)} prepared scans, by similarity ({len(flagged)} flagged, red)')
     ax.legend(loc='lower right')
     for i, r in enumerate(worst):

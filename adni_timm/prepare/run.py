@@ -61,6 +61,7 @@ from .plan import (
     Plan,
     PlannedScan,
     PrepareError,
+    PrepareWriteError,
     PrepareOptions,
     Problem,
     ScanRecord,
@@ -69,12 +70,14 @@ from .plan import (
     shard_subjects,
     split_subjects,
 )
+from .similarity import MEASURE
 from .template import load_template
 from .volumes import Discovery, VolumeError
 
 __all__ = [
     'MANIFEST_COLUMNS',
     'PrepareError',
+    'PrepareWriteError',
     'PrepareOptions',
     'Problem',
     'PlannedScan',
@@ -109,8 +112,8 @@ MANIFEST_COLUMNS = (
     'label',  # our class (NC, AD, ...)
     'split',
     'status',  # ok | failed
-    'similarity',  # registration NCC with the template inside the brain
-    'flagged',  # registration outlier
+    'similarity',  # registration similarity (similarity.py; prepare.json names the measure)
+    'flagged',  # a failed registration (below the floor) or an outlier of the run
     'included',  # slices in OUT/{split}/{label}/ (False: failed, or flagged without --keep-flagged)
     'n_slices',
     'steps',
@@ -202,20 +205,7 @@ def _prepare_scan(scan: PlannedScan, out: Path, recipe: Recipe, fmt_comment: str
         record.problem_kind = 'error'
         return record
     start_wall, start_cpu = time.perf_counter(), time.process_time()
-    folder = out / scan.split / scan.label
-    folder.mkdir(parents=True, exist_ok=True)
-    ext = 'png' if recipe.image_format == 'png' else 'jpeg'
-    for k, image in zip(prepared.slice_numbers, prepared.slices):
-        name = f'{scan.scan_id}_{k}.{ext}'
-        _write_image(image, folder / name, recipe.image_format, fmt_comment)
-        record.files.append(f'{scan.split}/{scan.label}/{name}')
-    qc = qc_strip(prepared, f'{scan.scan_id}  {scan.label}  NCC {prepared.similarity:.3f}')
-    (out / 'qc').mkdir(exist_ok=True)
-    from PIL import Image
-
-    tmp = out / 'qc' / f'.{scan.scan_id}.png.tmp'
-    Image.fromarray(qc).save(tmp, 'PNG')
-    tmp.replace(out / 'qc' / f'{scan.scan_id}.png')
+    _write_scan(prepared, scan, out, recipe, fmt_comment, record)
     record.status = 'ok'
     record.similarity = prepared.similarity
     record.slice_numbers = list(prepared.slice_numbers)
@@ -226,6 +216,48 @@ def _prepare_scan(scan: PlannedScan, out: Path, recipe: Recipe, fmt_comment: str
         'write': round(time.process_time() - start_cpu, 3),
     }
     return record
+
+
+def _write_scan(prepared, scan, out: Path, recipe: Recipe, comment: str, record) -> None:
+    """The scan's slices and QC strip (each written to a temporary name, then renamed). A write
+    that fails (a full disk) removes what this scan wrote and raises PrepareWriteError naming
+    the path."""
+    from PIL import Image
+
+    folder = out / scan.split / scan.label
+    ext = 'png' if recipe.image_format == 'png' else 'jpeg'
+    path = folder
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for k, image in zip(prepared.slice_numbers, prepared.slices):
+            name = f'{scan.scan_id}_{k}.{ext}'
+            path = folder / name
+            _write_image(image, path, recipe.image_format, comment)
+            record.files.append(f'{scan.split}/{scan.label}/{name}')
+        title = f'{scan.scan_id}  {scan.label}  similarity {prepared.similarity:.3f}'
+        qc = qc_strip(prepared, title)
+        path = out / 'qc' / f'{scan.scan_id}.png'
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f'.{path.name}.tmp')
+        Image.fromarray(qc).save(tmp, 'PNG')
+        tmp.replace(path)
+    except OSError as e:
+        _remove_files(out, record.files + [f'qc/{scan.scan_id}.png'])
+        record.files.clear()
+        raise PrepareWriteError(
+            f'cannot write {path}: {e.strerror or e}' + (f' (errno {e.errno})' if e.errno else '')
+        ) from None
+
+
+def _remove_files(out: Path, rels: list[str]) -> None:
+    """Remove files (relative to ``out``) and their temporary twins; never raises."""
+    for rel in rels:
+        path = out / rel
+        for p in (path, path.with_name(f'.{path.name}.tmp')):
+            try:
+                p.unlink(missing_ok=True)
+            except OSError:
+                pass
 
 
 def _read_scans(path: Path) -> dict:
@@ -265,15 +297,26 @@ def _prepare_subject(
     recipe = Recipe.from_dict(recipe_dict)
     _remove_old_files(out_dir, subject)
     comment = f'adni-prepare recipe {digest}'
-    records = [_prepare_scan(scan, out_dir, recipe, comment) for scan in scans]
-    write_json(
-        _record_path(out_dir, subject),
-        {
-            'subject': subject,
-            'recipe_digest': digest,
-            'scans': [asdict(r) for r in records],
-        },
-    )
+    records: list[ScanRecord] = []
+    path = _record_path(out_dir, subject)
+    try:
+        for scan in scans:
+            records.append(_prepare_scan(scan, out_dir, recipe, comment))
+        write_json(
+            path,
+            {
+                'subject': subject,
+                'recipe_digest': digest,
+                'similarity_measure': MEASURE,
+                'scans': [asdict(r) for r in records],
+            },
+        )
+    except (OSError, PrepareWriteError) as e:
+        # no record: a re-run redoes this subject; its slices so far would be orphans
+        _remove_files(out_dir, [f for r in records for f in r.files])
+        if isinstance(e, PrepareWriteError):
+            raise
+        raise PrepareWriteError(f'cannot write {path}: {e.strerror or e}') from None
     return records
 
 
@@ -286,7 +329,12 @@ def _is_done(out: Path, subject: str, scans: list[PlannedScan], digest: str) -> 
     except (OSError, json.JSONDecodeError):
         return False
     done = [(s['scan_id'], s['source']) for s in record.get('scans', [])]
-    return record.get('recipe_digest') == digest and done == [(s.scan_id, s.source) for s in scans]
+    return (
+        record.get('recipe_digest') == digest
+        # a similarity of another measure cannot be compared with this floor: redo the subject
+        and record.get('similarity_measure') == MEASURE
+        and done == [(s.scan_id, s.source) for s in scans]
+    )
 
 
 # ------------------------------------------------------------------------------------------ run
@@ -319,6 +367,7 @@ def _prepare_json(recipe: Recipe, options: PrepareOptions, labels: Labels, src: 
             'seed': options.seed,
             'keep_flagged': options.keep_flagged,
             'min_similarity': options.min_similarity,
+            'similarity_measure': MEASURE,
             'outlier_z': options.outlier_z,
             'outlier_min_gap': options.outlier_min_gap,
         },
@@ -393,25 +442,39 @@ def prepare(
 
     n_finished = 0
     recipe_dict = recipe.to_dict()
-    if workers > 1 and len(todo) > 1:
-        context = multiprocessing.get_context('spawn')  # ITK's thread pool does not survive fork
-        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context) as pool:
-            futures = {
-                pool.submit(
-                    _prepare_subject, s, by_subject[s], str(out), recipe_dict, recipe.digest
-                ): s
-                for s in todo
-            }
-            for future in as_completed(futures):
+    try:
+        if workers > 1 and len(todo) > 1:
+            context = multiprocessing.get_context('spawn')  # ITK's threads do not survive fork
+            with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context) as pool:
+                futures = {
+                    pool.submit(
+                        _prepare_subject, s, by_subject[s], str(out), recipe_dict, recipe.digest
+                    ): s
+                    for s in todo
+                }
+                try:
+                    for future in as_completed(futures):
+                        n_finished += 1
+                        finished(futures[future], future.result())
+                except PrepareWriteError:
+                    for future in futures:
+                        future.cancel()
+                    raise
+        else:
+            for subject in todo:
+                subject_records = _prepare_subject(
+                    subject, by_subject[subject], str(out), recipe_dict, recipe.digest
+                )
                 n_finished += 1
-                finished(futures[future], future.result())
-    else:
-        for subject in todo:
-            subject_records = _prepare_subject(
-                subject, by_subject[subject], str(out), recipe_dict, recipe.digest
-            )
-            n_finished += 1
-            finished(subject, subject_records)
+                finished(subject, subject_records)
+    except PrepareWriteError as e:
+        kept = sum(_is_done(out, s, by_subject[s], recipe.digest) for s in mine)
+        raise PrepareWriteError(
+            f'{e}: stopped; {kept} of {len(mine)} subject(s) are prepared and kept in {out} '
+            f'(each with its record in {out}/records), the one(s) in flight left nothing '
+            f'behind; free space (or make {out} writable) and run the same command again: '
+            f'the prepared subjects are skipped'
+        ) from None
     problems = list(plan.problems) + [
         Problem(r.problem_kind, f'{r.scan_id}: {r.error}') for r in records if r.status != 'ok'
     ]
@@ -480,11 +543,16 @@ def _manifest_text(records: list[ScanRecord], flagged: set[str], keep: bool) -> 
     return buffer.getvalue()
 
 
-def merge(out, keep_flagged: bool | None = None) -> MergeResult:
+def merge(
+    out, keep_flagged: bool | None = None, min_similarity: float | None = None
+) -> MergeResult:
     """Assemble ``out`` from its records (after all shards, or at the end of an unsharded run):
     flag registration outliers over the whole run, move their slices to ``flagged/`` (back, with
-    ``--keep-flagged``; ``keep_flagged`` overrides the run's choice and is recorded), write
-    manifest.csv and qc/overview.png. Idempotent."""
+    ``--keep-flagged``; ``keep_flagged`` and ``min_similarity`` override the run's choices and
+    are recorded), write manifest.csv and qc/overview.png. Idempotent.
+
+    A problem is added when flagging empties a split/class the plan filled, or flags most of
+    the prepared scans: training would refuse the layout, or learn from what is left."""
     out = Path(out)
     if not (out / 'prepare.json').is_file() or not (out / 'plan.json').is_file():
         raise PrepareError(
@@ -492,8 +560,12 @@ def merge(out, keep_flagged: bool | None = None) -> MergeResult:
         )
     meta = read_json(out / 'prepare.json')
     options = meta['options']
+    changed = False
     if keep_flagged is not None and keep_flagged != options['keep_flagged']:
-        options['keep_flagged'] = keep_flagged
+        options['keep_flagged'], changed = keep_flagged, True
+    if min_similarity is not None and min_similarity != options['min_similarity']:
+        options['min_similarity'], changed = float(min_similarity), True
+    if changed:
         write_json(out / 'prepare.json', meta)
     plan_scans = _read_scans(out / 'plan.json')['scans']
     records = _read_records(out)
@@ -521,6 +593,16 @@ def merge(out, keep_flagged: bool | None = None) -> MergeResult:
                 f'shards that hold them (or re-run without --shard), then --merge again',
             )
         )
+    measures = {read_json(p).get('similarity_measure') for p in (out / 'records').glob('*.json')}
+    if measures - {MEASURE}:
+        problems.append(
+            Problem(
+                'measure',
+                f'some records in {out}/records hold a registration similarity of an older '
+                f'measure, which the floor does not apply to: run the same adni-prepare command '
+                f'again (it redoes those subjects), then --merge',
+            )
+        )
     if stale:
         problems.append(
             Problem(
@@ -543,4 +625,49 @@ def merge(out, keep_flagged: bool | None = None) -> MergeResult:
     for r in records:
         if r.status == 'ok' and (keep or r.scan_id not in flagged):
             counts[f'{r.split}/{r.label}'] += 1
+    if not missing:
+        problems += _emptied(out, plan_scans, records, flagged, keep, options, counts)
     return MergeResult(records, sorted(flagged), missing, problems, dict(sorted(counts.items())))
+
+
+def _emptied(out, plan_scans, records, flagged, keep, options, counts) -> list[Problem]:
+    """One problem when the flags (or failures) leave a split/class of the plan without scans,
+    or flag most prepared scans; it says what happened and which options to change."""
+    planned = Counter(f'{s["split"]}/{s["label"]}' for s in plan_scans)
+    empty = [group for group in sorted(planned) if not counts.get(group)]
+    ok = [r for r in records if r.status == 'ok']
+    moved = [r for r in ok if r.scan_id in flagged and not keep]
+    most = len(moved) * 2 > len(ok) > 0
+    if not empty and not most:
+        return []
+    failed = Counter(f'{r.split}/{r.label}' for r in records if r.status != 'ok')
+    lost = Counter(f'{r.split}/{r.label}' for r in moved)
+    what = []
+    if most:
+        what.append(f'registration QC flagged {len(moved)} of {len(ok)} prepared scans')
+    if empty:
+        why = ', '.join(
+            f'{g}: {lost[g]} flagged, {failed[g]} failed of {planned[g]}' for g in empty
+        )
+        what.append(f'{" and ".join(empty)} ha{"ve" if len(empty) > 1 else "s"} no scans ({why})')
+    options_text = ''
+    if moved:
+        values = sorted(r.similarity for r in moved)
+        floor = options['min_similarity']
+        options_text = (
+            f'; flagged similarity {values[0]:.3f}..{values[-1]:.3f} (floor {floor:g}): look at '
+            f'{out}/qc/overview.png and {out}/qc/<scan>.png; where the red outline sits on the '
+            f'brain the registration is good: lower the floor (adni-prepare --merge {out} '
+            f'--min-similarity X) or keep them (adni-prepare --merge {out} --keep-flagged); '
+            f'where it does not, fix or leave out those scans'
+        )
+    elif any(failed[g] for g in empty):
+        options_text = '; fix the failed scans (listed above) or give more scans of that class'
+    else:
+        options_text = '; give scans of that class, or a larger --test-fraction'
+    return [
+        Problem(
+            'emptied',
+            '; '.join(what) + ': training refuses an empty class folder' + options_text,
+        )
+    ]

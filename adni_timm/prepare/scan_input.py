@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from ..data import Slice
+from .similarity import DEFAULT_MIN_SIMILARITY, describe_registration
 from .volumes import NIFTI_SUFFIXES, is_dicom_file, is_nifti
 
 __all__ = ['ScanError', 'PreparedInput', 'is_scan', 'find_scans', 'prepare_scans']
 
 _logger = logging.getLogger(__name__)
 
-LOW_SIMILARITY = 0.6  # adni-prepare flags a registration below this as an outlier
+LOW_SIMILARITY = DEFAULT_MIN_SIMILARITY  # adni-prepare flags a registration below as failed
 
 
 class ScanError(ValueError):
@@ -37,7 +38,7 @@ class PreparedInput:
     """The slices of the scans, ready for the slice prediction path, and what happened."""
 
     slices: list[Slice]
-    similarity: dict[str, float]  # per scan: registration NCC with the template
+    similarity: dict[str, float]  # per scan: the registration similarity (similarity.py)
     warnings: list[str]
 
 
@@ -102,13 +103,15 @@ def prepare_scans(
         try:
             prepared = slices_from_scan(scan_path, recipe)
         except ValueError as e:  # VolumeError, RegistrationError: one line each
-            raise ScanError(f'{scan_path}: {e}') from None
+            # a VolumeError names the path itself; say it once
+            text = str(e)
+            raise ScanError(text if str(scan_path) in text else f'{scan_path}: {text}') from None
         similarity[scan_id] = float(prepared.similarity)
         if prepared.similarity < LOW_SIMILARITY:
             warnings.append(
-                f'{scan_path}: the registration to the template is poor (similarity '
-                f'{prepared.similarity:.2f} < {LOW_SIMILARITY}): the slices may not show the '
-                f'levels the model was trained on'
+                f'{scan_path}: {describe_registration(prepared.similarity, LOW_SIMILARITY)} the '
+                f'model was trained on; check the scan (a T1 of the whole head, its header '
+                f'orientation) in any viewer'
             )
         warnings += [f'{scan_path}: {w}' for w in prepared.warnings]
         for number, pixels in zip(prepared.slice_numbers, written_pixels(prepared, recipe)):

@@ -172,8 +172,9 @@ def read_dicom_series(folder: str | Path):
             kind='unreadable',
         )
     if len(series) > 1:
+        named = _series_summary(folder, series, reader)
         raise VolumeError(
-            f'{folder} holds {len(series)} DICOM series ({", ".join(s[-12:] for s in series)}): '
+            f'{folder} holds {len(series)} DICOM series ({named}): '
             f'put each series in its own folder (as the ADNI download does, one image id per '
             f'folder)',
             kind='two-series',
@@ -189,9 +190,43 @@ def read_dicom_series(folder: str | Path):
             f'with dcm2niix and point adni-prepare at the NIfTI',
             kind='unreadable',
         ) from e
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]  # one volume stored as 4D (an enhanced multi-frame file)
+    if image.GetDimension() == 4:
+        size = image.GetSize()
+        raise VolumeError(
+            f'{folder} is 4D ({size[3]} volumes of {size[0]}x{size[1]}x{size[2]}; fMRI or '
+            f'DWI?): give one 3D T1 series per folder',
+            kind='4d',
+        )
     if image.GetDimension() != 3:
         raise VolumeError(f'{folder}: the DICOM series is not 3D', kind='not-3d')
     return sitk.Cast(image, sitk.sitkFloat32)
+
+
+def _series_summary(folder: Path, series_ids, reader) -> str:
+    """``'ADNI_Sag3D MPRAGE' (series 1301, 170 files), ...``: how a person tells series apart
+    (the description the console showed, the series number, the size), not by their UIDs."""
+    import SimpleITK as sitk
+
+    parts = []
+    for uid in series_ids:
+        files = reader.GetGDCMSeriesFileNames(str(folder), uid)
+        description = number = ''
+        try:
+            info = sitk.ImageFileReader()
+            info.SetFileName(files[0])
+            info.ReadImageInformation()
+            if info.HasMetaDataKey('0008|103e'):
+                description = info.GetMetaData('0008|103e').strip()
+            if info.HasMetaDataKey('0020|0011'):
+                number = info.GetMetaData('0020|0011').strip()
+        except (RuntimeError, IndexError):
+            pass
+        name = f"'{description}'" if description else f'no description, UID ...{uid[-12:]}'
+        where = f'series {number}, ' if number else ''
+        parts.append(f'{name} ({where}{len(files)} file{"s" if len(files) != 1 else ""})')
+    return ', '.join(parts)
 
 
 def read_volume(path: str | Path):
