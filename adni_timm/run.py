@@ -485,9 +485,7 @@ class Run:
 
 
 def _finite(row: dict) -> dict:
-    return {
-        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()
-    }
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
 
 
 # ------------------------------------------------------------ does an evaluation belong here

@@ -57,7 +57,7 @@ for name in ('adni_timm.train.loop', 'adni_timm.training'):
     except ImportError:
         pass
 for module in list(sys.modules.values()):
-    if getattr(module, 'save_checkpoint', None) is not None and module.__name__.startswith('adni_timm'):
+    if module.__name__.startswith('adni_timm') and hasattr(module, 'save_checkpoint'):
         module.save_checkpoint = lambda *a, **k: os._exit(137)
 sys.exit(cli.main(sys.argv[1:], prog='train.py'))
 """
@@ -87,14 +87,14 @@ def test_overwrite_killed_twice_keeps_the_finished_run_byte_for_byte(tiny_run, t
         assert aside.is_dir(), f'attempt {attempt}: {proc.stderr}'
         # the finished run is whole, aside, byte for byte
         assert {p: _sha(aside / p) for p in weights} == weights, f'attempt {attempt}'
-    if True:  # any train command on the folder restores it: the replacement never got anywhere
-        code_proc = subprocess.run(
-            [sys.executable, str(ROOT / 'train.py'), '--data-dir', str(tiny_data),
-             '--output-dir', str(run), *TINY],
-            capture_output=True, text=True, timeout=HANG_GUARD, cwd=ROOT,
-        )  # fmt: skip
-    assert code_proc.returncode == 2, code_proc.stderr
-    assert 'restored' in code_proc.stderr and str(aside) in code_proc.stderr, code_proc.stderr
+    # any train command on the folder restores it: the replacement never got anywhere
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / 'train.py'), '--data-dir', str(tiny_data),
+         '--output-dir', str(run), *TINY],
+        capture_output=True, text=True, timeout=HANG_GUARD, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr  # then refused: the folder holds a run again
+    assert 'restored' in proc.stderr and str(aside) in proc.stderr, proc.stderr
     assert not aside.exists()
     assert {p: _sha(run / p) for p in weights} == weights
 
@@ -134,7 +134,9 @@ def test_resume_falls_back_to_the_previous_checkpoint_and_warns_of_lost_rng(tiny
 
 
 @pytest.mark.parametrize('damage', ['state', 'weights'])
-def test_a_damaged_checkpoint_without_a_previous_one_is_one_line(tiny_run, tmp_path, damage, capsys):
+def test_a_damaged_checkpoint_without_a_previous_one_is_one_line(
+    tiny_run, tmp_path, damage, capsys
+):
     run = tmp_path / 'run'
     shutil.copytree(tiny_run[0], run)
     last = run / 'checkpoints' / 'last'
@@ -365,7 +367,9 @@ def test_non_finite_metrics_stay_valid_json(tmp_path):
     assert rows == [{'epoch': 1, 'train_loss': 0.5, 'val_loss': None}]
 
 
-def test_validation_that_diverged_stops_training_in_one_line(tiny_data, tmp_path, monkeypatch, capsys):
+def test_validation_that_diverged_stops_training_in_one_line(
+    tiny_data, tmp_path, monkeypatch, capsys
+):
     loop = _module('adni_timm.train.loop', 'adni_timm.training')
     inference = _module('adni_timm.inference')
     import numpy as np

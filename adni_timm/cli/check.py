@@ -9,7 +9,15 @@ import argparse
 import os
 import sys
 
-from adni_timm.cli import EXIT_OK, EXIT_PROBLEM, HelpFormatter, class_list, examples, existing_dir
+from adni_timm.cli import (
+    EXIT_OK,
+    EXIT_PROBLEM,
+    HelpFormatter,
+    class_list,
+    command,
+    examples,
+    existing_dir,
+)
 
 __all__ = ['build_parser', 'main', 'module_main']
 
@@ -78,6 +86,7 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@command
 def main(argv=None, prog: str = PROG) -> int:
     """``adni-check-data DATA_DIR [...]``: 0 no problems, 1 problems listed, 2 usage error."""
     return _run(build_parser(prog).parse_args(argv))

@@ -17,7 +17,7 @@ import logging
 import sys
 import time
 
-from adni_timm.cli import EXIT_OK, EXIT_PROBLEM, HelpFormatter, examples, fail
+from adni_timm.cli import EXIT_OK, EXIT_PROBLEM, HelpFormatter, command, examples, fail
 
 __all__ = ['main']
 
@@ -250,6 +250,7 @@ def _progress(mode: str):
     return on_plan, on_subject, close
 
 
+@command
 def main(argv=None, prog: str = PROG) -> int:
     args = _parse_args(argv, prog)
     logging.basicConfig(level=logging.WARNING, format='%(message)s')

@@ -102,7 +102,8 @@ def prepare_scans(
         try:
             prepared = slices_from_scan(scan_path, recipe)
         except ValueError as e:  # VolumeError, RegistrationError: one line each
-            raise ScanError(f'{scan_path}: {e}') from None
+            # the message names the file already when it comes from reading it
+            raise ScanError(str(e) if str(scan_path) in str(e) else f'{scan_path}: {e}') from None
         similarity[scan_id] = float(prepared.similarity)
         if prepared.similarity < LOW_SIMILARITY:
             warnings.append(

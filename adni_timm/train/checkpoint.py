@@ -148,9 +148,7 @@ def _candidates(ckpt_root: Path) -> list[Path]:
     """Complete checkpoints, newest first: ``last``, then ``.last.old`` (left by a kill
     between the renames, or the one ``last`` replaced)."""
     return [
-        c
-        for c in (Path(ckpt_root) / LAST, Path(ckpt_root) / OLD)
-        if (c / STATE_FILE).is_file()
+        c for c in (Path(ckpt_root) / LAST, Path(ckpt_root) / OLD) if (c / STATE_FILE).is_file()
     ]
 
 

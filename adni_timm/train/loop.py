@@ -357,7 +357,15 @@ def _resume(
 
 
 def _train_and_validate(
-    setup: Setup, accelerator, cfg: TrainConfig, epoch, state, nets, splits, val_patients, val_labels
+    setup: Setup,
+    accelerator,
+    cfg: TrainConfig,
+    epoch,
+    state,
+    nets,
+    splits,
+    val_patients,
+    val_labels,
 ) -> tuple[dict[str, float], dict[str, Candidate]]:
     """One epoch's training pass, then each set of weights scored on validation."""
     train_stats = train_one_epoch(

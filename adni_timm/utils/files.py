@@ -13,12 +13,16 @@ import io
 import json
 import os
 import re
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
 __all__ = [
+    'staged_dir',
     'write_json',
     'read_json',
     'write_yaml',
@@ -86,3 +90,26 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 def safe_name(text: str, fallback: str = 'x') -> str:
     """``text`` as a file-name part: letters, digits, '-', '.', '_' kept; other runs -> '-'."""
     return re.sub(r'[^A-Za-z0-9._-]+', '-', str(text).strip()).strip('-') or fallback
+
+
+@contextmanager
+def staged_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """A folder written whole or not at all: the block writes into a hidden sibling, which is
+    renamed to ``path`` when the block ends without an error (replacing what was there) and
+    removed when it fails. A full disk or Ctrl-C leaves no half-written folder, and the folder
+    it replaces stays whole until the new one is complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{path.name}.partial-', dir=path.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if path.exists():
+        old = Path(tempfile.mkdtemp(prefix=f'.{path.name}.old-', dir=path.parent)) / path.name
+        path.rename(old)
+    tmp.rename(path)
+    if old is not None:
+        shutil.rmtree(old.parent, ignore_errors=True)
