@@ -402,3 +402,22 @@ def test_subprocess_timeouts_in_the_suite_are_hang_guards():
             if any(int(value) < HANG_GUARD for value in values):
                 short.append(f'{path.name}:{number}: {line.strip()}')
     assert not short, '\n'.join(short)
+
+
+def test_a_staged_folder_keeps_what_else_the_target_holds(tmp_path):
+    from adni_timm.utils.files import staged_dir
+
+    out = tmp_path / 'results'
+    out.mkdir()
+    (out / 'mine.txt').write_text("the user's own file")
+    (out / 'metrics.json').write_text('old')
+    with staged_dir(out, marker='metrics.json') as staging:
+        (staging / 'metrics.json').write_text('new')
+        (staging / 'cam').mkdir()
+    assert sorted(p.name for p in out.iterdir()) == ['cam', 'metrics.json', 'mine.txt']
+    assert (out / 'metrics.json').read_text() == 'new'
+    with pytest.raises(OSError), staged_dir(out, marker='metrics.json') as staging:
+        (staging / 'metrics.json').write_text('newer')
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    assert (out / 'metrics.json').read_text() == 'new'  # the earlier evaluation, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['results']

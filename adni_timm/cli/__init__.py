@@ -13,10 +13,11 @@ Exit codes, the same for every command (README, "Exit codes"):
       cannot be decoded, train and test sharing a patient, recorded patients missing from the
       data (``adni_timm.data.DataError`` and its subclasses)
 2     a usage error or a refused input: an unknown flag or bad value, a path, model, run or
-      config that does not exist or cannot be used, a run folder that already exists, an upload
-      that failed; one ``PROG: error: ...`` line on stderr says what and how to fix it
+      config that does not exist or cannot be used, a run folder that already exists, a damaged
+      file, a full disk, an upload that failed; one ``PROG: error: ...`` line on stderr says what
+      and how to fix it
 3     ``adni-train`` only: the GPU ran out of memory (continue with ``--resume``)
-130   interrupted (Ctrl-C)
+130   interrupted (Ctrl-C), at any moment: ``command`` and ``adni_timm.utils.interrupt``
 ====  ==========================================================================================
 """
 

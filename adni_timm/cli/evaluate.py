@@ -233,9 +233,9 @@ def main(argv=None, prog: str = PROG) -> int:
             )
             out = args.output_dir or evaluation.default_output_dir(model, tag)
             evaluation.check_output_dir(model, out, tag)
-            # written beside OUT and renamed into place: a full disk or Ctrl-C leaves no
+            # written beside OUT and moved in when complete: a full disk or Ctrl-C leaves no
             # half-written evaluation, and an earlier one in OUT stays whole until then
-            with staged_dir(out) as staging:
+            with staged_dir(out, marker='metrics.json') as staging:
                 result = evaluation.evaluate(
                     model,
                     args.data_dir,
