@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from ..run import Run
 from ..utils.distributed import first_error, raise_agreed, run_on_main
+from ..utils.legacy import upgrade
 
 __all__ = [
     'CheckpointError',
@@ -181,7 +182,7 @@ def load_checkpoint(accelerator: Accelerator, ckpt_dir: Path, ema=None) -> dict[
             )
     except Exception as e:  # noqa: BLE001 - safetensors, torch.load, shapes: one line each
         raise CheckpointError(f'{ckpt_dir} is damaged ({_short(e)})') from None
-    return state
+    return upgrade(state)  # older runs: 'patient'
 
 
 def _warn_if_rng_unreadable(accelerator: Accelerator, ckpt_dir: Path) -> None:
