@@ -75,6 +75,7 @@ def _train_killed_at_first_checkpoint(tmp_path, *args):
     )
 
 
+@pytest.mark.slow
 def test_overwrite_killed_twice_keeps_the_finished_run_byte_for_byte(tiny_run, tiny_data, tmp_path):
     run = tmp_path / 'run'
     shutil.copytree(tiny_run[0], run)
@@ -113,6 +114,7 @@ def test_a_replacement_with_a_checkpoint_lets_the_old_run_go(tiny_run, tmp_path)
     assert str(aside) in message
 
 
+@pytest.mark.slow
 def test_resume_falls_back_to_the_previous_checkpoint_and_warns_of_lost_rng(tiny_run, tmp_path):
     run = tmp_path / 'run'
     shutil.copytree(tiny_run[0], run)
