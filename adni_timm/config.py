@@ -226,8 +226,14 @@ def load_config(
             raise ConfigError(
                 f'config file {path} does not exist; presets: {", ".join(preset_names())}'
             )
-        with path.open(encoding='utf-8') as f:
-            loaded = yaml.safe_load(f) or {}
+        try:
+            with path.open(encoding='utf-8') as f:
+                loaded = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:  # a python/object tag is refused by safe_load: say so
+            raise ConfigError(
+                f'{path} is not a plain YAML config ({" ".join(str(e).split())}); a config maps '
+                f'keys to numbers, text, true/false or lists, without tags such as !!python'
+            ) from None
         if not isinstance(loaded, dict):
             raise ConfigError(f'{path} must hold a mapping of config keys to values')
         values.update(loaded)

@@ -31,11 +31,14 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import yaml
 
 from .config import TrainConfig, config_to_dict, make_config
 from .data.note import DataNote
 from .export.format import WEIGHTS_NAME, is_export, read_export_settings
+from .utils.distributed import raise_agreed, run_on_main
 from .utils.files import read_json, read_yaml, sha256_file, write_json, write_yaml
 from .utils.legacy import scan_column, upgrade
 
@@ -138,7 +141,13 @@ class RunRecord:
                 f'{run.record_file} not found; is {run.path} a training run folder '
                 f'(train.py --output-dir)?'
             )
-        raw = read_yaml(run.record_file) or {}
+        try:
+            raw = read_yaml(run.record_file) or {}
+        except yaml.YAMLError as e:
+            raise RunError(
+                f'{run.record_file} is damaged ({" ".join(str(e).split())}); it is written once '
+                f'when a run starts: restore it from a copy, or start a new run'
+            ) from None
         resumes = (
             [
                 json.loads(line)
@@ -476,7 +485,8 @@ class Run:
         from . import plots  # matplotlib only when a run writes its curves
 
         tmp = self.path / f'.{self.HISTORY}.tmp'
-        tmp.write_text(''.join(json.dumps(row) + '\n' for row in history))
+        # strict JSON: a non-finite value (a diverged epoch) is null, never Infinity / NaN
+        tmp.write_text(''.join(json.dumps(_finite(row), allow_nan=False) + '\n' for row in history))
         tmp.replace(self.history_file)
         plots.plot_curves(
             history,
@@ -485,6 +495,10 @@ class Run:
             best_weights=best_weights,
             context=context,
         )
+
+
+def _finite(row: dict) -> dict:
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
 
 
 # ------------------------------------------------------------ does an evaluation belong here
@@ -565,23 +579,70 @@ def plain_precision(precision) -> str:
 
 
 class OldRunAside:
-    """``--overwrite`` without losing work: the old run moves aside only after every check has
-    passed, is deleted once the new run has its first checkpoint (``release``), and comes back if
-    the new run fails before that."""
+    """``--overwrite`` without losing work: the old run moves aside (``.RUN.replaced``) only after
+    every check has passed, is deleted once the new run has its first checkpoint (``release``), and
+    comes back if the new run fails before that. A kill leaves it aside: ``recover``, which every
+    train command runs first, puts it back or lets it go."""
 
     def __init__(self, run: Run, accelerator, active: bool):
         self.run, self.accelerator = run, accelerator
         self.active = active and run.has_content()
-        self.aside = run.path.with_name(f'.{run.path.name}.replaced')
+        self.aside = self.aside_of(run)
+
+    @staticmethod
+    def aside_of(run: Run) -> Path:
+        return run.path.with_name(f'.{run.path.name}.replaced')
+
+    @classmethod
+    def recover(cls, run: Run, has_checkpoint: Callable[[Path], bool]) -> str | None:
+        """What a killed ``--overwrite`` left behind, settled; a sentence for the log, or None.
+
+        The replaced run in ``.RUN.replaced`` is finished work: it goes back to ``RUN`` when the run
+        replacing it never reached its first checkpoint (``has_checkpoint(RUN)`` is False; its
+        partial folder is removed), and is deleted only once that run has one.
+        """
+        aside = cls.aside_of(run)
+        if not aside.is_dir():
+            return None
+        if run.path.is_dir() and has_checkpoint(run.path):
+            shutil.rmtree(aside)
+            return (
+                f'deleted {aside}, the run that --overwrite replaced: its replacement {run.path} '
+                f'has a checkpoint of its own'
+            )
+        partial = None
+        if run.path.exists():  # the replacement's first files: no checkpoint, nothing finished
+            partial = run.path.with_name(f'.{run.path.name}.interrupted')
+            shutil.rmtree(partial, ignore_errors=True)
+            run.path.rename(partial)
+        aside.rename(run.path)
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+        return (
+            f'restored {run.path} from {aside}: the --overwrite run that replaced it was '
+            f'interrupted before its first checkpoint'
+            + (' (its partial folder was removed)' if partial is not None else '')
+        )
 
     def __enter__(self) -> OldRunAside:
-        if self.active and self.accelerator.is_main_process:
-            shutil.rmtree(self.aside, ignore_errors=True)
+        def move_aside():
+            if self.aside.exists():  # recover() settled it first: a finished run is never deleted
+                raise RunError(
+                    f'{self.aside} holds a run replaced by an earlier --overwrite; move it away '
+                    f'or delete it, then run again'
+                )
             self.run.path.rename(self.aside)
             _logger.warning(
                 '--overwrite: %s moved to %s; deleted once the new run has its first checkpoint',
                 self.run.path,
                 self.aside,
+            )
+
+        if self.active:
+            raise_agreed(
+                run_on_main(self.accelerator, move_aside, f'--overwrite of {self.run.path}'),
+                RunError,
+                '',
             )
         self.accelerator.wait_for_everyone()
         return self

@@ -13,16 +13,19 @@ Exit codes, the same for every command (README, "Exit codes"):
       cannot be decoded, train and test sharing a scan, recorded scans missing from the
       data (``adni_timm.data.DataError`` and its subclasses)
 2     a usage error or a refused input: an unknown flag or bad value, a path, model, run or
-      config that does not exist or cannot be used, a run folder that already exists, an upload
-      that failed; one ``PROG: error: ...`` line on stderr says what and how to fix it
+      config that does not exist or cannot be used, a run folder that already exists, a damaged
+      file, a full disk, an upload that failed; one ``PROG: error: ...`` line on stderr says what
+      and how to fix it
 3     ``adni-train`` only: the GPU ran out of memory (continue with ``--resume``)
-130   interrupted (Ctrl-C)
+130   interrupted (Ctrl-C), at any moment: ``command`` and ``adni_timm.utils.interrupt``
 ====  ==========================================================================================
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import functools
 import sys
 from pathlib import Path
 
@@ -33,7 +36,9 @@ __all__ = [
     'EXIT_OUT_OF_MEMORY',
     'EXIT_INTERRUPTED',
     'HelpFormatter',
+    'command',
     'exit_code',
+    'describe_os_error',
     'fail',
     'examples',
     'class_list',
@@ -53,6 +58,39 @@ def exit_code(error: BaseException) -> int:
     from adni_timm.data import DataError  # lazy: --help must not import torch
 
     return EXIT_PROBLEM if isinstance(error, DataError) else EXIT_REFUSED
+
+
+def command(main):
+    """A command's ``main(argv=None, prog=PROG)``: Ctrl-C at any moment is one line and exit 130.
+
+    The import of torch before ``main`` runs is covered by ``adni_timm.utils.interrupt`` (set up
+    when ``adni_timm`` is imported by a command); from here on Python's own handler raises
+    ``KeyboardInterrupt``, so ``with`` blocks and ``finally`` clean up as the stack unwinds.
+    """
+
+    @functools.wraps(main)
+    def wrapper(argv=None, prog: str | None = None, **kwargs) -> int:
+        from adni_timm.utils.interrupt import restore_default
+
+        restore_default()
+        prog = prog or main.__globals__.get('PROG', 'adni-timm')
+        try:
+            return main(argv, prog=prog, **kwargs)
+        except KeyboardInterrupt:
+            print(f'{prog}: interrupted', file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+    return wrapper
+
+
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+
+
+def describe_os_error(error: OSError, writing: str | Path) -> str:
+    """A full (or read-only) disk named with the folder being written; other errors as they are."""
+    if error.errno in _DISK_ERRORS:
+        return f'writing {writing} failed: {error.strerror or error}; nothing was written there'
+    return str(error)
 
 
 def fail(prog: str, error: BaseException | str, code: int | None = None) -> int:

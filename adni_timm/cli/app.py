@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from adni_timm.cli import EXIT_OK, EXIT_REFUSED, HelpFormatter, examples, fail
+from adni_timm.cli import EXIT_OK, EXIT_REFUSED, HelpFormatter, command, examples, fail
 
 __all__ = ['build_parser', 'main']
 
@@ -63,6 +63,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     return parser
 
 
+@command
 def main(argv=None, prog: str = PROG) -> int:
     """Serves until stopped (0); 2 when the model cannot be loaded or gradio is missing."""
     parser = build_parser(prog)

@@ -14,6 +14,7 @@ from adni_timm.cli import (
     EXIT_PROBLEM,
     HelpFormatter,
     class_list,
+    command,
     examples,
     existing_dir,
     existing_path,
@@ -137,6 +138,7 @@ def _audit(slices, csv_path, workers: int) -> list[str]:
     ]
 
 
+@command
 def main(argv=None, prog: str = PROG) -> int:
     """``adni-check-data DATA_DIR [...]``: 0 no problems, 1 problems listed, 2 usage error."""
     return _run(build_parser(prog).parse_args(argv))

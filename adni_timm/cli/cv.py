@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from adni_timm.cli import EXIT_OK, HelpFormatter, examples, fail
+from adni_timm.cli import EXIT_OK, HelpFormatter, command, examples, fail
 
 __all__ = ['build_parser', 'main']
 
@@ -65,6 +65,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     return parser
 
 
+@command
 def main(argv=None, prog: str = PROG) -> int:
     """0 done, 2 a run that cannot be read or runs on different folds (one line on stderr)."""
     from adni_timm.cv.summary import cv_summary, format_cv_table

@@ -17,8 +17,11 @@ import time
 
 from adni_timm.cli import (
     EXIT_OK,
+    EXIT_REFUSED,
     HelpFormatter,
     class_list,
+    command,
+    describe_os_error,
     examples,
     existing_dir,
     existing_path,
@@ -195,6 +198,7 @@ def _parse_args(argv, prog: str = PROG):
     return args
 
 
+@command
 def main(argv=None, prog: str = PROG) -> int:
     """0 done; 1 a problem in the data (files that cannot be decoded); 2 a refused input."""
     args = _parse_args(argv, prog)
@@ -205,7 +209,9 @@ def main(argv=None, prog: str = PROG) -> int:
     from adni_timm.evaluation.options import CamOptions, EvaluationOptions
     from adni_timm.inference import load_model
 
-    start = time.perf_counter()
+    from adni_timm.utils.files import staged_dir
+
+    start, out = time.perf_counter(), args.output_dir
     try:
         options = EvaluationOptions(
             batch_size=args.batch_size,
@@ -245,20 +251,25 @@ def main(argv=None, prog: str = PROG) -> int:
             )
             out = args.output_dir or evaluation.default_output_dir(model, tag)
             evaluation.check_output_dir(model, out, tag)
-            result = evaluation.evaluate(
-                model,
-                args.data_dir,
-                split=args.split,
-                output_dir=out,
-                threshold=args.threshold,
-                target_sensitivity=args.target_sensitivity,
-                n_boot=args.n_boot,
-                options=options,
-                subjects=args.subjects,
-            )
+            # written beside OUT and moved in when complete: a full disk or Ctrl-C leaves no
+            # half-written evaluation, and an earlier one in OUT stays whole until then
+            with staged_dir(out, marker='metrics.json') as staging:
+                result = evaluation.evaluate(
+                    model,
+                    args.data_dir,
+                    split=args.split,
+                    output_dir=staging,
+                    threshold=args.threshold,
+                    target_sensitivity=args.target_sensitivity,
+                    n_boot=args.n_boot,
+                    options=options,
+                    subjects=args.subjects,
+                )
             print(evaluation.format_table(result))
-    except (ValueError, OSError) as e:
-        # EvaluationError, ExportError, RunError, missing files: refused (2); DataError: data (1)
+    except OSError as e:  # missing files; a full disk names the folder it was writing
+        return fail(prog, describe_os_error(e, out) if out else e, EXIT_REFUSED)
+    except ValueError as e:
+        # EvaluationError, ExportError, RunError: refused (2); DataError: data (1)
         return fail(prog, e)
     print(f'wrote {out} in {time.perf_counter() - start:.1f} s')
     return EXIT_OK

@@ -17,7 +17,7 @@ import logging
 import sys
 import time
 
-from adni_timm.cli import EXIT_OK, EXIT_PROBLEM, HelpFormatter, examples, fail
+from adni_timm.cli import EXIT_OK, EXIT_PROBLEM, HelpFormatter, command, examples, fail
 from adni_timm.prepare.similarity import DEFAULT_MIN_SIMILARITY
 
 __all__ = ['main']
@@ -262,6 +262,7 @@ def _write_failure(error: OSError, out) -> str:
     )
 
 
+@command
 def main(argv=None, prog: str = PROG) -> int:
     args = _parse_args(argv, prog)
     logging.basicConfig(level=logging.WARNING, format='%(message)s')

@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from adni_timm.cli import EXIT_OK, HelpFormatter, examples, fail
+from adni_timm.cli import EXIT_OK, HelpFormatter, command, examples, fail
 from adni_timm.export.format import ExportError
 from adni_timm.publish.hub import HubError, push_to_hub
 
@@ -102,6 +102,7 @@ def format_file_list(files: list[Path]) -> str:
     return '\n'.join(lines)
 
 
+@command
 def main(argv=None, prog: str = PROG) -> int:
     """0 uploaded (or written, with --dry-run); 2 refused: a bad repo id, a run without weights,
     an evaluation of other weights, no token, a failed upload (the export is kept)."""

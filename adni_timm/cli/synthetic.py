@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from adni_timm.cli import EXIT_OK, HelpFormatter, examples, fail
+from adni_timm.cli import EXIT_OK, HelpFormatter, command, examples, fail
 
 __all__ = ['build_parser', 'main']
 
@@ -173,6 +173,7 @@ def volumes_main(argv, prog: str = PROG) -> int:
     return EXIT_OK
 
 
+@command
 def main(argv=None, prog: str = PROG) -> int:
     """0 written, 2 refused (a folder that already holds files, unknown classes)."""
     argv = sys.argv[1:] if argv is None else list(argv)

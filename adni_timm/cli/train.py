@@ -20,6 +20,7 @@ from adni_timm.cli import (
     EXIT_INTERRUPTED,
     EXIT_OUT_OF_MEMORY,
     HelpFormatter,
+    command,
     examples,
     existing_dir,
     fail,
@@ -210,6 +211,7 @@ def _train(record, run_dir, **kwargs):
     return train(record, run_dir, **kwargs)
 
 
+@command
 def main(argv=None, prog: str = PROG) -> int:
     """Exit codes: ``adni_timm.cli`` (0 ok, 1 a problem in the data, 2 refused, 3 out of GPU
     memory, 130 interrupted)."""
@@ -232,7 +234,7 @@ def main(argv=None, prog: str = PROG) -> int:
         ExportError,
         InferenceError,
         RunError,
-        FileNotFoundError,
+        OSError,  # a missing file; a full disk outside a checkpoint (the record, the split)
     ) as e:
         return fail(prog, e)
     except torch.OutOfMemoryError:

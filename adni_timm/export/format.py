@@ -42,6 +42,7 @@ from typing import Any
 import timm
 import torch
 from huggingface_hub import hf_hub_download
+from safetensors import SafetensorError, safe_open
 from timm.models import save_for_hf
 
 from ..utils.files import read_json, sha256_file, write_json
@@ -136,6 +137,7 @@ def export_model(
         },
         EXTRA_KEY: extra,
     }
+    _clear_leftovers(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', dir=out_dir.parent))
     try:
         # weights only: never a pickle (.bin), so local-dir:
@@ -154,6 +156,17 @@ def export_model(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def _clear_leftovers(out_dir: Path) -> None:
+    """What a kill during an earlier export left: its temporary folder (removed) and, between the
+    two renames of ``_swap_in``, the previous export in ``.NAME.old`` (put back)."""
+    old = out_dir.with_name(f'.{out_dir.name}.old')
+    if old.is_dir() and not out_dir.exists():
+        old.rename(out_dir)
+    for stale in out_dir.parent.glob(f'.{out_dir.name}.*'):
+        if stale.is_dir() and stale != old:
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _swap_in(tmp: Path, out_dir: Path) -> None:
@@ -176,6 +189,7 @@ def export_with_settings(
     these weights still belongs to them (a refit's ``RUN/final``)."""
     src, out_dir = Path(src), Path(out_dir)
     config = read_export_config(src)
+    _clear_leftovers(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', dir=out_dir.parent))
     try:
         for f in src.iterdir():
@@ -428,10 +442,46 @@ def _as_one_channel(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+# create_model's own arguments: from config.json's model_args they are a TypeError in timm
+_CREATE_MODEL_ARGS = (
+    'pretrained',
+    'pretrained_cfg',
+    'pretrained_cfg_overlay',
+    'checkpoint_path',
+    'cache_dir',
+    'scriptable',
+    'exportable',
+    'no_jit',
+)
+
+
+def check_loadable(config: dict[str, Any], weights: str | os.PathLike, where: str) -> None:
+    """Refuse, in one line, what would break timm's loader with a traceback: ``model_args`` that
+    set create_model's own arguments, and a weights file whose safetensors header is damaged
+    (truncated, or hostile: only the header is read)."""
+    model_args = config.get('model_args', {})
+    if not isinstance(model_args, dict):
+        raise ExportError(f'{where}: "model_args" must be a mapping of keyword arguments')
+    reserved = sorted(set(model_args) & set(_CREATE_MODEL_ARGS))
+    if reserved:
+        raise ExportError(
+            f'{where}: model_args sets {reserved}, which timm.create_model sets itself; remove '
+            f'them (an export written by adni-timm has none)'
+        )
+    try:
+        with safe_open(str(weights), framework='pt'):
+            pass
+    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError: the file, not the code
+        raise ExportError(
+            f'{weights} is not a readable safetensors file ({type(e).__name__}: '
+            f'{" ".join(str(e).split())}); export or download it again'
+        ) from None
+
+
 def _create_pretrained(name: str, **kwargs) -> torch.nn.Module:
     try:
         return timm.create_model(name, pretrained=True, **kwargs)
-    except (OSError, RuntimeError, ValueError, KeyError) as e:
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, SafetensorError) as e:
         # missing files, offline Hub, shape mismatch
         hint = (
             ' Check the repository id (ORG/NAME[@revision]) and the network; offline, the '
@@ -463,6 +513,7 @@ def load_export(ref: str | os.PathLike, export_dir: Path | None = None) -> Expor
                 f'(ORG/NAME[@revision]) and the network; offline, the repository must be in '
                 f'the Hugging Face cache.'
             ) from e
+        check_loadable(config, weights, f'{ref} config.json')
         net = _load(ref, config)
         export_dir = None
         _fetch_optional(rest, OPTIONAL_FILES)  # the input check, when the repo has one
@@ -476,6 +527,7 @@ def load_export(ref: str | os.PathLike, export_dir: Path | None = None) -> Expor
                 f'export the model with adni_timm.export.format.export_model or '
                 f'timm.models.save_for_hf.'
             )
+        check_loadable(config, weights, str(export_dir / CONFIG_NAME))
         net = _load(f'local-dir:{export_dir}', config)
     return Export(
         net=net.eval(),

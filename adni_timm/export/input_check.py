@@ -54,6 +54,7 @@ from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 from PIL import Image
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from ..data.images import is_colour, to_gray
@@ -570,7 +571,7 @@ class InputCheck:
             tensors = load_file(str(export_dir / TENSORS_NAME))
             image, feats = record['image'], record['features']
             version = record.get('format')
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, SafetensorError) as e:
             raise InputCheckError(
                 f'{path} or {TENSORS_NAME} beside it cannot be read ({type(e).__name__}: {e}); '
                 f'fit the input check again or delete both files'

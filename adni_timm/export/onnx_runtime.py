@@ -207,9 +207,16 @@ class OnnxClassifier:
         if threads is not None:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            str(onnx_path), options, providers=list(providers or ['CPUExecutionProvider'])
-        )
+        try:
+            self.session = ort.InferenceSession(
+                str(onnx_path), options, providers=list(providers or ['CPUExecutionProvider'])
+            )
+        except Exception as e:  # noqa: BLE001 - InvalidProtobuf, Fail, ...: the file is damaged
+            raise OnnxRuntimeError(
+                f'{onnx_path} cannot be loaded by onnxruntime ({type(e).__name__}: '
+                f'{" ".join(str(e).split())[:300]}): delete it (a local export writes it again '
+                f'from its weights) or export it again (push_to_hub.py --onnx)'
+            ) from None
         meta = self.session.get_modelmeta().custom_metadata_map
         self.weights_sha256 = meta.get('weights_sha256') or None
         weights = onnx_path.with_name(WEIGHTS_NAME)

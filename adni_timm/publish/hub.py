@@ -181,6 +181,10 @@ def build_export_folder(
         plot_sources[EvalFolder.POPULATION_MAPS] = folder.population_maps  # an average, no scan
     plots = {name: src for name, src in plot_sources.items() if src.is_file()}
 
+    # a damaged weights file is refused in one line before anything is written
+    export.check_loadable(
+        export.read_export_config(best), best / WEIGHTS_NAME, str(best / export.CONFIG_NAME)
+    )
     out_dir = _prepare_out_dir(Path(out_dir))
     config = export.copy_export(best, out_dir)  # converts an older format to the current one
     for name, src in plots.items():
@@ -279,7 +283,12 @@ def _read_eval_metrics(path: str | os.PathLike | None) -> dict[str, Any] | None:
             f'--eval {path} does not exist; run evaluate.py '
             f'--output-dir OUT and pass OUT/metrics.json'
         )
-    metrics = upgrade(read_json(path))
+    try:
+        metrics = upgrade(read_json(path))
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError: a torn or foreign file
+        raise HubError(
+            f'--eval {path} is not valid JSON ({e}); pass the metrics.json evaluate.py wrote'
+        ) from None
     if not isinstance(metrics, dict) or not any(
         isinstance(metrics.get(k), dict) for k in ('slice', 'scan')
     ):

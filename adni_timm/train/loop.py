@@ -33,7 +33,13 @@ from timm.utils import ModelEmaV3
 
 from .. import data, metrics, plots
 from ..export import format as export
-from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    has_checkpoint,
+    kept_note,
+    resume_checkpoint,
+    save_checkpoint,
+)
 from ..config import TrainConfig, config_to_dict, fit_warmup
 from ..utils.display import fmt, fmt_duration
 from ..utils.distributed import raise_agreed, run_on_main
@@ -161,12 +167,20 @@ def open_run(
     accelerator = make_accelerator(record.config, run)
     if not accelerator.is_main_process:  # one voice: other processes only report errors
         logging.getLogger('adni_timm').setLevel(logging.ERROR)
+    stop_if(run_on_main(accelerator, lambda: _recover_replaced(run), f'checking {run.path}'))
     if resume:
         record.check_processes(accelerator.num_processes)
         return accelerator, record
     if not overwrite:
         run.refuse_existing()
     return accelerator, record.with_hardware(accelerator)
+
+
+def _recover_replaced(run: Run) -> None:
+    """A run that a killed ``--overwrite`` left in ``.RUN.replaced``: back, or let go."""
+    note = OldRunAside.recover(run, has_checkpoint)
+    if note:
+        _logger.warning(note)
 
 
 def train(
@@ -329,19 +343,51 @@ def _resume(
 ) -> LoopState:
     """Weights, optimizer, RNG states and loop state from the last checkpoint; the record gains
     one line in resumes.jsonl."""
-    ckpt = find_checkpoint(run.checkpoints_dir)
-    if ckpt is None:
-        raise TrainingError(
-            f'--resume: no complete checkpoint in {run.checkpoints_dir}; start a new run '
-            f'without --resume (or with --overwrite)'
-        )
-    state = LoopState.from_dict(load_checkpoint(accelerator, ckpt, setup.ema))
+    try:  # last, or the one before it when last is damaged (said in a warning)
+        raw, ckpt = resume_checkpoint(accelerator, run.checkpoints_dir, setup.ema)
+    except CheckpointError as e:
+        raise TrainingError(str(e)) from None
+    state = LoopState.from_dict(raw)
     setup.scheduler.step_update(num_updates=state.num_updates)
     if accelerator.is_main_process:
         run.append_resume(record.resume_entry(accelerator, after_epoch=state.epoch))
         _repair_best_export(run, state, setup.base_model, setup.ema, record, described)
     _logger.info('resumed from %s after epoch %d', ckpt, state.epoch)
     return state
+
+
+def _train_and_validate(
+    setup: Setup,
+    accelerator,
+    cfg: TrainConfig,
+    epoch,
+    state,
+    nets,
+    splits,
+    val_scans,
+    val_labels,
+) -> tuple[dict[str, float], dict[str, Candidate]]:
+    """One epoch's training pass, then each set of weights scored on validation."""
+    train_stats = train_one_epoch(
+        model=setup.model,
+        base_model=setup.base_model,
+        loader=setup.train_loader,
+        optimizer=setup.optimizer,
+        scheduler=setup.scheduler,
+        loss_fn=setup.loss_fn,
+        mixup=setup.mixup,
+        ema=setup.ema,
+        accelerator=accelerator,
+        cfg=cfg,
+        epoch=epoch,
+        state=state,
+    )
+    candidates = (
+        validate(nets, setup.val_loader, accelerator, cfg, val_scans, val_labels)
+        if splits.val
+        else {}
+    )
+    return train_stats, candidates
 
 
 def _loop(
@@ -366,25 +412,12 @@ def _loop(
     for epoch in range(state.epoch, cfg.epochs):
         t0 = time.perf_counter()
         _reseed_loader(setup.train_loader, cfg, accelerator, epoch)
-        train_stats = train_one_epoch(
-            model=setup.model,
-            base_model=base_model,
-            loader=setup.train_loader,
-            optimizer=setup.optimizer,
-            scheduler=setup.scheduler,
-            loss_fn=setup.loss_fn,
-            mixup=setup.mixup,
-            ema=ema,
-            accelerator=accelerator,
-            cfg=cfg,
-            epoch=epoch,
-            state=state,
-        )
-        candidates = (
-            validate(nets, setup.val_loader, accelerator, cfg, val_scans, val_labels)
-            if splits.val
-            else {}
-        )
+        try:
+            train_stats, candidates = _train_and_validate(
+                setup, accelerator, cfg, epoch, state, nets, splits, val_scans, val_labels
+            )
+        except TrainingError as e:  # diverged: say what the run can still continue from
+            raise TrainingError(f'{e}; {kept_note(run.checkpoints_dir)}') from None
         row = _epoch_row(
             epoch,
             train_stats,
@@ -480,8 +513,8 @@ def train_one_epoch(
             if not math.isfinite(mean_loss):
                 raise TrainingError(
                     f'non-finite training loss ({mean_loss}) in epoch '
-                    f'{epoch + 1}, step {step}; the last good checkpoint is kept. '
-                    f'Lower --lr, keep --clip-grad, or use --mixed-precision no'
+                    f'{epoch + 1}, step {step}: lower --lr, keep --clip-grad, or use '
+                    f'--mixed-precision no'
                 )
             progress.set_postfix(
                 loss=f'{mean_loss:.4f}', lr=f'{optimizer.param_groups[0]["lr"]:.2e}'
@@ -529,6 +562,12 @@ def validate(
             accelerator=accelerator,
             with_loss=True,
         )
+        if not (np.isfinite(probs).all() and np.isfinite(losses).all()):
+            # fit_temperature and the metrics below need finite outputs: the weights diverged
+            raise TrainingError(
+                f'the {name} weights give non-finite outputs on the validation slices '
+                f'(training diverged): lower --lr, keep --clip-grad, or use --mixed-precision no'
+            )
         point = metrics.operating_point(probs, labels, scans, positive, cfg.target_sensitivity)
         y = (labels == positive).astype(np.int64)
         report = metrics.slice_and_scan_metrics(scans, y, point['p_pos'], point['threshold'])

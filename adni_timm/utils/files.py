@@ -13,12 +13,16 @@ import io
 import json
 import os
 import re
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
 __all__ = [
+    'staged_dir',
     'write_json',
     'read_json',
     'write_yaml',
@@ -86,3 +90,36 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 def safe_name(text: str, fallback: str = 'x') -> str:
     """``text`` as a file-name part: letters, digits, '-', '.', '_' kept; other runs -> '-'."""
     return re.sub(r'[^A-Za-z0-9._-]+', '-', str(text).strip()).strip('-') or fallback
+
+
+@contextmanager
+def staged_dir(path: str | os.PathLike, marker: str | None = None) -> Iterator[Path]:
+    """A folder's new files written whole or not at all: the block writes into a hidden sibling,
+    whose files move into ``path`` when the block ends without an error, and which is removed
+    when it fails. A full disk or Ctrl-C leaves no half-written file in ``path``.
+
+    A new or empty ``path`` is one rename. An existing folder keeps whatever else it holds (it
+    may be the user's own folder): each new file replaces its namesake, ``marker`` (the file that
+    says the folder is complete, e.g. ``metrics.json``) is removed first and moved last, so a kill
+    while moving never leaves an old marker beside new files.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{path.name}.partial-', dir=path.parent))
+    try:
+        yield tmp
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        if not path.exists():
+            tmp.rename(path)
+            return
+        if marker is not None:
+            (path / marker).unlink(missing_ok=True)
+        entries = sorted(tmp.iterdir(), key=lambda p: p.name == marker)  # the marker last
+        for entry in entries:
+            target = path / entry.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            entry.replace(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
