@@ -66,7 +66,7 @@ def test_open_image_refuses_from_the_header(png_bomb, tmp_path):
             pytest.fail('the body must not run: nothing is decoded')
     # PIL's own guard (an error above 2 x MAX_IMAGE_PIXELS): the same one-line refusal
     huge = write_png_bomb(tmp_path / 'huge.png', 20_000, 20_000, bits=8)
-    with pytest.raises(ImageTooLarge, match='too many pixels'):
+    with pytest.raises(ImageTooLarge, match='declares 400,000,000 pixels: slices are at most 2048'):
         with open_image(huge):
             pass
     ok = tmp_path / 'ok.png'
@@ -88,7 +88,7 @@ def test_check_data_refuses_a_huge_slice_from_its_header(png_bomb, tmp_path):
     hostile = run_measured(cli('check'), baseline_dir)
     shown = hostile.stdout + hostile.stderr
     assert hostile.returncode == 1, shown
-    assert 'bomb_70.png' in shown and '13000 x 13000 px: slices are at most 4096 px' in shown
+    assert 'bomb_70.png' in shown and '13000 x 13000 px: slices are at most 2048 px' in shown
     _assert_bounded(hostile, baseline, 'adni-check-data')
 
 
@@ -104,7 +104,7 @@ def test_evaluate_images_refuses_a_huge_slice_with_bounded_memory(png_bomb, smal
     hostile = run_measured(cli('evaluate'), *args)
     assert hostile.returncode == 1, hostile.stdout + hostile.stderr  # a bad file: exit 1
     assert hostile.stderr.startswith('adni-evaluate: error:') or 'error:' in hostile.stderr
-    assert '13000 x 13000 px: slices are at most 4096 px a side' in hostile.stderr
+    assert '13000 x 13000 px: slices are at most 2048 px a side' in hostile.stderr
     _assert_bounded(hostile, baseline, 'evaluate --images')
 
 
@@ -124,7 +124,7 @@ def test_train_refuses_a_huge_slice_before_training(png_bomb, tmp_path):
     shutil.copy(png_bomb, target / png_bomb.name)
     hostile = run_measured(cli('train'), *args)
     assert hostile.returncode == 1, hostile.stderr
-    assert '13000 x 13000 px: slices are at most 4096 px a side' in hostile.stderr
+    assert '13000 x 13000 px: slices are at most 2048 px a side' in hostile.stderr
     assert not (tmp_path / 'run' / 'best').exists()
     _assert_bounded(hostile, baseline, 'train')
 

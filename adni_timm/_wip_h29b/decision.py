@@ -49,7 +49,7 @@ def check_min_accepted(value: float) -> float:
     value = float(value)
     if not 0.0 <= value <= 1.0 or value != value:
         raise ValueError(
-            f'--min-accepted {value:g}: give the fraction of a scan\'s slices that must pass '
+            f"--min-accepted {value:g}: give the fraction of a scan's slices that must pass "
             f'the input check, between 0 and 1 (default {MIN_ACCEPTED})'
         )
     return value
@@ -93,7 +93,5 @@ def decide_scans(
             out.append(ScanDecision(scan, n, n_ok, None, None, reason))
             continue
         mean = float(p[mine & ok].mean())
-        out.append(
-            ScanDecision(scan, n, n_ok, mean, positive if mean >= threshold else negative)
-        )
+        out.append(ScanDecision(scan, n, n_ok, mean, positive if mean >= threshold else negative))
     return out

@@ -11,6 +11,7 @@ tens of megabytes.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from contextlib import contextmanager
 from typing import Iterator
@@ -19,11 +20,16 @@ from PIL import Image
 
 __all__ = ['MAX_SLICE_SIDE', 'ImageTooLarge', 'open_image', 'size_problem']
 
-MAX_SLICE_SIDE = 4096  # px, width and height alike
+MAX_SLICE_SIDE = 2048  # px, width and height alike (the web demo's cap since it exists)
 
 
 class ImageTooLarge(ValueError):
-    """An image whose header declares more pixels than a slice may have; the message says so."""
+    """An image whose header declares more pixels than a slice may have; the message says so.
+    ``size``: (width, height) from the header, None when PIL refused before telling it."""
+
+    def __init__(self, message: str, size: tuple[int, int] | None = None):
+        super().__init__(message)
+        self.size = size
 
 
 def size_problem(size: tuple[int, int], max_side: int = MAX_SLICE_SIDE) -> str | None:
@@ -42,21 +48,23 @@ def open_image(path: str | os.PathLike, max_side: int = MAX_SLICE_SIDE) -> Itera
     """``PIL.Image.open`` (the header only), refused with ``ImageTooLarge`` before decoding when
     the header declares more than ``max_side`` px a side.
 
-    PIL's own decompression-bomb guard (a warning above ~89 Mpx, an error above twice that) fires
-    inside ``Image.open``; both become the same one-line ``ImageTooLarge``.
+    PIL's own decompression-bomb guard fires inside ``Image.open``: its warning (above ~89 Mpx) is
+    silenced, as the size check that follows is stricter; its error (above twice that, before the
+    size is known) becomes the same one-line ``ImageTooLarge``.
     """
     with warnings.catch_warnings():
-        # PIL warns, then decodes anyway; an error here stops it before the pixels
-        warnings.simplefilter('error', Image.DecompressionBombWarning)
+        warnings.simplefilter('ignore', Image.DecompressionBombWarning)
         try:
             im = Image.open(path)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        except Image.DecompressionBombError as e:
+            declared = re.search(r'\((\d+) pixels\)', str(e))
+            pixels = f'{int(declared[1]):,} pixels' if declared else 'too many pixels'
             raise ImageTooLarge(
-                f'declares too many pixels to decode safely ({e}): slices are at most '
-                f'{max_side} px a side; downsample it or leave it out'
+                f'declares {pixels}: slices are at most {max_side} px a side (ADNI slices are '
+                f'256 x 240); downsample it or leave it out'
             ) from None
     with im:
         problem = size_problem(im.size, max_side)
         if problem:
-            raise ImageTooLarge(problem)
+            raise ImageTooLarge(problem, im.size)
         yield im
