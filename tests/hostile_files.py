@@ -116,10 +116,10 @@ def export_with_input_check(root: Path, recipe: bool = False) -> tuple[Path, Pat
 
     import adni_timm  # noqa: F401  (registers adni_convnext_*)
     from adni_timm.data import build_transforms, scan_split
-    from adni_timm.export import export_model
+    from adni_timm.export.format import export_model
     from adni_timm.inference import load_model
     from adni_timm.export.input_check import fit_input_check
-    from adni_timm.synthetic import generate
+    from adni_timm.synthetic.slices import generate
 
     model = timm.create_model(
         'adni_convnext_atto', pretrained_cfg_overlay=dict(input_size=(1, 64, 64))

@@ -28,7 +28,7 @@ def small_export(tmp_path_factory):
     import timm
 
     import adni_timm  # noqa: F401  (registers adni_convnext_*)
-    from adni_timm.export import export_model
+    from adni_timm.export.format import export_model
     from adni_timm.prepare.preprocess import Recipe
 
     model = timm.create_model(
@@ -59,9 +59,11 @@ def _assert_bounded(hostile, baseline, what):
 
 
 def test_open_image_refuses_from_the_header(png_bomb, tmp_path):
-    from adni_timm.utils.images import MAX_SLICE_SIDE, ImageTooLarge, open_image
+    from adni_timm.data.images import MAX_SIDE, ImageTooLarge, open_image
 
-    with pytest.raises(ImageTooLarge, match=f'13000 x 13000 px: slices are at most {MAX_SLICE_SIDE}'):
+    with pytest.raises(
+        ImageTooLarge, match=f'13000 x 13000 px: slices are at most {MAX_SIDE}'
+    ):
         with open_image(png_bomb):
             pytest.fail('the body must not run: nothing is decoded')
     # PIL's own guard (an error above 2 x MAX_IMAGE_PIXELS): the same one-line refusal
@@ -76,7 +78,7 @@ def test_open_image_refuses_from_the_header(png_bomb, tmp_path):
 
 
 def test_check_data_refuses_a_huge_slice_from_its_header(png_bomb, tmp_path):
-    from adni_timm.synthetic import generate
+    from adni_timm.synthetic.slices import generate
 
     generate(tmp_path / 'data', train_patients=2, test_patients=1, slices=2, seed=0)
     baseline_dir = tmp_path / 'data'
@@ -110,7 +112,7 @@ def test_evaluate_images_refuses_a_huge_slice_with_bounded_memory(png_bomb, smal
 
 @pytest.mark.slow
 def test_train_refuses_a_huge_slice_before_training(png_bomb, tmp_path):
-    from adni_timm.synthetic import generate
+    from adni_timm.synthetic.slices import generate
 
     from helpers import TINY
 
@@ -192,13 +194,16 @@ def _hostile_copy(export, tmp_path, **model_args):
 @pytest.mark.parametrize(
     'model_args, said',
     [
-        (dict(dims=[2500] * 4), 'stem.0.weight is [40, 3, 4, 4] in the weights but [2500, 3, 4, 4]'),
+        (
+            dict(dims=[2500] * 4),
+            'stem.0.weight is [40, 3, 4, 4] in the weights but [2500, 3, 4, 4]',
+        ),
         (dict(depths=[100_000] * 4), 'far more layers than the'),
         (dict(no_such_argument=1), "unexpected keyword argument 'no_such_argument'"),
     ],
 )
 def test_load_export_checks_model_args_before_building(small_export, tmp_path, model_args, said):
-    from adni_timm.export import ExportError
+    from adni_timm.export.format import ExportError
     from adni_timm.inference import load_model
 
     hostile = _hostile_copy(small_export, tmp_path, **model_args)
@@ -225,3 +230,10 @@ def test_evaluate_refuses_hostile_model_args_with_bounded_memory(small_export, t
     assert refused.returncode == 2, refused.stderr
     assert refused.stderr.count('\n') == 1 and 'model_args' in refused.stderr
     _assert_bounded(refused, baseline, 'evaluate with a hostile config.json')
+
+
+def test_the_standalone_onnx_runner_keeps_the_same_cap():
+    from adni_timm.data.images import MAX_SIDE
+    from adni_timm.export import onnx_runtime
+
+    assert onnx_runtime.MAX_SIDE == MAX_SIDE

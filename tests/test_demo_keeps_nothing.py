@@ -44,7 +44,9 @@ def _peak_rss(pid: int) -> int:
 @pytest.fixture(scope='module')
 def served(tmp_path_factory):
     """(client, process, GRADIO_TEMP_DIR, export, data dir, uploads dir) of a served demo."""
-    pytest.importorskip('gradio', reason="the demo extra is not installed: pip install -e '.[demo]'")
+    pytest.importorskip(
+        'gradio', reason="the demo extra is not installed: pip install -e '.[demo]'"
+    )
     from gradio_client import Client
 
     root = tmp_path_factory.mktemp('demo')

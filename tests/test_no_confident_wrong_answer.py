@@ -45,7 +45,10 @@ def test_decide_scans_needs_the_fraction_of_accepted_slices():
     p = [0.9, 0.1, 0.1, 0.1] + [0.2, 0.4, 0.99, 0.99] + [0.5, 0.5]
     a, b, c = decide_scans(scans, accepted, p, threshold=0.5, positive='AD', negative='NC')
     assert (a.scan, a.predicted, a.p_positive, a.n_accepted, a.n_slices) == ('a', None, None, 1, 4)
-    assert a.reason == 'no decision: 1 of 4 slices passed the input check, 2 needed (--min-accepted 0.5)'
+    assert (
+        a.reason
+        == 'no decision: 1 of 4 slices passed the input check, 2 needed (--min-accepted 0.5)'
+    )
     assert b.predicted == 'NC' and b.p_positive == pytest.approx(0.3, rel=1e-9)  # half is enough
     assert c.predicted is None and c.n_accepted == 0
     (a_any,) = decide_scans(['a'] * 4, accepted[:4], p[:4], 0.5, 'AD', 'NC', min_accepted=0.25)
@@ -60,7 +63,9 @@ def test_evaluate_images_decides_a_scan_only_when_half_its_slices_pass(checked, 
         capsys, 'evaluate', '--model', export, '--images', images, '--output-dir', tmp_path / 'o'
     )
     assert code == 0, err
-    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith(('good', 'mostly'))}
+    rows = {
+        line.split()[0]: line for line in out.splitlines() if line.startswith(('good', 'mostly'))
+    }
     assert 'no decision: 1 of 4 slices passed the input check' in rows['mostly-blank']
     assert rows['good'].split()[-1] in ('AD', 'NC')  # decided: all 4 passed
     table = (tmp_path / 'o' / 'patients.csv').read_text()
@@ -82,8 +87,16 @@ def test_evaluate_images_exits_2_when_no_input_got_a_decision(checked, capsys, t
     assert '1 scan' in line and '--min-accepted' in line
     # ... unless asked for less
     code, out, err = cli_in_process(
-        capsys, 'evaluate', '--model', export, '--images', only, '--min-accepted', '0.25',
-        '--output-dir', tmp_path / 'o2',
+        capsys,
+        'evaluate',
+        '--model',
+        export,
+        '--images',
+        only,
+        '--min-accepted',
+        '0.25',
+        '--output-dir',
+        tmp_path / 'o2',
     )
     assert code == 0, err
 
@@ -102,15 +115,31 @@ def test_the_demo_gives_no_decision_below_the_fraction(checked):
 def test_evaluate_refuses_classes_that_contradict_the_model(checked, capsys, tmp_path):
     export, images = checked
     code, out, err = cli_in_process(
-        capsys, 'evaluate', '--model', export, '--images', images, '--classes', 'AD,NC',
-        '--output-dir', tmp_path / 'o',
+        capsys,
+        'evaluate',
+        '--model',
+        export,
+        '--images',
+        images,
+        '--classes',
+        'AD,NC',
+        '--output-dir',
+        tmp_path / 'o',
     )
     assert code == 2
     (line,) = err.strip().splitlines()
     assert '--classes AD,NC' in line and 'NC,AD' in line
     code, out, err = cli_in_process(
-        capsys, 'evaluate', '--model', export, '--images', images, '--classes', 'NC,AD',
-        '--output-dir', tmp_path / 'o2',
+        capsys,
+        'evaluate',
+        '--model',
+        export,
+        '--images',
+        images,
+        '--classes',
+        'NC,AD',
+        '--output-dir',
+        tmp_path / 'o2',
     )
     assert code == 0, err
 
