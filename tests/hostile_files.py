@@ -130,7 +130,7 @@ def export_with_input_check(root: Path, recipe: bool = False) -> tuple[Path, Pat
 
         extra['preprocessing'] = {'recipe': Recipe().to_dict()}
     export = export_model(model, root / 'best', extra=extra)
-    generate(root / 'data', train_patients=3, test_patients=2, slices=4, seed=0)
+    generate(root / 'data', 3, 2, slices=4, seed=0)  # scans per class: train, test
     net = load_model(export).net
     train, test = scan_split(root / 'data', 'train'), scan_split(root / 'data', 'test')
     fit_input_check(

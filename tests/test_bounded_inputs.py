@@ -61,9 +61,7 @@ def _assert_bounded(hostile, baseline, what):
 def test_open_image_refuses_from_the_header(png_bomb, tmp_path):
     from adni_timm.data.images import MAX_SIDE, ImageTooLarge, open_image
 
-    with pytest.raises(
-        ImageTooLarge, match=f'13000 x 13000 px: slices are at most {MAX_SIDE}'
-    ):
+    with pytest.raises(ImageTooLarge, match=f'13000 x 13000 px: slices are at most {MAX_SIDE}'):
         with open_image(png_bomb):
             pytest.fail('the body must not run: nothing is decoded')
     # PIL's own guard (an error above 2 x MAX_IMAGE_PIXELS): the same one-line refusal
@@ -80,7 +78,7 @@ def test_open_image_refuses_from_the_header(png_bomb, tmp_path):
 def test_check_data_refuses_a_huge_slice_from_its_header(png_bomb, tmp_path):
     from adni_timm.synthetic.slices import generate
 
-    generate(tmp_path / 'data', train_patients=2, test_patients=1, slices=2, seed=0)
+    generate(tmp_path / 'data', 2, 1, slices=2, seed=0)
     baseline_dir = tmp_path / 'data'
     _not_a_png(baseline_dir / 'train' / 'AD' / 'bad_70.png')
     baseline = run_measured(cli('check'), baseline_dir)
@@ -116,7 +114,7 @@ def test_train_refuses_a_huge_slice_before_training(png_bomb, tmp_path):
 
     from helpers import TINY
 
-    generate(tmp_path / 'data', train_patients=3, test_patients=1, slices=3, seed=0)
+    generate(tmp_path / 'data', 3, 1, slices=3, seed=0)
     target = tmp_path / 'data' / 'train' / 'AD'
     _not_a_png(target / 'bad_70.png')
     args = ['--data-dir', tmp_path / 'data', '--output-dir', tmp_path / 'run', *TINY]

@@ -68,7 +68,7 @@ def test_evaluate_images_decides_a_scan_only_when_half_its_slices_pass(checked, 
     }
     assert 'no decision: 1 of 4 slices passed the input check' in rows['mostly-blank']
     assert rows['good'].split()[-1] in ('AD', 'NC')  # decided: all 4 passed
-    table = (tmp_path / 'o' / 'patients.csv').read_text()
+    table = (tmp_path / 'o' / 'scans.csv').read_text()
     assert 'no decision: 1 of 4' in table
 
 
@@ -106,7 +106,7 @@ def test_the_demo_gives_no_decision_below_the_fraction(checked):
 
     export, images = checked
     result = predict_files(load(export), sorted(str(p) for p in images.iterdir()))
-    by_scan = {r['patient']: r for r in result['patients']}
+    by_scan = {r['scan']: r for r in result['scans']}
     blank = by_scan['mostly-blank']
     assert blank['predicted'] is None and 'no decision: 1 of 4 slices' in blank['reason']
     assert by_scan['good']['predicted'] in ('AD', 'NC')

@@ -58,8 +58,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         type=float,
         default=0.5,
         metavar='FRACTION',
-        help="a patient (a scan's slices) gets a decision only when at least this fraction of "
-        'its slices pass the input check; else "no decision" with the count',
+        help='a scan gets a decision only when at least this fraction of its slices pass the '
+        'input check; else "no decision" with the count',
     )
     parser.add_argument(
         '--backend',
