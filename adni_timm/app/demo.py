@@ -39,15 +39,19 @@ from ..inference import (
 )
 from ..run import Run, check_eval_belongs
 from ..data.images import EXPECTED_SLICE
+from ..evaluation.decision import MIN_ACCEPTED, check_min_accepted
 from ..evaluation.options import EvaluationOptions
 from ..evaluation.predict import score_slices
 from ..prepare.scan_input import is_scan, prepare_scans
 from ..utils.legacy import upgrade
+from .uploads import hide_paths, remove_uploads, upload_paths
 
 __all__ = [
     'DISCLAIMER',
     'MAX_FILES',
     'MAX_CAM_SLICES',
+    'MAX_UPLOAD_MB',
+    'KEEP_OUTPUTS_S',
     'UNNAMED_SCAN',
     'DemoModel',
     'load',
@@ -68,6 +72,10 @@ DISCLAIMER = (
     'decision; the output is a model score, not a finding.'
 )
 MAX_FILES = 200  # a scan has ~20 slices; more is a folder dropped by mistake
+MAX_UPLOAD_MB = 200  # per file, refused by the upload route: a float32 1 mm T1 .nii is ~46 MB
+# what Gradio writes for the page (montages, the upload's preview) is deleted this long after it
+# was written, checked every KEEP_OUTPUTS_S / 2 seconds: long enough for a browser to fetch it
+KEEP_OUTPUTS_S = 300
 MAX_CAM_SLICES = 40  # Grad-CAM costs a backward pass per slice: keep a CPU demo responsive
 UNNAMED_SCAN = UNNAMED_GROUP  # the group of files whose names carry no <scan>_<slice>
 _METRIC_KEYS = (
@@ -88,6 +96,7 @@ class DemoModel:
     test_metrics: dict[str, Any] | None = None
     test_metrics_source: str | None = None
     test_metrics_problems: list[str] = field(default_factory=list)
+    min_accepted: float = MIN_ACCEPTED  # of a scan's slices must pass the input check
 
     @property
     def backend(self) -> str:
@@ -126,12 +135,15 @@ class DemoModel:
 # ------------------------------------------------------------------------------- the model
 
 
-def load(ref: str | os.PathLike, backend: str = 'torch') -> DemoModel:
+def load(
+    ref: str | os.PathLike, backend: str = 'torch', min_accepted: float = MIN_ACCEPTED
+) -> DemoModel:
     """Load ``ref`` (RUN, export folder, local-dir:DIR, hf-hub:ORG/NAME) as evaluate.py does; a
     cross-validation run gives what it publishes (its refit), else its fold ensemble.
     ``backend='onnxruntime'``: P(AD) from each member's ``model.onnx`` (written beside a local
     export when missing, checked here so a page never starts without it); the input check and
-    Grad-CAM still run on the torch model.
+    Grad-CAM still run on the torch model. ``min_accepted``: the fraction of a scan's slices
+    that must pass the input check for a decision (``evaluation.decision``).
 
     Raises ``ExportError`` / ``ValueError`` with a message that names the fix.
     """
@@ -144,7 +156,9 @@ def load(ref: str | os.PathLike, backend: str = 'torch') -> DemoModel:
     if backend == 'onnxruntime':
         for member in loaded.members:
             onnx_runner(member)
-    demo_model = DemoModel(loaded=loaded, transform=eval_tf)
+    demo_model = DemoModel(
+        loaded=loaded, transform=eval_tf, min_accepted=check_min_accepted(min_accepted)
+    )
     _attach_test_metrics(demo_model)
     return demo_model
 
@@ -285,7 +299,10 @@ def predict_files(
         _as_slices(accepted) + scan_slices, key=lambda s: (s.scan, s.slice_index or 0, s.path)
     )
     scored = score_slices(
-        demo_model.loaded, slices, demo_model.loaded.point, EvaluationOptions(batch_size=batch_size)
+        demo_model.loaded,
+        slices,
+        demo_model.loaded.point,
+        EvaluationOptions(batch_size=batch_size, min_accepted=demo_model.min_accepted),
     )
     # unlike every training slice (blank, a photo, turned): no decision, said why
     result['rejected'] += [
@@ -295,6 +312,7 @@ def predict_files(
     ]
     result['input_check'] = demo_model.loaded.has_input_check
     kept = scored.kept
+    # the slices of a scan that gets no decision get none of their own either
     result['slices'] = [
         {
             'file': Path(s.path).name,
@@ -302,17 +320,20 @@ def predict_files(
             'scan': s.scan,
             'slice_index': s.slice_index,
             p_key: float(p[demo_model.positive]),
-            'predicted': decision,
+            'predicted': decision or None,
         }
         for s, p, decision, k in zip(slices, scored.probs, scored.decisions(), kept)
         if k
     ]
+    # a scan is decided only when enough of its slices pass the input check
     result['scans'] = [
         {
             'scan': r.scan,
-            'n_slices': r.n_slices,
+            'n_slices': r.n_accepted,
             p_key: r.p_positive,
             'predicted': r.predicted,
+            'n_refused': r.n_refused,
+            'reason': r.reason,
         }
         for r in scored.scan_rows()
     ]
@@ -342,6 +363,8 @@ def cam_montages(demo_model: DemoModel, result: dict[str, Any]) -> list[tuple[Im
     )
     montages = []
     for row in result['scans']:
+        if row['predicted'] is None:  # no decision: nothing to explain
+            continue
         rows = [r for r in result['slices'] if r['scan'] == row['scan']][:budget]
         if not rows:
             break
@@ -464,10 +487,14 @@ def format_result(result: dict[str, Any]) -> str:
     p_key = f'p_{positive}'
     lines = []
     for row in result['scans']:
+        if row['predicted'] is None:  # too few of its slices pass the input check
+            lines.append(f'### Scan {row["scan"]}: **{row["reason"]}**')
+            continue
+        refused = f', {row["n_refused"]} refused' if row.get('n_refused') else ''
         lines.append(
             f'### Scan {row["scan"]}: P({positive}) = {row[p_key]:.3f} → '
             f'**{row["predicted"]}** (mean over {row["n_slices"]} slice'
-            f'{"s" if row["n_slices"] != 1 else ""}; threshold {result["threshold"]:.3f})'
+            f'{"s" if row["n_slices"] != 1 else ""}{refused}; threshold {result["threshold"]:.3f})'
         )
     if len(result['scans']) > 1:
         lines.append('Several scans in one upload: each is scored on its own slices.')
@@ -476,7 +503,7 @@ def format_result(result: dict[str, Any]) -> str:
         # a '|' in a file name would end its table cell
         lines[-1] += ''.join(
             f'\n| {r["file"].replace("|", "&#124;")} | {fmt(r["slice_index"])} | '
-            f'{r[p_key]:.3f} | {r["predicted"]} |'
+            f'{r[p_key]:.3f} | {r["predicted"] or "no decision"} |'
             for r in result['slices']
         )
     if result['rejected']:
@@ -501,18 +528,23 @@ def analyse(demo_model: DemoModel, paths: Sequence[str] | None) -> tuple[str, li
     paths = [getattr(p, 'name', p) for p in (paths or [])]  # str paths (older gradio: file objects)
     # an uploaded scan's slices live only until its maps are drawn: a server runs for weeks
     with tempfile.TemporaryDirectory(prefix='adni-demo-scan-') as scan_dir:
+        # a visitor is told file names, never where the server keeps them
+        hidden = [*paths, scan_dir]
         try:
             result = predict_files(demo_model, paths, scan_dir=scan_dir)
         except Exception as e:  # noqa: BLE001 - the page must show a message, never a stack trace
             _logger.exception('prediction failed')
-            return f'**Could not analyse these files:** {type(e).__name__}: {e}', [], {}
+            message = hide_paths(f'{type(e).__name__}: {e}', hidden)
+            return f'**Could not analyse these files:** {message}', [], {}
+        for row in result['rejected']:
+            row['problem'] = hide_paths(row['problem'], hidden)
         gallery = []
         if result['slices']:
             try:
                 gallery = cam_montages(demo_model, result)
             except Exception as e:  # noqa: BLE001 - the scores stand without the maps
                 _logger.exception('Grad-CAM failed')
-                result['cam_error'] = f'{type(e).__name__}: {e}'
+                result['cam_error'] = hide_paths(f'{type(e).__name__}: {e}', hidden)
     summary = format_result(result)
     # the page gets no server paths (and gradio_client would take a dict with 'path' for a file)
     result = {
@@ -543,7 +575,10 @@ def build_demo(demo_model: DemoModel):
 
     positive = demo_model.positive_class
     with gr.Blocks(
-        title=f'adni-timm: {positive} vs {demo_model.negative_class} demo', analytics_enabled=False
+        title=f'adni-timm: {positive} vs {demo_model.negative_class} demo',
+        analytics_enabled=False,
+        # montages and previews: gone a few minutes after the browser fetched them, and at shutdown
+        delete_cache=(KEEP_OUTPUTS_S // 2, KEEP_OUTPUTS_S),
     ) as demo:
         gr.Markdown(
             f'# adni-timm demo: {positive} vs {demo_model.negative_class} on axial MRI '
@@ -592,25 +627,44 @@ def build_demo(demo_model: DemoModel):
             f"temperature; a scan's P({positive}) is the mean over their slices."
         )
 
-        def handle(paths):
-            return analyse(demo_model, paths)
+        def handle(payload):
+            # the raw upload (preprocess=False): gr.File's preprocessing leaves an empty temp file
+            # per uploaded file; the uploads themselves are removed once answered
+            paths = upload_paths(payload)
+            try:
+                return analyse(demo_model, paths)
+            finally:
+                remove_uploads(paths, keep=[p for p in paths if _is_example(p)])
+
+        def clear_upload():  # its files are gone: the next analysis needs a new upload
+            return None
 
         def open_first_montage(result):  # the gallery grid would crop a montage to a square
             return gr.Gallery(selected_index=0 if (result or {}).get('slices') else None)
 
-        def show(paths):  # what was dropped, before anything is scored
-            return [getattr(p, 'name', p) for p in (paths or [])]
+        def show(payload):  # what was dropped, before anything is scored
+            return upload_paths(payload)
 
         ui_only = _ui_only_event(run.click)
-        files.change(show, inputs=files, outputs=preview, **ui_only)
+        raw_files = {'inputs': files, 'preprocess': False}
+        files.change(show, outputs=preview, **raw_files, **ui_only)
         # one public API endpoint, /analyse, returns plain values; the upload event is UI only
-        run.click(handle, inputs=files, outputs=[summary, gallery, raw], api_name='analyse').then(
+        run.click(handle, outputs=[summary, gallery, raw], api_name='analyse', **raw_files).then(
             open_first_montage, inputs=raw, outputs=gallery, **ui_only
-        )
-        files.upload(handle, inputs=files, outputs=[summary, gallery, raw], **ui_only).then(
+        ).then(clear_upload, outputs=files, **ui_only)
+        files.upload(handle, outputs=[summary, gallery, raw], **raw_files, **ui_only).then(
             open_first_montage, inputs=raw, outputs=gallery, **ui_only
-        )
+        ).then(clear_upload, outputs=files, **ui_only)
     return demo
+
+
+def _is_example(path: str) -> bool:
+    """Whether ``path`` is Gradio's cached copy of one of the page's example files (kept: the
+    example must work again)."""
+    import filecmp
+
+    own = EXAMPLES_DIR / Path(path).name
+    return own.is_file() and filecmp.cmp(own, path, shallow=False)
 
 
 def _ui_only_event(listener: Callable) -> dict[str, Any]:
@@ -639,5 +693,6 @@ def launch(
         prevent_thread_lock=prevent_thread_lock,
         quiet=quiet,
         show_error=False,
+        max_file_size=f'{MAX_UPLOAD_MB}mb',  # refused by the upload route, before it is stored
     )
     return demo

@@ -11,6 +11,7 @@ import argparse
 import importlib.util
 import logging
 import os
+import signal
 import sys
 
 from adni_timm.cli import EXIT_OK, EXIT_REFUSED, HelpFormatter, command, examples, fail
@@ -53,6 +54,14 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help='port (default: $GRADIO_SERVER_PORT, else 7860)',
     )
     parser.add_argument(
+        '--min-accepted',
+        type=float,
+        default=0.5,
+        metavar='FRACTION',
+        help='a scan gets a decision only when at least this fraction of its slices pass the '
+        'input check; else "no decision" with the count',
+    )
+    parser.add_argument(
         '--backend',
         choices=('torch', 'onnxruntime'),
         default='torch',
@@ -80,12 +89,22 @@ def main(argv=None, prog: str = PROG) -> int:
         )
     from adni_timm.app import demo as app
 
+    from adni_timm.app.uploads import private_temp_dir
+
     try:
-        demo_model = app.load(args.model, backend=args.backend)
+        demo_model = app.load(args.model, backend=args.backend, min_accepted=args.min_accepted)
     except (ValueError, OSError) as e:  # ExportError, missing files: one line, no traceback
         return fail(prog, e)
-    app.launch(demo_model, host=args.host, port=args.port)
+    # a service manager (or a Space) stops the server with SIGTERM: close it as Ctrl-C does, so
+    # the uploads' folder is removed (Python's default for SIGTERM ends without any clean-up)
+    signal.signal(signal.SIGTERM, _interrupt)
+    with private_temp_dir():  # everything gradio writes, removed when the server stops
+        app.launch(demo_model, host=args.host, port=args.port)
     return EXIT_OK
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == '__main__':

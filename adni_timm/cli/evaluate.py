@@ -148,6 +148,15 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         'no decision)',
     )
     p.add_argument(
+        '--min-accepted',
+        type=float,
+        default=0.5,
+        metavar='FRACTION',
+        help='with --images: a scan gets a decision only when at least this fraction of its '
+        'slices pass the input check; else "no decision" with the count (a run that decided '
+        'nothing exits 2)',
+    )
+    p.add_argument(
         '--images',
         metavar='PATH',
         type=existing_path,
@@ -200,7 +209,8 @@ def _parse_args(argv, prog: str = PROG):
 
 @command
 def main(argv=None, prog: str = PROG) -> int:
-    """0 done; 1 a problem in the data (files that cannot be decoded); 2 a refused input."""
+    """0 done; 1 a problem in the data (files that cannot be decoded); 2 a refused input (also
+    ``--images`` where no input got a decision)."""
     args = _parse_args(argv, prog)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     # per-load chatter ("Loading pretrained weights ...")
@@ -223,10 +233,11 @@ def main(argv=None, prog: str = PROG) -> int:
             file_is_scan=args.file_is_scan,
             cam=CamOptions(n=args.cam, method=args.cam_method, layer=args.cam_layer),
             progress=args.progress,
+            min_accepted=args.min_accepted,
         )
         model = load_model(args.model[0] if len(args.model) == 1 else args.model)
-        if args.classes:
-            model.classes = list(args.classes)
+        # --classes that contradict what the model records would swap the labels: refused
+        model.classes = evaluation.resolve_classes(model, args.classes)
         if args.images:
             tag = 'tta' if args.tta else None
             if args.threshold is not None:
@@ -241,6 +252,9 @@ def main(argv=None, prog: str = PROG) -> int:
                 options=options,
             )
             print(evaluation.format_predictions(result))
+            nothing = evaluation.no_decision_summary(result)
+            if nothing:  # every scan refused or undecided: that is not an answer
+                return fail(prog, f'{nothing} to {out}', EXIT_REFUSED)
         else:
             tag = evaluation.evaluation_tag(
                 model,

@@ -1,16 +1,22 @@
-"""Slice files as images: one grayscale conversion, one colour rule, one decode check.
+"""Slice files as images: one grayscale conversion, one colour rule, one decode check, one size cap.
 
 Every front end (training, evaluation, the input check, the demo) reads a slice through
-``read_image`` / ``to_gray`` and calls a photo a photo through ``is_colour``.
+``read_image`` / ``to_gray`` and calls a photo a photo through ``is_colour``. Every file is opened
+through ``open_image``, which reads the header and refuses more than ``MAX_SIDE`` px a side
+before any pixel is decoded: a 330 KB PNG can declare 13,000 x 13,000 16-bit pixels (338 MB
+decoded, gigabytes once converted and resized).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import warnings
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -26,6 +32,56 @@ GRAY_MODES = {'1', 'L', 'LA', 'La'} | HIGH_DEPTH_MODES
 # a pixel is coloured when its channels spread by more than COLOUR_SPREAD levels; an image is a
 # colour image when more than COLOUR_FRACTION of its pixels are (JPEG chroma noise stays below)
 COLOUR_SPREAD, COLOUR_FRACTION = 24, 0.01
+# the sizes a slice file may declare (the one cap of every front end); ADNI AD_NC slices are
+# 256 x 240, a 0.5 mm slice of a 256 mm field of view 512 x 512
+MIN_SIDE, MAX_SIDE = 32, 2048
+
+
+class ImageTooLarge(DataError):
+    """A file whose header declares more than ``MAX_SIDE`` px a side; the message says so.
+    ``size``: (width, height) from the header, None when PIL refused before telling it."""
+
+    def __init__(self, message: str, size: tuple[int, int] | None = None):
+        super().__init__(message)
+        self.size = size
+
+
+def size_problem(size: tuple[int, int]) -> str | None:
+    """Why an image of ``size`` (width, height) is too large for a slice, or None."""
+    width, height = size
+    if max(width, height) <= MAX_SIDE:
+        return None
+    return (
+        f'{width} x {height} px: slices are at most {MAX_SIDE} px a side (ADNI slices are '
+        f'256 x 240); downsample it or leave it out'
+    )
+
+
+@contextmanager
+def open_image(path: str | os.PathLike) -> Iterator[Image.Image]:
+    """``PIL.Image.open`` (the header only), refused with ``ImageTooLarge`` before anything is
+    decoded when the header declares more than ``MAX_SIDE`` px a side.
+
+    PIL's own decompression-bomb guard fires inside ``Image.open``: its warning (above ~89 Mpx)
+    is silenced, as the size check that follows is stricter; its error (above twice that, before
+    the size is known) becomes the same one-line ``ImageTooLarge``.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+        try:
+            im = Image.open(path)
+        except Image.DecompressionBombError as e:
+            declared = re.search(r'\((\d+) pixels\)', str(e))
+            pixels = f'{int(declared[1]):,} pixels' if declared else 'too many pixels'
+            raise ImageTooLarge(
+                f'declares {pixels}: slices are at most {MAX_SIDE} px a side (ADNI slices are '
+                f'256 x 240); downsample it or leave it out'
+            ) from None
+    with im:
+        problem = size_problem(im.size)
+        if problem:
+            raise ImageTooLarge(problem, im.size)
+        yield im
 
 
 def is_colour(im: Image.Image) -> bool:
@@ -55,8 +111,9 @@ def to_gray(im: Image.Image) -> Image.Image:
 
 
 def read_image(path: str) -> Image.Image:
-    """One slice file as a PIL 'L' (8-bit grayscale) image (``to_gray`` of its pixels)."""
-    with Image.open(path) as im:
+    """One slice file as a PIL 'L' (8-bit grayscale) image (``to_gray`` of its pixels); a file
+    larger than ``MAX_SIDE`` px a side raises ``ImageTooLarge`` before it is decoded."""
+    with open_image(path) as im:
         return im.copy() if im.mode == 'L' else to_gray(im)
 
 
@@ -77,12 +134,15 @@ class _ImageInfo:
 
 
 def _inspect(path: str) -> _ImageInfo:
-    """Open and fully decode one file (truncation shows only when the pixels are read)."""
+    """Open and fully decode one file (truncation shows only when the pixels are read); a file
+    larger than ``MAX_SIDE`` px a side is refused from its header, undecoded."""
     size = mode = None
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             size, mode = im.size, im.mode
             im.load()
+    except ImageTooLarge as e:
+        return _ImageInfo(path, e.size, None, str(e))
     except UnidentifiedImageError:
         return _ImageInfo(path, None, None, 'not an image (PIL cannot identify it)')
     except (FileNotFoundError, PermissionError) as e:
@@ -99,14 +159,16 @@ def inspect_all(slices: Sequence[Slice], num_workers: int = 0) -> list[_ImageInf
 def is_colour_image(path: str | os.PathLike) -> bool:
     """``is_colour`` of an image file (a colour photo, not a slice); False when it cannot open."""
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             return is_colour(im)
-    except (OSError, SyntaxError, ValueError):
+    except (OSError, SyntaxError, ValueError):  # ImageTooLarge too: refused where it is decoded
         return False
 
 
 def notes_on(infos: Sequence[_ImageInfo]) -> list[str]:
-    """Things we fix on the fly but the user should know: colour files, mixed sizes."""
+    """Things we fix on the fly but the user should know: colour files, mixed sizes (of the files
+    that are not refused)."""
+    infos = [i for i in infos if not i.problem]
     notes = []
     colour = [i.path for i in infos if i.mode and i.mode not in GRAY_MODES]
     if colour:
@@ -163,8 +225,6 @@ def resolve_bad_images(
     return [s for s in slices if s.path not in bad]
 
 
-# the sizes a slice file may declare; ADNI AD_NC slices are 256 x 240
-MIN_SIDE, MAX_SIDE = 32, 2048
 EXPECTED_SLICE = (
     'an 8-bit grayscale axial MRI slice (JPEG or PNG, e.g. 218391_78.jpeg, 256 x 240 px)'
 )
@@ -175,9 +235,9 @@ def slice_problem(path: str | os.PathLike) -> str | None:
     from the header (a huge file is refused before it is decoded), then the decode, then colour."""
     name = os.path.basename(path)
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:  # a huge file is refused from its header, undecoded
             width, height = im.size
-            if min(width, height) < MIN_SIDE or max(width, height) > MAX_SIDE:
+            if min(width, height) < MIN_SIDE:
                 return (
                     f'{name} is {width} x {height} px; this model takes slices of {MIN_SIDE} '
                     f'to {MAX_SIDE} px a side: drop {EXPECTED_SLICE}.'
@@ -188,10 +248,10 @@ def slice_problem(path: str | os.PathLike) -> str | None:
                     f'{name} is a colour image; this model takes grayscale MRI slices, not '
                     f'photos or colour maps: drop {EXPECTED_SLICE}.'
                 )
+    except ImageTooLarge as e:
+        return f'{name} is {e}.' if e.size else f'{name} {e}.'
     except UnidentifiedImageError:
         return f'{name} is not an image (it cannot be decoded); drop {EXPECTED_SLICE}.'
-    except Image.DecompressionBombError:
-        return f'{name} declares too many pixels to decode safely; drop {EXPECTED_SLICE}.'
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data: PIL raises these
         return f'{name} is truncated or corrupt ({e}); export the slice again.'
     return None

@@ -24,7 +24,7 @@ from ..utils.display import preview
 from ..utils.hardware import available_memory, local_process_count
 from ..utils.progress import Progress
 from ..utils.threads import thread_map
-from .images import read_image
+from .images import open_image, read_image
 from .slices import DataError, Slice
 
 _logger = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ class SliceCache:
 
 
 def _image_size(path: str) -> tuple[int, int]:
-    with Image.open(path) as im:  # reads the header only
+    with open_image(path) as im:  # reads the header only
         return im.size
 
 

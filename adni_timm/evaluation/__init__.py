@@ -13,9 +13,9 @@ from importlib import import_module
 _PUBLIC = {
     'report': (
         'CI_METHOD EvaluationError check_output_dir choose_point default_output_dir evaluate '
-        'evaluation_tag format_table'
+        'evaluation_tag format_table recorded_classes resolve_classes'
     ),
-    'predict': 'format_predictions predict_images unlabelled_slices',
+    'predict': 'format_predictions no_decision_summary predict_images unlabelled_slices',
     'options': 'CamOptions EvaluationOptions',
 }
 _HOME = {name: module for module, names in _PUBLIC.items() for name in names.split()}

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .decision import MIN_ACCEPTED, check_min_accepted
+
 
 @dataclass(frozen=True)
 class CamOptions:
@@ -33,3 +35,9 @@ class EvaluationOptions:
     file_is_scan: bool | None = None  # None: what the model recorded
     cam: CamOptions = field(default_factory=CamOptions)
     progress: str = 'none'  # auto, bar, lines, none (utils.progress): the CLI's default is auto
+    # unlabelled files: a scan is decided only when this fraction of its slices pass the input
+    # check (``decision.decide_scans``)
+    min_accepted: float = MIN_ACCEPTED
+
+    def __post_init__(self):
+        object.__setattr__(self, 'min_accepted', check_min_accepted(self.min_accepted))

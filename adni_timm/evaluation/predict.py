@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from ..inference import (
     OperatingPoint,
     calibrated_mean,
     load_model,
-    scan_rows,
+    negative_name,
     slice_decisions,
 )
 from ..prepare.scan_input import is_scan, prepare_scans
@@ -31,6 +30,7 @@ from ..prepare.similarity import describe_registration
 from ..utils.display import fmt
 from ..utils.files import write_csv
 from ..run import EvalFolder
+from .decision import MIN_ACCEPTED, ScanDecision, decide_scans
 from .options import EvaluationOptions
 from .report import EvaluationError, _write_cam, choose_point
 
@@ -89,6 +89,7 @@ class ScoredSlices:
     reasons: list[str | None]
     point: OperatingPoint
     classes: list[str]
+    min_accepted: float = MIN_ACCEPTED  # of a scan's slices must pass for a decision
 
     @property
     def positive(self) -> int:
@@ -99,17 +100,35 @@ class ScoredSlices:
         return np.array([r is None for r in self.reasons], dtype=bool)
 
     def decisions(self) -> list[str]:
-        return slice_decisions(self.probs, self.point.threshold, self.classes)
+        """Per slice: the decision at the threshold; '' for a refused slice and for every slice
+        of a scan that gets no decision (``scan_rows``)."""
+        undecided = {r.scan for r in self.scan_rows() if not r.decided}
+        return [
+            decision if k and _group(s) not in undecided else ''
+            for s, decision, k in zip(
+                self.slices,
+                slice_decisions(self.probs, self.point.threshold, self.classes),
+                self.kept,
+            )
+        ]
 
-    def scan_rows(self):
-        """A decision per scan over its accepted slices (``inference.scan_rows``)."""
-        kept = self.kept
-        return scan_rows(
-            [s for s, k in zip(self.slices, kept) if k],
-            self.probs[kept, self.positive],
+    def scan_rows(self) -> list[ScanDecision]:
+        """Per scan (sorted ids): the mean P(AD) over its accepted slices and the decision, when at
+        least ``min_accepted`` of its slices were accepted; else no decision and why."""
+        return decide_scans(
+            [_group(s) for s in self.slices],
+            self.kept,
+            self.probs[:, self.positive],
             self.point.threshold,
-            self.classes,
+            self.classes[self.positive],
+            negative_name(self.classes),
+            self.min_accepted,
         )
+
+
+def _group(s: data.Slice) -> str:
+    """The scan a slice belongs to; files whose names carry no id form one group."""
+    return s.scan or UNNAMED_GROUP
 
 
 def score_slices(
@@ -130,7 +149,9 @@ def score_slices(
         precision=opt.precision,
         progress=opt.progress,
     )
-    return ScoredSlices(list(slices), calibrated_mean(each, point), reasons, point, model.classes)
+    return ScoredSlices(
+        list(slices), calibrated_mean(each, point), reasons, point, model.classes, opt.min_accepted
+    )
 
 
 def predict_images(
@@ -150,7 +171,9 @@ def predict_images(
 
     A slice the model's input check refuses (``input_check``: unlike every training slice) gets
     no decision and no P(AD) (``score_flagged`` shows its P(AD) anyway) and leaves its scan's
-    mean; a scan left with no slice gets no decision either.
+    mean; a scan gets a decision only when at least ``options.min_accepted`` of its slices pass
+    the check, else "no decision" with the count (``reason``). ``result['decided']`` counts the
+    scans decided (``no_decision_summary``).
     """
     opt = options or EvaluationOptions()
     if not isinstance(model, LoadedModel):
@@ -181,28 +204,22 @@ def predict_images(
             'path': s.path,
             'scan': s.scan,
             p_key: float(p[pos]) if reason is None or score_flagged else None,
-            'predicted': decision if reason is None else '',
+            'predicted': decision,
             'input_check': 'ok' if reason is None else f'{REFUSED}: {reason}',
         }
         for s, p, decision, reason in zip(slices, probs, scored_slices.decisions(), reasons)
     ]
     rows = scored_slices.scan_rows()
-    flagged = Counter(s.scan for s, k in zip(slices, kept) if not k)
     scan_table = [
         {
             'scan': r.scan,
-            'n_slices': r.n_slices,
+            'n_slices': r.n_accepted,
             p_key: r.p_positive,
-            'predicted': r.predicted,
-            'n_refused': flagged.get(r.scan, 0),
+            'predicted': r.predicted or '',
+            'n_refused': r.n_refused,
+            'reason': r.reason or '',  # why there is no decision
         }
         for r in rows
-    ]
-    scored = {r.scan for r in rows}
-    scan_table += [  # every slice refused: nothing to decide on
-        {'scan': pid, 'n_slices': 0, p_key: None, 'predicted': '', 'n_refused': n}
-        for pid, n in sorted(flagged.items())
-        if pid not in scored
     ]
     result = {
         'model': model.ref,
@@ -211,6 +228,8 @@ def predict_images(
         'positive_class': classes[pos],
         'input_check': model.has_input_check,
         'refused': int((~kept).sum()),
+        'min_accepted': scored_slices.min_accepted,
+        'decided': sum(r.decided for r in rows),
         'slices': slice_rows,
         'scans': scan_table,
     }
@@ -226,11 +245,12 @@ def predict_images(
         write_csv(folder.predictions_file, slice_rows)
         write_csv(folder.scans_file, scan_table)
         _logger.info('wrote predictions to %s', out)
-        if opt.cam.n:
+        if opt.cam.n:  # the decided scans' accepted slices
+            shown = np.array([d != '' for d in scored_slices.decisions()], dtype=bool)
             result['cam'] = _write_cam(
                 model,
-                [s for s, k in zip(slices, kept) if k],
-                probs[kept, pos],
+                [s for s, k in zip(slices, shown) if k],
+                probs[shown, pos],
                 point.threshold,
                 classes,
                 folder,
@@ -240,6 +260,19 @@ def predict_images(
                 progress=opt.progress,
             )
     return result
+
+
+def no_decision_summary(result: dict) -> str | None:
+    """One line when ``predict_images`` decided no scan (why, with the counts), else None."""
+    if result.get('decided', 1):
+        return None
+    scans, slices = result['scans'], result['slices']
+    return (
+        f'no input got a decision: {len(scans)} scan{"s" if len(scans) != 1 else ""}, '
+        f'{len(slices)} slices, {result.get("refused", 0)} refused by the input check; a scan '
+        f'needs at least {result.get("min_accepted", MIN_ACCEPTED):g} of its slices accepted '
+        f'(--min-accepted); the predictions are written all the same'
+    )
 
 
 def format_predictions(result: dict, max_rows: int = 20) -> str:
@@ -260,10 +293,8 @@ def format_predictions(result: dict, max_rows: int = 20) -> str:
     lines.append(f'{"scan":<40}{"slices":>7}{p_key:>9}  predicted')
     for r in result['scans'][:max_rows]:
         refused = f' ({r["n_refused"]} refused)' if r.get('n_refused') else ''
-        lines.append(
-            f'{str(r["scan"])[-40:]:<40}{r["n_slices"]:>7}{p(r[p_key])}  '
-            f'{r["predicted"] or "no decision"}{refused}'
-        )
+        said = r['predicted'] + refused if r['predicted'] else r.get('reason') or 'no decision'
+        lines.append(f'{str(r["scan"])[-40:]:<40}{r["n_slices"]:>7}{p(r[p_key])}  {said}')
     if len(result['scans']) > max_rows:
         lines.append(f'... {len(result["scans"]) - max_rows} more scans')
     lines.append(f'{"slice":<47}{p_key:>9}  predicted')

@@ -324,6 +324,36 @@ def check_output_dir(model: LoadedModel, output_dir: Path, tag: str | None) -> N
 # ------------------------------------------------------------------------------------ evaluate
 
 
+def recorded_classes(model: LoadedModel) -> list[str] | None:
+    """The classes the model records (its export's ``classes``, else timm's ``label_names``), in
+    training order; None when it records none (a foreign export: ``--classes`` says them)."""
+    for member in model.members:
+        named = member.settings.classes or member.net.pretrained_cfg.get('label_names')
+        if named:
+            return list(named)
+    return None
+
+
+def resolve_classes(model: LoadedModel, classes: Sequence[str] | None) -> list[str]:
+    """The classes to evaluate with: the model's, or ``classes`` when given and the model records
+    none or the same ones. Classes that contradict the recorded ones raise EvaluationError: in
+    another order they swap the labels (an AUC of 0.42 reads 0.58)."""
+    if classes is None:
+        classes = list(model.classes)
+        _check_classes(model, classes)
+        return classes
+    classes = list(classes)
+    _check_classes(model, classes)
+    recorded = recorded_classes(model)
+    if recorded is not None and classes != recorded:
+        raise EvaluationError(
+            f'--classes {",".join(classes)} contradicts the classes the model records '
+            f'({",".join(recorded)}, in training order): drop --classes, or give '
+            f'{",".join(recorded)}'
+        )
+    return classes
+
+
 def _check_classes(model: LoadedModel, classes: Sequence[str]) -> None:
     for member in model.members:
         if member.net.num_classes != len(classes):
@@ -366,8 +396,7 @@ def evaluate(
     if not isinstance(model, LoadedModel):
         model = load_model(model)
     model = model.with_backend(opt.backend)
-    classes = list(classes or model.classes)
-    _check_classes(model, classes)
+    classes = resolve_classes(model, classes)
     tta, precision, cam = opt.tta, opt.precision, opt.cam
     if precision is not None and precision not in PRECISIONS:
         raise EvaluationError(f'--precision {precision!r}: choose one of {list(PRECISIONS)}')

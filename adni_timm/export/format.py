@@ -48,6 +48,7 @@ from timm.models import save_for_hf
 from ..utils.files import read_json, sha256_file, write_json
 from .input_check import INPUT_CHECK_FILES
 from .input_description import network_data_format
+from .model_args import ModelArgsError, check_model_args
 from ..models import LABEL_NAMES, LICENSE, PRETRAINED_TAG, stock_architecture
 from ..utils.legacy import upgrade
 
@@ -492,8 +493,14 @@ def _create_pretrained(name: str, **kwargs) -> torch.nn.Module:
         raise ExportError(f'could not load {name} with timm: {type(e).__name__}: {e}{hint}') from e
 
 
-def _load(name: str, config: dict[str, Any]) -> torch.nn.Module:
-    """The export as the 1-channel model it was trained as; a foreign 3-channel model as it is."""
+def _load(name: str, config: dict[str, Any], weights, where) -> torch.nn.Module:
+    """The export as the 1-channel model it was trained as; a foreign 3-channel model as it is.
+    Its ``config.json`` is checked against the weights first (``check_model_args``): timm would
+    build whatever ``model_args`` ask for before comparing shapes."""
+    try:
+        check_model_args(config, weights, where)
+    except ModelArgsError as e:
+        raise ExportError(str(e)) from None
     if trained_in_chans(config) != 1:
         return _create_pretrained(name)  # evaluation refuses it with a clear message
     return _as_one_channel(_create_pretrained(name, in_chans=1))
@@ -514,7 +521,7 @@ def load_export(ref: str | os.PathLike, export_dir: Path | None = None) -> Expor
                 f'the Hugging Face cache.'
             ) from e
         check_loadable(config, weights, f'{ref} config.json')
-        net = _load(ref, config)
+        net = _load(ref, config, weights, f'{ref} {CONFIG_NAME}')
         export_dir = None
         _fetch_optional(rest, OPTIONAL_FILES)  # the input check, when the repo has one
     else:
@@ -528,7 +535,7 @@ def load_export(ref: str | os.PathLike, export_dir: Path | None = None) -> Expor
                 f'timm.models.save_for_hf.'
             )
         check_loadable(config, weights, str(export_dir / CONFIG_NAME))
-        net = _load(f'local-dir:{export_dir}', config)
+        net = _load(f'local-dir:{export_dir}', config, weights, export_dir / CONFIG_NAME)
     return Export(
         net=net.eval(),
         ref=ref,

@@ -57,7 +57,7 @@ from PIL import Image
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from ..data.images import is_colour, to_gray
+from ..data.images import is_colour, open_image, to_gray
 from ..utils.files import sha256_file, write_json
 
 __all__ = [
@@ -156,7 +156,7 @@ def _decode(item: ImageLike) -> tuple[Image.Image, bool]:
     """(8-bit grayscale image, whether the original was colour)."""
     if isinstance(item, Image.Image):
         return to_gray(item), is_colour(item)
-    with Image.open(item) as im:
+    with open_image(item) as im:  # a huge file is refused from its header, undecoded
         im.load()
         return to_gray(im), is_colour(im)
 

@@ -45,6 +45,7 @@ ONNX_NAME = 'model.onnx'
 CONFIG_NAME = 'config.json'
 WEIGHTS_NAME = 'model.safetensors'
 _HIGH_DEPTH_MODES = ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F')
+MAX_SIDE = 2048  # px a side: adni_timm.data.images.MAX_SIDE (tests/test_bounded_inputs.py)
 _FILTERS = {
     'nearest': Image.Resampling.NEAREST,
     'bilinear': Image.Resampling.BILINEAR,
@@ -131,6 +132,12 @@ def _gray(image: ImageLike) -> Image.Image:
     """8-bit grayscale; 16-bit / float scaled by their maximum (as adni_timm.data.read_image)."""
     if not isinstance(image, Image.Image):
         with Image.open(image) as im:
+            # from the header, before decoding (adni_timm.data.images.open_image, copied)
+            if max(im.size) > MAX_SIDE:
+                raise ValueError(
+                    f'{image} is {im.size[0]} x {im.size[1]} px: slices are at most {MAX_SIDE} '
+                    f'px a side; downsample it'
+                )
             im.load()
             return _gray(im)
     if image.mode == 'L':

@@ -24,7 +24,7 @@ import csv
 import datetime
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .volumes import Scan
@@ -74,6 +74,7 @@ class LabelRow:
     image_id: str | None = None
     date: str | None = None
     group_bl: str | None = None  # ADNIMERGE's DX_bl
+    line: int | None = field(default=None, compare=False)  # in the file (the header is line 1)
 
 
 @dataclass(frozen=True)
@@ -312,10 +313,45 @@ def read_labels(path: str | Path, fmt: str | None = None, column: str | None = N
         for r in table:
             rows.append(LabelRow(r[subject], r[group], (r.get(visit) or None) if visit else None))
         column = group
+    rows = [replace(r, line=i + 2) for i, r in enumerate(rows)]
     rows = [r for r in rows if r.subject]
     if not rows:
         raise LabelsError(f'{path} holds no rows: fill it in')
+    _refuse_two_labels(path, rows)
     return Labels(fmt, str(path), rows, column if isinstance(column, str) else 'group')
+
+
+def _refuse_two_labels(path: Path, rows: list[LabelRow]) -> None:
+    """One LabelsError naming every subject (or image, or visit) the file gives two different
+    groups, with the lines: silently keeping one of them labels a person at random.
+
+    Rows are the same entry when nothing tells them apart (subject, visit, image id, date): a
+    subject whose diagnosis changed between visits has one row per visit and is fine."""
+    seen: dict[tuple, LabelRow] = {}
+    clashes = []
+    for row in rows:
+        key = (row.subject, normalise_visit(row.visit), _norm_image_id(row.image_id), row.date)
+        first = seen.setdefault(key, row)
+        if first is not row and _same_group(first.group) != _same_group(row.group):
+            clashes.append((first, row))
+    if not clashes:
+        return
+    shown = '; '.join(
+        f'subject {a.subject}{f" visit {a.visit}" if a.visit else ""}'
+        f'{f" image {a.image_id}" if a.image_id else ""}: line {a.line} ({a.group or "empty"}) '
+        f'and line {b.line} ({b.group or "empty"})'
+        for a, b in clashes[:5]
+    )
+    more = f' (and {len(clashes) - 5} more)' if len(clashes) > 5 else ''
+    raise LabelsError(
+        f'{path} gives {len(clashes)} subject(s) two different labels: {shown}{more}; keep the '
+        f'right row, or tell the rows apart with a visit column'
+    )
+
+
+def _same_group(group: str) -> str:
+    """A group compared across rows: CN and NC are the same class."""
+    return class_of_group(group) or group.strip().upper()
 
 
 def parse_group_map(text: str | None) -> dict[str, str]:

@@ -102,10 +102,11 @@ def prepare_scans(
         scan_id = _scan_id(scan_path)
         try:
             prepared = slices_from_scan(scan_path, recipe)
-        except ValueError as e:  # VolumeError, RegistrationError: one line each
-            # a VolumeError names the path itself; say it once
-            text = str(e)
-            raise ScanError(text if str(scan_path) in text else f'{scan_path}: {text}') from None
+        except ValueError as e:  # VolumeError, RegistrationError: one line each, the path once
+            message = str(e)
+            raise ScanError(
+                message if str(scan_path) in message else f'{scan_path}: {message}'
+            ) from None
         similarity[scan_id] = float(prepared.similarity)
         if prepared.similarity < LOW_SIMILARITY:
             warnings.append(

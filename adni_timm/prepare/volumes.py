@@ -30,6 +30,7 @@ __all__ = [
     'NIFTI_SUFFIXES',
     'MIN_VOXELS',
     'MIN_EXTENT_MM',
+    'MAX_VOXELS',
     'VolumeError',
     'Scan',
     'Discovery',
@@ -49,6 +50,10 @@ NIFTI_SUFFIXES = ('.nii', '.nii.gz', '.mgz', '.mgh')  # nibabel reads FreeSurfer
 DICOM_SUFFIXES = ('.dcm', '.ima', '.dicom')
 MIN_VOXELS = 16  # per axis: fewer is a localiser or a single slab, not a 3D T1
 MIN_EXTENT_MM = 100.0  # per axis: a brain is ~140 x 170 x 120 mm; less is not a whole-brain scan
+# the most voxels a scan may declare in its header, checked before any is read: a 1 mm T1 has ~11 M
+# (256 x 256 x 176) and a 0.7 mm one ~26 M; a 1 MB .nii.gz can declare 800 x 800 x 400 (256 M,
+# 1 GB as float32, more in the copies preprocessing makes)
+MAX_VOXELS = 2**25  # 33,554,432
 
 _PTID = re.compile(r'^\d{3}_S_\d{4,}$')
 _IMAGE_ID = re.compile(r'^I\d+$')
@@ -60,7 +65,7 @@ class VolumeError(ValueError):
     """A file or folder that is not a readable 3D volume; the message says what to do.
 
     ``kind`` names the problem for the run's summary (unreadable, 4d, two-series, not-3d,
-    too-small).
+    too-small, too-large).
     """
 
     def __init__(self, message: str, kind: str = 'unreadable'):
@@ -112,8 +117,23 @@ def ras_from_image(image) -> tuple[np.ndarray, np.ndarray]:
     return array, affine
 
 
+def check_voxel_count(shape, path: str | Path) -> None:
+    """Refuse (VolumeError, kind too-large) a scan whose header declares more than MAX_VOXELS
+    voxels, before any voxel is read."""
+    shape = tuple(int(n) for n in shape)
+    voxels = int(np.prod(shape, dtype=np.int64))
+    if voxels > MAX_VOXELS:
+        raise VolumeError(
+            f'{path} declares {"x".join(map(str, shape))} = {voxels:,} voxels: scans are at most '
+            f'{MAX_VOXELS:,} voxels (a 1 mm T1 has about 11 million); resample it (e.g. to 1 mm '
+            f'with FreeSurfer mri_convert or SimpleITK) or give the T1 itself',
+            kind='too-large',
+        )
+
+
 def read_nifti(path: str | Path):
-    """A NIfTI (or MGH) file as a float32 SimpleITK image, read with nibabel."""
+    """A NIfTI (or MGH) file as a float32 SimpleITK image, read with nibabel; its size is checked
+    from the header first (``check_voxel_count``)."""
     import nibabel as nib
 
     path = Path(path)
@@ -133,6 +153,7 @@ def read_nifti(path: str | Path):
                 f'{path} has {len(shape)} dimensions {tuple(shape)}: give a 3D T1 volume',
                 kind='not-3d',
             )
+        check_voxel_count(shape, path)
         data = np.asarray(nifti.dataobj, dtype=np.float32).reshape(shape)
         affine = nifti.affine
     except VolumeError:
@@ -160,7 +181,8 @@ def is_dicom_file(path: Path) -> bool:
 
 def read_dicom_series(folder: str | Path):
     """The one DICOM series in ``folder`` as a float32 SimpleITK image (GDCM sorts the slices by
-    position and applies the rescale slope / intercept)."""
+    position and applies the rescale slope / intercept); its size is checked from the first
+    file's header and the file count before any pixel is read."""
     import SimpleITK as sitk
 
     folder = Path(folder)
@@ -180,6 +202,20 @@ def read_dicom_series(folder: str | Path):
             kind='two-series',
         )
     files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
+    header = sitk.ImageFileReader()
+    header.SetFileName(files[0])
+    try:
+        header.ReadImageInformation()
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise VolumeError(
+            f'{folder}: the DICOM header of {Path(files[0]).name} cannot be read ({first}): '
+            f're-download the series or convert it with dcm2niix',
+            kind='unreadable',
+        ) from None
+    columns, rows, frames = (list(header.GetSize()) + [1])[:3]
+    # one file per slice (classic MR), or one multi-frame file (enhanced MR) holding them all
+    check_voxel_count((columns, rows, max(frames, 1) * len(files)), folder)
     reader.SetFileNames(files)
     try:
         image = reader.Execute()
