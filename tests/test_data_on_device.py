@@ -1,6 +1,7 @@
 """Data on the device (adni_timm.data.device): the batched twin gives the CPU transform's image,
 draws crops by timm's rule, and its batches shard and gather like an Accelerate loader."""
 
+import json
 import math
 import random
 
@@ -249,3 +250,109 @@ class _IdentityTwin:
 
     def __call__(self, images, generator=None):
         return images
+
+
+@pytest.mark.gpu
+def test_the_twin_gives_the_same_images_on_cuda_as_on_the_cpu(slices_u8):
+    _, u8 = slices_u8
+    train_tf, eval_tf = transforms(224, re_prob=0.0)
+    twin = DeviceTransform.from_timm(train_tf)
+    params = twin.sample(len(u8), *u8.shape[1:], torch.Generator().manual_seed(0))
+    cuda = CropParams(**{k: v.cuda() for k, v in params.__dict__.items()})
+    on_gpu = twin.apply(u8.cuda(), cuda).cpu()
+    assert relative_error(on_gpu, twin.apply(u8, params)) < 1e-3
+    eval_twin = DeviceTransform.from_timm(eval_tf)
+    assert relative_error(eval_twin(u8.cuda()).cpu(), eval_twin(u8)) < 1e-3
+
+
+@pytest.mark.gpu
+def test_auto_puts_a_small_cache_on_cuda(tiny_data):
+    from adni_timm._wip_h28.device import device_batches
+
+    slices = data.scan_split(tiny_data, 'train')
+    train_tf, eval_tf = transforms(64)
+    batches = device_batches(
+        'auto', data.preload(slices), slices[:30], slices[30:], train_tf, eval_tf,
+        batch_size=8, seed=0, device=torch.device('cuda'),
+    )  # fmt: skip
+    assert batches is not None
+    images, labels = next(iter(batches[0]))
+    assert images.is_cuda and labels.is_cuda and images.shape == (8, 1, 64, 64)
+
+
+# ------------------------------------------------------------------------ training with it
+
+
+@pytest.fixture(scope='module')
+def demo_like(tmp_path_factory):
+    """SYNTHETIC, the demo's difficulty: 8 train + 6 test patients per class, 6 slices each."""
+    from adni_timm.synthetic import generate
+
+    return generate(
+        tmp_path_factory.mktemp('demo-like') / 'AD_NC', 8, 6, slices=6, seed=1, difficulty='demo'
+    )
+
+
+@pytest.mark.slow
+def test_a_run_with_data_on_device_learns_like_the_loader_path(demo_like, tmp_path):
+    from helpers import run_train
+
+    recipe = (
+        '--model adni_convnext_atto --img-size 64 --batch-size 16 --epochs 6 --warmup-epochs 1 '
+        '--num-workers 0 --val-fraction 0.25 --lr 2e-3 --eval-test --seed 0'
+    ).split()
+    auc = {}
+    for setting in ('true', 'false'):
+        run = tmp_path / setting
+        proc = run_train(
+            '--data-dir', demo_like, '--output-dir', run, *recipe, '--data-on-device', setting,
+            timeout=900,
+        )  # fmt: skip
+        said = 'data on device: the slice cache' in proc.stdout + proc.stderr
+        assert said == (setting == 'true')
+        history = [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
+        assert history[-1]['train_loss'] < history[0]['train_loss']
+        assert history[-1]['val_slices'] == 4 * 6  # 2 of 8 patients per class held out, 6 slices
+        auc[setting] = json.loads((run / 'eval/metrics.json').read_text())['patient']['auc']
+    assert auc['true'] >= 0.9, auc  # it learned the task
+    assert abs(auc['true'] - auc['false']) <= 0.1, auc  # as well as the loader path
+
+
+def test_data_on_device_true_refuses_an_auto_augment_policy(tiny_data, tmp_path, capsys):
+    from helpers import TINY, train_in_process
+
+    code, _, err = train_in_process(
+        capsys, '--data-dir', tiny_data, '--output-dir', tmp_path / 'run', *TINY,
+        '--data-on-device', 'true', '--auto-augment', 'rand-m9-mstd0.5-inc1',
+    )  # fmt: skip
+    assert code == 2
+    assert 'data_on_device' in err and 'auto-augment' in err
+    assert not (tmp_path / 'run').exists()  # refused before any work
+
+
+@pytest.mark.slow
+def test_two_processes_draw_their_own_shards_and_count_each_val_slice_once(tiny_data, tmp_path):
+    import os
+    import subprocess
+
+    from helpers import LAUNCH, ROOT, TINY, with_option
+
+    probe, run = tmp_path / 'probe', tmp_path / 'run'
+    probe.mkdir()
+    cmd = [
+        *LAUNCH, '--main_process_port', '29523', str(ROOT / 'tests/ddp_probe.py'),
+        '--data-dir', str(tiny_data), '--output-dir', str(run),
+        *with_option(TINY, '--batch-size', '3'), '--data-on-device', 'true',
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        'ACCELERATE_USE_CPU': '1',
+        'ADNI_TIMM_PROBE_DIR': str(probe),
+        'OMP_NUM_THREADS': '1',
+    }
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((probe / f'rank{r}.json').read_text()) for r in (0, 1)]
+    assert ranks[0]['weights_sha256'] == ranks[1]['weights_sha256']  # one model, kept in sync
+    assert ranks[0]['val_slices'] == [16, 16]  # 16 validation slices, each counted once
+    assert (proc.stdout + proc.stderr).count('data on device: the slice cache') == 1

@@ -20,11 +20,13 @@ once in order, padded on the last step and truncated again by ``accelerator.gath
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+from accelerate.data_loader import DataLoaderStateMixin
 from accelerate.state import GradientState
 from timm.data.random_erasing import RandomErasing
 from timm.data.transforms import MaybeToTensor, RandomResizedCropAndInterpolation
@@ -34,20 +36,28 @@ from torchvision.transforms import InterpolationMode
 
 __all__ = [
     'DEVICE_MEMORY_FRACTION',
+    'DeviceDataError',
     'UnsupportedTransform',
     'CropParams',
     'DeviceTransform',
     'DeviceBatches',
     'resample_weights',
     'device_cache_fits',
+    'device_batches',
 ]
 
 # ``data_on_device: auto`` moves the cache only when it takes at most this share of the device's
 # free memory: the rest is for the model, its activations and the optimizer state.
 DEVICE_MEMORY_FRACTION = 0.25
 
+_logger = logging.getLogger(__name__)
 
-class UnsupportedTransform(ValueError):
+
+class DeviceDataError(ValueError):
+    """The data cannot go on the device as asked; the message says why."""
+
+
+class UnsupportedTransform(DeviceDataError):
     """The CPU transform holds an op the device path has no twin for (e.g. an auto-augment policy)."""
 
 
@@ -310,7 +320,7 @@ class DeviceTransform:
 # ------------------------------------------------------------------------------------- batches
 
 
-class DeviceBatches:
+class DeviceBatches(DataLoaderStateMixin):
     """(images, labels) batches from a uint8 cache ``[N, H, W]`` already on the device.
 
     ``shuffle=True`` (training): each epoch a permutation seeded by (seed, epoch), identical on
@@ -330,20 +340,23 @@ class DeviceBatches:
         batch_size: int,
         *,
         shuffle: bool,
+        rows: torch.Tensor | None = None,
         seed: int = 0,
         num_processes: int = 1,
         process_index: int = 0,
     ):
-        if images.dtype != torch.uint8 or images.ndim != 3 or len(images) != len(labels):
-            raise ValueError('DeviceBatches needs uint8 images [N, H, W] and N labels')
-        self.images, self.labels = images, labels.to(images.device)
+        rows = torch.arange(len(images)) if rows is None else torch.as_tensor(rows)
+        if images.dtype != torch.uint8 or images.ndim != 3 or len(rows) != len(labels):
+            raise ValueError('DeviceBatches needs uint8 images [N, H, W] and a label per row used')
+        # ``rows``: which images of the (shared) store are this set's, item by item
+        self.images, self.rows = images, rows.to(images.device)
+        self.labels = labels.to(images.device)
         self.transform, self.batch_size, self.shuffle = transform, batch_size, shuffle
         self.seed, self.num_processes, self.process_index = seed, num_processes, process_index
         self.epoch = 0
         self.generator = None  # no loader generator to reseed (training.py looks for one)
         self._augment = torch.Generator(device=images.device)
         self.gradient_state = GradientState()  # shared with the Accelerator
-        self.end_of_dataloader, self.remainder = False, -1
 
     @property
     def total_batch_size(self) -> int:
@@ -353,7 +366,7 @@ class DeviceBatches:
         self.epoch = epoch
 
     def _indices(self) -> list[torch.Tensor]:
-        n, b, p = len(self.images), self.batch_size, self.num_processes
+        n, b, p = len(self.rows), self.batch_size, self.num_processes
         if self.shuffle:
             sampler = DistributedSampler(
                 range(n), num_replicas=p, rank=self.process_index, shuffle=True, seed=self.seed
@@ -370,7 +383,7 @@ class DeviceBatches:
         return list(chunks[:, self.process_index])
 
     def __len__(self) -> int:
-        n, b, p = len(self.images), self.batch_size, self.num_processes
+        n, b, p = len(self.rows), self.batch_size, self.num_processes
         if self.shuffle:
             return math.ceil(n / p) // b
         return math.ceil(n / (b * p)) if p > 1 else math.ceil(n / b)
@@ -383,18 +396,17 @@ class DeviceBatches:
         )
         # what an Accelerate loader tells the gradient state: gather_for_metrics and
         # accumulate() read the end of the epoch and the padding from it
-        self.end_of_dataloader = False
-        self.remainder = -1 if self.shuffle else len(self.images) % self.total_batch_size
-        self.gradient_state._add_dataloader(self)
+        self.begin()
+        self.remainder = -1 if self.shuffle else len(self.rows) % self.total_batch_size
         try:
             for i, index in enumerate(batches):
                 index = index.to(self.images.device, non_blocking=True)
-                images = self.transform(self.images[index], self._augment)
+                images = self.transform(self.images[self.rows[index]], self._augment)
                 if i == len(batches) - 1:
                     self.end_of_dataloader = True
                 yield images, self.labels[index]
         finally:
-            self.gradient_state._remove_dataloader(self)
+            self.end()
 
 
 def device_cache_fits(nbytes: int, device: torch.device) -> tuple[bool, str]:
@@ -410,3 +422,66 @@ def device_cache_fits(nbytes: int, device: torch.device) -> tuple[bool, str]:
         f'{free / 2**30:.1f} GiB free on {device}: '
         + ('batches are drawn and augmented there' if fits else 'using the DataLoader instead')
     )
+
+
+def device_batches(
+    setting: str,
+    cache,
+    train_slices: Sequence,
+    val_slices: Sequence,
+    train_tf,
+    eval_tf,
+    *,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    num_processes: int = 1,
+    process_index: int = 0,
+) -> tuple[DeviceBatches, DeviceBatches | None] | None:
+    """(train, validation) batches drawn on ``device``, or None for the DataLoader path.
+
+    ``setting`` is ``data_on_device``: 'false' -> None; 'auto' -> on for CUDA when the cache fits
+    (``device_cache_fits``), else None, with one log line that says why; 'true' -> on, or
+    DeviceDataError when it cannot be (an op without a twin, no cache, slices of several sizes).
+    ``cache`` is the host SliceCache of train + validation slices (``preload``), or None.
+    """
+    if setting == 'false':
+        return None
+    try:
+        if cache is None:
+            raise DeviceDataError('the slices are not cached in memory (cache: false, or too big)')
+        if cache.odd:
+            raise DeviceDataError(
+                f'{len(cache.odd)} slices differ in size from the others; the device cache holds '
+                f'one size'
+            )
+        train_twin, eval_twin = DeviceTransform.from_timm(train_tf), DeviceTransform.from_timm(
+            eval_tf
+        )
+    except DeviceDataError as e:
+        if setting == 'true':
+            raise
+        _logger.info('data on device: off (%s); using the DataLoader', e)
+        return None
+    if setting == 'auto':
+        fits, line = device_cache_fits(cache.images.nbytes, device)
+        (_logger.info if device.type == 'cuda' else _logger.debug)(line)
+        if not fits:
+            return None
+    else:
+        _logger.info(
+            'data on device: the slice cache (%.2f GiB) moves to %s; batches are drawn and '
+            'augmented there',
+            cache.images.nbytes / 2**30,
+            device,
+        )
+    store = torch.from_numpy(cache.images).to(device)  # once; CPU: the same memory, no copy
+
+    def batches(slices, twin, shuffle):
+        rows = torch.tensor([cache.index[s.path] for s in slices], dtype=torch.long)
+        labels = torch.tensor([s.label for s in slices], dtype=torch.long)
+        return DeviceBatches(store, labels, twin, batch_size, shuffle=shuffle, rows=rows,
+                             seed=seed, num_processes=num_processes, process_index=process_index)  # fmt: skip
+
+    val = batches(val_slices, eval_twin, False) if len(val_slices) else None
+    return batches(train_slices, train_twin, True), val
