@@ -176,6 +176,10 @@ def data_cost(cfg, data_dir: Path, workers: int | None, images: int) -> dict:
             data.SliceDataset(slices, train_tf, cache), cfg.batch_size, shuffle=True,
             drop_last=True, num_workers=workers, pin_memory=device.type == 'cuda', seed=cfg.seed,
         )  # fmt: skip
+    # one torch thread, as in each loader worker: on a shared CPU, idle OpenMP threads spin and
+    # would bill the main-process paths for CPU time that does no work
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     seen, t0, c0, epoch = 0, None, None, 0
     while seen < images:
         for x, y in batches:
@@ -193,6 +197,7 @@ def data_cost(cfg, data_dir: Path, workers: int | None, images: int) -> dict:
             batches.set_epoch(epoch)
     sync(device)
     cpu, wall = cpu_seconds() - c0, time.perf_counter() - t0
+    torch.set_num_threads(threads)
     del batches
     gc.collect()
     return {
@@ -298,6 +303,7 @@ def main(argv=None) -> int:
         metavar=('MANY', 'FEW'),
         help='loader workers of the two loader paths (default: 16 4; --quick: 2 0)',
     )
+    parser.add_argument('--img-size', type=int, help='input side (default: 224; --quick: 64)')
     parser.add_argument(
         '--only-data-cost',
         action='store_true',
@@ -310,6 +316,8 @@ def main(argv=None) -> int:
     p = dict(QUICK if args.quick else FULL)
     if args.workers:
         p['workers'] = tuple(args.workers)
+    if args.img_size:
+        p['img_size'] = args.img_size
     work = Path(
         args.work_dir
         or Path(tempfile.gettempdir()) / f'adni-timm-bench{"-quick" if args.quick else ""}'

@@ -366,6 +366,7 @@ class DeviceBatches(DataLoaderStateMixin):
         self.epoch = epoch
 
     def _indices(self) -> list[torch.Tensor]:
+        """This process's batches of item indices for this epoch, moved to the device at once."""
         n, b, p = len(self.rows), self.batch_size, self.num_processes
         if self.shuffle:
             sampler = DistributedSampler(
@@ -373,14 +374,13 @@ class DeviceBatches(DataLoaderStateMixin):
             )
             sampler.set_epoch(self.epoch)
             mine = torch.tensor(list(sampler), dtype=torch.long)
-            return list(mine[: len(mine) // b * b].view(-1, b))
+            return list(mine[: len(mine) // b * b].to(self.images.device).view(-1, b))
         order = torch.arange(n)
         if p == 1:
-            return list(order.split(b))
+            return list(order.to(self.images.device).split(b))
         total = math.ceil(n / (b * p)) * b * p  # padded from the start, as Accelerate pads
         padded = torch.cat([order, order.repeat(math.ceil(total / n))[: total - n]])
-        chunks = padded.view(-1, p, b)
-        return list(chunks[:, self.process_index])
+        return list(padded.to(self.images.device).view(-1, p, b)[:, self.process_index])
 
     def __len__(self) -> int:
         n, b, p = len(self.rows), self.batch_size, self.num_processes
@@ -400,7 +400,6 @@ class DeviceBatches(DataLoaderStateMixin):
         self.remainder = -1 if self.shuffle else len(self.rows) % self.total_batch_size
         try:
             for i, index in enumerate(batches):
-                index = index.to(self.images.device, non_blocking=True)
                 images = self.transform(self.images[self.rows[index]], self._augment)
                 if i == len(batches) - 1:
                     self.end_of_dataloader = True
@@ -413,7 +412,7 @@ def device_cache_fits(nbytes: int, device: torch.device) -> tuple[bool, str]:
     """Whether ``nbytes`` of cache fit the ``DEVICE_MEMORY_FRACTION`` of the device's free memory,
     and one line that says so (``data_on_device: auto``)."""
     if device.type != 'cuda':
-        return False, f'data on device: off on {device.type} under auto (data_on_device: true forces it)'
+        return False, f'data on device: off on {device.type} under auto (true forces it)'
     free, _ = torch.cuda.mem_get_info(device)
     fits = nbytes <= DEVICE_MEMORY_FRACTION * free
     return fits, (
