@@ -167,7 +167,8 @@ def test_random_erasing_is_timms_and_erases_at_its_rate(slices_u8):
     _, u8 = slices_u8
     train_tf, _ = transforms(64, re_prob=1.0, color_jitter=0.0, hflip=0.0)
     twin = DeviceTransform.from_timm(train_tf)
-    assert twin.erasing is next(op for op in train_tf.transforms if 'Erasing' in type(op).__name__)
+    timms = next(op for op in train_tf.transforms if 'Erasing' in type(op).__name__)
+    assert type(twin.erasing) is type(timms) and twin.erasing.__dict__ == timms.__dict__
     random.seed(0)
     out = twin(u8, torch.Generator().manual_seed(0))
     # const mode: the erased box holds 0 (mid-grey after normalisation), a rectangle per slice

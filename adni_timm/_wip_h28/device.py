@@ -20,6 +20,7 @@ once in order, padded on the last step and truncated again by ``accelerator.gath
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass
@@ -203,7 +204,7 @@ class DeviceTransform:
             elif isinstance(op, T.Normalize):
                 mean, std = [float(v) for v in op.mean], [float(v) for v in op.std]
             elif isinstance(op, RandomErasing):
-                args['erasing'] = op
+                args['erasing'] = copy.copy(op)  # its own: the twin points it at the device
             else:
                 raise UnsupportedTransform(
                     f'{type(op).__name__} ({op!r}) has no device twin; the device path does '
