@@ -12,14 +12,14 @@ import torchvision.transforms.functional as F
 from timm.data.transforms import RandomResizedCropAndInterpolation
 
 from adni_timm import data
-from adni_timm._wip_h28.device import (
+from adni_timm.data.device import (
     CropParams,
     DeviceBatches,
     DeviceTransform,
     UnsupportedTransform,
 )
 from adni_timm.config import load_config
-from adni_timm.training import create_model
+from adni_timm.train.loop import create_model
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -268,7 +268,7 @@ def test_the_twin_gives_the_same_images_on_cuda_as_on_the_cpu(slices_u8):
 
 @pytest.mark.gpu
 def test_auto_puts_a_small_cache_on_cuda(tiny_data):
-    from adni_timm._wip_h28.device import device_batches
+    from adni_timm.data.device import device_batches
 
     slices = data.scan_split(tiny_data, 'train')
     train_tf, eval_tf = transforms(64)
@@ -287,7 +287,7 @@ def test_auto_puts_a_small_cache_on_cuda(tiny_data):
 @pytest.fixture(scope='module')
 def demo_like(tmp_path_factory):
     """SYNTHETIC, the demo's difficulty: 8 train + 10 test patients per class, 6 slices each."""
-    from adni_timm.synthetic import generate
+    from adni_timm.synthetic.slices import generate
 
     return generate(
         tmp_path_factory.mktemp('demo-like') / 'AD_NC', 8, 10, slices=6, seed=1, difficulty='demo'

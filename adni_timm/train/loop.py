@@ -42,6 +42,7 @@ from ..inference import predict_loader
 from ..export.input_description import describe_slices
 from ..models import CROP_PCT, INTERPOLATION, MEAN, STD
 from ..utils.progress import Progress
+from ..data.device import DeviceBatches, DeviceDataError, device_batches
 from ..run import OldRunAside, Run, RunRecord
 from ..data.splits import Splits, load_splits, select, split_patients
 
@@ -285,9 +286,12 @@ def _build(cfg: TrainConfig, splits: Splits, accelerator: Accelerator) -> Setup:
     optimizer = timm.optim.create_optimizer_v2(
         base_model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay
     )
-    model, optimizer, train_loader = accelerator.prepare(base_model, optimizer, train_loader)
-    # a refit has no validation loader
-    val_loader = accelerator.prepare(val_loader) if val_loader is not None else None
+    if isinstance(train_loader, DeviceBatches):  # drawn on the device, sharded already
+        model, optimizer = accelerator.prepare(base_model, optimizer)
+    else:
+        model, optimizer, train_loader = accelerator.prepare(base_model, optimizer, train_loader)
+        # a refit has no validation loader
+        val_loader = accelerator.prepare(val_loader) if val_loader is not None else None
     # per process: the prepared loader is sharded over the processes
     updates_per_epoch = max(1, math.ceil(len(train_loader) / cfg.grad_accum_steps))
     scheduler, _ = timm.scheduler.create_scheduler_v2(
@@ -712,9 +716,35 @@ def _make_loaders(cfg, train_slices, val_slices, train_tf, eval_tf, accelerator)
             f'batch_size={cfg.batch_size} is larger than the training set ({len(train_slices)} '
             f'slices); lower --batch-size'
         )
-    cache = (
-        data.preload(train_slices + val_slices, num_workers=cfg.num_workers) if cfg.cache else None
+    # data_on_device auto: only where it can help (CUDA) and the user keeps the cache on
+    wanted = cfg.data_on_device == 'true' or (
+        cfg.data_on_device == 'auto' and cfg.cache and accelerator.device.type == 'cuda'
     )
+    cache = (
+        data.preload(train_slices + val_slices, num_workers=cfg.num_workers)
+        if cfg.cache or wanted
+        else None
+    )
+    try:
+        on_device = device_batches(
+            cfg.data_on_device if wanted else 'false',
+            cache,
+            train_slices,
+            val_slices,
+            train_tf,
+            eval_tf,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            device=accelerator.device,
+            num_processes=accelerator.num_processes,
+            process_index=accelerator.process_index,
+        )
+    except DeviceDataError as e:
+        raise TrainingError(
+            f'data_on_device=true: {e}; use --data-on-device auto (the DataLoader instead)'
+        ) from None
+    if on_device is not None:
+        return on_device
     pin = accelerator.device.type == 'cuda'
     train_loader = data.create_loader(
         data.SliceDataset(train_slices, train_tf, cache),
