@@ -244,6 +244,41 @@ def test_validation_through_predict_loader_counts_every_slice_once(slices_u8):
     np.testing.assert_allclose(probs[:6], probs[6:12], rtol=1e-5)  # the same slices again
 
 
+def test_auto_falls_back_with_one_log_line_and_follows_the_other_processes(
+    tiny_data, caplog, monkeypatch
+):
+    import logging
+
+    from adni_timm.data import device
+
+    slices = data.scan_split(tiny_data, 'train')
+    cache = data.preload(slices)
+    cpu = torch.device('cpu')
+    caplog.set_level(logging.INFO, logger=device.__name__)
+    votes = []
+
+    def vote(ok):
+        votes.append(ok)
+        return ok
+
+    # an op without a twin: off, said once with its name, and this process votes no
+    train_tf, eval_tf = transforms(64, auto_augment='rand-m9-mstd0.5-inc1')
+    out = device.device_batches('auto', cache, slices, [], train_tf, eval_tf, batch_size=8,
+                                seed=0, device=cpu, agree=vote)  # fmt: skip
+    said = [r.getMessage() for r in caplog.records if 'data on device' in r.getMessage()]
+    assert out is None and votes == [False]
+    assert len(said) == 1 and 'RandAugment' in said[0] and 'DataLoader' in said[0]
+    # it would fit here, but another process cannot hold it: every process stays on the loader
+    monkeypatch.setattr(device, 'device_cache_fits', lambda nbytes, dev: (True, 'fits'))
+    train_tf, eval_tf = transforms(64)
+    out = device.device_batches('auto', cache, slices, [], train_tf, eval_tf, batch_size=8,
+                                seed=0, device=cpu, agree=lambda ok: False)  # fmt: skip
+    assert out is None
+    out = device.device_batches('auto', cache, slices, [], train_tf, eval_tf, batch_size=8,
+                                seed=0, device=cpu, agree=vote)  # fmt: skip
+    assert out is not None and votes[-1] is True
+
+
 class _IdentityTwin:
     """A stand-in transform: the batch as it is (the tests above look at indices)."""
 

@@ -207,11 +207,12 @@ class DeviceTransform:
                 args['erasing'] = copy.copy(op)  # its own: the twin points it at the device
             else:
                 raise UnsupportedTransform(
-                    f'{type(op).__name__} ({op!r}) has no device twin; the device path does '
-                    f'random resized crop, flip, brightness/contrast jitter, random erasing'
+                    f'the transform op {type(op).__name__} has no device twin (the device path '
+                    f'does random resized crop, flip, brightness/contrast jitter, random erasing)'
                 )
         if size is None or mean is None:
-            raise UnsupportedTransform(f'{transform!r} is not a crop/resize + normalise transform')
+            names = ', '.join(type(op).__name__ for op in ops)
+            raise UnsupportedTransform(f'{names}: not a crop/resize + normalise transform')
         if len(size) == 1:
             size = (size[0], size[0])
         return cls(size, interpolation, mean, std, **args)
@@ -437,6 +438,7 @@ def device_batches(
     device: torch.device,
     num_processes: int = 1,
     process_index: int = 0,
+    agree: Callable[[bool], bool] = bool,
 ) -> tuple[DeviceBatches, DeviceBatches | None] | None:
     """(train, validation) batches drawn on ``device``, or None for the DataLoader path.
 
@@ -444,9 +446,12 @@ def device_batches(
     (``device_cache_fits``), else None, with one log line that says why; 'true' -> on, or
     DeviceDataError when it cannot be (an op without a twin, no cache, slices of several sizes).
     ``cache`` is the host SliceCache of train + validation slices (``preload``), or None.
+    ``agree`` turns this process's 'auto' verdict into the one all processes share (every process
+    calls it once under 'auto'; the training loop passes a collective: on only if all can).
     """
     if setting == 'false':
         return None
+    reason = None
     try:
         if cache is None:
             raise DeviceDataError('the slices are not cached in memory (cache: false, or too big)')
@@ -461,12 +466,18 @@ def device_batches(
     except DeviceDataError as e:
         if setting == 'true':
             raise
-        _logger.info('data on device: off (%s); using the DataLoader', e)
-        return None
+        reason = str(e)
     if setting == 'auto':
-        fits, line = device_cache_fits(cache.images.nbytes, device)
-        (_logger.info if device.type == 'cuda' else _logger.debug)(line)
-        if not fits:
+        if reason is not None:
+            _logger.info('data on device: off (%s); using the DataLoader', reason)
+        else:
+            fits, line = device_cache_fits(cache.images.nbytes, device)
+            (_logger.info if device.type == 'cuda' else _logger.debug)(line)
+            reason = None if fits else 'does not fit'
+        # every process takes the same path: a DDP run with two kinds of batches would hang
+        if not agree(reason is None):
+            if reason is None:
+                _logger.info('data on device: off: another process cannot; using the DataLoader')
             return None
     else:
         _logger.info(

@@ -36,7 +36,7 @@ from ..export import format as export
 from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint
 from ..config import TrainConfig, config_to_dict, fit_warmup
 from ..utils.display import fmt, fmt_duration
-from ..utils.distributed import raise_agreed, run_on_main
+from ..utils.distributed import first_error, raise_agreed, run_on_main
 from ..utils.hardware import bf16_supported
 from ..inference import predict_loader
 from ..export.input_description import describe_slices
@@ -738,6 +738,7 @@ def _make_loaders(cfg, train_slices, val_slices, train_tf, eval_tf, accelerator)
             device=accelerator.device,
             num_processes=accelerator.num_processes,
             process_index=accelerator.process_index,
+            agree=lambda ok: first_error(accelerator, None if ok else 'off') is None,
         )
     except DeviceDataError as e:
         raise TrainingError(
