@@ -321,7 +321,7 @@ def test_auto_puts_a_small_cache_on_cuda(tiny_data):
 
 @pytest.fixture(scope='module')
 def demo_like(tmp_path_factory):
-    """SYNTHETIC, the demo's difficulty: 8 train + 10 test patients per class, 6 slices each."""
+    """SYNTHETIC, the demo's difficulty: 8 train + 10 test scans per class, 6 slices each."""
     from adni_timm.synthetic.slices import generate
 
     return generate(
@@ -334,7 +334,7 @@ def test_a_run_with_data_on_device_learns_like_the_loader_path(demo_like, tmp_pa
     from helpers import run_train
 
     # no validation split: both runs keep their last epoch, so the test AUCs compare the two
-    # data paths, not which epoch a 4-patient validation happened to pick
+    # data paths, not which epoch a 4-scan validation happened to pick
     recipe = (
         '--model adni_convnext_atto --img-size 64 --batch-size 16 --epochs 5 --warmup-epochs 1 '
         '--num-workers 0 --val-fraction 0 --lr 2e-3 --eval-test --seed 0'
@@ -350,7 +350,7 @@ def test_a_run_with_data_on_device_learns_like_the_loader_path(demo_like, tmp_pa
         assert said == (setting == 'true')
         history = [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
         assert history[-1]['train_loss'] < history[0]['train_loss']
-        auc[setting] = json.loads((run / 'eval/metrics.json').read_text())['patient']['auc']
+        auc[setting] = json.loads((run / 'eval/metrics.json').read_text())['scan']['auc']
     assert auc['true'] >= 0.9, auc  # it learned the task
     assert abs(auc['true'] - auc['false']) <= 0.1, auc  # as well as the loader path
 
