@@ -434,7 +434,10 @@ def format_table(r: dict, p: dict) -> str:
             f'(b) end-to-end train img/s, {w_lo} workers',
             f'{r[f"b_end_to_end_w{w_lo}"]["img_per_s"]:.0f}',
         ),
-        ('(b) end-to-end train img/s, data on device', f'{r["b_end_to_end_device"]["img_per_s"]:.0f}'),
+        (
+            '(b) end-to-end train img/s, data on device',
+            f'{r["b_end_to_end_device"]["img_per_s"]:.0f}',
+        ),
         (f'(c) reference loop img/s, {w_hi} workers', f'{r["c_reference"]["img_per_s"]:.0f}'),
         ('(d) inference img/s (evaluate.py)', f'{r["d_inference"]["img_per_s"]:.0f}'),
         (

@@ -120,9 +120,7 @@ def test_given_crop_box_flip_and_jitter_give_the_pil_image(slices_u8, img_size):
     assert relative_error(unflipped[1], _pil_reference(pils[1], params, 1, img_size)) > 5e-2
 
 
-@pytest.mark.parametrize(
-    'scale, ratio', [((0.7, 1.0), (0.9, 1.1)), ((0.08, 1.0), (3 / 4, 4 / 3))]
-)
+@pytest.mark.parametrize('scale, ratio', [((0.7, 1.0), (0.9, 1.1)), ((0.08, 1.0), (3 / 4, 4 / 3))])
 def test_crop_areas_and_ratios_stay_in_the_configured_ranges(scale, ratio):
     height, width, n = 240, 256, 20_000
     twin = DeviceTransform((64, 64), F.InterpolationMode.BILINEAR, [0.5], [0.5],
@@ -136,7 +134,9 @@ def test_crop_areas_and_ratios_stay_in_the_configured_ranges(scale, ratio):
     area = h * w / (height * width)
     assert bool((area >= scale[0] * (1 - 2 * slack)).all()), float(area.min())
     assert bool((area <= scale[1] * (1 + 2 * slack)).all()), float(area.max())
-    assert bool((w / h >= ratio[0] * (1 - 2 * slack)).all() and (w / h <= ratio[1] * (1 + 2 * slack)).all())
+    assert bool(
+        (w / h >= ratio[0] * (1 - 2 * slack)).all() and (w / h <= ratio[1] * (1 + 2 * slack)).all()
+    )
     # the same law as timm's sampler: compare the means with timm's own get_params
     random.seed(0)
     img = F.to_pil_image(torch.zeros(1, height, width))
@@ -144,7 +144,9 @@ def test_crop_areas_and_ratios_stay_in_the_configured_ranges(scale, ratio):
         RandomResizedCropAndInterpolation.get_params(img, scale, ratio) for _ in range(n)
     ])  # fmt: skip
     ref_area = ref[:, 2] * ref[:, 3] / (height * width)
-    assert abs(float(area.mean()) - ref_area.mean()) < 0.01 * ref_area.mean() + 3 * ref_area.std() / math.sqrt(n)
+    assert abs(
+        float(area.mean()) - ref_area.mean()
+    ) < 0.01 * ref_area.mean() + 3 * ref_area.std() / math.sqrt(n)
     ref_ratio = ref[:, 3] / ref[:, 2]
     assert abs(float((w / h).mean()) - ref_ratio.mean()) < 0.01 * ref_ratio.mean()
     # and every position inside the slice is drawn: left edges spread over the free room
@@ -210,8 +212,15 @@ def test_validation_batches_gather_to_every_slice_once_in_order(n, batch, proces
     images = torch.zeros(n, 8, 8, dtype=torch.uint8)
     labels = torch.arange(n)
     loaders = [
-        DeviceBatches(images, labels, _IdentityTwin(), batch, shuffle=False,
-                      num_processes=processes, process_index=r)  # fmt: skip
+        DeviceBatches(
+            images,
+            labels,
+            _IdentityTwin(),
+            batch,
+            shuffle=False,
+            num_processes=processes,
+            process_index=r,
+        )  # fmt: skip
         for r in range(processes)
     ]
     steps = [list(loader) for loader in loaders]

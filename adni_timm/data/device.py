@@ -4,9 +4,9 @@ augmented there, and no DataLoader worker sits on the training path.
 ``DeviceTransform.from_timm(tf)`` reads a timm/torchvision transform (``build_transforms``'s train
 or eval transform) op by op and builds its batched twin; an op it has no twin for raises
 ``UnsupportedTransform`` naming it, so the two paths can never silently differ. Per sample, in the
-CPU pipeline's order: random resized crop (timm's sampling rule, its ``scale``/``ratio``), horizontal
-flip, brightness/contrast jitter (random order, as torchvision's ColorJitter), /255, normalise,
-timm's ``RandomErasing``; the eval twin is a short-side resize and a centre crop.
+CPU pipeline's order: random resized crop (timm's sampling rule, its ``scale``/``ratio``),
+horizontal flip, brightness/contrast jitter (random order, as torchvision's ColorJitter), /255,
+normalise, timm's ``RandomErasing``; the eval twin is a short-side resize and a centre crop.
 
 Crop and resize are one linear map per sample: ``out = Wy @ crop @ Wx^T``, whose rows are PIL's own
 resampling weights (its bilinear or bicubic filter, widened when it shrinks: the antialiasing that
@@ -59,7 +59,7 @@ class DeviceDataError(ValueError):
 
 
 class UnsupportedTransform(DeviceDataError):
-    """The CPU transform holds an op the device path has no twin for (e.g. an auto-augment policy)."""
+    """The CPU transform holds an op the device path has no twin for (an auto-augment policy)."""
 
 
 # ------------------------------------------------------------------------------ PIL's resampling
@@ -76,10 +76,10 @@ def _bicubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:  # PIL's cubic, 
     return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
 
 
-# filter and its support (in output pixels at scale 1), as PIL's Resample.c defines them
-_FILTERS: dict[InterpolationMode, tuple[Callable, float]] = {
-    InterpolationMode.BILINEAR: (_triangle, 1.0),
-    InterpolationMode.BICUBIC: (_bicubic, 2.0),
+# PIL's Resample.c filters (zero outside their support, so no window bounds are needed)
+_FILTERS: dict[InterpolationMode, Callable] = {
+    InterpolationMode.BILINEAR: _triangle,
+    InterpolationMode.BICUBIC: _bicubic,
 }
 
 
@@ -96,7 +96,7 @@ def resample_weights(
     PIL (``ImagingResample``): centre = (i + 0.5) * scale, filter widened by max(scale, 1) so a
     shrink averages (antialiasing), weights normalised to sum 1, pixels outside the crop unused.
     """
-    kernel, _ = _FILTERS[interpolation]
+    kernel = _FILTERS[interpolation]
     start, length = start.float(), length.float()
     scale = length / out_len
     widen = scale.clamp_min(1.0)
@@ -460,8 +460,9 @@ def device_batches(
                 f'{len(cache.odd)} slices differ in size from the others; the device cache holds '
                 f'one size'
             )
-        train_twin, eval_twin = DeviceTransform.from_timm(train_tf), DeviceTransform.from_timm(
-            eval_tf
+        train_twin, eval_twin = (
+            DeviceTransform.from_timm(train_tf),
+            DeviceTransform.from_timm(eval_tf),
         )
     except DeviceDataError as e:
         if setting == 'true':
@@ -491,8 +492,17 @@ def device_batches(
     def batches(slices, twin, shuffle):
         rows = torch.tensor([cache.index[s.path] for s in slices], dtype=torch.long)
         labels = torch.tensor([s.label for s in slices], dtype=torch.long)
-        return DeviceBatches(store, labels, twin, batch_size, shuffle=shuffle, rows=rows,
-                             seed=seed, num_processes=num_processes, process_index=process_index)  # fmt: skip
+        return DeviceBatches(
+            store,
+            labels,
+            twin,
+            batch_size,
+            shuffle=shuffle,
+            rows=rows,
+            seed=seed,
+            num_processes=num_processes,
+            process_index=process_index,
+        )
 
     val = batches(val_slices, eval_twin, False) if len(val_slices) else None
     return batches(train_slices, train_twin, True), val
