@@ -108,6 +108,12 @@ class TrainConfig:
     )
     cache: bool = _key(True, 'decode every slice once into memory shared by the loader workers')
     num_workers: int = _key(8, 'data-loader worker processes per training process')
+    data_on_device: str = _key(
+        'auto',
+        'decoded slices on the device, batches drawn and augmented there, no loader workers '
+        '(auto: on a CUDA GPU whose free memory holds the cache 4 times over)',
+        choices=('auto', 'true', 'false'),
+    )
     # augmentation (timm create_transform)
     scale: list[float] = _key(
         [0.7, 1.0], 'random-resized-crop area range (fractions of the slice)', metavar='MIN,MAX'
@@ -285,7 +291,8 @@ def coerce(key: str, value: Any, type_name: str) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
-        return str(value)
+        # YAML reads `data_on_device: true` as a bool: the key's choices are the words
+        return str(value).lower() if isinstance(value, bool) else str(value)
     except (TypeError, ValueError):
         raise ConfigError(f'{key}={value!r}: expected {type_name}') from None
 
@@ -361,6 +368,13 @@ def validate_config(cfg: TrainConfig) -> None:
         bad('classes', 'needs at least two distinct class folder names', 'e.g. [NC, AD]')
     if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.batch_size % 2:
         bad('batch_size', 'mixup/cutmix need an even batch size', 'use an even batch_size')
+    if cfg.data_on_device == 'true' and cfg.auto_augment:
+        bad(
+            'data_on_device',
+            'the device path has no auto-augment policy (timm runs it on PIL images)',
+            'use --data-on-device auto (the DataLoader then applies --auto-augment) or drop '
+            '--auto-augment',
+        )
     for key, choices in _CHOICES.items():
         if getattr(cfg, key) not in choices:
             bad(key, 'not a valid choice', f'choose one of {list(choices)}')

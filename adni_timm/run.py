@@ -60,7 +60,16 @@ _logger = logging.getLogger(__name__)
 # keys that may change when a run is continued. All but epochs leave what is learned as it was; a
 # new epochs re-stretches the schedule (e.g. the cosine) over the new length from the current update
 # on; refit adds the refit after a cross-validation that ran without it.
-RESUME_OVERRIDABLE = ('epochs', 'num_workers', 'log_with', 'compile', 'cache', 'progress', 'refit')
+RESUME_OVERRIDABLE = (
+    'epochs',
+    'num_workers',
+    'data_on_device',
+    'log_with',
+    'compile',
+    'cache',
+    'progress',
+    'refit',
+)
 
 
 class RunError(ValueError):

@@ -4,6 +4,7 @@
 ``images``  reading and checking slice files: grayscale conversion, colour rule, decode check
 ``loader``  timm transforms, the decoded-slice cache, the dataset and its DataLoader
 ``subjects`` which person each scan is of: subject maps (course JSON, ADNI CSV, scan,subject CSV)
+``device``  the cache on the accelerator: batches drawn and augmented there (``data_on_device``)
 ``splits``  validation split and cross-validation folds (grouped, stratified), leakage checks
 ``note``    what a data folder says about itself (``dataset.json``, ``prepare.json``)
 ``check``   the ``adni-check-data`` report (``python -m adni_timm.data check DIR``)
@@ -21,6 +22,7 @@ _PUBLIC = {
     ),
     'images': 'is_colour is_colour_image read_image resolve_bad_images slice_problem to_gray',
     'loader': 'SliceCache SliceDataset build_transforms cache_fits create_loader preload',
+    'device': 'DeviceBatches DeviceTransform device_batches',
     'check': 'CheckReport check_data_dir',
     'subjects': 'SubjectMap SubjectMapError find_subject_map read_subject_map',
 }

@@ -42,12 +42,13 @@ from .checkpoint import (
 )
 from ..config import TrainConfig, config_to_dict, fit_warmup
 from ..utils.display import fmt, fmt_duration
-from ..utils.distributed import raise_agreed, run_on_main
+from ..utils.distributed import first_error, raise_agreed, run_on_main
 from ..utils.hardware import bf16_supported
 from ..inference import predict_loader
 from ..export.input_description import describe_slices
 from ..models import CROP_PCT, INTERPOLATION, MEAN, STD
 from ..utils.progress import Progress
+from ..data.device import DeviceBatches, DeviceDataError, device_batches
 from ..run import OldRunAside, Run, RunRecord
 from ..data.splits import Splits, load_splits, select, split_scans
 
@@ -299,9 +300,12 @@ def _build(cfg: TrainConfig, splits: Splits, accelerator: Accelerator) -> Setup:
     optimizer = timm.optim.create_optimizer_v2(
         base_model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay
     )
-    model, optimizer, train_loader = accelerator.prepare(base_model, optimizer, train_loader)
-    # a refit has no validation loader
-    val_loader = accelerator.prepare(val_loader) if val_loader is not None else None
+    if isinstance(train_loader, DeviceBatches):  # drawn on the device, sharded already
+        model, optimizer = accelerator.prepare(base_model, optimizer)
+    else:
+        model, optimizer, train_loader = accelerator.prepare(base_model, optimizer, train_loader)
+        # a refit has no validation loader
+        val_loader = accelerator.prepare(val_loader) if val_loader is not None else None
     # per process: the prepared loader is sharded over the processes
     updates_per_epoch = max(1, math.ceil(len(train_loader) / cfg.grad_accum_steps))
     scheduler, _ = timm.scheduler.create_scheduler_v2(
@@ -751,8 +755,37 @@ def _make_loaders(cfg, train_slices, val_slices, train_tf, eval_tf, accelerator)
             f'batch_size={cfg.batch_size} is larger than the training set ({len(train_slices)} '
             f'slices); lower --batch-size'
         )
+    # data_on_device auto: only where it can help (CUDA) and the user keeps the cache on
+    wanted = cfg.data_on_device == 'true' or (
+        cfg.data_on_device == 'auto' and cfg.cache and accelerator.device.type == 'cuda'
+    )
     shown = cfg.progress if accelerator.is_main_process else 'none'  # one voice
-    cache = data.preload(train_slices + val_slices, cfg.num_workers, shown) if cfg.cache else None
+    cache = (
+        data.preload(train_slices + val_slices, cfg.num_workers, shown)
+        if cfg.cache or wanted
+        else None
+    )
+    try:
+        on_device = device_batches(
+            cfg.data_on_device if wanted else 'false',
+            cache,
+            train_slices,
+            val_slices,
+            train_tf,
+            eval_tf,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            device=accelerator.device,
+            num_processes=accelerator.num_processes,
+            process_index=accelerator.process_index,
+            agree=lambda ok: first_error(accelerator, None if ok else 'off') is None,
+        )
+    except DeviceDataError as e:
+        raise TrainingError(
+            f'data_on_device=true: {e}; use --data-on-device auto (the DataLoader instead)'
+        ) from None
+    if on_device is not None:
+        return on_device
     pin = accelerator.device.type == 'cuda'
     train_loader = data.create_loader(
         data.SliceDataset(train_slices, train_tf, cache),
