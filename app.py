@@ -6,7 +6,7 @@
     ADNI_MODEL=hf-hub:ORG/NAME python app.py            # a Hugging Face Space (docs/SPACE.md)
 
 Needs the demo extra: pip install -e '.[demo]'. The parsing lives in ``adni_timm.cli.app`` (also
-installed as ``adni-app``, and ``python -m adni_timm.app``); the page in ``adni_timm.app``.
+installed as ``adni-app``, and ``python -m adni_timm.app``); the page in ``adni_timm.app.demo``.
 """
 
 import sys

@@ -2,7 +2,7 @@
 """Publish a training run to the Hugging Face Hub: ``python push_to_hub.py --help``.
 
 The parsing lives in ``adni_timm.cli.push`` (also installed as ``adni-push``); the work in
-``adni_timm.hub``.
+``adni_timm.publish.hub``.
 """
 
 import sys

@@ -3,7 +3,7 @@
 
 The documented way to launch, on one GPU, several, or the CPU: ``python train.py ...`` or
 ``accelerate launch train.py ...``. The parsing lives in ``adni_timm.cli.train`` (also installed as
-the ``adni-train`` console script); the work in ``adni_timm.training``.
+the ``adni-train`` console script); the work in ``adni_timm.train.loop``.
 """
 
 import sys

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from . import data, metrics
-from .export import ExportError, ExportSettings, input_channels, load_export
-from .hardware import bf16_supported
+from .export.format import ExportError, ExportSettings, input_channels, load_export
+from .utils.hardware import bf16_supported
 from .models import LABEL_NAMES
 from .run import Run, RunError, locate
 
@@ -55,6 +55,7 @@ __all__ = [
 
 # 'no' is Accelerate's name for fp32; 'auto' is bf16 where the GPU has it natively, else fp16
 PRECISIONS = ('auto', 'no', 'fp32', 'bf16', 'fp16')
+BACKENDS = ('torch', 'onnxruntime')
 # where a threshold came from: chosen on validation patients, on out-of-fold predictions of
 # cross-validation, set by hand, or the fixed 0.5 when nothing was stored
 THRESHOLD_SOURCES = ('validation', 'out-of-fold', 'cli', 'fixed')
@@ -248,7 +249,7 @@ class Member:
 
     def input_check(self):
         """The export's ``input_check.InputCheck``; None when it has none."""
-        from .input_check import InputCheck
+        from .export.input_check import InputCheck
 
         return InputCheck.load(self.files_dir) if self.files_dir is not None else None
 
@@ -266,6 +267,13 @@ class LoadedModel:
     calibration_method: str = 'temperature fitted on the validation slices'
     file_is_patient: bool = False
     notes: list[str] = field(default_factory=list)
+    backend: str = 'torch'  # what computes P(AD): torch, or each member's model.onnx (onnxruntime)
+
+    def with_backend(self, backend: str) -> LoadedModel:
+        """The same model predicting through ``backend`` (``torch`` or ``onnxruntime``)."""
+        if backend not in BACKENDS:
+            raise InferenceError(f'backend {backend!r}: choose torch or onnxruntime')
+        return replace(self, backend=backend)
 
     @property
     def is_ensemble(self) -> bool:
@@ -319,15 +327,12 @@ class LoadedModel:
     def synthetic(self) -> bool:
         return any(m.settings.synthetic for m in self.members)
 
-    def predict_raw(
-        self, slices, *, precision: str | None = None, backend: str = 'torch', **kwargs
-    ) -> list[np.ndarray]:
-        """Each member's raw softmax ``[N, C]`` on ``slices`` (see ``predict_slices``); with
-        ``backend='onnxruntime'`` each member's ``model.onnx`` computes it (``onnx_runtime``)."""
-        if backend == 'onnxruntime':
+    def predict_raw(self, slices, *, precision: str | None = None, **kwargs) -> list[np.ndarray]:
+        """Each member's raw softmax ``[N, C]`` on ``slices`` (see ``predict_slices``); with the
+        ``onnxruntime`` backend each member's ``model.onnx`` computes it (``onnx_runtime``: one
+        process, fp32, no TTA; the torch-only options are not used)."""
+        if self.backend == 'onnxruntime':
             return [_onnx_probs(m, slices, kwargs.get('batch_size', 64)) for m in self.members]
-        if backend != 'torch':
-            raise InferenceError(f'backend {backend!r}: choose torch or onnxruntime')
         return [
             predict_slices(m.net, slices, precision=precision or m.precision, **kwargs)
             for m in self.members
@@ -358,7 +363,7 @@ class LoadedModel:
 
     @property
     def has_input_check(self) -> bool:
-        from .input_check import CHECK_NAME
+        from .export.input_check import CHECK_NAME
 
         return any(
             m.files_dir is not None and (m.files_dir / CHECK_NAME).is_file() for m in self.members
@@ -383,8 +388,8 @@ def onnx_runner(member: Member):
         return member._onnx
     import importlib.util
 
-    from .onnx_export import ONNX_NAME, export_onnx
-    from .onnx_runtime import OnnxClassifier
+    from .export.onnx import ONNX_NAME, export_onnx
+    from .export.onnx_runtime import OnnxClassifier
 
     if importlib.util.find_spec('onnxruntime') is None:
         raise InferenceError(
@@ -546,11 +551,6 @@ def _load_cv_ensemble(run: Run) -> LoadedModel:
         ),
         file_is_patient=any(m.settings.file_is_patient for m in members),
     )
-
-
-def with_point(model: LoadedModel, point: OperatingPoint) -> LoadedModel:
-    """The same model at another operating point."""
-    return replace(model, point=point)
 
 
 # --------------------------------------------------------------------- slices -> decisions

@@ -216,7 +216,7 @@ def weighted_metrics(y, p, threshold: float, weights) -> dict[str, np.ndarray]:
 
     A weight is how often a sample was drawn, so each row is one bootstrap resample (e.g. from
     :func:`resample_patient_counts`); a row of ones gives the plain metrics (the AUC equals
-    ``roc_auc_score``). Vectorised over the rows; ``adni_timm.cv_compare`` scores two runs on the
+    ``roc_auc_score``). Vectorised over the rows; ``adni_timm.cv.compare`` scores two runs on the
     same resamples with it.
     """
     y = np.asarray(y)

@@ -131,7 +131,7 @@ def _create_adni_convnext(variant: str, pretrained: bool = False, **kwargs) -> C
     kwargs.setdefault('num_classes', 2)
     if pretrained:
         _require_weight_source(variant, kwargs)
-        # published weights (adni_timm.export) are 3-channel:
+        # published weights (adni_timm.export.format) are 3-channel:
         # say so, and timm sums them for in_chans=1
         overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
         overlay['input_size'] = (3, *overlay.get('input_size', (1, 224, 224))[1:])

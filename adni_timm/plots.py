@@ -9,6 +9,7 @@ context in its title: model, split, n, and SYNTHETIC when the data was generated
 
 from __future__ import annotations
 
+import io
 import os
 import textwrap
 from dataclasses import dataclass
@@ -59,7 +60,17 @@ def _title(title: str | None, context: FigureContext | None, n: str | None, widt
     return '\n'.join(textwrap.fill(line, width) for line in lines)
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def _save(fig, path: str | os.PathLike | None):
+    """Write ``fig`` to ``path`` and return the path; ``path=None``: return it as a PIL image."""
+    if path is None:
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format='png', dpi=120, bbox_inches='tight')
+        plt.close(fig)
+        buffer.seek(0)
+        with Image.open(buffer) as im:
+            return im.convert('RGB')
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches='tight')
@@ -321,7 +332,7 @@ def _overlay(
 def plot_cam_montage(
     images,
     maps,
-    path: str | os.PathLike,
+    path: str | os.PathLike | None,
     *,
     tile_titles=None,
     title: str | None = None,
@@ -337,6 +348,7 @@ def plot_cam_montage(
     (e.g. slice index and P(AD)); ``title`` the patient line (mean P(AD), decision, outcome),
     wrapped to the figure's width over the ``context`` line. The colour scale runs from 0 to
     ``vmax`` (default 1: maps already normalised) for every tile, with ``colorbar_label``.
+    ``path=None`` returns the figure as a PIL image instead of writing it.
     """
     images, maps = np.asarray(images, dtype=np.float32), np.asarray(maps, dtype=np.float32)
     if images.ndim != 3 or images.shape != maps.shape:
@@ -387,7 +399,8 @@ def plot_population_maps(
 ) -> Path:
     """Mean evidence map per class side by side (one colour scale), over the class's mean slice.
 
-    ``maps`` is ``{class: [H, W]}`` (e.g. ``adni_timm.cam.population_maps``); ``mean_slices`` the
+    ``maps`` is ``{class: [H, W]}`` (e.g. ``adni_timm.evaluation.cam.population_maps``);
+    ``mean_slices`` the
     mean input slice per class, drawn underneath; ``counts`` slices per class, in the titles.
     With two classes a third panel shows their difference (second minus first, e.g. AD - NC) over
     the mean anatomy of both, red where the second class's maps are stronger, with its own

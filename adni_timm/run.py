@@ -34,14 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig, config_to_dict, make_config
-from .data_note import DataNote
-from .export import WEIGHTS_NAME, is_export, read_export_settings
-from .files import read_json, read_yaml, sha256_file, write_json, write_yaml
+from .data.note import DataNote
+from .export.format import WEIGHTS_NAME, is_export, read_export_settings
+from .utils.files import read_json, read_yaml, sha256_file, write_json, write_yaml
 
 __all__ = [
     'RESUME_OVERRIDABLE',
     'RunError',
-    'RunRecordError',
     'DataNote',
     'RunRecord',
     'Run',
@@ -62,9 +61,6 @@ RESUME_OVERRIDABLE = ('epochs', 'num_workers', 'log_with', 'compile', 'cache', '
 
 class RunError(ValueError):
     """A run folder that cannot be used as asked; the message names the fix."""
-
-
-RunRecordError = RunError  # the name earlier releases raised
 
 
 # ------------------------------------------------------------------------------------ the record
@@ -477,11 +473,6 @@ class Run:
             context=context,
         )
 
-    def read_history(self) -> list[dict]:
-        if not self.history_file.is_file():
-            return []
-        return [json.loads(x) for x in self.history_file.read_text().splitlines() if x.strip()]
-
 
 # ------------------------------------------------------------ does an evaluation belong here
 
@@ -538,8 +529,8 @@ def check_eval_belongs(
         problems.append(f'its temperature {temperature} is not the stored {settings.temperature}')
     if metrics.get('tta'):
         problems.append('it used test-time augmentation, which the published model does not')
-    stored = _plain_precision(settings.precision)
-    used = _plain_precision(metrics.get('precision'))
+    stored = plain_precision(settings.precision)
+    used = plain_precision(metrics.get('precision'))
     if stored != used:
         problems.append(f'it ran in {used} precision, the model was trained in {stored}')
     seen = run.seen_patients() if run is not None else None
@@ -550,8 +541,11 @@ def check_eval_belongs(
     return EvalCheck(problems=problems, disjoint=disjoint)
 
 
-def _plain_precision(precision) -> str:
-    return {'no': 'fp32', None: 'fp32', 'auto': 'auto'}.get(precision, str(precision))
+def plain_precision(precision) -> str:
+    """A precision as people name it: 'no' (Accelerate's word) and None are fp32."""
+    if precision is None or isinstance(precision, str):
+        return {'no': 'fp32', None: 'fp32'}.get(precision, precision)
+    return str(precision)  # an ensemble's list
 
 
 # ------------------------------------------------------------------------------ --overwrite
@@ -604,7 +598,7 @@ MODEL_FORMS = (
 def locate(path: str | os.PathLike) -> tuple[Path, Run | None]:
     """(export folder, its run or None) for RUN, RUN/best, RUN/final, an export folder or its
     ``model.safetensors``. A run gives what it publishes (``Run.published_export_dir``)."""
-    from .export import ExportError
+    from .export.format import ExportError
 
     p = Path(path).expanduser()
     if not p.exists():

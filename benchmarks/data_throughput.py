@@ -33,7 +33,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import adni_timm  # noqa: F401  (registers the models)
-from adni_timm import data, synthetic
+from adni_timm import data
+from adni_timm.synthetic import slices as synthetic
 
 
 def generator_speed(out: Path, patients: int) -> float:

@@ -12,10 +12,9 @@ and predict ``--images`` slices in batches. It prints the loop's img/s (after on
 and writes P(AD) per slice to ``--json``. Timing it as a whole process (``/usr/bin/time -v``,
 several runs) adds the start-up each backend costs: importing torch + timm + adni-timm vs
 onnxruntime. The torch backend is evaluate.py's own (``inference.predict_slices``: the 1-channel
-model, fp32, its eval transform); the onnxruntime backend is ``adni_timm/onnx_runtime.py`` loaded
-as a
-standalone file (``OnnxClassifier``: numpy preprocessing, the published 3-channel graph), so
-``run --backend onnxruntime`` works in an environment without torch.
+model, fp32, its eval transform); the onnxruntime backend is ``adni_timm/export/onnx_runtime.py``
+loaded as a standalone file (``OnnxClassifier``: numpy preprocessing, the published 3-channel
+graph), so ``run --backend onnxruntime`` works in an environment without torch.
 """
 
 from __future__ import annotations
@@ -30,15 +29,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RUNTIME_FILE = ROOT / 'adni_timm' / 'onnx_runtime.py'
+RUNTIME_FILE = ROOT / 'adni_timm' / 'export' / 'onnx_runtime.py'
 
 
 def prepare(work: Path, model: str, img_size: int, test_patients: int) -> None:
     """SYNTHETIC data, a 1-epoch run (realistic weights, not random ones), model.onnx."""
     sys.path.insert(0, str(ROOT))
     from adni_timm.run import locate
-    from adni_timm.onnx_export import export_onnx
-    from adni_timm.synthetic import generate
+    from adni_timm.export.onnx import export_onnx
+    from adni_timm.synthetic.slices import generate
 
     data_dir = work / 'AD_NC'
     if not data_dir.exists():

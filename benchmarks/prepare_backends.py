@@ -27,9 +27,9 @@ os.environ.setdefault('ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS', '1')
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
-from adni_timm import preprocess as P  # noqa: E402
-from adni_timm.synthetic_volumes import _pose_matrix, draw_head_params, render_head  # noqa: E402
-from adni_timm.template import load_template, template_path  # noqa: E402
+from adni_timm.prepare import preprocess as P  # noqa: E402
+from adni_timm.synthetic.volumes import _pose_matrix, draw_head_params, render_head  # noqa: E402
+from adni_timm.prepare.template import load_template, template_path  # noqa: E402
 
 FLIP = np.array([-1.0, -1.0, 1.0])
 

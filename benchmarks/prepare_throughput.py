@@ -5,7 +5,7 @@
 
 1. writes ``--volumes`` SYNTHETIC heads (half NC, half AD) the size of an ADNI MPRAGE: 1.2 mm
    sagittal x 1 mm x 1 mm, 167 x 256 x 256 voxels, int16 NIfTI (not timed);
-2. prepares them with ``adni_timm.prepare.prepare`` at the default recipe with ``--workers``
+2. prepares them with ``adni_timm.prepare.run.prepare`` at the default recipe with ``--workers``
    processes (default: every core): volumes/min over the whole run (wall clock, process start-up
    included), and per step the median wall and CPU seconds per volume;
 3. extrapolates: every scan is prepared on one thread, so a node with C cores prepares about
@@ -28,11 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from adni_timm.labels import read_labels
-from adni_timm.prepare import PrepareOptions, prepare
-from adni_timm.preprocess import Recipe
-from adni_timm.synthetic_volumes import generate_volumes
-from adni_timm.volumes import discover_scans
+from adni_timm.prepare.labels import read_labels
+from adni_timm.prepare.run import PrepareOptions, prepare
+from adni_timm.prepare.preprocess import Recipe
+from adni_timm.synthetic.volumes import generate_volumes
+from adni_timm.prepare.volumes import discover_scans
 
 ADNI_BASELINE_SCANS = 800
 

@@ -22,11 +22,11 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from adni_timm.labels import read_labels
-from adni_timm.prepare import PrepareOptions, prepare
-from adni_timm.preprocess import Recipe
-from adni_timm.synthetic_volumes import generate_volumes
-from adni_timm.volumes import discover_scans
+from adni_timm.prepare.labels import read_labels
+from adni_timm.prepare.run import PrepareOptions, prepare
+from adni_timm.prepare.preprocess import Recipe
+from adni_timm.synthetic.volumes import generate_volumes
+from adni_timm.prepare.volumes import discover_scans
 
 
 def features(out: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,7 @@
 
 Measures (a) model-bound training img/s (random tensors on the device, train.py's
 default precision and compile setting), (b) end-to-end training img/s through train.py's
-real path (adni_timm.training.train: its loader, cache, transforms and Accelerate loop)
+real path (adni_timm.train.loop.train: its loader, cache, transforms and Accelerate loop)
 with 16 and 4 loader workers, (c) the reference project's loop (fp32, 3 channels,
 torchvision transforms, plain PyTorch) on the same files, (d) evaluate.py's inference
 img/s, (e) peak GPU memory and (f) the projected wall time of a 100-epoch ADNI-size run.
@@ -30,12 +30,13 @@ import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from adni_timm import data, synthetic  # noqa: E402
+from adni_timm import data  # noqa: E402
+from adni_timm.synthetic import slices as synthetic
 from adni_timm.config import load_config  # noqa: E402
-from adni_timm.data_note import DataNote  # noqa: E402
+from adni_timm.data.note import DataNote  # noqa: E402
 from adni_timm.inference import load_model, predict_slices  # noqa: E402
 from adni_timm.run import RunRecord  # noqa: E402
-from adni_timm.training import create_model, make_accelerator, train  # noqa: E402
+from adni_timm.train.loop import create_model, make_accelerator, train  # noqa: E402
 
 # fmt: off
 # ADNI AD_NC: 10,400 + 11,120 train slices (520 + 556 patients), 4,460 + 4,540 test slices,

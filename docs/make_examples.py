@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from adni_timm.data import scan_split  # noqa: E402
-from adni_timm.synthetic import generate  # noqa: E402
+from adni_timm.synthetic.slices import generate  # noqa: E402
 
 PATIENTS = 3  # per class and row
 

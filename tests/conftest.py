@@ -30,7 +30,7 @@ def tiny_data(tmp_path_factory):
     """SYNTHETIC: 6 train + 3 test patients per class,
     4 slices each (read-only: copy it to change it).
     """
-    from adni_timm.synthetic import generate
+    from adni_timm.synthetic.slices import generate
 
     out = tmp_path_factory.mktemp('synthetic') / 'AD_NC'
     generate(out, train_patients=6, test_patients=3, slices=4, seed=0)

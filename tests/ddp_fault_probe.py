@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from adni_timm import checkpoint  # noqa: E402
+from adni_timm.train import checkpoint  # noqa: E402
 import train  # noqa: E402  (the repo's train.py)
 
 _real_save_file = checkpoint.save_file

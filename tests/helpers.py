@@ -28,7 +28,7 @@ def with_option(args, flag, value):
     return args
 
 
-def run_script(script, *args, env=None, check=True, timeout=300):
+def run_script(script, *args, env=None, check=True, timeout=900):
     proc = subprocess.run(
         [sys.executable, str(ROOT / script), *map(str, args)],
         capture_output=True,

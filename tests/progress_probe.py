@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from adni_timm import progress  # noqa: E402
+from adni_timm.utils import progress  # noqa: E402
 import train  # noqa: E402
 
 progress.DEFAULT_INTERVAL_S = 0.2

@@ -1,4 +1,5 @@
-"""The web demo (app.py, adni_timm.app), served for real: driven by gradio_client and a browser.
+"""The web demo (app.py, adni_timm.app.demo), served for real: driven by gradio_client and a
+browser.
 
 SYNTHETIC: a random-weight adni_convnext_atto export (64 px) and generated slices, so the numbers
 mean nothing; what is tested is that the page shows evaluate.py's P(AD) and refuses bad files
@@ -60,8 +61,8 @@ def demo_files(tmp_path_factory):
     import timm
 
     import adni_timm  # noqa: F401  (registers adni_convnext_*)
-    from adni_timm.export import export_model
-    from adni_timm.synthetic import generate
+    from adni_timm.export.format import export_model
+    from adni_timm.synthetic.slices import generate
 
     root = tmp_path_factory.mktemp('app')
     model = timm.create_model(
@@ -83,7 +84,7 @@ def demo_files(tmp_path_factory):
     # the input check training fits, here on the synthetic train slices (thresholded on test's)
     from adni_timm.data import build_transforms, scan_split
     from adni_timm.inference import load_model
-    from adni_timm.input_check import fit_input_check
+    from adni_timm.export.input_check import fit_input_check
 
     net = load_model(export).net
     train, test = scan_split(root / 'data', 'train'), scan_split(root / 'data', 'test')
@@ -198,19 +199,19 @@ def served_app(app_process, expected_p_ad):
 
 def test_core_package_does_not_import_gradio():
     code = (
-        'import sys, adni_timm, adni_timm.evaluation, adni_timm.training, adni_timm.app; '
+        'import sys, adni_timm, adni_timm.evaluation, adni_timm.train.loop, adni_timm.app.demo; '
         'print(sorted(m for m in sys.modules '
         'if m.split(".")[0] in ("gradio", "gradio_client")))'
     )
     proc = subprocess.run(
-        [sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT, timeout=120
+        [sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT, timeout=900
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == '[]', f'gradio imported by the core package: {proc.stdout}'
 
 
 def test_check_image_refuses_bad_files_with_a_reason(demo_files, tmp_path):
-    from adni_timm.app import check_image
+    from adni_timm.app.demo import check_image
 
     _, slice_path, bad = demo_files
     assert check_image(slice_path) is None
@@ -233,7 +234,7 @@ def test_app_cli_reports_a_missing_model_in_one_line(tmp_path):
         capture_output=True,
         text=True,
         cwd=ROOT,
-        timeout=120,
+        timeout=900,
         env={**os.environ, **LOCAL_ENV, 'ADNI_MODEL': str(tmp_path / 'nowhere')},
     )
     assert proc.returncode == 2  # a refused input (adni_timm.cli: exit codes)
@@ -280,8 +281,9 @@ def test_served_app_gives_evaluate_probability_and_refuses_bad_input(
 
 
 def test_the_examples_are_synthetic_slices_shipped_with_the_package():
-    from adni_timm import app, data
-    from adni_timm.synthetic import SYNTHETIC_COMMENT
+    from adni_timm import data
+    from adni_timm.app import demo as app
+    from adni_timm.synthetic.slices import SYNTHETIC_COMMENT
 
     examples = app.example_uploads()
     assert len(examples) == 3  # an AD and an NC patient, and a blank image the model refuses
@@ -300,8 +302,8 @@ def test_the_examples_are_synthetic_slices_shipped_with_the_package():
 def test_a_published_model_shows_the_test_metrics_of_its_card(demo_files, tmp_path, monkeypatch):
     import huggingface_hub.constants
 
-    from adni_timm import app
-    from adni_timm.model_card import eval_results_from_metrics
+    from adni_timm.app import demo as app
+    from adni_timm.publish.card import eval_results_from_metrics
     from helpers import populate_hub_cache
     from huggingface_hub import ModelCard, ModelCardData
 

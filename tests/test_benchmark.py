@@ -27,7 +27,7 @@ def test_quick_benchmark_measures_everything(tmp_path):
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

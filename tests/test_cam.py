@@ -1,5 +1,6 @@
-"""Evidence maps (adni_timm.cam): maps land where the evidence is (also where the synthetic
-generator drew atrophy), depend on the learned weights, survive channels_last and export, use a
+"""Evidence maps (adni_timm.evaluation.cam): maps land where the evidence is (also where the
+synthetic generator drew atrophy), depend on the learned weights, survive channels_last and export,
+use a
 layer fine enough to read, and the report writes the right patients, scales and population maps."""
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from adni_timm.utils.files import safe_name
 from adni_timm.inference import UNNAMED_GROUP
-from adni_timm import cam, data, plots, synthetic
+from adni_timm import data, plots
+from adni_timm.evaluation import cam
+from adni_timm.synthetic import slices as synthetic
 
 SIZE = 64
 
@@ -211,10 +215,8 @@ def test_works_inside_inference_mode():
 
 
 def _export(model, folder):
-    try:
-        from adni_timm.export import export_model
-    except ImportError:  # the export format lived in hub.py before it moved
-        from adni_timm.hub import export_model
+    from adni_timm.export.format import export_model
+
     return export_model(model, folder)
 
 
@@ -504,7 +506,7 @@ def test_write_cam_report_unlabelled(test_slices, tmp_path, monkeypatch):
     )
 
     # n * 4 = 4 of the 5 "patients", most confident first; the least confident (0.45) is left out
-    stem = cam._safe_name(UNNAMED_GROUP)
+    stem = safe_name(UNNAMED_GROUP, 'image')
     order = [
         f'AD_{patients[3]}.png',
         f'NC_{patients[1]}.png',
@@ -531,7 +533,7 @@ def test_maps_of_a_trained_model_point_at_the_drawn_atrophy(tmp_path):
     random maps by at least ``margin`` (0.15: more than 3x the random maps' 0.066). Measured on
     six models trained like this one (other seeds): 0.325-0.525. Grad-CAM at stages.1 scored
     0.0-0.23 on the same models, no better than random on some; the test prints its score and
-    does not assert it (see adni_timm.cam)."""
+    does not assert it (see adni_timm.evaluation.cam)."""
     margin = 0.15
     start = time.perf_counter()
     params = dict(train_patients=12, test_patients=4, slices=10, seed=0, difficulty='demo')

@@ -192,6 +192,7 @@ def test_app_without_a_model_is_a_usage_error(capsys, monkeypatch):
         ('python -m adni_timm.cv', ['adni_timm.cv']),
         ('python -m adni_timm.synthetic', ['adni_timm.synthetic']),
         ('python -m adni_timm.app', ['adni_timm.app']),  # printed nothing and exited 0 before
+        ('python -m adni_timm.prepare', ['adni_timm.prepare']),
         ('train.py', ['train.py']),
         ('evaluate.py', ['evaluate.py']),
         ('push_to_hub.py', ['push_to_hub.py']),
@@ -216,7 +217,7 @@ def test_module_and_script_entry_points_name_themselves(name, argv, capsys, monk
 
 
 def test_evaluate_offers_the_cam_methods_of_adni_timm_cam():
-    from adni_timm import cam
+    from adni_timm.evaluation import cam
     from adni_timm.cli.evaluate import CAM_METHODS, build_parser
 
     assert CAM_METHODS == cam.METHODS  # spelled twice so that --help needs no torch

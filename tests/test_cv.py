@@ -1,5 +1,5 @@
-"""adni_timm.cv and cv_compare: out-of-fold predictions, cross-fitted metrics, summaries, comparing
-runs. (Folds: tests/test_splits.py.)"""
+"""adni_timm.cv.summary and cv_compare: out-of-fold predictions, cross-fitted metrics, summaries,
+comparing runs. (Folds: tests/test_splits.py.)"""
 
 import json
 import statistics
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from adni_timm.cv import (
+from adni_timm.cv.summary import (
     OOF_COLUMNS,
     CVError,
     assemble_oof,
@@ -21,9 +21,9 @@ from adni_timm.cv import (
     write_oof_csv,
 )
 from adni_timm.cli.cv import main
-from adni_timm.cv_compare import compare, format_comparison, paired_bootstrap_difference
+from adni_timm.cv.compare import compare, format_comparison, paired_bootstrap_difference
 from adni_timm.metrics import resample_patient_counts, slice_and_patient_metrics, youden_threshold
-from adni_timm.splits import make_folds
+from adni_timm.data.splits import make_folds
 
 # 23 AD and 27 NC patients; ids of mixed widths so that sorting is by string, not insertion order
 LABELS = {f'P{i}': int(i % 2 == 0 and i < 46) for i in range(50)}
@@ -310,7 +310,7 @@ def test_cli_as_a_module_exits_2_without_traceback(tmp_path):
         str(tmp_path),
         str(tmp_path),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert done.returncode == 2
     assert done.stderr.strip().count('\n') == 0 and 'is not a cross-validation run' in done.stderr
     assert 'Traceback' not in done.stderr

@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-from adni_timm import synthetic
+from adni_timm.synthetic import slices as synthetic
 from helpers import run_train
 
 pytestmark = pytest.mark.slow

@@ -9,11 +9,14 @@ import statistics
 import numpy as np
 import pytest
 
-from adni_timm import cv, data, evaluation, export, hub, inference, metrics
-from adni_timm.cv_run import refit_epochs, refit_weights
+from adni_timm import data, evaluation, inference, metrics
+from adni_timm.cv import summary as cv
+from adni_timm.export import format as export
+from adni_timm.publish import hub
+from adni_timm.train.cv import refit_epochs, refit_weights
 from adni_timm.inference import load_model
 from adni_timm.run import Run
-from adni_timm.splits import make_folds, patient_labels
+from adni_timm.data.splits import make_folds, patient_labels
 from helpers import TINY, cli_in_process, run_train, train_and_kill
 
 # a 2-fold CV run with a refit: end to end, a minute of CPU
@@ -202,7 +205,7 @@ def test_a_cv_run_publishes_its_refit_with_the_cross_validation_table(cv_run, tm
 def test_a_cv_run_predicts_images_and_serves_the_demo_with_its_own_metrics(
     cv_run, tiny_data, tmp_path, capsys
 ):
-    from adni_timm import app
+    from adni_timm.app import demo as app
 
     run, _ = cv_run
     # --images on a CV run: the fold ensemble (was "too many values to unpack")

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from adni_timm import data
+from adni_timm.data import loader
 from adni_timm.cli.check import module_main as check_cli
 from adni_timm.data import (
     DataError,
@@ -28,9 +29,9 @@ from adni_timm.data import (
     resolve_bad_images,
     scan_split,
 )
-from adni_timm.splits import check_no_leakage, select, split_patients, split_slices
-from adni_timm.hardware import available_memory
-from adni_timm.synthetic import generate
+from adni_timm.data.splits import check_no_leakage, select, split_patients, split_slices
+from adni_timm.utils.hardware import available_memory
+from adni_timm.synthetic.slices import generate
 
 
 @pytest.fixture(scope='module')
@@ -338,7 +339,9 @@ def test_available_memory_reads_memavailable_and_the_container_limit(tmp_path):
 def test_cache_counts_every_process_on_the_machine_and_falls_back_to_disk(
     tmp_path, monkeypatch, caplog
 ):
-    monkeypatch.setattr(data, 'available_memory', lambda: (10 * 2**30, 'container (cgroup) limit'))
+    monkeypatch.setattr(
+        loader, 'available_memory', lambda: (10 * 2**30, 'container (cgroup) limit')
+    )
     monkeypatch.setenv('LOCAL_WORLD_SIZE', '1')
     fits, line = data.cache_fits(2 * 2**30)
     assert (
@@ -352,7 +355,7 @@ def test_cache_counts_every_process_on_the_machine_and_falls_back_to_disk(
         and '2.00 GiB x 8 processes of 10.0 GiB usable' in line
         and 'reading slices from disk' in line
     )
-    monkeypatch.setattr(data, 'cache_fits', lambda nbytes: (False, 'too much'))
+    monkeypatch.setattr(loader, 'cache_fits', lambda nbytes: (False, 'too much'))
     slices = scan_split(small_layout(tmp_path), 'train')
     with caplog.at_level(logging.INFO, logger='adni_timm.data'):
         assert preload(slices) is None

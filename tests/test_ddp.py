@@ -12,7 +12,8 @@ import pytest
 import timm
 import torch
 
-from adni_timm import data, export
+from adni_timm import data
+from adni_timm.export import format as export
 from adni_timm.inference import load_model, predict_slices
 from helpers import LAUNCH, ROOT, TINY
 
@@ -41,7 +42,7 @@ def test_two_process_predict_returns_every_test_slice_once_in_order(tiny_data, t
         str(out),
         '5',
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENV)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     gathered = np.load(out)
     single = predict_slices(load_model(exported).net, slices, batch_size=5)
@@ -66,7 +67,7 @@ def test_a_failed_checkpoint_on_the_main_process_stops_every_process_promptly(ti
         *TINY,
     ]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=ROOT, env=ENV)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=ENV)
     elapsed = time.perf_counter() - start
     assert proc.returncode != 0
     # the two processes write to one stderr at the same moment: their lines can interleave

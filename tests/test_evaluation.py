@@ -19,13 +19,22 @@ import torch
 from accelerate import Accelerator
 from PIL import Image
 
-from adni_timm import data, export, inference, run, synthetic
-from adni_timm.evaluation import EvaluationError, evaluate, format_table, predict_images
-from adni_timm.export import ExportError
+from adni_timm import data, inference, run
+from adni_timm.export import format as export
+from adni_timm.synthetic import slices as synthetic
+from adni_timm.evaluation import (
+    CamOptions,
+    EvaluationError,
+    EvaluationOptions,
+    evaluate,
+    format_table,
+    predict_images,
+)
+from adni_timm.export.format import ExportError
 from adni_timm.inference import UNNAMED_GROUP, load_model, predict_slices
 from adni_timm.metrics import CI_KEYS, METRIC_KEYS
 from adni_timm.run import Run
-from adni_timm.splits import split_patients
+from adni_timm.data.splits import split_patients
 
 ROOT = Path(__file__).resolve().parents[1]
 STORED_THRESHOLD = 0.37
@@ -544,7 +553,7 @@ def test_cli_bad_model_is_one_line_without_traceback(tmp_path):
         ],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=900,
     )
     assert proc.returncode == 2  # a refused input (adni_timm.cli: exit codes)
     assert 'Traceback' not in proc.stderr
@@ -594,17 +603,21 @@ def test_images_name_every_unusable_file_and_skip_them_on_request(run_dir, data_
     (folder / '5_1.jpeg').unlink()
     with pytest.raises(EvaluationError, match='(?s)colour image.*photo.png.*--skip-bad-images'):
         predict_images(str(run_dir), folder)
-    result = predict_images(str(run_dir), folder, skip_bad_images=True)
+    result = predict_images(str(run_dir), folder, options=EvaluationOptions(skip_bad_images=True))
     assert [Path(r['path']).name for r in result['slices']] == [good.name]
 
 
 def test_evidence_maps_of_a_synthetic_split_are_scored_against_the_drawn_atrophy(
     loaded, data_dir, tmp_path
 ):
-    from adni_timm import synthetic
+    from adni_timm.synthetic import slices as synthetic
 
     result = evaluate(
-        loaded, data_dir, output_dir=tmp_path / 'e', n_boot=0, cam=1, cam_method='gradcam'
+        loaded,
+        data_dir,
+        output_dir=tmp_path / 'e',
+        n_boot=0,
+        options=EvaluationOptions(cam=CamOptions(n=1, method='gradcam')),
     )
     score = result['cam']['region_score']  # the generator's arguments are in dataset.json
     assert score is not None and 0 <= score['pointing_game'] <= 1

@@ -22,9 +22,10 @@ import yaml
 from huggingface_hub import ModelCard
 from huggingface_hub.errors import HfHubHTTPError
 
-from adni_timm import export, hub
+from adni_timm.export import format as export
+from adni_timm.publish import hub
 from adni_timm.models import LICENSE
-from adni_timm.model_card import eval_results_from_metrics
+from adni_timm.publish.card import eval_results_from_metrics
 from helpers import populate_hub_cache
 
 matplotlib.use('Agg')
@@ -368,7 +369,7 @@ def test_stock_timm_loads_the_hub_repo_in_a_fresh_process_without_adni_timm(trai
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -412,7 +413,7 @@ def test_push_creates_the_repo_and_uploads_only_the_export_folder(run_dir, tmp_p
         uploaded.update({p.name: p.read_bytes() for p in folder.iterdir()})
         return mock.Mock(commit_url='https://huggingface.co/my-lab/x/commit/1', pr_url=None)
 
-    with mock.patch('adni_timm.hub.HfApi') as api_cls:
+    with mock.patch('adni_timm.publish.hub.HfApi') as api_cls:
         api = api_cls.return_value
         api.repo_info.return_value.private = True
         api.upload_folder.side_effect = record_upload
@@ -437,7 +438,7 @@ def test_push_creates_the_repo_and_uploads_only_the_export_folder(run_dir, tmp_p
 
 
 def test_push_to_a_revision_creates_the_branch_and_can_open_a_pr(run_dir, tmp_path):
-    with mock.patch('adni_timm.hub.HfApi') as api_cls:
+    with mock.patch('adni_timm.publish.hub.HfApi') as api_cls:
         api = api_cls.return_value
         hub.push_to_hub(run_dir, REPO_ID, revision='v2', token='hf_t', output_dir=tmp_path / 'a')
         api.create_branch.assert_called_once_with(
@@ -452,7 +453,7 @@ def test_push_to_a_revision_creates_the_branch_and_can_open_a_pr(run_dir, tmp_pa
 
 
 def test_private_push_to_an_existing_public_repo_is_refused(run_dir):
-    with mock.patch('adni_timm.hub.HfApi') as api_cls:
+    with mock.patch('adni_timm.publish.hub.HfApi') as api_cls:
         api_cls.return_value.repo_info.return_value.private = False
         with pytest.raises(hub.HubError, match='public'):
             hub.push_to_hub(run_dir, REPO_ID, private=True, token='hf_t')
@@ -461,14 +462,14 @@ def test_private_push_to_an_existing_public_repo_is_refused(run_dir):
 
 def test_token_from_hf_token_env_is_used(run_dir, no_login, monkeypatch):
     monkeypatch.setenv('HF_TOKEN', 'hf_from_env')
-    with mock.patch('adni_timm.hub.HfApi') as api_cls:
+    with mock.patch('adni_timm.publish.hub.HfApi') as api_cls:
         hub.push_to_hub(run_dir, REPO_ID)
     assert api_cls.call_args.kwargs['token'] == 'hf_from_env'
 
 
 def test_a_token_that_leaked_into_the_export_stops_the_upload(run_dir):
     with (
-        mock.patch('adni_timm.hub.HfApi') as api_cls,
+        mock.patch('adni_timm.publish.hub.HfApi') as api_cls,
         pytest.raises(hub.UploadError, match='contains your Hub'),
     ):
         # a "token" that the card contains
@@ -489,7 +490,7 @@ def _cli(capsys, run, *argv, repo_id=REPO_ID):
 
 
 def test_cli_dry_run_lists_files_with_sizes_and_touches_no_network(run_dir, tmp_path, capsys):
-    with mock.patch('adni_timm.hub.HfApi') as api_cls:
+    with mock.patch('adni_timm.publish.hub.HfApi') as api_cls:
         code, out, _ = _cli(capsys, run_dir, '--dry-run', '--output-dir', str(tmp_path / 'dry'))
     assert code == 0
     api_cls.assert_not_called()
@@ -520,7 +521,7 @@ def test_cli_run_without_best_weights(tmp_path, capsys):
 
 
 def test_cli_without_a_token_names_the_fix_and_keeps_the_export(run_dir, no_login, capsys):
-    with mock.patch('adni_timm.hub.HfApi') as api_cls:
+    with mock.patch('adni_timm.publish.hub.HfApi') as api_cls:
         code, _, err = _cli(capsys, run_dir)
     assert code == 2 and 'hf auth login' in err and 'HF_TOKEN' in err
     api_cls.assert_not_called()
@@ -547,7 +548,7 @@ def test_cli_upload_failure_exits_non_zero_and_keeps_the_export(
     run_dir, tmp_path, capsys, error, expected
 ):
     out_dir = tmp_path / 'export'
-    with mock.patch('adni_timm.hub.HfApi') as api_cls:
+    with mock.patch('adni_timm.publish.hub.HfApi') as api_cls:
         api_cls.return_value.upload_folder.side_effect = error
         code, _, err = _cli(
             capsys, run_dir, '--token', 'hf_secret_value', '--output-dir', str(out_dir)

@@ -1,4 +1,4 @@
-"""The input check (adni_timm.input_check): slices unlike the training slices are refused.
+"""The input check (adni_timm.export.input_check): slices unlike the training slices are refused.
 
 All slices are SYNTHETIC (adni_timm.synthetic); the natural photo is matplotlib's sample image.
 """
@@ -14,9 +14,10 @@ from PIL import Image
 from scipy.spatial.distance import mahalanobis
 from sklearn.covariance import LedoitWolf
 
-from adni_timm import data, splits
+from adni_timm import data
+from adni_timm.data import splits
 from adni_timm.inference import load_model
-from adni_timm.input_check import (
+from adni_timm.export.input_check import (
     CHECK_NAME,
     TENSORS_NAME,
     FeatureGaussians,
@@ -196,7 +197,7 @@ def test_fit_refuses_mismatched_labels(untrained, tiny_data):
 def trained_check(tiny_run, tmp_path_factory):
     """The check of the tiny trained run, fitted on 60 SYNTHETIC patients, thresholded on 20 other
     patients, asked about 40 held-out patients (4 slices each)."""
-    from adni_timm.synthetic import generate
+    from adni_timm.synthetic.slices import generate
 
     root = generate(
         tmp_path_factory.mktemp('input_check') / 'AD_NC',

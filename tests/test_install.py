@@ -136,7 +136,7 @@ def _build_wheel(tmp_path: Path, env: dict) -> Path:
         [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '-w', wheels, src],
         cwd=tmp_path,
         env=env,
-        timeout=300,
+        timeout=900,
         check=False,
     )
     if proc.returncode != 0:
@@ -161,13 +161,13 @@ def _build_wheel(tmp_path: Path, env: dict) -> Path:
 
 def _fresh_venv(tmp_path: Path, env: dict) -> Path:
     venv = tmp_path / 'fresh'
-    _run([sys.executable, '-m', 'venv', venv], cwd=tmp_path, env=env, timeout=180)
+    _run([sys.executable, '-m', 'venv', venv], cwd=tmp_path, env=env, timeout=900)
     python = venv / 'bin' / 'python'
     site = _run(
         [python, '-c', 'import sysconfig; print(sysconfig.get_path("purelib"))'],
         cwd=tmp_path,
         env=env,
-        timeout=60,
+        timeout=900,
     ).stdout.strip()
     # this venv's third-party packages (torch, timm, ...), as a plain path line: its own .pth files,
     # the editable hook for adni_timm among them, are not processed
@@ -189,7 +189,7 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
         [python, '-m', 'pip', 'install', '--no-deps', '--no-index', '--ignore-installed', wheel],
         cwd=tmp_path,
         env=env,
-        timeout=180,
+        timeout=900,
     )
 
     # the installed copy, not the checkout; every preset is package data that loads
@@ -201,7 +201,7 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
         print(json.dumps({"file": adni_timm.__file__, "presets": list(names)}))
     """)
     info = json.loads(
-        _run([python, '-c', probe], cwd=tmp_path, env=env, timeout=120)
+        _run([python, '-c', probe], cwd=tmp_path, env=env, timeout=900)
         .stdout.strip()
         .splitlines()[-1]
     )
@@ -218,7 +218,7 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     for name in SCRIPTS:
         assert (bin_dir / name).is_file(), f'console script {name} missing from {bin_dir}'
     helps = json.loads(
-        _run([python, '-c', HELP_PROBE, *SCRIPTS], cwd=tmp_path, env=env, timeout=180)
+        _run([python, '-c', HELP_PROBE, *SCRIPTS], cwd=tmp_path, env=env, timeout=900)
         .stdout.strip()
         .splitlines()[-1]
     )
@@ -247,9 +247,9 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
         ],
         cwd=tmp_path,
         env=env,
-        timeout=120,
+        timeout=900,
     )
-    _run([bin_dir / 'adni-check-data', data], cwd=tmp_path, env=env, timeout=120)
+    _run([bin_dir / 'adni-check-data', data], cwd=tmp_path, env=env, timeout=900)
     train = _run(
         [
             bin_dir / 'adni-train',
@@ -273,7 +273,7 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
         ],
         cwd=tmp_path,
         env=env,
-        timeout=300,
+        timeout=900,
     )
     assert (run / 'best' / 'model.safetensors').is_file(), sorted(p.name for p in run.iterdir())
     assert (run / 'eval' / 'metrics.json').is_file(), sorted(p.name for p in run.iterdir())
@@ -284,7 +284,7 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
         [bin_dir / 'adni-evaluate', '--model', run, '--data-dir', data, '--n-boot', 0],
         cwd=tmp_path,
         env=env,
-        timeout=180,
+        timeout=900,
     )
 
     # the build left nothing in the checkout

@@ -18,7 +18,9 @@ import pytest
 import torch
 from timm.models import save_for_hf
 
-from adni_timm import data, evaluation, export, hub
+from adni_timm import data, evaluation
+from adni_timm.export import format as export
+from adni_timm.publish import hub
 from adni_timm.inference import load_model, predict_slices
 from helpers import ROOT, populate_hub_cache, run_train
 
@@ -53,7 +55,7 @@ def paths(tiny_run, tiny_data, tmp_path_factory):
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
         cwd=root,
         env=env,
     )

@@ -20,9 +20,11 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 from huggingface_hub.utils import validate_repo_id
 from torch.utils.flop_counter import FlopCounterMode
 
-from adni_timm import complexity, export, hub
-from adni_timm.data_note import DataNote
-from adni_timm.input_description import (
+from adni_timm.publish import complexity
+from adni_timm.export import format as export
+from adni_timm.publish import hub
+from adni_timm.data.note import DataNote
+from adni_timm.export.input_description import (
     PERCENTILES,
     InputDescription,
     describe_input,
@@ -31,7 +33,7 @@ from adni_timm.input_description import (
     recipe_lines,
     recipe_steps,
 )
-from adni_timm.model_card import build_model_card
+from adni_timm.publish.card import build_model_card
 from adni_timm.run import EvalCheck
 
 REPO = 'my-lab/adni-test'
@@ -468,7 +470,7 @@ def _code_blocks(markdown):
 def test_the_example_image_is_synthetic_and_the_widget_shows_it(tmp_path):
     from PIL import Image
 
-    from adni_timm.synthetic import SYNTHETIC_COMMENT
+    from adni_timm.synthetic.slices import SYNTHETIC_COMMENT
 
     out = tmp_path / 'out'
     files = hub.build_export_folder(_export(tmp_path / 'best'), out, repo_id=REPO)
@@ -541,7 +543,7 @@ def test_the_cards_timm_snippets_run_offline_and_the_class_map_matters(tmp_path)
 
     from PIL import Image
 
-    from adni_timm.synthetic import generate
+    from adni_timm.synthetic.slices import generate
     from helpers import populate_hub_cache
 
     out = tmp_path / 'out'
@@ -569,7 +571,7 @@ def test_the_cards_timm_snippets_run_offline_and_the_class_map_matters(tmp_path)
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
@@ -598,8 +600,8 @@ def test_the_cards_timm_snippets_run_offline_and_the_class_map_matters(tmp_path)
 
 def test_describe_slices_reads_the_files_as_the_loader_does(tiny_data):
     from adni_timm import data
-    from adni_timm.data_note import describe
-    from adni_timm.input_description import describe_slices, read_sample
+    from adni_timm.data.note import describe
+    from adni_timm.export.input_description import describe_slices, read_sample
 
     slices = data.scan_split(tiny_data, 'train', ('NC', 'AD'))
     desc = describe_slices(slices, describe(tiny_data), max_images=10)

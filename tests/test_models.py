@@ -182,7 +182,7 @@ def test_pretrained_without_a_weight_source_fails_at_once(name, kwargs, no_netwo
 
 
 def test_pretrained_with_a_hub_overlay_loads_those_weights(tmp_path, no_network):
-    # weights as adni_timm.export publishes them: stock convnext_atto, 3 channels, 2 classes
+    # weights as adni_timm.export.format publishes them: stock convnext_atto, 3 channels, 2 classes
     torch.manual_seed(0)
     stock = timm.create_model('convnext_atto', in_chans=3, num_classes=2).eval()
     folder = tmp_path / 'export'

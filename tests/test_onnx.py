@@ -1,5 +1,5 @@
-"""model.onnx beside an export (adni_timm.onnx_export) and the torch-free runner
-(adni_timm.onnx_runtime): the same P(AD) as the torch export. SYNTHETIC slices."""
+"""model.onnx beside an export (adni_timm.export.onnx) and the torch-free runner
+(adni_timm.export.onnx_runtime): the same P(AD) as the torch export. SYNTHETIC slices."""
 
 import json
 import os
@@ -13,16 +13,17 @@ import timm
 import torch
 from PIL import Image
 
-from adni_timm import data, splits
+from adni_timm import data
+from adni_timm.data import splits
 from adni_timm.inference import load_model
 from adni_timm.run import locate
-from adni_timm.input_check import fit_input_check
-from adni_timm.onnx_export import ONNX_NAME, OnnxExportError, export_onnx
-from adni_timm.onnx_runtime import OnnxClassifier, OnnxRuntimeError, Preprocessing
+from adni_timm.export.input_check import fit_input_check
+from adni_timm.export.onnx import ONNX_NAME, OnnxExportError, export_onnx
+from adni_timm.export.onnx_runtime import OnnxClassifier, OnnxRuntimeError, Preprocessing
 
 from helpers import ROOT
 
-RUNTIME_FILE = ROOT / 'adni_timm' / 'onnx_runtime.py'
+RUNTIME_FILE = ROOT / 'adni_timm' / 'export' / 'onnx_runtime.py'
 
 
 @pytest.fixture(scope='module')
@@ -79,7 +80,7 @@ print(json.dumps({{'p_ad': probs.tolist(), 'torch': 'torch' in sys.modules,
         [sys.executable, '-c', script],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=900,
         cwd=ROOT,
         env={**os.environ, 'PYTHONPATH': ''},
     )
@@ -215,10 +216,10 @@ def test_the_demo_scores_with_onnxruntime_as_with_torch(tiny_run, tiny_data, tmp
     model.onnx is written at start-up, and a missing onnxruntime is one line naming the extra."""
     import importlib.util
 
-    from adni_timm import app
+    from adni_timm.app import demo as app
     from adni_timm.inference import InferenceError
 
-    from adni_timm.onnx_runtime import OnnxClassifier
+    from adni_timm.export.onnx_runtime import OnnxClassifier
 
     run = shutil.copytree(tiny_run[0], tmp_path / 'run')
     assert not (run / 'best' / ONNX_NAME).exists()

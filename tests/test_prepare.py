@@ -1,7 +1,7 @@
 """adni-prepare: the plan (labels, visits, split by subject), the run (layout, manifest, QC,
 records), shards, resume after a kill, bad inputs, and the road on to training.
 
-All scans are SYNTHETIC (adni_timm.synthetic_volumes) at 4 mm, prepared with a fast recipe (no
+All scans are SYNTHETIC (adni_timm.synthetic.volumes) at 4 mm, prepared with a fast recipe (no
 N4, 2 mm working resolution, 4 slices); the full recipe is tested in test_preprocess.py.
 """
 
@@ -27,8 +27,8 @@ from helpers import cli_in_process, ROOT, run_train  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from adni_timm import data  # noqa: E402
-from adni_timm.labels import read_labels  # noqa: E402
-from adni_timm.prepare import (  # noqa: E402
+from adni_timm.prepare.labels import read_labels  # noqa: E402
+from adni_timm.prepare.run import (  # noqa: E402
     MANIFEST_COLUMNS,
     PrepareOptions,
     build_plan,
@@ -40,10 +40,10 @@ from adni_timm.prepare import (  # noqa: E402
     slices_from_scan,
     written_pixels,
 )
-from adni_timm.preprocess import Recipe  # noqa: E402
-from adni_timm.export import read_export_settings  # noqa: E402
-from adni_timm.synthetic_volumes import generate_volumes, write_dicom_series  # noqa: E402
-from adni_timm.volumes import discover_scans, read_volume  # noqa: E402
+from adni_timm.prepare.preprocess import Recipe  # noqa: E402
+from adni_timm.export.format import read_export_settings  # noqa: E402
+from adni_timm.synthetic.volumes import generate_volumes, write_dicom_series  # noqa: E402
+from adni_timm.prepare.volumes import discover_scans, read_volume  # noqa: E402
 
 FAST = Recipe(n4=False, resample_mm=2.0, slices=4)
 OPTIONS = PrepareOptions(test_fraction=0.34)
@@ -393,7 +393,7 @@ def test_killed_run_resumes_without_redoing_finished_subjects(prepared, volumes,
     proc.wait()
     finished = {p.name: p.read_bytes() for p in (out / 'records').glob('*.json')}
     assert 2 <= len(finished) < 6 and not (out / 'manifest.csv').exists()
-    rerun = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr
     assert f'{len(finished)} subject(s) already prepared with this recipe: skipped' in rerun.stdout
     assert rerun.stdout.count('] 000_S_') == 6 - len(finished)
@@ -477,7 +477,7 @@ def test_prepared_scans_train_and_a_new_scan_gets_the_p_ad_of_its_prepared_slice
         assert scan_p[number] == pytest.approx(by_slice[number], rel=1e-6, abs=1e-7)
     # the web demo takes the .nii.gz upload the same way
     pytest.importorskip('gradio')
-    from adni_timm import app
+    from adni_timm.app import demo as app
 
     demo_model = app.load(run)
     scratch = tmp_path / 'server-tmp'

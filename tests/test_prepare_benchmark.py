@@ -30,7 +30,7 @@ def test_prepare_benchmark_quick_reports_rates_and_steps(tmp_path):
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
         cwd=ROOT,
         env={**os.environ, 'PYTHONPATH': str(ROOT)},
     )

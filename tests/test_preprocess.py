@@ -10,7 +10,7 @@ import pytest
 sitk = pytest.importorskip('SimpleITK')
 pytest.importorskip('nilearn')
 
-from adni_timm.preprocess import (  # noqa: E402
+from adni_timm.prepare.preprocess import (  # noqa: E402
     Recipe,
     RecipeError,
     RegistrationError,
@@ -22,8 +22,8 @@ from adni_timm.preprocess import (  # noqa: E402
     slice_numbers,
     slices_from_image,
 )
-from adni_timm.template import load_template  # noqa: E402
-from adni_timm.volumes import image_from_ras, ras_from_image  # noqa: E402
+from adni_timm.prepare.template import load_template  # noqa: E402
+from adni_timm.prepare.volumes import image_from_ras, ras_from_image  # noqa: E402
 
 FLIP = np.diag([-1.0, -1.0, 1.0])
 

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from adni_timm.progress import Progress, resolve_mode
-from adni_timm.training import epoch_line
+from adni_timm.utils.progress import Progress, resolve_mode
+from adni_timm.train.loop import epoch_line
 from helpers import ROOT, TINY, with_option
 
 EPOCH_LINE = re.compile(r'^epoch \d+/\d+ \|')
@@ -37,7 +37,7 @@ def test_a_redirected_run_writes_plain_lines_and_short_epoch_lines(tiny_data, tm
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
-            timeout=300,
+            timeout=900,
         )
     text = log.read_text()
     assert proc.returncode == 0, text[-3000:]
@@ -94,7 +94,7 @@ def test_progress_picks_a_bar_on_a_terminal_and_lines_elsewhere(caplog):
     with pytest.raises(ValueError, match='choose one of'):
         resolve_mode('fancy')
     progress = Progress('lines', total=1000, desc='epoch 1/2', interval_s=0.0)
-    with caplog.at_level('INFO', logger='adni_timm.training'):
+    with caplog.at_level('INFO', logger='adni_timm.train.loop'):
         progress.update(250)
         progress.set_postfix(loss='0.5000')
         progress.update(250)

@@ -15,11 +15,11 @@ from PIL import Image
 
 from adni_timm import data, metrics
 from adni_timm.config import load_config
-from adni_timm.export import read_export_settings
+from adni_timm.export.format import read_export_settings
 from adni_timm.inference import load_model, predict_slices
 from adni_timm.run import RunRecord
-from adni_timm.splits import select
-from adni_timm.training import make_ema
+from adni_timm.data.splits import select
+from adni_timm.train.loop import make_ema
 from helpers import TINY, cli_in_process, run_train, train_in_process, with_option
 
 ONE_EPOCH = with_option(with_option(TINY, '--epochs', '1'), '--warmup-epochs', '0')
@@ -268,7 +268,7 @@ def test_ema_reaches_the_configured_decay_when_the_lr_warmup_ends():
 def test_evaluation_runs_in_the_recorded_precision_and_chooses_the_tta_threshold_with_tta(
     tiny_run, tiny_data, tmp_path
 ):
-    from adni_timm.evaluation import evaluate
+    from adni_timm.evaluation import EvaluationOptions, evaluate
 
     run = tiny_run[0]
     loaded = load_model(run)
@@ -280,7 +280,7 @@ def test_evaluation_runs_in_the_recorded_precision_and_chooses_the_tta_threshold
     (bf16 / 'best' / 'config.json').write_text(json.dumps(config))
     assert load_model(bf16).precision == 'bf16'
     assert evaluate(loaded, tiny_data, n_boot=0)['precision'] == 'no'
-    tta = evaluate(str(run), tiny_data, n_boot=0, tta=True)
+    tta = evaluate(str(run), tiny_data, n_boot=0, options=EvaluationOptions(tta=True))
     assert tta['threshold_selection']['tta'] is True and tta['threshold_selection'][
         'chosen_on'
     ] == str(run / 'split.json')
@@ -296,7 +296,7 @@ def test_evaluation_runs_in_the_recorded_precision_and_chooses_the_tta_threshold
     assert tta['calibration']['temperature'] == pytest.approx(point['temperature'])
     # no split.json: no validation to choose on
     plain = shutil.copytree(run / 'best', tmp_path / 'export')
-    said = evaluate(str(plain), tiny_data, n_boot=0, tta=True)
+    said = evaluate(str(plain), tiny_data, n_boot=0, options=EvaluationOptions(tta=True))
     assert (
         said['threshold'] == read_export_settings(plain).threshold
         and said['threshold_note'] == 'chosen without TTA'
@@ -321,8 +321,8 @@ def test_any_timm_model_trains_at_the_configured_size_and_exports(name, tmp_path
     """--model resnet18 (any size) and a ViT (fixed input
     size: built for img_size) both work end to end.
     """
-    from adni_timm.export import export_model
-    from adni_timm.training import create_model
+    from adni_timm.export.format import export_model
+    from adni_timm.train.loop import create_model
 
     model = create_model(load_config(None, {'model': name, 'img_size': '64'})).eval()
     x = torch.randn(2, 1, 64, 64)

@@ -1,11 +1,11 @@
-"""adni_timm.splits: every split by patient, stratified, reproducible; cross-validation folds whose
-selection patients never include the fold they report."""
+"""adni_timm.data.splits: every split by patient, stratified, reproducible; cross-validation
+folds whose selection patients never include the fold they report."""
 
 import json
 
 import pytest
 
-from adni_timm.splits import SplitError, check_folds, fold_split, make_folds
+from adni_timm.data.splits import SplitError, check_folds, fold_split, make_folds
 
 # 23 AD and 27 NC patients; ids of mixed widths so that sorting is by string, not insertion order
 LABELS = {f'P{i}': int(i % 2 == 0 and i < 46) for i in range(50)}
@@ -80,7 +80,7 @@ def test_fold_split_refusals():
 def test_every_visit_of_a_subject_lands_on_one_side():
     # adni-prepare --visits all: one file-name patient id per visit, the subject in manifest.csv
     from adni_timm.data import Slice
-    from adni_timm.splits import make_subject_folds, split_patients
+    from adni_timm.data.splits import make_subject_folds, split_patients
 
     subjects, slices = {}, []
     for i in range(20):

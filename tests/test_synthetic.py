@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adni_timm import synthetic
-from adni_timm.data_note import describe
+from adni_timm.synthetic import slices as synthetic
+from adni_timm.data.note import describe
 from adni_timm.cli.synthetic import main as synthetic_cli
-from adni_timm.synthetic import (
+from adni_timm.synthetic.slices import (
     HEIGHT,
     WIDTH,
     SyntheticError,
@@ -216,7 +216,7 @@ def test_demo_dataset_is_generated_once_and_atomically(tmp_path, monkeypatch):
 
 
 def test_parallel_generation_writes_identical_files(tmp_path):
-    from adni_timm.synthetic import generate
+    from adni_timm.synthetic.slices import generate
 
     generate(tmp_path / 'one', 2, 1, slices=3, seed=5, workers=1)
     generate(tmp_path / 'two', 2, 1, slices=3, seed=5, workers=2)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from adni_timm.synthetic import generate
+from adni_timm.synthetic.slices import generate
 from helpers import LAUNCH, ROOT, TINY, run_train, train_and_kill, train_in_process, with_option
 
 
@@ -86,7 +86,7 @@ def test_best_export_loads_in_plain_timm_with_the_same_logits(tiny_run, tmp_path
         f'ref["logits"], rtol=1e-5, atol=1e-6)\nassert "adni_timm" not in '
         f'sys.modules\nprint(timm.data.resolve_data_config(model=rgb)["input_size"])\n'
     )
-    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == '[3, 64, 64]'
 
@@ -161,7 +161,7 @@ def test_resume_refuses_to_change_the_recipe(tiny_run, capsys):
 
 
 def test_non_finite_loss_stops_with_the_last_checkpoint_intact(tiny_data, tmp_path, monkeypatch):
-    from adni_timm import training
+    from adni_timm.train import loop as training
     from adni_timm.config import load_config
     from adni_timm.run import RunRecord
 
@@ -212,7 +212,7 @@ def test_two_processes_count_each_val_slice_once_write_from_main_and_agree(tiny_
         'ADNI_TIMM_PROBE_DIR': str(probe),
         'OMP_NUM_THREADS': '1',
     }
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=ROOT, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((probe / f'rank{r}.json').read_text()) for r in (0, 1)]
     assert ranks[0]['weights_sha256'] == ranks[1]['weights_sha256']
@@ -279,7 +279,7 @@ def test_demo_runs_without_data_and_evaluates_on_the_synthetic_test_split(tmp_pa
 def test_out_of_memory_prints_a_hint(monkeypatch, capsys, tiny_data, tmp_path):
     sys.path.insert(0, str(ROOT))
     import train as train_cli
-    from adni_timm import training
+    from adni_timm.train import loop as training
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')
@@ -328,11 +328,11 @@ def test_resume_refuses_another_process_count(tiny_run, tmp_path, capsys):
 
 def test_a_best_export_lost_to_a_kill_is_redone_on_resume(tmp_path):
     import timm
-    from adni_timm import export
+    from adni_timm.export import format as export
     from adni_timm.config import load_config
     from adni_timm.run import RunRecord
     from adni_timm.run import Run
-    from adni_timm.training import BestEpoch, LoopState, _repair_best_export
+    from adni_timm.train.loop import BestEpoch, LoopState, _repair_best_export
 
     record = RunRecord.new(
         load_config(None, {'model': 'adni_convnext_atto', 'img_size': '64'}), tmp_path

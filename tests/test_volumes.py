@@ -1,7 +1,7 @@
 """Reading 3D volumes (NIfTI, DICOM), finding scans (ADNI, BIDS, generic layouts), label files.
 
 Real files only where they ship inside wheels: nibabel's own NIfTI and DICOM test data; the
-rest is the SYNTHETIC volume generator (adni_timm.synthetic_volumes).
+rest is the SYNTHETIC volume generator (adni_timm.synthetic.volumes).
 """
 
 import shutil
@@ -16,21 +16,21 @@ pydicom = pytest.importorskip('pydicom')
 
 from nibabel.testing import data_path as NIBABEL_DATA  # noqa: E402
 
-from adni_timm.labels import (  # noqa: E402
+from adni_timm.prepare.labels import (  # noqa: E402
     LabelsError,
     class_of_group,
     normalise_visit,
     parse_group_map,
     read_labels,
 )
-from adni_timm.synthetic_volumes import (  # noqa: E402
+from adni_timm.synthetic.volumes import (  # noqa: E402
     draw_head_params,
     generate_volumes,
     render_head,
     write_dicom_series,
     write_nifti,
 )
-from adni_timm.volumes import (  # noqa: E402
+from adni_timm.prepare.volumes import (  # noqa: E402
     Scan,
     VolumeError,
     discover_scans,

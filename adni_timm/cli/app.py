@@ -1,8 +1,8 @@
 """``adni-app --model RUN``: the local web demo (also ``python app.py``, ``python -m
-adni_timm.app``).
+adni_timm.app.demo``).
 
 Drop MRI slices, read P(AD), the decision and Grad-CAM. Research use only. Needs the demo extra
-(``pip install 'adni-timm[demo]'``). Parsing only: the page lives in ``adni_timm.app``.
+(``pip install 'adni-timm[demo]'``). Parsing only: the page lives in ``adni_timm.app.demo``.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def main(argv=None, prog: str = PROG) -> int:
             "the demo needs gradio: pip install 'adni-timm[demo]' (or pip install 'gradio>=4')",
             EXIT_REFUSED,
         )
-    from adni_timm import app
+    from adni_timm.app import demo as app
 
     try:
         demo_model = app.load(args.model, backend=args.backend)

@@ -1,5 +1,6 @@
 """``python -m adni_timm.cv compare RUN_A RUN_B`` and ``... summary RUN``: cross-validation run
-tools. Parsing and printing only: the work is in ``adni_timm.cv_compare`` and ``adni_timm.cv``.
+tools. Parsing and printing only: the work is in ``adni_timm.cv.compare`` and
+``adni_timm.cv.summary``.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 def main(argv=None, prog: str = PROG) -> int:
     """0 done, 2 a run that cannot be read or runs on different folds (one line on stderr)."""
-    from adni_timm.cv import cv_summary, format_cv_table
-    from adni_timm.cv_compare import compare, format_comparison, read_cv_run
+    from adni_timm.cv.summary import cv_summary, format_cv_table
+    from adni_timm.cv.compare import compare, format_comparison, read_cv_run
 
     args = build_parser(prog).parse_args(argv)
     try:

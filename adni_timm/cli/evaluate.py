@@ -28,7 +28,8 @@ from adni_timm.cli import (
 __all__ = ['build_parser', 'main']
 
 PROG = 'adni-evaluate'
-CAM_METHODS = ('occlusion', 'gradcam', 'hirescam')  # adni_timm.cam.METHODS (cam imports torch)
+# adni_timm.evaluation.cam.METHODS (cam imports torch)
+CAM_METHODS = ('occlusion', 'gradcam', 'hirescam')
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -184,11 +185,21 @@ def main(argv=None, prog: str = PROG) -> int:
     # per-load chatter ("Loading pretrained weights ...")
     logging.getLogger('timm').setLevel(logging.WARNING)
     from adni_timm import evaluation  # after argparse: --help stays fast
+    from adni_timm.evaluation.options import CamOptions, EvaluationOptions
     from adni_timm.inference import load_model
 
     start = time.perf_counter()
     try:
-        cam_options = {'cam': args.cam, 'cam_method': args.cam_method, 'cam_layer': args.cam_layer}
+        options = EvaluationOptions(
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            tta=args.tta,
+            precision=args.precision,
+            backend=args.backend,
+            skip_bad_images=args.skip_bad_images,
+            file_is_patient=args.file_is_patient,
+            cam=CamOptions(n=args.cam, method=args.cam_method, layer=args.cam_layer),
+        )
         model = load_model(args.model[0] if len(args.model) == 1 else args.model)
         if args.classes:
             model.classes = list(args.classes)
@@ -201,16 +212,9 @@ def main(argv=None, prog: str = PROG) -> int:
                 model,
                 args.images,
                 output_dir=out,
-                batch_size=args.batch_size,
-                num_workers=args.num_workers,
-                tta=args.tta,
                 threshold=args.threshold,
-                precision=args.precision,
-                skip_bad_images=args.skip_bad_images,
-                file_is_patient=args.file_is_patient,
                 score_flagged=args.score_flagged,
-                backend=args.backend,
-                **cam_options,
+                options=options,
             )
             print(evaluation.format_predictions(result))
         else:
@@ -219,9 +223,7 @@ def main(argv=None, prog: str = PROG) -> int:
                 split=args.split,
                 threshold=args.threshold,
                 target_sensitivity=args.target_sensitivity,
-                tta=args.tta,
-                precision=args.precision,
-                backend=args.backend,
+                options=options,
             )
             out = args.output_dir or evaluation.default_output_dir(model, tag)
             evaluation.check_output_dir(model, out, tag)
@@ -232,15 +234,8 @@ def main(argv=None, prog: str = PROG) -> int:
                 output_dir=out,
                 threshold=args.threshold,
                 target_sensitivity=args.target_sensitivity,
-                batch_size=args.batch_size,
-                num_workers=args.num_workers,
-                tta=args.tta,
                 n_boot=args.n_boot,
-                precision=args.precision,
-                skip_bad_images=args.skip_bad_images,
-                file_is_patient=args.file_is_patient,
-                backend=args.backend,
-                **cam_options,
+                options=options,
             )
             print(evaluation.format_table(result))
     except (ValueError, OSError) as e:

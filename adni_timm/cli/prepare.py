@@ -1,5 +1,5 @@
 """3D T1 scans (NIfTI, DICOM, BIDS) + labels -> the slice layout (thin CLI over
-adni_timm.prepare).
+adni_timm.prepare.run).
 
 adni-prepare ADNI/ prepared/ --labels ADNI_collection.csv            # ADNI download, baseline scans
 adni-prepare bids/ prepared/ --labels bids/participants.tsv --labels-column diagnosis
@@ -46,9 +46,9 @@ def _pair(text: str, sep: str, kind=float, what: str = ''):
     return values
 
 
-def _parse_args(argv):
+def _parse_args(argv, prog: str = PROG):
     p = argparse.ArgumentParser(
-        prog=PROG,
+        prog=prog,
         description=__doc__.split('\n\n')[0].replace('\n', ' '),
         epilog=_EPILOG,
         formatter_class=HelpFormatter,
@@ -162,7 +162,7 @@ def _parse_args(argv):
 def _recipe(args):
     import dataclasses
 
-    from adni_timm.preprocess import Recipe, read_recipe
+    from adni_timm.prepare.preprocess import Recipe, read_recipe
 
     base = read_recipe(args.recipe) if args.recipe else Recipe()
     changes = {}
@@ -202,7 +202,7 @@ def _print_problems(problems) -> None:
 
 def _progress(mode: str):
     """(on_plan, on_subject, close): a tqdm bar on a terminal, plain lines otherwise."""
-    from adni_timm.progress import resolve_mode
+    from adni_timm.utils.progress import resolve_mode
 
     mode = resolve_mode(mode)
     state = {'bar': None, 'start': time.perf_counter()}
@@ -250,12 +250,12 @@ def _progress(mode: str):
     return on_plan, on_subject, close
 
 
-def main(argv=None) -> int:
-    args = _parse_args(argv)
+def main(argv=None, prog: str = PROG) -> int:
+    args = _parse_args(argv, prog)
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
-    from adni_timm import labels as labels_mod
-    from adni_timm import prepare as prepare_mod
-    from adni_timm.volumes import VolumeError, discover_scans
+    from adni_timm.prepare import labels as labels_mod
+    from adni_timm.prepare import run as prepare_mod
+    from adni_timm.prepare.volumes import VolumeError, discover_scans
 
     try:
         if args.merge:
@@ -277,7 +277,7 @@ def main(argv=None) -> int:
         labels = labels_mod.read_labels(args.labels, args.labels_format, args.labels_column)
         discovery = discover_scans(args.src)
     except (ValueError, OSError, argparse.ArgumentTypeError) as e:
-        return fail(PROG, e, code=2)
+        return fail(prog, e, code=2)
     on_plan, on_subject, close = _progress(args.progress)
     start = time.perf_counter()
     try:
@@ -295,7 +295,7 @@ def main(argv=None) -> int:
         )
     except (prepare_mod.PrepareError, VolumeError) as e:
         close()
-        return fail(PROG, e, code=2)
+        return fail(prog, e, code=2)
     close()
     minutes = (time.perf_counter() - start) / 60
     n = len(result.prepared)

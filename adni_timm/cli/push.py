@@ -5,7 +5,7 @@
                           [--acknowledgement FILE] [--force-eval] [--onnx] [--dry-run]
                           [--output-dir DIR]
 
-The logic lives in ``adni_timm.hub``; this module only parses arguments and reports.
+The logic lives in ``adni_timm.publish.hub``; this module only parses arguments and reports.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 from adni_timm.cli import EXIT_OK, HelpFormatter, examples, fail
-from adni_timm.export import ExportError
-from adni_timm.hub import HubError, push_to_hub
+from adni_timm.export.format import ExportError
+from adni_timm.publish.hub import HubError, push_to_hub
 
 __all__ = ['build_parser', 'parse_args', 'format_file_list', 'main']
 

@@ -16,7 +16,7 @@ PROG = 'adni-synthetic'
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    from adni_timm.synthetic import DIFFICULTIES
+    from adni_timm.synthetic.slices import DIFFICULTIES
 
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -64,7 +64,7 @@ def _parse_voxel(text: str):
 
 
 def build_volumes_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    from adni_timm.synthetic import DIFFICULTIES
+    from adni_timm.synthetic.slices import DIFFICULTIES
 
     parser = argparse.ArgumentParser(
         prog=f'{prog} OUT --volumes',
@@ -104,12 +104,12 @@ def build_volumes_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 
 def volumes_main(argv, prog: str = PROG) -> int:
-    """``OUT --volumes``: 3D heads for adni-prepare (adni_timm.synthetic_volumes)."""
+    """``OUT --volumes``: 3D heads for adni-prepare (adni_timm.synthetic.volumes)."""
     args = build_volumes_parser(prog).parse_args(argv)
     classes = tuple(c.strip() for c in args.classes.split(',') if c.strip())
     try:
-        from adni_timm.synthetic import SyntheticError
-        from adni_timm.synthetic_volumes import generate_volumes
+        from adni_timm.synthetic.slices import SyntheticError
+        from adni_timm.synthetic.volumes import generate_volumes
 
         scans = generate_volumes(
             args.out,
@@ -140,7 +140,7 @@ def main(argv=None, prog: str = PROG) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if '--volumes' in argv:  # 3D heads (NIfTI / DICOM) for adni-prepare
         return volumes_main(argv, prog)
-    from adni_timm.synthetic import SyntheticError, generate
+    from adni_timm.synthetic.slices import SyntheticError, generate
 
     args = build_parser(prog).parse_args(argv)
     classes = tuple(c.strip() for c in args.classes.split(',') if c.strip())

@@ -1,5 +1,5 @@
 """Train an ADNI AD vs NC classifier (timm + Accelerate).
-Argument parsing only: the work is in adni_timm.training.
+Argument parsing only: the work is in adni_timm.train.loop.
 
 python train.py --demo                                    # built-in synthetic demo, no data needed
 python train.py --data-dir AD_NC --output-dir runs/convnext_t
@@ -145,7 +145,7 @@ def run(argv=None, prog: str = PROG):
     logging.getLogger('adni_timm').setLevel(args.log_level.upper())
     overrides = {k: getattr(args, k) for k in field_types() if getattr(args, k) is not None}
 
-    from adni_timm.data_note import describe
+    from adni_timm.data.note import describe
     from adni_timm.run import RunRecord
 
     if args.resume:  # the run's own record says what it was: recipe, split, data, test evaluation
@@ -158,7 +158,7 @@ def run(argv=None, prog: str = PROG):
     if args.demo:
         import torch
 
-        from adni_timm.synthetic import demo_dataset
+        from adni_timm.synthetic.slices import demo_dataset
 
         if not torch.cuda.is_available():
             # ConvNeXt-T at 224 px trains at ~5 img/s on a laptop CPU
@@ -183,10 +183,10 @@ def run(argv=None, prog: str = PROG):
 
 def _train(record, run_dir, **kwargs):
     if record.config.folds >= 2:
-        from adni_timm.cv_run import train_cv
+        from adni_timm.train.cv import train_cv
 
         return train_cv(record, run_dir, **kwargs)
-    from adni_timm.training import train
+    from adni_timm.train.loop import train
 
     return train(record, run_dir, **kwargs)
 
@@ -198,10 +198,10 @@ def main(argv=None, prog: str = PROG) -> int:
 
     from adni_timm.data import DataError
     from adni_timm.evaluation import EvaluationError
-    from adni_timm.export import ExportError
+    from adni_timm.export.format import ExportError
     from adni_timm.inference import InferenceError
     from adni_timm.run import RunError
-    from adni_timm.training import TrainingError
+    from adni_timm.train.loop import TrainingError
 
     try:
         result = run(argv, prog)
@@ -241,8 +241,8 @@ def main(argv=None, prog: str = PROG) -> int:
 
 def format_summary(result) -> str:
     """Where everything is, which model was kept and why, the test table, and the next commands."""
-    from adni_timm.cv import format_out_of_fold
-    from adni_timm.display import fmt
+    from adni_timm.cv.summary import format_out_of_fold
+    from adni_timm.utils.display import fmt
     from adni_timm.evaluation import format_table
 
     run, best = result.run, result.best

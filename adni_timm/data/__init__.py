@@ -1,0 +1,32 @@
+"""Data in: slice files -> scans -> splits.
+
+``slices``  the AD_NC layout: file names, classes, scanning a split folder (``Slice``)
+``images``  reading and checking slice files: grayscale conversion, colour rule, decode check
+``loader``  timm transforms, the decoded-slice cache, the dataset and its DataLoader
+``splits``  validation split and cross-validation folds (grouped, stratified), leakage checks
+``note``    what a data folder says about itself (``dataset.json``, ``prepare.json``)
+``check``   the ``adni-check-data`` report (``python -m adni_timm.data check DIR``)
+
+The names below are the package's public API, importable as ``adni_timm.data.NAME``. They load on
+first use so that ``adni_timm.data.images`` stays free of torch for the light front ends.
+"""
+
+from importlib import import_module
+
+_PUBLIC = {
+    'slices': (
+        'DataError FILE_NAME_PATTERN IMAGE_EXTENSIONS SPLITS Slice binary_labels parse_classes '
+        'parse_file_name positive_index scan_split slice_count_outliers slice_key summarize'
+    ),
+    'images': 'is_colour is_colour_image read_image resolve_bad_images slice_problem to_gray',
+    'loader': 'SliceCache SliceDataset build_transforms cache_fits create_loader preload',
+    'check': 'CheckReport check_data_dir',
+}
+_HOME = {name: module for module, names in _PUBLIC.items() for name in names.split()}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    if name in _HOME:
+        return getattr(import_module(f'.{_HOME[name]}', __name__), name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -1,0 +1,646 @@
+"""Evaluate a model honestly: slice- and patient-level metrics with CIs, at a threshold never tuned
+on the evaluated split; reports (unlabelled images: ``predict``).
+
+    model = load_model('runs/tiny')        # adni_timm.inference: RUN, local-dir:, hf-hub:, a CV run
+    result = evaluate(model, 'AD_NC', split='test', output_dir='runs/tiny/eval')
+    print(format_table(result))
+
+Preprocessing is the model's own (``timm.data.create_transform(**resolve_data_config(model=m))``).
+The positive class is ``AD``; with more classes (``NC,MCI,AD``) the metrics are AD vs rest. The
+operating point (``choose_point``): ``threshold`` (CLI) > ``target_sensitivity`` met on the model's
+validation patients (a cross-validation ensemble: on its out-of-fold predictions) > with TTA, chosen
+again with TTA on the validation patients > the stored point > 0.5. Inference runs in the precision
+the model was trained in (``precision`` overrides).
+
+An evaluation at the stored operating point of the published model, on test, is the one that
+belongs in ``RUN/eval``; anything else gets a tag (``evaluation_tag``) and its own folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..cv import summary as cv
+from .. import data, metrics, plots
+from ..utils.display import fmt, fmt_ci
+from ..utils.files import write_csv, write_json
+from ..inference import (
+    PRECISIONS,
+    LoadedModel,
+    OperatingPoint,
+    calibrated_mean,
+    load_model,
+    negative_name,
+    patient_rows,
+    slice_decisions,
+)
+from ..run import EvalFolder, Run, plain_precision
+from ..data.splits import select, split_patients
+from .options import CamOptions, EvaluationOptions
+
+_logger = logging.getLogger(__name__)
+
+CI_METHOD = (
+    'percentile bootstrap, patients resampled within class; Clopper-Pearson over patients for a '
+    'proportion whose every resample agreed'
+)
+
+
+class EvaluationError(ValueError):
+    """Bad input to evaluation (threshold options, classes, precision); the message names it."""
+
+
+# ------------------------------------------------------------------------------ the threshold
+
+
+def _validation_slices(
+    model: LoadedModel, data_dir, classes, file_is_patient: bool, *, allow_fallback: bool
+) -> tuple[list[data.Slice], str] | None:
+    """Validation slices from ``DATA_DIR/train``: the run's ``split.json`` val patients, else (when
+    allowed) a seed-0 patient split."""
+    train = data.scan_split(data_dir, 'train', classes, file_is_patient=file_is_patient)
+    run = model.run
+    if run is not None and run.split_file.is_file():
+        split = run.read_split()
+        if split.get('level') != 'patient':
+            _logger.warning(
+                '%s splits by %s, not by patient: the validation slices share patients with the '
+                'training slices, so the chosen threshold is optimistic.',
+                run.split_file,
+                split.get('level'),
+            )
+        val = select(train, split, 'val')
+        if not val:
+            raise EvaluationError(
+                f'{run.split_file} lists no validation patients (the run trained without a '
+                f'validation split), so none can set the threshold; pass --threshold X.'
+            )
+        return val, str(run.split_file)
+    if not allow_fallback:
+        return None
+    _logger.warning(
+        'no split.json with this model: choosing the threshold on a seed-0 patient split of '
+        '%s/train. If the model was trained on those patients the threshold is optimistic (never '
+        'on the test split, though).',
+        data_dir,
+    )
+    return select(
+        train, split_patients(train, seed=0), 'val'
+    ), 'seed-0 patient split of DATA_DIR/train'
+
+
+def choose_point(
+    model: LoadedModel,
+    *,
+    threshold: float | None = None,
+    target_sensitivity: float | None = None,
+    tta: bool = False,
+    data_dir=None,
+    split: str | None = 'test',
+    classes: Sequence[str] | None = None,
+    eval_patients: Sequence[str] = (),
+    file_is_patient: bool = False,
+    predict_raw=None,
+) -> OperatingPoint:
+    """The operating point of this evaluation: never chosen on the evaluated split.
+
+    ``predict_raw(slices) -> [member probs]`` predicts validation slices (with TTA when ``tta``).
+    """
+    stored = model.point
+    classes = list(classes or model.classes)
+    if threshold is not None and target_sensitivity is not None:
+        raise EvaluationError('pass either --threshold or --target-sensitivity, not both.')
+    if threshold is not None:
+        if not 0 <= threshold <= 1:
+            raise EvaluationError(f'--threshold must be a probability in [0, 1], got {threshold}.')
+        return OperatingPoint(float(threshold), 'cli', stored.temperatures, rule='set by hand')
+    if target_sensitivity is not None:
+        if not 0 < target_sensitivity <= 1:
+            raise EvaluationError(
+                f'--target-sensitivity must be in (0, 1], got {target_sensitivity}.'
+            )
+        if split == 'train':
+            raise EvaluationError(
+                '--target-sensitivity chooses the threshold on validation patients carved from '
+                'the train split, so it cannot be used when evaluating --split train; pass '
+                '--threshold X, or evaluate --split test.'
+            )
+        if model.cv_run is not None:
+            return _out_of_fold_point(model, target_sensitivity)
+    retune_tta = tta and split != 'train' and data_dir is not None and model.cv_run is None
+    if target_sensitivity is None and not retune_tta:
+        if tta:
+            return replace(stored, note='chosen without TTA')
+        return stored
+    found = _validation_slices(
+        model, data_dir, classes, file_is_patient, allow_fallback=target_sensitivity is not None
+    )
+    if found is None:
+        _logger.warning(
+            '--tta: no validation split of this model is known, so the stored threshold (chosen '
+            'without TTA) is used as it is'
+        )
+        return replace(stored, note='chosen without TTA')
+    val, source = found
+    leaked = set(eval_patients) & {s.patient for s in val}
+    if leaked:
+        raise EvaluationError(
+            f'{len(leaked)} validation patients (e.g. {sorted(leaked)[:3]}) are also in the '
+            f'evaluated split {split!r}; a threshold chosen on them would be tuned on the test '
+            f'data. Pass --threshold X.'
+        )
+    pos = data.positive_index(classes)
+    labels = np.array([s.label for s in val])
+    patients = [s.patient for s in val]
+    member_probs = predict_raw(val)
+    if len(member_probs) == 1:  # one model: with TTA its temperature is fitted again as well
+        found_point = metrics.operating_point(
+            member_probs[0],
+            labels,
+            patients,
+            pos,
+            target_sensitivity,
+            temperature=None if tta else stored.temperatures[0],
+        )
+        temperatures = (found_point['temperature'],)
+    else:  # an ensemble keeps its members' temperatures; the threshold is chosen on their mean
+        found_point = metrics.operating_point(
+            calibrated_mean(member_probs, stored), labels, patients, pos, target_sensitivity, 1.0
+        )
+        temperatures = stored.temperatures
+    _, y, p = metrics.patient_level(patients, (labels == pos).astype(int), found_point['p_pos'])
+    achieved = metrics.binary_metrics_quiet(y, p, found_point['threshold'])
+    selection = {
+        'chosen_on': source,
+        'validation_patients': int(len(y)),
+        'tta': tta,
+        'validation_sensitivity': achieved['sensitivity'],
+        'validation_specificity': achieved['specificity'],
+    }
+    if target_sensitivity is not None:
+        selection['target_sensitivity'] = float(target_sensitivity)
+    return OperatingPoint(
+        threshold=found_point['threshold'],
+        source='validation',
+        temperatures=temperatures,
+        rule=found_point['threshold_rule'],
+        selection=selection,
+    )
+
+
+def _out_of_fold_point(model: LoadedModel, target_sensitivity: float) -> OperatingPoint:
+    """A cross-validation model's threshold for a target sensitivity, on the out-of-fold rows."""
+    rows = cv.read_oof_csv(model.cv_run.oof_file)
+    pos = data.positive_index(model.classes)
+    p = np.array([r['p_AD'] for r in rows])  # calibrated by each fold model's own temperature
+    y = np.array([int(r['label'] == pos) for r in rows])
+    _, y_pat, p_pat = metrics.patient_level([r['patient'] for r in rows], y, p)
+    return OperatingPoint(
+        threshold=metrics.threshold_for_sensitivity(y_pat, p_pat, target_sensitivity),
+        source='out-of-fold',
+        temperatures=model.point.temperatures,
+        rule=f'sensitivity >= {target_sensitivity}',
+        selection={
+            'target_sensitivity': float(target_sensitivity),
+            'chosen_on': str(model.cv_run.oof_file),
+        },
+    )
+
+
+# ------------------------------------------------------------------------ where it belongs
+
+
+def evaluation_tag(
+    model: LoadedModel,
+    *,
+    split: str = 'test',
+    threshold: float | None = None,
+    target_sensitivity: float | None = None,
+    options: EvaluationOptions | None = None,
+) -> str | None:
+    """None for the evaluation of the stored operating point on test (``RUN/eval``); otherwise the
+    tag of its own folder (``RUN/eval-<tag>``): the split, the threshold or the sensitivity asked
+    for, ``tta``, a precision other than the trained one."""
+    opt = options or EvaluationOptions()
+    tta, precision, backend = opt.tta, opt.precision, opt.backend
+    parts = [] if split == 'test' else [split]
+    if threshold is not None:
+        parts.append(f'threshold-{threshold:g}')
+    if target_sensitivity is not None:
+        parts.append(f'sensitivity-{target_sensitivity:g}')
+    if tta:
+        parts.append('tta')
+    if precision is not None and plain_precision(precision) != plain_precision(model.precision):
+        parts.append(plain_precision(precision))
+    if backend != 'torch':
+        parts.append(backend)
+    return '-'.join(parts) or None
+
+
+def default_output_dir(model: LoadedModel, tag: str | None, images: bool = False) -> Path:
+    """Where an evaluation goes by default: the run's ``eval[-<tag>]`` (``eval-final`` for a
+    refit), else ``./eval[-<tag>]``; for unlabelled images (``images``) ``predict[-<tag>]``."""
+    if images:
+        run = model.run or model.cv_run
+        name = Run.PREDICT if tag is None else f'{Run.PREDICT}-{tag}'
+        return (run.path / name) if run is not None else Path(name)
+    if model.cv_run is not None:
+        return model.cv_run.eval_dir(tag, final=not model.is_ensemble).path
+    if model.run is not None:
+        return model.run.eval_dir(tag).path
+    return Path(Run.EVAL if tag is None else f'{Run.EVAL}-{tag}')
+
+
+def check_output_dir(model: LoadedModel, output_dir: Path, tag: str | None) -> None:
+    """A non-default evaluation never lands in the folder of the published one (``RUN/eval``)."""
+    run = model.cv_run or model.run
+    if tag is None or run is None:
+        return
+    published = run.eval_dir(final=model.cv_run is not None and not model.is_ensemble).path
+    if Path(output_dir).resolve() == published.resolve():
+        raise EvaluationError(
+            f'{published} holds the evaluation of the published model at its stored operating '
+            f'point; this one ({tag}) goes to {default_output_dir(model, tag)} (leave out '
+            f'--output-dir, or choose another folder)'
+        )
+
+
+# ------------------------------------------------------------------------------------ evaluate
+
+
+def _check_classes(model: LoadedModel, classes: Sequence[str]) -> None:
+    for member in model.members:
+        if member.net.num_classes != len(classes):
+            raise EvaluationError(
+                f'the model has {member.net.num_classes} outputs but the classes are '
+                f'{",".join(classes)} ({len(classes)}); pass --classes with the '
+                f'{member.net.num_classes} classes it was trained on, in training order.'
+            )
+
+
+def evaluate(
+    model,
+    data_dir,
+    *,
+    split: str = 'test',
+    output_dir=None,
+    threshold: float | None = None,
+    target_sensitivity: float | None = None,
+    n_boot: int = 1000,
+    classes: Sequence[str] | None = None,
+    slices: Sequence[data.Slice] | None = None,
+    accelerator=None,
+    options: EvaluationOptions | None = None,
+) -> dict[str, Any]:
+    """Slice- and patient-level metrics of ``model`` on ``DATA_DIR/<split>``: the metrics.json dict.
+
+    ``model`` is a ``LoadedModel`` or anything ``load_model`` takes. ``slices`` skips scanning and
+    checking the split (training passes the test slices it checked at start-up). ``options``:
+    batching, TTA, precision, backend, bad files; ``options.cam.n`` > 0 writes evidence-map
+    montages of the ``n`` most confident scans of each outcome and the population maps under
+    ``OUTPUT_DIR/cam/`` (one model only; with region masks, metrics.json's
+    ``cam.region_score``). With an ``accelerator`` every process must call (inference is
+    sharded, each slice counted once) and only the main process writes.
+    """
+    opt = options or EvaluationOptions()
+    if not isinstance(model, LoadedModel):
+        model = load_model(model)
+    model = model.with_backend(opt.backend)
+    classes = list(classes or model.classes)
+    _check_classes(model, classes)
+    tta, precision, cam = opt.tta, opt.precision, opt.cam
+    if precision is not None and precision not in PRECISIONS:
+        raise EvaluationError(f'--precision {precision!r}: choose one of {list(PRECISIONS)}')
+    if cam.n:
+        model.net  # noqa: B018 - refuses an ensemble (one model's maps) before any work
+    file_is_patient = model.file_is_patient if opt.file_is_patient is None else opt.file_is_patient
+    if slices is None:
+        slices = data.scan_split(data_dir, split, classes, file_is_patient=file_is_patient)
+        slices = data.resolve_bad_images(
+            slices, skip_bad=opt.skip_bad_images, num_workers=opt.num_workers, what=split
+        )
+    slices = list(slices)
+    pos = data.positive_index(classes)
+
+    def predict_raw(items):
+        return model.predict_raw(
+            items,
+            batch_size=opt.batch_size,
+            num_workers=opt.num_workers,
+            accelerator=accelerator,
+            tta=tta,
+            precision=precision,
+        )
+
+    patients = [s.patient for s in slices]
+    point = choose_point(
+        model,
+        threshold=threshold,
+        target_sensitivity=target_sensitivity,
+        tta=tta,
+        data_dir=data_dir,
+        split=split,
+        classes=classes,
+        eval_patients=patients,
+        file_is_patient=file_is_patient,
+        predict_raw=predict_raw,
+    )
+    each = predict_raw(slices)
+    probs = calibrated_mean(each, point)
+    uncalibrated = np.mean(each, axis=0)
+    y = data.binary_labels(slices, classes)
+    p_pos = probs[:, pos]
+    result = metrics.slice_and_patient_metrics(patients, y, p_pos, point.threshold)
+    if n_boot:
+        cis = metrics.bootstrap_ci(patients, y, p_pos, point.threshold, n_boot=n_boot)
+        for level, level_cis in cis.items():
+            result[level].update({f'{k}_ci': v for k, v in level_cis.items()})
+    result.update(
+        {
+            **point.as_metrics(),
+            'calibration': {
+                'temperature': point.temperature,
+                'method': model.calibration_method,
+                **_ece(patients, y, uncalibrated[:, pos], p_pos),
+            },
+            'model': model.ref,
+            'data_dir': str(data_dir),
+            'split': split,
+            'classes': classes,
+            'positive_class': classes[pos],
+            'tta': tta,
+            'precision': precision or model.precision,
+            'backend': opt.backend,
+            'file_is_patient': file_is_patient,
+            'weights_sha256': model.weights_sha256,
+            'epoch': None if model.is_ensemble else model.settings.epoch,
+            'synthetic': model.synthetic,
+            'ci': {'method': CI_METHOD, 'n_boot': n_boot, 'level': 0.95, 'seed': 0}
+            if n_boot
+            else None,
+        }
+    )
+    checks = [m.input_check() for m in model.members]
+    if any(c is not None for c in checks):  # how the model refuses unlike inputs (validation)
+        summaries = [c.summary.as_metrics() if c is not None else None for c in checks]
+        result['input_check'] = summaries[0] if len(summaries) == 1 else summaries
+    if model.is_ensemble:
+        result['members'] = _member_metrics(model, each, patients, y, pos)
+    if cam.n and cam.region_masks is None:
+        cam = replace(cam, region_masks=_synthetic_atrophy(data_dir, split))
+    if output_dir is not None and (accelerator is None or accelerator.is_main_process):
+        folder = EvalFolder(output_dir)
+        context = _figure_context(model, result, slices)
+        _write_reports(folder, result, slices, probs, uncalibrated[:, pos], y, classes, context)
+        if cam.n:
+            result['cam'] = _write_cam(
+                model,
+                slices,
+                p_pos,
+                point.threshold,
+                classes,
+                folder,
+                cam,
+                labelled=True,
+                context=context,
+            )
+            write_json(folder.metrics_file, result)
+    return result
+
+
+def _member_metrics(model: LoadedModel, each, patients, y, pos) -> list[dict[str, Any]]:
+    """Each member alone, at its own stored operating point, beside the ensemble's metrics."""
+    out = []
+    for member, raw in zip(model.members, each):
+        settings = member.settings
+        thr = settings.threshold if settings.threshold is not None else 0.5
+        p_pos = metrics.apply_temperature(raw, settings.temperature)[:, pos]
+        out.append(
+            {
+                'model': member.ref,
+                'threshold': thr,
+                'temperature': settings.temperature,
+                **metrics.slice_and_patient_metrics(patients, y, p_pos, thr),
+            }
+        )
+    return out
+
+
+def _ece(patients, y, p_raw, p_cal) -> dict[str, Any]:
+    """ECE of the evaluated split calibrated, and uncalibrated (T = 1) for comparison."""
+    after = metrics.calibration_report(patients, y, p_cal)
+    before = metrics.calibration_report(patients, y, p_raw)
+    return {
+        **after,
+        'ece_slice_uncalibrated': before['ece_slice'],
+        'ece_patient_uncalibrated': before['ece_patient'],
+    }
+
+
+def _synthetic_atrophy(data_dir, split: str):
+    """Where the synthetic generator drew atrophy in ``DATA_DIR/<split>`` (its dataset.json
+    records its arguments), so the evidence maps get a region score; None for other data."""
+    from ..data.note import describe
+
+    generator = describe(data_dir).generator if data_dir is not None else None
+    if not generator:
+        return None
+    from ..synthetic import slices as synthetic
+
+    return synthetic.atrophy_masks(**{**generator, 'splits': (split,)})
+
+
+def _figure_context(model: LoadedModel, result: dict, slices) -> plots.FigureContext:
+    """Model, split and SYNTHETIC (a synthetic model, or images with the generator's marker)."""
+    from ..synthetic.slices import is_synthetic_image
+
+    synthetic = model.synthetic or (bool(slices) and is_synthetic_image(slices[0].path))
+    return plots.FigureContext(str(result.get('model')), result.get('split'), synthetic)
+
+
+def _write_cam(
+    model: LoadedModel,
+    slices,
+    p_pos,
+    threshold,
+    classes,
+    folder: EvalFolder,
+    cam_options: CamOptions,
+    *,
+    labelled: bool,
+    context=None,
+) -> dict:
+    """Evidence-map montages and population maps of one model (``adni_timm.evaluation.cam``;
+    captum)."""
+    from accelerate import PartialState
+
+    from . import cam
+
+    net = model.net
+    _, eval_tf = data.build_transforms(net)
+    report = cam.write_cam_report(
+        net,
+        slices,
+        p_pos,
+        threshold,
+        classes,
+        folder.path,
+        cam_options.n,
+        transform=eval_tf,
+        device=PartialState().device,
+        labelled=labelled,
+        method=cam_options.method,
+        layer=cam_options.layer,
+        region_masks=cam_options.region_masks,
+        context=context,
+    )
+    _logger.info(
+        'Grad-CAM (%s of %s): %d montages in %.1f s under %s',
+        report.get('target'),
+        report.get('layer'),
+        len(report.get('montages', [])),
+        report.get('seconds', 0),
+        folder.cam_dir,
+    )
+    return json.loads(json.dumps(report, default=str))
+
+
+def _write_reports(
+    folder: EvalFolder, result: dict, slices, probs, p_raw, y, classes, context=None
+) -> None:
+    folder.path.mkdir(parents=True, exist_ok=True)
+    pos, thr = data.positive_index(classes), result['threshold']
+    p_key = f'p_{classes[pos]}'
+    write_csv(
+        folder.predictions_file,
+        [
+            {
+                'path': s.path,
+                'patient': s.patient,
+                'label': classes[s.label],
+                p_key: float(p[pos]),
+                'predicted': pred,
+            }
+            for s, p, pred in zip(slices, probs, slice_decisions(probs, thr, classes))
+        ],
+    )
+    rows = patient_rows(slices, probs[:, pos], thr, classes, labelled=True)
+    write_csv(
+        folder.patients_file,
+        [
+            {
+                'patient': r.patient,
+                'label': r.label,
+                'n_slices': r.n_slices,
+                p_key: r.p_positive,
+                'predicted': r.predicted,
+            }
+            for r in rows
+        ],
+    )
+    write_json(folder.metrics_file, result)
+    negative = negative_name(classes)
+    labels = [negative, classes[pos]]
+    plots.plot_confusion_matrix(
+        result['patient']['confusion_matrix'],
+        labels,
+        folder.figure(EvalFolder.CONFUSION),
+        title=f'patients (threshold {thr:.3g})',
+        context=context,
+        unit='patients',
+    )
+    plots.plot_confusion_matrix(
+        result['slice']['confusion_matrix'],
+        labels,
+        folder.figure(EvalFolder.CONFUSION_SLICES),
+        title=f'slices (threshold {thr:.3g})',
+        context=context,
+        unit='slices',
+    )
+    patients = [s.patient for s in slices]
+    _, y_pat, p_pat = metrics.patient_level(patients, y, probs[:, pos])
+    if len(np.unique(y_pat)) == 2:
+        plots.plot_roc(
+            y_pat,
+            p_pat,
+            folder.figure(EvalFolder.ROC),
+            title=f'{classes[pos]} vs {negative}, patients',
+            threshold=thr,
+            context=context,
+            unit='patients',
+        )
+    else:
+        _logger.warning('roc.png not written: the %s split holds a single class', result['split'])
+    _, _, p_pat_raw = metrics.patient_level(patients, y, p_raw)
+    temperature = result['calibration']['temperature']
+    calibrated = temperature != 1
+    plots.plot_reliability(
+        y,
+        p_raw,
+        y_pat,
+        p_pat_raw,
+        folder.figure(EvalFolder.RELIABILITY),
+        title=f'calibration, temperature {fmt(temperature)}',
+        p_slice_calibrated=probs[:, pos] if calibrated else None,
+        p_patient_calibrated=p_pat if calibrated else None,
+        context=context,
+    )
+    _logger.info('wrote metrics.json, predictions.csv, patients.csv and figures to %s', folder.path)
+
+
+def format_table(result: dict) -> str:
+    """A compact console table: slice and patient columns, 95% CIs in brackets."""
+    s, p = result['slice'], result['patient']
+    width = max(24, len(str(s['confusion_matrix'])) + 2)  # confusion matrices of ADNI size run wide
+    lines = [
+        f'{result.get("model", "")} on {result.get("data_dir", "")}/{result.get("split", "")}: '
+        f'{result.get("positive_class", "AD")} positive, threshold {fmt(result["threshold"])} '
+        f'({result["threshold_source"]})',
+        f'{"":<18}{"slices (n=" + str(s["n"]) + ")":<{width}}'
+        f'{"patients (n=" + str(p["n"]) + ")":<{width}}',
+    ]
+    for key in metrics.CI_KEYS:
+        lines.append(
+            f'{key:<18}{fmt_ci(s[key], s.get(key + "_ci")):<{width}}'
+            f'{fmt_ci(p[key], p.get(key + "_ci")):<{width}}'
+        )
+    lines.append(
+        f'{"[[TN,FP],[FN,TP]]":<18}{str(s["confusion_matrix"]):<{width}}'
+        f'{str(p["confusion_matrix"]):<{width}}'
+    )
+    cal = result.get('calibration')
+    if cal:
+        temperature = cal['temperature']
+        shown = (
+            f'temperature {fmt(temperature)}'
+            if not isinstance(temperature, list)
+            else 'temperatures ' + ', '.join(fmt(t) for t in temperature)
+        )
+        lines.append(
+            f'{"ECE":<18}{fmt(cal["ece_slice"]):<{width}}{fmt(cal["ece_patient"]):<{width}}'
+            f'({shown}; uncalibrated {fmt(cal["ece_slice_uncalibrated"])} / '
+            f'{fmt(cal["ece_patient_uncalibrated"])})'
+        )
+    if result.get('ci'):
+        lines.append(
+            f'[lo, hi]: 95% CI, bootstrap over patients ({result["ci"]["n_boot"]} resamples)'
+        )
+    if result.get('members'):
+        lines.append(
+            f"the ensemble of {len(result['members'])}: P(AD) = mean of the members' calibrated "
+            f'P(AD); each member alone, at its own threshold:'
+        )
+        for m in result['members']:
+            pat = m['patient']
+            lines.append(
+                f'  {str(m["model"])[-40:]:<40} patient acc {fmt(pat["accuracy"])}  AUC '
+                f'{fmt(pat["auc"])}  sens {fmt(pat["sensitivity"])}  spec {fmt(pat["specificity"])}'
+            )
+    return '\n'.join(lines)

@@ -1,0 +1,537 @@
+"""``adni-prepare``: a folder of 3D T1 scans + a labels file -> the slice layout training reads.
+
+::
+
+    OUT/{train,test}/{class}/<patient>_<slice>.png   the slices (8-bit; --image-format jpeg)
+    OUT/manifest.csv      one row per scan: patient, subject, visit, image_id, source, label,
+                          split, similarity, flagged, included, steps, warnings, ...
+    OUT/prepare.json      the recipe, the template, library versions, options, slice mapping
+    OUT/plan.json         every planned scan and its split (the same for every shard)
+    OUT/records/<subject>.json   one per subject, written atomically after its slices
+    OUT/qc/<patient>.png  the slices over the template's brain outline; OUT/qc/overview.png
+    OUT/flagged/...       slices of registration outliers (unless --keep-flagged)
+
+How a run goes: find the scans (``volumes.discover_scans``); make the plan (``scan_plan``: each
+scan matched to its label, the visits chosen, the split drawn **by subject**, stratified and
+seeded, over *all* subjects, so every shard of ``--shard K/N`` computes the same split); prepare
+this shard's subjects (``preprocess.slices_from_scan``) in ``workers`` processes. A subject
+whose record holds the same recipe digest and the same scans is skipped: a re-run after a kill
+redoes only the subject that was in flight. An unsharded run then finalises (:func:`merge`):
+outlier flagging, the manifest and the overview (``prepare_qc``); sharded runs do that with
+``adni-prepare --merge OUT``.
+
+The file-name patient id is the subject (``002_S_0295``) with ``--visits baseline``, and
+``<subject>_<visit>`` (``002_S_0295_m12``) with ``--visits all``; ``manifest.csv`` carries both
+(columns ``patient`` and ``subject``) so a validation split can group the visits of a subject.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..data.note import PREPARE_NOTE, DataNote, describe, write_data_note
+from ..utils.files import read_json, safe_name, write_json, write_text
+from .labels import Labels
+from .qc import flag_outliers, qc_strip, write_overview
+from .preprocess import (
+    PreparedScan,
+    Recipe,
+    RegistrationError,
+    encode_slice,
+    read_recipe,
+    slice_numbers,
+    slices_from_scan,
+    written_pixels,
+)
+from .plan import (
+    Plan,
+    PlannedScan,
+    PrepareError,
+    PrepareOptions,
+    Problem,
+    ScanRecord,
+    build_plan,
+    parse_shard,
+    shard_subjects,
+    split_subjects,
+)
+from .template import load_template
+from .volumes import Discovery, VolumeError
+
+__all__ = [
+    'MANIFEST_COLUMNS',
+    'PrepareError',
+    'PrepareOptions',
+    'Problem',
+    'PlannedScan',
+    'Plan',
+    'ScanRecord',
+    'PrepareResult',
+    'MergeResult',
+    'build_plan',
+    'split_subjects',
+    'parse_shard',
+    'prepare',
+    'merge',
+    'flag_outliers',
+    'encode_slice',
+    'written_pixels',
+    'read_recipe',
+    'slices_from_scan',
+    'Recipe',
+    'PreparedScan',
+]
+
+_logger = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = (
+    'patient',  # the file-name patient id: <patient>_<slice>.png
+    'subject',  # the real subject id; all visits of a subject share it (and the split)
+    'visit',
+    'image_id',
+    'date',
+    'source',
+    'group',  # the labels file's value (CN, Dementia, ...)
+    'label',  # our class (NC, AD, ...)
+    'split',
+    'status',  # ok | failed
+    'similarity',  # registration NCC with the template inside the brain
+    'flagged',  # registration outlier
+    'included',  # slices in OUT/{split}/{label}/ (False: failed, or flagged without --keep-flagged)
+    'n_slices',
+    'steps',
+    'warnings',
+    'error',
+)
+
+
+@dataclass
+class PrepareResult:
+    plan: Plan
+    prepared: list[ScanRecord]  # this run's
+    already_done: list[str]  # subjects skipped: prepared before with the same recipe
+    problems: list[Problem]
+    merged: 'MergeResult | None' = None
+
+
+@dataclass
+class MergeResult:
+    records: list[ScanRecord]
+    flagged: list[str]
+    missing: list[str]  # planned subjects without a record (a shard not run yet)
+    problems: list[Problem]
+    counts: dict[str, int]
+
+
+# ---------------------------------------------------------------------------------- per subject
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {'python': platform.python_version()}
+    for name in (
+        'adni-timm',
+        'SimpleITK',
+        'nibabel',
+        'numpy',
+        'scipy',
+        'pydicom',
+        'nilearn',
+        'pillow',
+    ):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = 'not installed'
+    return out
+
+
+def _write_image(array: np.ndarray, path: Path, fmt: str, comment: str) -> None:
+    tmp = path.with_name(f'.{path.name}.tmp')
+    tmp.write_bytes(encode_slice(array, fmt, comment))
+    tmp.replace(path)
+
+
+def _prepare_scan(scan: PlannedScan, out: Path, recipe: Recipe, fmt_comment: str) -> ScanRecord:
+    record = ScanRecord(
+        scan.patient,
+        scan.subject,
+        scan.visit,
+        scan.image_id,
+        scan.date,
+        scan.source,
+        scan.group,
+        scan.label,
+        scan.split,
+        status='failed',
+        steps=list(recipe.steps),
+    )
+    try:
+        prepared = slices_from_scan(scan.source, recipe)
+    except VolumeError as e:
+        record.error, record.problem_kind = str(e), e.kind
+        return record
+    except RegistrationError as e:
+        record.error = (
+            f'{scan.source}: {e}: check the header orientation (view it in any '
+            f'viewer), or use --no-register if the scan is already in MNI space'
+        )
+        record.problem_kind = 'registration'
+        return record
+    except Exception as e:  # noqa: BLE001  a bug or an ITK failure must not stop the others
+        last = str(e).strip().splitlines()[-1] if str(e).strip() else ''
+        record.error = (
+            f'{scan.source}: unexpected {type(e).__name__} ({last[:160]}): report it '
+            f"with this scan's header (nibabel.load(path).header)"
+        )
+        record.problem_kind = 'error'
+        return record
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
+    folder = out / scan.split / scan.label
+    folder.mkdir(parents=True, exist_ok=True)
+    ext = 'png' if recipe.image_format == 'png' else 'jpeg'
+    for k, image in zip(prepared.slice_numbers, prepared.slices):
+        name = f'{scan.patient}_{k}.{ext}'
+        _write_image(image, folder / name, recipe.image_format, fmt_comment)
+        record.files.append(f'{scan.split}/{scan.label}/{name}')
+    qc = qc_strip(prepared, f'{scan.patient}  {scan.label}  NCC {prepared.similarity:.3f}')
+    (out / 'qc').mkdir(exist_ok=True)
+    from PIL import Image
+
+    tmp = out / 'qc' / f'.{scan.patient}.png.tmp'
+    Image.fromarray(qc).save(tmp, 'PNG')
+    tmp.replace(out / 'qc' / f'{scan.patient}.png')
+    record.status = 'ok'
+    record.similarity = prepared.similarity
+    record.slice_numbers = list(prepared.slice_numbers)
+    record.warnings = list(prepared.warnings)
+    record.seconds = {**prepared.seconds, 'write': round(time.perf_counter() - start_wall, 3)}
+    record.cpu_seconds = {
+        **prepared.cpu_seconds,
+        'write': round(time.process_time() - start_cpu, 3),
+    }
+    return record
+
+
+def _record_path(out: Path, subject: str) -> Path:
+    return out / 'records' / f'{safe_name(subject)}.json'
+
+
+def _remove_old_files(out: Path, subject: str) -> None:
+    """Slices of an earlier, different preparation of this subject (another recipe)."""
+    path = _record_path(out, subject)
+    if not path.is_file():
+        return
+    try:
+        old = read_json(path)
+    except (OSError, json.JSONDecodeError):
+        return
+    for scan in old.get('scans', []):
+        for rel in scan.get('files', []):
+            for base in (out, out / 'flagged'):
+                (base / rel).unlink(missing_ok=True)
+
+
+def _prepare_subject(
+    subject: str, scans: list[PlannedScan], out: str, recipe_dict: dict, digest: str
+) -> list[ScanRecord]:
+    """Prepare one subject's scans and write its record last (atomically): the record is the
+    mark of a finished subject."""
+    out_dir = Path(out)
+    recipe = Recipe.from_dict(recipe_dict)
+    _remove_old_files(out_dir, subject)
+    comment = f'adni-prepare recipe {digest}'
+    records = [_prepare_scan(scan, out_dir, recipe, comment) for scan in scans]
+    write_json(
+        _record_path(out_dir, subject),
+        {
+            'subject': subject,
+            'recipe_digest': digest,
+            'scans': [asdict(r) for r in records],
+        },
+    )
+    return records
+
+
+def _is_done(out: Path, subject: str, scans: list[PlannedScan], digest: str) -> bool:
+    path = _record_path(out, subject)
+    if not path.is_file():
+        return False
+    try:
+        record = read_json(path)
+    except (OSError, json.JSONDecodeError):
+        return False
+    done = [(s['patient'], s['source']) for s in record.get('scans', [])]
+    return record.get('recipe_digest') == digest and done == [(s.patient, s.source) for s in scans]
+
+
+# ------------------------------------------------------------------------------------------ run
+
+
+def _prepare_json(recipe: Recipe, options: PrepareOptions, labels: Labels, src: Path) -> dict:
+    template = load_template()
+    ks = slice_numbers(recipe, template)
+    return {
+        'format': 1,
+        'tool': 'adni-prepare',
+        'recipe': recipe.to_dict(),
+        'recipe_digest': recipe.digest,
+        'steps': list(recipe.steps),
+        'slices': {
+            'numbers': list(ks),
+            'mni_z_mm': [template.z_of_index(k) for k in ks],
+            'numbering': 'template axial voxel index k; MNI z = k - 72 mm',
+            'size': list(recipe.size),
+            'orientation': 'rows anterior -> posterior, columns patient right -> left '
+            '(radiological), 1 mm pixels',
+        },
+        'template': template.describe(),
+        'modality': 'T1-weighted MRI (3D MPRAGE / SPGR)',
+        'options': {
+            'classes': list(options.classes),
+            'group_map': dict(options.group_map),
+            'visits': options.visits,
+            'test_fraction': options.test_fraction,
+            'seed': options.seed,
+            'keep_flagged': options.keep_flagged,
+            'min_similarity': options.min_similarity,
+            'outlier_z': options.outlier_z,
+            'outlier_min_gap': options.outlier_min_gap,
+        },
+        'labels': {'path': str(labels.path), 'format': labels.format, 'column': labels.column},
+        'source': str(src),
+        'versions': _versions(),
+    }
+
+
+def _check_out(out: Path, plan: Plan) -> None:
+    """Refuse an OUT that holds another run's plan (another source, labels or split)."""
+    plan_path = out / 'plan.json'
+    if plan_path.is_file():
+        old = read_json(plan_path)
+        if old.get('scans') != plan.to_dict()['scans']:
+            raise PrepareError(
+                f'{out} holds another plan (other scans, labels, visits or split options): '
+                f'prepare into a new folder, or repeat the options of the first run'
+            )
+
+
+def prepare(
+    src,
+    out,
+    labels: Labels,
+    discovery: Discovery,
+    recipe: Recipe | None = None,
+    options: PrepareOptions | None = None,
+    workers: int = 1,
+    shard: tuple[int, int] = (1, 1),
+    on_subject: Callable[[str, list[ScanRecord], int, int], None] | None = None,
+    on_plan: Callable[[Plan, list[str], list[str]], None] | None = None,
+) -> PrepareResult:
+    """Prepare this shard's subjects of ``discovery`` into ``out`` (see the module docstring).
+
+    With ``workers`` > 1 the subjects go to ``spawn``ed processes: a script calling this needs the
+    usual ``if __name__ == '__main__':`` guard.
+
+    ``on_plan(plan, todo, done)`` is called once the plan is made; ``on_subject(subject,
+    records, n_done, n_total)`` after each subject (the CLI's progress). An unsharded run ends with
+    :func:`merge`."""
+    recipe = recipe or Recipe()
+    options = options or PrepareOptions()
+    out, src = Path(out), Path(src)
+    plan = build_plan(discovery, labels, options)
+    meta = _prepare_json(recipe, options, labels, src)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_out(out, plan)
+    write_json(out / 'plan.json', plan.to_dict())
+    write_json(out / PREPARE_NOTE, meta)
+    # the source's note, beside the scans or one folder up (adni-synthetic OUT --volumes writes
+    # OUT/ADNI/... and OUT/dataset.json; either folder may be given)
+    source = next((n for n in map(describe, (src, src.parent)) if n.synthetic), describe(src))
+    if source.synthetic:  # slices of synthetic heads are synthetic: training and cards say so
+        write_data_note(out, DataNote(f'{source.note}, prepared by adni-prepare', synthetic=True))
+    for split in ('train', 'test'):
+        for name in options.classes:
+            (out / split / name).mkdir(parents=True, exist_ok=True)
+    (out / 'records').mkdir(exist_ok=True)
+    by_subject = plan.by_subject()
+    mine = shard_subjects(list(by_subject), shard)
+    done = [s for s in mine if _is_done(out, s, by_subject[s], recipe.digest)]
+    todo = [s for s in mine if s not in set(done)]
+    if on_plan:
+        on_plan(plan, todo, done)
+    records: list[ScanRecord] = []
+
+    def finished(subject, subject_records):
+        records.extend(subject_records)
+        if on_subject:
+            on_subject(subject, subject_records, len(done) + n_finished, len(mine))
+
+    n_finished = 0
+    recipe_dict = recipe.to_dict()
+    if workers > 1 and len(todo) > 1:
+        context = multiprocessing.get_context('spawn')  # ITK's thread pool does not survive fork
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context) as pool:
+            futures = {
+                pool.submit(
+                    _prepare_subject, s, by_subject[s], str(out), recipe_dict, recipe.digest
+                ): s
+                for s in todo
+            }
+            for future in as_completed(futures):
+                n_finished += 1
+                finished(futures[future], future.result())
+    else:
+        for subject in todo:
+            subject_records = _prepare_subject(
+                subject, by_subject[subject], str(out), recipe_dict, recipe.digest
+            )
+            n_finished += 1
+            finished(subject, subject_records)
+    problems = list(plan.problems) + [
+        Problem(r.problem_kind, f'{r.patient}: {r.error}') for r in records if r.status != 'ok'
+    ]
+    result = PrepareResult(plan, records, done, problems)
+    if shard == (1, 1):
+        result.merged = merge(out)
+    return result
+
+
+# ---------------------------------------------------------------------------------------- merge
+
+
+def _read_records(out: Path) -> list[ScanRecord]:
+    records = []
+    for path in sorted((out / 'records').glob('*.json')):
+        for scan in read_json(path).get('scans', []):
+            records.append(ScanRecord(**scan))
+    return records
+
+
+def _outliers(records: list[ScanRecord], options: dict) -> set[str]:
+    ok = {r.patient: r.similarity for r in records if r.status == 'ok' and r.similarity is not None}
+    return flag_outliers(
+        ok, options['min_similarity'], options['outlier_z'], options['outlier_min_gap']
+    )
+
+
+def _place(out: Path, rel: str, flagged: bool) -> None:
+    """Move a slice between the layout and ``flagged/`` to match the decision."""
+    here, there = (
+        (out / rel, out / 'flagged' / rel) if flagged else (out / 'flagged' / rel, out / rel)
+    )
+    if here.is_file():
+        there.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(here, there)
+
+
+def _manifest_text(records: list[ScanRecord], flagged: set[str], keep: bool) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator='\n')
+    writer.writerow(MANIFEST_COLUMNS)
+    for r in sorted(records, key=lambda r: r.patient):
+        is_flagged = r.patient in flagged
+        included = r.status == 'ok' and (keep or not is_flagged)
+        writer.writerow(
+            [
+                r.patient,
+                r.subject,
+                r.visit,
+                r.image_id,
+                r.date or '',
+                r.source,
+                r.group,
+                r.label,
+                r.split,
+                r.status,
+                '' if r.similarity is None else f'{r.similarity:.4f}',
+                is_flagged,
+                included,
+                len(r.files),
+                ' '.join(r.steps),
+                ' | '.join(r.warnings),
+                r.error,
+            ]
+        )
+    return buffer.getvalue()
+
+
+def merge(out, keep_flagged: bool | None = None) -> MergeResult:
+    """Assemble ``out`` from its records (after all shards, or at the end of an unsharded run):
+    flag registration outliers over the whole run, move their slices to ``flagged/`` (back, with
+    ``--keep-flagged``; ``keep_flagged`` overrides the run's choice and is recorded), write
+    manifest.csv and qc/overview.png. Idempotent."""
+    out = Path(out)
+    if not (out / 'prepare.json').is_file() or not (out / 'plan.json').is_file():
+        raise PrepareError(
+            f'{out} holds no prepare.json / plan.json: give the OUT folder of an adni-prepare run'
+        )
+    meta = read_json(out / 'prepare.json')
+    options = meta['options']
+    if keep_flagged is not None and keep_flagged != options['keep_flagged']:
+        options['keep_flagged'] = keep_flagged
+        write_json(out / 'prepare.json', meta)
+    plan_scans = read_json(out / 'plan.json')['scans']
+    records = _read_records(out)
+    planned = {(s['patient'], s['source']) for s in plan_scans}
+    stale = [r for r in records if (r.patient, r.source) not in planned]
+    records = [r for r in records if (r.patient, r.source) in planned]
+    digests = {read_json(p).get('recipe_digest') for p in (out / 'records').glob('*.json')}
+    problems = []
+    if digests - {meta['recipe_digest']}:
+        problems.append(
+            Problem(
+                'recipe',
+                f'some records in {out}/records were made with another '
+                f'recipe: re-run every shard with the same options',
+            )
+        )
+    done_subjects = {r.subject for r in records}
+    missing = sorted({s['subject'] for s in plan_scans} - done_subjects)
+    if missing:
+        problems.append(
+            Problem(
+                'missing',
+                f'{len(missing)} planned subject(s) are not prepared yet: '
+                f'{", ".join(missing[:10])}{" ..." if len(missing) > 10 else ""}: run the '
+                f'shards that hold them (or re-run without --shard), then --merge again',
+            )
+        )
+    if stale:
+        problems.append(
+            Problem(
+                'stale',
+                f'{len(stale)} record(s) belong to no planned scan '
+                f'(an older plan): they are left out of the manifest',
+            )
+        )
+    for r in records:
+        if r.status != 'ok':
+            problems.append(Problem(r.problem_kind or 'error', f'{r.patient}: {r.error}'))
+    flagged = _outliers(records, options)
+    keep = bool(options['keep_flagged'])
+    for r in records:
+        for rel in r.files:
+            _place(out, rel, r.patient in flagged and not keep)
+    write_text(out / 'manifest.csv', _manifest_text(records, flagged, keep))
+    write_overview(out, records, flagged, options)
+    counts = Counter()
+    for r in records:
+        if r.status == 'ok' and (keep or r.patient not in flagged):
+            counts[f'{r.split}/{r.label}'] += 1
+    return MergeResult(records, sorted(flagged), missing, problems, dict(sorted(counts.items())))
