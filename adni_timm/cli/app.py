@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from adni_timm.cli import EXIT_OK, EXIT_REFUSED, HelpFormatter, examples, fail
+from adni_timm.cli import ArgumentParser, EXIT_OK, EXIT_REFUSED, HelpFormatter, examples, fail
 
 __all__ = ['build_parser', 'main']
 
@@ -21,7 +21,7 @@ PROG = 'adni-app'
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=prog,
         description='Local web demo: drop MRI slices, read P(AD), the decision and Grad-CAM. '
         "Research use only. Needs the demo extra: pip install 'adni-timm[demo]'.",

@@ -9,7 +9,15 @@ import argparse
 import os
 import sys
 
-from adni_timm.cli import EXIT_OK, EXIT_PROBLEM, HelpFormatter, class_list, examples, existing_dir
+from adni_timm.cli import (
+    ArgumentParser,
+    EXIT_OK,
+    EXIT_PROBLEM,
+    HelpFormatter,
+    class_list,
+    examples,
+    existing_dir,
+)
 
 __all__ = ['build_parser', 'main', 'module_main']
 
@@ -49,7 +57,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=prog,
         description=DESCRIPTION,
         formatter_class=HelpFormatter,
@@ -85,9 +93,7 @@ def main(argv=None, prog: str = PROG) -> int:
 
 def module_main(argv=None, prog: str = 'python -m adni_timm.data') -> int:
     """``python -m adni_timm.data check DATA_DIR [...]``: the same command as a subcommand."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description='Tools for data in the ADNI AD_NC layout.'
-    )
+    parser = ArgumentParser(prog=prog, description='Tools for data in the ADNI AD_NC layout.')
     commands = parser.add_subparsers(dest='command', required=True)
     check = commands.add_parser(
         'check',

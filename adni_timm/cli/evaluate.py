@@ -16,6 +16,7 @@ import sys
 import time
 
 from adni_timm.cli import (
+    ArgumentParser,
     EXIT_OK,
     HelpFormatter,
     class_list,
@@ -33,7 +34,7 @@ CAM_METHODS = ('occlusion', 'gradcam', 'hirescam')
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=prog,
         description='Evaluate a trained AD vs NC model at slice and patient level: metrics with '
         'bootstrap CIs, predictions, confusion matrices, ROC and reliability diagrams.',

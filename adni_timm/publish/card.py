@@ -25,6 +25,7 @@ from .complexity import ModelStats
 from ..data import positive_index
 from ..utils.display import fmt, fmt_ci, is_number
 from ..export.format import ExportSettings
+from ..export.licence import CODE_LICENCE, Licence, weights_licence
 from ..export.input_description import InputDescription, orientation, recipe_lines
 from ..models import LABEL_NAMES
 from ..run import EvalCheck, EvalFolder, Run
@@ -62,7 +63,7 @@ ACK_PLACEHOLDER = (
     'public.**\n> The ADNI Data Use Agreement requires every publication that uses ADNI data to '
     'carry the ADNI\n> acknowledgement and funding statement, and it may require ADNI approval to '
     'share derived models.\n> Replace this block with the exact text from your Data Use '
-    'Agreement\n> (`push_to_hub.py --acknowledgement FILE` fills it in).'
+    'Agreement\n> (`adni-push --acknowledgement FILE` fills it in).'
 )
 ARCHITECTURE_NAMES = {
     'convnext_atto': 'ConvNeXt-Atto',
@@ -233,6 +234,8 @@ def build_model_card(
     plots: Sequence[str] = (),
     example: str | None = None,
     acknowledgement: str | None = None,
+    licence: str | None = None,
+    licence_link: str | None = None,
 ) -> ModelCard:
     """The card for the export described by ``config`` (its timm config.json), published as
     ``repo_id``.
@@ -244,17 +247,25 @@ def build_model_card(
     ``metrics``: an evaluation not matched to these weights is published only with a warning, and
     "the test split shares no patient with training" only when it was checked. ``example``: the
     file name of the SYNTHETIC example image uploaded beside the card (widget and Input data).
+    ``licence`` / ``licence_link``: the terms of real training data (``adni-push --license``).
     """
     extra = config.get('adni_timm', {})
     settings = ExportSettings.from_dict(extra)
     source = DataSource.of(settings)
     task = Task(tuple(_label_names(config)))
+    terms = weights_licence(
+        synthetic=source.synthetic,
+        adni=source.adni,
+        data_name=source.name,
+        chosen=licence,
+        link=licence_link,
+    )
     eval_results = eval_results_from_metrics(metrics, source, task.classes) if metrics else None
     card_data = ModelCardData(
         model_name=repo_id.split('/')[-1],
         library_name='timm',
         pipeline_tag='image-classification',
-        license=config.get('pretrained_cfg', {}).get('license', 'apache-2.0'),
+        **terms.front_matter,
         tags=CARD_TAGS
         + (['adni'] if source.adni else [])
         + (['synthetic-data'] if source.synthetic else []),
@@ -273,7 +284,7 @@ def build_model_card(
         _evaluation(metrics, eval_facts, plots, source, task),
         _limitations(metrics, settings, source, task),
         _how_to_use(repo_id, config, stats, task),
-        _licence(source),
+        _licence(terms, source),
         _citation(acknowledgement, source),
     ]
     body = '\n\n'.join(s.strip() for s in sections if s)
@@ -753,7 +764,7 @@ def _input_data(
         lines += [
             '',
             'The slices were made from 3D scans by `adni-prepare` with this recipe (recorded in '
-            '`config.json["adni_timm"]["preprocessing"]`; `evaluate.py --images scan.nii.gz` '
+            '`config.json["adni_timm"]["preprocessing"]`; `adni-evaluate --images scan.nii.gz` '
             'applies it to a new scan):',
             '',
             *[f'{i}. {step}' for i, step in enumerate(steps, 1)],
@@ -884,7 +895,7 @@ def _cross_validation(cv: dict[str, Any] | None, task: Task) -> str:
     if ensemble:
         temps = ', '.join(fmt(t) for t in ensemble.get('temperatures') or [])
         points.append(
-            f'- **fold ensemble** (`evaluate.py --model RUN`, the mean of the {k} fold models): '
+            f'- **fold ensemble** (`adni-evaluate --model RUN`, the mean of the {k} fold models): '
             f'threshold {fmt(ensemble.get("threshold"))} ({ensemble.get("threshold_rule", "?")}), '
             f'member temperatures {temps} ({ensemble.get("calibration", "?")})'
         )
@@ -911,8 +922,8 @@ def _evaluation(
     lines = ['## Evaluation', '']
     if not metrics:
         lines.append(
-            '**Not evaluated on a held-out test split.** Run `evaluate.py` and publish again with '
-            '`--eval OUT/metrics.json` before drawing any conclusion from this model.'
+            '**Not evaluated on a held-out test split.** Run `adni-evaluate` and publish again '
+            'with `--eval OUT/metrics.json` before drawing any conclusion from this model.'
         )
     else:
         problems = eval_facts.problems if eval_facts is not None else []
@@ -1228,29 +1239,39 @@ The pipeline's own top label (`classify('slice.jpeg')[0]['label']`) is the plain
 decision at P({pos}) = 0.5 without calibration, **not** the stored operating point: apply the
 threshold as above.
 
-With [adni-timm](https://github.com/adni-timm/adni-timm) installed, `evaluate.py` reproduces the
+With [adni-timm](https://github.com/adni-timm/adni-timm) installed, `adni-evaluate` reproduces the
 evaluation on your own copy of the data:
 
 ```bash
-python evaluate.py --model hf-hub:{repo_id} --data-dir AD_NC --split test
+adni-evaluate --model hf-hub:{repo_id} --data-dir AD_NC --split test
 ```"""
 
 
-def _licence(source: DataSource) -> str:
-    text = '## Licence\n\nThe weights and this card are released under the Apache-2.0 licence.'
-    if source.adni:
+def _licence(terms: Licence, source: DataSource) -> str:
+    if terms.license == CODE_LICENCE:
+        return '## Licence\n\nThe weights and this card are released under the Apache-2.0 licence.'
+    link = f' ({terms.link})' if terms.link else ''
+    duty = (
+        'The ADNI Data Use Agreement may restrict redistributing models trained on ADNI data: the '
+        'publisher is responsible for confirming that the agreement allows this release. Anyone '
+        'wanting the data itself must apply to ADNI.'
+        if source.adni
+        else "The publisher is responsible for confirming that the data's licence or use "
+        'agreement allows this release.'
+    )
+    text = (
+        f'## Licence\n\nThe weights are governed by {terms.terms}{link}, not by an open licence: '
+        f"they were derived from {source.name}, and the card's `license: other` says so. {duty}"
+    )
+    if not terms.chosen:
         text += (
-            ' They were derived from ADNI data obtained under the ADNI Data Use '
-            'Agreement, which may restrict redistributing models trained on it: '
-            'the publisher is responsible for confirming that the agreement allows '
-            'this release. Anyone wanting the data itself must apply to ADNI.'
+            '\n\nThe publisher has not named those terms yet: publish again with '
+            '`adni-push --license NAME --license-link URL`.'
         )
-    elif not source.synthetic:
-        text += (
-            f' They were derived from {source.name}: the publisher is responsible for confirming '
-            f"that the data's licence or use agreement allows this release."
-        )
-    return text
+    return text + (
+        '\n\nThe adni-timm code that trained them is released under the Apache-2.0 licence\n'
+        '(https://github.com/adni-timm/adni-timm); that licence covers the code, not these weights.'
+    )
 
 
 def _citation(acknowledgement: str | None, source: DataSource) -> str:

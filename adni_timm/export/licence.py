@@ -16,12 +16,14 @@ __all__ = [
     'ADNI_DUA_LINK',
     'ADNI_DUA_NAME',
     'CODE_LICENCE',
+    'DATA_TERMS',
     'Licence',
     'LicenceError',
     'weights_licence',
 ]
 
 CODE_LICENCE = 'apache-2.0'  # the adni-timm code, and weights trained on synthetic data
+DATA_TERMS = 'other'  # the Hub's id for terms that are no listed licence (license_name names them)
 ADNI_DUA_NAME = 'adni-data-use-agreement'
 # the page that states the agreement every ADNI data user signs (LONI IDA, project ADNI)
 ADNI_DUA_LINK = 'https://ida.loni.usc.edu/collaboration/access/appApply.jsp?project=ADNI'
@@ -79,13 +81,13 @@ def weights_licence(
             )
         return Licence(CODE_LICENCE)
     if chosen:
-        return Licence('other', slug(chosen), link, terms=f'{chosen}, the terms of {data_name}')
+        return Licence(DATA_TERMS, slug(chosen), link, terms=f'{chosen}, the terms of {data_name}')
     if adni:
         return Licence(
-            'other', ADNI_DUA_NAME, link or ADNI_DUA_LINK, terms='the ADNI Data Use Agreement'
+            DATA_TERMS, ADNI_DUA_NAME, link or ADNI_DUA_LINK, terms='the ADNI Data Use Agreement'
         )
     return Licence(
-        'other',
+        DATA_TERMS,
         slug(f'{data_name} terms'),
         link,
         terms=f'the terms of {data_name}',

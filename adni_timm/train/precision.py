@@ -24,7 +24,17 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ['ENV', 'TRAINABLE', 'Precision', 'accelerate_config_file', 'resolve_precision']
+from ..config import ConfigError
+
+__all__ = [
+    'ENV',
+    'TRAINABLE',
+    'Precision',
+    'PrecisionError',
+    'accelerate_config_file',
+    'auto_rule',
+    'resolve_precision',
+]
 
 ENV = 'ACCELERATE_MIXED_PRECISION'
 # every process `accelerate launch` starts has it (simple and multi-GPU launchers alike)
@@ -32,7 +42,7 @@ _LAUNCHED_ENV = 'ACCELERATE_DYNAMO_BACKEND'
 TRAINABLE = ('no', 'fp16', 'bf16')  # Accelerate's fp8 needs TransformerEngine/MS-AMP: not ours
 
 
-class PrecisionError(ValueError):
+class PrecisionError(ConfigError):
     """A configured precision we cannot train in; the message names where it was set."""
 
 
@@ -114,7 +124,7 @@ def resolve_precision(
     if cuda is None or bf16 is None:
         import torch
 
-        from ..hardware import bf16_supported
+        from ..utils.hardware import bf16_supported
 
         cuda = torch.cuda.is_available() if cuda is None else cuda
         bf16 = bf16_supported() if bf16 is None else bf16
