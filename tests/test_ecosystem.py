@@ -16,9 +16,9 @@ from huggingface_hub import ModelCard
 
 from adni_timm.cli import train as train_cli
 from adni_timm.config import load_config
-from adni_timm.model_card import build_model_card
-from adni_timm._wip_h30a.licence import ADNI_DUA_LINK, ADNI_DUA_NAME, LicenceError, weights_licence
-from adni_timm._wip_h30a.precision import ENV, PrecisionError, resolve_precision
+from adni_timm.publish.card import build_model_card
+from adni_timm.export.licence import ADNI_DUA_LINK, ADNI_DUA_NAME, LicenceError, weights_licence
+from adni_timm.train.precision import ENV, PrecisionError, resolve_precision
 from helpers import ROOT, TINY, train_in_process, with_option
 
 NO_FILE = Path('/nonexistent/default_config.yaml')
@@ -82,7 +82,7 @@ def test_a_precision_we_cannot_train_in_names_where_it_was_set():
 PROBE = textwrap.dedent("""
     import json, sys
     import torch
-    from adni_timm import training as loop
+    from adni_timm.train import loop
     dtypes = set()
     build = loop.create_model
     def create_model(cfg):
