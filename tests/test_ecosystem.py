@@ -78,6 +78,17 @@ def test_a_precision_we_cannot_train_in_names_where_it_was_set():
         resolve_precision('auto', environ={ENV: 'fp8'}, config_file=NO_FILE)
 
 
+def test_a_resumed_run_keeps_the_precision_it_recorded(monkeypatch):
+    from adni_timm.run import RunRecord
+    from adni_timm.train.loop import run_precision
+
+    monkeypatch.setenv(ENV, 'fp16')  # this launch would say fp16 ...
+    record = RunRecord(config=load_config(), data_dir='.', mixed_precision='bf16')
+    kept = run_precision(record, resume=True)  # ... the run trained in bf16 and goes on in it
+    assert kept.name == 'bf16' and 'record' in kept.source
+    assert run_precision(record, resume=False).name == 'fp16'  # a new run asks Accelerate
+
+
 # the model's head output dtype while training (autocast makes it bf16), and the record
 PROBE = textwrap.dedent("""
     import json, sys
