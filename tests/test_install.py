@@ -59,7 +59,7 @@ HELP_PROBE = textwrap.dedent("""
     print(json.dumps(answers))
 """)
 # never copied into the build tree: environments, caches, build outputs, local runs and data
-COPY_IGNORE = shutil.ignore_patterns(
+_ANYWHERE = shutil.ignore_patterns(
     '.git',
     '.venv',
     '.ci-venv',
@@ -67,14 +67,21 @@ COPY_IGNORE = shutil.ignore_patterns(
     '__pycache__',
     '*.pyc',
     '*.egg-info',
-    'build',
-    'dist',
-    'runs',
-    'data',
     '.cache',
     '.pytest_cache',
     '.ruff_cache',
 )
+# local runs, data and build outputs at the top of the checkout only: adni_timm/data is a package
+_TOP_LEVEL = {'build', 'dist', 'runs', 'data'}
+
+
+def COPY_IGNORE(directory, names):
+    ignored = set(_ANYWHERE(directory, names))
+    if Path(directory).resolve() == ROOT:
+        ignored |= _TOP_LEVEL & set(names)
+    return ignored
+
+
 NETWORK_HINTS = (
     'No matching distribution found',
     'Could not find a version',
@@ -284,9 +291,9 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
         [
             bin_dir / 'adni-synthetic',
             data,
-            '--train-patients',
+            '--train-subjects',
             3,
-            '--test-patients',
+            '--test-subjects',
             2,
             '--slices',
             3,

@@ -5,7 +5,7 @@ adni-train --demo                                         # built-in synthetic d
 adni-train --data-dir AD_NC --output-dir runs/convnext_t
 accelerate launch -m adni_timm.cli.train --data-dir AD_NC --output-dir runs/convnext_t --config adni
 adni-train --output-dir runs/convnext_t --resume          # continue a killed run
-adni-train --data-dir AD_NC --output-dir runs/cv --folds 5 --refit   # 5-fold CV by patient
+adni-train --data-dir AD_NC --output-dir runs/cv --folds 5 --refit   # 5-fold CV by scan
 (also ``python train.py`` / ``accelerate launch train.py`` in a checkout)
 """
 
@@ -45,7 +45,7 @@ EPILOG = examples(
     '%(prog)s --data-dir AD_NC --output-dir runs/atto --model adni_convnext_atto --img-size 96',
     '%(prog)s --data-dir AD_NC --output-dir runs/s --scale 0.6 1.0 --target-sensitivity 0.9',
     '%(prog)s --output-dir runs/convnext_t --resume    # continue a killed run',
-    '%(prog)s --data-dir AD_NC --output-dir runs/cv --folds 5 --refit   # 5-fold CV by patient',
+    '%(prog)s --data-dir AD_NC --output-dir runs/cv --folds 5 --refit   # 5-fold CV by scan',
     'accelerate launch -m adni_timm.cli.train --data-dir AD_NC --output-dir RUN   # several GPUs',
 ) + (
     '\n\nOverrides use the config keys (YAML presets: '
@@ -61,6 +61,10 @@ class _ListValue(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         parts = [part.strip() for value in values for part in value.split(',')]
         setattr(namespace, self.dest, ','.join(part for part in parts if part))
+
+
+# flags of keys renamed since: they keep working (a file-name group was called a patient)
+_OLD_FLAGS = {'file_is_scan': ('--file-is-patient',)}
 
 
 # timm train.py's flag names where they mean exactly what ours mean (README lists them, and the
@@ -149,7 +153,11 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     defaults = TrainConfig()
     helps = field_help()
     for key, type_name in field_types().items():
-        flags = [f'--{key.replace("_", "-")}', *TIMM_ALIASES.get(key, ())]
+        flags = [
+            f'--{key.replace("_", "-")}',
+            *_OLD_FLAGS.get(key, ()),
+            *TIMM_ALIASES.get(key, ()),
+        ]
         text, metavar = _override_help(type_name, helps[key], getattr(defaults, key))
         if type_name == 'bool':  # --cache (= true), --cache false
             overrides.add_argument(
@@ -297,14 +305,14 @@ def format_summary(result) -> str:
         lines += [
             f'folds        {run.fold(0).path} .. fold{cv["k"] - 1} (ordinary run folders), '
             f'{run.oof_file}, {run.cv_file}',
-            'cross-validation (held-out patients of each fold, at the threshold chosen on the '
+            'cross-validation (held-out scans of each fold, at the threshold chosen on the '
             'other folds):',
             result.cv_table,
             f'out of fold  {format_out_of_fold(cv["out_of_fold"])}',
         ]
         if result.final is not None:
             lines.append(
-                f'final model  {run.final_dir}  (refit on all training patients for '
+                f'final model  {run.final_dir}  (refit on all training scans for '
                 f"{best.epoch} epochs, the folds' choice; {best.weights} weights)"
             )
             point = cv['refit']
