@@ -10,7 +10,6 @@ command line with dashes for underscores (``--weight-decay 0.05``).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,8 @@ __all__ = [
     'field_types',
     'field_help',
     'format_value',
+    'missing_tracker',
+    'tracker_names',
 ]
 
 # package data: works after a plain pip install
@@ -52,6 +53,14 @@ def _key(default, help: str, *, choices=None, metavar: str | None = None):
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+def tracker_names() -> tuple[str, ...]:
+    """Every experiment tracker Accelerate offers (``accelerate.utils.LoggerType``: tensorboard,
+    wandb, trackio, mlflow, ... and ``all``), so a new Accelerate's trackers need no change here."""
+    from accelerate.utils import LoggerType
+
+    return tuple(t.value for t in LoggerType)
 
 
 _BEST_METRICS = tuple(
@@ -177,7 +186,9 @@ class TrainConfig:
     channels_last: bool = _key(True, 'channels-last memory format (CUDA only)')
     compile: bool = _key(False, 'torch.compile the model')
     log_with: str | None = _key(
-        None, 'experiment tracker (null: none)', choices=(None, 'tensorboard', 'wandb')
+        None,
+        "experiment tracker, any Accelerate offers ('all': every installed one; null: none)",
+        choices=(None, *tracker_names()),
     )
     progress: str = _key(
         'auto',
@@ -378,12 +389,25 @@ def validate_config(cfg: TrainConfig) -> None:
     for key, choices in _CHOICES.items():
         if getattr(cfg, key) not in choices:
             bad(key, 'not a valid choice', f'choose one of {list(choices)}')
-    if cfg.log_with is not None and importlib.util.find_spec(cfg.log_with) is None:
-        bad(
-            'log_with',
-            f'the {cfg.log_with} package is not installed',
-            f'pip install {cfg.log_with}, or leave it off',
-        )
+    missing = missing_tracker(cfg.log_with)
+    if missing is not None:
+        bad('log_with', missing, f'pip install {cfg.log_with}, or leave it off')
+
+
+def missing_tracker(name: str | None) -> str | None:
+    """Why Accelerate cannot log to ``name`` here (its package is missing), or None: also for a
+    name that is no tracker at all, which the choices check reports."""
+    if name is None or name not in tracker_names():
+        return None
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    available = get_available_trackers()
+    if name == LoggerType.ALL.value:
+        return None if available else 'no tracker package Accelerate knows is installed'
+    if LoggerType(name) not in available:
+        return f'the {name} package is not installed'
+    return None
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:

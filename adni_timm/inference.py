@@ -159,7 +159,7 @@ def check_input_channels(net: torch.nn.Module) -> None:
         raise InferenceError(
             f'the model takes {max(channels)}-channel input but ADNI slices are '
             f'{DATA_CHANNELS}-channel grayscale; use a model created with in_chans=1 (every '
-            f'adni_convnext_* model is), e.g. one trained by train.py.'
+            f'adni_convnext_* model is), e.g. one trained by adni-train.'
         )
 
 
@@ -417,7 +417,7 @@ def onnx_runner(member: Member):
     if not (folder / ONNX_NAME).is_file():
         if member.export_dir is None:  # a Hub repo published without --onnx
             raise InferenceError(
-                f'{member.ref} has no {ONNX_NAME}: publish it with push_to_hub.py --onnx, or use '
+                f'{member.ref} has no {ONNX_NAME}: publish it with adni-push --onnx, or use '
                 f'--backend torch'
             )
         export_onnx(member.export_dir)
@@ -539,7 +539,7 @@ def _load_cv_ensemble(run: Run) -> LoadedModel:
     if not run.cv_file.is_file():
         raise RunError(
             f'{run} is a cross-validation run whose folds have not all finished (no '
-            f'{Run.CV}); continue it with train.py --output-dir {run} --resume'
+            f'{Run.CV}); continue it with adni-train --output-dir {run} --resume'
         )
     cv = run.read_cv()
     members = []

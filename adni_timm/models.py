@@ -44,7 +44,9 @@ INTERPOLATION = 'bilinear'
 # 1.0 keeps the whole brain: the slices are already tightly framed.
 CROP_PCT = 1.0
 PRETRAINED_TAG = 'adni_ad_nc'
-LICENSE = 'apache-2.0'  # code and weights; the ADNI data-use agreement may restrict redistribution
+# the code's licence, and that of weights trained on SYNTHETIC data; weights trained on real data
+# say 'other' (their data's terms: export.licence)
+LICENSE = 'apache-2.0'
 
 # adni name -> stock timm name with the same architecture and state-dict keys
 STOCK_ARCHITECTURES = {

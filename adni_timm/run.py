@@ -87,6 +87,9 @@ class RunRecord:
     eval_test: bool = False
     num_processes: int | None = None
     mixed_precision: str | None = None
+    # where the precision came from: --mixed-precision, ACCELERATE_MIXED_PRECISION, accelerate
+    # config FILE, or the auto rule (train.precision.resolve_precision)
+    mixed_precision_source: str | None = None
     device: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
     git_commit: str | None = None
@@ -117,11 +120,12 @@ class RunRecord:
     def synthetic(self) -> bool:
         return self.data.synthetic
 
-    def with_hardware(self, accelerator) -> RunRecord:
+    def with_hardware(self, accelerator, precision_source: str | None = None) -> RunRecord:
         return dataclasses.replace(
             self,
             num_processes=accelerator.num_processes,
             mixed_precision=accelerator.mixed_precision,
+            mixed_precision_source=precision_source,
             device=str(accelerator.device),
         )
 
@@ -135,6 +139,7 @@ class RunRecord:
             'eval_test': self.eval_test,
             'num_processes': self.num_processes,
             'mixed_precision': self.mixed_precision,
+            'mixed_precision_source': self.mixed_precision_source,
             'device': self.device,
             'versions': self.versions,
             'git_commit': self.git_commit,
@@ -148,7 +153,7 @@ class RunRecord:
         if not run.record_file.is_file():
             raise RunError(
                 f'{run.record_file} not found; is {run.path} a training run folder '
-                f'(train.py --output-dir)?'
+                f'(adni-train --output-dir)?'
             )
         try:
             raw = read_yaml(run.record_file) or {}
@@ -181,6 +186,7 @@ class RunRecord:
             eval_test=bool(raw.get('eval_test')),
             num_processes=raw.get('num_processes'),
             mixed_precision=raw.get('mixed_precision'),
+            mixed_precision_source=raw.get('mixed_precision_source'),
             device=raw.get('device'),
             versions=raw.get('versions') or {},
             git_commit=raw.get('git_commit'),
@@ -699,7 +705,7 @@ def locate(path: str | os.PathLike) -> tuple[Path, Run | None]:
             return run.final_dir, run
         raise ExportError(
             f'{p} is a cross-validation run without its refit model ({run.final_dir}): add it '
-            f'with train.py --output-dir {p} --resume --refit, or pass {run.fold(0).path} for '
+            f'with adni-train --output-dir {p} --resume --refit, or pass {run.fold(0).path} for '
             f'one fold model (see docs/EVALUATION.md).'
         )
     for candidate in (run.final_dir, run.best_dir):  # a run folder, also one copied without records
@@ -710,7 +716,7 @@ def locate(path: str | os.PathLike) -> tuple[Path, Run | None]:
     if run.is_run:
         raise ExportError(
             f'{p} has no best weights ({run.best_dir} is missing or incomplete); train first '
-            f'(train.py writes RUN/{Run.BEST} when a validation epoch finishes) or point at a '
+            f'(adni-train writes RUN/{Run.BEST} when a validation epoch finishes) or point at a '
             f'finished run'
         )
     raise ExportError(

@@ -24,7 +24,6 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from adni_timm.export import format as export
 from adni_timm.publish import hub
-from adni_timm.models import LICENSE
 from adni_timm.publish.card import eval_results_from_metrics
 from helpers import populate_hub_cache
 
@@ -209,7 +208,8 @@ def test_published_config_is_our_own_pretrained_cfg(trained):
     assert cfg['mean'] == [0.5] and cfg['std'] == [0.5]
     assert cfg['label_names'] == ['NC', 'AD']
     assert config['adni_timm']['format'] == 2 and config['adni_timm']['trained_in_chans'] == 1
-    assert cfg['tag'] == 'adni_ad_nc' and cfg['license'] == LICENSE
+    # trained on (the fixture's stand-in for) ADNI data: the data's terms, not our code's licence
+    assert cfg['tag'] == 'adni_ad_nc' and cfg['license'] == 'other'
     assert not {'hf_hub_id', 'url', 'test_input_size', 'test_crop_pct'} & set(cfg)
     assert config['adni_timm']['threshold'] == 0.47
     assert 'no ImageNet weights' in cfg.pop('description')  # the one allowed mention
@@ -225,7 +225,7 @@ def test_stock_model_export_loses_imagenet_provenance_and_is_refused_for_its_ima
     cfg = export.read_export_config(tmp_path / 'run' / 'best')['pretrained_cfg']
     assert (
         cfg['tag'] == 'adni_ad_nc'
-        and cfg['license'] == LICENSE
+        and cfg['license'] == 'other'  # no data note: ADNI AD_NC, the data's terms
         and cfg['label_names'] == ['NC', 'AD']
     )
     assert 'test_input_size' not in cfg
@@ -261,7 +261,8 @@ def test_card_front_matter_and_eval_results_round_trip(trained):
     card = ModelCard.load(trained['export'] / 'README.md')
     data = card.data
     assert data.library_name == 'timm' and data.pipeline_tag == 'image-classification'
-    assert data.license == 'apache-2.0'
+    # ADNI data: its Data Use Agreement, not the code's Apache-2.0 (tests/test_ecosystem.py)
+    assert data.license == 'other' and data.license_name == 'adni-data-use-agreement'
     assert 'base_model' not in data.to_dict()  # nothing false: the weights are from scratch
     # huggingface_hub's offline checks: the front matter re-parses into the same card data and eval
     # results (ModelCard.validate posts the YAML to the Hub, which these tests cannot reach)
@@ -561,7 +562,7 @@ def test_cli_upload_failure_exits_non_zero_and_keeps_the_export(
 def test_cli_missing_eval_metrics_file(run_dir, tmp_path, capsys):
     missing = tmp_path / 'nope' / 'metrics.json'
     code, _, err = _cli(capsys, run_dir, '--dry-run', '--eval', str(missing))
-    assert code == 2 and 'does not exist' in err and 'evaluate.py' in err
+    assert code == 2 and 'does not exist' in err and 'adni-evaluate' in err
 
 
 # --------------------------------------------------------------------------------------------------
@@ -581,7 +582,7 @@ def test_an_evaluation_of_other_weights_is_refused_unless_forced(run_dir, tmp_pa
     path = _edit_metrics(run_dir, weights_sha256='0' * 64)
     with pytest.raises(
         hub.HubError,
-        match=r'does not belong to the weights.*other weights.*evaluate\.py --model'
+        match=r'does not belong to the weights.*other weights.*adni-evaluate --model'
         r'.*--force-eval',
     ):
         hub.build_export_folder(run_dir, tmp_path / 'out', path)

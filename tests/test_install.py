@@ -1,4 +1,5 @@
-"""A NON-editable install works: wheel -> fresh venv -> presets, console scripts and a tiny run.
+"""A NON-editable install works: sdist -> wheel -> fresh venv -> presets, console scripts (their
+--help and --version), a tiny run and the next steps it prints.
 
 The editable install every other test runs against reads the package straight out of
 the checkout, so it cannot catch missing package data, a file read relative to the
@@ -9,17 +10,22 @@ this venv's site-packages. A plain path line adds the directory without processi
 ``.pth`` files inside it, so this venv's editable-install hook for adni_timm stays
 inactive there, and the fresh venv's own site-packages comes first on sys.path anyway.
 
-Building the wheel needs PyPI (pip's isolated build fetches ``setuptools>=77``); without it the test
-fails and says so rather than skipping.
+The sdist is built first (with this venv's setuptools) and the wheel from it, so a file the sdist
+leaves out fails here; the sdist leaves the test suite out on purpose (MANIFEST.in). Building the
+wheel needs PyPI (pip's isolated build fetches ``setuptools>=77``); without it the test fails and
+says so rather than skipping.
 """
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -34,25 +40,26 @@ SCRIPTS = [
     'adni-app',
     'adni-prepare',
 ]
-# the installed distribution's console-script entry points, each called with --help
+# the installed distribution's console-script entry points, each called with --help and --version
 HELP_PROBE = textwrap.dedent("""
     import contextlib, io, json, sys
     from importlib.metadata import distribution
-    points = {e.name: e for e in distribution("adni-timm").entry_points
-              if e.group == "console_scripts"}
-    helps = {}
+    dist = distribution("adni-timm")
+    points = {e.name: e for e in dist.entry_points if e.group == "console_scripts"}
+    answers = {"metadata_version": dist.version}
     for name in sys.argv[1:]:
-        text = io.StringIO()
-        with contextlib.redirect_stdout(text):
-            try:
-                code = points[name].load()(["--help"])
-            except SystemExit as e:
-                code = e.code
-        helps[name] = [code or 0, text.getvalue()]
-    print(json.dumps(helps))
+        for flag in ("--help", "--version"):
+            text = io.StringIO()
+            with contextlib.redirect_stdout(text):
+                try:
+                    code = points[name].load()([flag])
+                except SystemExit as e:
+                    code = e.code
+            answers[f"{name} {flag}"] = [code or 0, text.getvalue()]
+    print(json.dumps(answers))
 """)
 # never copied into the build tree: environments, caches, build outputs, local runs and data
-COPY_IGNORE = shutil.ignore_patterns(
+_ANYWHERE = shutil.ignore_patterns(
     '.git',
     '.venv',
     '.ci-venv',
@@ -60,14 +67,21 @@ COPY_IGNORE = shutil.ignore_patterns(
     '__pycache__',
     '*.pyc',
     '*.egg-info',
-    'build',
-    'dist',
-    'runs',
-    'data',
     '.cache',
     '.pytest_cache',
     '.ruff_cache',
 )
+# local runs, data and build outputs at the top of the checkout only: adni_timm/data is a package
+_TOP_LEVEL = {'build', 'dist', 'runs', 'data'}
+
+
+def COPY_IGNORE(directory, names):
+    ignored = set(_ANYWHERE(directory, names))
+    if Path(directory).resolve() == ROOT:
+        ignored |= _TOP_LEVEL & set(names)
+    return ignored
+
+
 NETWORK_HINTS = (
     'No matching distribution found',
     'Could not find a version',
@@ -125,15 +139,33 @@ def _build_leftovers() -> dict:
     return {p.name: p.stat().st_mtime_ns for p in found if p.exists()}
 
 
-def _build_wheel(tmp_path: Path, env: dict) -> Path:
-    """Build from a copy: an in-place setuptools build
-    leaves build/ and *.egg-info in the checkout.
-    """
+def _build_sdist(tmp_path: Path, env: dict) -> Path:
+    """The sdist, built from a copy (an in-place setuptools build leaves build/ and *.egg-info in
+    the checkout) by this venv's setuptools: no network needed for this step."""
     src = tmp_path / 'src'
     shutil.copytree(ROOT, src, symlinks=True, ignore=COPY_IGNORE)
+    dist = tmp_path / 'sdist'
+    _run(
+        [
+            sys.executable,
+            '-c',
+            'import sys; from setuptools import build_meta; build_meta.build_sdist(sys.argv[1])',
+            dist,
+        ],
+        cwd=src,
+        env=env,
+        timeout=900,
+    )
+    built = sorted(dist.glob('adni_timm-*.tar.gz'))
+    assert len(built) == 1, f'expected one adni_timm sdist in {dist}: {list(dist.iterdir())}'
+    return built[0]
+
+
+def _build_wheel(tmp_path: Path, env: dict, source: Path) -> Path:
+    """The wheel, built by pip from ``source`` (the sdist)."""
     wheels = tmp_path / 'wheels'
     proc = _run(
-        [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '-w', wheels, src],
+        [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '-w', wheels, source],
         cwd=tmp_path,
         env=env,
         timeout=900,
@@ -181,7 +213,15 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     env = _env(tmp_path)
     leftovers = _build_leftovers()
 
-    wheel = _build_wheel(tmp_path, env)
+    sdist = _build_sdist(tmp_path, env)
+    with tarfile.open(sdist) as tar:
+        names = [name.split('/', 1)[1] for name in tar.getnames() if '/' in name]
+    # the decision (MANIFEST.in): what builds the wheel, not the suite that needs the whole repo
+    assert not [n for n in names if n.startswith('tests/')], 'the sdist ships tests/'
+    for needed in ('CHANGELOG.md', 'LICENSE', 'README.md', 'adni_timm/configs/adni.yaml'):
+        assert needed in names, f'{needed} missing from the sdist'
+    assert any(n.startswith('adni_timm/publish/templates/') for n in names), names
+    wheel = _build_wheel(tmp_path, env, sdist)
     venv = _fresh_venv(tmp_path, env)
     python, bin_dir = venv / 'bin' / 'python', venv / 'bin'
     # --ignore-installed: this venv's editable adni-timm is visible through the .pth; never touch it
@@ -217,17 +257,32 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     # wrappers of adni-synthetic, -check-data, -train and -evaluate are run for real below)
     for name in SCRIPTS:
         assert (bin_dir / name).is_file(), f'console script {name} missing from {bin_dir}'
-    helps = json.loads(
+    answers = json.loads(
         _run([python, '-c', HELP_PROBE, *SCRIPTS], cwd=tmp_path, env=env, timeout=900)
         .stdout.strip()
         .splitlines()[-1]
     )
+    # one version: pyproject's, in the installed metadata and in every --version
+    version = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']['version']
+    assert answers['metadata_version'] == version
     for name in SCRIPTS:
-        code, out = helps[name]
+        code, out = answers[f'{name} --help']
         assert code == 0, f'{name} --help exited {code}\n{out}'
         # its own name in the usage line, and examples to copy
         assert out.startswith(f'usage: {name} '), f'{name} --help usage line:\n{out}'
         assert '\nexamples:\n' in out, f'{name} --help has no examples:\n{out}'
+        code, out = answers[f'{name} --version']
+        assert (code, out) == (0, f'{name} {version}\n'), f'{name} --version: {code} {out!r}'
+    # the multi-GPU way after a pip install: accelerate launch -m adni_timm.cli.train
+    launched = _run(
+        [python, '-m', 'accelerate.commands.launch', '--cpu', '--num_processes', 1]
+        + ['--num_machines', 1, '--mixed_precision', 'no', '--dynamo_backend', 'no']
+        + ['-m', 'adni_timm.cli.train', '--version'],
+        cwd=tmp_path,
+        env=env,
+        timeout=900,
+    )
+    assert launched.stdout.strip().endswith(version), launched.stdout
 
     # a tiny SYNTHETIC set and a tiny run, all through
     # the installed console scripts, outside the repo
@@ -280,12 +335,16 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     assert str(run) in train.stdout + train.stderr, (
         f'the run folder is not mentioned:\n{train.stdout}\n{train.stderr}'
     )
-    _run(
-        [bin_dir / 'adni-evaluate', '--model', run, '--data-dir', data, '--n-boot', 0],
-        cwd=tmp_path,
-        env=env,
-        timeout=900,
-    )
+    # the next steps it prints are installed commands, and they run as printed
+    steps = [
+        shlex.split(line)
+        for line in train.stdout.split('\nnext:\n')[-1].splitlines()
+        if line.startswith('  adni-')
+    ]
+    assert [step[0] for step in steps] == ['adni-evaluate', 'adni-push'], train.stdout
+    for step in steps:
+        _run([bin_dir / step[0], *step[1:]], cwd=tmp_path, env=env, timeout=900)
+    assert (run / 'hub' / 'README.md').is_file() and (run / 'eval' / 'metrics.json').is_file()
 
     # the build left nothing in the checkout
     assert _build_leftovers() == leftovers, (

@@ -61,8 +61,8 @@ def test_a_redirected_run_writes_plain_lines_and_short_epoch_lines(tiny_data, tm
         f'best model   {run / "best"}',
         'threshold    P(AD) >= ',
         f'evaluation   {run / "eval"}',
-        f'python evaluate.py --model {run} --data-dir',
-        f'python push_to_hub.py --run {run}',
+        f'adni-evaluate --model {run} --data-dir',
+        f'adni-push --run {run}',
     ):
         assert needed in summary, needed
 

@@ -458,7 +458,7 @@ def _describe_test_metrics(demo_model: DemoModel) -> str:
         if ref.startswith(('hf-hub:', 'hf_hub:')):
             repo_id = ref.split(':', 1)[1].split('@')[0]
             where = f' (see the model card at https://huggingface.co/{repo_id})'
-        return f'**Test metrics** not known here{where}: run evaluate.py on held-out data.'
+        return f'**Test metrics** not known here{where}: run adni-evaluate on held-out data.'
     scan = found.get('scan', {})
     shown = ', '.join(f'{label} {fmt(scan.get(key))}' for key, label in _METRIC_KEYS if key in scan)
     text = (

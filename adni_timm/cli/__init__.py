@@ -30,6 +30,8 @@ import sys
 from pathlib import Path
 
 __all__ = [
+    'ArgumentParser',
+    'package_version',
     'EXIT_OK',
     'EXIT_PROBLEM',
     'EXIT_REFUSED',
@@ -104,6 +106,28 @@ def fail(prog: str, error: BaseException | str, code: int | None = None) -> int:
     if code is not None:
         return code
     return exit_code(error) if isinstance(error, BaseException) else EXIT_REFUSED
+
+
+def package_version() -> str:
+    """The installed adni-timm's version, from its package metadata (pyproject's ``version``)."""
+    from adni_timm import __version__
+
+    return __version__
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with ``--version`` (``PROG X.Y.Z``, the installed package's version): every
+    command builds its parser from this one class, so every command has the flag."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if '--version' not in self._option_string_actions:
+            self.add_argument(
+                '--version',
+                action='version',
+                version=f'%(prog)s {package_version()}',
+                help="print the installed adni-timm's version and exit",
+            )
 
 
 class HelpFormatter(argparse.HelpFormatter):

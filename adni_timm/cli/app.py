@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 
-from adni_timm.cli import EXIT_OK, EXIT_REFUSED, HelpFormatter, command, examples, fail
+from adni_timm.cli import ArgumentParser, EXIT_OK, EXIT_REFUSED, HelpFormatter, command, examples, fail
 
 __all__ = ['build_parser', 'main']
 
@@ -22,7 +22,7 @@ PROG = 'adni-app'
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=prog,
         description='Local web demo: drop MRI slices, read P(AD), the decision and Grad-CAM. '
         "Research use only. Needs the demo extra: pip install 'adni-timm[demo]'.",

@@ -10,6 +10,7 @@ import os
 import sys
 
 from adni_timm.cli import (
+    ArgumentParser,
     EXIT_OK,
     EXIT_PROBLEM,
     HelpFormatter,
@@ -83,7 +84,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=prog,
         description=DESCRIPTION,
         formatter_class=HelpFormatter,
@@ -146,9 +147,7 @@ def main(argv=None, prog: str = PROG) -> int:
 
 def module_main(argv=None, prog: str = 'python -m adni_timm.data') -> int:
     """``python -m adni_timm.data check DATA_DIR [...]``: the same command as a subcommand."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description='Tools for data in the ADNI AD_NC layout.'
-    )
+    parser = ArgumentParser(prog=prog, description='Tools for data in the ADNI AD_NC layout.')
     commands = parser.add_subparsers(dest='command', required=True)
     check = commands.add_parser(
         'check',

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from adni_timm.cli import EXIT_OK, HelpFormatter, command, examples, fail
+from adni_timm.cli import ArgumentParser, EXIT_OK, HelpFormatter, command, examples, fail
 
 __all__ = ['build_parser', 'main']
 
@@ -18,7 +18,7 @@ PROG = 'python -m adni_timm.cv'
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=prog,
         description='Cross-validation run tools (runs written by adni-train --folds K).',
         formatter_class=HelpFormatter,

@@ -16,6 +16,7 @@ import sys
 import time
 
 from adni_timm.cli import (
+    ArgumentParser,
     EXIT_OK,
     EXIT_REFUSED,
     HelpFormatter,
@@ -36,7 +37,7 @@ CAM_METHODS = ('occlusion', 'gradcam', 'hirescam')
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=prog,
         description='Evaluate a trained AD vs NC model at slice and scan level: metrics with '
         'bootstrap CIs, predictions, confusion matrices, ROC and reliability diagrams.',

@@ -17,7 +17,7 @@ import logging
 import sys
 import time
 
-from adni_timm.cli import EXIT_OK, EXIT_PROBLEM, HelpFormatter, command, examples, fail
+from adni_timm.cli import ArgumentParser, EXIT_OK, EXIT_PROBLEM, HelpFormatter, command, examples, fail
 from adni_timm.prepare.similarity import DEFAULT_MIN_SIMILARITY
 
 __all__ = ['main']
@@ -48,7 +48,7 @@ def _pair(text: str, sep: str, kind=float, what: str = ''):
 
 
 def _parse_args(argv, prog: str = PROG):
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=prog,
         description=__doc__.split('\n\n')[0].replace('\n', ' '),
         epilog=_EPILOG,

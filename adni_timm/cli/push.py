@@ -1,9 +1,9 @@
 """Publish a training run to the Hugging Face Hub: weights, timm config, model card and plots.
 
-    python push_to_hub.py --run RUN --repo-id ORG/NAME [--eval OUT/metrics.json] [--private]
-                          [--revision R] [--create-pr] [--token T] [--commit-message M]
-                          [--acknowledgement FILE] [--force-eval] [--onnx] [--dry-run]
-                          [--output-dir DIR]
+    adni-push --run RUN --repo-id ORG/NAME [--eval OUT/metrics.json] [--private]
+              [--revision R] [--create-pr] [--token T] [--commit-message M]
+              [--acknowledgement FILE] [--license NAME [--license-link URL]]
+              [--force-eval] [--onnx] [--dry-run] [--output-dir DIR]
 
 The logic lives in ``adni_timm.publish.hub``; this module only parses arguments and reports.
 """
@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from adni_timm.cli import EXIT_OK, HelpFormatter, command, examples, fail
+from adni_timm.cli import ArgumentParser, EXIT_OK, HelpFormatter, command, examples, fail
 from adni_timm.export.format import ExportError
 from adni_timm.publish.hub import HubError, push_to_hub
 
@@ -25,7 +25,7 @@ PROG = 'adni-push'
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=prog,
         description=__doc__.split('\n\n')[0],
         formatter_class=HelpFormatter,
@@ -34,6 +34,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
             '%(prog)s --run runs/convnext_t --repo-id ORG/NAME --private',
             '%(prog)s --run runs/cv --repo-id ORG/NAME --eval runs/cv/eval-final/metrics.json',
             '%(prog)s --run runs/convnext_t --repo-id ORG/NAME --revision v2 --create-pr',
+            '%(prog)s --run runs/oasis --repo-id ORG/NAME --license oasis-3-data-use-terms '
+            '--license-link https://sites.wustl.edu/oasisbrains/',
         ),
     )
     p.add_argument(
@@ -73,6 +75,22 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help='text file with the ADNI acknowledgement that replaces the card placeholder',
+    )
+    p.add_argument(
+        '--license',
+        dest='licence',
+        metavar='NAME',
+        default=None,
+        help="the training data's terms, for weights trained on real data (the card says "
+        'license: other, license_name: NAME; default for ADNI data: the ADNI Data Use Agreement). '
+        'Refused for weights trained on synthetic data, which are Apache-2.0',
+    )
+    p.add_argument(
+        '--license-link',
+        dest='licence_link',
+        metavar='URL',
+        default=None,
+        help="where those terms are written (the card's license_link)",
     )
     p.add_argument(
         '--force-eval',
@@ -128,6 +146,8 @@ def main(argv=None, prog: str = PROG) -> int:
             acknowledgement=acknowledgement,
             force_eval=args.force_eval,
             onnx=args.onnx,
+            licence=args.licence,
+            licence_link=args.licence_link,
         )
     except (HubError, ExportError, OSError) as e:  # UploadError too: the export is kept
         return fail(prog, e)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from adni_timm.cli import EXIT_OK, HelpFormatter, command, examples, fail
+from adni_timm.cli import ArgumentParser, EXIT_OK, HelpFormatter, command, examples, fail
 
 __all__ = ['build_parser', 'main']
 
@@ -18,7 +18,7 @@ PROG = 'adni-synthetic'
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     from adni_timm.synthetic.slices import DIFFICULTIES
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=prog,
         description='Write a SYNTHETIC dataset in the ADNI AD_NC layout: OUT/{train,test}/{AD,NC}/'
         '<scan>_<slice>.jpeg, 256x240 8-bit grayscale. The images are procedurally drawn '
@@ -104,7 +104,7 @@ def _parse_voxel(text: str):
 def build_volumes_parser(prog: str = PROG) -> argparse.ArgumentParser:
     from adni_timm.synthetic.slices import DIFFICULTIES
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=f'{prog} OUT --volumes',
         description='Write SYNTHETIC 3D T1 heads (the MNI152 template deformed, with skull, pose, '
         'bias field and noise; atrophy for AD) in the ADNI download layout with an ADNI '

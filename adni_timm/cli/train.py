@@ -1,11 +1,12 @@
 """Train an ADNI AD vs NC classifier (timm + Accelerate).
 Argument parsing only: the work is in adni_timm.train.loop.
 
-python train.py --demo                                    # built-in synthetic demo, no data needed
-python train.py --data-dir AD_NC --output-dir runs/convnext_t
-accelerate launch train.py --data-dir AD_NC --output-dir runs/convnext_t --config adni
-python train.py --output-dir runs/convnext_t --resume     # continue a killed run
-python train.py --data-dir AD_NC --output-dir runs/cv --folds 5 --refit   # 5-fold CV by scan
+adni-train --demo                                         # built-in synthetic demo, no data needed
+adni-train --data-dir AD_NC --output-dir runs/convnext_t
+accelerate launch -m adni_timm.cli.train --data-dir AD_NC --output-dir runs/convnext_t --config adni
+adni-train --output-dir runs/convnext_t --resume          # continue a killed run
+adni-train --data-dir AD_NC --output-dir runs/cv --folds 5 --refit   # 5-fold CV by scan
+(also ``python train.py`` / ``accelerate launch train.py`` in a checkout)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 from adni_timm.cli import (
+    ArgumentParser,
     EXIT_INTERRUPTED,
     EXIT_OUT_OF_MEMORY,
     HelpFormatter,
@@ -46,7 +48,7 @@ EPILOG = examples(
     '%(prog)s --data-dir AD_NC --output-dir runs/s --scale 0.6 1.0 --target-sensitivity 0.9',
     '%(prog)s --output-dir runs/convnext_t --resume    # continue a killed run',
     '%(prog)s --data-dir AD_NC --output-dir runs/cv --folds 5 --refit   # 5-fold CV by scan',
-    'accelerate launch train.py --data-dir AD_NC --output-dir runs/convnext_t   # several GPUs',
+    'accelerate launch -m adni_timm.cli.train --data-dir AD_NC --output-dir RUN   # several GPUs',
 ) + (
     '\n\nOverrides use the config keys (YAML presets: '
     + ', '.join(preset_names())
@@ -65,6 +67,31 @@ class _ListValue(argparse.Action):
 
 # flags of keys renamed since: they keep working (a file-name group was called a patient)
 _OLD_FLAGS = {'file_is_scan': ('--file-is-patient',)}
+
+
+# timm train.py's flag names where they mean exactly what ours mean (README lists them, and the
+# ones left out because they differ: --amp, --output, --resume PATH)
+TIMM_ALIASES = {
+    're_prob': ('--reprob',),
+    'auto_augment': ('--aa',),
+    'ema': ('--model-ema',),
+    'ema_decay': ('--model-ema-decay',),
+    'num_workers': ('-j', '--workers'),
+    'batch_size': ('-b',),
+}
+
+
+class _TorchCompile(argparse.Action):
+    """timm's ``--torchcompile [BACKEND]``: our ``compile: true``, which runs torch's default
+    backend (inductor); another backend would not be what was asked, so it is refused."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values != 'inductor':
+            parser.error(
+                f"{option_string} {values}: only the inductor backend (torch.compile's default) "
+                f'runs here; use --compile or {option_string} alone'
+            )
+        setattr(namespace, self.dest, 'true')
 
 
 def _override_help(type_name: str, meta: dict, default) -> tuple[str, str | tuple[str, ...]]:
@@ -88,7 +115,7 @@ def _override_help(type_name: str, meta: dict, default) -> tuple[str, str | tupl
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=prog,
         description='Train an ADNI AD vs NC classifier with timm and Accelerate.',
         epilog=EPILOG,
@@ -128,7 +155,11 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     defaults = TrainConfig()
     helps = field_help()
     for key, type_name in field_types().items():
-        flags = [f'--{key.replace("_", "-")}', *_OLD_FLAGS.get(key, ())]
+        flags = [
+            f'--{key.replace("_", "-")}',
+            *_OLD_FLAGS.get(key, ()),
+            *TIMM_ALIASES.get(key, ()),
+        ]
         text, metavar = _override_help(type_name, helps[key], getattr(defaults, key))
         if type_name == 'bool':  # --cache (= true), --cache false
             overrides.add_argument(
@@ -140,6 +171,24 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
             )
         else:
             overrides.add_argument(*flags, dest=key, default=None, help=text, metavar=metavar)
+    # the other timm names are second option strings of the overrides above (--re-prob, --reprob)
+    timm_names = parser.add_argument_group("timm train.py's names for the same settings")
+    timm_names.add_argument(
+        '--torchcompile',
+        dest='compile',
+        nargs='?',
+        const='inductor',
+        action=_TorchCompile,
+        metavar='inductor',
+        help="= --compile (timm's backend argument: only inductor, torch's default, runs here)",
+    )
+    timm_names.add_argument(
+        '--log-wandb',
+        dest='log_with',
+        action='store_const',
+        const='wandb',
+        help='= --log-with wandb',
+    )
     return parser
 
 
@@ -319,13 +368,13 @@ def format_summary(result) -> str:
     if result.eval_metrics:
         where = run.eval_dir(final=result.final is not None).path
         lines += ['', format_table(result.eval_metrics), f'evaluation   {where}']
+    # the installed commands: a pip install has no evaluate.py / push_to_hub.py
     lines += [
         '',
         'next:',
-        f'  python evaluate.py --model {run.final_dir if result.final is not None else run} '
+        f'  adni-evaluate --model {run.final_dir if result.final is not None else run} '
         f'--data-dir {result.record.data_dir}',
-        f'  python push_to_hub.py --run {run} --repo-id ORG/NAME --dry-run --output-dir '
-        f'{run.hub_dir}',
+        f'  adni-push --run {run} --repo-id ORG/NAME --dry-run --output-dir {run.hub_dir}',
     ]
     if export is not None:
         lines.append(f'  timm.create_model("local-dir:{export}", pretrained=True)')

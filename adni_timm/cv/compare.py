@@ -116,13 +116,13 @@ def read_cv_run(run: str | os.PathLike) -> tuple[dict, list[dict]]:
     run = Run(run)
     if not run.path.is_dir():
         raise CVError(
-            f'{run}: not a folder; give a cross-validation run folder (train.py --folds K).'
+            f'{run}: not a folder; give a cross-validation run folder (adni-train --folds K).'
         )
     cv_path = run.cv_file
     if not cv_path.is_file():
         raise CVError(
             f'{run} is not a cross-validation run: it has no {Run.CV} '
-            f'(train.py --folds K writes one).'
+            f'(adni-train --folds K writes one).'
         )
     try:
         cv = upgrade(json.loads(cv_path.read_text()))

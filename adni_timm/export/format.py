@@ -51,6 +51,7 @@ from .input_description import network_data_format
 from .model_args import ModelArgsError, check_model_args
 from ..models import LABEL_NAMES, LICENSE, PRETRAINED_TAG, stock_architecture
 from ..utils.legacy import upgrade
+from .licence import DATA_TERMS
 
 __all__ = [
     'WEIGHTS_NAME',
@@ -256,9 +257,15 @@ def _published_config(
     for key in _FOREIGN_CFG_KEYS:
         cfg.pop(key, None)
     own = timm.models.get_pretrained_cfg(f'adni_convnext_tiny.{PRETRAINED_TAG}').to_dict()
-    cfg.update({key: own[key] for key in _OWN_CFG_KEYS}, tag=PRETRAINED_TAG, license=LICENSE)
     extra = config.get(EXTRA_KEY, {})
-    if ExportSettings.from_dict(extra).synthetic:
+    synthetic = ExportSettings.from_dict(extra).synthetic
+    # weights trained on real data are the data's terms to license, not ours (the card names them)
+    cfg.update(
+        {key: own[key] for key in _OWN_CFG_KEYS},
+        tag=PRETRAINED_TAG,
+        license=LICENSE if synthetic else DATA_TERMS,
+    )
+    if synthetic:
         cfg['description'] = (
             'SYNTHETIC-DATA DEMO, trained on generated images, not ADNI. ' + cfg['description']
         )
@@ -392,7 +399,7 @@ def read_export_config(export_dir: str | os.PathLike) -> dict[str, Any]:
         raise ExportError(
             f'{export_dir} is not a timm export folder: it needs '
             f'{CONFIG_NAME} and {WEIGHTS_NAME}. Point at a training run (RUN '
-            f'or RUN/best) or a folder written by push_to_hub.py --dry-run.'
+            f'or RUN/best) or a folder written by adni-push --dry-run.'
         )
     return read_json(export_dir / CONFIG_NAME)
 

@@ -196,7 +196,7 @@ class OnnxClassifier:
         if not onnx_path.is_file() or not config_path.is_file():
             raise OnnxRuntimeError(
                 f'{onnx_path.parent} needs {ONNX_NAME} and {CONFIG_NAME}; write {ONNX_NAME} with '
-                f'push_to_hub.py --onnx (or adni_timm.export.onnx.export_onnx(EXPORT_DIR))'
+                f'adni-push --onnx (or adni_timm.export.onnx.export_onnx(EXPORT_DIR))'
             )
         config = json.loads(config_path.read_text(encoding='utf-8'))
         cfg, extra = config.get('pretrained_cfg', {}), config.get('adni_timm', {})
@@ -230,7 +230,7 @@ class OnnxClassifier:
         if self.weights_sha256 and weights.is_file() and _sha256(weights) != self.weights_sha256:
             raise OnnxRuntimeError(
                 f'{onnx_path} was exported from other weights than {weights}: export it again '
-                f'(push_to_hub.py --onnx, or adni_timm.export.onnx.export_onnx)'
+                f'(adni-push --onnx, or adni_timm.export.onnx.export_onnx)'
             )
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]

@@ -11,6 +11,7 @@ matter carries ``model-index`` eval results (rendered by the Hub as an evaluatio
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -25,6 +27,7 @@ from .complexity import ModelStats
 from ..data import positive_index
 from ..utils.display import fmt, fmt_ci, is_number
 from ..export.format import ExportSettings
+from ..export.licence import weights_licence
 from ..export.input_description import InputDescription, orientation, recipe_lines
 from ..models import LABEL_NAMES
 from ..run import EvalCheck, EvalFolder, Run
@@ -43,6 +46,7 @@ __all__ = [
     'public_train_config',
 ]
 
+TEMPLATE = 'modelcard.md'  # in templates/, package data (pyproject)
 CARD_TAGS = [
     'timm',
     'image-classification',
@@ -63,7 +67,7 @@ ACK_PLACEHOLDER = (
     'public.**\n> The ADNI Data Use Agreement requires every publication that uses ADNI data to '
     'carry the ADNI\n> acknowledgement and funding statement, and it may require ADNI approval to '
     'share derived models.\n> Replace this block with the exact text from your Data Use '
-    'Agreement\n> (`push_to_hub.py --acknowledgement FILE` fills it in).'
+    'Agreement\n> (`adni-push --acknowledgement FILE` fills it in).'
 )
 ARCHITECTURE_NAMES = {
     'convnext_atto': 'ConvNeXt-Atto',
@@ -87,29 +91,6 @@ _ADNI_NOTE = 'ADNI AD_NC'  # DataNote's default: a data folder without a note
 # config keys never shown in the card: credentials, and local paths of the publisher's machine
 _SECRET_KEY = re.compile(r'token|secret|password|passwd|api_?key|credential', re.IGNORECASE)
 _PATH_KEY = re.compile(r'(_dir|_path|_file|^resume|^subjects)$')
-
-CITATIONS = r"""```bibtex
-@inproceedings{liu2022convnet,
-  title     = {A ConvNet for the 2020s},
-  author    = {Liu, Zhuang and Mao, Hanzi and Wu, Chao-Yuan and Feichtenhofer, Christoph and
-               Darrell, Trevor and Xie, Saining},
-  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition
-               (CVPR)},
-  pages     = {11976--11986},
-  year      = {2022}
-}
-
-@misc{rw2019timm,
-  author       = {Ross Wightman},
-  title        = {PyTorch Image Models},
-  year         = {2019},
-  publisher    = {GitHub},
-  journal      = {GitHub repository},
-  doi          = {10.5281/zenodo.4414861},
-  howpublished = {\url{https://github.com/huggingface/pytorch-image-models}}
-}
-```"""
-
 
 # --------------------------------------------------------------------------------------------------
 # what the data and the task are, derived from the export
@@ -234,6 +215,8 @@ def build_model_card(
     plots: Sequence[str] = (),
     example: str | None = None,
     acknowledgement: str | None = None,
+    licence: str | None = None,
+    licence_link: str | None = None,
 ) -> ModelCard:
     """The card for the export described by ``config`` (its timm config.json), published as
     ``repo_id``.
@@ -245,17 +228,26 @@ def build_model_card(
     ``metrics``: an evaluation not matched to these weights is published only with a warning, and
     "the test split shares no scan with training" only when it was checked. ``example``: the
     file name of the SYNTHETIC example image uploaded beside the card (widget and Input data).
+    ``licence`` / ``licence_link``: the terms of real training data (``adni-push --license``).
+    The prose is ``templates/modelcard.md`` (Jinja); this module computes what it states.
     """
     extra = config.get('adni_timm', {})
     settings = ExportSettings.from_dict(extra)
     source = DataSource.of(settings)
     task = Task(tuple(_label_names(config)))
+    terms = weights_licence(
+        synthetic=source.synthetic,
+        adni=source.adni,
+        data_name=source.name,
+        chosen=licence,
+        link=licence_link,
+    )
     eval_results = eval_results_from_metrics(metrics, source, task.classes) if metrics else None
     card_data = ModelCardData(
         model_name=repo_id.split('/')[-1],
         library_name='timm',
         pipeline_tag='image-classification',
-        license=config.get('pretrained_cfg', {}).get('license', 'apache-2.0'),
+        **terms.front_matter,
         tags=CARD_TAGS
         + (['adni'] if source.adni else [])
         + (['synthetic-data'] if source.synthetic else []),
@@ -263,22 +255,69 @@ def build_model_card(
         eval_results=eval_results or None,
         widget=[_widget(repo_id, example)] if example else None,
     )
-    sections = [
-        _title(repo_id, config, source, task),
-        _model_details(config, num_params, stats, task),
-        _intended_use(task),
-        _training_data(split, folds, refit_split, cv, settings, metrics, eval_facts, source),
-        _input_data(config, settings, source, example),
-        _training_procedure(settings, train_config, refit_split),
-        _cross_validation(cv, task),
-        _evaluation(metrics, eval_facts, plots, source, task),
-        _limitations(metrics, settings, source, task),
-        _how_to_use(repo_id, config, stats, task),
-        _licence(source),
-        _citation(acknowledgement, source),
-    ]
-    body = '\n\n'.join(s.strip() for s in sections if s)
-    return ModelCard(f'---\n{card_data.to_yaml()}\n---\n\n{body}\n')
+    cfg = config.get('pretrained_cfg', {})
+    _, height, width = cfg.get('input_size', (3, 224, 224))
+    maps_comment, embedding_comment = _shape_comments(stats)
+    scans = (metrics or {}).get('scan') or {}
+    text = (
+        _environment()
+        .get_template(TEMPLATE)
+        .render(
+            card_data=card_data.to_yaml(),
+            model_name=repo_id.split('/')[-1],
+            repo_id=repo_id,
+            arch=_arch_name(config),
+            task=task,
+            pos=task.positive,
+            mci_groups=[c for c in task.classes if c in _MCI_LIKE],
+            source=source,
+            licence=terms,
+            acknowledgement=acknowledgement.strip() if acknowledgement else None,
+            ack_placeholder=ACK_PLACEHOLDER,
+            error_sentence=_error_sentence(scans, task),
+            threshold_origin=_threshold_origin(settings.threshold_source),
+            height=height,
+            width=width,
+            own_map=_class_map(task.classes),
+            alphabetical_map=_class_map(sorted(task.classes)),
+            maps_comment=maps_comment,
+            embedding_comment=embedding_comment,
+            sections={
+                'model_details': _model_details(config, num_params, stats, task),
+                'training_data': _training_data(
+                    split, folds, refit_split, cv, settings, metrics, eval_facts, source
+                ),
+                'input_data': _input_data(config, settings, source, example),
+                'training_procedure': _training_procedure(settings, train_config, refit_split),
+                'cross_validation': _cross_validation(cv, task),
+                'evaluation': _evaluation(metrics, eval_facts, plots, source, task),
+            },
+        )
+    )
+    return ModelCard(text)
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    # the template ships as package data; an undefined name fails loudly instead of printing ''
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader(__package__, 'templates'),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # markdown, not HTML: the Hub renders and sanitises it
+    )
+
+
+def _shape_comments(stats: ModelStats | None) -> tuple[str, str]:
+    """How to use's code comments: feature-map shapes and the embedding size, when measured."""
+    if stats is None or not stats.features:
+        return '# one map per stage', '# [1, num_features]'
+    shapes = ', '.join(
+        f'[1, {c}, {h}, {w}]' for c, h, w in map(stats.feature_shape, range(len(stats.features)))
+    )
+    return f'# {len(stats.features)} maps: {shapes}', f'# [1, {stats.num_features}]'
 
 
 def _widget(repo_id: str, example: str) -> dict[str, str]:
@@ -383,35 +422,6 @@ def _threshold_origin(source: str | None) -> str:
 # sections
 
 
-def _title(repo_id: str, config: dict[str, Any], source: DataSource, task: Task) -> str:
-    arch = _arch_name(config)
-    text = (
-        f'# {repo_id.split("/")[-1]}\n\n{arch} trained **from scratch** to classify 2D '
-        f'brain-MRI slices as {task.listing()}, published with '
-        f'[adni-timm](https://github.com/adni-timm/adni-timm). It loads in plain '
-        f"[timm](https://github.com/huggingface/pytorch-image-models) and in transformers' "
-        f'image-classification pipeline.'
-    )
-    if len(task.negatives) > 1:
-        text += (
-            f' Its decision, and every number in this card, is **{task.positive} against the '
-            f'rest** ({", ".join(task.negatives)} together): P({task.positive}) compared with one '
-            f'threshold.'
-        )
-    text += (
-        '\n\n> **Research use only. Not a medical device. Not for diagnosis or any clinical '
-        'decision.**'
-    )
-    if source.synthetic:
-        text += (
-            '\n\n> **WARNING: SYNTHETIC DATA.** These weights were trained and '
-            'evaluated on *synthetic*, generated images in the ADNI folder '
-            'layout, not on ADNI or any real MRI. They only demonstrate the '
-            "pipeline; their numbers say nothing about Alzheimer's disease."
-        )
-    return text
-
-
 def _model_details(
     config: dict[str, Any], num_params: int, stats: ModelStats | None, task: Task
 ) -> str:
@@ -492,35 +502,6 @@ def _weights_row(settings: ExportSettings) -> str:
             f'{settings.best_metric} = {fmt(settings.best_value)} on validation'
         )
     return f'{weights} weights after {fmt(settings.epoch)} epochs'
-
-
-def _intended_use(task: Task) -> str:
-    if task.sees_mci:
-        other = (
-            '- Not for other conditions (other dementias, vascular or other causes of atrophy), '
-            f'which it never saw. It does not predict who will progress to {task.positive}: '
-            f'{", ".join(c for c in task.classes if c in _MCI_LIKE)} was one group of its '
-            'training, not a prognosis.'
-        )
-    else:
-        other = (
-            '- Not for other conditions (e.g. mild cognitive impairment, other dementias), which '
-            'it never saw.'
-        )
-    return f"""## Intended use
-
-- Research on machine learning for neuroimaging: benchmarking, reproducing results, studying
-  failure modes, as a baseline or starting point for fine-tuning on comparable, consented research
-  data.
-- Teaching how such models are trained and evaluated without scan-level leakage.
-
-### Out-of-scope use
-
-- **Not a medical device.** It has no regulatory clearance and was not validated clinically.
-- **Not for diagnosis**, screening, triage, prognosis or any decision about a person's care.
-- Not for scans unlike the training slices (see Input data): other sequences, orientations, slice
-  positions, scanners, preprocessing pipelines, populations, or 3D volumes.
-{other}"""
 
 
 def _source_paragraph(settings: ExportSettings, source: DataSource) -> str:
@@ -795,7 +776,7 @@ def _input_data(
         lines += [
             '',
             'The slices were made from 3D scans by `adni-prepare` with this recipe (recorded in '
-            '`config.json["adni_timm"]["preprocessing"]`; `evaluate.py --images scan.nii.gz` '
+            '`config.json["adni_timm"]["preprocessing"]`; `adni-evaluate --images scan.nii.gz` '
             'applies it to a new scan):',
             '',
             *[f'{i}. {step}' for i, step in enumerate(steps, 1)],
@@ -926,7 +907,7 @@ def _cross_validation(cv: dict[str, Any] | None, task: Task) -> str:
     if ensemble:
         temps = ', '.join(fmt(t) for t in ensemble.get('temperatures') or [])
         points.append(
-            f'- **fold ensemble** (`evaluate.py --model RUN`, the mean of the {k} fold models): '
+            f'- **fold ensemble** (`adni-evaluate --model RUN`, the mean of the {k} fold models): '
             f'threshold {fmt(ensemble.get("threshold"))} ({ensemble.get("threshold_rule", "?")}), '
             f'member temperatures {temps} ({ensemble.get("calibration", "?")})'
         )
@@ -953,8 +934,8 @@ def _evaluation(
     lines = ['## Evaluation', '']
     if not metrics:
         lines.append(
-            '**Not evaluated on a held-out test split.** Run `evaluate.py` and publish again with '
-            '`--eval OUT/metrics.json` before drawing any conclusion from this model.'
+            '**Not evaluated on a held-out test split.** Run `adni-evaluate` and publish again '
+            'with `--eval OUT/metrics.json` before drawing any conclusion from this model.'
         )
     else:
         problems = eval_facts.problems if eval_facts is not None else []
@@ -1108,96 +1089,6 @@ def _error_sentence(scans: dict[str, Any], task: Task) -> str:
     return f'{rates}; the more frequent error is {more}. '
 
 
-def _limitations(
-    metrics: dict[str, Any] | None, settings: ExportSettings, source: DataSource, task: Task
-) -> str:
-    scans = (metrics or {}).get('scan') or {}
-    origin = _threshold_origin(settings.threshold_source)
-    bullets = [
-        f'**Missed {task.positive} and false alarms cost differently.** '
-        f'{_error_sentence(scans, task)}The stored threshold was {origin};\n  a different '
-        f'trade-off needs a different threshold, chosen on data other than the test split.',
-        '**2D slices, not 3D volumes.** Each slice is classified on its own and scans are '
-        'scored by\n  averaging slices; anatomy outside the selected axial slices and 3D context '
-        'are never seen.',
-        _population_bullet(source),
-        _task_bullet(task, source),
-        _labels_bullet(source),
-    ]
-    return '## Limitations and bias\n\n' + '\n'.join(f'- {b}' for b in bullets)
-
-
-def _population_bullet(source: DataSource) -> str:
-    if source.synthetic:
-        return (
-            '**No population at all.** The images are generated: no person, scanner or site is '
-            "behind them,\n  so nothing here says how the model would do on anyone's MRI."
-        )
-    if source.adni:
-        made = (
-            'preprocessed by adni-prepare (see Input data)'
-            if source.kind == 'prepared'
-            else 'with ADNI preprocessing'
-        )
-        return (
-            '**One dataset, one population.** ADNI participants are mostly older, well-educated, '
-            f'white North\n  Americans scanned on research protocols, {made}. Performance on '
-            'other scanners,\n  sites, protocols, ages, ethnicities or clinical populations is '
-            'unknown and likely lower.'
-        )
-    return (
-        f'**One dataset, one population.** Trained on {source.name} only; the publisher should '
-        'describe who\n  is in it. Performance on other scanners, sites, protocols, ages, '
-        'ethnicities or clinical populations\n  is unknown and likely lower.'
-    )
-
-
-def _task_bullet(task: Task, source: DataSource) -> str:
-    pos = task.positive
-    if len(task.negatives) > 1 and source.synthetic:
-        return (
-            f'**{pos} against the rest.** {" and ".join(task.negatives)} are pooled as not-{pos} '
-            'in every number here; the generator draws the\n  middle classes with atrophy between '
-            "the others', no disease is modelled."
-        )
-    if len(task.negatives) > 1:
-        return (
-            f'**{pos} against the rest.** {" and ".join(task.negatives)} are pooled as not-{pos} '
-            'in every number here; MCI-like groups are\n  heterogeneous (some convert, some do '
-            'not), and other causes of atrophy were never seen, so a confident\n  output on such a '
-            'scan is meaningless.'
-        )
-    if source.synthetic:
-        return (
-            f'**Two generated classes.** {pos} images were drawn with more atrophy than '
-            f'{task.negatives[0]} images;\n  no disease, no mild cognitive impairment and no other '
-            'condition is modelled.'
-        )
-    return (
-        f'**{pos} vs {task.negatives[0]} only.** The task excludes mild cognitive impairment and '
-        'other causes of atrophy, so it\n  is far easier than a clinical question; a confident '
-        'output on such a scan is meaningless.'
-    )
-
-
-def _labels_bullet(source: DataSource) -> str:
-    if source.synthetic:
-        return (
-            "Labels are the generator's classes: each image's class fixed how much atrophy "
-            '(larger ventricles and\n  sulci, thinner cortex, smaller medial temporal lobes) was '
-            "drawn, on severity scales that overlap. They are\n  not anyone's diagnosis."
-        )
-    if source.adni:
-        return (
-            "Labels are ADNI's diagnostic groups at the time of the scan, not post-mortem ground "
-            'truth.'
-        )
-    return (
-        f'Labels are the diagnostic groups {source.name} gives, as mapped to these classes when '
-        'the data was\n  prepared; they are clinical diagnoses, not post-mortem ground truth.'
-    )
-
-
 def _lower_first(name: str) -> str:
     """'Sensitivity (AD recall)' -> 'sensitivity (AD recall)'; 'ROC AUC' stays."""
     return name if name[:2].isupper() else name[:1].lower() + name[1:]
@@ -1205,150 +1096,6 @@ def _lower_first(name: str) -> str:
 
 def _class_map(classes: Sequence[str]) -> str:
     return '{' + ', '.join(f"'{c}': {i}" for i, c in enumerate(classes)) + '}'
-
-
-def _how_to_use(repo_id: str, config: dict[str, Any], stats: ModelStats | None, task: Task) -> str:
-    cfg = config.get('pretrained_cfg', {})
-    _, height, width = cfg.get('input_size', (3, 224, 224))
-    pos = task.positive
-    own_map = _class_map(task.classes)
-    alphabetical = _class_map(sorted(task.classes))
-    if stats is not None and stats.features:
-        shapes = ', '.join(
-            f'[1, {c}, {h}, {w}]'
-            for c, h, w in map(stats.feature_shape, range(len(stats.features)))
-        )
-        maps_comment = f'# {len(stats.features)} maps: {shapes}'
-        embedding_comment = f'# [1, {stats.num_features}]'
-    else:
-        maps_comment = '# one map per stage'
-        embedding_comment = '# [1, num_features]'
-    if own_map == alphabetical:
-        order_note = (
-            f"`class_to_idx={alphabetical}`, which happens to be this model's order; pass the "
-            'map anyway, so that renamed folders cannot swap the labels silently.'
-        )
-    else:
-        order_note = (
-            f"`class_to_idx={alphabetical}`: not this model's `class_to_idx={own_map}`. Without "
-            "the model's own map every label is swapped, and a plain timm evaluation loop scores "
-            'the model as nearly always wrong.'
-        )
-    return f"""## How to use
-
-The weights take a grayscale slice **as RGB** (three identical channels: what the Hub widget,
-transformers' pipeline and `Image.open(p).convert('RGB')` give) or **as one channel** (`in_chans=1`,
-the network as trained; timm sums its first layer over R, G and B). Both give the same P({pos}).
-P({pos}) is the softmax of the logits divided by the stored temperature, taken at the position of
-`{pos}` in the label names; the decision compares it with the stored threshold. For a scan,
-average P({pos}) over their slices and compare the mean with the threshold (this is how the
-scan-level results above were computed).
-
-```python
-import json
-import timm
-import torch
-from huggingface_hub import hf_hub_download
-from PIL import Image
-
-config = json.load(open(hf_hub_download('{repo_id}', 'config.json')))
-ad = config['label_names'].index('{pos}')
-threshold = config['adni_timm']['threshold']
-temperature = config['adni_timm'].get('temperature', 1.0)  # 1.0: not calibrated
-
-# 1. timm, RGB input
-model = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()
-# the model's own preprocessing: {height} x {width}
-transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
-x = transform(Image.open('slice.jpeg').convert('RGB')).unsqueeze(0)
-with torch.no_grad():
-    p_ad = (model(x) / temperature).softmax(-1)[0, ad].item()
-print('{pos}' if p_ad >= threshold else '{task.short_negative}', p_ad)
-
-# 2. pooled embedding and feature maps, as for any timm model
-with torch.no_grad():
-    embedding = model.forward_head(model.forward_features(x), pre_logits=True)  {embedding_comment}
-features = timm.create_model(
-    'hf-hub:{repo_id}', pretrained=True, features_only=True
-).eval()
-with torch.no_grad():
-    maps = features(x)  {maps_comment}
-
-# 3. timm, one channel (as trained)
-model = timm.create_model('hf-hub:{repo_id}', pretrained=True, in_chans=1).eval()
-x = transform(Image.open('slice.jpeg').convert('L')).unsqueeze(0)
-with torch.no_grad():
-    p_ad = (model(x) / temperature).softmax(-1)[0, ad].item()
-```
-
-**Class indices with stock timm.** `timm.data.ImageDataset` (like torchvision's `ImageFolder`)
-numbers class folders alphabetically, {order_note} Pass the label names of `config.json` as the
-class map:
-
-```python
-from timm.data import ImageDataset
-
-model = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()
-class_map = {{name: i for i, name in enumerate(config['label_names'])}}  # {own_map}
-dataset = ImageDataset('AD_NC/test', class_map=class_map, transform=transform)
-correct = 0
-with torch.no_grad():
-    for x, target in torch.utils.data.DataLoader(dataset, batch_size=32):
-        p_ad = (model(x) / temperature).softmax(-1)[:, ad]
-        correct += ((p_ad >= threshold) == (target == ad)).sum().item()
-print(f'slice accuracy {{correct / len(dataset):.3f}}')
-```
-
-With transformers (`pip install transformers`), on a file path or a PIL image:
-
-```python
-from transformers import pipeline
-
-classify = pipeline('image-classification', model='{repo_id}')
-outputs = classify('slice.jpeg', function_to_apply='none', top_k=None)
-logits = {{r['label']: r['score'] for r in outputs}}
-scaled = torch.tensor([logits[name] for name in config['label_names']]) / temperature
-p_ad = scaled.softmax(-1)[ad].item()
-print('{pos}' if p_ad >= threshold else '{task.short_negative}', p_ad)
-```
-
-The pipeline's own top label (`classify('slice.jpeg')[0]['label']`) is the plain argmax, i.e. the
-decision at P({pos}) = 0.5 without calibration, **not** the stored operating point: apply the
-threshold as above.
-
-With [adni-timm](https://github.com/adni-timm/adni-timm) installed, `evaluate.py` reproduces the
-evaluation on your own copy of the data:
-
-```bash
-python evaluate.py --model hf-hub:{repo_id} --data-dir AD_NC --split test
-```"""
-
-
-def _licence(source: DataSource) -> str:
-    text = '## Licence\n\nThe weights and this card are released under the Apache-2.0 licence.'
-    if source.adni:
-        text += (
-            ' They were derived from ADNI data obtained under the ADNI Data Use '
-            'Agreement, which may restrict redistributing models trained on it: '
-            'the publisher is responsible for confirming that the agreement allows '
-            'this release. Anyone wanting the data itself must apply to ADNI.'
-        )
-    elif not source.synthetic:
-        text += (
-            f' They were derived from {source.name}: the publisher is responsible for confirming '
-            f"that the data's licence or use agreement allows this release."
-        )
-    return text
-
-
-def _citation(acknowledgement: str | None, source: DataSource) -> str:
-    text = f'## Citation\n\nIf you use these weights, please cite ConvNeXt and timm:\n\n{CITATIONS}'
-    if source.adni:
-        ack = acknowledgement.strip() if acknowledgement else ACK_PLACEHOLDER
-        return f'{text}\n\n## ADNI acknowledgement\n\n{ack}'
-    if acknowledgement and not source.synthetic:
-        return f'{text}\n\n## Data acknowledgement\n\n{acknowledgement.strip()}'
-    return text
 
 
 # --------------------------------------------------------------------------------------------------

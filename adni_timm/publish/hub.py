@@ -29,13 +29,15 @@ from ..export.format import (
     CONFIG_NAME,
     EXTRA_KEY,
     WEIGHTS_NAME,
+    ExportSettings,
     read_export_config,
     trained_in_chans,
 )
 from ..utils.files import read_json, read_yaml
 from ..export.input_check import INPUT_CHECK_FILES
 from ..export.input_description import EXAMPLE_NAME, InputDescription, write_example_image
-from .card import ACK_PLACEHOLDER, build_model_card
+from ..export.licence import LicenceError, weights_licence
+from .card import ACK_PLACEHOLDER, DataSource, build_model_card
 from ..models import MEAN, STD
 from ..export.onnx import ONNX_NAME
 from ..run import EvalCheck, EvalFolder, Run, check_eval_belongs, locate
@@ -141,6 +143,8 @@ def build_export_folder(
     acknowledgement: str | None = None,
     force_eval: bool = False,
     onnx: bool = False,
+    licence: str | None = None,
+    licence_link: str | None = None,
 ) -> list[Path]:
     """Assemble the folder to publish from a training run; returns the files written (sorted).
 
@@ -156,11 +160,13 @@ def build_export_folder(
     ``force_eval`` publishes it anyway and the card says it is unverified. ``out_dir`` must be new,
     empty or an earlier export folder: a folder holding anything else is refused rather than
     cleaned. ``repo_id`` is used in the card's code examples; ``acknowledgement`` replaces the
-    card's ADNI acknowledgement placeholder.
+    card's ADNI acknowledgement placeholder; ``licence`` / ``licence_link`` name the training
+    data's terms (refused for weights trained on synthetic data, which are Apache-2.0).
     """
     best, run = locate(run_dir)
     run = run or Run(run_dir)
-    publishable_config(read_export_config(best), source=str(best / CONFIG_NAME))
+    trained = publishable_config(read_export_config(best), source=str(best / CONFIG_NAME))
+    _check_licence(trained, licence, licence_link)
     metrics = _read_eval_metrics(eval_metrics_path)
     eval_facts = None
     folder = EvalFolder(Path(eval_metrics_path).parent) if eval_metrics_path is not None else None
@@ -170,7 +176,7 @@ def build_export_folder(
             raise HubError(
                 f'{eval_metrics_path} does not belong to the weights being published: '
                 f'{"; ".join(eval_facts.problems)}. Evaluate these weights at their stored '
-                f'operating point (python evaluate.py --model {run.path} --data-dir AD_NC), or '
+                f'operating point (adni-evaluate --model {run.path} --data-dir AD_NC), or '
                 f'pass --force-eval to publish it marked unverified (see docs/HUB.md).'
             )
     plot_sources = {Run.CURVES: run.curves_file}
@@ -210,9 +216,26 @@ def build_export_folder(
         plots=sorted(plots),
         example=EXAMPLE_NAME,
         acknowledgement=acknowledgement,
+        licence=licence,
+        licence_link=licence_link,
     )
     card.save(out_dir / CARD_NAME)
     return sorted(p for p in out_dir.iterdir() if p.name in UPLOAD_ALLOWLIST)
+
+
+def _check_licence(config: dict[str, Any], licence: str | None, link: str | None) -> None:
+    """Refuse a licence choice that does not fit the training data before anything is written."""
+    source = DataSource.of(ExportSettings.from_dict(config.get(EXTRA_KEY, {})))
+    try:
+        weights_licence(
+            synthetic=source.synthetic,
+            adni=source.adni,
+            data_name=source.name,
+            chosen=licence,
+            link=link,
+        )
+    except LicenceError as e:
+        raise HubError(str(e)) from None
 
 
 def _copy_input_check(export_dir: Path, out_dir: Path) -> None:
@@ -280,7 +303,7 @@ def _read_eval_metrics(path: str | os.PathLike | None) -> dict[str, Any] | None:
     path = Path(path)
     if not path.is_file():
         raise HubError(
-            f'--eval {path} does not exist; run evaluate.py '
+            f'--eval {path} does not exist; run adni-evaluate '
             f'--output-dir OUT and pass OUT/metrics.json'
         )
     try:
@@ -359,6 +382,8 @@ def push_to_hub(
     acknowledgement: str | None = None,
     force_eval: bool = False,
     onnx: bool = False,
+    licence: str | None = None,
+    licence_link: str | None = None,
 ) -> PushResult:
     """Build the export folder of ``run_dir`` and upload it to ``repo_id`` (model repo).
 
@@ -387,6 +412,8 @@ def push_to_hub(
         acknowledgement=acknowledgement,
         force_eval=force_eval,
         onnx=onnx,
+        licence=licence,
+        licence_link=licence_link,
     )
     if ACK_PLACEHOLDER in (export_dir / CARD_NAME).read_text(encoding='utf-8'):
         _logger.warning(

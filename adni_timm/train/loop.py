@@ -43,7 +43,7 @@ from .checkpoint import (
 from ..config import TrainConfig, config_to_dict, fit_warmup
 from ..utils.display import fmt, fmt_duration
 from ..utils.distributed import first_error, raise_agreed, run_on_main
-from ..utils.hardware import bf16_supported
+from .precision import TRAINABLE, Precision, resolve_precision
 from ..inference import predict_loader
 from ..export.input_description import describe_slices
 from ..models import CROP_PCT, INTERPOLATION, MEAN, STD
@@ -65,6 +65,7 @@ __all__ = [
     'train_one_epoch',
     'validate',
     'make_accelerator',
+    'run_precision',
     'create_model',
     'make_ema',
     'epoch_line',
@@ -165,16 +166,27 @@ def open_run(
 ) -> tuple[Accelerator, RunRecord]:
     """The accelerator of a run and its record with the hardware: a new run never lands in a
     folder that holds something, a resumed one continues on the process count it started with."""
-    accelerator = make_accelerator(record.config, run)
+    precision = run_precision(record, resume)
+    accelerator = make_accelerator(record.config, run, precision)
     if not accelerator.is_main_process:  # one voice: other processes only report errors
         logging.getLogger('adni_timm').setLevel(logging.ERROR)
     stop_if(run_on_main(accelerator, lambda: _recover_replaced(run), f'checking {run.path}'))
+    _logger.info('precision %s', precision.describe())
     if resume:
         record.check_processes(accelerator.num_processes)
         return accelerator, record
     if not overwrite:
         run.refuse_existing()
-    return accelerator, record.with_hardware(accelerator)
+    return accelerator, record.with_hardware(accelerator, precision.source)
+
+
+def run_precision(record: RunRecord, resume: bool) -> Precision:
+    """The precision a run trains in: a resumed run keeps the one it recorded (the launch may differ
+    from the first one's); a new run resolves its setting against Accelerate's configuration."""
+    recorded = record.mixed_precision
+    if resume and recorded in TRAINABLE and (recorded != 'fp16' or torch.cuda.is_available()):
+        return Precision(recorded, 'the run record (--resume keeps the precision)')
+    return resolve_precision(record.config.mixed_precision)
 
 
 def _recover_replaced(run: Run) -> None:
@@ -673,18 +685,17 @@ def epoch_line(row: dict, epochs: int, chosen: str, is_best: bool, eta_s: float)
 # --------------------------------------------------------------------------------- set-up helpers
 
 
-def make_accelerator(cfg: TrainConfig, run: Run | None = None) -> Accelerator:
-    precision = cfg.mixed_precision
-    if precision == 'auto':
-        if torch.cuda.is_available():
-            precision = 'bf16' if bf16_supported() else 'fp16'
-        else:
-            precision = 'no'  # autocast on CPU is slower than fp32 here
+def make_accelerator(
+    cfg: TrainConfig, run: Run | None = None, precision: Precision | None = None
+) -> Accelerator:
+    """The run's Accelerator; ``precision`` defaults to ``cfg.mixed_precision`` resolved against
+    Accelerate's own configuration (``train.precision``)."""
+    precision = precision or resolve_precision(cfg.mixed_precision)
     project = None
     if run is not None:  # trackers (TensorBoard, W&B) log under RUN/logs
         project = ProjectConfiguration(project_dir=str(run.path), logging_dir=str(run.logs_dir))
     return Accelerator(
-        mixed_precision=precision,
+        mixed_precision=precision.name,
         gradient_accumulation_steps=cfg.grad_accum_steps,
         log_with=cfg.log_with,
         project_config=project,
