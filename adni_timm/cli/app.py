@@ -14,7 +14,15 @@ import os
 import signal
 import sys
 
-from adni_timm.cli import ArgumentParser, EXIT_OK, EXIT_REFUSED, HelpFormatter, command, examples, fail
+from adni_timm.cli import (
+    ArgumentParser,
+    EXIT_OK,
+    EXIT_REFUSED,
+    HelpFormatter,
+    command,
+    examples,
+    fail,
+)
 
 __all__ = ['build_parser', 'main']
 

@@ -17,7 +17,15 @@ import logging
 import sys
 import time
 
-from adni_timm.cli import ArgumentParser, EXIT_OK, EXIT_PROBLEM, HelpFormatter, command, examples, fail
+from adni_timm.cli import (
+    ArgumentParser,
+    EXIT_OK,
+    EXIT_PROBLEM,
+    HelpFormatter,
+    command,
+    examples,
+    fail,
+)
 from adni_timm.prepare.similarity import DEFAULT_MIN_SIMILARITY
 
 __all__ = ['main']
