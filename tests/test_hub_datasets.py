@@ -204,7 +204,7 @@ def test_hub_id_loads_from_the_offline_datasets_cache(tiny_data, tmp_path, cache
     ]
     meta = json.loads((done.data_dir / 'dataset.json').read_text())
     assert 'someorg/slices' in meta['note'] and meta['hub_dataset']['source'] == 'hf:someorg/slices'
-    with pytest.raises(DataError, match='cannot be loaded.*offline'):
+    with pytest.raises(hub.DatasetSourceError, match='cannot be loaded.*offline'):
         hub.materialise('hf:someorg/not-cached')
-    with pytest.raises(DataError, match='neither a folder nor a Hub dataset id'):
+    with pytest.raises(hub.DatasetSourceError, match='neither a folder nor a Hub dataset id'):
         hub.parse_source('hf:just-a-name')

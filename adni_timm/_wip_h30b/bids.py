@@ -54,6 +54,7 @@ __all__ = [
 BIDS_VERSION = '1.10.1'
 SPACE = 'MNI152NLin2009aSym'  # the BIDS / TemplateFlow name of template.py's template
 DESCRIPTION_FILE = 'dataset_description.json'
+_XFORM_MNI_152 = 4  # NIfTI's xform code for 'MNI 152 normalised coordinates'
 # what adni-prepare writes beside the BIDS files (the slice layout and its records): not BIDS
 BIDSIGNORE = (
     '/train/',
@@ -238,16 +239,27 @@ def write_registered(
     src_root: str | os.PathLike | None = None,
     steps: Sequence[str] = (),
 ) -> list[str]:
-    """The registered volume (NIfTI, float32), its sidecar and the transform under ``out``;
+    """The registered volume (NIfTI, 16-bit scaled), its sidecar and the transform under ``out``;
     returns their paths relative to ``out``. Each file is written beside its target and renamed
     into place, so a kill never leaves half a volume."""
+    import nibabel as nib
+    import numpy as np
     import SimpleITK as sitk
+
+    from ..volumes import ras_from_image
 
     out = Path(out)
     (out / name.folder).mkdir(parents=True, exist_ok=True)
     volume, transform_path = out / name.volume, out / name.transform
+    array, affine = ras_from_image(registered)
+    nifti = nib.Nifti1Image(np.asarray(array, np.float32), affine)
+    # 16 bits with a scale factor (nibabel picks slope and intercept): a float32 volume is twice
+    # the size, for a precision of 1 / 65535 of the intensity range we do not need
+    nifti.set_data_dtype(np.int16)
+    nifti.set_sform(affine, code=_XFORM_MNI_152)
+    nifti.set_qform(affine, code=_XFORM_MNI_152)
     tmp = volume.with_name(f'.tmp-{volume.name}')
-    sitk.WriteImage(sitk.Cast(registered, sitk.sitkFloat32), str(tmp), useCompression=True)
+    nib.save(nifti, tmp)
     tmp.replace(volume)
     tmp = transform_path.with_name(f'.tmp-{transform_path.name}')
     sitk.WriteTransform(transform, str(tmp))

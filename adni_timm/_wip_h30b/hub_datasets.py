@@ -49,6 +49,7 @@ from ..models import LABEL_NAMES
 
 __all__ = [
     'HF_PREFIX',
+    'DatasetSourceError',
     'DatasetSource',
     'Materialised',
     'parse_source',
@@ -70,6 +71,12 @@ _SAVED = ('dataset_dict.json', 'state.json')  # Dataset(Dict).save_to_disk
 _PNG, _JPEG = b'\x89PNG\r\n\x1a\n', b'\xff\xd8\xff'
 _PNG_MODES = {'1', 'L', 'LA', 'P', 'RGB', 'RGBA', 'I;16'}  # PNG holds these as they are
 _NAME_PART = re.compile(r'[^A-Za-z0-9._-]+')
+
+
+class DatasetSourceError(ValueError):
+    """A dataset that cannot be named or loaded (bad ``hf:`` text, not found, not cached,
+    ``datasets`` missing): a refused input (exit 2), where a DataError is a problem in the data
+    (exit 1)."""
 
 
 @dataclass(frozen=True)
@@ -141,7 +148,7 @@ def parse_source(text: str | os.PathLike) -> DatasetSource | None:
     if text.startswith(HF_PREFIX):
         rest = text[len(HF_PREFIX) :].strip()
         if not rest:
-            raise DataError(
+            raise DatasetSourceError(
                 f'--data-dir {text!r}: name the dataset, e.g. hf:ORG/NAME or hf:ORG/NAME:CONFIG'
             )
         local = Path(rest)
@@ -150,7 +157,7 @@ def parse_source(text: str | os.PathLike) -> DatasetSource | None:
             return DatasetSource(text, str(local.resolve()), None, saved, local=True)
         name, _, config = rest.partition(':')
         if name.count('/') != 1 or not all(name.split('/')):
-            raise DataError(
+            raise DatasetSourceError(
                 f'--data-dir {text!r}: neither a folder nor a Hub dataset id; write '
                 f'hf:ORG/NAME[:CONFIG] or hf:PATH to a dataset folder'
             )
@@ -166,7 +173,7 @@ def is_hub_dataset(text: str | os.PathLike) -> bool:
     """Whether ``--data-dir text`` is read with ``datasets`` (see :func:`parse_source`)."""
     try:
         return parse_source(text) is not None
-    except DataError:
+    except DatasetSourceError:
         return str(text).startswith(HF_PREFIX)
 
 
@@ -184,7 +191,7 @@ def _load(source: DatasetSource):
     try:
         import datasets
     except ImportError:
-        raise DataError(
+        raise DatasetSourceError(
             f'--data-dir {source.text}: reading Hugging Face datasets needs the datasets '
             f"package: pip install 'adni-timm[hf]'"
         ) from None
@@ -202,7 +209,7 @@ def _load(source: DatasetSource):
             if offline and not source.local
             else ''
         )
-        raise DataError(
+        raise DatasetSourceError(
             f'--data-dir {source.text}: the dataset cannot be loaded{hint}: {message[:300]}'
         ) from None
     if isinstance(loaded, datasets.Dataset):  # one split: a dataset of training images
@@ -519,7 +526,7 @@ def materialise(
     if not isinstance(source, DatasetSource):
         parsed = parse_source(source)
         if parsed is None:
-            raise DataError(f'{source} is a data folder, not a dataset: use it as it is')
+            raise DatasetSourceError(f'{source} is a data folder, not a dataset: use it as it is')
         source = parsed
     classes = parse_classes(classes)
     loaded = _load(source)
