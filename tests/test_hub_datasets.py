@@ -208,3 +208,55 @@ def test_hub_id_loads_from_the_offline_datasets_cache(tiny_data, tmp_path, cache
         hub.materialise('hf:someorg/not-cached')
     with pytest.raises(hub.DatasetSourceError, match='neither a folder nor a Hub dataset id'):
         hub.parse_source('hf:just-a-name')
+
+
+@pytest.mark.slow
+def test_a_parquet_dataset_trains_evaluates_and_keeps_scans_together(tiny_data, tmp_path):
+    """train.py and evaluate.py on a parquet dataset with image / label / scan columns (no slice,
+    no subject column), as a user runs them: the split is by scan, evaluation reports scans."""
+    from helpers import TINY, run_script, run_train, with_option
+
+    source = _parquet_from_folder(tiny_data, tmp_path / 'parquet', subject=False, slice_=False)
+    env = {'ADNI_TIMM_CACHE': str(tmp_path / 'cache'), 'HF_DATASETS_CACHE': str(tmp_path / 'hf')}
+    run = tmp_path / 'run'
+    proc = run_train(
+        '--data-dir',
+        source,
+        '--output-dir',
+        run,
+        *with_option(TINY, '--epochs', '1'),
+        '--warmup-epochs',
+        '0',
+        env=env,
+        timeout=900,
+    )
+    assert 'Hugging Face dataset' in proc.stdout + proc.stderr  # the log says what it read
+    split = json.loads((run / 'split.json').read_text())
+    scans = {s.patient for s in data.scan_split(tiny_data, 'train')}
+    # every scan whole on one side: the split lists scans, each once, and all of them
+    assert sorted(split['train'] + split['val']) == sorted(scans)
+    assert not set(split['train']) & set(split['val'])
+    assert sorted(split['test']) == sorted({s.patient for s in data.scan_split(tiny_data, 'test')})
+    record = (run / 'train_config.yaml').read_text()
+    assert 'Hugging Face dataset' in record and 'no slice column' not in record
+    out = tmp_path / 'eval'
+    run_script(
+        'evaluate.py',
+        '--model',
+        run,
+        '--data-dir',
+        f'hf:{source}',
+        '--output-dir',
+        out,
+        '--num-workers',
+        '0',
+        env=env,
+        timeout=900,
+    )
+    metrics = json.loads((out / 'metrics.json').read_text())
+    assert (
+        metrics['slice']['n'] == 24
+        and metrics['patient' if 'patient' in metrics else 'scan']['n'] == 6
+    )
+    # the same dataset is written once: training and evaluation read the same folder
+    assert len(list((tmp_path / 'cache' / 'hf-datasets').glob('parquet-*/dataset.json'))) == 1
