@@ -16,7 +16,7 @@ datasets = pytest.importorskip('datasets')
 from PIL import Image  # noqa: E402
 
 from adni_timm import data  # noqa: E402
-from adni_timm._wip_h30b import hub_datasets as hub  # noqa: E402
+from adni_timm.data import hub_datasets as hub  # noqa: E402
 from adni_timm.data import DataError  # noqa: E402
 
 
@@ -81,7 +81,7 @@ def test_parquet_dataset_becomes_the_slice_folder_it_came_from(tiny_data, tmp_pa
             Path(a.path).read_bytes() == Path(b.path).read_bytes() for a, b in zip(after, before)
         )
     assert done.images == {'train': 48, 'test': 24} and done.scans == {'train': 12, 'test': 6}
-    from adni_timm.data_note import describe, subjects_of
+    from adni_timm.data.note import describe, subjects_of
 
     subjects = subjects_of(done.data_dir)
     assert subjects['%s' % after[0].patient] == f'{after[0].label}-{_subject(after[0].patient)}'
@@ -155,7 +155,7 @@ def test_without_a_scan_column_each_image_is_its_own_scan(tiny_data, tmp_path, c
     done = hub.materialise(source)
     assert done.scans == done.images and not done.has_scan
     assert any('each image is its own scan' in n for n in done.notes)
-    from adni_timm.data_note import describe
+    from adni_timm.data.note import describe
 
     assert 'each image is its own scan' in describe(done.data_dir).note  # what the card shows
 

@@ -214,7 +214,7 @@ def check_derivative_description(found: dict) -> list[str]:
 
 def write_dataset_description(out: str | os.PathLike, description: dict) -> Path:
     """``OUT/dataset_description.json`` and ``OUT/.bidsignore`` (atomically)."""
-    from ..files import write_json, write_text
+    from ..utils.files import write_json, write_text
 
     out = Path(out)
     write_text(out / '.bidsignore', '\n'.join(BIDSIGNORE) + '\n')
@@ -225,7 +225,7 @@ def registered_reference(template):
     """An empty SimpleITK image on the template's full grid (where the registered volume lies)."""
     import numpy as np
 
-    from ..volumes import image_from_ras
+    from .volumes import image_from_ras
 
     return image_from_ras(np.zeros(template.shape, np.float32), template.affine)
 
@@ -246,7 +246,7 @@ def write_registered(
     import numpy as np
     import SimpleITK as sitk
 
-    from ..volumes import ras_from_image
+    from .volumes import ras_from_image
 
     out = Path(out)
     (out / name.folder).mkdir(parents=True, exist_ok=True)
@@ -279,7 +279,7 @@ def write_registered(
             sidecar['Sources'] = [f'bids:source:{relative.as_posix()}']
         except ValueError:  # a source outside SRC (a symlink): no BIDS URI for it
             pass
-    from ..files import write_json
+    from ..utils.files import write_json
 
     write_json(out / name.sidecar, sidecar)
     return [name.volume, name.sidecar, name.transform]

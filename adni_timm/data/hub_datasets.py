@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..data import DataError, parse_classes
+from .slices import DataError, parse_classes
 from ..models import LABEL_NAMES
 
 __all__ = [
@@ -299,7 +299,7 @@ class _Row:
 
 def _image_bytes(image: Any, where: str) -> tuple[bytes, str]:
     """(file bytes, extension): PNG / JPEG as they are; anything else decoded and written as PNG
-    (modes PNG cannot hold are scaled to 8 bits by their maximum, as ``read_image`` does)."""
+    (modes PNG cannot hold become 8-bit grayscale by ``images.to_gray``, as when read)."""
     from PIL import Image, UnidentifiedImageError
 
     data = image.get('bytes') if isinstance(image, dict) else None
@@ -316,9 +316,9 @@ def _image_bytes(image: Any, where: str) -> tuple[bytes, str]:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
             if im.mode not in _PNG_MODES:
-                from ..data import read_image
+                from .images import to_gray  # the conversion every reader of a slice applies
 
-                im = read_image(io.BytesIO(data))
+                im = to_gray(im)
             buffer = io.BytesIO()
             im.save(buffer, 'PNG')
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
