@@ -18,7 +18,7 @@ pytest.importorskip('nilearn')
 
 from PIL import Image  # noqa: E402
 
-from adni_timm.prepare import PrepareOptions, prepare  # noqa: E402
+from adni_timm.prepare.run import PrepareOptions, prepare  # noqa: E402
 from adni_timm.prepare.bids import (  # noqa: E402
     SPACE,
     bids_name,
@@ -71,9 +71,10 @@ def test_dataset_description_is_a_valid_derivative_description(prepared):
     assert check_derivative_description(bad) == [
         'GeneratedBy is required for a derivative: a list of one or more objects'
     ]
-    assert 'BIDSVersion is required' in check_derivative_description(
-        {k: v for k, v in found.items() if k != 'BIDSVersion'}
-    )[0]
+    assert (
+        'BIDSVersion is required'
+        in check_derivative_description({k: v for k, v in found.items() if k != 'BIDSVersion'})[0]
+    )
     ignored = (out / '.bidsignore').read_text().split()
     assert {'/train/', '/test/', '/qc/', '/records/', '*_xfm.mat'} <= set(ignored)
 
@@ -112,10 +113,13 @@ def test_registered_volume_and_transform_load_and_reproduce_each_other(prepared)
         peak = float(np.abs(again).max())
         # the saved volume is 16-bit with a scale factor: equal to 1/65535 of the range
         np.testing.assert_allclose(saved, again, rtol=1e-4, atol=peak / 65535 * 1.01)
-        # and it is a brain where the template has one: the transform maps as the slices say
-        inside = template.brain
-        ncc = np.corrcoef(saved[inside], template.t1[inside])[0, 1]
-        assert ncc > 0.8, ncc
+        # the transform maps as the slices say: the registration similarity adni-prepare
+        # recorded (NCC with the template inside its brain, over the slab of the slices) is
+        # the saved volume's
+        k0, k1 = min(record.slice_numbers), max(record.slice_numbers) + 1
+        inside = template.brain[:, :, k0:k1]
+        ncc = np.corrcoef(saved[:, :, k0:k1][inside], template.t1[:, :, k0:k1][inside])[0, 1]
+        assert ncc == pytest.approx(record.similarity, rel=1e-3)
 
 
 def test_the_saved_volume_prepared_again_gives_the_same_slices(prepared, tmp_path):
@@ -129,7 +133,14 @@ def test_the_saved_volume_prepared_again_gives_the_same_slices(prepared, tmp_pat
             writer.writerow([f'sub-{r.subject.replace("_", "")}', r.label])
     again = tmp_path / 'again'
     recipe = Recipe(n4=False, resample_mm=None, register=False, slices=4)
-    redo = prepare(out, again, read_labels(labels), discover_scans(out), recipe, PrepareOptions(test_fraction=0.0))
+    redo = prepare(
+        out,
+        again,
+        read_labels(labels),
+        discover_scans(out),
+        recipe,
+        PrepareOptions(test_fraction=0.0),
+    )
     assert not redo.problems and len(redo.prepared) == 2
     by_subject = {f'sub-{r.subject.replace("_", "")}': r for r in result.prepared}
     for r in redo.prepared:
@@ -147,3 +158,17 @@ def test_subject_and_visit_become_bids_labels():
     assert bids_name('sub-01', 'ses-02').folder == 'sub-01/ses-02/anat'
     with pytest.raises(ValueError, match='no letters or digits'):
         bids_name('___', None)
+
+
+def test_two_scans_on_one_bids_name_are_refused_before_any_work(tmp_path):
+    from adni_timm.prepare.plan import Plan, PlannedScan, PrepareError
+    from adni_timm.prepare.run import _registered_output
+
+    scans = [
+        PlannedScan(p, p, 'bl', 'I1', f'{p}.nii.gz', 'CN', 'NC', 'train')
+        for p in ('002_S_0295', '002S0295')
+    ]
+    options = PrepareOptions(save_registered=True)
+    with pytest.raises(PrepareError, match='002_S_0295 and 002S0295 would both be sub-002S0295'):
+        _registered_output(Plan('generic', scans), options, tmp_path)
+    assert _registered_output(Plan('generic', scans[:1]), PrepareOptions(), tmp_path) is None

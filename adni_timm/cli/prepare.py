@@ -29,6 +29,7 @@ _EPILOG = (
         '%(prog)s mni_t1s/ prepared/ --labels labels.csv --no-register   # already in MNI space',
         '%(prog)s ADNI/ prepared/ --labels ADNIMERGE.csv --visits all --shard 1/8   # SLURM arrays',
         '%(prog)s --merge prepared/                                      # after all shards',
+        '%(prog)s ADNI/ prepared/ --labels ADNI_collection.csv --save-registered  # + BIDS',
         'adni-synthetic vols --volumes && %(prog)s vols prep --labels vols/labels.csv  # SYNTHETIC',
     )
     + '\n\nEvery step, its default and why: docs/PREPARE.md.'
@@ -143,6 +144,13 @@ def _parse_args(argv, prog: str = PROG):
         type=float,
         default=0.6,
         help='flag registrations below this NCC with the template (default 0.6)',
+    )
+    p.add_argument(
+        '--save-registered',
+        action='store_true',
+        help='also keep each scan in template space (MNI152NLin2009aSym, 1 mm) and its affine '
+        'transform as BIDS derivative files, OUT/sub-*/anat/ (about 15 MB per scan; '
+        'docs/PREPARE.md, "A BIDS derivative")',
     )
     p.add_argument('--workers', type=int, default=1, help='scans prepared in parallel')
     p.add_argument('--shard', metavar='K/N', help='prepare only shard K of N (SLURM arrays)')
@@ -272,6 +280,7 @@ def main(argv=None, prog: str = PROG) -> int:
             seed=args.seed,
             keep_flagged=args.keep_flagged,
             min_similarity=args.min_similarity,
+            save_registered=args.save_registered,
         )
         shard = prepare_mod.parse_shard(args.shard)
         labels = labels_mod.read_labels(args.labels, args.labels_format, args.labels_column)

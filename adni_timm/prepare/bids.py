@@ -42,6 +42,7 @@ __all__ = [
     'BIDS_VERSION',
     'SPACE',
     'BidsName',
+    'RegisteredOutput',
     'bids_label',
     'bids_name',
     'dataset_description',
@@ -97,6 +98,19 @@ class BidsName:
     @property
     def transform(self) -> str:
         return f'{self.folder}/{self.prefix}_from-T1w_to-{SPACE}_mode-image_xfm.mat'
+
+
+@dataclass(frozen=True)
+class RegisteredOutput:
+    """What ``--save-registered`` needs per scan (picklable: it goes to worker processes): the
+    source root (for the sidecar's ``Sources``) and whether visits are sessions (``--visits
+    all``: the visit is part of the scan id)."""
+
+    src: str
+    sessions: bool = False
+
+    def name(self, subject: str, visit: str | None) -> BidsName:
+        return bids_name(subject, visit if self.sessions else None)
 
 
 def bids_label(text: str, entity: str) -> str:
