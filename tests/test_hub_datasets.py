@@ -260,3 +260,25 @@ def test_a_parquet_dataset_trains_evaluates_and_keeps_scans_together(tiny_data, 
     )
     # the same dataset is written once: training and evaluation read the same folder
     assert len(list((tmp_path / 'cache' / 'hf-datasets').glob('parquet-*/dataset.json'))) == 1
+
+
+def test_check_data_reads_a_dataset_and_refuses_bad_ones_in_one_line(
+    tiny_data, tmp_path, cache, capsys
+):
+    from adni_timm.cli.check import main
+
+    source = _parquet_from_folder(tiny_data, tmp_path / 'parquet')
+    assert main([str(source)]) == 0
+    out = capsys.readouterr().out
+    assert f'dataset {source} -> {cache}' in out and 'no problems found' in out
+    assert main([str(source), '--classes', 'NC,MCI,AD']) == 1  # a problem in the data
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f'adni-check-data: error: --data-dir {source}: the label names NC,AD are not the classes '
+        'NC,MCI,AD: give --classes in label order with every class the dataset has (now NC,MCI,AD)'
+    ]
+    assert main(['hf:someorg/absent']) == 2  # a refused input: not cached, offline
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        'adni-check-data: error: --data-dir hf:someorg/absent'
+    )

@@ -9,7 +9,16 @@ import argparse
 import os
 import sys
 
-from adni_timm.cli import EXIT_OK, EXIT_PROBLEM, HelpFormatter, class_list, examples, existing_dir
+from adni_timm.cli import (
+    EXIT_OK,
+    EXIT_PROBLEM,
+    HelpFormatter,
+    class_list,
+    data_source,
+    examples,
+    fail,
+    resolve_data_source,
+)
 
 __all__ = ['build_parser', 'main', 'module_main']
 
@@ -25,8 +34,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         'data_dir',
         metavar='DATA_DIR',
-        type=existing_dir,
-        help='the AD_NC folder: DATA_DIR/{train,test}/{NC,AD}/',
+        type=data_source,
+        help='the AD_NC folder: DATA_DIR/{train,test}/{NC,AD}/; or a Hugging Face dataset '
+        '(hf:ORG/NAME[:CONFIG], parquet shards, an imagefolder), checked as written into it',
     )
     parser.add_argument(
         '--classes',
@@ -57,6 +67,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
             '%(prog)s AD_NC                         # counts, sizes, every problem',
             '%(prog)s AD_NC --classes NC,MCI,AD     # three classes, in label order',
             '%(prog)s scans/ --file-is-patient      # one file per patient',
+            '%(prog)s hf:ORG/NAME                   # a Hugging Face dataset',
         ),
     )
     _add_arguments(parser)
@@ -64,9 +75,16 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from adni_timm.data import check_data_dir
+    from adni_timm.data import DataError, check_data_dir
+    from adni_timm.data.hub_datasets import DatasetSourceError
 
-    report = check_data_dir(args.data_dir, args.classes, args.file_is_patient, args.workers)
+    try:  # a dataset is checked as written into the slice layout (its own problems: one line)
+        data_dir = resolve_data_source(args.data_dir, args.classes)
+    except (DataError, DatasetSourceError) as e:
+        return fail(PROG, e)
+    if str(data_dir) != args.data_dir:
+        print(f'dataset {args.data_dir} -> {data_dir}')
+    report = check_data_dir(data_dir, args.classes, args.file_is_patient, args.workers)
     print('\n'.join(report.lines))
     for note in report.notes:
         print(f'note: {note}')

@@ -20,9 +20,10 @@ from adni_timm.cli import (
     HelpFormatter,
     class_list,
     examples,
-    existing_dir,
+    data_source,
     existing_path,
     fail,
+    resolve_data_source,
 )
 
 __all__ = ['build_parser', 'main']
@@ -57,8 +58,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     p.add_argument(
         '--data-dir',
-        type=existing_dir,
-        help='ADNI-layout folder with <split>/<class>/<patient>_<slice>.jpeg',
+        type=data_source,
+        help='ADNI-layout folder with <split>/<class>/<patient>_<slice>.jpeg, or a Hugging Face '
+        'dataset: hf:ORG/NAME[:CONFIG], a folder of parquet shards, an imagefolder (docs/DATA.md)',
     )
     p.add_argument('--split', default='test', help='split folder to evaluate')
     p.add_argument(
@@ -229,7 +231,7 @@ def main(argv=None, prog: str = PROG) -> int:
             evaluation.check_output_dir(model, out, tag)
             result = evaluation.evaluate(
                 model,
-                args.data_dir,
+                resolve_data_source(args.data_dir, model.classes),
                 split=args.split,
                 output_dir=out,
                 threshold=args.threshold,

@@ -594,14 +594,17 @@ def resolve_data_dir(
     text: str | os.PathLike,
     classes: Sequence[str] = LABEL_NAMES,
     cache_dir: str | os.PathLike | None = None,
+    log: bool = True,
 ) -> Path:
     """The data folder ``--data-dir text`` means: the folder itself, or a dataset materialised
-    into the slice layout (logged: where, what, and what was assumed)."""
+    into the slice layout, with what was read and assumed logged (``log``: False on all but one
+    process of a launch)."""
     source = parse_source(text)
     if source is None:
         return Path(text)
     done = materialise(source, classes, cache_dir)
-    _logger.info('dataset %s', done.summary())
-    for note in done.notes:
-        _logger.warning('dataset %s: %s', source.text, note)
+    if log:
+        _logger.info('dataset %s', done.summary())
+        for note in done.notes:
+            _logger.warning('dataset %s: %s', source.text, note)
     return done.data_dir
