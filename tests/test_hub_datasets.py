@@ -230,7 +230,9 @@ def test_a_parquet_dataset_trains_evaluates_and_keeps_scans_together(tiny_data, 
         env=env,
         timeout=900,
     )
-    assert 'Hugging Face dataset' in proc.stdout + proc.stderr  # the log says what it read
+    log = proc.stdout + proc.stderr  # the log says what it read and what it assumed
+    assert f'dataset {source}: train 48 images in 12 scans; test 24 images in 6 scans' in log
+    assert 'no slice column: slices are numbered by their order in the scan' in log
     split = json.loads((run / 'split.json').read_text())
     scans = {s.patient for s in data.scan_split(tiny_data, 'train')}
     # every scan whole on one side: the split lists scans, each once, and all of them
@@ -281,4 +283,17 @@ def test_check_data_reads_a_dataset_and_refuses_bad_ones_in_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(
         'adni-check-data: error: --data-dir hf:someorg/absent'
+    )
+
+
+def test_train_refuses_a_dataset_it_cannot_load_in_one_line(tmp_path, cache, capsys):
+    from helpers import train_in_process
+
+    code, _, err = train_in_process(
+        capsys, '--data-dir', 'hf:someorg/absent', '--output-dir', tmp_path / 'run'
+    )
+    assert code == 2 and not (tmp_path / 'run').exists()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        'adni-train: error: --data-dir hf:someorg/absent: the dataset cannot be loaded (offline'
     )
