@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Evaluate a trained AD vs NC model at slice and patient level: ``python evaluate.py --help``.
+"""Evaluate a trained AD vs NC model at slice and scan level: ``python evaluate.py --help``.
 
 The parsing lives in ``adni_timm.cli.evaluate`` (also installed as ``adni-evaluate``); the work in
 ``adni_timm.evaluation``.

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from .utils.legacy import upgrade_config
 from .models import LABEL_NAMES
 
 __all__ = [
@@ -55,7 +56,7 @@ def _key(default, help: str, *, choices=None, metavar: str | None = None):
 
 _BEST_METRICS = tuple(
     f'{level}_{m}'
-    for level in ('patient', 'slice')
+    for level in ('scan', 'slice')
     for m in ('auc', 'accuracy', 'balanced_accuracy', 'sensitivity', 'specificity', 'f1')
 )
 
@@ -79,15 +80,15 @@ class TrainConfig:
     drop_path: float = _key(0.1, 'stochastic depth rate')
     # data
     val_fraction: float = _key(
-        0.2, 'share of training patients held out for validation, by patient and class'
+        0.2, 'share of training scans held out for validation, by scan and class'
     )
     split_level: str = _key(
-        'patient',
-        "validation split by patient; 'slice' is the reference's leaky split, only to reproduce it",
-        choices=('patient', 'slice'),
+        'scan',
+        "validation split by scan; 'slice' is the reference's leaky split, only to reproduce it",
+        choices=('scan', 'slice'),
     )
-    file_is_patient: bool = _key(
-        False, 'each file is its own patient (file names without <patient>_<slice>)'
+    file_is_scan: bool = _key(
+        False, 'each file is its own scan (file names without <scan>_<slice>)'
     )
     skip_bad_images: bool = _key(
         False, 'leave out files that cannot be decoded (else: list them and stop)'
@@ -133,20 +134,20 @@ class TrainConfig:
     ema_decay: float = _key(0.9998, 'EMA decay per optimizer step')
     # model selection and the operating point (chosen on validation, or out-of-fold with folds)
     best_metric: str = _key(
-        'patient_auc', 'validation metric that chooses the kept epoch', choices=_BEST_METRICS
+        'scan_auc', 'validation metric that chooses the kept epoch', choices=_BEST_METRICS
     )
     target_sensitivity: float | None = _key(
         None, "threshold: the highest reaching this validation sensitivity (null: Youden's J)"
     )
-    # cross-validation by patient (0: one validation split of val_fraction)
-    folds: int = _key(0, 'K-fold cross-validation by patient, K >= 2 (0: one validation split)')
+    # cross-validation by scan (0: one validation split of val_fraction)
+    folds: int = _key(0, 'K-fold cross-validation by scan, K >= 2 (0: one validation split)')
     cv_select: str = _key(
         'inner',
-        "with folds: choose each fold's epoch on its own training patients (inner), or not (last)",
+        "with folds: choose each fold's epoch on its own training scans (inner), or not (last)",
         choices=('inner', 'last'),
     )
     refit: bool = _key(
-        False, "with folds: then train on all training patients for the folds' median best epoch"
+        False, "with folds: then train on all training scans for the folds' median best epoch"
     )
     # hardware
     mixed_precision: str = _key(
@@ -222,6 +223,7 @@ def load_config(
 
 
 def make_config(values: dict[str, Any], source: str = 'config') -> TrainConfig:
+    values = upgrade_config(values)  # records and presets written when a scan was a 'patient'
     known = field_types()
     unknown = sorted(set(values) - set(known))
     if unknown:

@@ -1,4 +1,4 @@
-"""The one prediction path: a loaded model, its operating point, slices in, patients out.
+"""The one prediction path: a loaded model, its operating point, slices in, scans out.
 
 - ``load_model(ref)`` builds a ``LoadedModel`` (one export, a cross-validation run's fold ensemble,
   or any list of exports) in this one place: its members, classes, precision and the stored
@@ -9,12 +9,13 @@
 - ``predict_loader`` is the one inference loop (per-epoch validation uses it too) with the one
   precision policy: a run trained in fp32 is validated and evaluated in fp32, a bf16 run in bf16 on
   CUDA; the CPU always computes in fp32. channels_last only on CUDA.
-- ``patient_rows`` groups slices into patients and decides, for evaluate, ``--images``, the demo and
+- ``scan_rows`` groups slices into scans and decides, for evaluate, ``--images``, the demo and
   Grad-CAM alike.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from . import data, metrics
 from .export.format import ExportError, ExportSettings, input_channels, load_export
 from .utils.hardware import bf16_supported
+from .utils.progress import Progress
 from .models import LABEL_NAMES
 from .run import Run, RunError, locate
 
@@ -40,7 +42,7 @@ __all__ = [
     'OperatingPoint',
     'Member',
     'LoadedModel',
-    'PatientRow',
+    'ScanRow',
     'autocast_dtype',
     'full_precision',
     'predict_loader',
@@ -50,17 +52,18 @@ __all__ = [
     'calibrated_mean',
     'negative_name',
     'slice_decisions',
-    'patient_rows',
+    'scan_rows',
 ]
 
 # 'no' is Accelerate's name for fp32; 'auto' is bf16 where the GPU has it natively, else fp16
+_logger = logging.getLogger(__name__)
 PRECISIONS = ('auto', 'no', 'fp32', 'bf16', 'fp16')
 BACKENDS = ('torch', 'onnxruntime')
-# where a threshold came from: chosen on validation patients, on out-of-fold predictions of
+# where a threshold came from: chosen on validation scans, on out-of-fold predictions of
 # cross-validation, set by hand, or the fixed 0.5 when nothing was stored
 THRESHOLD_SOURCES = ('validation', 'out-of-fold', 'cli', 'fixed')
 DATA_CHANNELS = 1  # data.SliceDataset reads every slice as 8-bit grayscale ('L')
-UNNAMED_GROUP = 'unnamed files'  # the patient of files whose names carry no <patient>_<slice>
+UNNAMED_GROUP = 'unnamed files'  # the scan of files whose names carry no <scan>_<slice>
 # how a slice the input check refuses is shown, before its reason
 REFUSED = 'does not look like a training slice'
 
@@ -94,6 +97,8 @@ def predict_loader(
     tta: bool = False,
     accelerator=None,
     with_loss: bool = False,
+    progress: str = 'none',
+    desc: str = 'predict',
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(softmax probabilities ``[N, C]`` float64, per-slice cross-entropy ``[N]`` or None).
 
@@ -101,6 +106,8 @@ def predict_loader(
     compiled in place. With an ``accelerator`` the loader is sharded over its processes and
     ``gather_for_metrics`` returns every slice exactly once; every process must call. ``tta``
     averages the softmax of each slice and its horizontal flip. The training flag is restored.
+    ``progress`` (auto, bar, lines, none) shows the slices done (``utils.progress``), on the main
+    process only.
     """
     dtype = autocast_dtype(precision, device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
@@ -108,6 +115,9 @@ def predict_loader(
     was_training = model.training
     model.eval()
     probs_out, losses_out = [], []
+    main = accelerator is None or accelerator.is_main_process
+    total = len(loader.dataset) if hasattr(loader, 'dataset') else 0
+    bar = Progress(progress, total, desc, enabled=main, unit='slices', summary=True, logger=_logger)
     try:
         for images, targets in loader:
             images = images.to(device, non_blocking=True)
@@ -128,8 +138,10 @@ def predict_loader(
             probs_out.append(out[0].cpu())
             if with_loss:
                 losses_out.append(out[1].cpu())
+            bar.update(out[0].shape[0])
     finally:
         model.train(was_training)
+        bar.close()
     probs = torch.cat(probs_out).double().numpy()
     return probs, (torch.cat(losses_out).double().numpy() if with_loss else None)
 
@@ -160,6 +172,7 @@ def predict_slices(
     accelerator=None,
     tta: bool = False,
     precision: str = 'no',
+    progress: str = 'none',
 ) -> np.ndarray:
     """Raw softmax probabilities ``(len(slices), num_classes)`` of one network, in slice order.
 
@@ -194,6 +207,7 @@ def predict_slices(
         channels_last=True,
         tta=tta,
         accelerator=accelerator,
+        progress=progress,
     )
     return probs
 
@@ -210,7 +224,7 @@ class OperatingPoint:
     temperatures: tuple[float, ...] = (1.0,)  # one per member
     rule: str | None = None  # 'youden', 'sensitivity >= 0.9', ...
     note: str | None = None  # e.g. 'chosen without TTA'
-    selection: dict | None = None  # how an evaluation chose it (on which patients, what it met)
+    selection: dict | None = None  # how an evaluation chose it (on which scans, what it met)
 
     @classmethod
     def fixed(cls, temperatures: Sequence[float] = (1.0,)) -> OperatingPoint:
@@ -265,7 +279,7 @@ class LoadedModel:
     run: Run | None = None  # the ordinary run it came from: its split.json names who validated
     cv_run: Run | None = None  # the cross-validation run whose out-of-fold predictions set it
     calibration_method: str = 'temperature fitted on the validation slices'
-    file_is_patient: bool = False
+    file_is_scan: bool = False
     notes: list[str] = field(default_factory=list)
     backend: str = 'torch'  # what computes P(AD): torch, or each member's model.onnx (onnxruntime)
 
@@ -333,6 +347,7 @@ class LoadedModel:
         process, fp32, no TTA; the torch-only options are not used)."""
         if self.backend == 'onnxruntime':
             return [_onnx_probs(m, slices, kwargs.get('batch_size', 64)) for m in self.members]
+
         return [
             predict_slices(m.net, slices, precision=precision or m.precision, **kwargs)
             for m in self.members
@@ -422,13 +437,13 @@ def calibrated_mean(member_probs: Sequence[np.ndarray], point: OperatingPoint) -
 
 
 def _recorded(settings: ExportSettings, run: Run | None) -> tuple[str, bool]:
-    """(precision, file_is_patient) a model was trained with: its export, else its run record."""
-    precision, file_is_patient = settings.precision, settings.file_is_patient
+    """(precision, file_is_scan) a model was trained with: its export, else its run record."""
+    precision, file_is_scan = settings.precision, settings.file_is_scan
     if precision is None and run is not None and run.record_file.is_file():
         record = run.record()
         precision = record.mixed_precision
-        file_is_patient = file_is_patient or record.config.file_is_patient
-    return (precision if precision in PRECISIONS else 'no'), bool(file_is_patient)
+        file_is_scan = file_is_scan or record.config.file_is_scan
+    return (precision if precision in PRECISIONS else 'no'), bool(file_is_scan)
 
 
 def _load_member(ref: str) -> tuple[Member, Run | None]:
@@ -499,7 +514,7 @@ def load_model(ref: str | os.PathLike | Sequence[str | os.PathLike]) -> LoadedMo
             members=members,
             classes=classes,
             point=_stored_point(member.settings),
-            file_is_patient=_recorded(member.settings, run)[1],
+            file_is_scan=_recorded(member.settings, run)[1],
         )
         # RUN/best (an ordinary run): split.json says who validated; RUN/final (a refit): its
         # operating point is the cross-validation run's, chosen out of fold
@@ -515,7 +530,7 @@ def load_model(ref: str | os.PathLike | Sequence[str | os.PathLike]) -> LoadedMo
         classes=classes,
         point=OperatingPoint.fixed(tuple(m.settings.temperature for m in members)),
         calibration_method="each member's own stored temperature, then the mean",
-        file_is_patient=any(_recorded(m.settings, r)[1] for m, r in loaded),
+        file_is_scan=any(_recorded(m.settings, r)[1] for m, r in loaded),
     )
 
 
@@ -549,7 +564,7 @@ def _load_cv_ensemble(run: Run) -> LoadedModel:
         calibration_method=ensemble.get(
             'calibration', "each fold model's own temperature, then the mean"
         ),
-        file_is_patient=any(m.settings.file_is_patient for m in members),
+        file_is_scan=any(m.settings.file_is_scan for m in members),
     )
 
 
@@ -574,38 +589,38 @@ def slice_decisions(probs: np.ndarray, threshold: float, classes: Sequence[str])
 
 
 @dataclass(frozen=True)
-class PatientRow:
-    """One patient: its slices' mean calibrated P(AD) and the decision at the threshold."""
+class ScanRow:
+    """One scan: its slices' mean calibrated P(AD) and the decision at the threshold."""
 
-    patient: str
+    scan: str
     n_slices: int
     p_positive: float
     predicted: str
     label: str | None = None  # the true class, when known
-    named: bool = True  # False: the group of files whose names carry no patient id
+    named: bool = True  # False: the group of files whose names carry no scan id
 
 
-def patient_rows(
+def scan_rows(
     slices: Sequence[data.Slice],
     p_positive: np.ndarray,
     threshold: float,
     classes: Sequence[str],
     labelled: bool = False,
-) -> list[PatientRow]:
-    """Group slices by patient (sorted ids), mean P(AD), decide. Files without a patient id
-    (``slice_index`` None and no patient from the name) form one group, ``UNNAMED_GROUP``."""
+) -> list[ScanRow]:
+    """Group slices by scan (sorted ids), mean P(AD), decide. Files without a scan id
+    (``slice_index`` None and no scan from the name) form one group, ``UNNAMED_GROUP``."""
     p_positive = np.asarray(p_positive, dtype=np.float64)
     if len(slices) != len(p_positive):
         raise InferenceError(f'{len(slices)} slices but {len(p_positive)} probabilities')
-    ids = [s.patient or UNNAMED_GROUP for s in slices]
+    ids = [s.scan or UNNAMED_GROUP for s in slices]
     pos = data.positive_index(classes)
     groups, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
     means = np.bincount(inverse, weights=p_positive, minlength=len(groups)) / counts
     label_of = {i: classes[s.label] for i, s in zip(ids, slices)} if labelled else {}
     negative = negative_name(classes)
     return [
-        PatientRow(
-            patient=str(g),
+        ScanRow(
+            scan=str(g),
             n_slices=int(n),
             p_positive=float(p),
             predicted=classes[pos] if p >= threshold else negative,

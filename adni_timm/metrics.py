@@ -1,9 +1,9 @@
-"""Binary AD-vs-rest metrics at slice and patient level; pure functions over numpy arrays.
+"""Binary AD-vs-rest metrics at slice and scan level; pure functions over numpy arrays.
 
 ``y_true`` is 1 for the positive class (AD) and 0 otherwise; ``p_pos`` is the
 predicted probability of AD. A sample is called positive when ``p_pos >= threshold``
 (the same rule as scikit-learn's ``roc_curve``, so thresholds taken from it are exact).
-A patient's probability is the mean over its slices.
+A scan's probability is the mean over its slices.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ __all__ = [
     'METRIC_KEYS',
     'CI_KEYS',
     'binary_metrics',
-    'patient_level',
-    'slice_and_patient_metrics',
+    'scan_level',
+    'slice_and_scan_metrics',
     'youden_threshold',
     'threshold_for_sensitivity',
     'bootstrap_ci',
     'clopper_pearson',
     'weighted_metrics',
-    'resample_patient_counts',
+    'resample_scan_counts',
     'reliability_curve',
     'expected_calibration_error',
     'calibration_report',
@@ -128,34 +128,34 @@ def binary_metrics(y_true, p_pos, threshold: float = 0.5) -> dict:
         }
 
 
-def patient_level(patients: Sequence, y_true, p_pos) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Aggregate slices to patients: ``(ids, y, mean p_pos)``, ids sorted.
+def scan_level(scans: Sequence, y_true, p_pos) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Aggregate slices to scans: ``(ids, y, mean p_pos)``, ids sorted.
 
-    Raises ``ValueError`` when a patient's slices carry
-    different labels (a patient is one diagnosis).
+    Raises ``ValueError`` when a scan's slices carry
+    different labels (a scan is one diagnosis).
     """
-    y, p = _as_arrays(y_true, p_pos, 'patient_level')
-    patients = np.asarray(patients)
-    if len(patients) != len(y):
-        raise ValueError(f'patient_level: {len(patients)} patient ids for {len(y)} slices.')
-    ids, inverse, counts = np.unique(patients, return_inverse=True, return_counts=True)
+    y, p = _as_arrays(y_true, p_pos, 'scan_level')
+    scans = np.asarray(scans)
+    if len(scans) != len(y):
+        raise ValueError(f'scan_level: {len(scans)} scan ids for {len(y)} slices.')
+    ids, inverse, counts = np.unique(scans, return_inverse=True, return_counts=True)
     n_pos = np.bincount(inverse, weights=y, minlength=len(ids))
     mixed = (n_pos > 0) & (n_pos < counts)
     if mixed.any():
         raise ValueError(
-            f'patient_level: patients {ids[mixed][:5].tolist()} have slices with different labels; '
-            f'each patient must sit in one class folder only.'
+            f'scan_level: scans {ids[mixed][:5].tolist()} have slices with different labels; '
+            f'each scan must sit in one class folder only.'
         )
     mean_p = np.bincount(inverse, weights=p, minlength=len(ids)) / counts
     return ids, (n_pos > 0).astype(np.int64), mean_p
 
 
-def slice_and_patient_metrics(patients: Sequence, y_true, p_pos, threshold: float = 0.5) -> dict:
-    """``{'slice': binary_metrics(...), 'patient': binary_metrics(...)}`` at the same threshold."""
-    _, y_pat, p_pat = patient_level(patients, y_true, p_pos)
+def slice_and_scan_metrics(scans: Sequence, y_true, p_pos, threshold: float = 0.5) -> dict:
+    """``{'slice': binary_metrics(...), 'scan': binary_metrics(...)}`` at the same threshold."""
+    _, y_pat, p_pat = scan_level(scans, y_true, p_pos)
     return {
         'slice': binary_metrics(y_true, p_pos, threshold),
-        'patient': binary_metrics(y_pat, p_pat, threshold),
+        'scan': binary_metrics(y_pat, p_pat, threshold),
     }
 
 
@@ -173,7 +173,7 @@ def youden_threshold(y_true, p_pos) -> float:
     Every threshold in the gap between the best observed score and the next lower one
     gives the same J on validation; we return the middle of that gap, not its edge, so
     that a well-separated validation set does not yield a brittle threshold like 0.99999.
-    Choose it on validation patients, never on the split you report.
+    Choose it on validation scans, never on the split you report.
     """
     y, p = _as_arrays(y_true, p_pos, 'youden_threshold')
     _require_both_classes(y, 'youden_threshold')
@@ -208,14 +208,14 @@ def threshold_for_sensitivity(y_true, p_pos, target: float) -> float:
     return float(thresholds[first])
 
 
-# ---- bootstrap over patients ---------------------------------------------------------------------
+# ---- bootstrap over scans ---------------------------------------------------------------------
 
 
 def weighted_metrics(y, p, threshold: float, weights) -> dict[str, np.ndarray]:
     """The ``CI_KEYS`` metrics for each row of sample ``weights`` ``(n_resamples, n_samples)``.
 
     A weight is how often a sample was drawn, so each row is one bootstrap resample (e.g. from
-    :func:`resample_patient_counts`); a row of ones gives the plain metrics (the AUC equals
+    :func:`resample_scan_counts`); a row of ones gives the plain metrics (the AUC equals
     ``roc_auc_score``). Vectorised over the rows; ``adni_timm.cv.compare`` scores two runs on the
     same resamples with it.
     """
@@ -247,8 +247,8 @@ def weighted_metrics(y, p, threshold: float, weights) -> dict[str, np.ndarray]:
     return out
 
 
-def resample_patient_counts(rng: np.random.Generator, y_pat, n_boot: int) -> np.ndarray:
-    """``(n_boot, n_patients)`` draw counts, patients resampled with replacement within class."""
+def resample_scan_counts(rng: np.random.Generator, y_pat, n_boot: int) -> np.ndarray:
+    """``(n_boot, n_scans)`` draw counts, scans resampled with replacement within class."""
     y_pat = np.asarray(y_pat)
     counts = np.zeros((n_boot, len(y_pat)))
     for cls in np.unique(y_pat):
@@ -268,7 +268,7 @@ def _percentile_ci(values: np.ndarray, level: float) -> list[float] | None:
 
 
 def bootstrap_ci(
-    patients: Sequence,
+    scans: Sequence,
     y_true,
     p_pos,
     threshold: float,
@@ -277,16 +277,16 @@ def bootstrap_ci(
     level: float = 0.95,
     chunk: int = 200,
 ) -> dict[str, dict[str, list[float] | None]]:
-    """Percentile bootstrap CIs of the slice- and patient-level metrics, resampling PATIENTS.
+    """Percentile bootstrap CIs of the slice- and scan-level metrics, resampling SCANS.
 
-    Each resample draws patients with replacement within each class (the test set is a fixed number
-    of AD and NC patients) and keeps all slices of a drawn patient, so slices of one patient are
+    Each resample draws scans with replacement within each class (the test set is a fixed number
+    of AD and NC scans) and keeps all slices of a drawn scan, so slices of one scan are
     never treated as independent. The threshold is held fixed. Returns ``{'slice': {key: [lo, hi]},
-    'patient': ...}`` for ``CI_KEYS`` (``None`` where a metric is undefined in every resample).
+    'scan': ...}`` for ``CI_KEYS`` (``None`` where a metric is undefined in every resample).
 
-    When every resample gives the same value (32 of 32 patients right: the bootstrap says
+    When every resample gives the same value (32 of 32 scans right: the bootstrap says
     ``[1, 1]``), a proportion (accuracy, sensitivity, specificity, precision) gets the exact
-    Clopper-Pearson interval instead, counted in patients at both levels (slices of one patient
+    Clopper-Pearson interval instead, counted in scans at both levels (slices of one scan
     are not independent): 32/32 -> [0.891, 1].
     """
     if n_boot < 1:
@@ -294,15 +294,15 @@ def bootstrap_ci(
     if not 0 < level < 1:
         raise ValueError(f'bootstrap_ci: level must be in (0, 1), got {level}.')
     y, p = _as_arrays(y_true, p_pos, 'bootstrap_ci')
-    ids, y_pat, p_pat = patient_level(patients, y, p)
-    slice_to_patient = np.searchsorted(ids, np.asarray(patients))
+    ids, y_pat, p_pat = scan_level(scans, y, p)
+    slice_to_scan = np.searchsorted(ids, np.asarray(scans))
     rng = np.random.default_rng(seed)
-    draws = {'slice': {k: [] for k in CI_KEYS}, 'patient': {k: [] for k in CI_KEYS}}
+    draws = {'slice': {k: [] for k in CI_KEYS}, 'scan': {k: [] for k in CI_KEYS}}
     for start in range(0, n_boot, chunk):  # chunks bound memory: (chunk, n_slices) weights
-        counts = resample_patient_counts(rng, y_pat, min(chunk, n_boot - start))
+        counts = resample_scan_counts(rng, y_pat, min(chunk, n_boot - start))
         for level_name, values in (
-            ('patient', weighted_metrics(y_pat, p_pat, threshold, counts)),
-            ('slice', weighted_metrics(y, p, threshold, counts[:, slice_to_patient])),
+            ('scan', weighted_metrics(y_pat, p_pat, threshold, counts)),
+            ('slice', weighted_metrics(y, p, threshold, counts[:, slice_to_scan])),
         ):
             for k, v in values.items():
                 draws[level_name][k].append(v)
@@ -311,18 +311,18 @@ def bootstrap_ci(
         for lvl, per_key in draws.items()
     }
     point = {
-        'patient': binary_metrics_quiet(y_pat, p_pat, threshold),
+        'scan': binary_metrics_quiet(y_pat, p_pat, threshold),
         'slice': binary_metrics_quiet(y, p, threshold),
     }
     pred_pat = p_pat >= threshold
-    patients_behind = {  # the patients each proportion is counted over
+    scans_behind = {  # the scans each proportion is counted over
         'accuracy': len(y_pat),
         'sensitivity': int((y_pat == 1).sum()),
         'specificity': int((y_pat == 0).sum()),
         'precision': int(pred_pat.sum()),
     }
     for lvl in cis:
-        for key, n in patients_behind.items():
+        for key, n in scans_behind.items():
             ci, value = cis[lvl].get(key), point[lvl].get(key)
             if ci is not None and value is not None and n > 0 and ci[0] == ci[1]:
                 cis[lvl][key] = clopper_pearson(value * n, n, level)
@@ -385,12 +385,12 @@ def expected_calibration_error(y_true, p_pos, n_bins: int = 15) -> float:
     return float(np.sum(count * np.abs(mean_p - observed)) / np.sum(count))
 
 
-def calibration_report(patients: Sequence, y_true, p_pos, n_bins: int = 15) -> dict[str, float]:
-    """``{'ece_slice', 'ece_patient'}``; a patient's probability is the mean over its slices."""
-    _, y_pat, p_pat = patient_level(patients, y_true, p_pos)
+def calibration_report(scans: Sequence, y_true, p_pos, n_bins: int = 15) -> dict[str, float]:
+    """``{'ece_slice', 'ece_scan'}``; a scan's probability is the mean over its slices."""
+    _, y_pat, p_pat = scan_level(scans, y_true, p_pos)
     return {
         'ece_slice': expected_calibration_error(y_true, p_pos, n_bins),
-        'ece_patient': expected_calibration_error(y_pat, p_pat, n_bins),
+        'ece_scan': expected_calibration_error(y_pat, p_pat, n_bins),
     }
 
 
@@ -488,7 +488,7 @@ def apply_temperature(probs, temperature: float) -> np.ndarray:
 def operating_point(
     probs,
     labels,
-    patients: Sequence,
+    scans: Sequence,
     positive: int,
     target_sensitivity: float | None = None,
     temperature: float | None = None,
@@ -499,7 +499,7 @@ def operating_point(
     ``probs`` ``[N, C]`` softmax outputs, ``labels`` class indices, ``positive`` the index of AD.
     The temperature is fitted on the slices (``temperature`` given: used as it is); when the fit has
     no finite optimum (perfectly separated validation data) the probabilities stay uncalibrated (T =
-    1), rather than being pushed to 0 / 1. The threshold is chosen on the calibrated patient
+    1), rather than being pushed to 0 / 1. The threshold is chosen on the calibrated scan
     probabilities: Youden's J, or the highest reaching ``target_sensitivity``; 0.5 when the set
     holds one class only. Returns ``{'temperature', 'threshold', 'threshold_rule', 'p_pos'}``
     (``p_pos``: calibrated P(AD)).
@@ -515,7 +515,7 @@ def operating_point(
             temperature = 1.0
     p_pos = apply_temperature(probs, temperature)[:, positive]
     y = (labels == positive).astype(np.int64)
-    _, y_pat, p_pat = patient_level(patients, y, p_pos)
+    _, y_pat, p_pat = scan_level(scans, y, p_pos)
     if len(np.unique(y_pat)) < 2:
         threshold, rule = 0.5, 'fixed (one class only)'
     elif target_sensitivity is not None:

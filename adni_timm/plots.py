@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import textwrap
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ SYNTHETIC_TAG = 'SYNTHETIC data (not MRI)'
 class FigureContext:
     """What a figure says about where it came from: the model, the split, and SYNTHETIC.
 
-    Each plot adds its own ``n`` (patients or slices of that figure) to ``line``.
+    Each plot adds its own ``n`` (scans or slices of that figure) to ``line``.
     """
 
     model: str
@@ -92,8 +93,8 @@ def _series(history: list[dict], key: str) -> tuple[list, list]:
 # EMA keys are the same with an 'ema_' prefix: same colour, dashed
 _CURVE_PANELS = (
     ('loss', (('train_loss', 'train'), ('val_loss', 'validation')), None),
-    ('patient-level AUC (validation)', (('val_patient_auc', 'AUC'),), (0, 1.02)),
-    ('patient-level accuracy (validation)', (('val_patient_accuracy', 'accuracy'),), (0, 1.02)),
+    ('scan-level AUC (validation)', (('val_scan_auc', 'AUC'),), (0, 1.02)),
+    ('scan-level accuracy (validation)', (('val_scan_accuracy', 'accuracy'),), (0, 1.02)),
     ('learning rate', (('lr', 'lr'),), None),
 )
 
@@ -108,9 +109,9 @@ def plot_curves(
     """Did it learn, did it overfit, which epoch was
     kept? Four panels from ``RUN/metrics.jsonl`` rows.
 
-    Loss (train vs validation), patient-level AUC and accuracy, learning rate; live weights solid
+    Loss (train vs validation), scan-level AUC and accuracy, learning rate; live weights solid
     and EMA dashed in the same colour; a vertical line at ``best_epoch`` (the kept weights).
-    Patient-level only: the slice-level numbers are in metrics.jsonl and add little beside them.
+    Scan-level only: the slice-level numbers are in metrics.jsonl and add little beside them.
     Null values (e.g. an undefined AUC) are skipped; a panel without any value is left out.
     ``context`` titles the figure (n: the validation slices of the last row, when recorded).
     """
@@ -176,7 +177,7 @@ def plot_confusion_matrix(
 ) -> Path:
     """Confusion matrix (rows = true class, columns = predicted) with counts and row percentages.
 
-    The title ends with the context line and ``n`` = the matrix total (``unit``: e.g. 'patients').
+    The title ends with the context line and ``n`` = the matrix total (``unit``: e.g. 'scans').
     """
     cm = np.asarray(cm)
     fig, ax = plt.subplots(figsize=(3.8, 3.4))
@@ -227,21 +228,21 @@ __all__.append('plot_reliability')
 def plot_reliability(
     y_true_slice,
     p_slice,
-    y_true_patient,
-    p_patient,
+    y_true_scan,
+    p_scan,
     path: str | os.PathLike,
     title: str | None = None,
     p_slice_calibrated=None,
-    p_patient_calibrated=None,
+    p_scan_calibrated=None,
     n_bins: int = 15,
     context: FigureContext | None = None,
 ) -> Path:
-    """Reliability diagrams of P(AD), slices and patients side by side, with the ECE in the legend.
+    """Reliability diagrams of P(AD), slices and scans side by side, with the ECE in the legend.
 
     Each marker is one non-empty equal-width bin: mean predicted P(AD) against the observed
     fraction of AD (``adni_timm.metrics.reliability_curve``), its count written beside it; a
     calibrated model lies on the diagonal, drawn dotted over the curves so that two filled bins
-    cannot hide it. Give ``p_slice_calibrated`` / ``p_patient_calibrated`` (e.g. after temperature
+    cannot hide it. Give ``p_slice_calibrated`` / ``p_scan_calibrated`` (e.g. after temperature
     scaling) to draw them over the uncalibrated curves, labelled 'calibrated'.
     """
     from .metrics import expected_calibration_error, reliability_curve
@@ -249,7 +250,7 @@ def plot_reliability(
     panels = []  # curves first, so bad input raises before a figure is opened
     for name, y, p, p_calibrated in (
         ('slices', y_true_slice, p_slice, p_slice_calibrated),
-        ('patients', y_true_patient, p_patient, p_patient_calibrated),
+        ('scans', y_true_scan, p_scan, p_scan_calibrated),
     ):
         probs = [('model' if p_calibrated is None else 'uncalibrated', p)]
         if p_calibrated is not None:
@@ -342,10 +343,10 @@ def plot_cam_montage(
     colorbar_label: str = "Grad-CAM (each slice's max = 1)",
     context: FigureContext | None = None,
 ) -> Path:
-    """One patient's slices in a grid, each with its Grad-CAM map overlaid on one colour scale.
+    """One scan's slices in a grid, each with its Grad-CAM map overlaid on one colour scale.
 
     ``images`` and ``maps`` are ``[S, H, W]`` (slices in order); ``tile_titles`` one per slice
-    (e.g. slice index and P(AD)); ``title`` the patient line (mean P(AD), decision, outcome),
+    (e.g. slice index and P(AD)); ``title`` the scan line (mean P(AD), decision, outcome),
     wrapped to the figure's width over the ``context`` line. The colour scale runs from 0 to
     ``vmax`` (default 1: maps already normalised) for every tile, with ``colorbar_label``.
     ``path=None`` returns the figure as a PIL image instead of writing it.
@@ -380,7 +381,7 @@ def plot_cam_montage(
     if shown is not None:
         fig.colorbar(shown, ax=axes, shrink=0.7, label=colorbar_label)
     if title or context is not None:
-        # ~ 11 characters per inch at 10 pt: a long patient line wraps instead of being cut off
+        # ~ 11 characters per inch at 10 pt: a long scan line wraps instead of being cut off
         n = f'n={len(images)} slices'
         fig.suptitle(_title(title, context, n, max(30, int(width * 11))), fontsize=10)
     return _save(fig, path)
@@ -443,4 +444,147 @@ def plot_population_maps(
     n = f'n={total} slices' if total else None
     if title or context is not None:
         fig.suptitle(_title(title, context, n, int(3.3 * (len(names) + diff) * 11)), fontsize=10)
+    return _save(fig, path)
+
+
+__all__ += ['plot_scan_probabilities', 'plot_cv_folds', 'plot_cv_comparison']
+
+
+def plot_scan_probabilities(
+    y_true,
+    p_pos,
+    labels: Sequence[str],
+    path: str | os.PathLike,
+    *,
+    threshold: float,
+    title: str | None = None,
+    context: FigureContext | None = None,
+    unit: str = 'scans',
+) -> Path:
+    """P(positive) of every scan as a dot, one column per true class (``labels`` = [negative,
+    positive]), the operating threshold as a line: where the errors sit and how close the calls are.
+    Wrong calls are drawn as crosses."""
+    y, p = np.asarray(y_true).astype(int), np.asarray(p_pos, dtype=np.float64)
+    if y.shape != p.shape:
+        raise ValueError(f'plot_scan_probabilities: {y.shape} labels for {p.shape} probabilities')
+    rng = np.random.default_rng(0)  # the jitter only spreads the dots; the same figure each time
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    for k, (name, colour) in enumerate(zip(labels, ('tab:blue', 'tab:red'))):
+        mine = p[y == k]
+        x = k + rng.uniform(-0.18, 0.18, len(mine))
+        right = (mine >= threshold) == bool(k)
+        ax.scatter(x[right], mine[right], s=14, color=colour, alpha=0.7, label=f'true {name}')
+        if (~right).any():
+            ax.scatter(x[~right], mine[~right], s=22, color=colour, marker='x', alpha=0.9)
+    ax.axhline(
+        threshold, color='0.3', linestyle='--', linewidth=1, label=f'threshold {threshold:.3g}'
+    )
+    ax.set_xticks(
+        [0, 1], [f'{labels[0]}\n({int((y == 0).sum())})', f'{labels[1]}\n({int((y == 1).sum())})']
+    )
+    ax.set_xlim(-0.5, 1.5)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel(f'mean P({labels[1]}) of the {unit[:-1] if unit.endswith("s") else unit}')
+    ax.set_xlabel('true class (x: wrong call)')
+    ax.legend(loc='upper left', fontsize=7)
+    n = f'n={len(y)} {unit}'
+    ax.set_title(_title(title, context, n, 44), fontsize=9)
+    return _save(fig, path)
+
+
+def plot_cv_folds(
+    folds: Sequence[Mapping],
+    y_true,
+    p_pos,
+    path: str | os.PathLike,
+    *,
+    title: str | None = None,
+    context: FigureContext | None = None,
+    unit: str = 'scans',
+) -> Path:
+    """Cross-validation at a glance: per-fold AUC and accuracy with their CIs (``folds``: one
+    ``{'auc', 'auc_ci', 'accuracy', 'accuracy_ci'}`` each) beside the pooled out-of-fold ROC of
+    ``y_true`` / ``p_pos``."""
+    y, p = np.asarray(y_true), np.asarray(p_pos)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8.2, 3.8), layout='constrained')
+    xs = np.arange(len(folds))
+    for key, offset, colour in (('auc', -0.12, 'tab:purple'), ('accuracy', 0.12, 'tab:green')):
+        values = np.array([f.get(key) if f.get(key) is not None else np.nan for f in folds], float)
+        cis = [f.get(f'{key}_ci') or [np.nan, np.nan] for f in folds]
+        lo = values - np.array([c[0] for c in cis], float)
+        hi = np.array([c[1] for c in cis], float) - values
+        left.errorbar(
+            xs + offset,
+            values,
+            yerr=[np.nan_to_num(lo), np.nan_to_num(hi)],
+            fmt='o',
+            color=colour,
+            capsize=3,
+            label=key,
+        )
+        if np.isfinite(values).any():
+            left.axhline(np.nanmean(values), color=colour, linewidth=0.8, linestyle=':')
+    left.set_xticks(xs, [f'fold {k}' for k in xs])
+    left.set_ylim(0, 1.02)
+    left.set_ylabel(f'{unit[:-1] if unit.endswith("s") else unit}-level metric (95% CI)')
+    left.legend(loc='lower left', fontsize=8)
+    left.set_title('per fold (dotted: mean)', fontsize=9)
+    if len(np.unique(y)) == 2:
+        RocCurveDisplay.from_predictions(y, p, ax=right, name='out of fold', plot_chance_level=True)
+        right.set_xlabel('1 - specificity')
+        right.set_ylabel('sensitivity')
+        right.legend(loc='lower right', fontsize=8)
+    else:
+        right.text(0.5, 0.5, 'one class only: no ROC', ha='center', va='center')
+    right.set_title('pooled out-of-fold ROC', fontsize=9)
+    n = f'n={len(y)} {unit}, {len(folds)} folds'
+    fig.suptitle(_title(title, context, n, 90), fontsize=10)
+    return _save(fig, path)
+
+
+def plot_cv_comparison(
+    comparison: Mapping,
+    path: str | os.PathLike,
+    *,
+    title: str | None = None,
+    context: FigureContext | None = None,
+) -> Path:
+    """``cv compare``'s answer as a forest plot: per fold the difference B - A (dots) and the
+    pooled paired-bootstrap difference with its CI (a bar), for AUC and accuracy; 0 = no
+    difference, so a CI that crosses the line cannot tell the runs apart."""
+    paired = comparison['paired']
+    fig, axes = plt.subplots(1, 2, figsize=(8.2, 3.4), layout='constrained', sharey=True)
+    folds = comparison.get('per_fold') or []
+    for ax, key in zip(axes, ('auc', 'accuracy')):
+        rows = []
+        for entry in folds:
+            level = entry.get('scan') or entry.get('patient') or {}
+            diff = (level.get(key) or {}).get('difference')
+            rows.append((f'fold {entry["fold"]}', diff))
+        ys = np.arange(len(rows) + 1)[::-1]
+        for y_pos, (name, diff) in zip(ys[:-1] if rows else [], rows):
+            if diff is not None:
+                ax.plot([diff], [y_pos], 'o', color='0.4')
+        pooled = paired[key]
+        lo, hi = pooled['ci']
+        ax.errorbar(
+            [pooled['difference']],
+            [ys[-1]],
+            xerr=[[pooled['difference'] - lo], [hi - pooled['difference']]],
+            fmt='s',
+            color='tab:red',
+            capsize=4,
+        )
+        ax.axvline(0, color='0.3', linestyle='--', linewidth=1)
+        ax.set_yticks(ys, [name for name, _ in rows] + ['pooled (paired bootstrap)'])
+        ax.set_xlabel(f'{key}: B - A')
+        ax.set_title(
+            f'{key} {pooled["a"]:.3f} (A) vs {pooled["b"]:.3f} (B), CI [{lo:+.3f}, {hi:+.3f}]',
+            fontsize=8,
+        )
+    count = paired.get('n_scans', paired.get('n_patients', '?'))  # older runs named scans patients
+    n = f'A = {comparison["run_a"]}, B = {comparison["run_b"]}, n={count} scans'
+    if not comparison.get('valid', True):
+        n += ' | INVALID: different folds'
+    fig.suptitle(_title(title, context, n, 100), fontsize=10)
     return _save(fig, path)

@@ -37,6 +37,7 @@ from .config import TrainConfig, config_to_dict, make_config
 from .data.note import DataNote
 from .export.format import WEIGHTS_NAME, is_export, read_export_settings
 from .utils.files import read_json, read_yaml, sha256_file, write_json, write_yaml
+from .utils.legacy import scan_column, upgrade
 
 __all__ = [
     'RESUME_OVERRIDABLE',
@@ -270,11 +271,13 @@ class EvalFolder:
 
     METRICS = 'metrics.json'
     PREDICTIONS = 'predictions.csv'
-    PATIENTS = 'patients.csv'
-    CONFUSION = 'confusion_matrix.png'  # patients
+    SCANS = 'scans.csv'
+    OLD_SCANS = 'patients.csv'  # its name before a scan was called a scan
+    CONFUSION = 'confusion_matrix.png'  # scans
     CONFUSION_SLICES = 'confusion_matrix_slices.png'
     ROC = 'roc.png'
     RELIABILITY = 'reliability.png'
+    SCAN_PROBABILITIES = 'scan_probabilities.png'  # P(AD) per scan by true class, the threshold
     CAM = 'cam'
     POPULATION_MAPS = 'population_maps.png'
     POPULATION_ARRAYS = 'population_maps.npz'
@@ -284,19 +287,21 @@ class EvalFolder:
 
     metrics_file = property(lambda self: self.path / self.METRICS)
     predictions_file = property(lambda self: self.path / self.PREDICTIONS)
-    patients_file = property(lambda self: self.path / self.PATIENTS)
+    scans_file = property(lambda self: self.path / self.SCANS)
     cam_dir = property(lambda self: self.path / self.CAM)
     population_maps = property(lambda self: self.path / self.CAM / self.POPULATION_MAPS)
 
     def figure(self, name: str) -> Path:
         return self.path / name
 
-    def evaluated_patients(self) -> set[str] | None:
-        """The patient ids of ``patients.csv``; None when it is missing."""
-        if not self.patients_file.is_file():
+    def evaluated_scans(self) -> set[str] | None:
+        """The scan ids of ``scans.csv`` (``patients.csv`` in folders written before); None
+        when it is missing."""
+        path = next((p for p in (self.scans_file, self.path / self.OLD_SCANS) if p.is_file()), None)
+        if path is None:
             return None
-        with self.patients_file.open(encoding='utf-8') as f:
-            return {row['patient'] for row in csv.DictReader(f)}
+        with path.open(encoding='utf-8') as f:
+            return {scan_column(row) for row in csv.DictReader(f)}
 
 
 class Run:
@@ -313,6 +318,7 @@ class Run:
     FOLDS = 'folds.json'
     CV = 'cv.json'
     OOF = 'oof_predictions.csv'
+    CV_FIGURE = 'cv.png'  # per-fold metrics with CIs and the pooled out-of-fold ROC
     REFIT = 'refit'
     FINAL = 'final'
     EVAL = 'eval'
@@ -348,6 +354,7 @@ class Run:
     logs_dir = property(lambda self: self.path / self.LOGS)
     folds_file = property(lambda self: self.path / self.FOLDS)
     cv_file = property(lambda self: self.path / self.CV)
+    cv_figure_file = property(lambda self: self.path / self.CV_FIGURE)
     oof_file = property(lambda self: self.path / self.OOF)
     final_dir = property(lambda self: self.path / self.FINAL)
     hub_dir = property(lambda self: self.path / self.HUB)
@@ -420,28 +427,28 @@ class Run:
     def read_split(self) -> dict[str, Any]:
         if not self.split_file.is_file():
             raise RunError(f'{self.split_file} not found: {self.path} is not a finished run folder')
-        return read_json(self.split_file)
+        return upgrade(read_json(self.split_file))
 
     def write_split(self, split: dict[str, Any]) -> None:
         write_json(self.split_file, split)
 
     def read_folds(self) -> dict[str, Any]:
-        return read_json(self.folds_file)
+        return upgrade(read_json(self.folds_file))
 
     def write_folds(self, folds: list[list[str]], seed: int) -> None:
         write_json(self.folds_file, {'k': len(folds), 'seed': seed, 'folds': folds})
 
     def read_cv(self) -> dict[str, Any]:
-        return read_json(self.cv_file)
+        return upgrade(read_json(self.cv_file))
 
     def write_cv(self, result: dict[str, Any]) -> None:
         write_json(self.cv_file, result)
 
-    def seen_patients(self) -> set[str] | None:
-        """Every patient whose slices trained or selected these weights; None when unknown.
+    def seen_scans(self) -> set[str] | None:
+        """Every scan whose slices trained or selected these weights; None when unknown.
 
-        An ordinary run: its split's train and val. A cross-validation run: every fold's patients
-        (the refit trains on all of them). Slice-level splits name files: the patient is parsed.
+        An ordinary run: its split's train and val. A cross-validation run: every fold's scans
+        (the refit trains on all of them). Slice-level splits name files: the scan is parsed.
         """
         if self.folds_file.is_file():
             return {p for fold in self.read_folds()['folds'] for p in fold}
@@ -482,7 +489,7 @@ class EvalCheck:
     """What a card or the demo may say about an evaluation of an export."""
 
     problems: list[str] = field(default_factory=list)
-    # True only when the evaluated patients are known to share none with the weights' training
+    # True only when the evaluated scans are known to share none with the weights' training
     disjoint: bool | None = None
 
 
@@ -493,8 +500,8 @@ def check_eval_belongs(
 
     A problem is any difference from what the export ships: other weights (fingerprint), another
     epoch, another split than test, or another operating point (threshold, temperature), TTA or
-    precision than the stored ones. ``disjoint`` compares the evaluated patients with
-    every patient the run trained or selected on.
+    precision than the stored ones. ``disjoint`` compares the evaluated scans with
+    every scan the run trained or selected on.
     """
     settings = read_export_settings(export_dir)
     problems = []
@@ -533,11 +540,11 @@ def check_eval_belongs(
     used = plain_precision(metrics.get('precision'))
     if stored != used:
         problems.append(f'it ran in {used} precision, the model was trained in {stored}')
-    seen = run.seen_patients() if run is not None else None
-    evaluated_patients = folder.evaluated_patients()
+    seen = run.seen_scans() if run is not None else None
+    evaluated_scans = folder.evaluated_scans()
     disjoint = None
-    if seen is not None and evaluated_patients is not None:
-        disjoint = not (evaluated_patients & seen)
+    if seen is not None and evaluated_scans is not None:
+        disjoint = not (evaluated_scans & seen)
     return EvalCheck(problems=problems, disjoint=disjoint)
 
 

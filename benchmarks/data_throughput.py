@@ -6,10 +6,10 @@ generator speed, loader throughput, task difficulty.
 1. generator: slices/s on one core (render + JPEG write);
 2. loader: img/s of one loader worker (num_workers=0: decode + timm train transform + collate) at
    224 and 64 px, reading JPEGs from disk vs from the SliceCache, plus the preload time;
-3. difficulty: logistic regression on 32x32 downsampled pixels (scikit-learn), patient-level test
-   accuracy (mean probability over a patient's slices), for the 'default' difficulty
-   (100 train / 50 test patients per class) and for the demo set of ``train.py --demo``; and the
-   ceiling: the accuracy of thresholding each patient's true atrophy severity.
+3. difficulty: logistic regression on 32x32 downsampled pixels (scikit-learn), scan-level test
+   accuracy (mean probability over a scan's slices), for the 'default' difficulty
+   (100 train / 50 test scans per class) and for the demo set of ``train.py --demo``; and the
+   ceiling: the accuracy of thresholding each scan's true atrophy severity.
 Prints a Markdown table (docs/DATA.md quotes it).
 """
 
@@ -37,10 +37,10 @@ from adni_timm import data
 from adni_timm.synthetic import slices as synthetic
 
 
-def generator_speed(out: Path, patients: int) -> float:
+def generator_speed(out: Path, scans: int) -> float:
     start = time.perf_counter()
-    synthetic.generate(out, patients, 0, slices=20, seed=0)
-    return 2 * patients * 20 / (time.perf_counter() - start)
+    synthetic.generate(out, scans, 0, slices=20, seed=0)
+    return 2 * scans * 20 / (time.perf_counter() - start)
 
 
 def loader_speed(slices, img_size: int, cache, augment: dict, batch_size: int = 32) -> float:
@@ -70,25 +70,25 @@ def downsampled(slices, size: int = 32) -> np.ndarray:
     )
 
 
-def patient_accuracy(slices, probs) -> float:
-    per_patient = defaultdict(list)
+def scan_accuracy(slices, probs) -> float:
+    per_scan = defaultdict(list)
     for s, p in zip(slices, probs):
-        per_patient[(s.patient, s.label)].append(p)
-    return float(np.mean([(np.mean(p) > 0.5) == label for (_, label), p in per_patient.items()]))
+        per_scan[(s.scan, s.label)].append(p)
+    return float(np.mean([(np.mean(p) > 0.5) == label for (_, label), p in per_scan.items()]))
 
 
 def baseline(root: Path) -> tuple[float, float]:
-    """(slice accuracy, patient accuracy) of logistic regression on 32x32 pixels, train -> test."""
+    """(slice accuracy, scan accuracy) of logistic regression on 32x32 pixels, train -> test."""
     train, test = data.scan_split(root, 'train'), data.scan_split(root, 'test')
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=3000))
     clf.fit(downsampled(train), [s.label for s in train])
     probs = clf.predict_proba(downsampled(test))[:, 1]
     slice_acc = float(np.mean((probs > 0.5) == np.array([s.label for s in test])))
-    return slice_acc, patient_accuracy(test, probs)
+    return slice_acc, scan_accuracy(test, probs)
 
 
 def severity_ceiling(difficulty: str, n: int = 200_000) -> float:
-    """Best patient-level accuracy possible: thresholding each patient's true atrophy severity."""
+    """Best scan-level accuracy possible: thresholding each scan's true atrophy severity."""
     rng = np.random.default_rng(0)
     (m0, s0), (m1, s1) = (synthetic.DIFFICULTIES[difficulty].severity[c] for c in ('NC', 'AD'))
     nc, ad = np.clip(rng.normal(m0, s0, n), 0, 1), np.clip(rng.normal(m1, s1, n), 0, 1)
@@ -150,28 +150,28 @@ def main(argv=None) -> None:
         default_set = synthetic.generate(
             work / f'default-seed{seed}', n_train, n_test, slices=20, seed=seed
         )
-        slice_acc, patient_acc = baseline(default_set)
+        slice_acc, scan_acc = baseline(default_set)
         rows.append(
             (
                 f'logreg 32x32, default difficulty, '
-                f'{n_train}/{n_test} patients per class, seed {seed}',
-                f'slice {slice_acc:.1%}, patient {patient_acc:.1%}',
+                f'{n_train}/{n_test} scans per class, seed {seed}',
+                f'slice {slice_acc:.1%}, scan {scan_acc:.1%}',
             )
         )
     for difficulty in synthetic.DIFFICULTIES:
         rows.append(
             (
                 f'ceiling, {difficulty} difficulty (threshold on true severity)',
-                f'patient {severity_ceiling(difficulty):.1%}',
+                f'scan {severity_ceiling(difficulty):.1%}',
             )
         )
     p = synthetic.DEMO_PARAMS
-    slice_acc, patient_acc = baseline(synthetic.demo_dataset(cache_root=work / 'cache'))
+    slice_acc, scan_acc = baseline(synthetic.demo_dataset(cache_root=work / 'cache'))
     rows.append(
         (
             f'logreg 32x32, demo set ({p["train_patients"]}/{p["test_patients"]} '
-            f'patients per class, {p["slices"]} slices)',
-            f'slice {slice_acc:.1%}, patient {patient_acc:.1%}',
+            f'scans per class, {p["slices"]} slices)',
+            f'slice {slice_acc:.1%}, scan {scan_acc:.1%}',
         )
     )
 

@@ -82,7 +82,7 @@ def run_torch(work: Path, paths: list[str], batch_size: int, threads: int):
     from adni_timm.inference import load_model, predict_slices
 
     model = load_model(work / 'run').net
-    slices = [data.Slice(path=p, patient='x', label=0, slice_index=None) for p in paths]
+    slices = [data.Slice(path=p, scan='x', label=0, slice_index=None) for p in paths]
 
     def predict(chunk):
         probs = predict_slices(model, chunk, batch_size=batch_size, num_workers=0)

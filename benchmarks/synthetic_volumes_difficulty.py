@@ -33,10 +33,8 @@ def features(out: Path) -> tuple[np.ndarray, np.ndarray]:
     x, y = [], []
     for label, name in enumerate(('NC', 'AD')):
         folder = out / 'train' / name
-        for patient in sorted({p.stem.rsplit('_', 1)[0] for p in folder.glob('*.png')}):
-            files = sorted(
-                folder.glob(f'{patient}_*.png'), key=lambda p: int(p.stem.split('_')[-1])
-            )
+        for scan in sorted({p.stem.rsplit('_', 1)[0] for p in folder.glob('*.png')}):
+            files = sorted(folder.glob(f'{scan}_*.png'), key=lambda p: int(p.stem.split('_')[-1]))
             x.append(
                 np.concatenate(
                     [
@@ -85,7 +83,7 @@ def main(argv=None) -> int:
                 accuracies.append(
                     (model.fit(x[train], y[train]).predict(x[test]) == y[test]).mean()
                 )
-        print(f'C {c}: patient-level CV accuracy {np.mean(accuracies):.3f} ({len(y)} subjects)')
+        print(f'C {c}: scan-level CV accuracy {np.mean(accuracies):.3f} ({len(y)} subjects)')
     return 0
 
 

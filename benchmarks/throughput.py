@@ -39,8 +39,8 @@ from adni_timm.run import RunRecord  # noqa: E402
 from adni_timm.train.loop import create_model, make_accelerator, train  # noqa: E402
 
 # fmt: off
-# ADNI AD_NC: 10,400 + 11,120 train slices (520 + 556 patients), 4,460 + 4,540 test slices,
-# 20 per patient
+# ADNI AD_NC: 10,400 + 11,120 train slices (520 + 556 scans), 4,460 + 4,540 test slices,
+# 20 per scan
 FULL = dict(train_patients=538, test_patients=225, slices=20, img_size=224, batch_size=128,
             workers=(16, 4), model_steps=30, ref_steps=40, epochs=2, inference_repeats=3)
 QUICK = dict(train_patients=6, test_patients=3, slices=8, img_size=64, batch_size=16,

@@ -16,19 +16,19 @@ from PIL import Image  # noqa: E402
 from adni_timm.data import scan_split  # noqa: E402
 from adni_timm.synthetic.slices import generate  # noqa: E402
 
-PATIENTS = 3  # per class and row
+SCANS = 3  # per class and row
 
 
 def _rows(tmp: Path):
     """(row title, slice paths) per row: NC and AD at 'default' and at 'demo' difficulty."""
     for difficulty in ('default', 'demo'):
-        root = generate(tmp / difficulty, PATIENTS, 0, slices=20, seed=0, difficulty=difficulty)
+        root = generate(tmp / difficulty, SCANS, 0, slices=20, seed=0, difficulty=difficulty)
         slices = scan_split(root, 'train')
         for label, name in ((0, 'NC'), (1, 'AD')):
-            patients = sorted({s.patient for s in slices if s.label == label})[:PATIENTS]
-            by_patient = [[s for s in slices if s.patient == p] for p in patients]
+            scans = sorted({s.scan for s in slices if s.label == label})[:SCANS]
+            by_scan = [[s for s in slices if s.scan == p] for p in scans]
             # + a lower slice
-            paths = [own[len(own) // 2].path for own in by_patient] + [by_patient[0][2].path]
+            paths = [own[len(own) // 2].path for own in by_scan] + [by_scan[0][2].path]
             yield f'{name}, {difficulty}', paths
 
 
@@ -41,7 +41,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows = list(_rows(Path(tmp)))
         fig, axes = plt.subplots(
-            len(rows), PATIENTS + 1, figsize=(1.9 * (PATIENTS + 1), 1.95 * len(rows) + 0.5), dpi=72
+            len(rows), SCANS + 1, figsize=(1.9 * (SCANS + 1), 1.95 * len(rows) + 0.5), dpi=72
         )
         for ax_row, (title, paths) in zip(axes, rows):
             for ax, path in zip(ax_row, paths):

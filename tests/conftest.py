@@ -27,7 +27,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope='session')
 def tiny_data(tmp_path_factory):
-    """SYNTHETIC: 6 train + 3 test patients per class,
+    """SYNTHETIC: 6 train + 3 test scans per class,
     4 slices each (read-only: copy it to change it).
     """
     from adni_timm.synthetic.slices import generate

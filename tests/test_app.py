@@ -156,10 +156,8 @@ def expected_p_ad(demo_files, app_process):
 
     export, slice_path, _ = demo_files
     loaded = load_model(export)
-    patient, index = data.parse_file_name(slice_path)
-    probs = predict_slices(
-        loaded.net, [data.Slice(str(slice_path), patient, -1, index)], batch_size=1
-    )
+    scan, index = data.parse_file_name(slice_path)
+    probs = predict_slices(loaded.net, [data.Slice(str(slice_path), scan, -1, index)], batch_size=1)
     assert loaded.point.temperature == pytest.approx(TEMPERATURE)
     calibrated = metrics.apply_temperature(probs, loaded.point.temperature)
     return float(calibrated[0, data.positive_index(loaded.classes)])
@@ -253,12 +251,12 @@ def test_served_app_gives_evaluate_probability_and_refuses_bad_input(
     (row,) = result['slices']
     assert row['file'] == slice_path.name
     assert row['p_AD'] == pytest.approx(expected_p_ad, abs=1e-6)
-    (patient,) = result['patients']
-    assert patient['p_AD'] == pytest.approx(expected_p_ad, abs=1e-6)
-    assert patient['predicted'] == ('AD' if expected_p_ad >= THRESHOLD else 'NC')
+    (scan,) = result['scans']
+    assert scan['p_AD'] == pytest.approx(expected_p_ad, abs=1e-6)
+    assert scan['predicted'] == ('AD' if expected_p_ad >= THRESHOLD else 'NC')
     assert result['threshold'] == pytest.approx(THRESHOLD)
     assert f'P(AD) = {expected_p_ad:.3f}' in summary
-    assert len(gallery) == 1  # one Grad-CAM montage for the one patient
+    assert len(gallery) == 1  # one Grad-CAM montage for the one scan
 
     summary, gallery, result = client.predict(
         [handle_file(str(bad['text'])), handle_file(str(bad['photo']))], api_name='/analyse'
@@ -277,7 +275,7 @@ def test_served_app_gives_evaluate_probability_and_refuses_bad_input(
     (refused,) = result['rejected']
     assert refused['file'] == 'blank.png'
     assert 'blank.png does not look like a training slice: it is blank' in summary
-    assert result['patients'][0]['p_AD'] == pytest.approx(expected_p_ad, abs=1e-6)
+    assert result['scans'][0]['p_AD'] == pytest.approx(expected_p_ad, abs=1e-6)
 
 
 def test_the_examples_are_synthetic_slices_shipped_with_the_package():
@@ -286,13 +284,13 @@ def test_the_examples_are_synthetic_slices_shipped_with_the_package():
     from adni_timm.synthetic.slices import SYNTHETIC_COMMENT
 
     examples = app.example_uploads()
-    assert len(examples) == 3  # an AD and an NC patient, and a blank image the model refuses
+    assert len(examples) == 3  # an AD and an NC scan, and a blank image the model refuses
     ad, nc, blank = ([Path(p) for p in group[0]] for group in examples)
     assert len(ad) == len(nc) == 3 and [p.name for p in blank] == ['blank.png']
     for path in ad + nc:
         assert path.is_file() and app.EXAMPLES_DIR in path.parents  # package data, not the tests
-        patient, _ = data.parse_file_name(path)
-        assert patient in ('synthetic-AD', 'synthetic-NC')
+        scan, _ = data.parse_file_name(path)
+        assert scan in ('synthetic-AD', 'synthetic-NC')
         with Image.open(path) as im:
             assert im.size == (256, 240) and im.mode == 'L'
             assert im.info.get('Comment') == SYNTHETIC_COMMENT.decode()
@@ -310,7 +308,7 @@ def test_a_published_model_shows_the_test_metrics_of_its_card(demo_files, tmp_pa
     export, _, _ = demo_files
     metrics = {
         'split': 'test',
-        'patient': {'accuracy': 0.8125, 'auc': 0.875, 'sensitivity': 0.75, 'specificity': 0.875},
+        'scan': {'accuracy': 0.8125, 'auc': 0.875, 'sensitivity': 0.75, 'specificity': 0.875},
         'slice': {'accuracy': 0.7},
     }
     data = ModelCardData(eval_results=eval_results_from_metrics(metrics, True), model_name='x')
@@ -319,7 +317,7 @@ def test_a_published_model_shows_the_test_metrics_of_its_card(demo_files, tmp_pa
     populate_hub_cache(tmp_path / 'cache', 'lab/demo', folder)
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path / 'cache'))
     served = app.load('hf-hub:lab/demo')
-    assert served.test_metrics['patient']['auc'] == pytest.approx(0.875)
+    assert served.test_metrics['scan']['auc'] == pytest.approx(0.875)
     text = app.describe_model(served)
     assert 'not known here' not in text and 'AUC 0.875' in text and 'model card' in text
 

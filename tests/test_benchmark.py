@@ -40,7 +40,7 @@ def test_quick_benchmark_measures_everything(tmp_path):
         'd_inference',
     ):
         assert r[key]['img_per_s'] > 0, key
-    assert r['d_inference']['slices'] == 3 * 2 * 8  # 3 test patients per class x 8 slices
+    assert r['d_inference']['slices'] == 3 * 2 * 8  # 3 test scans per class x 8 slices
     assert r['f_projected_100_epochs_min'] > 0
     assert r['ratios']['b_over_c'] > 0
     assert (

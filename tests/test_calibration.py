@@ -49,17 +49,17 @@ def test_reliability_curve_matches_sklearn_binning():
         reliability_curve(y, p, n_bins=0)
 
 
-def test_calibration_report_uses_patient_means():
-    patients = ['a', 'a', 'b', 'b', 'c', 'c']
+def test_calibration_report_uses_scan_means():
+    scans = ['a', 'a', 'b', 'b', 'c', 'c']
     y = [1, 1, 0, 0, 1, 1]
-    p = [0.9, 0.7, 0.4, 0.2, 0.6, 0.6]  # patient means: a 0.8, b 0.3, c 0.6
-    report = calibration_report(patients, y, p, n_bins=5)
-    ece_patient = expected_calibration_error([1, 0, 1], [0.8, 0.3, 0.6], 5)
+    p = [0.9, 0.7, 0.4, 0.2, 0.6, 0.6]  # scan means: a 0.8, b 0.3, c 0.6
+    report = calibration_report(scans, y, p, n_bins=5)
+    ece_scan = expected_calibration_error([1, 0, 1], [0.8, 0.3, 0.6], 5)
     assert report == {
         'ece_slice': pytest.approx(expected_calibration_error(y, p, 5)),
-        'ece_patient': pytest.approx(ece_patient),
+        'ece_scan': pytest.approx(ece_scan),
     }
-    assert report['ece_patient'] == pytest.approx((0.2 + 0.3 + 0.4) / 3)  # one patient per bin
+    assert report['ece_scan'] == pytest.approx((0.2 + 0.3 + 0.4) / 3)  # one scan per bin
 
 
 def _calibrated_binary(n, seed):
@@ -150,7 +150,7 @@ def test_reliability_plot_shows_both_levels_with_ece(tmp_path, monkeypatch):
     # the reference diagonal is drawn over the model's points (it stays visible), so in any order
     assert [(title, sorted(labels)) for title, labels in drawn[0]] == [
         ('slices (n=6)', sorted(['perfectly calibrated', f'model (ECE {ece:.3f})'])),
-        ('patients (n=3)', sorted(['perfectly calibrated', 'model (ECE 0.200)'])),
+        ('scans (n=3)', sorted(['perfectly calibrated', 'model (ECE 0.200)'])),
     ]
 
     calibrated = apply_temperature(P_HAND, 2.0)
@@ -161,7 +161,7 @@ def test_reliability_plot_shows_both_levels_with_ece(tmp_path, monkeypatch):
         p_pat,
         tmp_path / 'cal.png',
         p_slice_calibrated=calibrated,
-        p_patient_calibrated=apply_temperature(p_pat, 2.0),
+        p_scan_calibrated=apply_temperature(p_pat, 2.0),
     )
     slice_labels = drawn[1][0][1]
     ece_calibrated = expected_calibration_error(Y_HAND, calibrated)

@@ -1,7 +1,7 @@
 """Evidence maps (adni_timm.evaluation.cam): maps land where the evidence is (also where the
 synthetic generator drew atrophy), depend on the learned weights, survive channels_last and export,
 use a
-layer fine enough to read, and the report writes the right patients, scales and population maps."""
+layer fine enough to read, and the report writes the right scans, scales and population maps."""
 
 from __future__ import annotations
 
@@ -325,21 +325,21 @@ def test_transform_mask_lands_on_the_anatomy():
     assert (got == expected).mean() > 0.99 and got.sum() > 50
 
 
-# ---------------------------------------------------------------------- 4. patients and the report
+# ---------------------------------------------------------------------- 4. scans and the report
 
 
-def test_select_patients_most_confident_per_outcome():
+def test_select_scans_most_confident_per_outcome():
     ids = ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h']
     y = [1, 1, 1, 0, 0, 0, 1, 0]
     p = [0.9, 0.6, 0.99, 0.1, 0.45, 0.7, 0.2, 0.95]
-    assert cam.select_patients(ids, y, p, 0.5, 2) == {
+    assert cam.select_scans(ids, y, p, 0.5, 2) == {
         'TP': ['c', 'a'],
         'TN': ['d', 'e'],
         'FP': ['h', 'f'],
         'FN': ['g'],
     }
     # at threshold 0.4, 0.45 is a positive decision, farthest from 0.4 on the negative side is 0.1
-    assert cam.select_patients(ids, y, p, 0.4, 1) == {
+    assert cam.select_scans(ids, y, p, 0.4, 1) == {
         'TP': ['c'],
         'TN': ['d'],
         'FP': ['h'],
@@ -372,12 +372,12 @@ def _record_montages(monkeypatch):
 
 
 def test_write_cam_report_labelled(test_slices, tmp_path, monkeypatch):
-    slices = test_slices  # scan order: NC patients, then AD patients, slices in order
-    patients = list(dict.fromkeys(s.patient for s in slices))
-    assert len(patients) == 4 and len(slices) == 12
-    nc0, nc1, ad0, ad1 = patients
+    slices = test_slices  # scan order: NC scans, then AD scans, slices in order
+    scans = list(dict.fromkeys(s.scan for s in slices))
+    assert len(scans) == 4 and len(slices) == 12
+    nc0, nc1, ad0, ad1 = scans
     base = {nc0: 0.1, nc1: 0.8, ad0: 0.9, ad1: 0.3}  # TN, FP, TP, FN
-    p = np.array([base[s.patient] + 0.05 * (s.slice_index % 3 - 1) for s in slices])
+    p = np.array([base[s.scan] + 0.05 * (s.slice_index % 3 - 1) for s in slices])
     model = _atto()
     transform = _transform(model)
     calls = _record_montages(monkeypatch)
@@ -407,12 +407,12 @@ def test_write_cam_report_labelled(test_slices, tmp_path, monkeypatch):
         'README.txt',
     }
     assert {f.name for f in cam_dir.iterdir()} == expected
-    assert result['patients'] == {'TP': [ad0], 'TN': [nc0], 'FP': [nc1], 'FN': [ad1]}
+    assert result['scans'] == {'TP': [ad0], 'TN': [nc0], 'FP': [nc1], 'FN': [ad1]}
     assert result['method'] == 'occlusion' and result['layer'] == 'input'
-    assert result['map_size'] == [8, 8] and result['notes'] == []  # every outcome has a patient
-    # 12 slices for the positive class, then the 6 of the patients called NC for their own class
+    assert result['map_size'] == [8, 8] and result['notes'] == []  # every outcome has a scan
+    # 12 slices for the positive class, then the 6 of the scans called NC for their own class
     assert result['n_slices'] == 12 + 6
-    # the map of the class each patient was called: TN and FN explain NC, TP and FP explain AD
+    # the map of the class each scan was called: TN and FN explain NC, TP and FP explain AD
     assert result['montage_targets'] == {nc0: 'NC', nc1: 'AD', ad0: 'AD', ad1: 'NC'}
 
     # independently: every slice's positive-class map, then class means of the unit-peak maps
@@ -428,10 +428,10 @@ def test_write_cam_report_labelled(test_slices, tmp_path, monkeypatch):
             np.testing.assert_allclose(saved[name], mean, rtol=1e-5, atol=1e-6)
         assert int(saved['n_AD']) == 6 and int(saved['n_NC']) == 6
 
-    # the TP montage: that patient's slices in slice order, AD maps on ONE scale for the patient
+    # the TP montage: that scan's slices in slice order, AD maps on ONE scale for the scan
     tiles, tile_maps, kwargs = calls[f'TP_{ad0}.png']
     own = sorted(
-        (i for i, s in enumerate(slices) if s.patient == ad0), key=lambda i: slices[i].slice_index
+        (i for i, s in enumerate(slices) if s.scan == ad0), key=lambda i: slices[i].slice_index
     )
     np.testing.assert_allclose(tile_maps, raw_ad[own], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(tiles, images[own, 0].numpy(), rtol=1e-6, atol=1e-7)
@@ -441,12 +441,12 @@ def test_write_cam_report_labelled(test_slices, tmp_path, monkeypatch):
     assert kwargs['tile_titles'] == [
         f'slice {slices[i].slice_index}\nP(AD) {p[i]:.2f}' for i in own
     ]
-    assert kwargs['title'].startswith(f'TP: patient {ad0} (true AD, mean P(AD) 0.90 -> AD')
+    assert kwargs['title'].startswith(f'TP: scan {ad0} (true AD, mean P(AD) 0.90 -> AD')
     assert kwargs['title'].endswith('map: evidence for AD')
 
     # the TN montage maps NC evidence, in blue: a true negative is not painted as AD evidence
     _, tile_maps, kwargs = calls[f'TN_{nc0}.png']
-    own = [i for i, s in enumerate(slices) if s.patient == nc0]
+    own = [i for i, s in enumerate(slices) if s.scan == nc0]
     raw_nc = cam.class_maps(model, images[own], 0, normalize=False)
     np.testing.assert_allclose(tile_maps, raw_nc, rtol=1e-5, atol=1e-7)
     assert kwargs['cmap'] == 'Blues' and 'for NC' in kwargs['colorbar_label']
@@ -455,8 +455,8 @@ def test_write_cam_report_labelled(test_slices, tmp_path, monkeypatch):
     assert 'each square of an 8x8 grid' in readme and f'TN_{nc0}.png' in readme
 
 
-def test_report_says_when_an_outcome_has_no_patient(test_slices, tmp_path):
-    # every patient called right: no FP, no FN
+def test_report_says_when_an_outcome_has_no_scan(test_slices, tmp_path):
+    # every scan called right: no FP, no FN
     p = np.array([0.9 if s.label == 1 else 0.1 for s in test_slices])
     model = _atto()
     result = cam.write_cam_report(
@@ -471,23 +471,23 @@ def test_report_says_when_an_outcome_has_no_patient(test_slices, tmp_path):
         method='gradcam',
     )
     assert result['notes'] == [
-        'no FP patients: no NC patient was called AD at threshold 0.50',
-        'no FN patients: no AD patient was missed at threshold 0.50',
+        'no FP scans: no NC scan was called AD at threshold 0.50',
+        'no FN scans: no AD scan was missed at threshold 0.50',
     ]
-    assert result['patients']['FP'] == [] and result['patients']['FN'] == []
+    assert result['scans']['FP'] == [] and result['scans']['FN'] == []
     assert result['layer'] == 'stages.1' and result['map_size'] == [8, 8]
     readme = (tmp_path / 'cam' / 'README.txt').read_text()
-    assert 'no FP patients' in readme and 'no FN patients' in readme
+    assert 'no FP scans' in readme and 'no FN scans' in readme
     assert 'Grad-CAM maps at layer stages.1 (8x8 map' in readme
 
 
 def test_write_cam_report_unlabelled(test_slices, tmp_path, monkeypatch):
-    patients = list(dict.fromkeys(s.patient for s in test_slices))
-    base = dict(zip(patients, (0.45, 0.05, 0.7, 0.98)))
-    slices = [data.Slice(s.path, s.patient, -1, s.slice_index) for s in test_slices]
-    # files without a patient id form one group, as evaluate.py --images reports them
+    scans = list(dict.fromkeys(s.scan for s in test_slices))
+    base = dict(zip(scans, (0.45, 0.05, 0.7, 0.98)))
+    slices = [data.Slice(s.path, s.scan, -1, s.slice_index) for s in test_slices]
+    # files without a scan id form one group, as evaluate.py --images reports them
     loose = data.Slice(test_slices[0].path, UNNAMED_GROUP, -1, None)
-    p = np.array([base[s.patient] for s in slices] + [0.6])
+    p = np.array([base[s.scan] for s in slices] + [0.6])
     calls = _record_montages(monkeypatch)
 
     model = _atto()
@@ -505,12 +505,12 @@ def test_write_cam_report_unlabelled(test_slices, tmp_path, monkeypatch):
         layer='stages.2',
     )
 
-    # n * 4 = 4 of the 5 "patients", most confident first; the least confident (0.45) is left out
+    # n * 4 = 4 of the 5 "scans", most confident first; the least confident (0.45) is left out
     stem = safe_name(UNNAMED_GROUP, 'image')
     order = [
-        f'AD_{patients[3]}.png',
-        f'NC_{patients[1]}.png',
-        f'AD_{patients[2]}.png',
+        f'AD_{scans[3]}.png',
+        f'NC_{scans[1]}.png',
+        f'AD_{scans[2]}.png',
         f'AD_{stem}.png',
     ]
     assert list(calls) == order
@@ -519,7 +519,7 @@ def test_write_cam_report_unlabelled(test_slices, tmp_path, monkeypatch):
     assert result['population_maps'] is None and result['n_slices'] == 10
     assert result['layer'] == 'stages.2' and result['map_size'] == [4, 4]  # as asked
     assert calls[f'AD_{stem}.png'][0].shape == (1, SIZE, SIZE)
-    assert calls[f'NC_{patients[1]}.png'][2]['cmap'] == 'Blues'
+    assert calls[f'NC_{scans[1]}.png'][2]['cmap'] == 'Blues'
 
 
 # ---------------------------------------- 5. against ground truth: where the generator drew atrophy

@@ -81,11 +81,11 @@ def test_defaults_are_shown_in_the_syntax_the_option_accepts(flag, default):
 
 def test_choices_are_listed():
     usage = train_cli.build_parser().format_usage()
-    assert '--split-level {patient,slice}' in usage
+    assert '--split-level {scan,slice}' in usage
     assert '--log-with {null,tensorboard,wandb}' in usage
     assert '--mixed-precision {auto,no,fp16,bf16}' in usage
     assert 'one of cosine, constant, step, multistep, tanh, poly, wsd' in _override_help('--sched')
-    assert 'patient_balanced_accuracy' in _override_help('--best-metric')
+    assert 'scan_balanced_accuracy' in _override_help('--best-metric')
 
 
 @pytest.mark.parametrize('argv', [['0.6', '1.0'], ['0.6,1.0'], ['0.6,', '1.0']])
@@ -134,7 +134,7 @@ def test_evaluate_help_shows_its_defaults_and_what_cam_draws():
         'at --cam-layer (default: occlusion)',
     ):
         assert default in text, default
-    assert 'the N most confident patients of each outcome (TP/TN/FP/FN)' in text
+    assert 'the N most confident scans of each outcome (TP/TN/FP/FN)' in text
     assert 'stages.1 at 64 px, stages.3 at 224' in text
 
 
@@ -163,11 +163,11 @@ def test_exit_codes_one_policy(capsys):
     assert exit_code(DataError('2 test file(s) cannot be decoded')) == EXIT_PROBLEM
     for error in (ConfigError('lr=-1'), ValueError('x'), FileNotFoundError('f'), OSError('disk')):
         assert exit_code(error) == EXIT_REFUSED
-    assert fail('adni-x', DataError('train and test share patients: 7')) == EXIT_PROBLEM
+    assert fail('adni-x', DataError('train and test share scans: 7')) == EXIT_PROBLEM
     assert fail('adni-x', 'a plain message') == EXIT_REFUSED
     err = capsys.readouterr().err
     assert err.splitlines() == [
-        'adni-x: error: train and test share patients: 7',
+        'adni-x: error: train and test share scans: 7',
         'adni-x: error: a plain message',
     ]
     # the policy is written down where users look

@@ -54,7 +54,7 @@ def test_string_overrides_are_coerced_to_field_types():
         ({'img_size': '100'}, 'multiple of 32'),
         ({'epochs': '2.5'}, 'expected int'),
         ({'val_fraction': '1.5'}, 'must be in [0, 1)'),
-        ({'split_level': 'random'}, "choose one of ['patient', 'slice']"),
+        ({'split_level': 'random'}, "choose one of ['scan', 'slice']"),
         ({'best_metric': 'loss'}, 'not a valid choice'),
         ({'mixup': '0.8', 'batch_size': '7'}, 'even batch size'),
         ({'classes': 'AD'}, 'at least two distinct'),

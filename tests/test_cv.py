@@ -22,14 +22,14 @@ from adni_timm.cv.summary import (
 )
 from adni_timm.cli.cv import main
 from adni_timm.cv.compare import compare, format_comparison, paired_bootstrap_difference
-from adni_timm.metrics import resample_patient_counts, slice_and_patient_metrics, youden_threshold
+from adni_timm.metrics import resample_scan_counts, slice_and_scan_metrics, youden_threshold
 from adni_timm.data.splits import make_folds
 
-# 23 AD and 27 NC patients; ids of mixed widths so that sorting is by string, not insertion order
+# 23 AD and 27 NC scans; ids of mixed widths so that sorting is by string, not insertion order
 LABELS = {f'P{i}': int(i % 2 == 0 and i < 46) for i in range(50)}
 
 
-def _fold_columns(folds, slices_per_patient=3, seed=0):
+def _fold_columns(folds, slices_per_scan=3, seed=0):
     """Each fold's validation slices as assemble_oof takes them, with random P(AD)."""
     rng = np.random.default_rng(seed)
     per_fold = []
@@ -37,12 +37,12 @@ def _fold_columns(folds, slices_per_patient=3, seed=0):
         rows = [
             (f'{"AD" if LABELS[p] else "NC"}/{p}_{s}.jpeg', p, LABELS[p])
             for p in fold
-            for s in range(slices_per_patient)
+            for s in range(slices_per_scan)
         ]
         per_fold.append(
             {
                 'path': [r[0] for r in rows],
-                'patient': [r[1] for r in rows],
+                'scan': [r[1] for r in rows],
                 'label': [r[2] for r in rows],
                 'p_AD': rng.uniform(size=len(rows)).tolist(),
             }
@@ -56,7 +56,7 @@ def test_oof_covers_every_slice_once_and_round_trips(tmp_path):
     all_paths = [path for columns in per_fold for path in columns['path']]
     rows = assemble_oof(per_fold, expected_paths=all_paths)
     assert sorted(r['path'] for r in rows) == sorted(all_paths) and len(rows) == 150
-    assert all(r['patient'] in folds[r['fold']] for r in rows)
+    assert all(r['scan'] in folds[r['fold']] for r in rows)
     path = write_oof_csv(tmp_path / 'oof_predictions.csv', rows)
     assert path.read_text().splitlines()[0] == ','.join(OOF_COLUMNS)
     back = read_oof_csv(path)
@@ -75,7 +75,7 @@ def test_oof_refuses_duplicates_and_gaps():
     twice[0] = {key: values + [per_fold[1][key][0]] for key, values in per_fold[0].items()}
     with pytest.raises(CVError, match='predicted twice'):
         assemble_oof(twice)
-    moved = [dict(per_fold[0]), per_fold[1]]  # another slice of a fold-1 patient shows up in fold 0
+    moved = [dict(per_fold[0]), per_fold[1]]  # another slice of a fold-1 scan shows up in fold 0
     moved[0] = {
         key: values + [per_fold[1][key][0] if key != 'path' else 'elsewhere.jpeg']
         for key, values in per_fold[0].items()
@@ -90,55 +90,55 @@ def test_oof_refuses_duplicates_and_gaps():
 def test_cross_fitted_metrics_score_each_fold_at_the_threshold_of_the_others():
     folds = make_folds(LABELS, k=3, seed=0)
     per_fold = _fold_columns(folds)
-    patients = np.array([p for c in per_fold for p in c['patient']])
+    scans = np.array([p for c in per_fold for p in c['scan']])
     y = np.array([lab for c in per_fold for lab in c['label']])
     p = np.array([x for c in per_fold for x in c['p_AD']])
     fold_of = np.array([k for k, c in enumerate(per_fold) for _ in c['path']])
 
     def choose(mask):
-        from adni_timm.metrics import patient_level
+        from adni_timm.metrics import scan_level
 
-        _, y_pat, p_pat = patient_level(patients[mask], y[mask], p[mask])
+        _, y_pat, p_pat = scan_level(scans[mask], y[mask], p[mask])
         return {'threshold': youden_threshold(y_pat, p_pat)}
 
-    result = cross_fitted(patients, y, p, fold_of, choose, n_boot=200)
+    result = cross_fitted(scans, y, p, fold_of, choose, n_boot=200)
     for k, fold in enumerate(result['per_fold']):
         others = fold_of != k
         expected = choose(others)['threshold']
         assert fold['threshold'] == pytest.approx(expected)
         mine = fold_of == k
-        direct = slice_and_patient_metrics(patients[mine], y[mine], p[mine], expected)
-        assert fold['patient']['accuracy'] == pytest.approx(direct['patient']['accuracy'])
-    # pooled: every patient decided at its own fold's threshold; AUC threshold-free
+        direct = slice_and_scan_metrics(scans[mine], y[mine], p[mine], expected)
+        assert fold['scan']['accuracy'] == pytest.approx(direct['scan']['accuracy'])
+    # pooled: every scan decided at its own fold's threshold; AUC threshold-free
     pooled = result['pooled']
-    decided = [result['per_fold'][k]['patient']['confusion_matrix'] for k in range(3)]
-    assert pooled['patient']['confusion_matrix'] == np.sum(decided, axis=0).tolist()
-    everyone = slice_and_patient_metrics(patients, y, p, 0.5)
-    assert pooled['patient']['auc'] == pytest.approx(everyone['patient']['auc'])
-    lo, hi = pooled['patient']['auc_ci']
-    assert lo <= pooled['patient']['auc'] <= hi
+    decided = [result['per_fold'][k]['scan']['confusion_matrix'] for k in range(3)]
+    assert pooled['scan']['confusion_matrix'] == np.sum(decided, axis=0).tolist()
+    everyone = slice_and_scan_metrics(scans, y, p, 0.5)
+    assert pooled['scan']['auc'] == pytest.approx(everyone['scan']['auc'])
+    lo, hi = pooled['scan']['auc_ci']
+    assert lo <= pooled['scan']['auc'] <= hi
 
 
 def test_cv_summary_mean_sd_and_table():
     per_fold = [
         {
-            'patient': {'n': 10, 'accuracy': acc, 'auc': auc, 'confusion_matrix': [[1, 0], [0, 1]]},
+            'scan': {'n': 10, 'accuracy': acc, 'auc': auc, 'confusion_matrix': [[1, 0], [0, 1]]},
             'slice': {'accuracy': acc - 0.1, 'auc': None},
         }
         for acc, auc in ((0.7, 0.8), (0.8, None), (0.9, 0.9))
     ]
     summary = cv_summary(per_fold)
-    acc = summary['patient']['accuracy']
+    acc = summary['scan']['accuracy']
     assert acc['per_fold'] == [0.7, 0.8, 0.9] and acc['mean'] == pytest.approx(0.8)
     assert acc['sd'] == pytest.approx(statistics.stdev([0.7, 0.8, 0.9]))  # sample sd, ddof=1
-    assert summary['patient']['auc'] == {
+    assert summary['scan']['auc'] == {
         'per_fold': [0.8, None, 0.9],
         'mean': pytest.approx(0.85),
         'sd': pytest.approx(statistics.stdev([0.8, 0.9])),
         'n': 2,
     }
     assert summary['slice']['auc'] == {'per_fold': [None] * 3, 'mean': None, 'sd': None, 'n': 0}
-    assert 'n' not in summary['patient'] and 'confusion_matrix' not in summary['patient']
+    assert 'n' not in summary['scan'] and 'confusion_matrix' not in summary['scan']
     table = format_cv_table(summary)
     assert table.splitlines()[1].split() == [
         'accuracy',
@@ -155,20 +155,20 @@ def test_cv_summary_mean_sd_and_table():
 # ---- comparing runs: hand-written run folders -------------------------------------------------
 
 
-def _write_run(folder, p_of_patient, seed=0, k=4, threshold=0.5, slices=3):
+def _write_run(folder, p_of_scan, seed=0, k=4, threshold=0.5, slices=3):
     """A CV run folder as training writes it: cv.json and oof_predictions.csv."""
     folds = make_folds(LABELS, k=k, seed=seed)
     rng = np.random.default_rng(1)
     per_fold = []
     for columns in _fold_columns(folds, slices):
         columns['p_AD'] = [
-            float(np.clip(p_of_patient(p) + rng.normal(0, 0.05), 0, 1)) for p in columns['patient']
+            float(np.clip(p_of_scan(p) + rng.normal(0, 0.05), 0, 1)) for p in columns['scan']
         ]
         per_fold.append(columns)
     rows = assemble_oof(per_fold)
     rows = read_oof_csv(write_oof_csv(folder / 'oof_predictions.csv', rows))  # what compare reads
     metrics = [
-        slice_and_patient_metrics(c['patient'], c['label'], c['p_AD'], threshold) for c in per_fold
+        slice_and_scan_metrics(c['scan'], c['label'], c['p_AD'], threshold) for c in per_fold
     ]
     (folder / 'cv.json').write_text(
         json.dumps(
@@ -178,16 +178,16 @@ def _write_run(folder, p_of_patient, seed=0, k=4, threshold=0.5, slices=3):
     return rows
 
 
-def _noise(patient):  # a fixed pseudo-random number in [0, 1) per patient
-    return ((int(patient[1:]) * 7919) % 13) / 13
+def _noise(scan):  # a fixed pseudo-random number in [0, 1) per scan
+    return ((int(scan[1:]) * 7919) % 13) / 13
 
 
-def _decent(patient):  # informative but noisy: patient AUC ~0.86
-    return 0.15 + 0.2 * LABELS[patient] + 0.5 * _noise(patient)
+def _decent(scan):  # informative but noisy: scan AUC ~0.86
+    return 0.15 + 0.2 * LABELS[scan] + 0.5 * _noise(scan)
 
 
-def _better(patient):  # nearly separates the classes
-    return 0.25 + 0.4 * LABELS[patient] + 0.1 * _noise(patient)
+def _better(scan):  # nearly separates the classes
+    return 0.25 + 0.4 * LABELS[scan] + 0.1 * _noise(scan)
 
 
 def test_compare_a_run_with_itself_is_zero(tmp_path):
@@ -198,7 +198,7 @@ def test_compare_a_run_with_itself_is_zero(tmp_path):
         assert result['paired'][key]['difference'] == 0
         lo, hi = result['paired'][key]['ci']
         assert lo <= 0 <= hi
-    assert all(e['patient']['auc']['difference'] == 0 for e in result['per_fold'])
+    assert all(e['scan']['auc']['difference'] == 0 for e in result['per_fold'])
     text = format_comparison(result)
     assert 'INVALID' not in text and 'no clear difference' in text
     json.dumps(result)
@@ -212,12 +212,12 @@ def test_compare_paired_ci_matches_a_direct_computation(tmp_path):
     n_boot, seed = 400, 7
     result = compare(tmp_path / 'a', tmp_path / 'b', n_boot=n_boot, seed=seed)
 
-    # direct: patient means, the same resamples, sklearn's AUC with the draw counts as weights
-    patients = sorted(LABELS)
-    y = np.array([LABELS[p] for p in patients])
-    mean_a = np.array([np.mean([r['p_AD'] for r in rows_a if r['patient'] == p]) for p in patients])
-    mean_b = np.array([np.mean([r['p_AD'] for r in rows_b if r['patient'] == p]) for p in patients])
-    counts = resample_patient_counts(np.random.default_rng(seed), y, n_boot)
+    # direct: scan means, the same resamples, sklearn's AUC with the draw counts as weights
+    scans = sorted(LABELS)
+    y = np.array([LABELS[p] for p in scans])
+    mean_a = np.array([np.mean([r['p_AD'] for r in rows_a if r['scan'] == p]) for p in scans])
+    mean_b = np.array([np.mean([r['p_AD'] for r in rows_b if r['scan'] == p]) for p in scans])
+    counts = resample_scan_counts(np.random.default_rng(seed), y, n_boot)
     d_auc, d_acc = [], []
     for w in counts:
         d_auc.append(
@@ -242,7 +242,7 @@ def test_compare_paired_ci_matches_a_direct_computation(tmp_path):
     assert 'B better' in format_comparison(result)
     # the function on plain arrays gives the same answer as compare() over the run folders
     direct = paired_bootstrap_difference(
-        [r['patient'] for r in rows_a],
+        [r['scan'] for r in rows_a],
         [r['label'] for r in rows_a],
         [r['p_AD'] for r in rows_a],
         [r['p_AD'] for r in rows_b],
@@ -284,7 +284,7 @@ def test_cli_compare_and_one_line_errors(tmp_path, capsys):
         )
         == 0
     )
-    assert 'patient AUC' in capsys.readouterr().out
+    assert 'scan AUC' in capsys.readouterr().out
     assert json.loads((tmp_path / 'out' / 'cmp.json').read_text())['valid'] is True
     assert main(['summary', str(tmp_path / 'run')]) == 0
     assert '± ' in capsys.readouterr().out

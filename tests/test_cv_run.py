@@ -1,5 +1,5 @@
 """train.py --folds K [--refit] end to end on tiny SYNTHETIC data: nested selection (no fold selects
-on the patients it reports), out-of-fold predictions, cross-fitted thresholds, the ensemble's and
+on the scans it reports), out-of-fold predictions, cross-fitted thresholds, the ensemble's and
 the refit's own operating points, publishing, resume, and the crashes issue 18 found."""
 
 import json
@@ -16,7 +16,7 @@ from adni_timm.publish import hub
 from adni_timm.train.cv import refit_epochs, refit_weights
 from adni_timm.inference import load_model
 from adni_timm.run import Run
-from adni_timm.data.splits import make_folds, patient_labels
+from adni_timm.data.splits import make_folds, scan_labels
 from helpers import TINY, cli_in_process, run_train, train_and_kill
 
 # a 2-fold CV run with a refit: end to end, a minute of CPU
@@ -38,11 +38,11 @@ def _raw(ref, slices):
     return load_model(ref).predict_raw(slices)[0]
 
 
-def test_no_fold_selects_on_the_patients_it_reports(cv_run, tiny_data):
+def test_no_fold_selects_on_the_scans_it_reports(cv_run, tiny_data):
     run, _ = cv_run
     result = json.loads((run / 'cv.json').read_text())
     train = data.scan_split(tiny_data, 'train')
-    assert result['folds'] == make_folds(patient_labels(train), 2, 0)
+    assert result['folds'] == make_folds(scan_labels(train), 2, 0)
     assert result['select'] == 'inner'
     for k, fold in enumerate(result['folds']):
         split = json.loads((run / f'fold{k}' / 'split.json').read_text())
@@ -53,13 +53,13 @@ def test_no_fold_selects_on_the_patients_it_reports(cv_run, tiny_data):
         )
         assert split['held_out'] == fold and selection  # an inner validation split exists
         assert not held_out & selection and not held_out & trained and not trained & selection
-        assert trained | selection == {s.patient for s in train} - held_out
-        # the fold's kept epoch and temperature were chosen on its selection patients only
+        assert trained | selection == {s.scan for s in train} - held_out
+        # the fold's kept epoch and temperature were chosen on its selection scans only
         history = [json.loads(x) for x in (run / f'fold{k}/metrics.jsonl').read_text().splitlines()]
         settings = export.read_export_settings(run / f'fold{k}' / 'best')
         row = history[settings.epoch - 1]
         prefix = 'val' if settings.weights == 'live' else 'ema_val'
-        n_selection = sum(1 for s in train if s.patient in selection)
+        n_selection = sum(1 for s in train if s.scan in selection)
         assert row[f'{prefix}_slices'] == n_selection
         assert row[f'{prefix}_temperature'] == settings.temperature
 
@@ -75,7 +75,7 @@ def test_every_training_slice_is_predicted_once_by_the_fold_model_that_never_saw
     for k in range(2):
         held_out = json.loads((run / f'fold{k}' / 'split.json').read_text())['held_out']
         fold_rows = {r['path']: r['p_AD'] for r in rows if r['fold'] == k}
-        slices = [s for s in train if s.patient in held_out]
+        slices = [s for s in train if s.scan in held_out]
         assert set(fold_rows) == {s.path for s in slices}
         # calibrated by that fold model's own temperature (its inner validation's)
         temperature = export.read_export_settings(run / f'fold{k}' / 'best').temperature
@@ -90,23 +90,23 @@ def test_reported_numbers_sit_at_thresholds_chosen_on_other_predictions(cv_run):
     run, proc = cv_run
     result = json.loads((run / 'cv.json').read_text())
     rows = cv.read_oof_csv(run / 'oof_predictions.csv')
-    patients = np.array([r['patient'] for r in rows])
+    scans = np.array([r['scan'] for r in rows])
     y, p = np.array([r['label'] for r in rows]), np.array([r['p_AD'] for r in rows])
     fold_of = np.array([r['fold'] for r in rows])
     for k, fold in enumerate(result['per_fold']):
         others = fold_of != k
-        _, y_pat, p_pat = metrics.patient_level(patients[others], y[others], p[others])
+        _, y_pat, p_pat = metrics.scan_level(scans[others], y[others], p[others])
         assert fold['threshold'] == pytest.approx(metrics.youden_threshold(y_pat, p_pat), abs=1e-6)
-    # the ensemble's stored point uses all out-of-fold patients (what it ships with)
-    _, y_pat, p_pat = metrics.patient_level(patients, y, p)
+    # the ensemble's stored point uses all out-of-fold scans (what it ships with)
+    _, y_pat, p_pat = metrics.scan_level(scans, y, p)
     assert result['ensemble']['threshold'] == pytest.approx(
         metrics.youden_threshold(y_pat, p_pat), abs=1e-6
     )
     assert result['threshold'] == result['ensemble']['threshold']
-    pooled = result['out_of_fold']['patient']
+    pooled = result['out_of_fold']['scan']
     assert pooled['n'] == 12 and pooled['auc_ci'][0] <= pooled['auc'] <= pooled['auc_ci'][1]
-    assert result['summary']['patient']['auc']['mean'] == pytest.approx(
-        np.mean([f['patient']['auc'] for f in result['per_fold']])
+    assert result['summary']['scan']['auc']['mean'] == pytest.approx(
+        np.mean([f['scan']['auc'] for f in result['per_fold']])
     )
     assert 'cross-validation, 2 folds' in proc.stderr and 'mean ± sample sd' in proc.stdout
 
@@ -192,7 +192,7 @@ def test_a_cv_run_publishes_its_refit_with_the_cross_validation_table(cv_run, tm
         run / 'final/model.safetensors'
     ).read_bytes()
     text = (tmp_path / 'hub/README.md').read_text()
-    assert '## Cross-validation' in text and '2-fold cross-validation by patient' in text
+    assert '## Cross-validation' in text and '2-fold cross-validation by scan' in text
     assert 'Unverified' not in text
     assert {f.name for f in files} >= {'README.md', 'config.json', 'model.safetensors', 'roc.png'}
     no_refit = shutil.copytree(
@@ -213,7 +213,7 @@ def test_a_cv_run_predicts_images_and_serves_the_demo_with_its_own_metrics(
         capsys, 'evaluate', '--model', run, '--images', tiny_data / 'test' / 'AD'
     )
     assert code == 0, err
-    assert (run / 'predict' / 'patients.csv').is_file() and 'AD' in out
+    assert (run / 'predict' / 'scans.csv').is_file() and 'AD' in out
     # the demo: the refit, with its own test metrics (RUN/eval-final), not "not known here"
     served = app.load(run)
     assert served.loaded.export_dir == run / 'final'
@@ -227,7 +227,7 @@ def test_a_cv_run_predicts_images_and_serves_the_demo_with_its_own_metrics(
     assert served.loaded.is_ensemble and served.test_metrics is not None
     assert 'Test metrics' in app.describe_model(served)
     result = app.predict_files(served, [str(p) for p in sorted((tiny_data / 'test/NC').iterdir())])
-    assert len(result['patients']) == 3 and not result['rejected']
+    assert len(result['scans']) == 3 and not result['rejected']
 
 
 def test_a_fold_folder_resumes_on_its_own(cv_run, tmp_path):
@@ -248,7 +248,7 @@ def test_a_cv_run_killed_in_fold_1_resumes_to_the_same_result_and_ignores_a_newc
     killed = tmp_path / 'killed'
     train_and_kill(killed, args, killed / 'fold1/checkpoints/last/trainer_state.json')
     assert not (killed / 'cv.json').exists()
-    # a patient appears on disk before the resume: it joins no fold and no refit
+    # a scan appears on disk before the resume: it joins no fold and no refit
     first = sorted((data_dir / 'train' / 'AD').glob('*.jpeg'))[0]
     shutil.copy(first, first.with_name('newcomer_1.jpeg'))
     proc = run_train('--output-dir', killed, '--resume', '--refit')
@@ -257,9 +257,9 @@ def test_a_cv_run_killed_in_fold_1_resumes_to_the_same_result_and_ignores_a_newc
     assert resumed['folds'] == full['folds'] and resumed['best_epochs'] == full['best_epochs']
     assert resumed['threshold'] == pytest.approx(full['threshold'], abs=1e-4)
     for a, b in zip(resumed['per_fold'], full['per_fold']):
-        assert a['patient']['auc'] == pytest.approx(b['patient']['auc'], abs=1e-6)
+        assert a['scan']['auc'] == pytest.approx(b['scan']['auc'], abs=1e-6)
     rows = cv.read_oof_csv(killed / 'oof_predictions.csv')
-    assert 'newcomer' not in {r['patient'] for r in rows}
+    assert 'newcomer' not in {r['scan'] for r in rows}
     assert 'newcomer' not in json.loads((killed / 'refit' / 'split.json').read_text())['train']
 
 
@@ -267,8 +267,8 @@ def test_evaluate_on_a_cv_run_uses_the_oof_rows_for_a_target_sensitivity(cv_run,
     run, _ = cv_run
     result = evaluation.evaluate(str(run), tiny_data, target_sensitivity=1.0, n_boot=0)
     rows = cv.read_oof_csv(run / 'oof_predictions.csv')
-    _, y_pat, p_pat = metrics.patient_level(
-        [r['patient'] for r in rows], [r['label'] for r in rows], [r['p_AD'] for r in rows]
+    _, y_pat, p_pat = metrics.scan_level(
+        [r['scan'] for r in rows], [r['label'] for r in rows], [r['p_AD'] for r in rows]
     )
     assert result['threshold_source'] == 'out-of-fold'
     assert result['threshold'] == pytest.approx(

@@ -1,4 +1,4 @@
-"""Data pipeline: layout scan, bad input, patient-level
+"""Data pipeline: layout scan, bad input, scan-level
 splits, transforms, cache, loaders, `check` CLI.
 """
 
@@ -29,14 +29,14 @@ from adni_timm.data import (
     resolve_bad_images,
     scan_split,
 )
-from adni_timm.data.splits import check_no_leakage, select, split_patients, split_slices
+from adni_timm.data.splits import check_no_leakage, select, split_scans, split_slices
 from adni_timm.utils.hardware import available_memory
 from adni_timm.synthetic.slices import generate
 
 
 @pytest.fixture(scope='module')
 def synth(tmp_path_factory) -> Path:
-    """A tiny SYNTHETIC AD_NC set: 3 train / 2 test patients per class, 3 slices each."""
+    """A tiny SYNTHETIC AD_NC set: 3 train / 2 test scans per class, 3 slices each."""
     return generate(tmp_path_factory.mktemp('data') / 'AD_NC', 3, 2, slices=3, seed=0)
 
 
@@ -55,9 +55,9 @@ def write_image(path: Path, size=(32, 30), mode='L', value=100) -> Path:
     return path
 
 
-def make_layout(root: Path, patients: dict) -> Path:
-    """patients: {split: {class: [patient ids]}} -> 2 slices per patient."""
-    for split, by_class in patients.items():
+def make_layout(root: Path, scans: dict) -> Path:
+    """scans: {split: {class: [scan ids]}} -> 2 slices per scan."""
+    for split, by_class in scans.items():
         for name, ids in by_class.items():
             (root / split / name).mkdir(parents=True, exist_ok=True)
             for pid in ids:
@@ -75,13 +75,13 @@ def small_layout(root: Path) -> Path:
 # ----------------------------------------------------------------------------------------- scanning
 
 
-def test_scan_labels_nc0_ad1_and_patient_ids(synth):
+def test_scan_labels_nc0_ad1_and_scan_ids(synth):
     slices = scan_split(synth, 'train')
     assert len(slices) == 2 * 3 * 3
     for s in slices:
         assert s.label == {'NC': 0, 'AD': 1}[Path(s.path).parent.name]
         pid, idx = Path(s.path).stem.split('_')
-        assert (s.patient, s.slice_index) == (pid, int(idx))
+        assert (s.scan, s.slice_index) == (pid, int(idx))
     # NC first: not alphabetical
     assert [s.label for s in slices] == sorted(s.label for s in slices)
     assert slices == scan_split(synth, 'train')  # deterministic order
@@ -89,7 +89,7 @@ def test_scan_labels_nc0_ad1_and_patient_ids(synth):
 
 def test_explicit_three_classes(tmp_path):
     root = make_layout(tmp_path, {'train': {'NC': ['1'], 'MCI': ['2'], 'AD': ['3']}})
-    labels = {s.patient: s.label for s in scan_split(root, 'train', classes=('NC', 'MCI', 'AD'))}
+    labels = {s.scan: s.label for s in scan_split(root, 'train', classes=('NC', 'MCI', 'AD'))}
     assert labels == {'1': 0, '2': 1, '3': 2}
     assert data.parse_classes('NC, MCI ,AD') == ('NC', 'MCI', 'AD')
     with pytest.raises(DataError, match='two distinct'):
@@ -104,7 +104,7 @@ def test_missing_data_dir(tmp_path):
 def test_missing_split(tmp_path):
     root = make_layout(tmp_path / 'd', {'train': {'NC': ['1'], 'AD': ['2']}})
     with pytest.raises(
-        DataError, match=r"no 'test' folder in .*d: expected .*test/\{NC,AD\}/<patient>_<slice>"
+        DataError, match=r"no 'test' folder in .*d: expected .*test/\{NC,AD\}/<scan>_<slice>"
     ):
         scan_split(root, 'test')
 
@@ -142,7 +142,7 @@ def test_missing_and_empty_class_folders(tmp_path):
         ('218391_78.jpeg', ('218391', 78)),
         ('002_S_0295_12.png', ('002_S_0295', 12)),  # ADNI subject ids hold underscores
         ('002_S_0295_m12_45.png', ('002_S_0295_m12', 45)),  # a visit of a subject (adni-prepare)
-        ('002_S_0295.jpeg', None),  # a subject without a slice number, not patient 002_S slice 295
+        ('002_S_0295.jpeg', None),  # a subject without a slice number, not scan 002_S slice 295
         ('scan.png', None),
     ],
 )
@@ -153,31 +153,29 @@ def test_the_slice_number_is_the_last_underscore_digits(name, parsed):
 def test_one_slice_in_two_files_is_an_error_naming_both(tmp_path):
     root = small_layout(tmp_path)
     write_image(root / 'train' / 'NC' / '1_010.jpeg')  # 1_10.jpeg exists: the same slice 10
-    with pytest.raises(
-        DataError, match=r'patient 1 slice 10 is in 2 files .*1_010.jpeg.*1_10.jpeg'
-    ):
+    with pytest.raises(DataError, match=r'scan 1 slice 10 is in 2 files .*1_010.jpeg.*1_10.jpeg'):
         scan_split(root, 'train')
 
 
-def test_a_patient_with_an_odd_slice_count_is_warned_about(tmp_path, caplog):
+def test_a_scan_with_an_odd_slice_count_is_warned_about(tmp_path, caplog):
     root = make_layout(tmp_path, {'train': {'NC': ['1', '2', '3'], 'AD': ['4', '5']}})
-    for k in range(12, 20):  # patient 5: 10 slices where the others have 2
+    for k in range(12, 20):  # scan 5: 10 slices where the others have 2
         write_image(root / 'train' / 'AD' / f'5_{k}.jpeg', value=k)
     with caplog.at_level(logging.WARNING, logger='adni_timm.data'):
         scan_split(root, 'train')
     assert 'slice count far from the median 2: 5 (10)' in caplog.text
 
 
-def test_file_name_without_patient_id(tmp_path):
+def test_file_name_without_scan_id(tmp_path):
     root = small_layout(tmp_path)
     write_image(root / 'train' / 'NC' / 'scan.jpeg')
     with pytest.raises(
         DataError,
-        match=r'without a patient id.*scan\.jpeg.*<patient>_<slice>\.jpeg.*file_is_patient',
+        match=r'without a scan id.*scan\.jpeg.*<scan>_<slice>\.jpeg.*file_is_scan',
     ):
         scan_split(root, 'train')
-    slices = scan_split(root, 'train', file_is_patient=True)
-    assert {s.patient for s in slices} == {
+    slices = scan_split(root, 'train', file_is_scan=True)
+    assert {s.scan for s in slices} == {
         '1_10',
         '1_11',
         '2_10',
@@ -191,10 +189,10 @@ def test_file_name_without_patient_id(tmp_path):
     assert all(s.slice_index is None for s in slices)
 
 
-def test_patient_in_two_class_folders(tmp_path):
+def test_scan_in_two_class_folders(tmp_path):
     root = small_layout(tmp_path)
     write_image(root / 'train' / 'AD' / '1_12.jpeg')
-    with pytest.raises(DataError, match='patient 1 has slices in several class folders'):
+    with pytest.raises(DataError, match='scan 1 has slices in several class folders'):
         scan_split(root, 'train')
 
 
@@ -204,7 +202,7 @@ def test_every_problem_is_reported_at_once(tmp_path):
     write_image(root / 'train' / 'NC' / 'scan.jpeg')
     with pytest.raises(DataError) as e:
         scan_split(root, 'train')
-    assert 'unknown class folder' in str(e.value) and 'without a patient id' in str(e.value)
+    assert 'unknown class folder' in str(e.value) and 'without a scan id' in str(e.value)
 
 
 def test_non_image_files_are_ignored_with_a_warning(tmp_path, caplog):
@@ -222,7 +220,7 @@ def test_leakage_between_train_and_test_is_an_error(synth, tmp_path):
     root = make_layout(
         tmp_path, {'train': {'NC': ['1', '2'], 'AD': ['3']}, 'test': {'NC': ['2'], 'AD': ['3']}}
     )
-    with pytest.raises(DataError, match=r'2 patient\(s\) appear in both train and test: 2, 3'):
+    with pytest.raises(DataError, match=r'2 scan\(s\) appear in both train and test: 2, 3'):
         check_no_leakage(scan_split(root, 'train'), scan_split(root, 'test'))
 
 
@@ -261,7 +259,7 @@ def test_bad_images_skipped_on_request(broken, caplog):
     with caplog.at_level(logging.WARNING, logger='adni_timm.data'):
         kept = resolve_bad_images(slices, skip_bad=True)
     assert len(kept) == len(slices) - 2
-    assert not {'7', '8'} & {s.patient for s in kept}
+    assert not {'7', '8'} & {s.scan for s in kept}
     assert 'dropped 2 of 10 image file(s)' in caplog.text and '8_1.jpeg' in caplog.text
 
 
@@ -365,45 +363,45 @@ def test_cache_counts_every_process_on_the_machine_and_falls_back_to_disk(
 # ------------------------------------------------------------------------------------------- splits
 
 
-def fake_slices(n_nc=50, n_ad=30, per_patient=3) -> list[Slice]:
+def fake_slices(n_nc=50, n_ad=30, per_scan=3) -> list[Slice]:
     return [
         Slice(f'/x/{label}/{p}_{k}.jpeg', p, label, k)
         for label, n in ((0, n_nc), (1, n_ad))
         for p in (f'{label}{i:04d}' for i in range(n))
-        for k in range(per_patient)
+        for k in range(per_scan)
     ]
 
 
-def test_split_patients_stratified_disjoint_deterministic():
+def test_split_scans_stratified_disjoint_deterministic():
     slices = fake_slices()
-    split = split_patients(slices, val_fraction=0.2, seed=0)
-    assert split['level'] == 'patient' and split['seed'] == 0 and split['val_fraction'] == 0.2
+    split = split_scans(slices, val_fraction=0.2, seed=0)
+    assert split['level'] == 'scan' and split['seed'] == 0 and split['val_fraction'] == 0.2
     assert not set(split['train']) & set(split['val'])
-    assert set(split['train']) | set(split['val']) == {s.patient for s in slices}
+    assert set(split['train']) | set(split['val']) == {s.scan for s in slices}
     val_labels = Counter(p[0] for p in split['val'])  # ids start with their label
     assert val_labels == {'0': 10, '1': 6}  # 20% of 50 NC and of 30 AD
-    assert split == split_patients(slices, 0.2, seed=0)
-    assert split['val'] != split_patients(slices, 0.2, seed=1)['val']
+    assert split == split_scans(slices, 0.2, seed=0)
+    assert split['val'] != split_scans(slices, 0.2, seed=1)['val']
     assert json.loads(json.dumps(split)) == split
-    assert len(split_patients(slices, 0.5)['val']) == 40
+    assert len(split_scans(slices, 0.5)['val']) == 40
 
 
-def test_split_patients_edge_cases():
+def test_split_scans_edge_cases():
     slices = fake_slices()
-    assert split_patients(slices, 0.0)['val'] == []
+    assert split_scans(slices, 0.0)['val'] == []
     with pytest.raises(DataError, match=r'must be in \[0, 1\)'):
-        split_patients(slices, 1.0)
-    with pytest.raises(DataError, match='cannot split 3 patients'):
-        split_patients(fake_slices(2, 1), 0.5)
+        split_scans(slices, 1.0)
+    with pytest.raises(DataError, match='cannot split 3 scans'):
+        split_scans(fake_slices(2, 1), 0.5)
 
 
-def test_select_by_patient():
+def test_select_by_scan():
     slices = fake_slices()
-    split = split_patients(slices, 0.2)
+    split = split_scans(slices, 0.2)
     val = select(slices, split, 'val')
     train = select(slices, split, 'train')
     assert len(val) == 16 * 3 and len(train) + len(val) == len(slices)
-    assert {s.patient for s in val} == set(split['val'])
+    assert {s.scan for s in val} == set(split['val'])
     with pytest.raises(DataError, match='not in the data'):
         select(slices[:30], split, 'val')
 
@@ -414,7 +412,7 @@ def test_split_slices_is_the_leaky_reference_split():
     assert split['level'] == 'slice' and len(split['val']) == 48
     train, val = select(slices, split, 'train'), select(slices, split, 'val')
     assert not {s.path for s in train} & {s.path for s in val}
-    assert {s.patient for s in train} & {s.patient for s in val}  # the leak it exists to reproduce
+    assert {s.scan for s in train} & {s.scan for s in val}  # the leak it exists to reproduce
     assert split == split_slices(slices, 0.2, seed=0)
 
 
@@ -552,7 +550,7 @@ def test_check_cli_clean_set(synth, capsys):
 
 def test_check_cli_lists_every_problem(broken, capsys):
     write_image(broken / 'test' / 'MCI' / '9_1.jpeg')
-    # leaks patient 1 from train; colour
+    # leaks scan 1 from train; colour
     write_image(broken / 'test' / 'NC' / '1_12.jpeg', mode='RGB')
     assert check_cli(['check', str(broken)]) == 1
     out = capsys.readouterr().out

@@ -34,14 +34,14 @@ from adni_timm.export.format import ExportError
 from adni_timm.inference import UNNAMED_GROUP, load_model, predict_slices
 from adni_timm.metrics import CI_KEYS, METRIC_KEYS
 from adni_timm.run import Run
-from adni_timm.data.splits import split_patients
+from adni_timm.data.splits import split_scans
 
 ROOT = Path(__file__).resolve().parents[1]
 STORED_THRESHOLD = 0.37
 FILES = {
     'metrics.json',
     'predictions.csv',
-    'patients.csv',
+    'scans.csv',
     'confusion_matrix.png',
     'confusion_matrix_slices.png',
     'roc.png',
@@ -56,7 +56,7 @@ def _tiny_model(**kwargs):
 
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
-    # 3 patients per class and split, 4 slices each: 24 test slices, 6 test patients
+    # 3 scans per class and split, 4 slices each: 24 test slices, 6 test scans
     return synthetic.generate(tmp_path_factory.mktemp('syn') / 'AD_NC', 3, 3, slices=4, seed=0)
 
 
@@ -78,7 +78,7 @@ def run_dir(tmp_path_factory, model, data_dir):
             'classes': ['NC', 'AD'],
         },
     )
-    split = split_patients(data.scan_split(data_dir, 'train'), val_fraction=0.34, seed=0)
+    split = split_scans(data.scan_split(data_dir, 'train'), val_fraction=0.34, seed=0)
     (run / 'split.json').write_text(json.dumps(split))
     return run
 
@@ -129,8 +129,8 @@ def test_evaluate_run_writes_reports_with_the_stored_threshold(
         'test',
         'AD',
     )
-    assert result['slice']['n'] == 24 and result['patient']['n'] == 6
-    for level in ('slice', 'patient'):
+    assert result['slice']['n'] == 24 and result['scan']['n'] == 6
+    for level in ('slice', 'scan'):
         assert set(METRIC_KEYS) <= set(result[level])
         for key in CI_KEYS:
             lo, hi = result[level][f'{key}_ci']
@@ -138,7 +138,7 @@ def test_evaluate_run_writes_reports_with_the_stored_threshold(
     assert json.loads((out / 'metrics.json').read_text()) == json.loads(json.dumps(result))
 
     rows = _read_csv(out / 'predictions.csv')
-    assert list(rows[0]) == ['path', 'patient', 'label', 'p_AD', 'predicted']
+    assert list(rows[0]) == ['path', 'scan', 'label', 'p_AD', 'predicted']
     assert len(rows) == 24 and sorted(r['label'] for r in rows) == ['AD'] * 12 + ['NC'] * 12
     slices = data.scan_split(data_dir, 'test')
     assert [r['path'] for r in rows] == [s.path for s in slices]
@@ -156,16 +156,16 @@ def test_evaluate_run_writes_reports_with_the_stored_threshold(
         sum(truth & (p_ad >= 0.37)),
     ]
 
-    patients = _read_csv(out / 'patients.csv')
-    assert len(patients) == 6 and all(r['n_slices'] == '4' for r in patients)
-    for r in patients:
-        mine = [float(x['p_AD']) for x in rows if x['patient'] == r['patient']]
+    scans = _read_csv(out / 'scans.csv')
+    assert len(scans) == 6 and all(r['n_slices'] == '4' for r in scans)
+    for r in scans:
+        mine = [float(x['p_AD']) for x in rows if x['scan'] == r['scan']]
         assert float(r['p_AD']) == pytest.approx(np.mean(mine), abs=2e-6)
 
 
 def test_format_table_shows_both_levels_and_cis(run_dir, data_dir, loaded):
     table = format_table(evaluate(loaded, data_dir, n_boot=50))
-    assert 'slices (n=24)' in table and 'patients (n=6)' in table
+    assert 'slices (n=24)' in table and 'scans (n=6)' in table
     assert 'threshold 0.370 (validation)' in table
     assert len([line for line in table.splitlines() if line.startswith(CI_KEYS)]) == len(CI_KEYS)
     assert '[[TN,FP],[FN,TP]]' in table and '95% CI' in table
@@ -236,7 +236,7 @@ def test_plain_export_has_no_run_and_a_fixed_threshold(plain_export, data_dir):
     assert (loaded.point.threshold, loaded.point.source) == (0.5, 'fixed')
     result = evaluate(str(plain_export), data_dir, n_boot=0)
     assert (result['threshold'], result['threshold_source']) == (0.5, 'fixed')
-    assert 'accuracy_ci' not in result['patient'] and result['ci'] is None
+    assert 'accuracy_ci' not in result['scan'] and result['ci'] is None
 
 
 def test_hf_hub_model_loads_from_the_cache_with_its_threshold(
@@ -283,9 +283,9 @@ def test_bad_model_references(tmp_path, run_dir):
 def test_cli_threshold_wins_and_is_applied(run_dir, data_dir, loaded):
     low = evaluate(loaded, data_dir, threshold=0.0, n_boot=0)
     assert (low['threshold'], low['threshold_source']) == (0.0, 'cli')
-    assert low['patient']['confusion_matrix'] == [[0, 3], [0, 3]]  # everything called AD
+    assert low['scan']['confusion_matrix'] == [[0, 3], [0, 3]]  # everything called AD
     high = evaluate(loaded, data_dir, threshold=1.0, n_boot=0)
-    assert high['patient']['sensitivity'] == 0.0 and high['patient']['specificity'] == 1.0
+    assert high['scan']['sensitivity'] == 0.0 and high['scan']['specificity'] == 1.0
 
 
 @pytest.mark.parametrize(
@@ -305,23 +305,23 @@ def test_bad_threshold_options(run_dir, data_dir, loaded, kwargs, match):
         evaluate(loaded, data_dir, n_boot=0, **kwargs)
 
 
-def _fake_predict(p_by_patient):
+def _fake_predict(p_by_scan):
     def fake(net, slices, **kwargs):
-        p = np.array([p_by_patient[s.patient] for s in slices])
+        p = np.array([p_by_scan[s.scan] for s in slices])
         return np.stack([1 - p, p], axis=1)
 
     return fake
 
 
-def _patients(data_dir, split, label):
-    return sorted({s.patient for s in data.scan_split(data_dir, split) if s.label == label})
+def _scans(data_dir, split, label):
+    return sorted({s.scan for s in data.scan_split(data_dir, split) if s.label == label})
 
 
-def test_target_sensitivity_is_met_on_the_runs_validation_patients_not_on_test(
+def test_target_sensitivity_is_met_on_the_runs_validation_scans_not_on_test(
     data_dir, model, tmp_path, monkeypatch
 ):
-    train_ad, train_nc = _patients(data_dir, 'train', 1), _patients(data_dir, 'train', 0)
-    seed0_val = set(split_patients(data.scan_split(data_dir, 'train'), seed=0)['val'])
+    train_ad, train_nc = _scans(data_dir, 'train', 1), _scans(data_dir, 'train', 0)
+    seed0_val = set(split_scans(data.scan_split(data_dir, 'train'), seed=0)['val'])
     # differs from the fallback split on purpose
     val_ad = next(p for p in train_ad if p not in seed0_val)
     run = tmp_path / 'run'
@@ -329,7 +329,7 @@ def test_target_sensitivity_is_met_on_the_runs_validation_patients_not_on_test(
     (run / 'split.json').write_text(
         json.dumps(
             {
-                'level': 'patient',
+                'level': 'scan',
                 'seed': 0,
                 'val_fraction': 0.3,
                 'train': [p for p in train_ad + train_nc[1:] if p != val_ad],
@@ -337,11 +337,11 @@ def test_target_sensitivity_is_met_on_the_runs_validation_patients_not_on_test(
             }
         )
     )
-    # validation AD patient 0.8; other train AD 0.6 / 0.7; test AD 0.3: sensitivity 1.0 needs 0.8 on
+    # validation AD scan 0.8; other train AD 0.6 / 0.7; test AD 0.3: sensitivity 1.0 needs 0.8 on
     # validation, 0.6 if the whole train split were used, 0.3 if it were tuned on test
-    p = {pid: 0.1 for pid in train_nc + _patients(data_dir, 'test', 0)}
+    p = {pid: 0.1 for pid in train_nc + _scans(data_dir, 'test', 0)}
     p.update({pid: 0.6 + 0.1 * i for i, pid in enumerate(q for q in train_ad if q != val_ad)})
-    p.update({val_ad: 0.8, **{pid: 0.3 for pid in _patients(data_dir, 'test', 1)}})
+    p.update({val_ad: 0.8, **{pid: 0.3 for pid in _scans(data_dir, 'test', 1)}})
     monkeypatch.setattr(inference, 'predict_slices', _fake_predict(p))
     result = evaluate(str(run), data_dir, target_sensitivity=1.0, n_boot=0)
     # the middle of the gap below 0.8 on validation (NC at 0.1): 0.45, never 0.6 or 0.3
@@ -349,36 +349,36 @@ def test_target_sensitivity_is_met_on_the_runs_validation_patients_not_on_test(
     assert result['threshold_selection'] == {
         'target_sensitivity': 1.0,
         'chosen_on': str(run / 'split.json'),
-        'validation_patients': 2,
+        'validation_scans': 2,
         'validation_sensitivity': 1.0,
         'validation_specificity': 1.0,
         'tta': False,
     }
-    assert result['patient']['sensitivity'] == 0.0  # the honest consequence on test, not re-tuned
+    assert result['scan']['sensitivity'] == 0.0  # the honest consequence on test, not re-tuned
 
 
 def test_target_sensitivity_without_a_run_uses_a_seed0_split_of_train(
     plain_export, data_dir, monkeypatch, caplog
 ):
-    split = split_patients(data.scan_split(data_dir, 'train'), seed=0)
-    val_ad = [pid for pid in split['val'] if pid in _patients(data_dir, 'train', 1)]
-    p = {pid: 0.2 for pid in _patients(data_dir, 'train', 0) + _patients(data_dir, 'test', 0)}
-    p.update({pid: 0.9 for pid in _patients(data_dir, 'train', 1) + _patients(data_dir, 'test', 1)})
+    split = split_scans(data.scan_split(data_dir, 'train'), seed=0)
+    val_ad = [pid for pid in split['val'] if pid in _scans(data_dir, 'train', 1)]
+    p = {pid: 0.2 for pid in _scans(data_dir, 'train', 0) + _scans(data_dir, 'test', 0)}
+    p.update({pid: 0.9 for pid in _scans(data_dir, 'train', 1) + _scans(data_dir, 'test', 1)})
     p.update({pid: 0.65 for pid in val_ad})
     monkeypatch.setattr(inference, 'predict_slices', _fake_predict(p))
     with caplog.at_level(logging.WARNING, logger='adni_timm.evaluation'):
         result = evaluate(str(plain_export), data_dir, target_sensitivity=1.0, n_boot=0)
     assert result['threshold'] == pytest.approx((0.65 + 0.2) / 2)  # the gap below 0.65
-    assert result['threshold_selection']['chosen_on'] == 'seed-0 patient split of DATA_DIR/train'
+    assert result['threshold_selection']['chosen_on'] == 'seed-0 scan split of DATA_DIR/train'
     assert 'optimistic' in caplog.text
 
 
-def test_target_sensitivity_refuses_validation_patients_that_are_also_tested(
+def test_target_sensitivity_refuses_validation_scans_that_are_also_tested(
     data_dir, model, tmp_path
 ):
     leaky = tmp_path / 'leaky'
     shutil.copytree(data_dir, leaky)
-    test_ad = _patients(leaky, 'test', 1)[0]
+    test_ad = _scans(leaky, 'test', 1)[0]
     for f in (leaky / 'test' / 'AD').glob(f'{test_ad}_*.jpeg'):
         shutil.copy(f, leaky / 'train' / 'AD' / f.name)
     run = tmp_path / 'run'
@@ -386,16 +386,16 @@ def test_target_sensitivity_refuses_validation_patients_that_are_also_tested(
     (run / 'split.json').write_text(
         json.dumps(
             {
-                'level': 'patient',
+                'level': 'scan',
                 'seed': 0,
                 'val_fraction': 0.3,
                 'train': [],
-                'val': [test_ad, _patients(leaky, 'train', 0)[0]],
+                'val': [test_ad, _scans(leaky, 'train', 0)[0]],
             }
         )
     )
     with pytest.raises(
-        EvaluationError, match=f'validation patients .*{test_ad}.* also in the evaluated split'
+        EvaluationError, match=f'validation scans .*{test_ad}.* also in the evaluated split'
     ):
         evaluate(str(run), leaky, target_sensitivity=0.9, n_boot=0)
 
@@ -438,8 +438,8 @@ def test_three_classes_report_ad_vs_rest(tmp_path):
     exported = export.export_model(net, tmp_path / 'export', extra={'classes': ['NC', 'MCI', 'AD']})
     result = evaluate(str(exported), three, output_dir=tmp_path / 'out', n_boot=20)
     assert result['positive_class'] == 'AD' and result['classes'] == ['NC', 'MCI', 'AD']
-    cm = result['patient']['confusion_matrix']  # AD vs rest: [[rest], [AD]]
-    assert result['patient']['n'] == 6 and sum(map(sum, cm)) == 6
+    cm = result['scan']['confusion_matrix']  # AD vs rest: [[rest], [AD]]
+    assert result['scan']['n'] == 6 and sum(map(sum, cm)) == 6
     assert cm[1][0] + cm[1][1] == 2  # 2 AD
     rows = _read_csv(tmp_path / 'out' / 'predictions.csv')
     assert {r['label'] for r in rows} == {'NC', 'MCI', 'AD'} and {r['predicted'] for r in rows} <= {
@@ -457,25 +457,23 @@ def test_predict_images_folder_file_and_unnamed(run_dir, data_dir, model, tmp_pa
     result = predict_images(str(run_dir), folder, output_dir=tmp_path / 'pred')
     slices = sorted(folder.glob('*.jpeg'))
     assert [r['path'] for r in result['slices']] == [str(f) for f in slices]
-    assert len(result['patients']) == 3 and all(r['n_slices'] == 4 for r in result['patients'])
+    assert len(result['scans']) == 3 and all(r['n_slices'] == 4 for r in result['scans'])
     assert result['threshold'] == STORED_THRESHOLD
     by_path = {r['path']: r['p_AD'] for r in result['slices']}
-    for row in result['patients']:
+    for row in result['scans']:
         assert row['p_AD'] == pytest.approx(
-            np.mean(
-                [v for k, v in by_path.items() if Path(k).name.startswith(row['patient'] + '_')]
-            )
+            np.mean([v for k, v in by_path.items() if Path(k).name.startswith(row['scan'] + '_')])
         )
         assert row['predicted'] == ('AD' if row['p_AD'] >= STORED_THRESHOLD else 'NC')
     assert len(_read_csv(tmp_path / 'pred' / 'predictions.csv')) == 12
-    assert len(_read_csv(tmp_path / 'pred' / 'patients.csv')) == 3
+    assert len(_read_csv(tmp_path / 'pred' / 'scans.csv')) == 3
 
     unnamed = tmp_path / 'scan.png'
     Image.open(slices[0]).save(unnamed)
     single = predict_images(str(run_dir), unnamed, threshold=0.9)
-    # a file without a <patient>_<slice> name is its own group, never dropped from the table
-    assert [r['patient'] for r in single['patients']] == [UNNAMED_GROUP]
-    assert single['slices'][0]['patient'] == UNNAMED_GROUP
+    # a file without a <scan>_<slice> name is its own group, never dropped from the table
+    assert [r['scan'] for r in single['scans']] == [UNNAMED_GROUP]
+    assert single['slices'][0]['scan'] == UNNAMED_GROUP
     # PNG of the same pixels
     assert single['slices'][0]['p_AD'] == pytest.approx(by_path[str(slices[0])], abs=1e-3)
     assert (single['threshold'], single['threshold_source']) == (0.9, 'cli')
@@ -497,7 +495,7 @@ def test_cli_evaluates_into_the_run_folder(run_dir, data_dir, capsys):
     assert _cli()(['--model', str(run_dir), '--data-dir', str(data_dir), '--n-boot', '20']) == 0
     out = capsys.readouterr().out
     # where push_to_hub.py looks
-    assert 'patients (n=6)' in out and f'wrote {run_dir / "eval"}' in out
+    assert 'scans (n=6)' in out and f'wrote {run_dir / "eval"}' in out
     assert {p.name for p in (run_dir / 'eval').iterdir()} == FILES
     assert json.loads((run_dir / 'eval' / 'metrics.json').read_text())['tta'] is False
 
@@ -517,7 +515,7 @@ def test_cli_images_and_usage_errors(run_dir, data_dir, tmp_path, capsys):
         )
         == 0
     )
-    assert 'patient' in capsys.readouterr().out and (tmp_path / 'p' / 'patients.csv').is_file()
+    assert 'scan' in capsys.readouterr().out and (tmp_path / 'p' / 'scans.csv').is_file()
     for argv in (
         ['--model', str(run_dir)],  # no --data-dir
         [

@@ -53,7 +53,7 @@ EXTRA = {
     'classes': ['NC', 'AD'],
     'weights': 'ema',
     'epoch': 12,
-    'best_metric': 'val_patient_auc',
+    'best_metric': 'val_scan_auc',
     'best_value': 0.93,
     'model_name': 'adni_convnext_atto',
     'img_size': IMG,
@@ -78,7 +78,7 @@ def _level_metrics(n, acc, sens, spec, auc):
 
 METRICS = {
     'slice': _level_metrics(4000, 0.8123, 0.70, 0.91, 0.8765),
-    'patient': _level_metrics(200, 0.855, 0.78, 0.93, 0.9312),
+    'scan': _level_metrics(200, 0.855, 0.78, 0.93, 0.9312),
     'threshold': 0.47,
     'threshold_source': 'validation',
     'model': 'RUN',
@@ -116,7 +116,7 @@ def make_run(run: Path, extra=None, model=None) -> Path:
     (run / 'split.json').write_text(
         json.dumps(
             {
-                'level': 'patient',
+                'level': 'scan',
                 'seed': 0,
                 'val_fraction': 0.2,
                 'train': ['1', '2', '3', '4'],
@@ -124,17 +124,17 @@ def make_run(run: Path, extra=None, model=None) -> Path:
             }
         )
     )
-    (run / 'metrics.jsonl').write_text('{"epoch": 0, "val_patient_auc": 0.9}\n')
+    (run / 'metrics.jsonl').write_text('{"epoch": 0, "val_scan_auc": 0.9}\n')
     _png(run / 'curves.png')
     (run / 'eval').mkdir()
     # what evaluate.py writes for these weights: their
-    # fingerprint, epoch, and the evaluated patients
+    # fingerprint, epoch, and the evaluated scans
     weights_sha256 = hashlib.sha256((run / 'best' / 'model.safetensors').read_bytes()).hexdigest()
     (run / 'eval' / 'metrics.json').write_text(
         json.dumps(dict(METRICS, weights_sha256=weights_sha256, epoch=12))
     )
-    (run / 'eval' / 'patients.csv').write_text(
-        'patient,label,n_slices,p_AD,predicted\n900,AD,20,0.9,AD\n901,NC,20,0.1,NC\n'
+    (run / 'eval' / 'scans.csv').write_text(
+        'scan,label,n_slices,p_AD,predicted\n900,AD,20,0.9,AD\n901,NC,20,0.1,NC\n'
     )
     for name in ('confusion_matrix.png', 'roc.png'):
         _png(run / 'eval' / name)
@@ -276,10 +276,10 @@ def test_card_front_matter_and_eval_results_round_trip(trained):
         ('ADNI AD_NC test (slice-level)', 'roc_auc'): 0.8765,
         ('ADNI AD_NC test (slice-level)', 'recall'): 0.70,
         ('ADNI AD_NC test (slice-level)', 'specificity'): 0.91,
-        ('ADNI AD_NC test (patient-level)', 'accuracy'): 0.855,
-        ('ADNI AD_NC test (patient-level)', 'roc_auc'): 0.9312,
-        ('ADNI AD_NC test (patient-level)', 'recall'): 0.78,
-        ('ADNI AD_NC test (patient-level)', 'specificity'): 0.93,
+        ('ADNI AD_NC test (scan-level)', 'accuracy'): 0.855,
+        ('ADNI AD_NC test (scan-level)', 'roc_auc'): 0.9312,
+        ('ADNI AD_NC test (scan-level)', 'recall'): 0.78,
+        ('ADNI AD_NC test (scan-level)', 'specificity'): 0.93,
     }
 
 
@@ -301,18 +301,18 @@ def test_card_sections_say_what_the_model_is_and_must_not_be_used_for(trained):
     assert 'Not a medical device' in text and 'Not for diagnosis' in text
     # convnext_atto, 2 classes, as published (3-channel stem)
     assert 'from scratch' in text and '3.38 M' in text
-    assert 'Data Use Agreement' in text and 'No images' in text and '**by patient**' in text
+    assert 'Data Use Agreement' in text and 'No images' in text and '**by scan**' in text
     assert "timm.create_model('hf-hub:my-lab/adni-convnext-atto', pretrained=True)" in text
     assert (
         "timm.create_model('hf-hub:my-lab/adni-convnext-atto', pretrained=True, in_chans=1)" in text
     )
     assert "pipeline('image-classification', model='my-lab/adni-convnext-atto')" in text
-    # patient sens .78, spec .93
-    assert 'misses 22.0% of AD patients and flags 7.0% of NC patients' in text
+    # scan sens .78, spec .93
+    assert 'misses 22.0% of AD scans and flags 7.0% of NC scans' in text
     assert '![ROC curve](roc.png)' in text and '0.931 [0.901, 0.961]' in text
     # threshold_source: validation
-    assert 'chosen on the validation patients (never on test)' in text
-    assert 'shares no patient with training or validation (checked' in text
+    assert 'chosen on the validation scans (never on test)' in text
+    assert 'shares no scan with training or validation (checked' in text
     assert '@inproceedings{liu2022convnet' in text and '@misc{rw2019timm' in text
     assert 'TODO (publisher)' in text
     config_block = text.split('```yaml\n')[1].split('```')[0]
@@ -611,18 +611,18 @@ def test_an_evaluation_that_does_not_match_the_export_is_named(run_dir, tmp_path
 
 
 def test_the_card_says_the_test_split_is_unseen_only_when_checked(run_dir, tmp_path):
-    (run_dir / 'eval' / 'patients.csv').write_text(
-        'patient,label,n_slices,p_AD,predicted\n1,AD,20,0.9,AD\n'
+    (run_dir / 'eval' / 'scans.csv').write_text(
+        'scan,label,n_slices,p_AD,predicted\n1,AD,20,0.9,AD\n'
     )
-    # patient 1 trained on
+    # scan 1 trained on
     hub.build_export_folder(run_dir, tmp_path / 'a', run_dir / 'eval' / 'metrics.json')
     text = (tmp_path / 'a' / 'README.md').read_text()
-    assert 'shares patients with training or validation: its results below are optimistic' in text
-    assert 'shares no patient' not in text
-    (run_dir / 'eval' / 'patients.csv').unlink()
+    assert 'shares scans with training or validation: its results below are optimistic' in text
+    assert 'shares no scan' not in text
+    (run_dir / 'eval' / 'scans.csv').unlink()
     hub.build_export_folder(run_dir, tmp_path / 'b', _edit_metrics(run_dir, threshold_source='cli'))
     text = (tmp_path / 'b' / 'README.md').read_text()
-    assert 'could not be checked' in text and 'shares no patient' not in text
+    assert 'could not be checked' in text and 'shares no scan' not in text
     assert 'set by hand (--threshold)' in text  # where the evaluated threshold came from, as it is
 
 
@@ -672,21 +672,21 @@ def test_the_readme_order_evaluate_then_publish_puts_these_results_in_the_card(
     )
     assert code == 0
     card = ModelCard.load(tmp_path / 'hub' / 'README.md')
-    patient_acc = json.loads((run / 'eval' / 'metrics.json').read_text())['patient']['accuracy']
+    scan_acc = json.loads((run / 'eval' / 'metrics.json').read_text())['scan']['accuracy']
     results = {(r.dataset_config, r.metric_type): r.metric_value for r in card.data.eval_results}
-    assert results[('patient-level', 'accuracy')] == round(patient_acc, 4)
+    assert results[('scan-level', 'accuracy')] == round(scan_acc, 4)
     assert (
         'Unverified' not in card.text
-        and 'shares no patient with training or validation (checked' in card.text
+        and 'shares no scan with training or validation (checked' in card.text
     )
     assert 'reliability.png' in out
 
 
-def test_the_population_maps_go_up_but_never_a_patients_montage(run_dir, tmp_path):
+def test_the_population_maps_go_up_but_never_a_scans_montage(run_dir, tmp_path):
     _png(run_dir / 'eval' / 'cam' / 'population_maps.png')  # an average over a class's test slices
-    _png(run_dir / 'eval' / 'cam' / 'TP_218391.png')  # one patient's slices: data, never uploaded
+    _png(run_dir / 'eval' / 'cam' / 'TP_218391.png')  # one scan's slices: data, never uploaded
     files = hub.build_export_folder(run_dir, tmp_path / 'out', run_dir / 'eval' / 'metrics.json')
     assert 'population_maps.png' in {f.name for f in files}
     assert not any('218391' in f.name for f in (tmp_path / 'out').iterdir())
     text = (tmp_path / 'out' / 'README.md').read_text()
-    assert '](population_maps.png)' in text and 'an average, no patient' in text
+    assert '](population_maps.png)' in text and 'an average, no scan' in text

@@ -43,11 +43,11 @@ def _parquet_from_folder(folder: Path, out: Path, *, scan=True, subject=True, sl
         extra, columns = {}, {}
         if scan:
             extra['scan'] = datasets.Value('string')
-            columns['scan'] = [s.patient for s in slices]
+            columns['scan'] = [s.scan for s in slices]
         if subject:
             extra['subject'] = datasets.Value('string')
             # a person's scans share a class in the synthetic set: subject = class + scan group
-            columns['subject'] = [f'{s.label}-{_subject(s.patient)}' for s in slices]
+            columns['subject'] = [f'{s.label}-{_subject(s.scan)}' for s in slices]
         if slice_:
             extra['slice'] = datasets.Value('int32')
             columns['slice'] = [s.slice_index for s in slices]
@@ -73,8 +73,8 @@ def test_parquet_dataset_becomes_the_slice_folder_it_came_from(tiny_data, tmp_pa
     assert done.data_dir.parent == cache / 'hf-datasets' and not done.reused
     for split in ('train', 'test'):
         before, after = data.scan_split(tiny_data, split), data.scan_split(done.data_dir, split)
-        assert [(s.patient, s.label, s.slice_index) for s in after] == [
-            (s.patient, s.label, s.slice_index) for s in before
+        assert [(s.scan, s.label, s.slice_index) for s in after] == [
+            (s.scan, s.label, s.slice_index) for s in before
         ]
         # the JPEG bytes are copied, not re-encoded: the pixels are the dataset's
         assert all(
@@ -84,7 +84,7 @@ def test_parquet_dataset_becomes_the_slice_folder_it_came_from(tiny_data, tmp_pa
     from adni_timm.data.note import describe, subjects_of
 
     subjects = subjects_of(done.data_dir)
-    assert subjects['%s' % after[0].patient] == f'{after[0].label}-{_subject(after[0].patient)}'
+    assert subjects['%s' % after[0].scan] == f'{after[0].label}-{_subject(after[0].scan)}'
     note = describe(done.data_dir)
     assert 'Hugging Face dataset' in note.note and not note.synthetic
     again = hub.materialise(str(source))
@@ -175,7 +175,7 @@ def test_an_imagefolder_with_metadata_keeps_its_folder_labels_and_scans(tmp_path
             csv.writer(f).writerows([['file_name', 'scan', 'subject'], *rows])
     done = hub.materialise(root)
     train = data.scan_split(done.data_dir, 'train')
-    assert {(s.patient, s.label) for s in train} == {
+    assert {(s.scan, s.label) for s in train} == {
         ('train-NC-0', 0),
         ('train-NC-1', 0),
         ('train-AD-0', 1),
@@ -199,8 +199,8 @@ def test_hub_id_loads_from_the_offline_datasets_cache(tiny_data, tmp_path, cache
     shutil.move(Path(builder.cache_dir).parent.parent, root / 'someorg___slices' / 'default')
     done = hub.materialise('hf:someorg/slices')
     assert done.data_dir.name.startswith('someorg-slices-')
-    assert [s.patient for s in data.scan_split(done.data_dir, 'test')] == [
-        s.patient for s in data.scan_split(tiny_data, 'test')
+    assert [s.scan for s in data.scan_split(done.data_dir, 'test')] == [
+        s.scan for s in data.scan_split(tiny_data, 'test')
     ]
     meta = json.loads((done.data_dir / 'dataset.json').read_text())
     assert 'someorg/slices' in meta['note'] and meta['hub_dataset']['source'] == 'hf:someorg/slices'
@@ -234,11 +234,11 @@ def test_a_parquet_dataset_trains_evaluates_and_keeps_scans_together(tiny_data, 
     assert f'dataset {source}: train 48 images in 12 scans; test 24 images in 6 scans' in log
     assert 'no slice column: slices are numbered by their order in the scan' in log
     split = json.loads((run / 'split.json').read_text())
-    scans = {s.patient for s in data.scan_split(tiny_data, 'train')}
+    scans = {s.scan for s in data.scan_split(tiny_data, 'train')}
     # every scan whole on one side: the split lists scans, each once, and all of them
     assert sorted(split['train'] + split['val']) == sorted(scans)
     assert not set(split['train']) & set(split['val'])
-    assert sorted(split['test']) == sorted({s.patient for s in data.scan_split(tiny_data, 'test')})
+    assert sorted(split['test']) == sorted({s.scan for s in data.scan_split(tiny_data, 'test')})
     record = (run / 'train_config.yaml').read_text()
     assert 'Hugging Face dataset' in record and 'no slice column' not in record
     out = tmp_path / 'eval'
@@ -256,10 +256,7 @@ def test_a_parquet_dataset_trains_evaluates_and_keeps_scans_together(tiny_data, 
         timeout=900,
     )
     metrics = json.loads((out / 'metrics.json').read_text())
-    assert (
-        metrics['slice']['n'] == 24
-        and metrics['patient' if 'patient' in metrics else 'scan']['n'] == 6
-    )
+    assert metrics['slice']['n'] == 24 and metrics['scan']['n'] == 6
     # the same dataset is written once: training and evaluation read the same folder
     assert len(list((tmp_path / 'cache' / 'hf-datasets').glob('parquet-*/dataset.json'))) == 1
 

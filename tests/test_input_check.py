@@ -117,7 +117,7 @@ def untrained(tiny_data):
     ).eval()
     _, eval_tf = data.build_transforms(model)
     train = slices_of(tiny_data, 'train')
-    split = splits.split_patients(train, val_fraction=0.34, seed=0)
+    split = splits.split_scans(train, val_fraction=0.34, seed=0)
     fit, val = splits.select(train, split, 'train'), splits.select(train, split, 'val')
     check = fit_input_check(
         model, load(fit), [s.label for s in fit], load(val), transform=eval_tf, batch_size=16
@@ -195,8 +195,8 @@ def test_fit_refuses_mismatched_labels(untrained, tiny_data):
 
 @pytest.fixture(scope='module')
 def trained_check(tiny_run, tmp_path_factory):
-    """The check of the tiny trained run, fitted on 60 SYNTHETIC patients, thresholded on 20 other
-    patients, asked about 40 held-out patients (4 slices each)."""
+    """The check of the tiny trained run, fitted on 60 SYNTHETIC scans, thresholded on 20 other
+    scans, asked about 40 held-out scans (4 slices each)."""
     from adni_timm.synthetic.slices import generate
 
     root = generate(
@@ -209,7 +209,7 @@ def trained_check(tiny_run, tmp_path_factory):
     model = load_model(tiny_run[0]).net
     _, eval_tf = data.build_transforms(model)
     train = slices_of(root, 'train')
-    split = splits.split_patients(train, val_fraction=0.25, seed=0)
+    split = splits.split_scans(train, val_fraction=0.25, seed=0)
     fit, val = splits.select(train, split, 'train'), splits.select(train, split, 'val')
     check = fit_input_check(
         model, load(fit), [s.label for s in fit], load(val), transform=eval_tf, batch_size=32

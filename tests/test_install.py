@@ -236,9 +236,9 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
         [
             bin_dir / 'adni-synthetic',
             data,
-            '--train-patients',
+            '--train-subjects',
             3,
-            '--test-patients',
+            '--test-subjects',
             2,
             '--slices',
             3,

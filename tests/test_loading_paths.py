@@ -66,7 +66,7 @@ def paths(tiny_run, tiny_data, tmp_path_factory):
 def test_every_path_gives_evaluates_p_ad_and_the_labels_nc_ad(paths):
     run, images, out = paths
     model = load_model(run).net
-    slices = [data.Slice(path=p, patient='x', label=-1, slice_index=None) for p in images]
+    slices = [data.Slice(path=p, scan='x', label=-1, slice_index=None) for p in images]
     ours = predict_slices(model, slices)[:, 1]  # evaluate.py's inference, before calibration
     p_paths = {name: v for name, v in out.items() if 'labels' not in name and 'logits' not in name}
     # 2 sources x (timm RGB, in_chans=1) + 2 x 3 pipeline + 2 AutoModel
@@ -85,7 +85,7 @@ def test_the_cards_pipeline_recipe_gives_evaluates_calibrated_p_ad(paths):
     run, images, out = paths
     loaded = load_model(run)
     temperature = loaded.point.temperature
-    slices = [data.Slice(path=p, patient='x', label=-1, slice_index=None) for p in images]
+    slices = [data.Slice(path=p, scan='x', label=-1, slice_index=None) for p in images]
     calibrated = loaded.predict(slices)[:, 1]
     for logits in (out[f'pipeline logits {run / "best"}'], out[f'pipeline logits {REPO_ID}']):
         scaled = torch.tensor([[row['NC'], row['AD']] for row in logits]) / temperature
@@ -127,7 +127,7 @@ def test_an_old_one_channel_export_still_evaluates_resumes_and_publishes(
     np.testing.assert_allclose(
         predict_slices(old_model, slices), predict_slices(model, slices), rtol=1e-5, atol=1e-7
     )
-    assert evaluation.evaluate(str(run), tiny_data, n_boot=0)['patient']['n'] == 6
+    assert evaluation.evaluate(str(run), tiny_data, n_boot=0)['scan']['n'] == 6
     # the checkpoint never depended on the format
     run_train('--output-dir', run, '--resume', '--epochs', '3')
     assert json.loads((run / 'metrics.jsonl').read_text().splitlines()[-1])['epoch'] == 3

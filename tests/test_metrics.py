@@ -9,8 +9,8 @@ from adni_timm.metrics import (
     METRIC_KEYS,
     binary_metrics,
     bootstrap_ci,
-    patient_level,
-    slice_and_patient_metrics,
+    scan_level,
+    slice_and_scan_metrics,
     threshold_for_sensitivity,
     weighted_metrics,
     youden_threshold,
@@ -77,27 +77,27 @@ def test_bad_input_is_a_clear_error(y, p, match):
         binary_metrics(y, p)
 
 
-def test_patient_level_means_slices_per_patient():
-    ids, y, p = patient_level(['b', 'a', 'b', 'a', 'c'], [1, 0, 1, 0, 0], [0.9, 0.2, 0.5, 0.4, 0.6])
+def test_scan_level_means_slices_per_scan():
+    ids, y, p = scan_level(['b', 'a', 'b', 'a', 'c'], [1, 0, 1, 0, 0], [0.9, 0.2, 0.5, 0.4, 0.6])
     assert ids.tolist() == ['a', 'b', 'c']
     assert y.tolist() == [0, 1, 0]
     np.testing.assert_allclose(p, [0.3, 0.7, 0.6])
 
 
-def test_patient_with_mixed_labels_is_an_error():
+def test_scan_with_mixed_labels_is_an_error():
     with pytest.raises(ValueError, match=r"\['a'\].*different labels"):
-        patient_level(['a', 'a', 'b'], [0, 1, 1], [0.1, 0.2, 0.3])
+        scan_level(['a', 'a', 'b'], [0, 1, 1], [0.1, 0.2, 0.3])
 
 
-def test_slice_and_patient_metrics_use_one_threshold():
+def test_slice_and_scan_metrics_use_one_threshold():
     pats = ['a', 'a', 'b', 'b', 'c', 'c']
     y = [0, 0, 1, 1, 1, 1]
     p = [0.1, 0.7, 0.6, 0.6, 0.2, 0.6]
-    m = slice_and_patient_metrics(pats, y, p, threshold=0.5)
+    m = slice_and_scan_metrics(pats, y, p, threshold=0.5)
     assert m['slice']['confusion_matrix'] == [[1, 1], [1, 3]]
-    assert m['patient']['n'] == 3
+    assert m['scan']['n'] == 3
     # a: 0.4 -> NC, b: 0.6 -> AD, c: 0.4 missed
-    assert m['patient']['confusion_matrix'] == [[1, 0], [1, 1]]
+    assert m['scan']['confusion_matrix'] == [[1, 0], [1, 1]]
 
 
 def test_youden_threshold_maximises_j():
@@ -159,20 +159,20 @@ def test_threshold_choice_needs_both_classes_and_a_valid_target():
         threshold_for_sensitivity(Y, P, 0.0)
 
 
-def _toy_patients(n_patients=40, slices=5, seed=0):
+def _toy_scans(n_scans=40, slices=5, seed=0):
     rng = np.random.default_rng(seed)
-    y_pat = np.arange(n_patients) % 2
-    pats = np.repeat([f'p{i:03d}' for i in range(n_patients)], slices)
+    y_pat = np.arange(n_scans) % 2
+    pats = np.repeat([f'p{i:03d}' for i in range(n_scans)], slices)
     y = np.repeat(y_pat, slices)
     p = np.clip(rng.normal(0.4 + 0.2 * y, 0.3), 0, 1)
     return pats, y, p
 
 
 def test_bootstrap_ci_contains_point_estimate_and_is_deterministic():
-    pats, y, p = _toy_patients()
+    pats, y, p = _toy_scans()
     ci = bootstrap_ci(pats, y, p, 0.5, n_boot=300, seed=1)
-    point = slice_and_patient_metrics(pats, y, p, 0.5)
-    for level in ('slice', 'patient'):
+    point = slice_and_scan_metrics(pats, y, p, 0.5)
+    for level in ('slice', 'scan'):
         assert set(ci[level]) == set(CI_KEYS)
         for key, (lo, hi) in ci[level].items():
             assert lo <= point[level][key] <= hi, (level, key)
@@ -181,19 +181,19 @@ def test_bootstrap_ci_contains_point_estimate_and_is_deterministic():
     assert ci != bootstrap_ci(pats, y, p, 0.5, n_boot=300, seed=2)
 
 
-def test_bootstrap_resamples_patients_not_slices():
-    # every slice of a patient gets the same prediction: resampling patients gives a wider slice CI
-    # than treating slices as independent would; here 10 patients x 50 slices behave like 10 samples
+def test_bootstrap_resamples_scans_not_slices():
+    # every slice of a scan gets the same prediction: resampling scans gives a wider slice CI
+    # than treating slices as independent would; here 10 scans x 50 slices behave like 10 samples
     pats = np.repeat(np.arange(10), 50)
     y = np.repeat(np.arange(10) % 2, 50)
     p = np.repeat([0.2, 0.8, 0.6, 0.3, 0.1, 0.9, 0.7, 0.4, 0.2, 0.6], 50)
     ci = bootstrap_ci(pats, y, p, 0.5, n_boot=500)
-    assert ci['slice']['accuracy'] == pytest.approx(ci['patient']['accuracy'])
+    assert ci['slice']['accuracy'] == pytest.approx(ci['scan']['accuracy'])
     assert ci['slice']['accuracy'][1] - ci['slice']['accuracy'][0] > 0.2
 
 
 def test_weighted_metrics_equal_sklearn_with_sample_weight():
-    pats, y, p = _toy_patients(seed=3)
+    pats, y, p = _toy_scans(seed=3)
     w = np.random.default_rng(0).integers(0, 3, size=(2, len(y))).astype(float)
     # rounding makes ties: AUC counts them one half
     out = weighted_metrics(y, np.round(p, 1), 0.5, w)
@@ -212,16 +212,16 @@ def test_weighted_metrics_equal_sklearn_with_sample_weight():
 
 
 def test_a_degenerate_bootstrap_gives_the_exact_interval_for_proportions():
-    # 32 of 32 patients right: every resample agrees, and a [1, 1] interval would claim certainty
+    # 32 of 32 scans right: every resample agrees, and a [1, 1] interval would claim certainty
     pats = np.repeat([f'p{i:02d}' for i in range(32)], 3)
     y = np.repeat(np.arange(32) % 2, 3)
     p = np.where(y == 1, 0.9, 0.1)
     ci = bootstrap_ci(pats, y, p, 0.5, n_boot=200)
-    for level in ('patient', 'slice'):  # slices of one patient are not independent: patients count
+    for level in ('scan', 'slice'):  # slices of one scan are not independent: scans count
         assert ci[level]['accuracy'][0] == pytest.approx(0.025 ** (1 / 32), abs=1e-9)  # 0.891
         assert ci[level]['accuracy'][1] == 1.0
         assert ci[level]['sensitivity'][0] == pytest.approx(0.025 ** (1 / 16), abs=1e-9)
-    assert ci['patient']['accuracy'][0] == pytest.approx(0.891, abs=5e-4)
+    assert ci['scan']['accuracy'][0] == pytest.approx(0.891, abs=5e-4)
     # an ordinary bootstrap interval is kept as it is
-    pats, y, p = _toy_patients()
-    assert bootstrap_ci(pats, y, p, 0.5, n_boot=300, seed=1)['patient']['accuracy'][1] < 1.0
+    pats, y, p = _toy_scans()
+    assert bootstrap_ci(pats, y, p, 0.5, n_boot=300, seed=1)['scan']['accuracy'][1] < 1.0

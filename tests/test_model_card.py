@@ -63,7 +63,7 @@ def _config(classes=('NC', 'AD'), **extra):
             'classes': classes,
             'weights': 'live',
             'epoch': 5,
-            'best_metric': 'val_patient_auc',
+            'best_metric': 'val_scan_auc',
             'best_value': 0.9,
             'data': 'ADNI AD_NC',
             **extra,
@@ -88,7 +88,7 @@ def _metrics(sens=0.8, spec=0.9, n=40):
     cm = [[18, 2], [4, 16]]
     return {
         'slice': _level(n * 20, sens, spec, cm),
-        'patient': _level(n, sens, spec, cm),
+        'scan': _level(n, sens, spec, cm),
         'threshold': 0.4,
         'threshold_source': 'validation',
         'split': 'test',
@@ -112,13 +112,13 @@ def _section(text, heading):
 def test_a_perfect_model_has_no_more_frequent_error():
     text = _card(metrics=_metrics(sens=1.0, spec=1.0)).text
     limits = _section(text, 'Limitations and bias')
-    assert 'missed no AD patient and flagged no NC patient as AD (40 patients)' in limits
+    assert 'missed no AD scan and flagged no NC scan as AD (40 scans)' in limits
     assert 'more frequent error' not in limits and 'false alarms on NC' not in limits
 
 
 def test_equal_error_rates_are_said_to_be_equal():
     limits = _section(_card(metrics=_metrics(sens=0.9, spec=0.9)).text, 'Limitations and bias')
-    assert 'misses 10.0% of AD patients and flags 10.0% of NC patients' in limits
+    assert 'misses 10.0% of AD scans and flags 10.0% of NC scans' in limits
     assert 'the two errors are equally frequent' in limits and 'more frequent' not in limits
 
 
@@ -227,7 +227,7 @@ def test_the_card_gives_stock_timm_users_the_class_map():
 # ------------------------------------------------------------------------ cross-validation
 
 FOLDS = {'k': 3, 'seed': 7, 'folds': [['1', '2'], ['3', '4'], ['5', '6']]}
-REFIT_SPLIT = {'level': 'patient', 'seed': 7, 'train': ['1', '2', '3', '4', '5', '6'], 'val': []}
+REFIT_SPLIT = {'level': 'scan', 'seed': 7, 'train': ['1', '2', '3', '4', '5', '6'], 'val': []}
 
 
 def _cv(select='inner'):
@@ -237,8 +237,8 @@ def _cv(select='inner'):
         'seed': 7,
         'folds': FOLDS['folds'],
         'select': select,
-        'summary': {'k': 3, 'patient': {'auc': entry}, 'slice': {}},
-        'out_of_fold': {'patient': {'auc': 0.8, 'auc_ci': [0.61, 0.95]}, 'slice': {}},
+        'summary': {'k': 3, 'scan': {'auc': entry}, 'slice': {}},
+        'out_of_fold': {'scan': {'auc': 0.8, 'auc_ci': [0.61, 0.95]}, 'slice': {}},
         'ensemble': {
             'threshold': 0.45,
             'threshold_rule': 'youden',
@@ -280,22 +280,21 @@ def test_a_cv_card_describes_folds_and_refit_and_checks_leakage_against_both():
         eval_facts=EvalCheck(problems=[], disjoint=True),
     )
     data = _section(card.text, 'Training data')
-    assert 'The 6 training patients were cut into 3 folds (seed 7' in data
+    assert 'The 6 training scans were cut into 3 folds (seed 7' in data
     assert 'no top-level split' in data and 'inner validation split of its own training' in data
-    assert 'refit: one model trained on all 6 training patients (`refit/split.json`)' in data
-    assert 'shares no patient with any cross-validation fold (checked against `folds.json`' in data
+    assert 'refit: one model trained on all 6 training scans (`refit/split.json`)' in data
+    assert 'shares no scan with any cross-validation fold (checked against `folds.json`' in data
     assert "refit's `refit/split.json`" in data
     assert 'Validation was carved' not in data
     cv = _section(card.text, 'Cross-validation')
     assert (
-        '| Patient-level ROC AUC | 0.820 ± 0.105 | 0.810, 0.720, 0.930 | 0.800 [0.610, 0.950] |'
-        in cv
+        '| Scan-level ROC AUC | 0.820 ± 0.105 | 0.810, 0.720, 0.930 | 0.800 [0.610, 0.950] |' in cv
     )
     assert "threshold chosen on the *other* folds' out-of-fold predictions" in cv
     assert '`select: inner`' in cv
     assert '**refit** (the published model): threshold 0.380 (youden), temperature 1.400' in cv
     assert 'member temperatures 1.100, 1.300, 0.900' in cv
-    assert 'all training patients for 4 epochs' in card.text
+    assert 'all training scans for 4 epochs' in card.text
 
 
 def test_a_cv_card_says_when_nothing_was_selected_or_when_it_is_not_known():
@@ -310,8 +309,8 @@ def test_a_cv_card_says_when_nothing_was_selected_or_when_it_is_not_known():
 
 def _slices():
     class S:
-        def __init__(self, patient, index, suffix='.jpeg'):
-            self.patient, self.slice_index, self.path = patient, index, f'{patient}_{index}{suffix}'
+        def __init__(self, scan, index, suffix='.jpeg'):
+            self.scan, self.slice_index, self.path = scan, index, f'{scan}_{index}{suffix}'
 
     return [S('a', i) for i in range(57, 77)] + [S('b', i) for i in range(60, 72)]
 
@@ -336,12 +335,12 @@ def test_intensity_statistics_match_numpy_on_all_pixels():
         intensity_stats([np.zeros((2, 2), np.float32)])
 
 
-def test_describe_input_counts_slices_patients_and_round_trips():
+def test_describe_input_counts_slices_scans_and_round_trips():
     images = _images(3) + [np.zeros((192, 192), np.uint8)]
     desc = describe_input(_slices(), images, DataNote('ADNI AD_NC'))
-    assert (desc.n_slices, desc.n_patients, desc.n_images) == (32, 2, 4)
+    assert (desc.n_slices, desc.n_scans, desc.n_images) == (32, 2, 4)
     assert desc.image_sizes == ((256, 240), (192, 192)) and desc.image_size == (256, 240)
-    assert desc.slice_range == (57, 76) and desc.slices_per_patient == (12, 20)
+    assert desc.slice_range == (57, 76) and desc.slices_per_scan == (12, 20)
     assert desc.file_types == ('.jpeg',)
     assert InputDescription.from_dict(json.loads(json.dumps(desc.to_dict()))) == desc
 
@@ -361,7 +360,7 @@ def test_the_card_shows_the_recorded_input_and_the_recipe():
     desc = describe_input(_slices(), _images(2), DataNote('OASIS-3', False, recipe))
     text = _card(_config(data='OASIS-3', preprocessing=recipe, input=desc.to_dict())).text
     section = _section(text, 'Input data')
-    assert '32 slices of 2 patients, jpeg files' in section
+    assert '32 slices of 2 scans, jpeg files' in section
     assert '256 x 240 px, 8-bit grayscale' in section and '57 to 76' in section
     assert f'mean {desc.intensity.mean:.1f}, sd {desc.intensity.std:.1f}' in section
     assert 'affine registration to MNI152 ICBM 2009a' in section
@@ -490,7 +489,7 @@ def test_the_example_image_is_synthetic_and_the_widget_shows_it(tmp_path):
 
 def _cv_run(root, evaluated):
     """A cross-validation run folder as cv_run writes it: folds, cv.json, the refit's split,
-    final/ and the refit's evaluation of ``evaluated`` patients."""
+    final/ and the refit's evaluation of ``evaluated`` scans."""
     import hashlib
 
     run = root / 'run'
@@ -511,24 +510,22 @@ def _cv_run(root, evaluated):
     (run / 'eval-final').mkdir()
     (run / 'eval-final' / 'metrics.json').write_text(json.dumps(metrics))
     rows = ''.join(f'{p},AD,20,0.9,AD\n' for p in evaluated)
-    (run / 'eval-final' / 'patients.csv').write_text(
-        f'patient,label,n_slices,p_AD,predicted\n{rows}'
-    )
+    (run / 'eval-final' / 'scans.csv').write_text(f'scan,label,n_slices,p_AD,predicted\n{rows}')
     return run
 
 
-def test_a_cv_runs_card_checks_the_test_patients_against_folds_and_refit(tmp_path):
+def test_a_cv_runs_card_checks_the_test_scans_against_folds_and_refit(tmp_path):
     run = _cv_run(tmp_path / 'clean', evaluated=['900', '901'])
     hub.build_export_folder(run, tmp_path / 'a', run / 'eval-final' / 'metrics.json', repo_id=REPO)
     text = (tmp_path / 'a' / 'README.md').read_text()
-    assert 'shares no patient with any cross-validation fold (checked against `folds.json`' in text
+    assert 'shares no scan with any cross-validation fold (checked against `folds.json`' in text
     assert 'cut into 3 folds' in text and '0.810, 0.720, 0.930' in text
-    # patient 7 is in no fold but the refit trained on it: the check must see refit/split.json
+    # scan 7 is in no fold but the refit trained on it: the check must see refit/split.json
     run = _cv_run(tmp_path / 'leaky', evaluated=['900', '7'])
     hub.build_export_folder(run, tmp_path / 'b', run / 'eval-final' / 'metrics.json', repo_id=REPO)
     text = (tmp_path / 'b' / 'README.md').read_text()
-    assert 'shares patients with training or validation: its results below are optimistic' in text
-    assert 'shares no patient' not in text
+    assert 'shares scans with training or validation: its results below are optimistic' in text
+    assert 'shares no scan' not in text
 
 
 @pytest.mark.slow

@@ -122,7 +122,7 @@ def test_the_input_check_runs_on_onnx_features(onnx_export, tiny_run, tiny_data)
     model = load_model(tiny_run[0]).net
     _, eval_tf = data.build_transforms(model)
     train = data.scan_split(tiny_data, 'train')
-    split = splits.split_patients(train, val_fraction=0.34, seed=0)
+    split = splits.split_scans(train, val_fraction=0.34, seed=0)
     fit, val = splits.select(train, split, 'train'), splits.select(train, split, 'val')
     check = fit_input_check(
         model,
@@ -246,7 +246,7 @@ def test_the_demo_scores_with_onnxruntime_as_with_torch(tiny_run, tiny_data, tmp
         rtol=1e-5,
         atol=1e-7,
     )
-    assert [r['predicted'] for r in got['patients']] == [r['predicted'] for r in want['patients']]
+    assert [r['predicted'] for r in got['scans']] == [r['predicted'] for r in want['scans']]
     assert 'computed with onnxruntime' in app.describe_model(on_onnx)
     assert 'onnxruntime' not in app.describe_model(on_torch)
     with pytest.raises(ValueError, match='choose torch or onnxruntime'):

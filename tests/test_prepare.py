@@ -81,7 +81,7 @@ def test_plan_splits_by_subject_across_visits(volumes):
     by_subject = plan.by_subject()
     for subject, scans in by_subject.items():
         assert {s.split for s in scans} == {scans[0].split}, subject
-        assert sorted(s.patient for s in scans) == [f'{subject}_bl', f'{subject}_m12']
+        assert sorted(s.scan_id for s in scans) == [f'{subject}_bl', f'{subject}_m12']
     test = sorted(s for s, scans in by_subject.items() if scans[0].split == 'test')
     assert sorted(by_subject[s][0].label for s in test) == ['AD', 'NC']  # one per class
     again = build_plan(discovery, labels, PrepareOptions(visits='all', test_fraction=0.34))
@@ -98,7 +98,7 @@ def test_plan_splits_by_subject_across_visits(volumes):
     assert len(set(splits.values())) > 1  # the seed chooses the split
     baseline = build_plan(discovery, labels, OPTIONS)
     assert [s.visit for s in baseline.scans] == ['bl'] * 6
-    assert [s.patient for s in baseline.scans] == sorted(by_subject)  # the real subject ids
+    assert [s.scan_id for s in baseline.scans] == sorted(by_subject)  # the real subject ids
     assert len(baseline.skipped) == 6 and 'not the baseline visit' in baseline.skipped[0][1]
 
 
@@ -143,15 +143,15 @@ def test_prepare_writes_the_layout_manifest_and_qc(prepared):
     rows = (out / 'manifest.csv').read_text().splitlines()
     assert rows[0].split(',') == list(MANIFEST_COLUMNS) and len(rows) == 7
     row = dict(zip(MANIFEST_COLUMNS, rows[1].split(',')))
-    assert row['patient'] == row['subject'] == '000_S_0001' and row['visit'] == 'bl'
+    assert row['scan'] == row['subject'] == '000_S_0001' and row['visit'] == 'bl'
     assert row['status'] == 'ok' and float(row['similarity']) > 0.8 and row['included'] == 'True'
     assert row['steps'] == 'reorient resample register mask normalise slice'
     assert sorted(p.name for p in (out / 'qc').glob('*.png')) == sorted(
         [f'000_S_000{i}.png' for i in range(1, 7)] + ['overview.png']
     )
-    # the training code reads the layout: patients are the real subject ids
+    # the training code reads the layout: scans are the real subject ids
     slices = data.scan_split(out, 'train')
-    assert sorted({s.patient for s in slices}) == sorted(
+    assert sorted({s.scan for s in slices}) == sorted(
         r.split(',')[0] for r in rows[1:] if ',train,' in r
     )
 
@@ -274,7 +274,7 @@ def test_each_bad_input_gets_one_line_and_the_others_finish(volumes, tmp_path, c
     import nibabel as nib
 
     nib.save(nib.Nifti1Image(ball, np.diag([1.5, 1.5, 1.5, 1])), src / 'ball.nii.gz')
-    rows += ['broken,AD', 'fourd,NC', 'twoseries,AD', 'odd,Patient', 'mci,MCI', 'ball,NC']
+    rows += ['broken,AD', 'fourd,NC', 'twoseries,AD', 'odd,Scan', 'mci,MCI', 'ball,NC']
     (tmp_path / 'labels.csv').write_text('\n'.join(rows) + '\n')
     recipe = tmp_path / 'fast.json'
     recipe.write_text(json.dumps({'recipe': FAST.to_dict()}))
@@ -299,7 +299,7 @@ def test_each_bad_input_gets_one_line_and_the_others_finish(volumes, tmp_path, c
     assert captured.err.splitlines()[0] == '6 problem(s):'
     expected = {
         'nolabel': 'no row in',
-        'Patient': "--group-map 'Patient=NC'",
+        'Scan': "--group-map 'Scan=NC'",
         'broken': 'cannot be read as NIfTI',
         'fourd': 'is 4D (2 volumes',
         'twoseries': 'holds 2 DICOM series',
@@ -469,7 +469,7 @@ def test_prepared_scans_train_and_a_new_scan_gets_the_p_ad_of_its_prepared_slice
     by_slice = {
         Path(r['path']).name.rsplit('_', 1)[1]: float(r['p_AD'])
         for r in csv.DictReader((tmp_path / 'slices/predictions.csv').open())
-        if Path(r['path']).name.startswith(row['patient'] + '_')
+        if Path(r['path']).name.startswith(row['scan'] + '_')
     }
     scan_p = {Path(k).name.rsplit('_', 1)[1]: v for k, v in by_scan.items()}
     assert set(scan_p) == set(by_slice) and len(scan_p) == 4  # the recipe's 4 slices

@@ -75,8 +75,8 @@ def test_the_epoch_line_stays_short_at_its_widest():
         'train_img_per_s': 12345.6,
         'epoch_time_s': 3599.0,
         'ema_val_loss': 9.87654,
-        'ema_val_patient_auc': 0.987654,
-        'ema_val_patient_accuracy': 0.912345,
+        'ema_val_scan_auc': 0.987654,
+        'ema_val_scan_accuracy': 0.912345,
     }
     line = epoch_line(row, 100, 'ema', True, eta_s=99 * 3600.0)
     assert len(line) < 120, line
@@ -105,3 +105,49 @@ def test_progress_picks_a_bar_on_a_terminal_and_lines_elsewhere(caplog):
     assert caplog.records[-1].getMessage().endswith('loss 0.5000')
     quiet = Progress('bar', total=10, desc='x', enabled=False)  # other processes: nothing at all
     assert quiet.mode == 'none' and quiet.bar is None
+
+
+# ----------------------------------------------------- evaluation, maps and the decode say so too
+
+
+def test_an_evaluation_in_a_log_says_what_it_predicted_and_mapped(
+    tiny_run, tiny_data, tmp_path, capsys, caplog
+):
+    import logging
+
+    from helpers import cli_in_process
+
+    run, _ = tiny_run
+    n_test = sum(1 for f in (tiny_data / 'test').rglob('*') if f.is_file())
+    args = ['--model', run, '--data-dir', tiny_data, '--n-boot', '0', '--cam', '1']
+    with caplog.at_level(logging.INFO, logger='adni_timm'):
+        code, _, err = cli_in_process(
+            capsys, 'evaluate', *args, '--cam-method', 'gradcam', '--output-dir', tmp_path / 'ev'
+        )  # --progress auto: not a terminal here, so plain lines
+    assert code == 0, err
+    said = caplog.messages
+    assert any(
+        re.fullmatch(rf'  predict: {n_test} slices in \S+ \(\d+ slices/s\)', m) for m in said
+    )
+    assert any(re.fullmatch(rf'  gradcam maps: {n_test} slices in \S+ .*', m) for m in said), said
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger='adni_timm'):
+        code, _, _ = cli_in_process(
+            capsys, 'evaluate', *args[:6], '--progress', 'none', '--output-dir', tmp_path / 'q'
+        )
+    assert code == 0 and not [m for m in caplog.messages if m.startswith('  predict')]
+
+
+def test_the_cache_decode_reports_its_slices(tiny_data, caplog):
+    import logging
+
+    from adni_timm import data
+
+    slices = data.scan_split(tiny_data, 'train')
+    with caplog.at_level(logging.INFO, logger='adni_timm'):
+        cache = data.preload(slices, progress='lines')
+    assert len(cache) == len(slices)
+    assert any(
+        re.fullmatch(rf'  decoding slices: {len(slices)} slices in \S+ .*', m)
+        for m in caplog.messages
+    ), caplog.messages

@@ -47,20 +47,20 @@ def _split(run):
 
 
 @pytest.mark.slow
-def test_resume_keeps_the_recorded_split_when_patients_are_added_or_the_data_moves(
+def test_resume_keeps_the_recorded_split_when_scans_are_added_or_the_data_moves(
     one_epoch_run, tmp_path
 ):
     run, data_dir = one_epoch_run
     run = _copy(run, tmp_path / 'run')
     before = _split(run)
-    # the data moved, and a new patient appeared
+    # the data moved, and a new scan appeared
     moved = _copy(data_dir, tmp_path / 'moved' / 'AD_NC')
     for f in (moved / 'train' / 'AD').glob(f'{before["train"][0]}_*.jpeg'):
         shutil.copy(f, f.with_name(f.name.replace(before['train'][0], 'newcomer')))
     proc = run_train('--output-dir', run, '--resume', '--epochs', '2', '--data-dir', moved)
     assert _split(run) == before  # nobody moved into or out of validation
     assert (
-        '1 patient(s) in the data are not in the recorded split and are not used: newcomer'
+        '1 scan(s) in the data are not in the recorded split and are not used: newcomer'
         in proc.stderr
     )
     rows = [json.loads(x) for x in (run / 'metrics.jsonl').read_text().splitlines()]
@@ -69,18 +69,18 @@ def test_resume_keeps_the_recorded_split_when_patients_are_added_or_the_data_mov
 
 
 @pytest.mark.slow
-def test_resume_refuses_when_a_recorded_patient_is_missing(one_epoch_run, tmp_path, capsys):
+def test_resume_refuses_when_a_recorded_scan_is_missing(one_epoch_run, tmp_path, capsys):
     run, data_dir = one_epoch_run
     run = _copy(run, tmp_path / 'run')
-    patient = _split(run)['val'][0]
+    scan = _split(run)['val'][0]
     data_copy = _copy(data_dir, tmp_path / 'AD_NC')
-    for f in data_copy.glob(f'train/*/{patient}_*.jpeg'):
+    for f in data_copy.glob(f'train/*/{scan}_*.jpeg'):
         f.unlink()
     code, _, err = train_in_process(
         capsys, '--output-dir', run, '--resume', '--epochs', '2', '--data-dir', data_copy
     )
     assert code == 1  # a problem in the data
-    assert f"recorded in split['val'] are not in the data: {patient}" in err
+    assert f"recorded in split['val'] are not in the data: {scan}" in err
     assert 'Restore their files, or point --data-dir at the data' in err
     # nothing lost
     assert json.loads((run / 'checkpoints/last/trainer_state.json').read_text())['epoch'] == 1
@@ -193,7 +193,7 @@ def test_a_corrupt_test_image_stops_eval_test_before_training(tiny_data, tmp_pat
 
 
 @pytest.mark.slow
-def test_a_file_is_patient_run_can_be_evaluated(tmp_path, capsys):
+def test_a_file_is_scan_run_can_be_evaluated(tmp_path, capsys):
     data_dir = tmp_path / 'flat'
     for split, n in (('train', 5), ('test', 2)):
         for label, name in enumerate(('NC', 'AD')):
@@ -210,23 +210,23 @@ def test_a_file_is_patient_run_can_be_evaluated(tmp_path, capsys):
         '--output-dir',
         run,
         *with_option(ONE_EPOCH, '--batch-size', '2'),
-        '--file-is-patient',
+        '--file-is-scan',
         '--val-fraction',
         '0.4',
     )
-    assert read_export_settings(run / 'best').file_is_patient is True
+    assert read_export_settings(run / 'best').file_is_scan is True
     code, _, err = cli_in_process(
         capsys, 'evaluate', '--model', run, '--data-dir', data_dir, '--n-boot', '0'
     )
     assert code == 0, err
-    assert json.loads((run / 'eval/metrics.json').read_text())['patient']['n'] == 4
+    assert json.loads((run / 'eval/metrics.json').read_text())['scan']['n'] == 4
 
 
 # ------------------------------------------------------------------------------ the operating point
 
 
 def test_validation_metrics_are_those_of_the_shipped_operating_point(one_epoch_run):
-    """The logged validation accuracy is what the export does on the validation patients: same
+    """The logged validation accuracy is what the export does on the validation scans: same
     weights, same temperature, same threshold."""
     run, data_dir = one_epoch_run
     row = json.loads((run / 'metrics.jsonl').read_text().splitlines()[-1])
@@ -238,9 +238,9 @@ def test_validation_metrics_are_those_of_the_shipped_operating_point(one_epoch_r
     )
     val = select(data.scan_split(data_dir, 'train'), _split(run), 'val')
     probs = load_model(run).predict(val)  # the stored temperature
-    patients, y = [s.patient for s in val], data.binary_labels(val, ['NC', 'AD'])
-    report = metrics.slice_and_patient_metrics(patients, y, probs[:, 1], settings.threshold)
-    for level in ('patient', 'slice'):
+    scans, y = [s.scan for s in val], data.binary_labels(val, ['NC', 'AD'])
+    report = metrics.slice_and_scan_metrics(scans, y, probs[:, 1], settings.threshold)
+    for level in ('scan', 'slice'):
         for key in ('accuracy', 'sensitivity', 'specificity'):
             assert row[f'{prefix}_{level}_{key}'] == pytest.approx(report[level][key]), (level, key)
 
@@ -289,7 +289,7 @@ def test_evaluation_runs_in_the_recorded_precision_and_chooses_the_tta_threshold
     point = metrics.operating_point(
         predict_slices(loaded.net, val, tta=True),
         np.array([s.label for s in val]),
-        [s.patient for s in val],
+        [s.scan for s in val],
         1,
     )
     assert tta['threshold'] == pytest.approx(point['threshold'])
@@ -309,7 +309,7 @@ def test_an_fp32_run_is_evaluated_in_fp32_on_cuda(tiny_run, tiny_data):
     slices = data.scan_split(tiny_data, 'test')
     cpu = predict_slices(loaded.net, slices, precision=loaded.precision)
     cuda = predict_slices(loaded.net.cuda(), slices, precision=loaded.precision)
-    # no autocast: patients near the threshold do not flip
+    # no autocast: scans near the threshold do not flip
     np.testing.assert_allclose(cuda, cpu, rtol=1e-4, atol=1e-6)
 
 

@@ -36,10 +36,10 @@ def test_run_folder_has_the_contract_files(tiny_run):
     assert 'epoch 2/2' in proc.stderr + proc.stdout
 
 
-def test_split_is_by_patient_and_counts_every_val_slice(tiny_run, tiny_data):
+def test_split_is_by_scan_and_counts_every_val_slice(tiny_run, tiny_data):
     run, _ = tiny_run
     split = json.loads((run / 'split.json').read_text())
-    assert split['level'] == 'patient'
+    assert split['level'] == 'scan'
     assert not set(split['train']) & set(split['val'])
     assert not (set(split['train']) | set(split['val'])) & set(split['test'])
     assert len(split['val']) == 4 and len(split['train']) == 8  # stratified: 2 + 2 of 12
@@ -49,12 +49,12 @@ def test_split_is_by_patient_and_counts_every_val_slice(tiny_run, tiny_data):
         assert row['val_slices'] == row['ema_val_slices'] == 4 * 4
         for key in (
             'train_loss',
-            'val_patient_auc',
-            'val_patient_balanced_accuracy',
+            'val_scan_auc',
+            'val_scan_balanced_accuracy',
             'val_slice_accuracy',
-            'val_patient_sensitivity',
-            'val_patient_specificity',
-            'ema_val_patient_auc',
+            'val_scan_sensitivity',
+            'val_scan_specificity',
+            'ema_val_scan_auc',
             'lr',
         ):
             assert key in row, key
@@ -193,7 +193,7 @@ def test_two_processes_count_each_val_slice_once_write_from_main_and_agree(tiny_
     probe = tmp_path / 'probe'
     probe.mkdir()
     run = tmp_path / 'ddp'
-    # 4 val patients x 4 slices = 16 val slices; batch 3
+    # 4 val scans x 4 slices = 16 val slices; batch 3
     # over 2 processes forces padding of the last batch
     cmd = [
         *LAUNCH,
@@ -243,8 +243,8 @@ def test_demo_runs_without_data_and_evaluates_on_the_synthetic_test_split(tmp_pa
         env={'ADNI_TIMM_CACHE': str(tmp_path / 'cache')},
     )
     metrics = json.loads((run / 'eval/metrics.json').read_text())
-    # 16 + 16 synthetic test patients
-    assert metrics['split'] == 'test' and metrics['patient']['n'] == 32
+    # 16 + 16 synthetic test scans
+    assert metrics['split'] == 'test' and metrics['scan']['n'] == 32
     assert metrics['threshold_source'] == 'validation'
     record = yaml.safe_load((run / 'train_config.yaml').read_text())
     # CPU: reduced size
@@ -341,7 +341,7 @@ def test_a_best_export_lost_to_a_kill_is_redone_on_resume(tmp_path):
     best = BestEpoch(
         epoch=3,
         weights='live',
-        metric='patient_auc',
+        metric='scan_auc',
         value=0.9,
         threshold=0.4,
         threshold_source='validation',
@@ -374,7 +374,7 @@ def test_three_classes_validate_ad_against_the_rest(tmp_path):
         *with_option(with_option(TINY, '--epochs', '1'), '--warmup-epochs', '0'),
     )
     row = json.loads((run / 'metrics.jsonl').read_text().splitlines()[0])
-    assert row['val_slices'] == 3 * 4  # one patient per class
+    assert row['val_slices'] == 3 * 4  # one scan per class
     assert json.loads((run / 'best/config.json').read_text())['num_classes'] == 3
 
 

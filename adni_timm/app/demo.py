@@ -1,4 +1,4 @@
-"""A local web demo (Gradio) over an export: drop a patient's slices, read P(AD) and Grad-CAM.
+"""A local web demo (Gradio) over an export: drop a scan's slices, read P(AD) and Grad-CAM.
 
     demo_model = load('runs/tiny')                 # or local-dir:DIR, hf-hub:ORG/NAME
     result = predict_files(demo_model, ['218391_78.jpeg', '218391_79.jpeg'])   # plain data
@@ -6,9 +6,9 @@
 
 The probabilities are evaluate.py's: ``LoadedModel.predict`` (the model's own eval transform, in the
 precision it was trained in, each member at its stored temperature) and the decision at the stored
-threshold (0.5 when none is stored); patients come from ``inference.patient_rows``, as in
-evaluation. Files named ``<patient>_<slice>.jpeg`` are grouped by patient; files with other names
-count as one patient (the page takes one patient's slices at a time). A cross-validation run shows
+threshold (0.5 when none is stored); scans come from ``inference.scan_rows``, as in
+evaluation. Files named ``<scan>_<slice>.jpeg`` are grouped by scan; files with other names
+count as one scan (the page takes one scan's slices at a time). A cross-validation run shows
 what it publishes: its refit (``RUN/final``), else its fold ensemble (without Grad-CAM).
 
 Gradio is an optional extra (``pip install 'adni-timm[demo]'``); only this module imports it, and
@@ -42,12 +42,13 @@ from ..data.images import EXPECTED_SLICE
 from ..evaluation.options import EvaluationOptions
 from ..evaluation.predict import score_slices
 from ..prepare.scan_input import is_scan, prepare_scans
+from ..utils.legacy import upgrade
 
 __all__ = [
     'DISCLAIMER',
     'MAX_FILES',
     'MAX_CAM_SLICES',
-    'UNNAMED_PATIENT',
+    'UNNAMED_SCAN',
     'DemoModel',
     'load',
     'check_image',
@@ -66,9 +67,9 @@ DISCLAIMER = (
     '**Research use only, not a medical device.** Not for diagnosis or any clinical '
     'decision; the output is a model score, not a finding.'
 )
-MAX_FILES = 200  # a patient has ~20 slices; more is a folder dropped by mistake
+MAX_FILES = 200  # a scan has ~20 slices; more is a folder dropped by mistake
 MAX_CAM_SLICES = 40  # Grad-CAM costs a backward pass per slice: keep a CPU demo responsive
-UNNAMED_PATIENT = UNNAMED_GROUP  # the group of files whose names carry no <patient>_<slice>
+UNNAMED_SCAN = UNNAMED_GROUP  # the group of files whose names carry no <scan>_<slice>
 _METRIC_KEYS = (
     ('accuracy', 'accuracy'),
     ('balanced_accuracy', 'balanced accuracy'),
@@ -160,7 +161,7 @@ def _attach_test_metrics(demo_model: DemoModel) -> None:
     if not folder.metrics_file.is_file():
         return
     try:
-        found = read_json(folder.metrics_file)
+        found = upgrade(read_json(folder.metrics_file))
         if loaded.is_ensemble:
             problems = (
                 []
@@ -171,7 +172,7 @@ def _attach_test_metrics(demo_model: DemoModel) -> None:
             facts = check_eval_belongs(found, folder, loaded.export_dir, run)
             problems = list(facts.problems)
             if facts.disjoint is False:
-                problems.append('the evaluated patients overlap training or validation')
+                problems.append('the evaluated scans overlap training or validation')
     except (ValueError, OSError, KeyError, TypeError) as e:  # an odd file must not stop the demo
         _logger.warning('could not read %s: %s', folder.metrics_file, e)
         return
@@ -214,8 +215,8 @@ def check_image(path: str | os.PathLike) -> str | None:
 def _as_slices(paths: Sequence[str]) -> list[data.Slice]:
     out = []
     for path in paths:
-        patient, slice_index = data.parse_file_name(Path(path)) or (UNNAMED_PATIENT, None)
-        out.append(data.Slice(path=str(path), patient=patient, label=-1, slice_index=slice_index))
+        scan, slice_index = data.parse_file_name(Path(path)) or (UNNAMED_SCAN, None)
+        out.append(data.Slice(path=str(path), scan=scan, label=-1, slice_index=slice_index))
     return out
 
 
@@ -229,12 +230,12 @@ def predict_files(
     batch_size: int = 32,
     scan_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """P(AD) per accepted file and per patient, the decision at the stored threshold; plain data.
+    """P(AD) per accepted file and per scan, the decision at the stored threshold; plain data.
 
     ``{'positive_class', 'threshold', 'threshold_source', 'temperature',
-    'slices': [{'file', 'path', 'patient', 'slice_index', 'p_<AD>', 'predicted'}],
-    'patients': [{'patient', 'n_slices', 'p_<AD>', 'predicted'}],
-    'rejected': [{'file', 'problem'}]}``. Slices are sorted by patient and slice index; files that
+    'slices': [{'file', 'path', 'scan', 'slice_index', 'p_<AD>', 'predicted'}],
+    'scans': [{'scan', 'n_slices', 'p_<AD>', 'predicted'}],
+    'rejected': [{'file', 'problem'}]}``. Slices are sorted by scan and slice index; files that
     are not usable slices are listed under ``rejected``, never raised.
 
     A 3D scan is cut into slices under ``scan_dir`` (one subfolder per scan), which the caller
@@ -244,7 +245,7 @@ def predict_files(
     paths = [str(p) for p in paths]
     rejected, accepted = [], []
     if len(paths) > MAX_FILES:
-        too_many = f"more than {MAX_FILES} files at once; drop one patient's slices at a time."
+        too_many = f"more than {MAX_FILES} files at once; drop one scan's slices at a time."
         rejected += [{'file': Path(p).name, 'problem': too_many} for p in paths[MAX_FILES:]]
         paths = paths[:MAX_FILES]
     scan_slices = []
@@ -275,13 +276,13 @@ def predict_files(
         'threshold_source': demo_model.threshold_source,
         'temperature': demo_model.temperature,
         'slices': [],
-        'patients': [],
+        'scans': [],
         'rejected': rejected,
     }
     if not accepted and not scan_slices:
         return result
     slices = sorted(
-        _as_slices(accepted) + scan_slices, key=lambda s: (s.patient, s.slice_index or 0, s.path)
+        _as_slices(accepted) + scan_slices, key=lambda s: (s.scan, s.slice_index or 0, s.path)
     )
     scored = score_slices(
         demo_model.loaded, slices, demo_model.loaded.point, EvaluationOptions(batch_size=batch_size)
@@ -298,7 +299,7 @@ def predict_files(
         {
             'file': Path(s.path).name,
             'path': s.path,
-            'patient': s.patient,
+            'scan': s.scan,
             'slice_index': s.slice_index,
             p_key: float(p[demo_model.positive]),
             'predicted': decision,
@@ -306,9 +307,9 @@ def predict_files(
         for s, p, decision, k in zip(slices, scored.probs, scored.decisions(), kept)
         if k
     ]
-    result['patients'] = [
+    result['scans'] = [
         {
-            'patient': r.patient,
+            'scan': r.scan,
             'n_slices': r.n_slices,
             p_key: r.p_positive,
             'predicted': r.predicted,
@@ -319,9 +320,9 @@ def predict_files(
 
 
 def cam_montages(demo_model: DemoModel, result: dict[str, Any]) -> list[tuple[Image.Image, str]]:
-    """One evidence-map montage (PIL image, caption) per patient of ``result``: where the model
-    finds evidence for the class it *predicted* (AD in red, NC in blue), every slice of a patient
-    on one colour scale (0 to that patient's largest value): evaluate.py's montage
+    """One evidence-map montage (PIL image, caption) per scan of ``result``: where the model
+    finds evidence for the class it *predicted* (AD in red, NC in blue), every slice of a scan
+    on one colour scale (0 to that scan's largest value): evaluate.py's montage
     (``cam.scan_montage``), drawn in memory.
 
     At most ``MAX_CAM_SLICES`` slices in all; Grad-CAM at a stage giving at least 7x7 at the input
@@ -340,8 +341,8 @@ def cam_montages(demo_model: DemoModel, result: dict[str, Any]) -> list[tuple[Im
         loaded.settings.model_name or loaded.ref, 'upload', loaded.synthetic
     )
     montages = []
-    for row in result['patients']:
-        rows = [r for r in result['slices'] if r['patient'] == row['patient']][:budget]
+    for row in result['scans']:
+        rows = [r for r in result['slices'] if r['scan'] == row['scan']][:budget]
         if not rows:
             break
         budget -= len(rows)
@@ -361,7 +362,7 @@ def cam_montages(demo_model: DemoModel, result: dict[str, Any]) -> list[tuple[Im
             for r in rows
         ]
         caption = (
-            f'patient {row["patient"]}: mean P({positive}) {row[p_key]:.3f} '
+            f'scan {row["scan"]}: mean P({positive}) {row[p_key]:.3f} '
             f'→ {row["predicted"]} at threshold {demo_model.threshold:.2f}; '
             f'evidence for {explained}'
         )
@@ -435,12 +436,10 @@ def _describe_test_metrics(demo_model: DemoModel) -> str:
             repo_id = ref.split(':', 1)[1].split('@')[0]
             where = f' (see the model card at https://huggingface.co/{repo_id})'
         return f'**Test metrics** not known here{where}: run evaluate.py on held-out data.'
-    patient = found.get('patient', {})
-    shown = ', '.join(
-        f'{label} {fmt(patient.get(key))}' for key, label in _METRIC_KEYS if key in patient
-    )
+    scan = found.get('scan', {})
+    shown = ', '.join(f'{label} {fmt(scan.get(key))}' for key, label in _METRIC_KEYS if key in scan)
     text = (
-        f'**Test metrics** (patient level, {fmt(patient.get("n"))} patients of split '
+        f'**Test metrics** (scan level, {fmt(scan.get("n"))} scans of split '
         f"'{found.get('split', '?')}' in {found.get('data_dir', '?')}): {shown}; "
         f'slice accuracy {fmt(found.get("slice", {}).get("accuracy"))}'
     )
@@ -452,18 +451,18 @@ def _describe_test_metrics(demo_model: DemoModel) -> str:
 
 
 def format_result(result: dict[str, Any]) -> str:
-    """Markdown summary of ``predict_files``: patients first, then slices, then refused files."""
+    """Markdown summary of ``predict_files``: scans first, then slices, then refused files."""
     positive = result['positive_class']
     p_key = f'p_{positive}'
     lines = []
-    for row in result['patients']:
+    for row in result['scans']:
         lines.append(
-            f'### Patient {row["patient"]}: P({positive}) = {row[p_key]:.3f} → '
+            f'### Scan {row["scan"]}: P({positive}) = {row[p_key]:.3f} → '
             f'**{row["predicted"]}** (mean over {row["n_slices"]} slice'
             f'{"s" if row["n_slices"] != 1 else ""}; threshold {result["threshold"]:.3f})'
         )
-    if len(result['patients']) > 1:
-        lines.append('Several patients in one upload: each is scored on its own slices.')
+    if len(result['scans']) > 1:
+        lines.append('Several scans in one upload: each is scored on its own slices.')
     if result['slices']:
         lines.append('| file | slice | P(' + positive + ') | predicted |\n|---|---|---|---|')
         # a '|' in a file name would end its table cell
@@ -523,7 +522,7 @@ EXAMPLES_DIR = Path(__file__).resolve().parent / 'demo_examples'  # SYNTHETIC sl
 
 
 def example_uploads() -> list[list[list[str]]]:
-    """The page's clickable examples: one SYNTHETIC AD and one NC patient (three slices each,
+    """The page's clickable examples: one SYNTHETIC AD and one NC scan (three slices each,
     drawn by adni_timm.synthetic), and a blank image that the input check refuses."""
     groups = [sorted(EXAMPLES_DIR.glob(f'synthetic-{c}_*.png')) for c in ('AD', 'NC')]
     groups.append([EXAMPLES_DIR / 'blank.png'])
@@ -546,7 +545,7 @@ def build_demo(demo_model: DemoModel):
         with gr.Row():
             with gr.Column(scale=2):
                 files = gr.File(
-                    label="Slices: one, or all of one patient's (grayscale JPEG/PNG); or a 3D "
+                    label="Slices: one, or all of one scan's (grayscale JPEG/PNG); or a 3D "
                     'scan (.nii / .nii.gz) when the model was trained on adni-prepare output',
                     file_count='multiple',
                     type='filepath',
@@ -572,7 +571,7 @@ def build_demo(demo_model: DemoModel):
                 summary = gr.Markdown(f'Drop slices to see P({positive}).', elem_id='result')
                 gallery = gr.Gallery(
                     label='Grad-CAM: where the model finds evidence for the class it predicted '
-                    f'({positive} red, {demo_model.negative_class} blue; one scale per patient)',
+                    f'({positive} red, {demo_model.negative_class} blue; one scale per scan)',
                     columns=4,
                     height=480,
                     object_fit='contain',
@@ -582,7 +581,7 @@ def build_demo(demo_model: DemoModel):
             raw = gr.JSON(elem_id='raw')
         gr.Markdown(
             f"{DISCLAIMER} Scores come from `evaluate.py`'s inference with the stored "
-            f"temperature; a patient's P({positive}) is the mean over their slices."
+            f"temperature; a scan's P({positive}) is the mean over their slices."
         )
 
         def handle(paths):

@@ -10,7 +10,7 @@ Exit codes, the same for every command (README, "Exit codes"):
 ====  ==========================================================================================
 0     done
 1     a problem found in the data or by a check: ``adni-check-data`` listed problems; a slice that
-      cannot be decoded, train and test sharing a patient, recorded patients missing from the
+      cannot be decoded, train and test sharing a scan, recorded scans missing from the
       data (``adni_timm.data.DataError`` and its subclasses)
 2     a usage error or a refused input: an unknown flag or bad value, a path, model, run or
       config that does not exist or cannot be used, a run folder that already exists, an upload

@@ -24,8 +24,8 @@ __all__ = ['build_parser', 'main', 'module_main']
 
 PROG = 'adni-check-data'
 DESCRIPTION = (
-    'Check DATA_DIR/{train,test}/{NC,AD}/<patient>_<slice>.jpeg: print patients and slices per '
-    'split and class, slices per patient, image sizes and modes, and every problem found. '
+    'Check DATA_DIR/{train,test}/{NC,AD}/<scan>_<slice>.jpeg: print scans and slices per '
+    'split and class, slices per scan, image sizes and modes, and every problem found. '
     'Exit status 1 when there are problems, 2 on a usage error (e.g. DATA_DIR does not exist).'
 )
 
@@ -46,9 +46,10 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help='class folders in label order (NC=0, AD=1)',
     )
     parser.add_argument(
-        '--file-is-patient',
+        '--file-is-scan',
+        '--file-is-patient',  # its name before scans were called scans
         action='store_true',
-        help='treat each file as its own patient (names without <patient>_<slice>)',
+        help='treat each file as its own scan (names without <scan>_<slice>)',
     )
     parser.add_argument(
         '--workers',
@@ -66,7 +67,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         epilog=examples(
             '%(prog)s AD_NC                         # counts, sizes, every problem',
             '%(prog)s AD_NC --classes NC,MCI,AD     # three classes, in label order',
-            '%(prog)s scans/ --file-is-patient      # one file per patient',
+            '%(prog)s scans/ --file-is-scan         # one file per scan',
             '%(prog)s hf:ORG/NAME                   # a Hugging Face dataset',
         ),
     )
@@ -84,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
         return fail(PROG, e)
     if str(data_dir) != args.data_dir:
         print(f'dataset {args.data_dir} -> {data_dir}')
-    report = check_data_dir(data_dir, args.classes, args.file_is_patient, args.workers)
+    report = check_data_dir(data_dir, args.classes, args.file_is_scan, args.workers)
     print('\n'.join(report.lines))
     for note in report.notes:
         print(f'note: {note}')
@@ -109,7 +110,7 @@ def module_main(argv=None, prog: str = 'python -m adni_timm.data') -> int:
     commands = parser.add_subparsers(dest='command', required=True)
     check = commands.add_parser(
         'check',
-        help='report patients, slices, image sizes and every problem; exit 1 on problems',
+        help='report scans, slices, image sizes and every problem; exit 1 on problems',
         description=DESCRIPTION,
         formatter_class=HelpFormatter,
         epilog=examples('%(prog)s AD_NC', f'{PROG} AD_NC   # the same, as a console script'),

@@ -24,7 +24,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
         epilog=examples(
             '%(prog)s compare runs/cv5-seed runs/cv5     # B - A on the same folds',
-            '%(prog)s compare runs/a runs/b --json cmp.json',
+            '%(prog)s compare runs/a runs/b --json cmp.json --plot cmp.png',
             '%(prog)s summary runs/cv5                   # per-fold validation metrics',
         ),
     )
@@ -33,7 +33,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         'compare',
         help='compare two CV runs made on the same folds (B - A, paired bootstrap CI)',
         description='Compare CV run B against run A: per-fold differences of the validation '
-        'metrics and the paired bootstrap difference of the out-of-fold patient '
+        'metrics and the paired bootstrap difference of the out-of-fold scan '
         'AUC and accuracy. Refuses runs made on different folds (exit 2).',
         formatter_class=HelpFormatter,
         epilog=examples('%(prog)s runs/cv5-seed runs/cv5 --n-boot 5000'),
@@ -48,6 +48,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     cmp.add_argument('--n-boot', type=int, default=2000, help='bootstrap resamples')
     cmp.add_argument('--seed', type=int, default=0, help='bootstrap seed')
     cmp.add_argument('--json', type=Path, metavar='FILE', help='also write the result as JSON')
+    cmp.add_argument(
+        '--plot',
+        type=Path,
+        metavar='FILE',
+        help='also draw the paired differences with their CIs (a PNG: per fold and pooled)',
+    )
     summary = commands.add_parser(
         'summary',
         help='the per-fold validation metrics of a CV run',
@@ -75,6 +81,19 @@ def main(argv=None, prog: str = PROG) -> int:
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(result, indent=2) + '\n')
+        if args.plot:
+            from adni_timm import plots
+            from adni_timm.run import Run
+
+            runs = [Run(args.run_a), Run(args.run_b)]
+            synthetic = any(r.record().synthetic for r in runs if r.record_file.is_file())
+            plots.plot_cv_comparison(
+                result,
+                args.plot,
+                title='cross-validation runs compared (B - A)',
+                context=plots.FigureContext('out-of-fold predictions', None, synthetic),
+            )
+            print(f'wrote {args.plot}')
     except (ValueError, OSError) as e:  # CVError and unreadable files: refused inputs
         return fail(prog, ' '.join(str(e).split()))  # one line, whatever the exception carried
     return EXIT_OK

@@ -1,5 +1,5 @@
 """``adni-evaluate`` (``python evaluate.py``): evaluate a trained AD vs NC model at slice and
-patient level (thin CLI over adni_timm.evaluation).
+scan level (thin CLI over adni_timm.evaluation).
 
 python evaluate.py --model runs/tiny --data-dir AD_NC                # -> runs/tiny/eval/
 python evaluate.py --model hf-hub:ORG/NAME --data-dir AD_NC --target-sensitivity 0.9
@@ -36,7 +36,7 @@ CAM_METHODS = ('occlusion', 'gradcam', 'hirescam')
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
-        description='Evaluate a trained AD vs NC model at slice and patient level: metrics with '
+        description='Evaluate a trained AD vs NC model at slice and scan level: metrics with '
         'bootstrap CIs, predictions, confusion matrices, ROC and reliability diagrams.',
         formatter_class=HelpFormatter,
         epilog=examples(
@@ -59,7 +59,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument(
         '--data-dir',
         type=data_source,
-        help='ADNI-layout folder with <split>/<class>/<patient>_<slice>.jpeg, or a Hugging Face '
+        help='ADNI-layout folder with <split>/<class>/<scan>_<slice>.jpeg, or a Hugging Face '
         'dataset: hf:ORG/NAME[:CONFIG], a folder of parquet shards, an imagefolder (docs/DATA.md)',
     )
     p.add_argument('--split', default='test', help='split folder to evaluate')
@@ -80,7 +80,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         '--target-sensitivity',
         type=float,
         metavar='S',
-        help='choose the highest threshold reaching sensitivity S on the validation patients of '
+        help='choose the highest threshold reaching sensitivity S on the validation scans of '
         "DATA_DIR/train (the run's split.json), never on the evaluated split (default: off)",
     )
     p.add_argument(
@@ -106,10 +106,11 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help='comma-separated class list in training order (default: stored with the model)',
     )
     p.add_argument(
-        '--file-is-patient',
+        '--file-is-scan',
+        '--file-is-patient',  # its name before scans were called scans
         action='store_true',
         default=None,
-        help='treat each file as its own patient (default: as the model was trained)',
+        help='treat each file as its own scan (default: as the model was trained)',
     )
     p.add_argument(
         '--skip-bad-images',
@@ -122,6 +123,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         default='torch',
         help="onnxruntime: predict with the export's model.onnx (written beside a local export "
         'when missing; needs the onnx extra); no --tta',
+    )
+    p.add_argument(
+        '--progress',
+        choices=('auto', 'bar', 'lines', 'none'),
+        default='auto',
+        help='auto: a bar on a terminal, plain lines in a log (one every 30 s and one per step '
+        'at its end); for prediction, --cam maps and the decode',
     )
     p.add_argument(
         '--score-flagged',
@@ -143,8 +151,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         const=2,
         default=0,
         metavar='N',
-        help='montages of the N most confident patients of each outcome (TP/TN/FP/FN), the map '
-        'of the class each patient was called, and the mean map over all AD and all NC slices '
+        help='montages of the N most confident scans of each outcome (TP/TN/FP/FN), the map '
+        'of the class each scan was called, and the mean map over all AD and all NC slices '
         '(N defaults to 2 when --cam is given; default: no maps)',
     )
     cam.add_argument(
@@ -199,8 +207,9 @@ def main(argv=None, prog: str = PROG) -> int:
             precision=args.precision,
             backend=args.backend,
             skip_bad_images=args.skip_bad_images,
-            file_is_patient=args.file_is_patient,
+            file_is_scan=args.file_is_scan,
             cam=CamOptions(n=args.cam, method=args.cam_method, layer=args.cam_layer),
+            progress=args.progress,
         )
         model = load_model(args.model[0] if len(args.model) == 1 else args.model)
         if args.classes:

@@ -1,4 +1,4 @@
-"""``adni-synthetic OUT --train-patients N --test-patients M``: write a SYNTHETIC ADNI-layout set
+"""``adni-synthetic OUT --train-subjects N --test-subjects M``: write a SYNTHETIC ADNI-layout set
 (also ``python -m adni_timm.synthetic``). Parsing and printing only: the generator is
 ``adni_timm.synthetic``.
 """
@@ -21,24 +21,37 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description='Write a SYNTHETIC dataset in the ADNI AD_NC layout: OUT/{train,test}/{AD,NC}/'
-        '<patient>_<slice>.jpeg, 256x240 8-bit grayscale. The images are procedurally drawn '
+        '<scan>_<slice>.jpeg, 256x240 8-bit grayscale. The images are procedurally drawn '
         'heads with simulated atrophy for AD; they are not MRI and not real patients.',
         formatter_class=HelpFormatter,
         epilog=examples(
-            '%(prog)s syn --train-patients 30 --test-patients 15          # 900 slices',
-            '%(prog)s syn --train-patients 60 --test-patients 30 --seed 1 --workers 4',
-            '%(prog)s easy --train-patients 8 --test-patients 4 --difficulty demo --slices 12',
-            '%(prog)s three --train-patients 10 --test-patients 5 --classes NC,MCI,AD',
+            '%(prog)s syn --train-subjects 30 --test-subjects 15          # 900 slices',
+            '%(prog)s syn --train-subjects 60 --test-subjects 30 --seed 1 --workers 4',
+            '%(prog)s easy --train-subjects 8 --test-subjects 4 --difficulty demo --slices 12',
+            '%(prog)s three --train-subjects 10 --test-subjects 5 --classes NC,MCI,AD',
             '%(prog)s vols --volumes --subjects 8   # 3D heads for adni-prepare (see --volumes -h)',
         ),
     )
     parser.add_argument('out', metavar='OUT', help='output folder (new or empty)')
+    # --train-patients / --test-patients: their names before scans and subjects were told apart
     parser.add_argument(
-        '--train-patients', type=int, required=True, help='training patients per class'
+        '--train-subjects',
+        '--train-patients',
+        dest='train_subjects',
+        type=int,
+        required=True,
+        help='training subjects per class',
     )
-    parser.add_argument('--test-patients', type=int, required=True, help='test patients per class')
     parser.add_argument(
-        '--slices', type=int, default=20, help='consecutive axial slices per patient (default 20)'
+        '--test-subjects',
+        '--test-patients',
+        dest='test_subjects',
+        type=int,
+        required=True,
+        help='test subjects per class',
+    )
+    parser.add_argument(
+        '--slices', type=int, default=20, help='consecutive axial slices per scan (default 20)'
     )
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument(
@@ -48,7 +61,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help='class overlap: demo (easy), default (realistic), hard',
     )
     parser.add_argument(
-        '--workers', type=int, default=1, help='processes rendering patients in parallel'
+        '--workers', type=int, default=1, help='processes rendering heads in parallel'
     )
     parser.add_argument(
         '--classes', default='NC,AD', help='comma-separated, from NC, MCI, AD (default NC,AD)'
@@ -147,8 +160,8 @@ def main(argv=None, prog: str = PROG) -> int:
     try:
         out = generate(
             args.out,
-            args.train_patients,
-            args.test_patients,
+            args.train_subjects,
+            args.test_subjects,
             args.slices,
             args.seed,
             args.difficulty,
@@ -157,8 +170,8 @@ def main(argv=None, prog: str = PROG) -> int:
         )
     except SyntheticError as e:
         return fail(prog, e)
-    n = (args.train_patients + args.test_patients) * len(classes)
-    print(f'wrote SYNTHETIC data ({args.difficulty}): {n} patients x {args.slices} slices to {out}')
+    n = (args.train_subjects + args.test_subjects) * len(classes)
+    print(f'wrote SYNTHETIC data ({args.difficulty}): {n} scans x {args.slices} slices to {out}')
     return EXIT_OK
 
 

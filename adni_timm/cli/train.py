@@ -5,7 +5,7 @@ python train.py --demo                                    # built-in synthetic d
 python train.py --data-dir AD_NC --output-dir runs/convnext_t
 accelerate launch train.py --data-dir AD_NC --output-dir runs/convnext_t --config adni
 python train.py --output-dir runs/convnext_t --resume     # continue a killed run
-python train.py --data-dir AD_NC --output-dir runs/cv --folds 5 --refit   # 5-fold CV by patient
+python train.py --data-dir AD_NC --output-dir runs/cv --folds 5 --refit   # 5-fold CV by scan
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ EPILOG = examples(
     '%(prog)s --data-dir AD_NC --output-dir runs/atto --model adni_convnext_atto --img-size 96',
     '%(prog)s --data-dir AD_NC --output-dir runs/s --scale 0.6 1.0 --target-sensitivity 0.9',
     '%(prog)s --output-dir runs/convnext_t --resume    # continue a killed run',
-    '%(prog)s --data-dir AD_NC --output-dir runs/cv --folds 5 --refit   # 5-fold CV by patient',
+    '%(prog)s --data-dir AD_NC --output-dir runs/cv --folds 5 --refit   # 5-fold CV by scan',
     'accelerate launch train.py --data-dir AD_NC --output-dir runs/convnext_t   # several GPUs',
 ) + (
     '\n\nOverrides use the config keys (YAML presets: '
@@ -60,6 +60,10 @@ class _ListValue(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         parts = [part.strip() for value in values for part in value.split(',')]
         setattr(namespace, self.dest, ','.join(part for part in parts if part))
+
+
+# flags of keys renamed since: they keep working (a file-name group was called a patient)
+_OLD_FLAGS = {'file_is_scan': ('--file-is-patient',)}
 
 
 def _override_help(type_name: str, meta: dict, default) -> tuple[str, str | tuple[str, ...]]:
@@ -124,18 +128,18 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     defaults = TrainConfig()
     helps = field_help()
     for key, type_name in field_types().items():
-        flag = f'--{key.replace("_", "-")}'
+        flags = [f'--{key.replace("_", "-")}', *_OLD_FLAGS.get(key, ())]
         text, metavar = _override_help(type_name, helps[key], getattr(defaults, key))
         if type_name == 'bool':  # --cache (= true), --cache false
             overrides.add_argument(
-                flag, dest=key, nargs='?', const='true', default=None, metavar=metavar, help=text
+                *flags, dest=key, nargs='?', const='true', default=None, metavar=metavar, help=text
             )
         elif type_name.startswith('list['):
             overrides.add_argument(
-                flag, dest=key, nargs='+', action=_ListValue, metavar=metavar, help=text
+                *flags, dest=key, nargs='+', action=_ListValue, metavar=metavar, help=text
             )
         else:
-            overrides.add_argument(flag, dest=key, default=None, help=text, metavar=metavar)
+            overrides.add_argument(*flags, dest=key, default=None, help=text, metavar=metavar)
     return parser
 
 
@@ -258,14 +262,14 @@ def format_summary(result) -> str:
         lines += [
             f'folds        {run.fold(0).path} .. fold{cv["k"] - 1} (ordinary run folders), '
             f'{run.oof_file}, {run.cv_file}',
-            'cross-validation (held-out patients of each fold, at the threshold chosen on the '
+            'cross-validation (held-out scans of each fold, at the threshold chosen on the '
             'other folds):',
             result.cv_table,
             f'out of fold  {format_out_of_fold(cv["out_of_fold"])}',
         ]
         if result.final is not None:
             lines.append(
-                f'final model  {run.final_dir}  (refit on all training patients for '
+                f'final model  {run.final_dir}  (refit on all training scans for '
                 f"{best.epoch} epochs, the folds' choice; {best.weights} weights)"
             )
             point = cv['refit']

@@ -1,7 +1,7 @@
 """Comparing two cross-validation runs made on the same folds: per-fold differences and a paired
-bootstrap CI of the out-of-fold patient AUC and accuracy (``adni-cv compare RUN_A RUN_B``).
+bootstrap CI of the out-of-fold scan AUC and accuracy (``adni-cv compare RUN_A RUN_B``).
 
-Two runs are comparable only when made on the same folds (same patients, same k, same seed):
+Two runs are comparable only when made on the same folds (same scans, same k, same seed):
 otherwise the per-fold differences mix model differences with split differences, and
 :func:`compare` refuses unless told ``allow_different_folds=True`` (and then marks the result
 INVALID). Differences are B - A. The command line: ``adni_timm.cli.cv``.
@@ -19,10 +19,11 @@ import numpy as np
 from .summary import CVError, read_oof_csv
 from ..data import positive_index
 from ..utils.display import is_number
-from ..metrics import CI_KEYS, patient_level, resample_patient_counts, weighted_metrics
+from ..metrics import CI_KEYS, scan_level, resample_scan_counts, weighted_metrics
 from ..models import LABEL_NAMES
 from ..run import Run
 from ..data.splits import SplitError, check_folds
+from ..utils.legacy import upgrade
 
 __all__ = [
     'paired_bootstrap_difference',
@@ -32,12 +33,12 @@ __all__ = [
 ]
 
 _CV_JSON_KEYS = ('k', 'seed', 'folds', 'threshold', 'per_fold')
-_LEVELS = ('patient', 'slice')
+_LEVELS = ('scan', 'slice')
 _PAIRED_KEYS = ('auc', 'accuracy')
 
 
 def paired_bootstrap_difference(
-    patients: Sequence,
+    scans: Sequence,
     y,
     p_a,
     p_b,
@@ -48,13 +49,13 @@ def paired_bootstrap_difference(
     level: float = 0.95,
     chunk: int = 250,
 ) -> dict:
-    """Patient-level AUC and accuracy of run B minus run A with a paired percentile bootstrap CI.
+    """Scan-level AUC and accuracy of run B minus run A with a paired percentile bootstrap CI.
 
-    ``patients``, ``y`` (1 = AD) and the slice probabilities ``p_a``, ``p_b`` are aligned per
-    slice (the same out-of-fold slices); patient probability = mean over its slices. Each
-    resample draws patients with replacement within class, and BOTH runs are scored on that
+    ``scans``, ``y`` (1 = AD) and the slice probabilities ``p_a``, ``p_b`` are aligned per
+    slice (the same out-of-fold slices); scan probability = mean over its slices. Each
+    resample draws scans with replacement within class, and BOTH runs are scored on that
     same resample, so the CI reflects the difference, not each run's own noise. Accuracy uses
-    each run's own threshold. Returns ``{'n_patients', 'n_boot', 'seed', 'level',
+    each run's own threshold. Returns ``{'n_scans', 'n_boot', 'seed', 'level',
     'threshold_a', 'threshold_b', 'auc': {'a', 'b', 'difference', 'ci': [lo, hi]},
     'accuracy': {...}}``; the CI contains 0 when the data cannot tell the runs apart.
     """
@@ -62,15 +63,15 @@ def paired_bootstrap_difference(
         raise CVError(f'paired_bootstrap_difference: n_boot must be >= 1, got {n_boot}.')
     if not 0 < level < 1:
         raise CVError(f'paired_bootstrap_difference: level must be in (0, 1), got {level}.')
-    _, y_pat, pat_a = patient_level(patients, y, p_a)
-    _, _, pat_b = patient_level(patients, y, p_b)
+    _, y_pat, pat_a = scan_level(scans, y, p_a)
+    _, _, pat_b = scan_level(scans, y, p_b)
     if len(np.unique(y_pat)) != 2:
-        raise CVError('paired_bootstrap_difference: AUC needs both AD and non-AD patients.')
+        raise CVError('paired_bootstrap_difference: AUC needs both AD and non-AD scans.')
     point_a = weighted_metrics(y_pat, pat_a, threshold_a, np.ones((1, len(y_pat))))
     point_b = weighted_metrics(y_pat, pat_b, threshold_b, np.ones((1, len(y_pat))))
     # All draws at once (one generator call per class, reproducible from the seed alone);
     # the metrics in chunks of rows to bound memory.
-    counts = resample_patient_counts(np.random.default_rng(seed), y_pat, n_boot)
+    counts = resample_scan_counts(np.random.default_rng(seed), y_pat, n_boot)
     differences: dict[str, list[np.ndarray]] = {key: [] for key in _PAIRED_KEYS}
     for start in range(0, n_boot, chunk):
         rows = counts[start : start + chunk]
@@ -79,7 +80,7 @@ def paired_bootstrap_difference(
         for key in _PAIRED_KEYS:
             differences[key].append(boot_b[key] - boot_a[key])
     result = {
-        'n_patients': int(len(y_pat)),
+        'n_scans': int(len(y_pat)),
         'n_boot': int(n_boot),
         'seed': seed,
         'level': level,
@@ -102,7 +103,7 @@ def _folds_of(cv: Mapping, where: Path) -> list[list[str]]:
         or len(folds) != cv['k']
         or not all(isinstance(f, list) and all(isinstance(p, str) for p in f) for f in folds)
     ):
-        raise CVError(f'{where}: "folds" must be k={cv["k"]} lists of patient ids (strings).')
+        raise CVError(f'{where}: "folds" must be k={cv["k"]} lists of scan ids (strings).')
     try:
         check_folds(folds)
     except SplitError as e:
@@ -124,7 +125,7 @@ def read_cv_run(run: str | os.PathLike) -> tuple[dict, list[dict]]:
             f'(train.py --folds K writes one).'
         )
     try:
-        cv = json.loads(cv_path.read_text())
+        cv = upgrade(json.loads(cv_path.read_text()))
     except json.JSONDecodeError as e:
         raise CVError(f'{cv_path}: not valid JSON ({e.msg}, line {e.lineno}).') from e
     except (OSError, UnicodeDecodeError) as e:
@@ -150,18 +151,18 @@ def read_cv_run(run: str | os.PathLike) -> tuple[dict, list[dict]]:
         )
     ):
         raise CVError(
-            f'{cv_path}: "per_fold" must be k={cv["k"]} objects with "patient" and "slice" metrics.'
+            f'{cv_path}: "per_fold" must be k={cv["k"]} objects with "scan" and "slice" metrics.'
         )
     folds = _folds_of(cv, cv_path)
     if not run.oof_file.is_file():
         raise CVError(f'{run}: no {Run.OOF}; the run did not finish its folds.')
     rows = read_oof_csv(run.oof_file)
-    fold_of_patient = {p: i for i, fold in enumerate(folds) for p in fold}
-    wrong = [r['path'] for r in rows if fold_of_patient.get(r['patient']) != r['fold']]
+    fold_of_scan = {p: i for i, fold in enumerate(folds) for p in fold}
+    wrong = [r['path'] for r in rows if fold_of_scan.get(r['scan']) != r['fold']]
     if wrong:
         raise CVError(
             f'{run}: {len(wrong)} rows of {Run.OOF} name a fold that does not hold '
-            f'their patient in {Run.CV} (e.g. {wrong[0]}); the two files are from '
+            f'their scan in {Run.CV} (e.g. {wrong[0]}); the two files are from '
             f'different runs.'
         )
     return cv, rows
@@ -201,9 +202,9 @@ def compare(
     """Compare CV run B against run A (differences are B - A), paired on the same folds.
 
     Reads ``RUN/cv.json`` and ``RUN/oof_predictions.csv`` of each. Returns ``{'run_a', 'run_b',
-    'k', 'same_folds', 'valid', 'problems': [...], 'per_fold': [{'fold', 'patient': {key: {'a',
+    'k', 'same_folds', 'valid', 'problems': [...], 'per_fold': [{'fold', 'scan': {key: {'a',
     'b', 'difference'}}, 'slice': {...}}], 'paired': paired_bootstrap_difference(...)}`` where
-    ``paired`` is on the out-of-fold patient probabilities at each run's own threshold.
+    ``paired`` is on the out-of-fold scan probabilities at each run's own threshold.
 
     Raises ``CVError`` when the folds differ (the comparison would be INVALID: the difference
     would mix recipe and split), unless ``allow_different_folds``; then ``valid`` is False.
@@ -239,24 +240,23 @@ def compare(
     mismatched = [
         r['path']
         for r in rows_a
-        if (r['patient'], r['label'])
-        != (by_path_b[r['path']]['patient'], by_path_b[r['path']]['label'])
+        if (r['scan'], r['label']) != (by_path_b[r['path']]['scan'], by_path_b[r['path']]['label'])
     ]
     if mismatched:
         raise CVError(
-            f'{run_a} and {run_b} disagree on the patient or label of {len(mismatched)} '
+            f'{run_a} and {run_b} disagree on the scan or label of {len(mismatched)} '
             f'slices (e.g. {mismatched[0]}); check --classes and the data folder.'
         )
     classes_a = cv_a.get('classes', list(LABEL_NAMES))
     if list(cv_b.get('classes', list(LABEL_NAMES))) != list(classes_a):
         raise CVError(f'{run_a} and {run_b} have different classes.')
     positive = positive_index(classes_a)
-    patients = [r['patient'] for r in rows_a]
+    scans = [r['scan'] for r in rows_a]
     y = np.array([int(r['label'] == positive) for r in rows_a])
     p_a = np.array([r['p_AD'] for r in rows_a])
     p_b = np.array([by_path_b[path]['p_AD'] for path in paths_a])
     paired = paired_bootstrap_difference(
-        patients, y, p_a, p_b, cv_a['threshold'], cv_b['threshold'], n_boot=n_boot, seed=seed
+        scans, y, p_a, p_b, cv_a['threshold'], cv_b['threshold'], n_boot=n_boot, seed=seed
     )
     per_fold = _per_fold_differences(cv_a['per_fold'], cv_b['per_fold']) if same_folds else []
     return {
@@ -288,12 +288,12 @@ def format_comparison(result: Mapping) -> str:
     lines.append(f'A = {result["run_a"]}')
     lines.append(f'B = {result["run_b"]}')
     if result['per_fold']:
-        lines.append(f'per fold, validation patients (B - A), {result["k"]} folds:')
+        lines.append(f'per fold, validation scans (B - A), {result["k"]} folds:')
         lines.append(
             f'{"fold":<6}{"AUC A":>8}{"AUC B":>8}{"B-A":>8}   {"acc A":>8}{"acc B":>8}{"B-A":>8}'
         )
         for entry in result['per_fold']:
-            auc, acc = entry['patient']['auc'], entry['patient']['accuracy']
+            auc, acc = entry['scan']['auc'], entry['scan']['accuracy']
             lines.append(
                 f'{entry["fold"]:<6}{_plain(auc["a"]):>8}{_plain(auc["b"]):>8}'
                 f'{_signed(auc["difference"]):>8}   {_plain(acc["a"]):>8}'
@@ -302,11 +302,11 @@ def format_comparison(result: Mapping) -> str:
     paired = result['paired']
     percent = f'{100 * paired["level"]:g}%'
     lines.append(
-        f'out-of-fold, {paired["n_patients"]} patients, paired bootstrap '
+        f'out-of-fold, {paired["n_scans"]} scans, paired bootstrap '
         f'({paired["n_boot"]} resamples within class, seed {paired["seed"]}); '
         f'thresholds A {paired["threshold_a"]:.3g}, B {paired["threshold_b"]:.3g}:'
     )
-    for key, name in (('auc', 'patient AUC'), ('accuracy', 'patient accuracy')):
+    for key, name in (('auc', 'scan AUC'), ('accuracy', 'scan accuracy')):
         entry = paired[key]
         lo, hi = entry['ci']
         verdict = 'no clear difference' if lo <= 0 <= hi else ('B better' if lo > 0 else 'A better')

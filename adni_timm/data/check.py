@@ -38,19 +38,19 @@ class CheckReport:
 def check_data_dir(
     data_dir: str | os.PathLike,
     classes: Sequence[str] = LABEL_NAMES,
-    file_is_patient: bool = False,
+    file_is_scan: bool = False,
     num_workers: int = 0,
 ) -> CheckReport:
-    """Patients and slices per split and class, image sizes and modes, and every problem found.
+    """Scans and slices per split and class, image sizes and modes, and every problem found.
 
-    Problems: a missing split or class folder, unknown class folders, bad file names, patients in
+    Problems: a missing split or class folder, unknown class folders, bad file names, scans in
     two classes or in both train and test, files that do not decode. ``num_workers`` threads
     decode the images.
     """
     data_dir = Path(data_dir)
     lines = [
         f'DATA_DIR {data_dir}   classes: ' + ', '.join(f'{c}={i}' for i, c in enumerate(classes)),
-        f'{"split":<6} {"class":<6} {"patients":>8} {"slices":>7}   slices/patient min/median/max',
+        f'{"split":<6} {"class":<6} {"scans":>8} {"slices":>7}   slices/scan min/median/max',
     ]
     problems, notes, found = [], [], {}
     try:
@@ -60,7 +60,7 @@ def check_data_dir(
     for split in SPLITS:
         try:
             slices, split_problems, ignored = _scan(
-                _split_dir(data_dir, split, classes), classes, file_is_patient
+                _split_dir(data_dir, split, classes), classes, file_is_scan
             )
         except DataError as e:
             problems.append(str(e))
@@ -75,9 +75,9 @@ def check_data_dir(
                 f'{split}: ignored {len(ignored)} entries that are not images: {preview(ignored)}'
             )
         for row in summarize(slices, classes):
-            lo, mid, hi = row['per_patient']
+            lo, mid, hi = row['per_scan']
             lines.append(
-                f'{split:<6} {row["name"]:<6} {row["patients"]:>8} '
+                f'{split:<6} {row["name"]:<6} {row["scans"]:>8} '
                 f'{row["slices"]:>7}   {lo}/{mid:g}/{hi}'
             )
     if len(found) == 2:

@@ -476,10 +476,10 @@ def _write(rows: list[_Row], splits: dict, classes, tmp: Path, source: DatasetSo
     if subject_of:
         with (tmp / 'manifest.csv').open('w', encoding='utf-8', newline='') as f:
             writer = csv.writer(f, lineterminator='\n')
-            # 'patient' is the column data_note.subjects_of reads (adni-prepare's manifest)
-            writer.writerow(['patient', 'scan', 'subject', 'dataset_scan'])
+            # the columns data.note.subjects_of reads (adni-prepare's manifest), + the dataset's id
+            writer.writerow(['scan', 'subject', 'dataset_scan'])
             for scan in sorted(subject_of):
-                writer.writerow([ids[scan], ids[scan], subject_of[scan], scan])
+                writer.writerow([ids[scan], subject_of[scan], scan])
     note = {'synthetic': False, 'note': meta['note'], 'hub_dataset': meta}
     # the note last: a folder without it was not finished
     (tmp / 'dataset.json').write_text(json.dumps(note, indent=2) + '\n', encoding='utf-8')

@@ -22,6 +22,7 @@ from timm.data.auto_augment import AugmentOp
 
 from ..utils.display import preview
 from ..utils.hardware import available_memory, local_process_count
+from ..utils.progress import Progress
 from ..utils.threads import thread_map
 from .images import read_image
 from .slices import DataError, Slice
@@ -160,7 +161,9 @@ def cache_fits(nbytes: int) -> tuple[bool, str]:
     return fits, f'slice cache: {per} of {usable / 2**30:.1f} GiB usable ({source}): {verdict}'
 
 
-def preload(slices: Sequence[Slice], num_workers: int = 0) -> SliceCache | None:
+def preload(
+    slices: Sequence[Slice], num_workers: int = 0, progress: str = 'none'
+) -> SliceCache | None:
     """Decode every slice once into a SliceCache (grayscale,
     each at its own size); None if it won't fit.
 
@@ -180,10 +183,14 @@ def preload(slices: Sequence[Slice], num_workers: int = 0) -> SliceCache | None:
     common = [p for p, size in zip(paths, sizes) if size == (width, height)]
     images = np.empty((len(common), height, width), np.uint8)
 
+    bar = Progress(progress, len(common), 'decoding slices', unit='slices', summary=True)
+
     def fill(i: int) -> None:
         images[i] = np.asarray(read_image(common[i]))
+        bar.update(1)
 
-    thread_map(fill, range(len(common)), num_workers)
+    with bar:
+        thread_map(fill, range(len(common)), num_workers)
     odd = {p: np.asarray(read_image(p)) for p, size in zip(paths, sizes) if size != (width, height)}
     if odd:
         _logger.info(

@@ -16,7 +16,7 @@ from typing import Any
 
 DATASET_NOTE = 'dataset.json'  # what the folder holds (written by the synthetic generator)
 PREPARE_NOTE = 'prepare.json'  # the preprocessing recipe (written by adni-prepare)
-MANIFEST = 'manifest.csv'  # adni-prepare's scans: file-name patient id -> subject, visit, ...
+MANIFEST = 'manifest.csv'  # adni-prepare's scans: file-name scan id -> subject, visit, ...
 
 
 @dataclass(frozen=True)
@@ -55,14 +55,17 @@ def write_data_note(data_dir: str | os.PathLike, note: DataNote) -> Path:
 
 
 def subjects_of(data_dir: str | os.PathLike) -> dict[str, str]:
-    """``{file-name patient id: subject}`` from adni-prepare's manifest (``--visits all`` writes one
-    patient id per visit, ``002_S_0295_m12``); empty when the folder has no manifest. A split
-    keeps all patients of one subject together."""
+    """``{file-name scan id: subject}`` from adni-prepare's manifest (``--visits all`` writes one
+    scan id per visit, ``002_S_0295_m12``); empty when the folder has no manifest. A split
+    keeps all scans of one subject together."""
     import csv
+
+    from ..utils.legacy import upgrade
 
     path = Path(data_dir) / MANIFEST
     if not path.is_file():
         return {}
     with path.open(encoding='utf-8', newline='') as f:
         rows = list(csv.DictReader(f))
-    return {r['patient']: r['subject'] for r in rows if r.get('patient') and r.get('subject')}
+    rows = [upgrade(r) for r in rows]  # manifests written before name the column 'patient'
+    return {r['scan']: r['subject'] for r in rows if r.get('scan') and r.get('subject')}

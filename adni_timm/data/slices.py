@@ -2,7 +2,7 @@
 
 Layout (what ADNI users have, and what ``adni_timm.synthetic`` writes)::
 
-    DATA_DIR/{train,test}/{NC,AD}/<patient>_<slice>.jpeg     (.jpg and .png too)
+    DATA_DIR/{train,test}/{NC,AD}/<scan>_<slice>.jpeg     (.jpg and .png too)
 
 Labels follow the class list, never the alphabet: NC = 0, AD = 1 (the positive
 class); more classes come from an explicit list such as ``('NC', 'MCI', 'AD')``.
@@ -30,10 +30,10 @@ _logger = logging.getLogger(__name__)
 
 SPLITS = ('train', 'test')
 IMAGE_EXTENSIONS = ('.jpeg', '.jpg', '.png')
-FILE_NAME_PATTERN = '<patient>_<slice>.jpeg'
-# stem; the slice is the last '_<digits>', the patient all before it (ids may hold underscores)
-_FILE_NAME = re.compile(r'^(?P<patient>.+)_(?P<slice>\d+)$')
-# an ADNI subject id (site_S_number, e.g. 002_S_0295) is a whole patient id, not <patient>_<slice>
+FILE_NAME_PATTERN = '<scan>_<slice>.jpeg'
+# stem; the slice is the last '_<digits>', the scan all before it (ids may hold underscores)
+_FILE_NAME = re.compile(r'^(?P<scan>.+)_(?P<slice>\d+)$')
+# an ADNI subject id (site_S_number, e.g. 002_S_0295) is a whole scan id, not <scan>_<slice>
 _ADNI_SUBJECT = re.compile(r'^\d{3}_S_\d{4}$')
 
 
@@ -45,10 +45,10 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Slice:
-    """One image file: an axial slice of one patient."""
+    """One image file: an axial slice of one scan."""
 
     path: str
-    patient: str
+    scan: str
     label: int
     slice_index: int | None
 
@@ -113,19 +113,19 @@ def _split_dir(data_dir: Path, split: str, classes: Sequence[str]) -> Path:
     )
 
 
-def parse_file_name(path: Path, file_is_patient: bool = False) -> tuple[str, int | None] | None:
-    """(patient, slice index) from ``<patient>_<slice>.jpeg``;
-    None when the name has no patient id.
+def parse_file_name(path: Path, file_is_scan: bool = False) -> tuple[str, int | None] | None:
+    """(scan, slice index) from ``<scan>_<slice>.jpeg``;
+    None when the name has no scan id.
     """
-    if file_is_patient:
+    if file_is_scan:
         return path.stem, None
     if _ADNI_SUBJECT.match(path.stem):  # 002_S_0295.jpeg: a subject, no slice number
         return None
     m = _FILE_NAME.match(path.stem)
-    return (m['patient'], int(m['slice'])) if m else None
+    return (m['scan'], int(m['slice'])) if m else None
 
 
-def _scan(split_dir: Path, classes: Sequence[str], file_is_patient: bool):
+def _scan(split_dir: Path, classes: Sequence[str], file_is_scan: bool):
     """(slices, problems, ignored files) of one split
     folder; problems are messages, not exceptions.
     """
@@ -161,39 +161,39 @@ def _scan(split_dir: Path, classes: Sequence[str], file_is_patient: bool):
                 f'put the {name} slices there, or leave {name} out of --classes'
             )
         for f in images:
-            parsed = parse_file_name(f, file_is_patient)
+            parsed = parse_file_name(f, file_is_scan)
             if parsed is None:
                 unnamed.append(f)
             else:
                 slices.append(Slice(str(f), parsed[0], label, parsed[1]))
     if unnamed:
         problems.append(
-            f'{len(unnamed)} file name(s) without a patient id in {split_dir}: '
+            f'{len(unnamed)} file name(s) without a scan id in {split_dir}: '
             f'{preview(unnamed)}. Rename them to {FILE_NAME_PATTERN}, or make each file its own '
-            f'patient with --file-is-patient (file_is_patient=True; see docs/DATA.md).'
+            f'scan with --file-is-scan (file_is_scan=True; see docs/DATA.md).'
         )
-    problems += _patients_in_two_classes(slices)
+    problems += _scans_in_two_classes(slices)
     problems += _duplicate_slices(slices)
     return sorted(slices, key=_slice_order), problems, ignored
 
 
 def _duplicate_slices(slices: Iterable[Slice]) -> list[str]:
-    """Two files of one (patient, slice) (``123_5.png`` and ``123_05.png``) would count twice."""
+    """Two files of one (scan, slice) (``123_5.png`` and ``123_05.png``) would count twice."""
     files = defaultdict(list)
     for s in slices:
         if s.slice_index is not None:
-            files[(s.patient, s.slice_index)].append(s.path)
+            files[(s.scan, s.slice_index)].append(s.path)
     return [
-        f'patient {patient} slice {index} is in {len(paths)} files ({", ".join(sorted(paths))}): '
+        f'scan {scan} slice {index} is in {len(paths)} files ({", ".join(sorted(paths))}): '
         f'the same slice would count {len(paths)} times; keep one file'
-        for (patient, index), paths in sorted(files.items())
+        for (scan, index), paths in sorted(files.items())
         if len(paths) > 1
     ]
 
 
 def slice_count_outliers(slices: Sequence[Slice]) -> str | None:
-    """A note naming the patients whose slice count is far (< half or > twice) from the median."""
-    counts = Counter(s.patient for s in slices)
+    """A note naming the scans whose slice count is far (< half or > twice) from the median."""
+    counts = Counter(s.scan for s in slices)
     if len(counts) < 2:
         return None
     median = statistics.median(counts.values())
@@ -201,23 +201,23 @@ def slice_count_outliers(slices: Sequence[Slice]) -> str | None:
     if not odd:
         return None
     return (
-        f'{len(odd)} patient(s) have a slice count far from the median {median:g}: '
+        f'{len(odd)} scan(s) have a slice count far from the median {median:g}: '
         f'{preview([f"{p} ({counts[p]})" for p in odd])}; check for missing or extra files'
     )
 
 
 def _slice_order(s: Slice):
-    return s.label, s.patient, -1 if s.slice_index is None else s.slice_index, s.path
+    return s.label, s.scan, -1 if s.slice_index is None else s.slice_index, s.path
 
 
-def _patients_in_two_classes(slices: Iterable[Slice]) -> list[str]:
+def _scans_in_two_classes(slices: Iterable[Slice]) -> list[str]:
     where = defaultdict(dict)
     for s in slices:
-        where[s.patient].setdefault(s.label, s.path)
+        where[s.scan].setdefault(s.label, s.path)
     mixed = sorted(p for p, labels in where.items() if len(labels) > 1)
     return [
-        f'patient {p} has slices in several class folders ({", ".join(where[p].values())}): a '
-        f'patient has one diagnosis; move its slices into one class folder'
+        f'scan {p} has slices in several class folders ({", ".join(where[p].values())}): a '
+        f'scan has one diagnosis; move its slices into one class folder'
         for p in mixed
     ]
 
@@ -226,17 +226,17 @@ def scan_split(
     data_dir,
     split: str = 'train',
     classes: Sequence[str] = LABEL_NAMES,
-    file_is_patient: bool = False,
+    file_is_scan: bool = False,
 ) -> list[Slice]:
-    """Every image of ``DATA_DIR/split/<class>/``, in a deterministic order (class, patient, slice).
+    """Every image of ``DATA_DIR/split/<class>/``, in a deterministic order (class, scan, slice).
 
     Raises DataError naming every layout problem found (missing folder, unknown or empty
-    class folder, file names without a patient id, a patient in two class folders).
+    class folder, file names without a scan id, a scan in two class folders).
     Non-image files are ignored with a warning.
     """
     classes = parse_classes(classes)
     slices, problems, ignored = _scan(
-        _split_dir(Path(data_dir), split, classes), classes, file_is_patient
+        _split_dir(Path(data_dir), split, classes), classes, file_is_scan
     )
     if problems:
         raise DataError('\n'.join(problems))
@@ -254,18 +254,18 @@ def scan_split(
 
 
 def summarize(slices: Sequence[Slice], classes: Sequence[str] = LABEL_NAMES) -> list[dict]:
-    """Per class: patients, slices and slices per patient (min / median / max)."""
+    """Per class: scans, slices and slices per scan (min / median / max)."""
     rows = []
     for label, name in enumerate(classes):
-        per_patient = Counter(s.patient for s in slices if s.label == label)
-        counts = sorted(per_patient.values()) or [0]
+        per_scan = Counter(s.scan for s in slices if s.label == label)
+        counts = sorted(per_scan.values()) or [0]
         rows.append(
             dict(
                 name=name,
                 label=label,
-                patients=len(per_patient),
-                slices=sum(per_patient.values()),
-                per_patient=(counts[0], statistics.median(counts), counts[-1]),
+                scans=len(per_scan),
+                slices=sum(per_scan.values()),
+                per_scan=(counts[0], statistics.median(counts), counts[-1]),
             )
         )
     return rows

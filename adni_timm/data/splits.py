@@ -1,20 +1,20 @@
-"""Who trains, who selects, who is reported: every split of patients, and the checks that keep
+"""Who trains, who selects, who is reported: every split of scans, and the checks that keep
 them apart.
 
-The honesty of every number rests here. Slices of one patient are near-duplicates, so every
-split is *by patient*, stratified by class, and a pure function of (patients, labels, seed):
+The honesty of every number rests here. Slices of one scan are near-duplicates, so every
+split is *by scan*, stratified by class, and a pure function of (scans, labels, seed):
 
-- ``split_patients``: train / validation carved from ``DATA_DIR/train`` (``split_slices`` is the
+- ``split_scans``: train / validation carved from ``DATA_DIR/train`` (``split_slices`` is the
   reference project's leaky slice split, for reproducing it only);
-- ``make_folds`` / ``fold_split``: K folds for cross-validation; inside each fold the patients
+- ``make_folds`` / ``fold_split``: K folds for cross-validation; inside each fold the scans
   that select the epoch, the live/EMA weights and the temperature (``val``) are drawn from the
-  fold's *training* patients, never from the held-out fold it reports (``held_out``);
+  fold's *training* scans, never from the held-out fold it reports (``held_out``);
 - ``check_data`` / ``load_splits``: the data checked before any training (layout, leakage between
   train and test, unreadable files), then split (or the recorded split applied on resume).
 
 A split is plain JSON (``RUN/split.json``)::
 
-    {"level": "patient", "seed": 0, "val_fraction": 0.2, "train": [...], "val": [...],
+    {"level": "scan", "seed": 0, "val_fraction": 0.2, "train": [...], "val": [...],
      "test": [...]}                                        (+ "fold", "folds", "held_out")
 """
 
@@ -38,7 +38,7 @@ from .note import subjects_of
 _logger = logging.getLogger(__name__)
 
 # how a cross-validation fold chooses its weights: 'inner' = on a validation split carved from the
-# fold's training patients; 'last' = no choice at all (fixed epochs, last weights)
+# fold's training scans; 'last' = no choice at all (fixed epochs, last weights)
 CV_SELECT = ('inner', 'last')
 
 
@@ -48,7 +48,7 @@ class SplitError(DataError):
 
 @dataclass
 class Splits:
-    """The slices of each part and the JSON-able split (patient ids) that ``split.json`` records."""
+    """The slices of each part and the JSON-able split (scan ids) that ``split.json`` records."""
 
     train: list[Slice]
     val: list[Slice]
@@ -58,16 +58,16 @@ class Splits:
 
 def _check_fraction(fraction: float, key: str = 'val_fraction') -> None:
     if not 0 <= fraction < 1:
-        raise SplitError(f'{key}={fraction}: must be in [0, 1) (e.g. 0.2 = 20% of patients)')
+        raise SplitError(f'{key}={fraction}: must be in [0, 1) (e.g. 0.2 = 20% of scans)')
 
 
-def patient_labels(slices: Iterable[Slice]) -> dict[str, int]:
-    """``{patient: label}``; a patient with two labels is an error (a patient is one diagnosis)."""
+def scan_labels(slices: Iterable[Slice]) -> dict[str, int]:
+    """``{scan: label}``; a scan with two labels is an error (a scan is one diagnosis)."""
     labels: dict[str, int] = {}
     for s in slices:
-        if labels.setdefault(s.patient, s.label) != s.label:
+        if labels.setdefault(s.scan, s.label) != s.label:
             raise SplitError(
-                f'patient {s.patient} carries two labels ({labels[s.patient]} and {s.label}, '
+                f'scan {s.scan} carries two labels ({labels[s.scan]} and {s.label}, '
                 f'e.g. {s.path}): move its slices into one class folder'
             )
     return labels
@@ -83,10 +83,10 @@ def _assert_disjoint(*parts: Sequence) -> None:
 
 
 def _by_subject(labels: Mapping[str, int], subjects: Mapping[str, str]) -> dict[str, list[str]]:
-    """The patients of each subject (a patient is its own subject when none is recorded)."""
+    """The scans of each subject (a scan is its own subject when none is recorded)."""
     grouped: dict[str, list[str]] = {}
-    for patient in sorted(labels):
-        grouped.setdefault(subjects.get(patient, patient), []).append(patient)
+    for scan in sorted(labels):
+        grouped.setdefault(subjects.get(scan, scan), []).append(scan)
     return grouped
 
 
@@ -96,7 +96,7 @@ def _split_ids(
     seed: int,
     subjects: Mapping[str, str] | None = None,
 ) -> tuple[list, list]:
-    """(kept, carved) patient ids, stratified by label, deterministic for a seed; all patients of
+    """(kept, carved) scan ids, stratified by label, deterministic for a seed; all scans of
     one subject (``subjects``: the visits of a subject, from adni-prepare) on the same side."""
     if subjects:
         grouped = _by_subject(labels, subjects)
@@ -111,34 +111,34 @@ def _split_ids(
                 sorted(p for g in kept for p in grouped[g]),
                 sorted(p for g in carved for p in grouped[g]),
             )
-    patients = sorted(labels)
+    scans = sorted(labels)
     if fraction == 0:
-        return patients, []
+        return scans, []
     try:
         kept, carved = train_test_split(
-            patients, test_size=fraction, random_state=seed, stratify=[labels[p] for p in patients]
+            scans, test_size=fraction, random_state=seed, stratify=[labels[p] for p in scans]
         )
-    except ValueError as e:  # too few patients of a class for a stratified split
+    except ValueError as e:  # too few scans of a class for a stratified split
         raise SplitError(
-            f'cannot split {len(patients)} patients by class with fraction {fraction} ({e}): add '
-            f'patients or change the fraction'
+            f'cannot split {len(scans)} scans by class with fraction {fraction} ({e}): add '
+            f'scans or change the fraction'
         ) from e
     return sorted(kept), sorted(carved)
 
 
-def split_patients(
+def split_scans(
     slices: Sequence[Slice],
     val_fraction: float = 0.2,
     seed: int = 0,
     subjects: Mapping[str, str] | None = None,
 ) -> dict:
-    """Patient-level train / val split, stratified by class, deterministic for a seed; with
+    """Scan-level train / val split, stratified by class, deterministic for a seed; with
     ``subjects`` (``data_note.subjects_of``) every visit of a subject on one side."""
     _check_fraction(val_fraction)
-    train, val = _split_ids(patient_labels(slices), val_fraction, seed, subjects)
+    train, val = _split_ids(scan_labels(slices), val_fraction, seed, subjects)
     _assert_disjoint(train, val)
     split = {
-        'level': 'patient',
+        'level': 'scan',
         'seed': seed,
         'val_fraction': val_fraction,
         'train': train,
@@ -150,7 +150,7 @@ def split_patients(
 
 
 def split_slices(slices: Sequence[Slice], val_fraction: float = 0.2, seed: int = 0) -> dict:
-    """The reference project's LEAKY random split by slice (a patient lands on both sides).
+    """The reference project's LEAKY random split by slice (a scan lands on both sides).
 
     Only for reproducing the reference recipe (configs/seed.yaml); its validation scores are
     inflated. Keys are ``split/class/file`` (``data.slice_key``), so the split still applies when
@@ -175,15 +175,15 @@ def split_slices(slices: Sequence[Slice], val_fraction: float = 0.2, seed: int =
 
 
 def select(slices: Sequence[Slice], split: dict, part: str) -> list[Slice]:
-    """The slices of ``split[part]`` (patient ids or slice keys, by level), in ``slices`` order."""
+    """The slices of ``split[part]`` (scan ids or slice keys, by level), in ``slices`` order."""
     level = split.get('level')
-    if level not in ('patient', 'slice') or part not in split:
+    if level not in ('scan', 'slice') or part not in split:
         raise SplitError(
-            f'not a split with a {part!r} part: expected level "patient" or "slice" '
-            f'and lists under train / val (as split_patients returns)'
+            f'not a split with a {part!r} part: expected level "scan" or "slice" '
+            f'and lists under train / val (as split_scans returns)'
         )
-    key = (lambda s: s.patient) if level == 'patient' else (lambda s: slice_key(s.path))
-    wanted = set(split[part]) if level == 'patient' else {slice_key(p) for p in split[part]}
+    key = (lambda s: s.scan) if level == 'scan' else (lambda s: slice_key(s.path))
+    wanted = set(split[part]) if level == 'scan' else {slice_key(p) for p in split[part]}
     chosen = [s for s in slices if key(s) in wanted]
     missing = wanted - {key(s) for s in chosen}
     if missing:
@@ -198,27 +198,27 @@ def select(slices: Sequence[Slice], split: dict, part: str) -> list[Slice]:
 def check_no_leakage(
     first: Sequence[Slice], second: Sequence[Slice], names=('train', 'test')
 ) -> None:
-    """Raise if any patient has slices in both sets (leakage inflates every score)."""
-    shared = sorted({s.patient for s in first} & {s.patient for s in second})
+    """Raise if any scan has slices in both sets (leakage inflates every score)."""
+    shared = sorted({s.scan for s in first} & {s.scan for s in second})
     if shared:
         raise SplitError(
-            f'{len(shared)} patient(s) appear in both {names[0]} and {names[1]}: '
-            f'{preview(shared)}. A patient must sit in one split only: move or remove their '
+            f'{len(shared)} scan(s) appear in both {names[0]} and {names[1]}: '
+            f'{preview(shared)}. A scan must sit in one split only: move or remove their '
             f'slices from one of them.'
         )
 
 
-def warn_new_patients(slices: Sequence[Slice], known: Iterable[str]) -> list[Slice]:
-    """The slices of ``known`` patients; one warning naming the patients left out (new on disk)."""
+def warn_new_scans(slices: Sequence[Slice], known: Iterable[str]) -> list[Slice]:
+    """The slices of ``known`` scans; one warning naming the scans left out (new on disk)."""
     known = set(known)
-    new = sorted({s.patient for s in slices} - known)
+    new = sorted({s.scan for s in slices} - known)
     if new:
         _logger.warning(
-            '%d patient(s) in the data are not in the recorded split and are not used: %s',
+            '%d scan(s) in the data are not in the recorded split and are not used: %s',
             len(new),
             preview(new, 5),
         )
-    return [s for s in slices if s.patient in known]
+    return [s for s in slices if s.scan in known]
 
 
 # ------------------------------------------------------------------------------ the checked data
@@ -228,7 +228,7 @@ def check_data(cfg, data_dir, check_test: bool = False) -> tuple[list[Slice], li
     """(train, test) slices, checked before any training: layout, leakage between the splits,
     unreadable files (of test too when it will be evaluated; ``skip_bad_images`` drops them with a
     count)."""
-    scan = dict(classes=tuple(cfg.classes), file_is_patient=cfg.file_is_patient)
+    scan = dict(classes=tuple(cfg.classes), file_is_scan=cfg.file_is_scan)
     train_all = scan_split(data_dir, 'train', **scan)
     test = scan_split(data_dir, 'test', **scan) if (Path(data_dir) / 'test').is_dir() else []
     if test:
@@ -251,25 +251,25 @@ def check_data(cfg, data_dir, check_test: bool = False) -> tuple[list[Slice], li
 def load_splits(
     cfg, data_dir, recorded: dict[str, Any] | None = None, check_test: bool = False
 ) -> Splits:
-    """The checked data split into train and validation: by patient (or ``recorded``: on resume,
+    """The checked data split into train and validation: by scan (or ``recorded``: on resume,
     a cross-validation fold, a refit)."""
     train_all, test = check_data(cfg, data_dir, check_test)
     if recorded is not None:
         split = dict(recorded)
-        if split.get('level') == 'patient':
-            train_all = warn_new_patients(
+        if split.get('level') == 'scan':
+            train_all = warn_new_scans(
                 train_all, [*split['train'], *split['val'], *split.get('held_out', [])]
             )
     elif cfg.split_level == 'slice':
         _logger.warning(
-            'split_level=slice: slices of one patient land in both train and val. This LEAKS '
-            'patients and inflates validation scores; it exists only to reproduce the reference.'
+            'split_level=slice: slices of one scan land in both train and val. This LEAKS '
+            'scans and inflates validation scores; it exists only to reproduce the reference.'
         )
         split = split_slices(train_all, cfg.val_fraction, cfg.seed)
     else:
-        split = split_patients(train_all, cfg.val_fraction, cfg.seed, subjects_of(data_dir))
+        split = split_scans(train_all, cfg.val_fraction, cfg.seed, subjects_of(data_dir))
     if test:
-        split['test'] = sorted({s.patient for s in test})
+        split['test'] = sorted({s.scan for s in test})
     return Splits(
         train=select(train_all, split, 'train'),
         val=select(train_all, split, 'val'),
@@ -282,34 +282,34 @@ def load_splits(
 
 
 def make_folds(labels: Mapping[str, int], k: int, seed: int) -> list[list[str]]:
-    """K disjoint lists of patient ids (each sorted) covering all patients, stratified by class.
+    """K disjoint lists of scan ids (each sorted) covering all scans, stratified by class.
 
-    ``StratifiedKFold(shuffle=True, random_state=seed)`` over the SORTED patient ids, so the folds
-    depend only on (patients, labels, k, seed), not on file-system or dict order; the per-class
+    ``StratifiedKFold(shuffle=True, random_state=seed)`` over the SORTED scan ids, so the folds
+    depend only on (scans, labels, k, seed), not on file-system or dict order; the per-class
     counts of any two folds differ by at most one.
     """
     if int(k) != k or k < 2:
         raise SplitError(f'folds: k must be an integer >= 2 (each fold held out once), got {k}.')
     k = int(k)
-    patients = sorted(labels)
-    if not patients:
-        raise SplitError('make_folds: no patients.')
-    y = np.array([labels[p] for p in patients])
+    scans = sorted(labels)
+    if not scans:
+        raise SplitError('make_folds: no scans.')
+    y = np.array([labels[p] for p in scans])
     classes, counts = np.unique(y, return_counts=True)
     too_small = {int(c): int(n) for c, n in zip(classes, counts) if n < k}
     if too_small:
         raise SplitError(
-            f'{k} folds need at least {k} patients of every class, but class (label: patients) '
-            f'{too_small} has fewer; use --folds {min(counts)} or fewer, or add patients.'
+            f'{k} folds need at least {k} scans of every class, but class (label: scans) '
+            f'{too_small} has fewer; use --folds {min(counts)} or fewer, or add scans.'
         )
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    return [sorted(patients[i] for i in held) for _, held in splitter.split(np.zeros(len(y)), y)]
+    return [sorted(scans[i] for i in held) for _, held in splitter.split(np.zeros(len(y)), y)]
 
 
 def make_subject_folds(
     labels: Mapping[str, int], k: int, seed: int, subjects: Mapping[str, str] | None = None
 ) -> list[list[str]]:
-    """``make_folds`` with every patient of one subject (its visits) in the same fold."""
+    """``make_folds`` with every scan of one subject (its visits) in the same fold."""
     grouped = _by_subject(labels, subjects or {})
     if all(len(v) == 1 for v in grouped.values()):
         return make_folds(labels, k, seed)
@@ -323,16 +323,16 @@ def make_subject_folds(
 
 
 def check_folds(folds: Sequence[Sequence[str]]) -> None:
-    """Raise when a patient sits in two folds."""
+    """Raise when a scan sits in two folds."""
     seen: dict[str, int] = {}
     for i, fold in enumerate(folds):
-        for patient in fold:
-            if patient in seen:
+        for scan in fold:
+            if scan in seen:
                 raise SplitError(
-                    f'patient {patient!r} is in fold {seen[patient]} and fold {i}: folds must be '
+                    f'scan {scan!r} is in fold {seen[scan]} and fold {i}: folds must be '
                     f'disjoint (make them with make_folds).'
                 )
-            seen[patient] = i
+            seen[scan] = i
 
 
 def fold_split(
@@ -346,7 +346,7 @@ def fold_split(
     subjects: Mapping[str, str] | None = None,
 ) -> dict:
     """Fold ``k`` as a run's split: ``held_out`` = fold k (only ever predicted); the fold's training
-    patients (every other fold) split into ``train`` and ``val`` (``select_by='inner'``: by patient,
+    scans (every other fold) split into ``train`` and ``val`` (``select_by='inner'``: by scan,
     stratified, ``val_fraction`` of them select the epoch, the weights and the temperature) or all
     in ``train`` (``'last'``: no selection)."""
     if not 0 <= k < len(folds):
@@ -368,7 +368,7 @@ def fold_split(
         train, val = sorted(rest), []
     _assert_disjoint(train, val, held_out)
     return {
-        'level': 'patient',
+        'level': 'scan',
         'seed': seed,
         'val_fraction': len(val) / max(1, len(val) + len(train)),
         'train': train,
@@ -381,13 +381,13 @@ def fold_split(
 
 
 def recorded_folds(folds: list[list[str]], slices: Sequence[Slice]) -> list[Slice]:
-    """The slices of the recorded folds' patients (all must be there); new patients left out."""
+    """The slices of the recorded folds' scans (all must be there); new scans left out."""
     wanted = {p for fold in folds for p in fold}
-    missing = sorted(wanted - {s.patient for s in slices})
+    missing = sorted(wanted - {s.scan for s in slices})
     if missing:
         raise SplitError(
-            f'{len(missing)} patient(s) of the recorded folds are not in the data: '
+            f'{len(missing)} scan(s) of the recorded folds are not in the data: '
             f'{preview(missing, 5)}. Restore their files, or point --data-dir at the data the '
             f'run was made on.'
         )
-    return warn_new_patients(slices, wanted)
+    return warn_new_scans(slices, wanted)

@@ -20,7 +20,7 @@ This module adds what captum leaves to the caller: for the gradient methods a la
 fine enough to read (at least 7x7 at the model's input size: an earlier stage when the last is
 smaller), refusing channels-last (NHWC) layers that would give silently wrong maps; float32
 outside autocast, batching, upsampling to the input size, normalisation; and the report that
-evaluation writes (patient montages on one colour scale per patient, population maps, the region
+evaluation writes (scan montages on one colour scale per scan, population maps, the region
 score).
 """
 
@@ -44,7 +44,8 @@ from torch import nn
 
 from ..data import Slice, positive_index, read_image, slice_key
 from ..utils.files import safe_name
-from ..inference import PatientRow, full_precision, negative_name, patient_rows
+from ..utils.progress import Progress
+from ..inference import ScanRow, full_precision, negative_name, scan_rows
 
 
 _logger = logging.getLogger(__name__)
@@ -344,18 +345,16 @@ def class_maps(
     )
 
 
-def select_patients(ids, y, p, threshold: float, n: int) -> dict[str, list]:
-    """For each outcome TP, TN, FP, FN: the ``n`` most confident patients, most confident first.
+def select_scans(ids, y, p, threshold: float, n: int) -> dict[str, list]:
+    """For each outcome TP, TN, FP, FN: the ``n`` most confident scans, most confident first.
 
-    ``ids``, ``y`` (1 = positive / AD, 0 = negative) and ``p`` (P(AD)) are per patient; positive
+    ``ids``, ``y`` (1 = positive / AD, 0 = negative) and ``p`` (P(AD)) are per scan; positive
     means ``p >= threshold``. Confidence is the distance from the threshold on the side of the
     decision (``|p - threshold|``); ties keep the order of ``ids``.
     """
     ids, y, p = list(ids), np.asarray(y).astype(bool), np.asarray(p, dtype=np.float64)
     if not len(ids) == len(y) == len(p):
-        raise ValueError(
-            f'select_patients: {len(ids)} ids, {len(y)} labels, {len(p)} probabilities'
-        )
+        raise ValueError(f'select_scans: {len(ids)} ids, {len(y)} labels, {len(p)} probabilities')
     pred = p >= threshold
     masks = {'TP': y & pred, 'TN': ~y & ~pred, 'FP': ~y & pred, 'FN': y & ~pred}
     order = np.argsort(-np.abs(p - threshold), kind='stable')
@@ -465,33 +464,31 @@ _METHOD_NAMES = {'occlusion': 'Occlusion', 'hirescam': 'HiResCAM', 'gradcam': 'G
 _CLASS_CMAPS = ('Blues', 'Reds')
 
 
-def _group_patients(
+def _group_scans(
     slices: Sequence[Slice], p_pos: np.ndarray, threshold: float, classes: Sequence[str]
-) -> tuple[list[PatientRow], dict[str, list[int]]]:
-    """The patients as evaluation reports them (``inference.patient_rows``: the same groups, mean
+) -> tuple[list[ScanRow], dict[str, list[int]]]:
+    """The scans as evaluation reports them (``inference.scan_rows``: the same groups, mean
     P(AD) and decisions), and each one's slice indices in slice order."""
-    rows = patient_rows(slices, p_pos, threshold, classes)
+    rows = scan_rows(slices, p_pos, threshold, classes)
     groups: dict[str, list[int]] = defaultdict(list)
     for i, s in enumerate(slices):
-        groups[s.patient].append(i)
+        groups[s.scan].append(i)
     for key in groups:
         groups[key].sort(key=lambda i: (slices[i].slice_index or 0, slices[i].path))
     return rows, groups
 
 
-def _no_outcome_notes(patients: dict[str, list], classes, pos: int, threshold: float) -> list[str]:
-    """One line per outcome without any patient, so an empty FP/FN is said, not just missing."""
+def _no_outcome_notes(scans: dict[str, list], classes, pos: int, threshold: float) -> list[str]:
+    """One line per outcome without any scan, so an empty FP/FN is said, not just missing."""
     neg = classes[1 - pos] if len(classes) == 2 else f'non-{classes[pos]}'
     what = {
-        'TP': f'no {classes[pos]} patient was called {classes[pos]}',
-        'TN': f'no {neg} patient was called {neg}',
-        'FP': f'no {neg} patient was called {classes[pos]}',
-        'FN': f'no {classes[pos]} patient was missed',
+        'TP': f'no {classes[pos]} scan was called {classes[pos]}',
+        'TN': f'no {neg} scan was called {neg}',
+        'FP': f'no {neg} scan was called {classes[pos]}',
+        'FN': f'no {classes[pos]} scan was missed',
     }
     return [
-        f'no {o} patients: {what[o]} at threshold {threshold:.2f}'
-        for o in OUTCOMES
-        if not patients[o]
+        f'no {o} scans: {what[o]} at threshold {threshold:.2f}' for o in OUTCOMES if not scans[o]
     ]
 
 
@@ -512,19 +509,20 @@ def write_cam_report(
     method: str = 'occlusion',
     region_masks: Mapping[str, np.ndarray] | None = None,
     context=None,
+    progress: str = 'none',
 ) -> dict:
     """Class activation maps written under ``out_dir/cam/``; returns what was written (JSON-safe).
 
-    Labelled: ``<OUTCOME>_<patient>.png`` montages (all the patient's slices in slice order, map
-    over slice, P(AD) per tile) for the ``n`` most confident patients of each outcome TP/TN/FP/FN,
+    Labelled: ``<OUTCOME>_<scan>.png`` montages (all the scan's slices in slice order, map
+    over slice, P(AD) per tile) for the ``n`` most confident scans of each outcome TP/TN/FP/FN,
     plus ``population_maps.png`` / ``.npz``: the mean map of the positive class (AD) over all slices
     of each true class, per-slice normalised (every slice is attributed: about one backward pass
-    over the split). Unlabelled (``labelled=False``): montages named ``<decision>_<patient>.png``
-    for up to ``n * 4`` patients (files without a patient id stand alone), most confident first.
+    over the split). Unlabelled (``labelled=False``): montages named ``<decision>_<scan>.png``
+    for up to ``n * 4`` scans (files without a scan id stand alone), most confident first.
 
-    A montage maps the evidence for the patient's *predicted* class (a TN patient shows where it
-    looks NC, in blue; AD evidence in red), every slice on one colour scale: 0 to the patient's
-    largest value, so a weak slice looks weak. ``notes`` says which outcomes have no patient.
+    A montage maps the evidence for the scan's *predicted* class (a TN scan shows where it
+    looks NC, in blue; AD evidence in red), every slice on one colour scale: 0 to the scan's
+    largest value, so a weak slice looks weak. ``notes`` says which outcomes have no scan.
     ``region_masks`` (``{slice_key: bool [H, W] on the original slice}``, e.g.
     ``adni_timm.synthetic.slices.atrophy_masks``) adds ``region_score``: ``RegionScore`` of the
     positive-class maps of the true-positive-class slices against those regions, next to random
@@ -532,7 +530,8 @@ def write_cam_report(
     name, default ``default_target_layer`` at the input size); ``p_pos`` holds P(AD) per slice;
     ``transform`` is the model's eval transform on PIL 'L' images; ``context`` (a
     ``plots.FigureContext``) titles the figures. The model is moved to ``device``. Also writes
-    ``README.txt``: method, layer, map size, notes, region score.
+    ``README.txt``: method, layer, map size, notes, region score. ``progress`` (auto, bar,
+    lines, none) shows the slices mapped.
     """
     start = time.perf_counter()
     slices, p_pos = list(slices), np.asarray(p_pos, dtype=np.float64).reshape(-1)
@@ -565,7 +564,11 @@ def write_cam_report(
     population = _PopulationSums()
     scored_maps, scored_masks = [], []
     todo = list(range(len(slices))) if labelled else sorted(wanted_pos)
+    bar = Progress(
+        progress, len(todo) + len(wanted_neg), f'{method} maps', unit='slices', summary=True
+    )
     for i, raw, shown in attribute(todo, pos):
+        bar.update(1)
         if i in wanted_pos:
             kept_maps[i], kept_images[i] = raw, shown
         if labelled:
@@ -581,10 +584,12 @@ def write_cam_report(
                 scored_masks.append(transform_mask(mask, transform))
     # pass 2: the montages of scans predicted negative, mapped for their own class
     for i, raw, shown in attribute(sorted(wanted_neg), 1 - pos if len(classes) == 2 else pos):
+        bar.update(1)
         kept_maps[i], kept_images[i] = raw, shown
+    bar.close()
 
     method_name = _METHOD_NAMES[method]
-    montages, patients = _write_montages(
+    montages, scans = _write_montages(
         choice,
         slices,
         p_pos,
@@ -597,7 +602,7 @@ def write_cam_report(
         method_name=method_name,
         context=context,
     )
-    notes = _no_outcome_notes(patients, classes, pos, threshold) if labelled else []
+    notes = _no_outcome_notes(scans, classes, pos, threshold) if labelled else []
     result = {
         'dir': str(cam_dir),
         'method': method,
@@ -605,7 +610,7 @@ def write_cam_report(
         'map_size': list(side) if side else None,
         'target': classes[pos],
         'montages': montages,
-        'patients': dict(patients),
+        'scans': dict(scans),
         'montage_targets': {key: classes[c] for key, c in choice.target_of.items()},
         'notes': notes,
         'population_maps': None,
@@ -668,20 +673,20 @@ def _choose_montages(slices, p_pos, threshold: float, classes, n: int, labelled:
     confident first. Each montage explains the *predicted* class."""
     pos = positive_index(classes)
     negative = negative_name(classes)
-    rows, groups = _group_patients(slices, p_pos, threshold, classes)
-    keys = [r.patient for r in rows]
-    p_patient = np.array([r.p_positive for r in rows])
-    p_of = dict(zip(keys, p_patient))
+    rows, groups = _group_scans(slices, p_pos, threshold, classes)
+    keys = [r.scan for r in rows]
+    p_scan = np.array([r.p_positive for r in rows])
+    p_of = dict(zip(keys, p_scan))
     if labelled:
         y = [slices[groups[k][0]].label == pos for k in keys]
         chosen = [
             (outcome, key)
-            for outcome, picked in select_patients(keys, y, p_patient, threshold, n).items()
+            for outcome, picked in select_scans(keys, y, p_scan, threshold, n).items()
             for key in picked
         ]
     else:
-        order = np.argsort(-np.abs(p_patient - threshold), kind='stable')[: n * 4]
-        chosen = [(classes[pos] if p_patient[i] >= threshold else negative, keys[i]) for i in order]
+        order = np.argsort(-np.abs(p_scan - threshold), kind='stable')[: n * 4]
+        chosen = [(classes[pos] if p_scan[i] >= threshold else negative, keys[i]) for i in order]
     # with more than two classes a negative decision names no single class, so those keep the
     # positive class's map
     target_of = {
@@ -774,20 +779,20 @@ def _write_montages(
     pos = positive_index(classes)
     negative = negative_name(classes)
     montages, used = [], set()
-    patients = {o: [] for o in OUTCOMES} if labelled else defaultdict(list)
+    scans = {o: [] for o in OUTCOMES} if labelled else defaultdict(list)
     for outcome, key in choice.chosen:
         idx = choice.groups[key]
         stem = f'{outcome}_{safe_name(key, "image")}'
         while stem in used:  # two loose files with one stem in different folders
             stem += '_'
         used.add(stem)
-        patients[outcome].append(key)
+        scans[outcome].append(key)
         p_mean = choice.p_of[key]
         decision = classes[pos] if p_mean >= threshold else negative
         truth = f'true {classes[slices[idx[0]].label]}, ' if labelled else ''
         explained = classes[choice.target_of[key]]
         title = (
-            f'{outcome}: patient {key} ({truth}mean P({classes[pos]}) {p_mean:.2f} '
+            f'{outcome}: scan {key} ({truth}mean P({classes[pos]}) {p_mean:.2f} '
             f'-> {decision} at threshold {threshold:.2f}); map: evidence for {explained}'
         )
         tile_titles = [
@@ -807,7 +812,7 @@ def _write_montages(
             path=cam_dir / f'{stem}.png',
         )
         montages.append(str(path))
-    return montages, patients
+    return montages, scans
 
 
 def scan_montage(
@@ -853,8 +858,8 @@ def _write_readme(cam_dir: Path, result: dict, method_name: str) -> None:
     )
     lines = [
         where,
-        "Montages: the evidence for each patient's predicted class, one colour scale per patient",
-        "(0 to the patient's largest value; red: evidence for the positive class, blue: for the",
+        "Montages: the evidence for each scan's predicted class, one colour scale per scan",
+        "(0 to the scan's largest value; red: evidence for the positive class, blue: for the",
         'negative class).',
     ]
     lines += [f'- {name}' for name in (Path(m).name for m in result['montages'])]

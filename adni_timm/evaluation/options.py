@@ -30,5 +30,6 @@ class EvaluationOptions:
     precision: str | None = None  # None: the precision the model was trained in
     backend: str = 'torch'  # or 'onnxruntime': each member's model.onnx
     skip_bad_images: bool = False
-    file_is_patient: bool | None = None  # None: what the model recorded
+    file_is_scan: bool | None = None  # None: what the model recorded
     cam: CamOptions = field(default_factory=CamOptions)
+    progress: str = 'none'  # auto, bar, lines, none (utils.progress): the CLI's default is auto

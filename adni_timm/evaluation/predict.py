@@ -23,7 +23,7 @@ from ..inference import (
     OperatingPoint,
     calibrated_mean,
     load_model,
-    patient_rows,
+    scan_rows,
     slice_decisions,
 )
 from ..prepare.scan_input import is_scan, prepare_scans
@@ -36,9 +36,9 @@ from .report import EvaluationError, _write_cam, choose_point
 _logger = logging.getLogger(__name__)
 
 
-def unlabelled_slices(path, file_is_patient: bool = False) -> list[data.Slice]:
+def unlabelled_slices(path, file_is_scan: bool = False) -> list[data.Slice]:
     """Every image under ``path`` (a file or a folder, searched recursively) as an unlabelled slice;
-    ``<patient>_<slice>`` names group into patients, other names into ``UNNAMED_GROUP``."""
+    ``<scan>_<slice>`` names group into scans, other names into ``UNNAMED_GROUP``."""
     path = Path(path).expanduser()
     if path.is_dir():
         files = sorted(f for f in path.rglob('*') if f.suffix.lower() in data.IMAGE_EXTENSIONS)
@@ -52,8 +52,8 @@ def unlabelled_slices(path, file_is_patient: bool = False) -> list[data.Slice]:
         )
     out = []
     for f in files:
-        patient, slice_index = data.parse_file_name(f, file_is_patient) or (UNNAMED_GROUP, None)
-        out.append(data.Slice(path=str(f), patient=patient, label=-1, slice_index=slice_index))
+        scan, slice_index = data.parse_file_name(f, file_is_scan) or (UNNAMED_GROUP, None)
+        out.append(data.Slice(path=str(f), scan=scan, label=-1, slice_index=slice_index))
     return out
 
 
@@ -101,9 +101,9 @@ class ScoredSlices:
         return slice_decisions(self.probs, self.point.threshold, self.classes)
 
     def scan_rows(self):
-        """A decision per scan over its accepted slices (``inference.patient_rows``)."""
+        """A decision per scan over its accepted slices (``inference.scan_rows``)."""
         kept = self.kept
-        return patient_rows(
+        return scan_rows(
             [s for s, k in zip(self.slices, kept) if k],
             self.probs[kept, self.positive],
             self.point.threshold,
@@ -127,6 +127,7 @@ def score_slices(
         num_workers=opt.num_workers,
         tta=opt.tta,
         precision=opt.precision,
+        progress=opt.progress,
     )
     return ScoredSlices(list(slices), calibrated_mean(each, point), reasons, point, model.classes)
 
@@ -142,13 +143,13 @@ def predict_images(
 ) -> dict[str, Any]:
     """Predict unlabelled slices (one file or a folder), or 3D scans (a NIfTI file, a DICOM series
     folder, a folder of NIfTI files: cut into slices by the model's recorded adni-prepare recipe,
-    ``scan_input``): P(AD) and the decision per slice and per patient (a scan is a patient; a
+    ``scan_input``): P(AD) and the decision per slice and per scan (a 3D file is one scan; a
     cross-validation run predicts with its fold ensemble). With ``output_dir`` writes
-    ``predictions.csv`` and ``patients.csv``.
+    ``predictions.csv`` and ``scans.csv``.
 
     A slice the model's input check refuses (``input_check``: unlike every training slice) gets
-    no decision and no P(AD) (``score_flagged`` shows its P(AD) anyway) and leaves its patient's
-    mean; a patient left with no slice gets no decision either.
+    no decision and no P(AD) (``score_flagged`` shows its P(AD) anyway) and leaves its scan's
+    mean; a scan left with no slice gets no decision either.
     """
     opt = options or EvaluationOptions()
     if not isinstance(model, LoadedModel):
@@ -158,7 +159,7 @@ def predict_images(
     if opt.cam.n:
         model.net  # noqa: B018 - refuses an ensemble before any work
     point = choose_point(model, threshold=threshold, tta=False, split=None)
-    file_is_patient = model.file_is_patient if opt.file_is_patient is None else opt.file_is_patient
+    file_is_scan = model.file_is_scan if opt.file_is_scan is None else opt.file_is_scan
     scans = None
     if is_scan(path):  # a 3D scan: the model's own recorded preprocessing cuts it into slices
         work = Path(output_dir) if output_dir is not None else Path(tempfile.mkdtemp())
@@ -166,7 +167,7 @@ def predict_images(
         slices = scans.slices
     else:
         slices = _refuse_unusable(
-            unlabelled_slices(path, file_is_patient), opt.skip_bad_images, opt.num_workers
+            unlabelled_slices(path, file_is_scan), opt.skip_bad_images, opt.num_workers
         )
     if not slices:
         raise EvaluationError(f'--images {path}: no usable image left')
@@ -177,7 +178,7 @@ def predict_images(
     slice_rows = [
         {
             'path': s.path,
-            'patient': s.patient,
+            'scan': s.scan,
             p_key: float(p[pos]) if reason is None or score_flagged else None,
             'predicted': decision if reason is None else '',
             'input_check': 'ok' if reason is None else f'{REFUSED}: {reason}',
@@ -185,20 +186,20 @@ def predict_images(
         for s, p, decision, reason in zip(slices, probs, scored_slices.decisions(), reasons)
     ]
     rows = scored_slices.scan_rows()
-    flagged = Counter(s.patient for s, k in zip(slices, kept) if not k)
-    patient_table = [
+    flagged = Counter(s.scan for s, k in zip(slices, kept) if not k)
+    scan_table = [
         {
-            'patient': r.patient,
+            'scan': r.scan,
             'n_slices': r.n_slices,
             p_key: r.p_positive,
             'predicted': r.predicted,
-            'n_refused': flagged.get(r.patient, 0),
+            'n_refused': flagged.get(r.scan, 0),
         }
         for r in rows
     ]
-    scored = {r.patient for r in rows}
-    patient_table += [  # every slice refused: nothing to decide on
-        {'patient': pid, 'n_slices': 0, p_key: None, 'predicted': '', 'n_refused': n}
+    scored = {r.scan for r in rows}
+    scan_table += [  # every slice refused: nothing to decide on
+        {'scan': pid, 'n_slices': 0, p_key: None, 'predicted': '', 'n_refused': n}
         for pid, n in sorted(flagged.items())
         if pid not in scored
     ]
@@ -210,16 +211,19 @@ def predict_images(
         'input_check': model.has_input_check,
         'refused': int((~kept).sum()),
         'slices': slice_rows,
-        'patients': patient_table,
+        'scans': scan_table,
     }
     if scans is not None:
-        result['scans'] = {'registration_similarity': scans.similarity, 'warnings': scans.warnings}
+        result['volumes'] = {
+            'registration_similarity': scans.similarity,
+            'warnings': scans.warnings,
+        }
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         folder = EvalFolder(out)
         write_csv(folder.predictions_file, slice_rows)
-        write_csv(folder.patients_file, patient_table)
+        write_csv(folder.scans_file, scan_table)
         _logger.info('wrote predictions to %s', out)
         if opt.cam.n:
             result['cam'] = _write_cam(
@@ -232,12 +236,13 @@ def predict_images(
                 opt.cam,
                 labelled=False,
                 context=plots.FigureContext(model.ref, 'unlabelled', model.synthetic),
+                progress=opt.progress,
             )
     return result
 
 
 def format_predictions(result: dict, max_rows: int = 20) -> str:
-    """Per-patient rows (files without a patient id as one group), then per-slice rows; a slice
+    """Per-scan rows (files without a scan id as one group), then per-slice rows; a slice
     the input check refused says why instead of a decision."""
     p_key = f'p_{result["positive_class"]}'
 
@@ -245,19 +250,21 @@ def format_predictions(result: dict, max_rows: int = 20) -> str:
         return f'{value:>9.3f}' if value is not None else f'{"-":>9}'
 
     lines = [f'threshold {fmt(result["threshold"])} ({result["threshold_source"]})']
-    for scan, similarity in (result.get('scans') or {}).get('registration_similarity', {}).items():
+    for scan, similarity in (
+        (result.get('volumes') or {}).get('registration_similarity', {}).items()
+    ):
         lines.append(f'scan {scan}: registered to the template, similarity {similarity:.3f}')
     if not result.get('input_check'):
         lines.append('(this model has no input check: every image is scored, whatever it shows)')
-    lines.append(f'{"patient":<40}{"slices":>7}{p_key:>9}  predicted')
-    for r in result['patients'][:max_rows]:
+    lines.append(f'{"scan":<40}{"slices":>7}{p_key:>9}  predicted')
+    for r in result['scans'][:max_rows]:
         refused = f' ({r["n_refused"]} refused)' if r.get('n_refused') else ''
         lines.append(
-            f'{str(r["patient"])[-40:]:<40}{r["n_slices"]:>7}{p(r[p_key])}  '
+            f'{str(r["scan"])[-40:]:<40}{r["n_slices"]:>7}{p(r[p_key])}  '
             f'{r["predicted"] or "no decision"}{refused}'
         )
-    if len(result['patients']) > max_rows:
-        lines.append(f'... {len(result["patients"]) - max_rows} more patients')
+    if len(result['scans']) > max_rows:
+        lines.append(f'... {len(result["scans"]) - max_rows} more scans')
     lines.append(f'{"slice":<47}{p_key:>9}  predicted')
     for r in result['slices'][:max_rows]:
         said = r['predicted'] if r.get('input_check', 'ok') == 'ok' else r['input_check']

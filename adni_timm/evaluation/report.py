@@ -1,4 +1,4 @@
-"""Evaluate a model honestly: slice- and patient-level metrics with CIs, at a threshold never tuned
+"""Evaluate a model honestly: slice- and scan-level metrics with CIs, at a threshold never tuned
 on the evaluated split; reports (unlabelled images: ``predict``).
 
     model = load_model('runs/tiny')        # adni_timm.inference: RUN, local-dir:, hf-hub:, a CV run
@@ -8,8 +8,8 @@ on the evaluated split; reports (unlabelled images: ``predict``).
 Preprocessing is the model's own (``timm.data.create_transform(**resolve_data_config(model=m))``).
 The positive class is ``AD``; with more classes (``NC,MCI,AD``) the metrics are AD vs rest. The
 operating point (``choose_point``): ``threshold`` (CLI) > ``target_sensitivity`` met on the model's
-validation patients (a cross-validation ensemble: on its out-of-fold predictions) > with TTA, chosen
-again with TTA on the validation patients > the stored point > 0.5. Inference runs in the precision
+validation scans (a cross-validation ensemble: on its out-of-fold predictions) > with TTA, chosen
+again with TTA on the validation scans > the stored point > 0.5. Inference runs in the precision
 the model was trained in (``precision`` overrides).
 
 An evaluation at the stored operating point of the published model, on test, is the one that
@@ -38,17 +38,17 @@ from ..inference import (
     calibrated_mean,
     load_model,
     negative_name,
-    patient_rows,
+    scan_rows,
     slice_decisions,
 )
 from ..run import EvalFolder, Run, plain_precision
-from ..data.splits import select, split_patients
+from ..data.splits import select, split_scans
 from .options import CamOptions, EvaluationOptions
 
 _logger = logging.getLogger(__name__)
 
 CI_METHOD = (
-    'percentile bootstrap, patients resampled within class; Clopper-Pearson over patients for a '
+    'percentile bootstrap, scans resampled within class; Clopper-Pearson over scans for a '
     'proportion whose every resample agreed'
 )
 
@@ -61,17 +61,17 @@ class EvaluationError(ValueError):
 
 
 def _validation_slices(
-    model: LoadedModel, data_dir, classes, file_is_patient: bool, *, allow_fallback: bool
+    model: LoadedModel, data_dir, classes, file_is_scan: bool, *, allow_fallback: bool
 ) -> tuple[list[data.Slice], str] | None:
-    """Validation slices from ``DATA_DIR/train``: the run's ``split.json`` val patients, else (when
-    allowed) a seed-0 patient split."""
-    train = data.scan_split(data_dir, 'train', classes, file_is_patient=file_is_patient)
+    """Validation slices from ``DATA_DIR/train``: the run's ``split.json`` val scans, else (when
+    allowed) a seed-0 scan split."""
+    train = data.scan_split(data_dir, 'train', classes, file_is_scan=file_is_scan)
     run = model.run
     if run is not None and run.split_file.is_file():
         split = run.read_split()
-        if split.get('level') != 'patient':
+        if split.get('level') != 'scan':
             _logger.warning(
-                '%s splits by %s, not by patient: the validation slices share patients with the '
+                '%s splits by %s, not by scan: the validation slices share scans with the '
                 'training slices, so the chosen threshold is optimistic.',
                 run.split_file,
                 split.get('level'),
@@ -79,21 +79,19 @@ def _validation_slices(
         val = select(train, split, 'val')
         if not val:
             raise EvaluationError(
-                f'{run.split_file} lists no validation patients (the run trained without a '
+                f'{run.split_file} lists no validation scans (the run trained without a '
                 f'validation split), so none can set the threshold; pass --threshold X.'
             )
         return val, str(run.split_file)
     if not allow_fallback:
         return None
     _logger.warning(
-        'no split.json with this model: choosing the threshold on a seed-0 patient split of '
-        '%s/train. If the model was trained on those patients the threshold is optimistic (never '
+        'no split.json with this model: choosing the threshold on a seed-0 scan split of '
+        '%s/train. If the model was trained on those scans the threshold is optimistic (never '
         'on the test split, though).',
         data_dir,
     )
-    return select(
-        train, split_patients(train, seed=0), 'val'
-    ), 'seed-0 patient split of DATA_DIR/train'
+    return select(train, split_scans(train, seed=0), 'val'), 'seed-0 scan split of DATA_DIR/train'
 
 
 def choose_point(
@@ -105,8 +103,8 @@ def choose_point(
     data_dir=None,
     split: str | None = 'test',
     classes: Sequence[str] | None = None,
-    eval_patients: Sequence[str] = (),
-    file_is_patient: bool = False,
+    eval_scans: Sequence[str] = (),
+    file_is_scan: bool = False,
     predict_raw=None,
 ) -> OperatingPoint:
     """The operating point of this evaluation: never chosen on the evaluated split.
@@ -128,7 +126,7 @@ def choose_point(
             )
         if split == 'train':
             raise EvaluationError(
-                '--target-sensitivity chooses the threshold on validation patients carved from '
+                '--target-sensitivity chooses the threshold on validation scans carved from '
                 'the train split, so it cannot be used when evaluating --split train; pass '
                 '--threshold X, or evaluate --split test.'
             )
@@ -140,7 +138,7 @@ def choose_point(
             return replace(stored, note='chosen without TTA')
         return stored
     found = _validation_slices(
-        model, data_dir, classes, file_is_patient, allow_fallback=target_sensitivity is not None
+        model, data_dir, classes, file_is_scan, allow_fallback=target_sensitivity is not None
     )
     if found is None:
         _logger.warning(
@@ -149,22 +147,22 @@ def choose_point(
         )
         return replace(stored, note='chosen without TTA')
     val, source = found
-    leaked = set(eval_patients) & {s.patient for s in val}
+    leaked = set(eval_scans) & {s.scan for s in val}
     if leaked:
         raise EvaluationError(
-            f'{len(leaked)} validation patients (e.g. {sorted(leaked)[:3]}) are also in the '
+            f'{len(leaked)} validation scans (e.g. {sorted(leaked)[:3]}) are also in the '
             f'evaluated split {split!r}; a threshold chosen on them would be tuned on the test '
             f'data. Pass --threshold X.'
         )
     pos = data.positive_index(classes)
     labels = np.array([s.label for s in val])
-    patients = [s.patient for s in val]
+    scans = [s.scan for s in val]
     member_probs = predict_raw(val)
     if len(member_probs) == 1:  # one model: with TTA its temperature is fitted again as well
         found_point = metrics.operating_point(
             member_probs[0],
             labels,
-            patients,
+            scans,
             pos,
             target_sensitivity,
             temperature=None if tta else stored.temperatures[0],
@@ -172,14 +170,14 @@ def choose_point(
         temperatures = (found_point['temperature'],)
     else:  # an ensemble keeps its members' temperatures; the threshold is chosen on their mean
         found_point = metrics.operating_point(
-            calibrated_mean(member_probs, stored), labels, patients, pos, target_sensitivity, 1.0
+            calibrated_mean(member_probs, stored), labels, scans, pos, target_sensitivity, 1.0
         )
         temperatures = stored.temperatures
-    _, y, p = metrics.patient_level(patients, (labels == pos).astype(int), found_point['p_pos'])
+    _, y, p = metrics.scan_level(scans, (labels == pos).astype(int), found_point['p_pos'])
     achieved = metrics.binary_metrics_quiet(y, p, found_point['threshold'])
     selection = {
         'chosen_on': source,
-        'validation_patients': int(len(y)),
+        'validation_scans': int(len(y)),
         'tta': tta,
         'validation_sensitivity': achieved['sensitivity'],
         'validation_specificity': achieved['specificity'],
@@ -201,7 +199,7 @@ def _out_of_fold_point(model: LoadedModel, target_sensitivity: float) -> Operati
     pos = data.positive_index(model.classes)
     p = np.array([r['p_AD'] for r in rows])  # calibrated by each fold model's own temperature
     y = np.array([int(r['label'] == pos) for r in rows])
-    _, y_pat, p_pat = metrics.patient_level([r['patient'] for r in rows], y, p)
+    _, y_pat, p_pat = metrics.scan_level([r['scan'] for r in rows], y, p)
     return OperatingPoint(
         threshold=metrics.threshold_for_sensitivity(y_pat, p_pat, target_sensitivity),
         source='out-of-fold',
@@ -299,7 +297,7 @@ def evaluate(
     accelerator=None,
     options: EvaluationOptions | None = None,
 ) -> dict[str, Any]:
-    """Slice- and patient-level metrics of ``model`` on ``DATA_DIR/<split>``: the metrics.json dict.
+    """Slice- and scan-level metrics of ``model`` on ``DATA_DIR/<split>``: the metrics.json dict.
 
     ``model`` is a ``LoadedModel`` or anything ``load_model`` takes. ``slices`` skips scanning and
     checking the split (training passes the test slices it checked at start-up). ``options``:
@@ -320,16 +318,16 @@ def evaluate(
         raise EvaluationError(f'--precision {precision!r}: choose one of {list(PRECISIONS)}')
     if cam.n:
         model.net  # noqa: B018 - refuses an ensemble (one model's maps) before any work
-    file_is_patient = model.file_is_patient if opt.file_is_patient is None else opt.file_is_patient
+    file_is_scan = model.file_is_scan if opt.file_is_scan is None else opt.file_is_scan
     if slices is None:
-        slices = data.scan_split(data_dir, split, classes, file_is_patient=file_is_patient)
+        slices = data.scan_split(data_dir, split, classes, file_is_scan=file_is_scan)
         slices = data.resolve_bad_images(
             slices, skip_bad=opt.skip_bad_images, num_workers=opt.num_workers, what=split
         )
     slices = list(slices)
     pos = data.positive_index(classes)
 
-    def predict_raw(items):
+    def predict_raw(items, progress='none'):
         return model.predict_raw(
             items,
             batch_size=opt.batch_size,
@@ -337,9 +335,10 @@ def evaluate(
             accelerator=accelerator,
             tta=tta,
             precision=precision,
+            progress=progress,
         )
 
-    patients = [s.patient for s in slices]
+    scans = [s.scan for s in slices]
     point = choose_point(
         model,
         threshold=threshold,
@@ -348,18 +347,18 @@ def evaluate(
         data_dir=data_dir,
         split=split,
         classes=classes,
-        eval_patients=patients,
-        file_is_patient=file_is_patient,
+        eval_scans=scans,
+        file_is_scan=file_is_scan,
         predict_raw=predict_raw,
     )
-    each = predict_raw(slices)
+    each = predict_raw(slices, opt.progress)
     probs = calibrated_mean(each, point)
     uncalibrated = np.mean(each, axis=0)
     y = data.binary_labels(slices, classes)
     p_pos = probs[:, pos]
-    result = metrics.slice_and_patient_metrics(patients, y, p_pos, point.threshold)
+    result = metrics.slice_and_scan_metrics(scans, y, p_pos, point.threshold)
     if n_boot:
-        cis = metrics.bootstrap_ci(patients, y, p_pos, point.threshold, n_boot=n_boot)
+        cis = metrics.bootstrap_ci(scans, y, p_pos, point.threshold, n_boot=n_boot)
         for level, level_cis in cis.items():
             result[level].update({f'{k}_ci': v for k, v in level_cis.items()})
     result.update(
@@ -368,7 +367,7 @@ def evaluate(
             'calibration': {
                 'temperature': point.temperature,
                 'method': model.calibration_method,
-                **_ece(patients, y, uncalibrated[:, pos], p_pos),
+                **_ece(scans, y, uncalibrated[:, pos], p_pos),
             },
             'model': model.ref,
             'data_dir': str(data_dir),
@@ -378,7 +377,7 @@ def evaluate(
             'tta': tta,
             'precision': precision or model.precision,
             'backend': opt.backend,
-            'file_is_patient': file_is_patient,
+            'file_is_scan': file_is_scan,
             'weights_sha256': model.weights_sha256,
             'epoch': None if model.is_ensemble else model.settings.epoch,
             'synthetic': model.synthetic,
@@ -392,7 +391,7 @@ def evaluate(
         summaries = [c.summary.as_metrics() if c is not None else None for c in checks]
         result['input_check'] = summaries[0] if len(summaries) == 1 else summaries
     if model.is_ensemble:
-        result['members'] = _member_metrics(model, each, patients, y, pos)
+        result['members'] = _member_metrics(model, each, scans, y, pos)
     if cam.n and cam.region_masks is None:
         cam = replace(cam, region_masks=_synthetic_atrophy(data_dir, split))
     if output_dir is not None and (accelerator is None or accelerator.is_main_process):
@@ -410,12 +409,13 @@ def evaluate(
                 cam,
                 labelled=True,
                 context=context,
+                progress=opt.progress,
             )
             write_json(folder.metrics_file, result)
     return result
 
 
-def _member_metrics(model: LoadedModel, each, patients, y, pos) -> list[dict[str, Any]]:
+def _member_metrics(model: LoadedModel, each, scans, y, pos) -> list[dict[str, Any]]:
     """Each member alone, at its own stored operating point, beside the ensemble's metrics."""
     out = []
     for member, raw in zip(model.members, each):
@@ -427,20 +427,20 @@ def _member_metrics(model: LoadedModel, each, patients, y, pos) -> list[dict[str
                 'model': member.ref,
                 'threshold': thr,
                 'temperature': settings.temperature,
-                **metrics.slice_and_patient_metrics(patients, y, p_pos, thr),
+                **metrics.slice_and_scan_metrics(scans, y, p_pos, thr),
             }
         )
     return out
 
 
-def _ece(patients, y, p_raw, p_cal) -> dict[str, Any]:
+def _ece(scans, y, p_raw, p_cal) -> dict[str, Any]:
     """ECE of the evaluated split calibrated, and uncalibrated (T = 1) for comparison."""
-    after = metrics.calibration_report(patients, y, p_cal)
-    before = metrics.calibration_report(patients, y, p_raw)
+    after = metrics.calibration_report(scans, y, p_cal)
+    before = metrics.calibration_report(scans, y, p_raw)
     return {
         **after,
         'ece_slice_uncalibrated': before['ece_slice'],
-        'ece_patient_uncalibrated': before['ece_patient'],
+        'ece_scan_uncalibrated': before['ece_scan'],
     }
 
 
@@ -476,6 +476,7 @@ def _write_cam(
     *,
     labelled: bool,
     context=None,
+    progress: str = 'none',
 ) -> dict:
     """Evidence-map montages and population maps of one model (``adni_timm.evaluation.cam``;
     captum)."""
@@ -500,6 +501,7 @@ def _write_cam(
         layer=cam_options.layer,
         region_masks=cam_options.region_masks,
         context=context,
+        progress=progress,
     )
     _logger.info(
         'Grad-CAM (%s of %s): %d montages in %.1f s under %s',
@@ -523,7 +525,7 @@ def _write_reports(
         [
             {
                 'path': s.path,
-                'patient': s.patient,
+                'scan': s.scan,
                 'label': classes[s.label],
                 p_key: float(p[pos]),
                 'predicted': pred,
@@ -531,12 +533,12 @@ def _write_reports(
             for s, p, pred in zip(slices, probs, slice_decisions(probs, thr, classes))
         ],
     )
-    rows = patient_rows(slices, probs[:, pos], thr, classes, labelled=True)
+    rows = scan_rows(slices, probs[:, pos], thr, classes, labelled=True)
     write_csv(
-        folder.patients_file,
+        folder.scans_file,
         [
             {
-                'patient': r.patient,
+                'scan': r.scan,
                 'label': r.label,
                 'n_slices': r.n_slices,
                 p_key: r.p_positive,
@@ -549,12 +551,12 @@ def _write_reports(
     negative = negative_name(classes)
     labels = [negative, classes[pos]]
     plots.plot_confusion_matrix(
-        result['patient']['confusion_matrix'],
+        result['scan']['confusion_matrix'],
         labels,
         folder.figure(EvalFolder.CONFUSION),
-        title=f'patients (threshold {thr:.3g})',
+        title=f'scans (threshold {thr:.3g})',
         context=context,
-        unit='patients',
+        unit='scans',
     )
     plots.plot_confusion_matrix(
         result['slice']['confusion_matrix'],
@@ -564,21 +566,30 @@ def _write_reports(
         context=context,
         unit='slices',
     )
-    patients = [s.patient for s in slices]
-    _, y_pat, p_pat = metrics.patient_level(patients, y, probs[:, pos])
+    scans = [s.scan for s in slices]
+    _, y_pat, p_pat = metrics.scan_level(scans, y, probs[:, pos])
     if len(np.unique(y_pat)) == 2:
         plots.plot_roc(
             y_pat,
             p_pat,
             folder.figure(EvalFolder.ROC),
-            title=f'{classes[pos]} vs {negative}, patients',
+            title=f'{classes[pos]} vs {negative}, scans',
             threshold=thr,
             context=context,
-            unit='patients',
+            unit='scans',
         )
     else:
         _logger.warning('roc.png not written: the %s split holds a single class', result['split'])
-    _, _, p_pat_raw = metrics.patient_level(patients, y, p_raw)
+    plots.plot_scan_probabilities(
+        y_pat,
+        p_pat,
+        labels,
+        folder.figure(EvalFolder.SCAN_PROBABILITIES),
+        threshold=thr,
+        title=f'P({classes[pos]}) per scan by true class',
+        context=context,
+    )
+    _, _, p_pat_raw = metrics.scan_level(scans, y, p_raw)
     temperature = result['calibration']['temperature']
     calibrated = temperature != 1
     plots.plot_reliability(
@@ -589,22 +600,22 @@ def _write_reports(
         folder.figure(EvalFolder.RELIABILITY),
         title=f'calibration, temperature {fmt(temperature)}',
         p_slice_calibrated=probs[:, pos] if calibrated else None,
-        p_patient_calibrated=p_pat if calibrated else None,
+        p_scan_calibrated=p_pat if calibrated else None,
         context=context,
     )
-    _logger.info('wrote metrics.json, predictions.csv, patients.csv and figures to %s', folder.path)
+    _logger.info('wrote metrics.json, predictions.csv, scans.csv and figures to %s', folder.path)
 
 
 def format_table(result: dict) -> str:
-    """A compact console table: slice and patient columns, 95% CIs in brackets."""
-    s, p = result['slice'], result['patient']
+    """A compact console table: slice and scan columns, 95% CIs in brackets."""
+    s, p = result['slice'], result['scan']
     width = max(24, len(str(s['confusion_matrix'])) + 2)  # confusion matrices of ADNI size run wide
     lines = [
         f'{result.get("model", "")} on {result.get("data_dir", "")}/{result.get("split", "")}: '
         f'{result.get("positive_class", "AD")} positive, threshold {fmt(result["threshold"])} '
         f'({result["threshold_source"]})',
         f'{"":<18}{"slices (n=" + str(s["n"]) + ")":<{width}}'
-        f'{"patients (n=" + str(p["n"]) + ")":<{width}}',
+        f'{"scans (n=" + str(p["n"]) + ")":<{width}}',
     ]
     for key in metrics.CI_KEYS:
         lines.append(
@@ -624,23 +635,21 @@ def format_table(result: dict) -> str:
             else 'temperatures ' + ', '.join(fmt(t) for t in temperature)
         )
         lines.append(
-            f'{"ECE":<18}{fmt(cal["ece_slice"]):<{width}}{fmt(cal["ece_patient"]):<{width}}'
+            f'{"ECE":<18}{fmt(cal["ece_slice"]):<{width}}{fmt(cal["ece_scan"]):<{width}}'
             f'({shown}; uncalibrated {fmt(cal["ece_slice_uncalibrated"])} / '
-            f'{fmt(cal["ece_patient_uncalibrated"])})'
+            f'{fmt(cal["ece_scan_uncalibrated"])})'
         )
     if result.get('ci'):
-        lines.append(
-            f'[lo, hi]: 95% CI, bootstrap over patients ({result["ci"]["n_boot"]} resamples)'
-        )
+        lines.append(f'[lo, hi]: 95% CI, bootstrap over scans ({result["ci"]["n_boot"]} resamples)')
     if result.get('members'):
         lines.append(
             f"the ensemble of {len(result['members'])}: P(AD) = mean of the members' calibrated "
             f'P(AD); each member alone, at its own threshold:'
         )
         for m in result['members']:
-            pat = m['patient']
+            pat = m['scan']
             lines.append(
-                f'  {str(m["model"])[-40:]:<40} patient acc {fmt(pat["accuracy"])}  AUC '
+                f'  {str(m["model"])[-40:]:<40} scan acc {fmt(pat["accuracy"])}  AUC '
                 f'{fmt(pat["auc"])}  sens {fmt(pat["sensitivity"])}  spec {fmt(pat["specificity"])}'
             )
     return '\n'.join(lines)

@@ -48,6 +48,7 @@ from ..utils.files import read_json, sha256_file, write_json
 from .input_check import INPUT_CHECK_FILES
 from .input_description import network_data_format
 from ..models import LABEL_NAMES, LICENSE, PRETRAINED_TAG, stock_architecture
+from ..utils.legacy import upgrade
 
 __all__ = [
     'WEIGHTS_NAME',
@@ -329,7 +330,7 @@ class ExportSettings:
     synthetic: bool = False
     preprocessing: dict[str, Any] | None = None
     precision: str | None = None
-    file_is_patient: bool = False
+    file_is_scan: bool = False
     split_level: str | None = None
     refit_epochs: int | None = None
     folds: int | None = None
@@ -339,7 +340,7 @@ class ExportSettings:
 
     @classmethod
     def from_dict(cls, block: dict[str, Any] | None) -> ExportSettings:
-        block = dict(block or {})
+        block = upgrade(dict(block or {}))  # file_is_patient, split_level: patient (older exports)
         known = {f.name for f in dataclasses.fields(cls)} - {'extra'}
         values = {k: block.pop(k) for k in list(block) if k in known}
         if 'synthetic' not in values:  # exports written before the boolean said it in the note
@@ -350,7 +351,7 @@ class ExportSettings:
         values['temperature'] = float(values.get('temperature') or 1.0)
         if values.get('classes'):
             values['classes'] = tuple(values['classes'])
-        values['file_is_patient'] = bool(values.get('file_is_patient'))
+        values['file_is_scan'] = bool(values.get('file_is_scan'))
         return cls(**values, extra=block)
 
     def to_dict(self) -> dict[str, Any]:

@@ -20,7 +20,7 @@ timm and transformers ignore):
    axial slice is longer front to back than side to side), and whether a 90-degree-turned or an
    upside-down copy of the mean slice fits better than the mean itself. Ranges are the training
    minimum and maximum, widened by ``RANGE_WIDEN`` of their span plus a per-statistic slack (JPEG
-   noise, scanner gain), so held-out slices of new patients pass; the two 90-degree bounds are
+   noise, scanner gain), so held-out slices of new scans pass; the two 90-degree bounds are
    plain facts instead (``StatRange.fit``: wider than tall; the turned mean fits better), because
    a held-out round head falls below the training range of both cues while still upright.
 2. **Feature check**: the penultimate features (timm's ``forward_head(forward_features(x),
@@ -29,8 +29,8 @@ timm and transformers ignore):
    dimensions). The score is the Mahalanobis distance to the nearest class mean. The threshold
    comes from the *validation* slices' distances (never the training slices', which the
    covariance was fitted on and so sit closer): 1.5 x their 95th percentile by default. Not a
-   tail quantile such as the 99.5th: slices of one patient move together, so a tail quantile is
-   set by one or two validation patients and new patients cross it far more often than it
+   tail quantile such as the 99.5th: slices of one scan move together, so a tail quantile is
+   set by one or two validation scans and new scans cross it far more often than it
    promises (the figures: docs/EVALUATION.md, "Inputs the model refuses").
 
 Images are PIL images (any mode; colour is detected before the conversion to 'L') or file paths.

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from ..data.note import DataNote
+from ..utils.legacy import upgrade
 
 __all__ = [
     'PERCENTILES',
@@ -56,7 +57,7 @@ class _SliceLike(Protocol):
     """``adni_timm.data.Slice`` without importing it (data imports torch)."""
 
     path: str
-    patient: str
+    scan: str
     slice_index: int | None
 
 
@@ -92,14 +93,14 @@ class InputDescription:
 
     source: str  # the data note: 'ADNI AD_NC', 'synthetic (...)', adni-prepare's note
     synthetic: bool
-    n_slices: int  # training slices described (slice numbers, patients)
-    n_patients: int
+    n_slices: int  # training slices described (slice numbers, scans)
+    n_scans: int
     n_images: int  # of them decoded for sizes and intensities
     image_sizes: tuple[tuple[int, int], ...]  # distinct (width, height), most frequent first
     mode: str  # 'L': 8-bit grayscale, as the loader reads every file
     file_types: tuple[str, ...]  # suffixes seen ('.jpeg', '.png')
     slice_range: tuple[int, int] | None  # smallest and largest slice number in the file names
-    slices_per_patient: tuple[int, int] | None  # fewest and most slices of one patient
+    slices_per_scan: tuple[int, int] | None  # fewest and most slices of one scan
     intensity: IntensityStats | None
 
     @property
@@ -111,7 +112,7 @@ class InputDescription:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out['image_sizes'] = [list(s) for s in self.image_sizes]
         out['file_types'] = list(self.file_types)
-        for key in ('slice_range', 'slices_per_patient'):
+        for key in ('slice_range', 'slices_per_scan'):
             out[key] = list(out[key]) if out[key] is not None else None
         out['intensity'] = self.intensity.to_dict() if self.intensity is not None else None
         return out
@@ -119,10 +120,11 @@ class InputDescription:
     @classmethod
     def from_dict(cls, block: Mapping[str, Any]) -> InputDescription:
         known = {f.name for f in dataclasses.fields(cls)}
+        block = upgrade(dict(block))  # n_patients, slices_per_patient: exports written before
         values = {k: v for k, v in block.items() if k in known}  # newer keys are ignored
         values['image_sizes'] = tuple(tuple(s) for s in values.get('image_sizes') or ())
         values['file_types'] = tuple(values.get('file_types') or ())
-        for key in ('slice_range', 'slices_per_patient'):
+        for key in ('slice_range', 'slices_per_scan'):
             values[key] = tuple(values[key]) if values.get(key) is not None else None
         if values.get('intensity') is not None:
             values['intensity'] = IntensityStats.from_dict(values['intensity'])
@@ -165,27 +167,25 @@ def intensity_stats(images: Iterable[np.ndarray]) -> IntensityStats | None:
 def describe_input(
     slices: Sequence[_SliceLike], images: Iterable[np.ndarray], note: DataNote
 ) -> InputDescription:
-    """The description of a training set: ``slices`` are all its slices (their patients and slice
+    """The description of a training set: ``slices`` are all its slices (their scans and slice
     numbers are counted), ``images`` the decoded 8-bit arrays ``[H, W]`` of all or a sample of them
     (sizes and intensities), ``note`` what the data folder says it is."""
     images = [np.asarray(image) for image in images]
     sizes = Counter((int(a.shape[1]), int(a.shape[0])) for a in images)
-    per_patient = Counter(s.patient for s in slices)
+    per_scan = Counter(s.scan for s in slices)
     numbers = [s.slice_index for s in slices if s.slice_index is not None]
     suffixes = sorted({Path(s.path).suffix.lower() for s in slices if Path(s.path).suffix})
     return InputDescription(
         source=note.note,
         synthetic=note.synthetic,
         n_slices=len(slices),
-        n_patients=len(per_patient),
+        n_scans=len(per_scan),
         n_images=len(images),
         image_sizes=tuple(size for size, _ in sizes.most_common()),
         mode='L',
         file_types=tuple(suffixes),
         slice_range=(min(numbers), max(numbers)) if numbers else None,
-        slices_per_patient=(min(per_patient.values()), max(per_patient.values()))
-        if per_patient
-        else None,
+        slices_per_scan=(min(per_scan.values()), max(per_scan.values())) if per_scan else None,
         intensity=intensity_stats(images),
     )
 

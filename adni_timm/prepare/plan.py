@@ -79,7 +79,7 @@ class Problem:
 class PlannedScan:
     """A scan the run will prepare, with its label and split."""
 
-    patient: str
+    scan_id: str  # the file-name id of its slices, <scan_id>_<slice>.png
     subject: str
     visit: str
     image_id: str
@@ -223,14 +223,14 @@ def build_plan(discovery: Discovery, labels: Labels, options: PrepareOptions) ->
     split = split_subjects(first_class, options.test_fraction, options.seed, options.classes)
     scans = []
     for scan, visit, match, group, cls in plan_rows:
-        patient = (
+        scan_id = (
             safe_name(scan.subject)
             if options.visits == 'baseline'
             else (f'{safe_name(scan.subject)}_{safe_name(visit)}')
         )
         scans.append(
             PlannedScan(
-                patient,
+                scan_id,
                 scan.subject,
                 visit,
                 scan.image_id,
@@ -241,8 +241,8 @@ def build_plan(discovery: Discovery, labels: Labels, options: PrepareOptions) ->
                 match.date or scan.date,
             )
         )
-    patients = Counter(s.patient for s in scans)
-    clashes = [p for p, n in patients.items() if n > 1]
+    ids = Counter(s.scan_id for s in scans)
+    clashes = [p for p, n in ids.items() if n > 1]
     if clashes:
         raise PrepareError(
             f'two scans would share the file-name id {clashes[0]}: rename the '
@@ -273,7 +273,7 @@ def shard_subjects(subjects: list[str], shard: tuple[int, int]) -> list[str]:
 class ScanRecord:
     """What happened to one planned scan (a row of manifest.csv, plus timings)."""
 
-    patient: str
+    scan_id: str  # the file-name scan id: <scan_id>_<slice>.png
     subject: str
     visit: str
     image_id: str

@@ -73,7 +73,7 @@ def write_overview(out: Path, records: list[ScanRecord], flagged: set[str], opti
     grid = fig.add_gridspec(rows + 1, cols, height_ratios=[1.4] + [1] * rows)
     ax = fig.add_subplot(grid[0, :])
     values = [r.similarity for r in ok]
-    colours = ['tab:red' if r.patient in flagged else 'tab:blue' for r in ok]
+    colours = ['tab:red' if r.scan_id in flagged else 'tab:blue' for r in ok]
     ax.scatter(range(len(ok)), values, c=colours, s=12)
     ax.axhline(
         options['min_similarity'],
@@ -91,9 +91,9 @@ def write_overview(out: Path, records: list[ScanRecord], flagged: set[str], opti
         sub = fig.add_subplot(grid[1 + i // cols, i % cols])
         sub.imshow(np.asarray(Image.open(path)), cmap='gray', vmin=0, vmax=255)
         sub.set_title(
-            f'{r.patient}\n{r.similarity:.3f}',
+            f'{r.scan_id}\n{r.similarity:.3f}',
             fontsize=7,
-            color='tab:red' if r.patient in flagged else 'black',
+            color='tab:red' if r.scan_id in flagged else 'black',
         )
         sub.axis('off')
     fig.tight_layout()

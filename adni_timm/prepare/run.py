@@ -2,13 +2,13 @@
 
 ::
 
-    OUT/{train,test}/{class}/<patient>_<slice>.png   the slices (8-bit; --image-format jpeg)
-    OUT/manifest.csv      one row per scan: patient, subject, visit, image_id, source, label,
+    OUT/{train,test}/{class}/<scan>_<slice>.png   the slices (8-bit; --image-format jpeg)
+    OUT/manifest.csv      one row per scan: scan, subject, visit, image_id, source, label,
                           split, similarity, flagged, included, steps, warnings, ...
     OUT/prepare.json      the recipe, the template, library versions, options, slice mapping
     OUT/plan.json         every planned scan and its split (the same for every shard)
     OUT/records/<subject>.json   one per subject, written atomically after its slices
-    OUT/qc/<patient>.png  the slices over the template's brain outline; OUT/qc/overview.png
+    OUT/qc/<scan>.png  the slices over the template's brain outline; OUT/qc/overview.png
     OUT/flagged/...       slices of registration outliers (unless --keep-flagged)
     OUT/dataset_description.json, OUT/.bidsignore   OUT is a BIDS derivative of SRC (``bids``)
     OUT/sub-<label>/[ses-<label>/]anat/...   --save-registered: each scan in template space and
@@ -23,9 +23,9 @@ redoes only the subject that was in flight. An unsharded run then finalises (:fu
 outlier flagging, the manifest and the overview (``prepare_qc``); sharded runs do that with
 ``adni-prepare --merge OUT``.
 
-The file-name patient id is the subject (``002_S_0295``) with ``--visits baseline``, and
+The file-name scan id is the subject (``002_S_0295``) with ``--visits baseline``, and
 ``<subject>_<visit>`` (``002_S_0295_m12``) with ``--visits all``; ``manifest.csv`` carries both
-(columns ``patient`` and ``subject``) so a validation split can group the visits of a subject.
+(columns ``scan`` and ``subject``) so a validation split can group the visits of a subject.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = (
-    'patient',  # the file-name patient id: <patient>_<slice>.png
+    'scan',  # the file-name scan id: <scan>_<slice>.png
     'subject',  # the real subject id; all visits of a subject share it (and the split)
     'visit',
     'image_id',
@@ -179,7 +179,7 @@ def _prepare_scan(
     registered: bids.RegisteredOutput | None = None,
 ) -> ScanRecord:
     record = ScanRecord(
-        scan.patient,
+        scan.scan_id,
         scan.subject,
         scan.visit,
         scan.image_id,
@@ -216,16 +216,16 @@ def _prepare_scan(
     folder.mkdir(parents=True, exist_ok=True)
     ext = 'png' if recipe.image_format == 'png' else 'jpeg'
     for k, image in zip(prepared.slice_numbers, prepared.slices):
-        name = f'{scan.patient}_{k}.{ext}'
+        name = f'{scan.scan_id}_{k}.{ext}'
         _write_image(image, folder / name, recipe.image_format, fmt_comment)
         record.files.append(f'{scan.split}/{scan.label}/{name}')
-    qc = qc_strip(prepared, f'{scan.patient}  {scan.label}  NCC {prepared.similarity:.3f}')
+    qc = qc_strip(prepared, f'{scan.scan_id}  {scan.label}  NCC {prepared.similarity:.3f}')
     (out / 'qc').mkdir(exist_ok=True)
     from PIL import Image
 
-    tmp = out / 'qc' / f'.{scan.patient}.png.tmp'
+    tmp = out / 'qc' / f'.{scan.scan_id}.png.tmp'
     Image.fromarray(qc).save(tmp, 'PNG')
-    tmp.replace(out / 'qc' / f'{scan.patient}.png')
+    tmp.replace(out / 'qc' / f'{scan.scan_id}.png')
     if registered is not None:
         record.registered = bids.write_registered(
             out,
@@ -246,6 +246,15 @@ def _prepare_scan(
         'write': round(time.process_time() - start_cpu, 3),
     }
     return record
+
+
+def _read_scans(path: Path) -> dict:
+    """A record or plan; one written before names each scan's ``scan_id`` ``patient``."""
+    found = read_json(path)
+    for scan in found.get('scans', []):
+        if 'patient' in scan:
+            scan.setdefault('scan_id', scan.pop('patient'))
+    return found
 
 
 def _record_path(out: Path, subject: str) -> Path:
@@ -302,17 +311,17 @@ def _is_done(
     if not path.is_file():
         return False
     try:
-        record = read_json(path)
+        record = _read_scans(path)
     except (OSError, json.JSONDecodeError):
         return False
-    done = [(s['patient'], s['source']) for s in record.get('scans', [])]
+    done = [(s['scan_id'], s['source']) for s in record.get('scans', [])]
     if registered and any(  # prepared before without --save-registered: redo it
         s.get('status') == 'ok'
         and not all((out / f).is_file() for f in s.get('registered') or [''])
         for s in record.get('scans', [])
     ):
         return False
-    return record.get('recipe_digest') == digest and done == [(s.patient, s.source) for s in scans]
+    return record.get('recipe_digest') == digest and done == [(s.scan_id, s.source) for s in scans]
 
 
 # ------------------------------------------------------------------------------------------ run
@@ -368,9 +377,9 @@ def _registered_output(
             prefix = registered.name(scan.subject, scan.visit).prefix
         except ValueError as e:
             raise PrepareError(f'--save-registered: {e}: rename the subject or visit') from None
-        if names.setdefault(prefix, scan.patient) != scan.patient:
+        if names.setdefault(prefix, scan.scan_id) != scan.scan_id:
             raise PrepareError(
-                f'--save-registered: scans {names[prefix]} and {scan.patient} would both be '
+                f'--save-registered: scans {names[prefix]} and {scan.scan_id} would both be '
                 f'{prefix} (BIDS labels keep letters and digits only): rename one subject'
             )
     return registered
@@ -380,7 +389,7 @@ def _check_out(out: Path, plan: Plan) -> None:
     """Refuse an OUT that holds another run's plan (another source, labels or split)."""
     plan_path = out / 'plan.json'
     if plan_path.is_file():
-        old = read_json(plan_path)
+        old = _read_scans(plan_path)
         if old.get('scans') != plan.to_dict()['scans']:
             raise PrepareError(
                 f'{out} holds another plan (other scans, labels, visits or split options): '
@@ -473,7 +482,7 @@ def prepare(
             n_finished += 1
             finished(subject, subject_records)
     problems = list(plan.problems) + [
-        Problem(r.problem_kind, f'{r.patient}: {r.error}') for r in records if r.status != 'ok'
+        Problem(r.problem_kind, f'{r.scan_id}: {r.error}') for r in records if r.status != 'ok'
     ]
     result = PrepareResult(plan, records, done, problems)
     if shard == (1, 1):
@@ -487,13 +496,13 @@ def prepare(
 def _read_records(out: Path) -> list[ScanRecord]:
     records = []
     for path in sorted((out / 'records').glob('*.json')):
-        for scan in read_json(path).get('scans', []):
+        for scan in _read_scans(path).get('scans', []):
             records.append(ScanRecord(**scan))
     return records
 
 
 def _outliers(records: list[ScanRecord], options: dict) -> set[str]:
-    ok = {r.patient: r.similarity for r in records if r.status == 'ok' and r.similarity is not None}
+    ok = {r.scan_id: r.similarity for r in records if r.status == 'ok' and r.similarity is not None}
     return flag_outliers(
         ok, options['min_similarity'], options['outlier_z'], options['outlier_min_gap']
     )
@@ -513,12 +522,12 @@ def _manifest_text(records: list[ScanRecord], flagged: set[str], keep: bool) -> 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator='\n')
     writer.writerow(MANIFEST_COLUMNS)
-    for r in sorted(records, key=lambda r: r.patient):
-        is_flagged = r.patient in flagged
+    for r in sorted(records, key=lambda r: r.scan_id):
+        is_flagged = r.scan_id in flagged
         included = r.status == 'ok' and (keep or not is_flagged)
         writer.writerow(
             [
-                r.patient,
+                r.scan_id,
                 r.subject,
                 r.visit,
                 r.image_id,
@@ -555,11 +564,11 @@ def merge(out, keep_flagged: bool | None = None) -> MergeResult:
     if keep_flagged is not None and keep_flagged != options['keep_flagged']:
         options['keep_flagged'] = keep_flagged
         write_json(out / 'prepare.json', meta)
-    plan_scans = read_json(out / 'plan.json')['scans']
+    plan_scans = _read_scans(out / 'plan.json')['scans']
     records = _read_records(out)
-    planned = {(s['patient'], s['source']) for s in plan_scans}
-    stale = [r for r in records if (r.patient, r.source) not in planned]
-    records = [r for r in records if (r.patient, r.source) in planned]
+    planned = {(s['scan_id'], s['source']) for s in plan_scans}
+    stale = [r for r in records if (r.scan_id, r.source) not in planned]
+    records = [r for r in records if (r.scan_id, r.source) in planned]
     digests = {read_json(p).get('recipe_digest') for p in (out / 'records').glob('*.json')}
     problems = []
     if digests - {meta['recipe_digest']}:
@@ -591,16 +600,16 @@ def merge(out, keep_flagged: bool | None = None) -> MergeResult:
         )
     for r in records:
         if r.status != 'ok':
-            problems.append(Problem(r.problem_kind or 'error', f'{r.patient}: {r.error}'))
+            problems.append(Problem(r.problem_kind or 'error', f'{r.scan_id}: {r.error}'))
     flagged = _outliers(records, options)
     keep = bool(options['keep_flagged'])
     for r in records:
         for rel in r.files:
-            _place(out, rel, r.patient in flagged and not keep)
+            _place(out, rel, r.scan_id in flagged and not keep)
     write_text(out / 'manifest.csv', _manifest_text(records, flagged, keep))
     write_overview(out, records, flagged, options)
     counts = Counter()
     for r in records:
-        if r.status == 'ok' and (keep or r.patient not in flagged):
+        if r.status == 'ok' and (keep or r.scan_id not in flagged):
             counts[f'{r.split}/{r.label}'] += 1
     return MergeResult(records, sorted(flagged), missing, problems, dict(sorted(counts.items())))

@@ -64,8 +64,8 @@ def find_scans(path: str | os.PathLike) -> list[Path]:
 
 
 def _scan_id(path: Path) -> str:
-    """A patient id for the slices of one scan: its file (or folder) name without the suffix,
-    safe for ``<patient>_<slice>`` file names."""
+    """A scan id for the slices of one scan: its file (or folder) name without the suffix,
+    safe for ``<scan>_<slice>`` file names."""
     name = path.name
     for suffix in NIFTI_SUFFIXES:
         if name.lower().endswith(suffix):

@@ -28,6 +28,7 @@ from ..export.format import ExportSettings
 from ..export.input_description import InputDescription, orientation, recipe_lines
 from ..models import LABEL_NAMES
 from ..run import EvalCheck, EvalFolder, Run
+from ..utils.legacy import upgrade_key
 
 __all__ = [
     'CARD_TAGS',
@@ -171,7 +172,7 @@ class Task:
         return f'not {self.positive} ({", ".join(self.negatives)})'
 
     @property
-    def negative_patients(self) -> str:
+    def negative_scans(self) -> str:
         """Who the negatives are, in a sentence: ``NC``, or ``NC or MCI``."""
         return ' or '.join(self.negatives) if len(self.negatives) < 3 else self.negative
 
@@ -242,7 +243,7 @@ def build_model_card(
     ``folds`` (``folds.json``), ``refit_split`` (``refit/split.json``) and ``cv`` (``cv.json``)
     instead. ``eval_facts`` (``run.check_eval_belongs``) decide what the card may claim about
     ``metrics``: an evaluation not matched to these weights is published only with a warning, and
-    "the test split shares no patient with training" only when it was checked. ``example``: the
+    "the test split shares no scan with training" only when it was checked. ``example``: the
     file name of the SYNTHETIC example image uploaded beside the card (widget and Input data).
     """
     extra = config.get('adni_timm', {})
@@ -293,14 +294,14 @@ def eval_results_from_metrics(
     source: DataSource | bool | None = None,
     classes: Sequence[str] = LABEL_NAMES,
 ) -> list[EvalResult]:
-    """model-index results: accuracy, AUC, sensitivity, specificity at slice and patient level."""
+    """model-index results: accuracy, AUC, sensitivity, specificity at slice and scan level."""
     if not isinstance(source, DataSource):  # a bool: synthetic or not (the older signature)
         source = DataSource.of(ExportSettings(synthetic=bool(source)))
     task = Task(tuple(classes))
     names = task.metric_names()
     split = metrics.get('split', 'test')
     results = []
-    for level in ('slice', 'patient'):
+    for level in ('slice', 'scan'):
         values = metrics.get(level) or {}
         for key, metric_type in EVAL_METRICS.items():
             value = values.get(key)
@@ -326,7 +327,7 @@ def eval_results_from_metrics(
 
 def metrics_from_card(card_text: str) -> dict[str, Any] | None:
     """The test metrics a published card's model-index holds, in metrics.json's shape
-    (``{'slice': {...}, 'patient': {...}, 'split': ...}``); None when it holds none."""
+    (``{'slice': {...}, 'scan': {...}, 'split': ...}``); None when it holds none."""
     from huggingface_hub import ModelCard
 
     try:
@@ -336,8 +337,8 @@ def metrics_from_card(card_text: str) -> dict[str, Any] | None:
     key_of = {metric_type: key for key, metric_type in EVAL_METRICS.items()}
     found: dict[str, Any] = {}
     for r in results:
-        level = (r.dataset_config or '').replace('-level', '')
-        if level in ('slice', 'patient') and r.metric_type in key_of:
+        level = upgrade_key((r.dataset_config or '').replace('-level', ''))  # 'patient' before
+        if level in ('slice', 'scan') and r.metric_type in key_of:
             found.setdefault(level, {})[key_of[r.metric_type]] = r.metric_value
             found['split'] = r.dataset_split or 'test'
     return found or None
@@ -371,7 +372,7 @@ def _label_names(config: dict[str, Any]) -> list[str]:
 def _threshold_origin(source: str | None) -> str:
     """What the card may say about where the threshold came from."""
     return {
-        'validation': 'chosen on the validation patients (never on test)',
+        'validation': 'chosen on the validation scans (never on test)',
         'out-of-fold': 'chosen on the out-of-fold predictions of cross-validation (never on test)',
         'cli': 'set by hand (--threshold)',
         'fixed': 'the fixed default 0.5',
@@ -482,7 +483,7 @@ def _weights_row(settings: ExportSettings) -> str:
     if settings.folds:  # the refit of a cross-validation run
         epochs = settings.refit_epochs if settings.refit_epochs is not None else settings.epoch
         return (
-            f'{weights} weights of the refit: all training patients for {fmt(epochs)} epochs '
+            f'{weights} weights of the refit: all training scans for {fmt(epochs)} epochs '
             f'(see Cross-validation)'
         )
     if settings.best_metric:
@@ -511,7 +512,7 @@ def _intended_use(task: Task) -> str:
 - Research on machine learning for neuroimaging: benchmarking, reproducing results, studying
   failure modes, as a baseline or starting point for fine-tuning on comparable, consented research
   data.
-- Teaching how such models are trained and evaluated without patient-level leakage.
+- Teaching how such models are trained and evaluated without scan-level leakage.
 
 ### Out-of-scope use
 
@@ -565,16 +566,17 @@ def _training_data(
     source: DataSource,
 ) -> str:
     withheld = (
-        '**No images, patient identifiers or other ADNI data are included in this repository.**'
+        '**No images, subject or scan identifiers or other ADNI data are included in this '
+        'repository.**'
         if source.adni
-        else '**No training images or patient identifiers are included in this repository.**'
+        else '**No training images, subject or scan identifiers are included in this repository.**'
     )
     lines = ['## Training data', '', _source_paragraph(settings, source), '', withheld]
     if folds:
         lines += ['', _folds_summary(folds, refit_split, cv)]
     elif split:
         lines += ['', _split_summary(split)]
-    if metrics and isinstance(metrics.get('patient'), dict):
+    if metrics and isinstance(metrics.get('scan'), dict):
         lines += ['', _leakage(metrics, eval_facts, cross_validated=bool(folds), refit=refit_split)]
     return '\n'.join(lines)
 
@@ -586,7 +588,7 @@ def _leakage(
     cross_validated: bool,
     refit: dict[str, Any] | None,
 ) -> str:
-    n = metrics['patient'].get('n', '?')
+    n = metrics['scan'].get('n', '?')
     disjoint = eval_facts.disjoint if eval_facts is not None else None
     if disjoint is True and metrics.get('split') == 'test':
         if cross_validated:
@@ -594,22 +596,22 @@ def _leakage(
                 " and the refit's `refit/split.json`)" if refit else ')'
             )
             return (
-                f'The test split ({n} patients) shares no patient with {against} and was used '
+                f'The test split ({n} scans) shares no scan with {against} and was used '
                 f'only for the final evaluation below.'
             )
         return (
-            f'The test split ({n} patients) shares no patient with '
+            f'The test split ({n} scans) shares no scan with '
             f'training or validation (checked against the recorded '
             f'split) and was used only for the final evaluation below.'
         )
     if disjoint is False:
         return (
-            f'**The evaluated split ({metrics.get("split")}, {n} patients) shares patients '
+            f'**The evaluated split ({metrics.get("split")}, {n} scans) shares scans '
             f'with training or validation: its results below are optimistic.**'
         )
     return (
-        f'Whether the evaluated split ({metrics.get("split")}, {n} patients) shares '
-        f'patients with training could not be checked.'
+        f'Whether the evaluated split ({metrics.get("split")}, {n} scans) shares '
+        f'scans with training could not be checked.'
     )
 
 
@@ -624,23 +626,23 @@ def _split_summary(split: dict[str, Any]) -> str:
         )
         trained = len(split.get('train', [])) + len(split.get('val', []))
         return (
-            f'One fold model of a cross-validation by patient: fold {split.get("fold")} of '
+            f'One fold model of a cross-validation by scan: fold {split.get("fold")} of '
             f'{split.get("folds")}, trained on {trained} '
-            f'patients ({inner}); its {len(split.get("held_out", []))} held-out patients were only '
+            f'scans ({inner}); its {len(split.get("held_out", []))} held-out scans were only '
             f'predicted.'
         )
     counts = (
         f'{len(split.get("train", []))} training and {len(split.get("val", []))} validation '
         f'(fraction {split.get("val_fraction", "?")}, seed {split.get("seed", "?")})'
     )
-    if level == 'patient':
+    if level == 'scan':
         return (
-            f'Validation was carved from the training folder **by patient**: {counts} '
-            f'patients, no patient in both.'
+            f'Validation was carved from the training folder **by scan**: {counts} '
+            f'scans, no scan in both.'
         )
     return (
         f'**Validation was carved from the training folder by {level}**: {counts} {level}s, so one '
-        f"patient's slices can sit in both training and validation. Validation scores, and the "
+        f"scan's slices can sit in both training and validation. Validation scores, and the "
         f'epoch and threshold chosen on them, are optimistic.'
     )
 
@@ -649,13 +651,13 @@ def _selection_words(select: str | None) -> str:
     if select == 'inner':
         return (
             'chose its epoch, its live or EMA weights and its temperature on an inner validation '
-            'split of its own training patients (`select: inner`)'
+            'split of its own training scans (`select: inner`)'
         )
     if select == 'last':
         return 'selected nothing: a fixed number of epochs, the last weights (`select: last`)'
     return (
         'selected its epoch in a way this cv.json does not record (an older run: each fold may '
-        'have selected on the patients it reports, so its numbers may be optimistic)'
+        'have selected on the scans it reports, so its numbers may be optimistic)'
     )
 
 
@@ -664,10 +666,10 @@ def _folds_summary(
 ) -> str:
     groups = folds.get('folds') or []
     k = folds.get('k', len(groups))
-    patients = sum(len(g) for g in groups)
+    scans = sum(len(g) for g in groups)
     text = (
-        f'**Cross-validation by patient, then a refit** (no top-level split: a cross-validation '
-        f'run has none). The {patients} training patients were cut into {k} folds (seed '
+        f'**Cross-validation by scan, then a refit** (no top-level split: a cross-validation '
+        f'run has none). The {scans} training scans were cut into {k} folds (seed '
         f'{folds.get("seed", "?")}, `folds.json`). Each fold model trained on the other {k - 1} '
         f'folds, {_selection_words((cv or {}).get("select"))}, and only predicted its own '
         f'held-out fold.'
@@ -676,7 +678,7 @@ def _folds_summary(
         n_refit = len(refit_split.get('train', [])) + len(refit_split.get('val', []))
         text += (
             f' The published model is the refit: one model trained on all {n_refit} training '
-            f'patients (`refit/split.json`), no validation split; its operating point comes from '
+            f'scans (`refit/split.json`), no validation split; its operating point comes from '
             f'the out-of-fold predictions.'
         )
     return text
@@ -704,19 +706,19 @@ def _input_data(
         rows += [
             (
                 'Training slices',
-                f'{description.n_slices} slices of {description.n_patients} patients, '
+                f'{description.n_slices} slices of {description.n_scans} scans, '
                 f'{" ".join(t.lstrip(".") for t in description.file_types) or "?"} files',
             ),
             ('Image size (width x height)', f'{sizes} px, 8-bit grayscale'),
         ]
         if description.slice_range is not None:
             lo, hi = description.slice_range
-            per = description.slices_per_patient
+            per = description.slices_per_scan
             rows.append(
                 (
                     'Slice numbers seen',
-                    f'{lo} to {hi} (file names `<patient>_<slice>`)'
-                    + (f'; {per[0]}-{per[1]} slices per patient' if per else ''),
+                    f'{lo} to {hi} (file names `<scan>_<slice>`)'
+                    + (f'; {per[0]}-{per[1]} slices per scan' if per else ''),
                 )
             )
         if description.intensity is not None:
@@ -780,7 +782,7 @@ def _input_data(
         lines += [
             '',
             f'![SYNTHETIC example slice, generated by adni_timm.synthetic: not MRI, not a '
-            f'patient]({example})',
+            f'scan]({example})',
             '',
             f"`{example}` (also the Hub widget's example) is a **synthetic** slice drawn by "
             f'`adni_timm.synthetic`, never a training image; its prediction means nothing.',
@@ -797,7 +799,7 @@ def _training_procedure(
             f'## Training procedure\n\nTrained with adni-timm (timm + Hugging Face Accelerate). '
             f'The released weights are the refit of a {settings.folds}-fold cross-validation: '
             f'{settings.weights or "?"} weights after {fmt(epochs)} '
-            f'epochs on all training patients, with no validation split; the threshold and '
+            f'epochs on all training scans, with no validation split; the threshold and '
             f'temperature were chosen on the out-of-fold predictions (see Cross-validation), the '
             f'test evaluation below never saw them.'
         )
@@ -811,7 +813,7 @@ def _training_procedure(
             f'## Training procedure\n\nTrained with adni-timm (timm + Hugging Face Accelerate). '
             f'The released weights are the {settings.weights or "?"} weights of epoch '
             f'{fmt(settings.epoch)}, {selected}. Validation metrics during training were measured '
-            f'at the operating point chosen on the same validation patients, so they are '
+            f'at the operating point chosen on the same validation scans, so they are '
             f'optimistic; the test evaluation below is not.'
         )
     if train_config:
@@ -834,7 +836,7 @@ def _cross_validation(cv: dict[str, Any] | None, task: Task) -> str:
     pooled = cv.get('out_of_fold') or {}
     names = task.metric_names()
     rows = []
-    for level in ('patient', 'slice'):
+    for level in ('scan', 'slice'):
         for key in ('auc', 'accuracy', 'balanced_accuracy', 'sensitivity', 'specificity'):
             entry = (summary.get(level) or {}).get(key)
             if entry and is_number(entry.get('mean')):
@@ -854,21 +856,21 @@ def _cross_validation(cv: dict[str, Any] | None, task: Task) -> str:
     if select in ('inner', 'last'):
         how = (
             f'Nested selection: each fold model {_selection_words(select)}, so no fold selected '
-            f'anything on the patients it reports. Each fold is scored on its held-out patients '
+            f'anything on the scans it reports. Each fold is scored on its held-out scans '
             f"at a threshold chosen on the *other* folds' out-of-fold predictions (no number here "
             f'sits at a threshold tuned on the predictions it scores). "Pooled out-of-fold": every '
-            f'training patient predicted by the fold model that never saw them, each at its '
-            f"fold's threshold, with 95% bootstrap confidence intervals over patients."
+            f'training scan predicted by the fold model that never saw them, each at its '
+            f"fold's threshold, with 95% bootstrap confidence intervals over scans."
         )
     else:
         how = (
             'How the folds selected their epochs and thresholds is not recorded in this cv.json '
             '(an older adni-timm): each fold may have chosen its epoch and threshold on the '
-            'patients it reports, so these numbers may be optimistic.'
+            'scans it reports, so these numbers may be optimistic.'
         )
     text = (
-        f'## Cross-validation\n\n{k}-fold cross-validation by patient (seed {cv.get("seed")}) on '
-        f'the training patients. {how}\n\n'
+        f'## Cross-validation\n\n{k}-fold cross-validation by scan (seed {cv.get("seed")}) on '
+        f'the training scans. {how}\n\n'
         + _table(
             ['Held-out metric', 'mean ± sd over folds', 'per fold', 'pooled out-of-fold'], rows
         )
@@ -924,23 +926,23 @@ def _evaluation(
                 '',
             ]
         split = metrics.get('split', 'test')
-        slices, patients = metrics.get('slice') or {}, metrics.get('patient') or {}
+        slices, scans = metrics.get('slice') or {}, metrics.get('scan') or {}
         cal = metrics.get('calibration') or {}
         pos = task.positive
         lines += [
             f'On the **{source.name} {split}** split ({slices.get("n", "?")} slices, '
-            f'{patients.get("n", "?")} patients), at threshold P({pos}) >= '
+            f'{scans.get("n", "?")} scans), at threshold P({pos}) >= '
             f'{fmt(metrics.get("threshold"))}, '
-            f'{_threshold_origin(metrics.get("threshold_source"))}. Patient-level: the '
-            f'probability of a patient is the mean over their slices. Brackets: 95% confidence '
-            f'intervals where computed (bootstrap over patients).',
+            f'{_threshold_origin(metrics.get("threshold_source"))}. Scan-level: the '
+            f'probability of a scan is the mean over their slices. Brackets: 95% confidence '
+            f'intervals where computed (bootstrap over scans).',
             '',
             _table(
-                ['Metric', 'Slice-level', 'Patient-level'],
+                ['Metric', 'Slice-level', 'Scan-level'],
                 [
-                    (name, _fmt_ci(slices, key), _fmt_ci(patients, key))
+                    (name, _fmt_ci(slices, key), _fmt_ci(scans, key))
                     for key, name in task.metric_names().items()
-                    if key in slices or key in patients
+                    if key in slices or key in scans
                 ],
             ),
         ]
@@ -948,11 +950,11 @@ def _evaluation(
             lines += [
                 '',
                 f'Calibration: expected calibration error {fmt(cal.get("ece_slice"))} (slices), '
-                f'{fmt(cal.get("ece_patient"))} (patients) with temperature '
+                f'{fmt(cal.get("ece_scan"))} (scans) with temperature '
                 f'{fmt(cal.get("temperature"))}; {fmt(cal.get("ece_slice_uncalibrated"))} / '
-                f'{fmt(cal.get("ece_patient_uncalibrated"))} without it.',
+                f'{fmt(cal.get("ece_scan_uncalibrated"))} without it.',
             ]
-        for level, values in (('Slice', slices), ('Patient', patients)):
+        for level, values in (('Slice', slices), ('Scan', scans)):
             table = _confusion_table(values.get('confusion_matrix'), task)
             if table:
                 lines += [
@@ -963,12 +965,12 @@ def _evaluation(
                 ]
     captions = {
         Run.CURVES: 'Training curves',
-        EvalFolder.CONFUSION: 'Patient-level confusion matrix',
+        EvalFolder.CONFUSION: 'Scan-level confusion matrix',
         EvalFolder.ROC: 'ROC curve',
         EvalFolder.RELIABILITY: 'Reliability diagram (calibration)',
         EvalFolder.POPULATION_MAPS: (
             f'Mean Grad-CAM over all {task.positive} and all {task.short_negative} test slices (an '
-            f'average, no patient)'
+            f'average, no scan)'
         ),
     }
     figures = [f'![{captions[name]}]({name})' for name in captions if name in plots]
@@ -994,21 +996,21 @@ def _confusion_table(cm: Any, task: Task) -> str:
     )
 
 
-def _error_sentence(patients: dict[str, Any], task: Task) -> str:
-    sens, spec = patients.get('sensitivity'), patients.get('specificity')
+def _error_sentence(scans: dict[str, Any], task: Task) -> str:
+    sens, spec = scans.get('sensitivity'), scans.get('specificity')
     if not (is_number(sens) and is_number(spec)):
         return ''
     miss, alarm = 1 - sens, 1 - spec
-    pos, neg, n = task.positive, task.negative_patients, patients.get('n', '?')
+    pos, neg, n = task.positive, task.negative_scans, scans.get('n', '?')
     if math.isclose(miss, 0, abs_tol=1e-12) and math.isclose(alarm, 0, abs_tol=1e-12):
         return (
-            f'On the test split it missed no {pos} patient and flagged no {neg} patient as {pos} '
-            f'({n} patients): there is no error to compare, and a perfect score on this many '
-            f'patients still leaves the confidence intervals above wide. '
+            f'On the test split it missed no {pos} scan and flagged no {neg} scan as {pos} '
+            f'({n} scans): there is no error to compare, and a perfect score on this many '
+            f'scans still leaves the confidence intervals above wide. '
         )
     rates = (
-        f'On the test split it misses {100 * miss:.1f}% of {pos} patients and flags '
-        f'{100 * alarm:.1f}% of {neg} patients as {pos}'
+        f'On the test split it misses {100 * miss:.1f}% of {pos} scans and flags '
+        f'{100 * alarm:.1f}% of {neg} scans as {pos}'
     )
     if math.isclose(miss, alarm, abs_tol=1e-9):
         return f'{rates}: the two errors are equally frequent. '
@@ -1023,13 +1025,13 @@ def _error_sentence(patients: dict[str, Any], task: Task) -> str:
 def _limitations(
     metrics: dict[str, Any] | None, settings: ExportSettings, source: DataSource, task: Task
 ) -> str:
-    patients = (metrics or {}).get('patient') or {}
+    scans = (metrics or {}).get('scan') or {}
     origin = _threshold_origin(settings.threshold_source)
     bullets = [
         f'**Missed {task.positive} and false alarms cost differently.** '
-        f'{_error_sentence(patients, task)}The stored threshold was {origin};\n  a different '
+        f'{_error_sentence(scans, task)}The stored threshold was {origin};\n  a different '
         f'trade-off needs a different threshold, chosen on data other than the test split.',
-        '**2D slices, not 3D volumes.** Each slice is classified on its own and patients are '
+        '**2D slices, not 3D volumes.** Each slice is classified on its own and scans are '
         'scored by\n  averaging slices; anatomy outside the selected axial slices and 3D context '
         'are never seen.',
         _population_bullet(source),
@@ -1152,9 +1154,9 @@ The weights take a grayscale slice **as RGB** (three identical channels: what th
 transformers' pipeline and `Image.open(p).convert('RGB')` give) or **as one channel** (`in_chans=1`,
 the network as trained; timm sums its first layer over R, G and B). Both give the same P({pos}).
 P({pos}) is the softmax of the logits divided by the stored temperature, taken at the position of
-`{pos}` in the label names; the decision compares it with the stored threshold. For a patient,
+`{pos}` in the label names; the decision compares it with the stored threshold. For a scan,
 average P({pos}) over their slices and compare the mean with the threshold (this is how the
-patient-level results above were computed).
+scan-level results above were computed).
 
 ```python
 import json

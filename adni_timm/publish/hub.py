@@ -39,6 +39,7 @@ from .card import ACK_PLACEHOLDER, build_model_card
 from ..models import MEAN, STD
 from ..export.onnx import ONNX_NAME
 from ..run import EvalCheck, EvalFolder, Run, check_eval_belongs, locate
+from ..utils.legacy import upgrade
 
 try:  # huggingface_hub >= 1.0 talks httpx; older versions raise requests errors, which are OSErrors
     from huggingface_hub.errors import HTTPError as _TransportError
@@ -151,7 +152,7 @@ def build_export_folder(
     (``RUN/curves.png``; the evaluation's figures beside its ``metrics.json``) and ``example.png``,
     a SYNTHETIC slice for the card and the Hub widget (never a data image). The evaluation must
     belong to these weights at their stored operating point (``run.check_eval_belongs``; its
-    patients must share none with the folds nor, for a cross-validation run, the refit's split);
+    scans must share none with the folds nor, for a cross-validation run, the refit's split);
     ``force_eval`` publishes it anyway and the card says it is unverified. ``out_dir`` must be new,
     empty or an earlier export folder: a folder holding anything else is refused rather than
     cleaned. ``repo_id`` is used in the card's code examples; ``acknowledgement`` replaces the
@@ -164,9 +165,7 @@ def build_export_folder(
     eval_facts = None
     folder = EvalFolder(Path(eval_metrics_path).parent) if eval_metrics_path is not None else None
     if metrics is not None:
-        eval_facts = _with_refit_patients(
-            check_eval_belongs(metrics, folder, best, run), folder, run
-        )
+        eval_facts = _with_refit_scans(check_eval_belongs(metrics, folder, best, run), folder, run)
         if eval_facts.problems and not force_eval:
             raise HubError(
                 f'{eval_metrics_path} does not belong to the weights being published: '
@@ -179,7 +178,7 @@ def build_export_folder(
         plot_sources.update(
             {name: folder.figure(name) for name in PLOT_NAMES if name != Run.CURVES}
         )
-        plot_sources[EvalFolder.POPULATION_MAPS] = folder.population_maps  # an average, no patient
+        plot_sources[EvalFolder.POPULATION_MAPS] = folder.population_maps  # an average, no scan
     plots = {name: src for name, src in plot_sources.items() if src.is_file()}
 
     out_dir = _prepare_out_dir(Path(out_dir))
@@ -198,9 +197,9 @@ def build_export_folder(
         num_params=count_parameters(out_dir / WEIGHTS_NAME),
         stats=measure_export_config(config),
         train_config=read_yaml(run.record_file) if run.record_file.is_file() else None,
-        split=read_json(run.split_file) if run.split_file.is_file() else None,
+        split=run.read_split() if run.split_file.is_file() else None,
         folds=run.read_folds() if run.folds_file.is_file() else None,
-        refit_split=read_json(run.refit.split_file) if run.refit.split_file.is_file() else None,
+        refit_split=run.refit.read_split() if run.refit.split_file.is_file() else None,
         metrics=metrics,
         eval_facts=eval_facts,
         cv=run.read_cv() if run.cv_file.is_file() else None,
@@ -232,14 +231,14 @@ def _copy_input_check(export_dir: Path, out_dir: Path) -> None:
         shutil.copyfile(export_dir / name, out_dir / name)
 
 
-def _with_refit_patients(facts: EvalCheck, folder: EvalFolder | None, run: Run) -> EvalCheck:
-    """A cross-validation run's refit trains on ``refit/split.json``'s patients: the evaluated
-    patients must share none with them either (``Run.seen_patients`` covers the folds)."""
+def _with_refit_scans(facts: EvalCheck, folder: EvalFolder | None, run: Run) -> EvalCheck:
+    """A cross-validation run's refit trains on ``refit/split.json``'s scans: the evaluated
+    scans must share none with them either (``Run.seen_scans`` covers the folds)."""
     if facts.disjoint is not True or folder is None or not run.refit.split_file.is_file():
         return facts
-    split = read_json(run.refit.split_file)
+    split = run.refit.read_split()
     refit = set(split.get('train', [])) | set(split.get('val', []))
-    evaluated = folder.evaluated_patients() or set()
+    evaluated = folder.evaluated_scans() or set()
     return dataclasses.replace(facts, disjoint=not (evaluated & refit))
 
 
@@ -280,12 +279,12 @@ def _read_eval_metrics(path: str | os.PathLike | None) -> dict[str, Any] | None:
             f'--eval {path} does not exist; run evaluate.py '
             f'--output-dir OUT and pass OUT/metrics.json'
         )
-    metrics = read_json(path)
+    metrics = upgrade(read_json(path))
     if not isinstance(metrics, dict) or not any(
-        isinstance(metrics.get(k), dict) for k in ('slice', 'patient')
+        isinstance(metrics.get(k), dict) for k in ('slice', 'scan')
     ):
         raise HubError(
-            f'--eval {path} is not an evaluate.py metrics.json (no "slice" or "patient" section)'
+            f'--eval {path} is not an evaluate.py metrics.json (no "slice" or "scan" section)'
         )
     return metrics
 

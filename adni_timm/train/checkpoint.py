@@ -19,6 +19,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
 from ..utils.distributed import first_error, raise_agreed, run_on_main
+from ..utils.legacy import upgrade
 
 __all__ = ['CheckpointError', 'save_checkpoint', 'find_checkpoint', 'load_checkpoint']
 
@@ -92,4 +93,4 @@ def load_checkpoint(accelerator: Accelerator, ckpt_dir: Path, ema=None) -> dict[
     accelerator.load_state(str(ckpt_dir))
     if ema is not None and (ckpt_dir / EMA_FILE).is_file():
         ema.module.load_state_dict(load_file(ckpt_dir / EMA_FILE, device=str(accelerator.device)))
-    return json.loads((ckpt_dir / STATE_FILE).read_text())
+    return upgrade(json.loads((ckpt_dir / STATE_FILE).read_text()))  # older runs: 'patient'

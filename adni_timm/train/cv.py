@@ -1,20 +1,20 @@
-"""``train.py --folds K [--refit]``: K-fold cross-validation by patient that never grades itself.
+"""``train.py --folds K [--refit]``: K-fold cross-validation by scan that never grades itself.
 
 Reads top to bottom like ``training.train``: open the run, check the data, make (or, on resume,
 read) the folds, then per fold k one ordinary run in ``RUN/fold{k}/`` whose ``split.json`` holds
 three disjoint parts (``splits.fold_split``): ``held_out`` (fold k: only ever predicted), and the
-fold's training patients split into ``train`` and ``val``. With ``cv_select: inner`` (default) the
+fold's training scans split into ``train`` and ``val``. With ``cv_select: inner`` (default) the
 epoch, the live/EMA weights and the fold's temperature are chosen on ``val``; with
 ``cv_select: last`` nothing is chosen (the fixed number of epochs, the last weights). Then:
 
 - ``oof_predictions.csv``: every training slice predicted by the one fold model that never saw its
-  patient, calibrated with that model's own temperature;
+  scan, calibrated with that model's own temperature;
 - ``cv.json``: per-fold metrics on the held-out fold at a threshold chosen on the *other* folds'
   out-of-fold predictions (so no reported number is tuned on itself), the pooled out-of-fold metrics
   with CIs (at the same cross-fitted thresholds), and two operating points chosen on all out-of-fold
   predictions: the ensemble's (members at their own temperatures, then the mean) and the refit's
   (one temperature fitted on the raw out-of-fold probabilities);
-- ``--refit``: one model on all training patients for the folds' median best epoch, keeping the
+- ``--refit``: one model on all training scans for the folds' median best epoch, keeping the
   weights most folds chose (live or EMA), exported to ``RUN/final/`` with the refit's point;
 - ``--eval-test``: the fold ensemble into ``RUN/eval/``, the refit into ``RUN/eval-final/``.
 
@@ -43,7 +43,7 @@ from ..utils.distributed import run_on_main
 from ..inference import load_model
 from ..run import RESUME_OVERRIDABLE, OldRunAside, Run, RunRecord
 from ..data.note import subjects_of
-from ..data.splits import check_data, fold_split, make_subject_folds, patient_labels, recorded_folds
+from ..data.splits import check_data, fold_split, make_subject_folds, scan_labels, recorded_folds
 from .loop import TrainResult, open_run, stop_if
 
 __all__ = ['train_cv']
@@ -61,14 +61,14 @@ def train_cv(
 
     # ---- the data and the folds, checked before anything is replaced or trained
     train_slices, test_slices = check_data(cfg, record.data_dir, check_test=record.eval_test)
-    if resume:  # the recorded folds' patients only: a patient new on disk joins no fold, no refit
+    if resume:  # the recorded folds' scans only: a scan new on disk joins no fold, no refit
         folds = run.read_folds()['folds']
         train_slices = recorded_folds(folds, train_slices)
     else:  # every visit of a subject in one fold (adni-prepare --visits all)
         folds = make_subject_folds(
-            patient_labels(train_slices), cfg.folds, cfg.seed, subjects_of(record.data_dir)
+            scan_labels(train_slices), cfg.folds, cfg.seed, subjects_of(record.data_dir)
         )
-    labels = patient_labels(train_slices)
+    labels = scan_labels(train_slices)
     with OldRunAside(run, accelerator, active=overwrite and not resume) as aside:
         if accelerator.is_main_process:
             if resume:
@@ -91,7 +91,7 @@ def train_cv(
                 subjects=subjects_of(record.data_dir),
             )
             _logger.info(
-                'fold %d/%d: %d training, %d selection (inner validation), %d held-out patients',
+                'fold %d/%d: %d training, %d selection (inner validation), %d held-out scans',
                 k + 1,
                 len(folds),
                 len(split['train']),
@@ -119,14 +119,14 @@ def train_cv(
     result.cv_table = cv.format_cv_table(result.cv['summary'])
     if accelerator.is_main_process:
         _logger.info(
-            'cross-validation, %d folds (held-out patients, thresholds chosen on the other '
+            'cross-validation, %d folds (held-out scans, thresholds chosen on the other '
             'folds):\n%s\nout of fold: %s',
             len(folds),
             result.cv_table,
             cv.format_out_of_fold(result.cv['out_of_fold']),
         )
 
-    # ---- refit on all training patients for the folds' median best epoch
+    # ---- refit on all training scans for the folds' median best epoch
     if cfg.refit:
         result.final = _refit(record, run, train_slices, result.cv, accelerator)
         result.best = result.final.best
@@ -164,12 +164,12 @@ def _run_part(record: RunRecord, part: Run, split: dict) -> TrainResult:
 def _write_cv(run: Run, train_slices, folds, fold_results, cfg) -> dict[str, Any]:
     """oof_predictions.csv and cv.json (see the module docstring)."""
     classes, positive = list(cfg.classes), data.positive_index(cfg.classes)
-    by_patient: dict[str, list[data.Slice]] = {}
+    by_scan: dict[str, list[data.Slice]] = {}
     for s in train_slices:
-        by_patient.setdefault(s.patient, []).append(s)
+        by_scan.setdefault(s.scan, []).append(s)
     raw, oof_slices, fold_of = [], [], []
     for k, fold in enumerate(folds):
-        held_out = [s for p in fold for s in by_patient[p]]
+        held_out = [s for p in fold for s in by_scan[p]]
         model = load_model(str(run.fold(k).path))
         raw.append(
             model.predict_raw(
@@ -180,7 +180,7 @@ def _write_cv(run: Run, train_slices, folds, fold_results, cfg) -> dict[str, Any
         fold_of += [k] * len(held_out)
     fold_of = np.array(fold_of)
     labels = np.array([s.label for s in oof_slices])
-    patients = np.array([s.patient for s in oof_slices])
+    scans = np.array([s.scan for s in oof_slices])
     y = (labels == positive).astype(np.int64)
 
     # each member's temperature: its own (chosen on its inner validation) or, where nothing was
@@ -192,7 +192,7 @@ def _write_cv(run: Run, train_slices, folds, fold_results, cfg) -> dict[str, Any
             "each fold model's own temperature (fitted on its inner validation), then the mean"
         )
     else:
-        fitted = metrics.operating_point(raw_all, labels, patients, positive)['temperature']
+        fitted = metrics.operating_point(raw_all, labels, scans, positive)['temperature']
         temperatures = [fitted] * len(folds)
         calibration = 'one temperature fitted on the out-of-fold predictions, then the mean'
     p_oof = np.concatenate(
@@ -204,7 +204,7 @@ def _write_cv(run: Run, train_slices, folds, fold_results, cfg) -> dict[str, Any
             [
                 {
                     'path': [s.path for s, f in zip(oof_slices, fold_of) if f == k],
-                    'patient': patients[fold_of == k],
+                    'scan': scans[fold_of == k],
                     'label': labels[fold_of == k],
                     'p_AD': p_oof[fold_of == k],
                 }
@@ -214,11 +214,11 @@ def _write_cv(run: Run, train_slices, folds, fold_results, cfg) -> dict[str, Any
         ),
     )
 
-    def choose(p_pos, mask):  # the threshold rule on the patients of ``mask``
+    def choose(p_pos, mask):  # the threshold rule on the scans of ``mask``
         return metrics.operating_point(
             np.stack([1 - p_pos[mask], p_pos[mask]], axis=1),
             y[mask],
-            patients[mask],
+            scans[mask],
             1,
             cfg.target_sensitivity,
             temperature=1.0,
@@ -226,10 +226,8 @@ def _write_cv(run: Run, train_slices, folds, fold_results, cfg) -> dict[str, Any
 
     everyone = np.ones(len(y), dtype=bool)
     ensemble_point = choose(p_oof, everyone)
-    crossed = cv.cross_fitted(patients, y, p_oof, fold_of, lambda mask: choose(p_oof, mask))
-    refit_point = metrics.operating_point(
-        raw_all, labels, patients, positive, cfg.target_sensitivity
-    )
+    crossed = cv.cross_fitted(scans, y, p_oof, fold_of, lambda mask: choose(p_oof, mask))
+    refit_point = metrics.operating_point(raw_all, labels, scans, positive, cfg.target_sensitivity)
     result = {
         'k': len(folds),
         'seed': cfg.seed,
@@ -261,7 +259,41 @@ def _write_cv(run: Run, train_slices, folds, fold_results, cfg) -> dict[str, Any
         'best_weights': [r.best.weights for r in fold_results],
     }
     run.write_cv(result)
+    _plot_cv(run, cfg, scans, y, p_oof, fold_of, crossed['per_fold'], len(folds))
     return result
+
+
+def _plot_cv(run: Run, cfg, scans, y, p_oof, fold_of, per_fold, k: int) -> None:
+    """RUN/cv.png: each fold's scan-level AUC and accuracy with a bootstrap CI (scans resampled
+    within class), beside the pooled out-of-fold ROC."""
+    from .. import plots  # matplotlib only when the figure is drawn
+
+    rows = []
+    for i in range(k):
+        mask = fold_of == i
+        cis = metrics.bootstrap_ci(
+            scans[mask], y[mask], p_oof[mask], per_fold[i]['threshold'], n_boot=200
+        )
+        level = 'scan'
+        values, level_cis = per_fold[i][level], cis.get(level, {})
+        rows.append(
+            {
+                'auc': values.get('auc'),
+                'auc_ci': level_cis.get('auc'),
+                'accuracy': values.get('accuracy'),
+                'accuracy_ci': level_cis.get('accuracy'),
+            }
+        )
+    _, y_scan, p_scan = metrics.scan_level(scans, y, p_oof)
+    synthetic = run.record().synthetic if run.record_file.is_file() else False
+    plots.plot_cv_folds(
+        rows,
+        y_scan,
+        p_scan,
+        run.cv_figure_file,
+        title=f'{k}-fold cross-validation, out of fold ({cfg.model})',
+        context=plots.FigureContext(str(run.path), 'train (out of fold)', synthetic),
+    )
 
 
 def refit_epochs(cv_result: dict[str, Any], configured: int) -> int:
@@ -279,16 +311,16 @@ def refit_weights(cv_result: dict[str, Any]) -> str:
 
 
 def _refit(record: RunRecord, run: Run, train_slices, cv_result: dict, accelerator) -> TrainResult:
-    """One model on all training patients, as the folds chose; exported with the refit's point."""
+    """One model on all training scans, as the folds chose; exported with the refit's point."""
     epochs, weights = refit_epochs(cv_result, record.config.epochs), refit_weights(cv_result)
-    patients = sorted({s.patient for s in train_slices})
+    scans = sorted({s.scan for s in train_slices})
     refit_record = dataclasses.replace(
         record, config=dataclasses.replace(record.config, epochs=epochs)
     )
     _logger.info(
-        "refit: all %d training patients for %d epochs (the folds' median best epoch), %s "
+        "refit: all %d training scans for %d epochs (the folds' median best epoch), %s "
         'weights (what most folds chose)',
-        len(patients),
+        len(scans),
         epochs,
         weights,
     )
@@ -296,9 +328,9 @@ def _refit(record: RunRecord, run: Run, train_slices, cv_result: dict, accelerat
         refit_record,
         run.refit,
         {
-            'level': 'patient',
+            'level': 'scan',
             'seed': record.config.seed,
-            'train': patients,
+            'train': scans,
             'val': [],
             'weights': weights,
             'refit_of': str(run.path),

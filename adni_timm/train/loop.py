@@ -4,7 +4,7 @@ Reads top to bottom: ``train()`` opens the run (``open_run``: refuse an existing
 process count), checks everything it can before any work (config, data, split, leakage, unreadable
 files; ``adni_timm.data.splits``), makes room for the run, then ``_fit()`` runs the epochs: train
 (``train_one_epoch``: where the loss is computed), validate live and EMA weights on the
-patient-level validation split (``validate``), keep the best export in ``RUN/best`` and save an
+scan-level validation split (``validate``), keep the best export in ``RUN/best`` and save an
 atomic checkpoint for ``--resume``. Where things go is ``adni_timm.run.Run``'s business.
 """
 
@@ -43,7 +43,7 @@ from ..export.input_description import describe_slices
 from ..models import CROP_PCT, INTERPOLATION, MEAN, STD
 from ..utils.progress import Progress
 from ..run import OldRunAside, Run, RunRecord
-from ..data.splits import Splits, load_splits, select, split_patients
+from ..data.splits import Splits, load_splits, select, split_scans
 
 _logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class BestEpoch:
     threshold_rule: str | None = None
     temperature: float = 1.0
     val_loss: float | None = None
-    val_patient: dict | None = None
+    val_scan: dict | None = None
     val_slice: dict | None = None
 
 
@@ -137,7 +137,7 @@ class Candidate:
     """One set of weights (live or EMA) as scored on validation this epoch, at its own operating
     point."""
 
-    report: dict[str, Any]  # slice- and patient-level metrics at ``threshold``
+    report: dict[str, Any]  # slice- and scan-level metrics at ``threshold``
     loss: float
     threshold: float
     threshold_rule: str
@@ -357,7 +357,7 @@ def _loop(
 ) -> None:
     """The epochs: train, validate, checkpoint, keep the best export, one line per epoch."""
     cfg, ema, base_model = record.config, setup.ema, setup.base_model
-    val_patients = [s.patient for s in splits.val]
+    val_scans = [s.scan for s in splits.val]
     val_labels = np.array([s.label for s in splits.val])
     nets = {'live': base_model, 'ema': ema.module if ema is not None else None}
     # without validation (a refit, a cv_select=last fold) the kept weights are fixed in advance
@@ -381,7 +381,7 @@ def _loop(
             state=state,
         )
         candidates = (
-            validate(nets, setup.val_loader, accelerator, cfg, val_patients, val_labels)
+            validate(nets, setup.val_loader, accelerator, cfg, val_scans, val_labels)
             if splits.val
             else {}
         )
@@ -505,15 +505,15 @@ def validate(
     loader,
     accelerator,
     cfg: TrainConfig,
-    patients: list[str],
+    scans: list[str],
     labels: np.ndarray,
 ) -> dict[str, Candidate]:
     """Score each set of weights on the validation split at the operating point it would ship with.
 
     Per weights: one temperature fitted on the validation slices, then the threshold (Youden's J, or
-    ``target_sensitivity``) on the calibrated patient probabilities, and every metric at that
+    ``target_sensitivity``) on the calibrated scan probabilities, and every metric at that
     threshold, so a threshold-dependent ``best_metric`` selects exactly what the export will do.
-    Chosen on the same patients it is scored on: optimistic, and said so in the log and the card.
+    Chosen on the same scans it is scored on: optimistic, and said so in the log and the card.
     """
     positive = data.positive_index(cfg.classes)
     out = {}
@@ -529,9 +529,9 @@ def validate(
             accelerator=accelerator,
             with_loss=True,
         )
-        point = metrics.operating_point(probs, labels, patients, positive, cfg.target_sensitivity)
+        point = metrics.operating_point(probs, labels, scans, positive, cfg.target_sensitivity)
         y = (labels == positive).astype(np.int64)
-        report = metrics.slice_and_patient_metrics(patients, y, point['p_pos'], point['threshold'])
+        report = metrics.slice_and_scan_metrics(scans, y, point['p_pos'], point['threshold'])
         out[name] = Candidate(
             report=report,
             loss=float(losses.mean()),
@@ -558,7 +558,7 @@ def _epoch_row(
                 f'{prefix}_temperature': c.temperature,
             }
         )
-        for level in ('slice', 'patient'):
+        for level in ('slice', 'scan'):
             for key in ('accuracy', 'balanced_accuracy', 'auc', 'sensitivity', 'specificity', 'f1'):
                 row[f'{prefix}_{level}_{key}'] = c.report[level][key]
     row['epoch_time_s'] = seconds
@@ -601,7 +601,7 @@ def _update_best(
         threshold_source='validation',
         threshold_rule=chosen.threshold_rule,
         temperature=chosen.temperature,
-        val_patient=chosen.report['patient'],
+        val_scan=chosen.report['scan'],
         val_slice=chosen.report['slice'],
     )
     return True, name
@@ -615,7 +615,7 @@ def epoch_line(row: dict, epochs: int, chosen: str, is_best: bool, eta_s: float)
     if f'{prefix}_loss' in row:
         parts.append(f'val {fmt(row[f"{prefix}_loss"])}')
         parts.append(
-            f'AUC {fmt(row[f"{prefix}_patient_auc"])} acc {fmt(row[f"{prefix}_patient_accuracy"])}'
+            f'AUC {fmt(row[f"{prefix}_scan_auc"])} acc {fmt(row[f"{prefix}_scan_accuracy"])}'
             + (' (ema)' if chosen == 'ema' else '')
         )
     parts += [
@@ -712,9 +712,8 @@ def _make_loaders(cfg, train_slices, val_slices, train_tf, eval_tf, accelerator)
             f'batch_size={cfg.batch_size} is larger than the training set ({len(train_slices)} '
             f'slices); lower --batch-size'
         )
-    cache = (
-        data.preload(train_slices + val_slices, num_workers=cfg.num_workers) if cfg.cache else None
-    )
+    shown = cfg.progress if accelerator.is_main_process else 'none'  # one voice
+    cache = data.preload(train_slices + val_slices, cfg.num_workers, shown) if cfg.cache else None
     pin = accelerator.device.type == 'cuda'
     train_loader = data.create_loader(
         data.SliceDataset(train_slices, train_tf, cache),
@@ -799,7 +798,7 @@ def best_settings(
         synthetic=record.data.synthetic,
         preprocessing=record.data.preprocessing,
         precision=record.mixed_precision,
-        file_is_patient=cfg.file_is_patient,
+        file_is_scan=cfg.file_is_scan,
         split_level=cfg.split_level,
         extra={'input': described} if described else {},
     ).to_dict()
@@ -843,7 +842,7 @@ def _repair_best_export(
 
 def _fit_input_check(run: Run, splits: Splits, cfg: TrainConfig, device) -> None:
     """Fit ``input_check`` on RUN/best: the training slices' distribution, its threshold on the
-    validation slices. A run without validation (a refit) thresholds on training patients left out
+    validation slices. A run without validation (a refit) thresholds on training scans left out
     of the fit; the model saw them, so that threshold is tighter (it refuses more, never less)."""
     from ..export.input_check import fit_input_check
 
@@ -851,7 +850,7 @@ def _fit_input_check(run: Run, splits: Splits, cfg: TrainConfig, device) -> None
     _, eval_tf = data.build_transforms(net)
     fit, threshold_on = splits.train, splits.val
     if not threshold_on:
-        held = split_patients(fit, 0.2, cfg.seed)
+        held = split_scans(fit, 0.2, cfg.seed)
         fit, threshold_on = select(fit, held, 'train'), select(fit, held, 'val')
     check = fit_input_check(
         net,
@@ -892,5 +891,7 @@ def evaluate_on_test(model_ref: str, output_dir, record: RunRecord, test_slices)
         output_dir=output_dir,
         classes=record.config.classes,
         slices=test_slices,
-        options=EvaluationOptions(num_workers=min(record.config.num_workers, 4)),
+        options=EvaluationOptions(
+            num_workers=min(record.config.num_workers, 4), progress=record.config.progress
+        ),
     )

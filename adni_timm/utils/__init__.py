@@ -6,4 +6,5 @@
 ``hardware``     memory and processes on this machine, bf16 support
 ``progress``     a bar on a terminal, plain lines in a log
 ``threads``      a thread map for I/O-bound work
+``legacy``       files written when a scan was called a patient, read as they are named now
 """

@@ -34,8 +34,11 @@ def resolve_mode(mode: str, stream: TextIO | None = None) -> str:
 
 
 class Progress:
-    """One epoch's progress over ``total`` images;
+    """Progress over ``total`` items (an epoch's images, an evaluation's slices, a cache decode);
     ``enabled=False`` on every process but the main one.
+
+    ``summary=True`` also logs one closing line in ``lines`` mode (what was done, how fast), so a
+    log shows every long step even when it took less than ``interval_s``.
     """
 
     def __init__(
@@ -46,9 +49,13 @@ class Progress:
         *,
         enabled: bool = True,
         interval_s: float | None = None,
+        unit: str = 'img',
+        summary: bool = False,
+        logger: logging.Logger | None = None,
     ):
         self.mode = resolve_mode(mode) if enabled else 'none'
-        self.total, self.desc = total, desc
+        self.total, self.desc, self.unit, self.summary = total, desc, unit, summary
+        self.logger = logger or _logger
         self.interval_s = DEFAULT_INTERVAL_S if interval_s is None else interval_s
         self.done = 0
         self.start = self.last_line = time.perf_counter()
@@ -56,7 +63,7 @@ class Progress:
         self.bar = None
         if self.mode == 'bar':
             self.bar = tqdm(
-                total=total, unit='img', unit_scale=True, desc=desc, leave=False, dynamic_ncols=True
+                total=total, unit=unit, unit_scale=True, desc=desc, leave=False, dynamic_ncols=True
             )
 
     def update(self, images: int) -> None:
@@ -67,7 +74,7 @@ class Progress:
             now = time.perf_counter()
             if now - self.last_line >= self.interval_s:
                 self.last_line = now
-                _logger.info(self.line(now))
+                self.logger.info(self.line(now))
 
     def set_postfix(self, **values: str) -> None:
         self.postfix.update(values)
@@ -79,11 +86,25 @@ class Progress:
         rate = self.done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else float('nan')
         extra = ''.join(f' {k} {v}' for k, v in self.postfix.items())
+        u = self.unit
         return (
             f'  {self.desc} {100 * self.done / max(self.total, 1):3.0f}% '
-            f'{self.done:,}/{self.total:,} img {rate:.0f} img/s eta {fmt_duration(eta)}{extra}'
+            f'{self.done:,}/{self.total:,} {u} {rate:.0f} {u}/s eta {fmt_duration(eta)}{extra}'
         )
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        elif self.mode == 'lines' and self.summary:
+            elapsed = time.perf_counter() - self.start
+            rate = self.done / elapsed if elapsed > 0 else 0.0
+            self.logger.info(
+                f'  {self.desc}: {self.done:,} {self.unit} in {fmt_duration(elapsed)} '
+                f'({rate:.0f} {self.unit}/s)'
+            )
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
