@@ -157,7 +157,14 @@ def test_without_a_scan_column_each_image_is_its_own_scan(tiny_data, tmp_path, c
     assert any('each image is its own scan' in n for n in done.notes)
     from adni_timm.data.note import describe
 
-    assert 'each image is its own scan' in describe(done.data_dir).note  # what the card shows
+    note = describe(done.data_dir).note
+    assert 'each image is its own scan' in note
+    # the note travels with the run into the export, and the card's training-data paragraph says it
+    from adni_timm.export.format import ExportSettings
+    from adni_timm.publish.card import DataSource, _source_paragraph
+
+    settings = ExportSettings.from_dict({'data': note, 'synthetic': False})
+    assert 'each image is its own scan' in _source_paragraph(settings, DataSource.of(settings))
 
 
 def test_an_imagefolder_with_metadata_keeps_its_folder_labels_and_scans(tmp_path, cache):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from adni_timm.cli import (
     EXIT_OK,
@@ -83,7 +84,7 @@ def _run(args: argparse.Namespace) -> int:
         data_dir = resolve_data_source(args.data_dir, args.classes)
     except (DataError, DatasetSourceError) as e:
         return fail(PROG, e)
-    if str(data_dir) != args.data_dir:
+    if Path(data_dir) != Path(args.data_dir):
         print(f'dataset {args.data_dir} -> {data_dir}')
     report = check_data_dir(data_dir, args.classes, args.file_is_scan, args.workers)
     print('\n'.join(report.lines))
