@@ -119,6 +119,9 @@ def test_labels_are_mapped_by_name_never_by_position(tmp_path, cache, caplog):
     strings = write('strings', datasets.Value('string'), ['NC', 'NC', 'Dementia', 'Dementia'])
     with pytest.raises(DataError, match=r'label values Dementia are not classes NC,AD'):
         hub.materialise(strings)
+    unlabelled = write('unlabelled', datasets.ClassLabel(names=['NC', 'AD']), [0, 0, 1, -1])
+    with pytest.raises(DataError, match=r'1 row\(s\) have no label \(None or -1\)'):
+        hub.materialise(unlabelled)
     ints = write('ints', datasets.Value('int64'), [0, 0, 2, 2])
     with pytest.raises(DataError, match=r'label values \[2\] are not indices'):
         hub.materialise(ints)

@@ -53,7 +53,6 @@ __all__ = [
     'DatasetSource',
     'Materialised',
     'parse_source',
-    'is_hub_dataset',
     'resolve_data_dir',
     'materialise',
     'cache_root',
@@ -169,14 +168,6 @@ def parse_source(text: str | os.PathLike) -> DatasetSource | None:
     return None
 
 
-def is_hub_dataset(text: str | os.PathLike) -> bool:
-    """Whether ``--data-dir text`` is read with ``datasets`` (see :func:`parse_source`)."""
-    try:
-        return parse_source(text) is not None
-    except DatasetSourceError:
-        return str(text).startswith(HF_PREFIX)
-
-
 def cache_root() -> Path:
     """Where materialised datasets go: ``$ADNI_TIMM_CACHE`` or ``~/.cache/adni_timm``."""
     root = os.environ.get('ADNI_TIMM_CACHE') or Path.home() / '.cache' / 'adni_timm'
@@ -187,7 +178,7 @@ def cache_root() -> Path:
 
 
 def _load(source: DatasetSource):
-    """The dataset's splits (a DatasetDict) or DataError in one line."""
+    """The dataset's splits (a DatasetDict), or DatasetSourceError in one line."""
     try:
         import datasets
     except ImportError:
@@ -203,7 +194,9 @@ def _load(source: DatasetSource):
     except (OSError, ValueError, ImportError, datasets.exceptions.DatasetNotFoundError) as e:
         # ConnectionError (offline, not cached) and FileNotFoundError are OSErrors
         message = ' '.join(str(e).split()) or type(e).__name__
-        offline = os.environ.get('HF_HUB_OFFLINE') or os.environ.get('HF_DATASETS_OFFLINE')
+        offline = getattr(datasets.config, 'HF_HUB_OFFLINE', False) or os.environ.get(
+            'HF_DATASETS_OFFLINE'
+        )
         hint = (
             ' (offline: it must be in the datasets cache, HF_DATASETS_CACHE)'
             if offline and not source.local
@@ -241,6 +234,13 @@ def _label_names(feature, values: Sequence, classes: tuple[str, ...], text: str)
     fix = (
         f'give --classes in label order with every class the dataset has (now {",".join(classes)})'
     )
+    # a ClassLabel stores a missing label as -1 (which would index the last class)
+    missing = sum(v is None or (isinstance(v, int) and v < 0) for v in values)
+    if missing:
+        raise DataError(
+            f'--data-dir {text}: {missing} row(s) have no label (None or -1): label them, or '
+            f'drop them with Dataset.filter'
+        )
     if isinstance(feature, datasets.ClassLabel):
         names = list(feature.names)
         if sorted(names) != sorted(classes):
