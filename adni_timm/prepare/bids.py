@@ -278,12 +278,12 @@ def write_registered(
     tmp = transform_path.with_name(f'.tmp-{transform_path.name}')
     sitk.WriteTransform(transform, str(tmp))
     tmp.replace(transform_path)
-    before = ', '.join(s for s in steps if s in ('reorient', 'resample', 'n4')) or 'reading'
+    before = ', '.join(s for s in steps if s in ('reorient', 'resample', 'n4')) or 'none'
     sidecar: dict[str, Any] = {
         'Description': (
-            f'The T1w scan after {before} '
-            f'resampled (linear) onto the {SPACE} 1 mm grid with the affine transform beside it; '
-            'not masked, not intensity-normalised'
+            f'The T1w scan (adni-prepare steps before the registration: {before}) resampled '
+            f'(linear) onto the {SPACE} 1 mm grid with the affine transform beside it; not '
+            'masked, not intensity-normalised'
         ),
         'SkullStripped': False,
     }
