@@ -7,6 +7,7 @@ All scans are SYNTHETIC (adni_timm.synthetic_volumes) at 4 mm, one subject per c
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,28 @@ def test_dataset_description_is_a_valid_derivative_description(prepared):
         in check_derivative_description({k: v for k, v in found.items() if k != 'BIDSVersion'})[0]
     )
     ignored = (out / '.bidsignore').read_text().split()
-    assert {'/train/', '/test/', '/qc/', '/records/', '*_xfm.mat'} <= set(ignored)
+    assert {'/train', '/test', '/qc', '/records', '*_xfm.mat'} <= set(ignored)
+
+
+def test_the_official_bids_validator_finds_no_error(prepared, tmp_path):
+    """bids-validator (the schema validator, on Deno) on OUT: no errors. Skipped where it is not
+    installed (pip install bids-validator-deno: the validator and a Deno runtime, ~45 MB)."""
+    pytest.importorskip('bids_validator_deno', reason='pip install bids-validator-deno to run it')
+    import subprocess
+    import sys
+
+    _, out, _ = prepared
+    run = 'import sys; from bids_validator_deno import cli; sys.argv[0] = "bids-validator"; cli()'
+    proc = subprocess.run(
+        [sys.executable, '-c', run, str(out), '--json'],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, 'DENO_DIR': str(tmp_path / 'deno')},
+    )
+    issues = json.loads(proc.stdout)['issues']['issues']
+    errors = [(i['code'], i.get('location')) for i in issues if i['severity'] == 'error']
+    assert errors == []
 
 
 def test_registered_volume_and_transform_load_and_reproduce_each_other(prepared):

@@ -6,6 +6,7 @@ space with the affine transform that put it there, so another pipeline can reuse
 
     OUT/dataset_description.json     DatasetType "derivative", GeneratedBy adni-prepare + recipe
     OUT/.bidsignore                  the slice layout, QC, records: not BIDS files
+    OUT/README                       what the folder holds
     OUT/sub-<label>/[ses-<label>/]anat/
         sub-<label>[_ses-<label>]_space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz   (+ .json)
         sub-<label>[_ses-<label>]_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.mat
@@ -57,12 +58,12 @@ SPACE = 'MNI152NLin2009aSym'  # the BIDS / TemplateFlow name of template.py's te
 DESCRIPTION_FILE = 'dataset_description.json'
 _XFORM_MNI_152 = 4  # NIfTI's xform code for 'MNI 152 normalised coordinates'
 # what adni-prepare writes beside the BIDS files (the slice layout and its records): not BIDS
-BIDSIGNORE = (
-    '/train/',
-    '/test/',
-    '/flagged/',
-    '/qc/',
-    '/records/',
+BIDSIGNORE = (  # folders without a trailing slash: bids-validator 3 skips '/qc', not '/qc/'
+    '/train',
+    '/test',
+    '/flagged',
+    '/qc',
+    '/records',
     '/manifest.csv',
     '/prepare.json',
     '/plan.json',
@@ -227,11 +228,20 @@ def check_derivative_description(found: dict) -> list[str]:
 
 
 def write_dataset_description(out: str | os.PathLike, description: dict) -> Path:
-    """``OUT/dataset_description.json`` and ``OUT/.bidsignore`` (atomically)."""
+    """``OUT/dataset_description.json``, ``OUT/.bidsignore`` and a short ``OUT/README`` (BIDS
+    recommends one), each written atomically."""
     from ..utils.files import write_json, write_text
 
     out = Path(out)
     write_text(out / '.bidsignore', '\n'.join(BIDSIGNORE) + '\n')
+    generated = description['GeneratedBy'][0]
+    write_text(
+        out / 'README',
+        f'{description["Name"]}\n\n{generated["Description"]}.\n\n'
+        'train/, test/: the 2D slices a classifier reads; manifest.csv: one row per scan; '
+        'prepare.json: the recipe, template and versions; sub-*/anat/ (with --save-registered): '
+        f'each scan in {SPACE} and its affine transform. See adni-timm docs/PREPARE.md.\n',
+    )
     return write_json(out / DESCRIPTION_FILE, description)
 
 
@@ -270,6 +280,7 @@ def write_registered(
     # 16 bits with a scale factor (nibabel picks slope and intercept): a float32 volume is twice
     # the size, for a precision of 1 / 65535 of the intensity range we do not need
     nifti.set_data_dtype(np.int16)
+    nifti.header.set_xyzt_units('mm')  # the validator warns on an unset unit
     nifti.set_sform(affine, code=_XFORM_MNI_152)
     nifti.set_qform(affine, code=_XFORM_MNI_152)
     tmp = volume.with_name(f'.tmp-{volume.name}')
