@@ -183,7 +183,9 @@ def preload(
     common = [p for p, size in zip(paths, sizes) if size == (width, height)]
     images = np.empty((len(common), height, width), np.uint8)
 
-    bar = Progress(progress, len(common), 'decoding slices', unit='slices', summary=True)
+    bar = Progress(
+        progress, len(common), 'decoding slices', unit='slices', summary=True, logger=_logger
+    )
 
     def fill(i: int) -> None:
         images[i] = np.asarray(read_image(common[i]))

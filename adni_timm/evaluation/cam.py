@@ -557,36 +557,30 @@ def write_cam_report(
         layer=layer,
         batch_size=batch_size,
     )
-
-    # pass 1, positive class: population sums and region scores (labelled: every slice), and
-    # the montages of scans predicted positive
-    kept_maps, kept_images = {}, {}
-    population = _PopulationSums()
-    scored_maps, scored_masks = [], []
+    # labelled: every slice is mapped for the population maps and region scores
     todo = list(range(len(slices))) if labelled else sorted(wanted_pos)
     bar = Progress(
-        progress, len(todo) + len(wanted_neg), f'{method} maps', unit='slices', summary=True
+        progress,
+        len(todo) + len(wanted_neg),
+        f'{method} maps',
+        unit='slices',
+        summary=True,
+        logger=_logger,
     )
-    for i, raw, shown in attribute(todo, pos):
-        bar.update(1)
-        if i in wanted_pos:
-            kept_maps[i], kept_images[i] = raw, shown
-        if labelled:
-            label = slices[i].label
-            population.add(label, raw, shown)
-            mask = (
-                None
-                if region_masks is None or label != pos
-                else region_masks.get(slice_key(slices[i].path))
-            )
-            if mask is not None:
-                scored_maps.append(raw)
-                scored_masks.append(transform_mask(mask, transform))
-    # pass 2: the montages of scans predicted negative, mapped for their own class
-    for i, raw, shown in attribute(sorted(wanted_neg), 1 - pos if len(classes) == 2 else pos):
-        bar.update(1)
-        kept_maps[i], kept_images[i] = raw, shown
-    bar.close()
+    with bar:
+        passes = _map_passes(
+            attribute,
+            slices,
+            todo,
+            wanted_pos,
+            wanted_neg,
+            classes,
+            labelled,
+            region_masks,
+            transform,
+            bar,
+        )
+    kept_maps, kept_images, population, scored_maps, scored_masks = passes
 
     method_name = _METHOD_NAMES[method]
     montages, scans = _write_montages(
@@ -642,6 +636,38 @@ def write_cam_report(
         result['seconds'],
     )
     return result
+
+
+def _map_passes(
+    attribute, slices, todo, wanted_pos, wanted_neg, classes, labelled, region_masks, transform, bar
+):
+    """Pass 1, the positive class: population sums and region scores (labelled), and the
+    montages of scans predicted positive; pass 2: the montages of scans predicted negative,
+    mapped for their own class. Returns (kept maps, kept images, population, scored maps,
+    their masks)."""
+    pos = positive_index(classes)
+    kept_maps, kept_images = {}, {}
+    population = _PopulationSums()
+    scored_maps, scored_masks = [], []
+    for i, raw, shown in attribute(todo, pos):
+        bar.update(1)
+        if i in wanted_pos:
+            kept_maps[i], kept_images[i] = raw, shown
+        if labelled:
+            label = slices[i].label
+            population.add(label, raw, shown)
+            mask = (
+                None
+                if region_masks is None or label != pos
+                else region_masks.get(slice_key(slices[i].path))
+            )
+            if mask is not None:
+                scored_maps.append(raw)
+                scored_masks.append(transform_mask(mask, transform))
+    for i, raw, shown in attribute(sorted(wanted_neg), 1 - pos if len(classes) == 2 else pos):
+        bar.update(1)
+        kept_maps[i], kept_images[i] = raw, shown
+    return kept_maps, kept_images, population, scored_maps, scored_masks
 
 
 def _map_geometry(model, slices, transform, method: str, layer):
