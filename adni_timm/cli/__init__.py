@@ -45,6 +45,8 @@ __all__ = [
     'examples',
     'class_list',
     'existing_dir',
+    'data_source',
+    'resolve_data_source',
     'existing_path',
 ]
 
@@ -182,6 +184,28 @@ def existing_dir(text: str) -> str:
         what = 'is a file, not a folder' if path.exists() else 'does not exist'
         raise argparse.ArgumentTypeError(f'{text} {what}')
     return text
+
+
+def data_source(text: str) -> str:
+    """argparse ``type`` of ``--data-dir``: a folder that exists, or ``hf:ORG/NAME[:CONFIG]`` /
+    ``hf:PATH`` (a Hugging Face dataset, ``adni_timm.data.hub_datasets``); the text unchanged."""
+    if text.startswith('hf:'):
+        if not text[3:].strip():
+            raise argparse.ArgumentTypeError(f'{text}: name the dataset, e.g. hf:ORG/NAME')
+        return text
+    return existing_dir(text)
+
+
+def resolve_data_source(text: str, classes) -> str:
+    """The data folder ``--data-dir text`` means (a dataset written once into the slice layout;
+    see docs/DATA.md, "Hugging Face datasets"); a plain folder as it is. Every process of a launch
+    calls it (one writes, under a lock; the others wait and reuse); only the first logs."""
+    import os
+
+    from adni_timm.data.hub_datasets import resolve_data_dir
+
+    first = int(os.environ.get('RANK', os.environ.get('LOCAL_RANK', '0')) or 0) == 0
+    return str(resolve_data_dir(text, classes, log=first))
 
 
 def existing_path(text: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from adni_timm.cli import (
     ArgumentParser,
@@ -16,9 +17,11 @@ from adni_timm.cli import (
     HelpFormatter,
     class_list,
     command,
+    data_source,
     examples,
-    existing_dir,
     existing_path,
+    fail,
+    resolve_data_source,
 )
 
 __all__ = ['build_parser', 'main', 'module_main']
@@ -38,8 +41,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         'data_dir',
         metavar='DATA_DIR',
-        type=existing_dir,
-        help='the AD_NC folder: DATA_DIR/{train,test}/{NC,AD}/',
+        type=data_source,
+        help='the AD_NC folder: DATA_DIR/{train,test}/{NC,AD}/; or a Hugging Face dataset '
+        '(hf:ORG/NAME[:CONFIG], parquet shards, an imagefolder), checked as written into it',
     )
     parser.add_argument(
         '--classes',
@@ -94,6 +98,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
             '%(prog)s scans/ --file-is-scan         # one file per scan',
             '%(prog)s AD_NC --subjects meta_data_with_label.json   # subjects, train/test overlap',
             '%(prog)s AD_NC --audit --audit-csv audit.csv   # duplicates, probable same subjects',
+            '%(prog)s hf:ORG/NAME                   # a Hugging Face dataset',
         ),
     )
     _add_arguments(parser)
@@ -101,10 +106,17 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from adni_timm.data import check_data_dir
+    from adni_timm.data import DataError, check_data_dir
+    from adni_timm.data.hub_datasets import DatasetSourceError
 
+    try:  # a dataset is checked as written into the slice layout (its own problems: one line)
+        data_dir = resolve_data_source(args.data_dir, args.classes)
+    except (DataError, DatasetSourceError) as e:
+        return fail(PROG, e)
+    if Path(data_dir) != Path(args.data_dir):
+        print(f'dataset {args.data_dir} -> {data_dir}')
     report = check_data_dir(
-        args.data_dir, args.classes, args.file_is_scan, args.workers, subjects=args.subjects
+        data_dir, args.classes, args.file_is_scan, args.workers, subjects=args.subjects
     )
     print('\n'.join(report.lines))
     for note in report.notes:

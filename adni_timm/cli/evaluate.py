@@ -24,9 +24,10 @@ from adni_timm.cli import (
     command,
     describe_os_error,
     examples,
-    existing_dir,
+    data_source,
     existing_path,
     fail,
+    resolve_data_source,
 )
 
 __all__ = ['build_parser', 'main']
@@ -61,8 +62,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     p.add_argument(
         '--data-dir',
-        type=existing_dir,
-        help='ADNI-layout folder with <split>/<class>/<scan>_<slice>.jpeg',
+        type=data_source,
+        help='ADNI-layout folder with <split>/<class>/<scan>_<slice>.jpeg, or a Hugging Face '
+        'dataset: hf:ORG/NAME[:CONFIG], a folder of parquet shards, an imagefolder (docs/DATA.md)',
     )
     p.add_argument('--split', default='test', help='split folder to evaluate')
     p.add_argument(
@@ -271,7 +273,7 @@ def main(argv=None, prog: str = PROG) -> int:
             with staged_dir(out, marker='metrics.json') as staging:
                 result = evaluation.evaluate(
                     model,
-                    args.data_dir,
+                    resolve_data_source(args.data_dir, model.classes),
                     split=args.split,
                     output_dir=staging,
                     threshold=args.threshold,

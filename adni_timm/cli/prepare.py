@@ -38,6 +38,7 @@ _EPILOG = (
         '%(prog)s mni_t1s/ prepared/ --labels labels.csv --no-register   # already in MNI space',
         '%(prog)s ADNI/ prepared/ --labels ADNIMERGE.csv --visits all --shard 1/8   # SLURM arrays',
         '%(prog)s --merge prepared/                                      # after all shards',
+        '%(prog)s ADNI/ prepared/ --labels ADNI_collection.csv --save-registered  # + BIDS',
         'adni-synthetic vols --volumes && %(prog)s vols prep --labels vols/labels.csv  # SYNTHETIC',
     )
     + '\n\nEvery step, its default and why: docs/PREPARE.md.'
@@ -154,6 +155,13 @@ def _parse_args(argv, prog: str = PROG):
         metavar='S',
         help='flag registrations whose similarity (docs/PREPARE.md, "Quality control") is below '
         f'S as failed (default {DEFAULT_MIN_SIMILARITY}); with --merge: flag again with this floor',
+    )
+    p.add_argument(
+        '--save-registered',
+        action='store_true',
+        help='also keep each scan in template space (MNI152NLin2009aSym, 1 mm) and its affine '
+        'transform as BIDS derivative files, OUT/sub-*/anat/ (about 15 MB per scan; '
+        'docs/PREPARE.md, "A BIDS derivative")',
     )
     p.add_argument('--workers', type=int, default=1, help='scans prepared in parallel')
     p.add_argument('--shard', metavar='K/N', help='prepare only shard K of N (SLURM arrays)')
@@ -299,6 +307,7 @@ def main(argv=None, prog: str = PROG) -> int:
             min_similarity=(
                 DEFAULT_MIN_SIMILARITY if args.min_similarity is None else args.min_similarity
             ),
+            save_registered=args.save_registered,
         )
         shard = prepare_mod.parse_shard(args.shard)
         labels = labels_mod.read_labels(args.labels, args.labels_format, args.labels_column)

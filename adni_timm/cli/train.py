@@ -24,8 +24,9 @@ from adni_timm.cli import (
     HelpFormatter,
     command,
     examples,
-    existing_dir,
+    data_source,
     fail,
+    resolve_data_source,
 )
 from adni_timm.config import (
     ConfigError,
@@ -123,8 +124,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         '--data-dir',
-        type=existing_dir,
-        help='AD_NC folder with train/{NC,AD} (and test/{NC,AD})',
+        type=data_source,
+        help='AD_NC folder with train/{NC,AD} (and test/{NC,AD}); or a Hugging Face dataset: '
+        'hf:ORG/NAME[:CONFIG], or a folder of parquet shards / an imagefolder (docs/DATA.md)',
     )
     parser.add_argument('--output-dir', help='run folder to create (see README: run folder)')
     parser.add_argument(
@@ -220,9 +222,9 @@ def run(argv=None, prog: str = PROG):
     if args.resume:  # the run's own record says what it was: recipe, split, data, test evaluation
         if not args.output_dir:
             parser.error('--resume needs --output-dir: the run folder to continue')
-        record = RunRecord.load(args.output_dir).resumed(
-            overrides, data_dir=args.data_dir, eval_test=args.eval_test
-        )
+        recorded = RunRecord.load(args.output_dir)
+        data_dir = args.data_dir and resolve_data_source(args.data_dir, recorded.config.classes)
+        record = recorded.resumed(overrides, data_dir=data_dir, eval_test=args.eval_test)
         return _train(record, args.output_dir, resume=True)
     if args.demo:
         import torch
@@ -233,7 +235,8 @@ def run(argv=None, prog: str = PROG):
             # ConvNeXt-T at 224 px trains at ~5 img/s on a laptop CPU
             overrides.setdefault('img_size', '64')
         cfg = load_config(args.config or 'demo', overrides)
-        data_dir = args.data_dir or demo_dataset()
+        data_dir = args.data_dir and resolve_data_source(args.data_dir, cfg.classes)
+        data_dir = data_dir or demo_dataset()
         record = RunRecord.new(cfg, data_dir, describe(data_dir), eval_test=True)
         return _train(
             record,
@@ -243,8 +246,9 @@ def run(argv=None, prog: str = PROG):
     if not args.output_dir or not args.data_dir:
         parser.error('--data-dir (the AD_NC folder) and --output-dir are required, or use --demo')
     cfg = load_config(args.config, overrides)
+    data_dir = resolve_data_source(args.data_dir, cfg.classes)
     return _train(
-        RunRecord.new(cfg, args.data_dir, describe(args.data_dir), eval_test=args.eval_test),
+        RunRecord.new(cfg, data_dir, describe(data_dir), eval_test=args.eval_test),
         args.output_dir,
         overwrite=args.overwrite,
     )
@@ -267,6 +271,7 @@ def main(argv=None, prog: str = PROG) -> int:
     import torch
 
     from adni_timm.data import DataError
+    from adni_timm.data.hub_datasets import DatasetSourceError
     from adni_timm.evaluation import EvaluationError
     from adni_timm.export.format import ExportError
     from adni_timm.inference import InferenceError
@@ -278,6 +283,7 @@ def main(argv=None, prog: str = PROG) -> int:
     except (
         ConfigError,
         DataError,
+        DatasetSourceError,
         TrainingError,
         EvaluationError,
         ExportError,

@@ -8,6 +8,8 @@
 ``splits``  validation split and cross-validation folds (grouped, stratified), leakage checks
 ``note``    what a data folder says about itself (``dataset.json``, ``prepare.json``)
 ``check``   the ``adni-check-data`` report (``python -m adni_timm.data check DIR``)
+``hub_datasets``  Hugging Face datasets in (parquet, imagefolder, ``hf:ORG/NAME``): written once
+            into the slice layout (``resolve_data_dir``)
 
 The names below are the package's public API, importable as ``adni_timm.data.NAME``. They load on
 first use so that ``adni_timm.data.images`` stays free of torch for the light front ends.
@@ -25,6 +27,7 @@ _PUBLIC = {
     'device': 'DeviceBatches DeviceTransform device_batches',
     'check': 'CheckReport check_data_dir',
     'subjects': 'SubjectMap SubjectMapError find_subject_map read_subject_map',
+    'hub_datasets': 'DatasetSourceError resolve_data_dir',
 }
 _HOME = {name: module for module, names in _PUBLIC.items() for name in names.split()}
 __all__ = sorted(_HOME)

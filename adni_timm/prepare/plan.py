@@ -55,6 +55,8 @@ class PrepareOptions:
     min_similarity: float = DEFAULT_MIN_SIMILARITY  # below: a failed registration, flagged
     outlier_z: float = 3.5  # robust z (median / MAD) below which a scan is an outlier
     outlier_min_gap: float = 0.1  # ... and at least this far below the run's median
+    # also keep each scan in template space and its affine transform, as BIDS derivative files
+    save_registered: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, 'classes', tuple(self.classes))
@@ -295,3 +297,5 @@ class ScanRecord:
     problem_kind: str = ''
     seconds: dict[str, float] = field(default_factory=dict)  # wall, per step (+ write)
     cpu_seconds: dict[str, float] = field(default_factory=dict)
+    # --save-registered: the BIDS files of the scan in template space (relative to OUT)
+    registered: list[str] = field(default_factory=list)

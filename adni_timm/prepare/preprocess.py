@@ -39,6 +39,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -217,7 +218,10 @@ class PreparedScan:
     ``similarity``: the registration similarity (``similarity.py``); ``warnings``: notes for
     the manifest; ``seconds`` / ``cpu_seconds``: wall and CPU time per step (``to_template`` is
     the one resampling onto the template grid); ``brain_slices``: the template's (dilated) brain
-    mask at the same planes, for the QC outline.
+    mask at the same planes, for the QC outline. With ``keep_registered``: ``registered``, the
+    scan (after the steps before the registration) on the whole template grid, resampled as the
+    slices were (their planes are its planes, before mask and normalisation), and ``transform``,
+    the affine (template point -> scan point, ITK's direction) that put it there.
     """
 
     slices: np.ndarray
@@ -228,6 +232,8 @@ class PreparedScan:
     seconds: dict[str, float] = field(default_factory=dict)
     cpu_seconds: dict[str, float] = field(default_factory=dict)
     brain_slices: np.ndarray | None = None  # the brain mask at the same planes (for QC)
+    registered: Any = None  # SimpleITK image on the template grid (keep_registered)
+    transform: Any = None  # SimpleITK AffineTransform (keep_registered)
 
 
 # ----------------------------------------------------------------------------------------- steps
@@ -520,13 +526,17 @@ def _plane_to_image(plane: np.ndarray, template: Template, size, centre_mm) -> n
     return out
 
 
-def slices_from_image(image, recipe: Recipe, template: Template | None = None) -> PreparedScan:
+def slices_from_image(
+    image, recipe: Recipe, template: Template | None = None, keep_registered: bool = False
+) -> PreparedScan:
     """Run ``recipe`` on a SimpleITK image (see :func:`slices_from_scan`), on one ITK thread."""
     with one_itk_thread():
-        return _slices_from_image(image, recipe, template)
+        return _slices_from_image(image, recipe, template, keep_registered)
 
 
-def _slices_from_image(image, recipe: Recipe, template: Template | None) -> PreparedScan:
+def _slices_from_image(
+    image, recipe: Recipe, template: Template | None, keep_registered: bool = False
+) -> PreparedScan:
     import SimpleITK as sitk
 
     template = template or load_template()
@@ -571,6 +581,17 @@ def _slices_from_image(image, recipe: Recipe, template: Template | None) -> Prep
     similarity = registration_similarity(volume, template)
     del volume, on_grid
     done('qc')
+    registered = None
+    if keep_registered:
+        from .bids import registered_reference
+
+        # the whole grid with the slab's transform and interpolation: the slab is part of it
+        registered = sitk.Resample(
+            image, registered_reference(template), transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32
+        )
+        if not recipe.register:  # an identity, written as the affine it is
+            transform = sitk.AffineTransform(3)
+        done('registered')
     if recipe.mask:
         slab = np.where(brain, slab, 0).astype(np.float32)
         done('mask')
@@ -598,11 +619,16 @@ def _slices_from_image(image, recipe: Recipe, template: Template | None) -> Prep
         seconds=clock.wall,
         cpu_seconds=clock.cpu,
         brain_slices=qc_brain,
+        registered=registered,
+        transform=transform if keep_registered else None,
     )
 
 
 def slices_from_scan(
-    path: str | Path, recipe: Recipe | None = None, template: Template | None = None
+    path: str | Path,
+    recipe: Recipe | None = None,
+    template: Template | None = None,
+    keep_registered: bool = False,
 ) -> PreparedScan:
     """The slices ``adni-prepare`` writes for the scan at ``path`` (a NIfTI file or a DICOM
     folder) under ``recipe``: the same arrays, slice numbers and similarity. Raises VolumeError
@@ -611,7 +637,7 @@ def slices_from_scan(
     clock = _StepClock()
     image = read_volume(path)
     clock.done('read')
-    prepared = slices_from_image(image, recipe, template)
+    prepared = slices_from_image(image, recipe, template, keep_registered)
     prepared.seconds = {**clock.wall, **prepared.seconds}
     prepared.cpu_seconds = {**clock.cpu, **prepared.cpu_seconds}
     return prepared

@@ -10,6 +10,9 @@
     OUT/records/<subject>.json   one per subject, written atomically after its slices
     OUT/qc/<scan>.png  the slices over the template's brain outline; OUT/qc/overview.png
     OUT/flagged/...       slices of registration outliers (unless --keep-flagged)
+    OUT/dataset_description.json, OUT/.bidsignore   OUT is a BIDS derivative of SRC (``bids``)
+    OUT/sub-<label>/[ses-<label>/]anat/...   --save-registered: each scan in template space and
+                          its affine transform (``bids``)
 
 How a run goes: find the scans (``volumes.discover_scans``); make the plan (``scan_plan``: each
 scan matched to its label, the visits chosen, the split drawn **by subject**, stratified and
@@ -45,6 +48,7 @@ import numpy as np
 
 from ..data.note import PREPARE_NOTE, DataNote, describe, write_data_note
 from ..utils.files import read_json, safe_name, write_json, write_text
+from . import bids
 from .labels import Labels
 from .qc import flag_outliers, qc_strip, write_overview
 from .preprocess import (
@@ -170,7 +174,13 @@ def _write_image(array: np.ndarray, path: Path, fmt: str, comment: str) -> None:
     tmp.replace(path)
 
 
-def _prepare_scan(scan: PlannedScan, out: Path, recipe: Recipe, fmt_comment: str) -> ScanRecord:
+def _prepare_scan(
+    scan: PlannedScan,
+    out: Path,
+    recipe: Recipe,
+    fmt_comment: str,
+    registered: bids.RegisteredOutput | None = None,
+) -> ScanRecord:
     record = ScanRecord(
         scan.scan_id,
         scan.subject,
@@ -185,7 +195,7 @@ def _prepare_scan(scan: PlannedScan, out: Path, recipe: Recipe, fmt_comment: str
         steps=list(recipe.steps),
     )
     try:
-        prepared = slices_from_scan(scan.source, recipe)
+        prepared = slices_from_scan(scan.source, recipe, keep_registered=registered is not None)
     except VolumeError as e:
         record.error, record.problem_kind = str(e), e.kind
         return record
@@ -206,6 +216,16 @@ def _prepare_scan(scan: PlannedScan, out: Path, recipe: Recipe, fmt_comment: str
         return record
     start_wall, start_cpu = time.perf_counter(), time.process_time()
     _write_scan(prepared, scan, out, recipe, fmt_comment, record)
+    if registered is not None:
+        record.registered = bids.write_registered(
+            out,
+            registered.name(scan.subject, scan.visit),
+            prepared.registered,
+            prepared.transform,
+            scan.source,
+            registered.src,
+            recipe.steps,
+        )
     record.status = 'ok'
     record.similarity = prepared.similarity
     record.slice_numbers = list(prepared.slice_numbers)
@@ -286,10 +306,17 @@ def _remove_old_files(out: Path, subject: str) -> None:
         for rel in scan.get('files', []):
             for base in (out, out / 'flagged'):
                 (base / rel).unlink(missing_ok=True)
+        for rel in scan.get('registered', []):
+            (out / rel).unlink(missing_ok=True)
 
 
 def _prepare_subject(
-    subject: str, scans: list[PlannedScan], out: str, recipe_dict: dict, digest: str
+    subject: str,
+    scans: list[PlannedScan],
+    out: str,
+    recipe_dict: dict,
+    digest: str,
+    registered: bids.RegisteredOutput | None = None,
 ) -> list[ScanRecord]:
     """Prepare one subject's scans and write its record last (atomically): the record is the
     mark of a finished subject."""
@@ -301,7 +328,7 @@ def _prepare_subject(
     path = _record_path(out_dir, subject)
     try:
         for scan in scans:
-            records.append(_prepare_scan(scan, out_dir, recipe, comment))
+            records.append(_prepare_scan(scan, out_dir, recipe, comment, registered))
         write_json(
             path,
             {
@@ -320,7 +347,9 @@ def _prepare_subject(
     return records
 
 
-def _is_done(out: Path, subject: str, scans: list[PlannedScan], digest: str) -> bool:
+def _is_done(
+    out: Path, subject: str, scans: list[PlannedScan], digest: str, registered: bool = False
+) -> bool:
     path = _record_path(out, subject)
     if not path.is_file():
         return False
@@ -329,6 +358,12 @@ def _is_done(out: Path, subject: str, scans: list[PlannedScan], digest: str) -> 
     except (OSError, json.JSONDecodeError):
         return False
     done = [(s['scan_id'], s['source']) for s in record.get('scans', [])]
+    if registered and any(  # prepared before without --save-registered: redo it
+        s.get('status') == 'ok'
+        and not all((out / f).is_file() for f in s.get('registered') or [''])
+        for s in record.get('scans', [])
+    ):
+        return False
     return (
         record.get('recipe_digest') == digest
         # a similarity of another measure cannot be compared with this floor: redo the subject
@@ -370,11 +405,33 @@ def _prepare_json(recipe: Recipe, options: PrepareOptions, labels: Labels, src: 
             'similarity_measure': MEASURE,
             'outlier_z': options.outlier_z,
             'outlier_min_gap': options.outlier_min_gap,
+            'save_registered': options.save_registered,
         },
         'labels': {'path': str(labels.path), 'format': labels.format, 'column': labels.column},
         'source': str(src),
         'versions': _versions(),
     }
+
+
+def _registered_output(
+    plan: Plan, options: PrepareOptions, src: Path
+) -> bids.RegisteredOutput | None:
+    """Where --save-registered writes (None without it); two scans on one BIDS name refused."""
+    if not options.save_registered:
+        return None
+    registered = bids.RegisteredOutput(str(src), sessions=options.visits == 'all')
+    names: dict[str, str] = {}
+    for scan in plan.scans:
+        try:
+            prefix = registered.name(scan.subject, scan.visit).prefix
+        except ValueError as e:
+            raise PrepareError(f'--save-registered: {e}: rename the subject or visit') from None
+        if names.setdefault(prefix, scan.scan_id) != scan.scan_id:
+            raise PrepareError(
+                f'--save-registered: scans {names[prefix]} and {scan.scan_id} would both be '
+                f'{prefix} (BIDS labels keep letters and digits only): rename one subject'
+            )
+    return registered
 
 
 def _check_out(out: Path, plan: Plan) -> None:
@@ -416,8 +473,12 @@ def prepare(
     meta = _prepare_json(recipe, options, labels, src)
     out.mkdir(parents=True, exist_ok=True)
     _check_out(out, plan)
+    registered = _registered_output(plan, options, src)
     write_json(out / 'plan.json', plan.to_dict())
     write_json(out / PREPARE_NOTE, meta)
+    bids.write_dataset_description(
+        out, bids.dataset_description(src, meta['recipe'], meta['recipe_digest'], meta['steps'])
+    )
     # the source's note, beside the scans or one folder up (adni-synthetic OUT --volumes writes
     # OUT/ADNI/... and OUT/dataset.json; either folder may be given)
     source = next((n for n in map(describe, (src, src.parent)) if n.synthetic), describe(src))
@@ -429,7 +490,9 @@ def prepare(
     (out / 'records').mkdir(exist_ok=True)
     by_subject = plan.by_subject()
     mine = shard_subjects(list(by_subject), shard)
-    done = [s for s in mine if _is_done(out, s, by_subject[s], recipe.digest)]
+    done = [
+        s for s in mine if _is_done(out, s, by_subject[s], recipe.digest, registered is not None)
+    ]
     todo = [s for s in mine if s not in set(done)]
     if on_plan:
         on_plan(plan, todo, done)
@@ -448,7 +511,13 @@ def prepare(
             with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context) as pool:
                 futures = {
                     pool.submit(
-                        _prepare_subject, s, by_subject[s], str(out), recipe_dict, recipe.digest
+                        _prepare_subject,
+                        s,
+                        by_subject[s],
+                        str(out),
+                        recipe_dict,
+                        recipe.digest,
+                        registered,
                     ): s
                     for s in todo
                 }
@@ -463,7 +532,7 @@ def prepare(
         else:
             for subject in todo:
                 subject_records = _prepare_subject(
-                    subject, by_subject[subject], str(out), recipe_dict, recipe.digest
+                    subject, by_subject[subject], str(out), recipe_dict, recipe.digest, registered
                 )
                 n_finished += 1
                 finished(subject, subject_records)
