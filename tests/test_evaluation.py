@@ -46,6 +46,7 @@ FILES = {
     'confusion_matrix_slices.png',
     'roc.png',
     'reliability.png',
+    'scan_probabilities.png',
 }
 
 
