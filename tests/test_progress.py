@@ -49,7 +49,13 @@ def test_a_redirected_run_writes_plain_lines_and_short_epoch_lines(tiny_data, tm
     assert all(' | val ' in line and ' | eta ' in line for line in epoch_lines)
     # the shortened interval shows
     assert progress_lines and all('img/s eta' in line for line in progress_lines)
-    epoch_seconds = [float(m) for line in epoch_lines for m in re.findall(r'\| (\d+)s \|', line)]
+    # an epoch's time as the line prints it: 13s, or 1m05s on a busy machine
+    epoch_seconds = [
+        60 * float(m or 0) + float(s)
+        for line in epoch_lines
+        for m, s in re.findall(r'\| (?:(\d+)m)?(\d+)s \|', line)
+    ]
+    assert len(epoch_seconds) == len(epoch_lines), epoch_lines
     # at most one line per interval, per epoch
     bound = sum(s / 0.2 + 1 for s in epoch_seconds) + 2 * 2
     assert len(progress_lines) <= bound
