@@ -119,8 +119,7 @@ class TrainConfig:
     num_workers: int = _key(8, 'data-loader worker processes per training process')
     data_on_device: str = _key(
         'auto',
-        'decoded slices on the device, batches drawn and augmented there, no loader workers '
-        '(auto: on a CUDA GPU whose free memory holds the cache 4 times over)',
+        'slices cached and augmented on the GPU, no loader workers (auto: when it fits 4 times)',
         choices=('auto', 'true', 'false'),
     )
     # augmentation (timm create_transform)

@@ -165,6 +165,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         type=existing_path,
         help='predict unlabelled slices (a file or folder) instead of evaluating a split',
     )
+    _add_cam_arguments(p)
+    return p
+
+
+def _add_cam_arguments(p) -> None:
+    """Evidence maps: how many, which method, which layer."""
     cam = p.add_argument_group('evidence maps (Grad-CAM and friends, under OUT/cam/)')
     cam.add_argument(
         '--cam',
@@ -191,7 +197,6 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help='module whose output gradcam/hirescam explain, e.g. stages.3 (default: the deepest '
         'stage giving at least a 7x7 map at the input size: stages.1 at 64 px, stages.3 at 224)',
     )
-    return p
 
 
 def _parse_args(argv, prog: str = PROG):

@@ -470,39 +470,10 @@ def evaluate(
             'weights_sha256': model.weights_sha256,
             'epoch': None if model.is_ensemble else model.settings.epoch,
             'synthetic': model.synthetic,
-            'ci': {
-                'method': CI_METHOD,
-                'n_boot': n_boot,
-                'level': 0.95,
-                'seed': 0,
-                'resampled': 'subjects' if subject_of is not None else 'scans',
-            }
-            if n_boot
-            else None,
+            'ci': _ci_facts(n_boot, subject_of),
         }
     )
-    recorded = _run_split(model) or {}
-    if split == 'test' and recorded.get('test_from') == 'resplit':
-        result['test_from'] = 'resplit'  # the run's subject re-split, not the folder's test/
-    if subject_of is not None:
-        result['subjects'] = {'source': subject_map.source, 'n': len(set(subject_of.values()))}
-        if model.run is not None:
-            seen = model.run.seen_scans()
-            if seen is not None:
-                # the subjects of the scans that trained or selected the model, as far as mapped
-                seen_subjects = {subject_map.subject(p) or p for p in seen}
-                evaluated = set(subject_of.values())
-                result['subject_overlap'] = {
-                    'n': len(evaluated & seen_subjects),
-                    'of': len(evaluated),
-                }
-                if result['subject_overlap']['n']:
-                    _logger.warning(
-                        'subjects overlap train and test: %d of %d evaluated subjects also had '
-                        'scans that trained or selected this model',
-                        result['subject_overlap']['n'],
-                        len(evaluated),
-                    )
+    result.update(_subject_facts(model, split, subject_map, subject_of))
     result['shortcut'] = _shortcut(
         data_dir,
         split,
@@ -515,10 +486,9 @@ def evaluate(
         result['scan'],
         file_is_scan,
     )
-    checks = [m.input_check() for m in model.members]
-    if any(c is not None for c in checks):  # how the model refuses unlike inputs (validation)
-        summaries = [c.summary.as_metrics() if c is not None else None for c in checks]
-        result['input_check'] = summaries[0] if len(summaries) == 1 else summaries
+    checks = _input_check_facts(model)
+    if checks is not None:  # how the model refuses unlike inputs (validation)
+        result['input_check'] = checks
     if model.is_ensemble:
         result['members'] = _member_metrics(model, each, scans, y, pos)
     if cam.n and cam.region_masks is None:
@@ -566,6 +536,52 @@ def _shortcut(
         scan_metrics['accuracy'],
         scan_metrics.get('accuracy_ci'),
     )
+
+
+def _ci_facts(n_boot: int, subject_of) -> dict[str, Any] | None:
+    """metrics.json's ``ci``: how the intervals were made (None without a bootstrap)."""
+    if not n_boot:
+        return None
+    resampled = 'subjects' if subject_of is not None else 'scans'
+    return {'method': CI_METHOD, 'n_boot': n_boot, 'level': 0.95, 'seed': 0, 'resampled': resampled}
+
+
+def _input_check_facts(model: LoadedModel):
+    """Each member's input-check summary (one dict for a single model); None without a check."""
+    checks = [m.input_check() for m in model.members]
+    if all(c is None for c in checks):
+        return None
+    summaries = [c.summary.as_metrics() if c is not None else None for c in checks]
+    return summaries[0] if len(summaries) == 1 else summaries
+
+
+def _subject_facts(model: LoadedModel, split: str, subject_map, subject_of) -> dict[str, Any]:
+    """``test_from`` (a run's subject re-split), ``subjects`` and ``subject_overlap``: the
+    evaluated subjects that also had scans that trained or selected the model."""
+    facts: dict[str, Any] = {}
+    recorded = _run_split(model) or {}
+    if split == 'test' and recorded.get('test_from') == 'resplit':
+        facts['test_from'] = 'resplit'  # the run's subject re-split, not the folder's test/
+    if subject_of is not None:
+        facts['subjects'] = {'source': subject_map.source, 'n': len(set(subject_of.values()))}
+        if model.run is not None:
+            seen = model.run.seen_scans()
+            if seen is not None:
+                # the subjects of the scans that trained or selected the model, as far as mapped
+                seen_subjects = {subject_map.subject(p) or p for p in seen}
+                evaluated = set(subject_of.values())
+                facts['subject_overlap'] = {
+                    'n': len(evaluated & seen_subjects),
+                    'of': len(evaluated),
+                }
+                if facts['subject_overlap']['n']:
+                    _logger.warning(
+                        'subjects overlap train and test: %d of %d evaluated subjects also had '
+                        'scans that trained or selected this model',
+                        facts['subject_overlap']['n'],
+                        len(evaluated),
+                    )
+    return facts
 
 
 def _member_metrics(model: LoadedModel, each, scans, y, pos) -> list[dict[str, Any]]:
