@@ -46,8 +46,9 @@ def _parquet_from_folder(folder: Path, out: Path, *, scan=True, subject=True, sl
             columns['scan'] = [s.scan for s in slices]
         if subject:
             extra['subject'] = datasets.Value('string')
-            # a person's scans share a class in the synthetic set: subject = class + scan group
-            columns['subject'] = [f'{s.label}-{_subject(s.scan)}' for s in slices]
+            # a person's scans share a class and a split here (train and test share no subject,
+            # as a split by subject must): subject = split + class + scan group
+            columns['subject'] = [f'{split}-{s.label}-{_subject(s.scan)}' for s in slices]
         if slice_:
             extra['slice'] = datasets.Value('int32')
             columns['slice'] = [s.slice_index for s in slices]
@@ -84,7 +85,7 @@ def test_parquet_dataset_becomes_the_slice_folder_it_came_from(tiny_data, tmp_pa
     from adni_timm.data.note import describe, subjects_of
 
     subjects = subjects_of(done.data_dir)
-    assert subjects['%s' % after[0].scan] == f'{after[0].label}-{_subject(after[0].scan)}'
+    assert subjects['%s' % after[0].scan] == f'test-{after[0].label}-{_subject(after[0].scan)}'
     note = describe(done.data_dir)
     assert 'Hugging Face dataset' in note.note and not note.synthetic
     again = hub.materialise(str(source))

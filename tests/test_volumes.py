@@ -292,9 +292,9 @@ def test_group_mapping_is_explicit():
         'MCI',
         'SMC',
     ]
-    assert class_of_group('Scan') is None
+    assert class_of_group('Patient') is None
     overrides = parse_group_map('SMC=NC, Patient=AD')
-    assert class_of_group('smc', overrides) == 'NC' and class_of_group('scan', overrides) == 'AD'
+    assert class_of_group('smc', overrides) == 'NC' and class_of_group('patient', overrides) == 'AD'
     with pytest.raises(LabelsError, match='GROUP=CLASS'):
         parse_group_map('SMC')
     assert [normalise_visit(v) for v in ('ses-M000', 'M12', 'm12', 'bl', 'ses-bl', None)] == [
