@@ -576,3 +576,24 @@ def test_check_cli_errors(tmp_path, capsys):
         check_cli(['check', str(tmp_path), '--classes', 'AD'])
     assert e.value.code == 2
     assert 'two distinct' in capsys.readouterr().err
+
+
+def test_the_rooms_public_names_load_on_first_use_and_unknown_names_fail_as_python_says():
+    import subprocess
+    import sys
+
+    script = (
+        'import sys, adni_timm.data as d, adni_timm.data.images\n'
+        "heavy = ['adni_timm.data.' + m for m in ('loader', 'device', 'hub_datasets')]\n"
+        'before = [m for m in heavy if m in sys.modules]\n'
+        'd.SliceCache\n'
+        "print(before, 'adni_timm.data.loader' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, '-c', script], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ['[]', 'True']
+    assert data.SliceCache is loader.SliceCache and 'SliceCache' in data.__all__
+    with pytest.raises(AttributeError, match="module 'adni_timm.data' has no attribute 'Slices'"):
+        data.Slices  # noqa: B018

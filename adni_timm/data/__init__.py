@@ -12,10 +12,11 @@
             into the slice layout (``resolve_data_dir``)
 
 The names below are the package's public API, importable as ``adni_timm.data.NAME``. They load on
-first use so that ``adni_timm.data.images`` stays free of torch for the light front ends.
+first use (``utils.lazy``): importing one module of the room (``images`` for the demo) does not
+import the others (the loader, the device path, ``datasets``).
 """
 
-from importlib import import_module
+from ..utils.lazy import lazy_exports
 
 _PUBLIC = {
     'slices': (
@@ -29,11 +30,4 @@ _PUBLIC = {
     'subjects': 'SubjectMap SubjectMapError find_subject_map read_subject_map',
     'hub_datasets': 'DatasetSourceError resolve_data_dir',
 }
-_HOME = {name: module for module, names in _PUBLIC.items() for name in names.split()}
-__all__ = sorted(_HOME)
-
-
-def __getattr__(name: str):
-    if name in _HOME:
-        return getattr(import_module(f'.{_HOME[name]}', __name__), name)
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+__getattr__, __all__ = lazy_exports(__name__, _PUBLIC)

@@ -8,7 +8,7 @@
 The names below are importable as ``adni_timm.evaluation.NAME``; they load on first use.
 """
 
-from importlib import import_module
+from ..utils.lazy import lazy_exports
 
 _PUBLIC = {
     'report': (
@@ -18,11 +18,4 @@ _PUBLIC = {
     'predict': 'format_predictions no_decision_summary predict_images unlabelled_slices',
     'options': 'CamOptions EvaluationOptions',
 }
-_HOME = {name: module for module, names in _PUBLIC.items() for name in names.split()}
-__all__ = sorted(_HOME)
-
-
-def __getattr__(name: str):
-    if name in _HOME:
-        return getattr(import_module(f'.{_HOME[name]}', __name__), name)
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+__getattr__, __all__ = lazy_exports(__name__, _PUBLIC)

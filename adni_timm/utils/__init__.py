@@ -7,4 +7,5 @@
 ``progress``     a bar on a terminal, plain lines in a log
 ``threads``      a thread map for I/O-bound work
 ``legacy``       files written when a scan was called a patient, read as they are named now
+``lazy``         a package's public names imported on first use (``data``, ``evaluation``)
 """
