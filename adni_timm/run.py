@@ -493,16 +493,24 @@ class Run:
         return seen
 
     def write_history(
-        self, history: list[dict], best_epoch: int | None, best_weights, context=None
+        self,
+        history: list[dict],
+        best_epoch: int | None,
+        best_weights,
+        context=None,
+        *,
+        curves: bool = True,
     ) -> None:
         """``metrics.jsonl`` rewritten whole from the (checkpointed) history, and the curves
-        (``context``: the ``plots.FigureContext`` their title names)."""
-        from . import plots  # matplotlib only when a run writes its curves
-
+        unless ``curves`` is False (``context``: the ``plots.FigureContext`` their title names)."""
         tmp = self.path / f'.{self.HISTORY}.tmp'
         # strict JSON: a non-finite value (a diverged epoch) is null, never Infinity / NaN
         tmp.write_text(''.join(json.dumps(_finite(row), allow_nan=False) + '\n' for row in history))
         tmp.replace(self.history_file)
+        if not curves:
+            return
+        from . import plots  # matplotlib only when a run writes its curves
+
         plots.plot_curves(
             history,
             self.curves_file,

@@ -29,17 +29,108 @@ def with_option(args, flag, value):
 
 
 def run_script(script, *args, env=None, check=True, timeout=900):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / script), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-    )
+    """``python SCRIPT ARGS`` from the repository root, as a user runs it: a CompletedProcess with
+    its exit code, stdout and stderr. The process is forked from a server that imported torch and
+    timm once (tests/script_server.py: ~5 s of CPU saved per run); ``ADNI_TIMM_TEST_FORK=0``, or
+    an environment the server cannot take, starts a fresh interpreter instead."""
+    command = [sys.executable, str(ROOT / script), *map(str, args)]
+    environ = {**os.environ, **(env or {})}
+    server = _server() if os.environ.get('ADNI_TIMM_TEST_FORK', '1') != '0' else None
+    if server is not None and server.can_take(environ):
+        proc = server.run(command, environ, timeout)
+    else:
+        proc = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=environ
+        )
     if check and proc.returncode != 0:
         raise AssertionError(f'{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}')
     return proc
+
+
+# variables a preloaded library reads when it is imported (huggingface_hub's cache and offline
+# switch, torch's and OpenMP's threads, matplotlib's config, Python's own): a request that changes
+# one of them gets a fresh interpreter, which reads them as a user's process would
+IMPORT_TIME_ENV = ('HF_', 'HUGGINGFACE', 'TRANSFORMERS', 'TORCH', 'PYTORCH', 'CUDA', 'OMP_', 'MKL',
+                   'PYTHON', 'MPL', 'XDG_', 'TMPDIR', 'HOME', 'PATH', 'LD_')  # fmt: skip
+_SERVER = None
+
+
+class _ScriptServer:
+    """One tests/script_server.py per test process; requests go one at a time."""
+
+    def __init__(self):
+        self.environ = dict(os.environ)  # what its imports read
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / 'tests/script_server.py')],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=self.environ,
+        )
+        import atexit
+
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """End of the test process: the server reads EOF and exits; wait for it (no zombie)."""
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def can_take(self, environ) -> bool:
+        changed = {
+            k for k in set(environ) | set(self.environ) if environ.get(k) != self.environ.get(k)
+        }
+        return not any(k.startswith(IMPORT_TIME_ENV) for k in changed)
+
+    def _reply(self, deadline: float | None = None) -> dict:
+        import json
+        import select
+        import time
+
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not select.select([self.proc.stdout], [], [], wait)[0]:
+            raise TimeoutError
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f'tests/script_server.py ended ({self.proc.poll()})')
+        return json.loads(line)
+
+    def run(self, command, environ, timeout) -> subprocess.CompletedProcess:
+        import json
+        import signal
+        import tempfile
+        import time
+
+        with tempfile.TemporaryDirectory(prefix='adni-timm-run-') as tmp:
+            out, err = Path(tmp) / 'stdout', Path(tmp) / 'stderr'
+            request = dict(script=command[1], args=command[2:], cwd=str(ROOT), env=environ,
+                           stdout=str(out), stderr=str(err))  # fmt: skip
+            self.proc.stdin.write(json.dumps(request) + '\n')
+            self.proc.stdin.flush()
+            pid = self._reply()['pid']
+            try:
+                code = self._reply(time.monotonic() + timeout)['code']
+            except TimeoutError:  # a hang guard, as subprocess.run's timeout
+                os.kill(pid, signal.SIGKILL)
+                self._reply()
+                raise subprocess.TimeoutExpired(command, timeout) from None
+            return subprocess.CompletedProcess(
+                command, code, out.read_text(errors='replace'), err.read_text(errors='replace')
+            )
+
+
+def _server() -> _ScriptServer | None:
+    global _SERVER
+    if not hasattr(os, 'fork'):
+        return None
+    if _SERVER is None or _SERVER.proc.poll() is not None:
+        _SERVER = _ScriptServer()
+    return _SERVER
 
 
 def run_train(*args, **kwargs):

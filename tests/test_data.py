@@ -590,7 +590,7 @@ def test_the_rooms_public_names_load_on_first_use_and_unknown_names_fail_as_pyth
         "print(before, 'adni_timm.data.loader' in sys.modules)\n"
     )
     out = subprocess.run(
-        [sys.executable, '-c', script], capture_output=True, text=True, timeout=300
+        [sys.executable, '-c', script], capture_output=True, text=True, timeout=900
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ['[]', 'True']

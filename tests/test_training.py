@@ -188,6 +188,32 @@ def test_non_finite_loss_stops_with_the_last_checkpoint_intact(tiny_data, tmp_pa
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
+@pytest.mark.parametrize('every_s, drawn_after', [(float('inf'), [2]), (0.0, [1, 2])])
+def test_curves_are_redrawn_only_after_the_interval_and_always_after_the_last_epoch(
+    tiny_data, tmp_path, monkeypatch, every_s, drawn_after
+):
+    from adni_timm import plots
+    from adni_timm.config import load_config
+    from adni_timm.run import RunRecord
+    from adni_timm.train import loop as training
+
+    drawn, plot_curves = [], plots.plot_curves
+
+    def counting(history, *args, **kwargs):
+        drawn.append(len(history))
+        return plot_curves(history, *args, **kwargs)
+
+    monkeypatch.setattr(plots, 'plot_curves', counting)
+    monkeypatch.setattr(training, 'CURVES_EVERY_S', every_s)
+    cfg = load_config(
+        None, dict(zip([a.lstrip('-').replace('-', '_') for a in TINY[::2]], TINY[1::2]))
+    )
+    training.train(RunRecord.new(cfg, tiny_data), tmp_path / 'run')
+    assert drawn == drawn_after
+    assert (tmp_path / 'run/curves.png').is_file()
+    assert len((tmp_path / 'run/metrics.jsonl').read_text().splitlines()) == 2
+
+
 @pytest.mark.slow
 def test_two_processes_count_each_val_slice_once_write_from_main_and_agree(tiny_data, tmp_path):
     probe = tmp_path / 'probe'

@@ -60,6 +60,11 @@ from ..data.splits import Splits, load_splits
 
 _logger = logging.getLogger(__name__)
 
+# RUN/curves.png is redrawn after an epoch only when this long has passed since the last drawing,
+# and always after the last epoch: matplotlib takes ~1 s a figure, which short epochs (a test, a
+# smoke run) would spend more on than on training; metrics.jsonl is written every epoch.
+CURVES_EVERY_S = 30.0
+
 __all__ = [
     'TrainingError',
     'BestEpoch',
@@ -431,6 +436,7 @@ def _loop(
     # without validation (a refit, a cv_select=last fold) the kept weights are fixed in advance
     fixed_weights = splits.split.get('weights', 'live') if ema is not None else 'live'
     run_start, epochs_done_here = time.perf_counter(), 0
+    curves_drawn = run_start  # a first epoch of 30 s or more draws them at once
     for epoch in range(state.epoch, cfg.epochs):
         t0 = time.perf_counter()
         _reseed_loader(setup.train_loader, cfg, accelerator, epoch)
@@ -457,12 +463,14 @@ def _loop(
             raise TrainingError(str(e)) from None
         aside.release()  # the new run has a checkpoint of its own: the replaced run can go
         weights = ema.module if chosen == 'ema' else base_model
+        curves = epoch + 1 == cfg.epochs or time.perf_counter() - curves_drawn >= CURVES_EVERY_S
+        curves_drawn = time.perf_counter() if curves else curves_drawn
         # the main process writes; its error stops every process, not just itself
         stop_if(
             run_on_main(
                 accelerator,
                 lambda: _write_epoch_outputs(
-                    run, state, weights if is_best else None, record, described
+                    run, state, weights if is_best else None, record, described, curves=curves
                 ),
                 'writing RUN/best and metrics.jsonl',
             )

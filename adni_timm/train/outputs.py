@@ -46,7 +46,13 @@ def best_settings(
 
 
 def _write_epoch_outputs(
-    run: Run, state: LoopState, best_weights, record: RunRecord, described: dict | None
+    run: Run,
+    state: LoopState,
+    best_weights,
+    record: RunRecord,
+    described: dict | None,
+    *,
+    curves: bool = True,
 ) -> None:
     if best_weights is not None:
         export.export_model(
@@ -58,6 +64,7 @@ def _write_epoch_outputs(
         best_epoch=best.epoch if best else None,
         best_weights=best.weights if best else None,
         context=plots.FigureContext(record.config.model, 'validation', record.synthetic),
+        curves=curves,
     )
 
 
