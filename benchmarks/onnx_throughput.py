@@ -177,7 +177,7 @@ def main(argv=None) -> int:
         dest='test_subjects',
         type=int,
         default=10,
-        help='per class, 4 slices each',
+        help='test subjects per class (one scan each, 4 slices)',
     )
     for name in ('run', 'compare'):
         p = sub.add_parser(name)
