@@ -169,7 +169,7 @@ def main(argv=None) -> None:
     slice_acc, scan_acc = baseline(synthetic.demo_dataset(cache_root=work / 'cache'))
     rows.append(
         (
-            f'logreg 32x32, demo set ({p["train_patients"]}/{p["test_patients"]} '
+            f'logreg 32x32, demo set ({p["train_subjects"]}/{p["test_subjects"]} '
             f'scans per class, {p["slices"]} slices)',
             f'slice {slice_acc:.1%}, scan {scan_acc:.1%}',
         )

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_FILE = ROOT / 'adni_timm' / 'export' / 'onnx_runtime.py'
 
 
-def prepare(work: Path, model: str, img_size: int, test_patients: int) -> None:
+def prepare(work: Path, model: str, img_size: int, test_subjects: int) -> None:
     """SYNTHETIC data, a 1-epoch run (realistic weights, not random ones), model.onnx."""
     sys.path.insert(0, str(ROOT))
     from adni_timm.run import locate
@@ -41,7 +41,7 @@ def prepare(work: Path, model: str, img_size: int, test_patients: int) -> None:
 
     data_dir = work / 'AD_NC'
     if not data_dir.exists():
-        generate(data_dir, train_patients=6, test_patients=test_patients, slices=4, seed=0)
+        generate(data_dir, train_subjects=6, test_subjects=test_subjects, slices=4, seed=0)
     run = work / 'run'
     if not (run / 'best').exists():
         args = f'--model {model} --img-size {img_size} --batch-size 8 --epochs 1 '
@@ -171,7 +171,14 @@ def main(argv=None) -> int:
     p.add_argument('work', type=Path)
     p.add_argument('--model', default='adni_convnext_tiny')
     p.add_argument('--img-size', type=int, default=224)
-    p.add_argument('--test-patients', type=int, default=10, help='per class, 4 slices each')
+    p.add_argument(  # --test-patients: its name before scans and subjects were told apart
+        '--test-subjects',
+        '--test-patients',
+        dest='test_subjects',
+        type=int,
+        default=10,
+        help='test subjects per class (one scan each, 4 slices)',
+    )
     for name in ('run', 'compare'):
         p = sub.add_parser(name)
         p.add_argument('work', type=Path)
@@ -183,7 +190,7 @@ def main(argv=None) -> int:
         p.add_argument('--threads', type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args(argv)
     if args.command == 'prepare':
-        prepare(args.work, args.model, args.img_size, args.test_patients)
+        prepare(args.work, args.model, args.img_size, args.test_subjects)
     elif args.command == 'run':
         run(args.work, args.backend, args.images, args.batch_size, args.threads, args.json)
     else:

@@ -45,10 +45,10 @@ from adni_timm.train.loop import create_model, make_accelerator, train  # noqa: 
 # fmt: off
 # ADNI AD_NC: 10,400 + 11,120 train slices (520 + 556 scans), 4,460 + 4,540 test slices,
 # 20 per scan
-FULL = dict(train_patients=538, test_patients=225, slices=20, img_size=224, batch_size=128,
+FULL = dict(train_subjects=538, test_subjects=225, slices=20, img_size=224, batch_size=128,
             workers=(16, 4), model_steps=30, ref_steps=40, epochs=2, inference_repeats=3,
             data_images=4096)
-QUICK = dict(train_patients=6, test_patients=3, slices=8, img_size=64, batch_size=16,
+QUICK = dict(train_subjects=6, test_subjects=3, slices=8, img_size=64, batch_size=16,
              workers=(2, 0), model_steps=5, ref_steps=4, epochs=2, inference_repeats=1,
              data_images=256)
 # fmt: on
@@ -329,8 +329,8 @@ def main(argv=None) -> int:
     if not (data_dir / 'train').is_dir():
         synthetic.generate(
             data_dir,
-            p['train_patients'],
-            p['test_patients'],
+            p['train_subjects'],
+            p['test_subjects'],
             slices=p['slices'],
             seed=0,
             workers=os.cpu_count() or 1,

@@ -45,7 +45,7 @@ def tiny_data(tmp_path_factory):
     from adni_timm.synthetic.slices import generate
 
     out = tmp_path_factory.mktemp('synthetic') / 'AD_NC'
-    generate(out, train_patients=6, test_patients=3, slices=4, seed=0)
+    generate(out, train_subjects=6, test_subjects=3, slices=4, seed=0)
     return out
 
 

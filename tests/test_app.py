@@ -79,7 +79,7 @@ def demo_files(tmp_path_factory):
             'epoch': 1,
         },
     )
-    generate(root / 'data', train_patients=3, test_patients=1, slices=3, seed=0)
+    generate(root / 'data', train_subjects=3, test_subjects=1, slices=3, seed=0)
     slice_path = sorted((root / 'data' / 'test' / 'AD').glob('*.jpeg'))[0]
     # the input check training fits, here on the synthetic train slices (thresholded on test's)
     from adni_timm.data import build_transforms, scan_split

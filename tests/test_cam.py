@@ -350,7 +350,7 @@ def test_select_scans_most_confident_per_outcome():
 @pytest.fixture(scope='module')
 def test_slices(tmp_path_factory):
     out = synthetic.generate(
-        tmp_path_factory.mktemp('syn') / 'data', train_patients=2, test_patients=2, slices=3, seed=0
+        tmp_path_factory.mktemp('syn') / 'data', train_subjects=2, test_subjects=2, slices=3, seed=0
     )
     return data.scan_split(out, 'test')
 
@@ -536,7 +536,7 @@ def test_maps_of_a_trained_model_point_at_the_drawn_atrophy(tmp_path):
     does not assert it (see adni_timm.evaluation.cam)."""
     margin = 0.15
     start = time.perf_counter()
-    params = dict(train_patients=12, test_patients=4, slices=10, seed=0, difficulty='demo')
+    params = dict(train_subjects=12, test_subjects=4, slices=10, seed=0, difficulty='demo')
     root = synthetic.generate(tmp_path / 'syn', **params)
     regions = ('ventricles', 'sulci', 'medial_temporal')
     masks = synthetic.atrophy_masks(**params, regions=regions)

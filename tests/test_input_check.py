@@ -201,8 +201,8 @@ def trained_check(tiny_run, tmp_path_factory):
 
     root = generate(
         tmp_path_factory.mktemp('input_check') / 'AD_NC',
-        train_patients=40,
-        test_patients=20,
+        train_subjects=40,
+        test_subjects=20,
         slices=4,
         seed=5,
     )

@@ -548,7 +548,7 @@ def test_the_cards_timm_snippets_run_offline_and_the_class_map_matters(tmp_path)
     hub.build_export_folder(folder, out, repo_id=REPO)
     populate_hub_cache(tmp_path / 'cache', REPO, out)
     work = tmp_path / 'work'
-    generate(work / 'AD_NC', train_patients=0, test_patients=2, slices=3, seed=1)
+    generate(work / 'AD_NC', train_subjects=0, test_subjects=2, slices=3, seed=1)
     first = sorted((work / 'AD_NC' / 'test' / 'AD').iterdir())[0]
     shutil.copyfile(first, work / 'slice.jpeg')  # the same bytes: a re-encoded JPEG differs
     timm_code, dataset_code = _code_blocks(_section((out / 'README.md').read_text(), 'How to use'))[

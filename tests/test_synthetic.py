@@ -1,5 +1,6 @@
 """The SYNTHETIC ADNI-layout generator: layout, file format, determinism, and measurable atrophy."""
 
+import hashlib
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -17,7 +18,7 @@ from adni_timm.synthetic.slices import (
     SyntheticError,
     demo_dataset,
     generate,
-    render_patient,
+    render_scan,
 )
 
 TRAIN, TEST, SLICES = 3, 2, 4
@@ -34,7 +35,8 @@ def _files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob('*.jpeg') if p.is_file())
 
 
-def _patients(folder: Path) -> dict[str, list[int]]:
+def _scans(folder: Path) -> dict[str, list[int]]:
+    """{scan id: its slice indices} of one class folder."""
     found = defaultdict(list)
     for f in folder.iterdir():
         m = NAME.match(f.name)
@@ -51,19 +53,19 @@ def test_layout_and_counts(synth):
     for split, n in (('train', TRAIN), ('test', TEST)):
         assert sorted(p.name for p in (synth / split).iterdir()) == ['AD', 'NC']
         for name in ('AD', 'NC'):
-            patients = _patients(synth / split / name)
-            assert len(patients) == n
-            for indices in patients.values():  # consecutive axial slices per patient
+            scans = _scans(synth / split / name)
+            assert len(scans) == n  # one scan per subject
+            for indices in scans.values():  # consecutive axial slices per scan
                 assert sorted(indices) == list(range(min(indices), min(indices) + SLICES))
                 assert 40 <= min(indices) <= 80
 
 
-def test_patient_ids_unique_across_splits_and_classes(synth):
+def test_scan_ids_unique_across_splits_and_classes(synth):
     ids = [
-        pid
+        scan
         for split in ('train', 'test')
         for name in ('AD', 'NC')
-        for pid in _patients(synth / split / name)
+        for scan in _scans(synth / split / name)
     ]
     assert len(ids) == 2 * (TRAIN + TEST)
     assert len(set(ids)) == len(ids)
@@ -87,8 +89,8 @@ def test_deterministic_for_a_seed(synth, tmp_path):
     assert {p.name for p in _files(other)} != {p.name for p in ours}
 
 
-def test_slices_of_a_patient_differ_but_resemble_each_other():
-    _, images = render_patient(3, 0.5, slices=3)
+def test_slices_of_a_scan_differ_but_resemble_each_other():
+    _, images = render_scan(3, 0.5, slices=3)
     a, b = images[0].astype(float), images[1].astype(float)
     assert np.abs(a - b).mean() > 0.5  # not the same picture
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.8  # but the same head
@@ -112,13 +114,13 @@ def _cortex_csf(images: np.ndarray) -> float:
 
 @pytest.mark.parametrize('seed', range(4))
 def test_atrophy_enlarges_ventricles_and_sulci(seed):
-    _, healthy = render_patient(seed, 0.1, slices=4)
-    _, atrophic = render_patient(seed, 0.9, slices=4)
+    _, healthy = render_scan(seed, 0.1, slices=4)
+    _, atrophic = render_scan(seed, 0.9, slices=4)
     assert _ventricle_csf(atrophic) > 1.5 * _ventricle_csf(healthy)
     assert _cortex_csf(atrophic) > _cortex_csf(healthy)
 
 
-def test_ad_patients_have_larger_ventricles_on_average(synth):
+def test_ad_scans_have_larger_ventricles_on_average(synth):
     def mean_csf(folder):
         return np.mean(
             [_ventricle_csf(np.asarray(Image.open(f))[None]) for f in sorted(folder.iterdir())]
@@ -151,8 +153,8 @@ def test_bad_arguments(tmp_path):
 
 
 def test_cli_refuses_a_repeated_class_in_one_line(tmp_path, capsys):
-    # NC,NC once wrote every patient into NC/ and printed "4 patients": a one-class set
-    slices_args = ['--train-patients', '1', '--test-patients', '1', '--slices', '1']
+    # NC,NC once wrote every subject into NC/ and printed "4 patients": a one-class set
+    slices_args = ['--train-subjects', '1', '--test-subjects', '1', '--slices', '1']
     for i, extra in enumerate((slices_args, ['--volumes', '--subjects', '1'])):
         out = tmp_path / f'repeat{i}'
         assert synthetic_cli([str(out), '--classes', 'NC,NC', *extra]) == 2
@@ -169,9 +171,9 @@ def test_cli(tmp_path, capsys):
         synthetic_cli(
             [
                 str(tmp_path / 'cli'),
-                '--train-patients',
+                '--train-subjects',
                 '1',
-                '--test-patients',
+                '--test-subjects',
                 '1',
                 '--slices',
                 '2',
@@ -184,7 +186,7 @@ def test_cli(tmp_path, capsys):
     assert len(_files(tmp_path / 'cli')) == 2 * 2 * 2
     assert 'SYNTHETIC' in capsys.readouterr().out
     assert (
-        synthetic_cli([str(tmp_path / 'cli'), '--train-patients', '1', '--test-patients', '1']) == 2
+        synthetic_cli([str(tmp_path / 'cli'), '--train-subjects', '1', '--test-subjects', '1']) == 2
     )
     assert 'already holds files' in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
@@ -197,7 +199,7 @@ def test_demo_dataset_is_generated_once_and_atomically(tmp_path, monkeypatch):
     monkeypatch.setattr(
         synthetic,
         'DEMO_PARAMS',
-        dict(train_patients=1, test_patients=1, slices=2, seed=0, difficulty='demo'),
+        dict(train_subjects=1, test_subjects=1, slices=2, seed=0, difficulty='demo'),
     )
     monkeypatch.setenv('ADNI_TIMM_CACHE', str(tmp_path / 'cache'))
     first = demo_dataset()
@@ -213,6 +215,84 @@ def test_demo_dataset_is_generated_once_and_atomically(tmp_path, monkeypatch):
     monkeypatch.setattr(synthetic, 'generate', fail)
     assert demo_dataset() == first
     assert demo_dataset(cache_root=tmp_path / 'cache') == first
+
+
+def test_demo_cache_folder_keeps_the_name_of_0_2(tmp_path, monkeypatch):
+    """A demo set cached by 0.2 (before its counts were named subjects) is found and reused, and
+    the note written beside it records the generator's arguments under the keys 0.2 wrote."""
+    name = f'synthetic-demo-v{synthetic.GENERATOR_VERSION}-demo-24x16x12-seed0'
+    (tmp_path / name).mkdir()  # cached without a note, as the earliest versions left it
+
+    def fail(*args, **kwargs):
+        raise AssertionError('the cached demo set was not found: generated again')
+
+    monkeypatch.setattr(synthetic, 'generate', fail)
+    assert demo_dataset(cache_root=tmp_path) == tmp_path / name
+    generator = describe(tmp_path / name).generator
+    assert generator == {
+        'train_patients': 24,
+        'test_patients': 16,
+        'slices': 12,
+        'seed': 0,
+        'difficulty': 'demo',
+        'classes': ['NC', 'AD'],
+    }
+    assert synthetic.recorded_arguments(generator) == {
+        **synthetic.DEMO_PARAMS,
+        'classes': ['NC', 'AD'],
+    }
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob('*'))
+        if p.is_file()
+    }
+
+
+def test_old_keyword_names_give_the_same_set(tmp_path):
+    """train_patients= / test_patients= (0.2's names) still work, for one release, and write the
+    very set train_subjects= / test_subjects= write (dataset.json included)."""
+    new = generate(tmp_path / 'new', train_subjects=2, test_subjects=1, slices=2, difficulty='demo')
+    with pytest.warns(DeprecationWarning, match='old name of train_subjects='):
+        old = generate(
+            tmp_path / 'old', train_patients=2, test_patients=1, slices=2, difficulty='demo'
+        )
+    digests = _digests(new)
+    assert len(digests) == (2 + 1) * 2 * 2 + 1  # the slices and dataset.json
+    assert _digests(old) == digests
+    # dataset.json's record gives atrophy_masks the arguments of the set it describes
+    recorded = synthetic.recorded_arguments(describe(new).generator)
+    assert recorded['train_subjects'] == 2 and recorded['test_subjects'] == 1
+    masks = synthetic.atrophy_masks(**recorded, splits=('train', 'test'))
+    assert set(masks) == {'/'.join(f.parts[-3:]) for f in _files(new)}
+    with pytest.warns(DeprecationWarning, match='old name of test_subjects='):
+        old_masks = synthetic.atrophy_masks(
+            2, test_patients=1, slices=2, difficulty='demo', splits=('train', 'test')
+        )
+    assert set(old_masks) == set(masks)
+    assert all(np.array_equal(old_masks[k], masks[k]) for k in masks)
+
+
+def test_old_and_new_keyword_names_together_are_refused(tmp_path):
+    both = re.escape(
+        'got both train_subjects and train_patients (its old name): give only train_subjects='
+    )
+    with pytest.raises(TypeError, match=both):
+        generate(tmp_path / 'x', train_subjects=1, test_subjects=1, train_patients=1)
+    with pytest.raises(TypeError, match=both):  # the new name given by position
+        generate(tmp_path / 'x', 1, 1, train_patients=1)
+    with pytest.raises(TypeError, match='got both test_subjects and test_patients'):
+        synthetic.atrophy_masks(1, test_subjects=1, test_patients=1)
+    assert not (tmp_path / 'x').exists()
+
+
+def test_old_function_names_stay():
+    assert synthetic.render_patient is synthetic.render_scan
+    assert synthetic.patient_atrophy_masks is synthetic.scan_atrophy_masks
+    names = {'render_scan', 'render_patient', 'scan_atrophy_masks', 'patient_atrophy_masks'}
+    assert names <= set(synthetic.__all__)
 
 
 def test_parallel_generation_writes_identical_files(tmp_path):
@@ -249,16 +329,16 @@ def test_atrophy_masks_cover_every_written_slice_and_sit_on_the_dark_csf(synth):
         synthetic.atrophy_masks(1, 1, regions=('hippocampus',))
 
 
-def test_ad_patients_have_larger_atrophy_regions_and_masks_leave_images_unchanged():
+def test_ad_scans_have_larger_atrophy_regions_and_masks_leave_images_unchanged():
     areas = {}
     for name, severity in (('NC', 0.1), ('AD', 0.9)):
-        first, images = render_patient(7, severity, slices=20, difficulty='demo')
-        first_m, masks = synthetic.patient_atrophy_masks(7, severity, slices=20, difficulty='demo')
+        first, images = render_scan(7, severity, slices=20, difficulty='demo')
+        first_m, masks = synthetic.scan_atrophy_masks(7, severity, slices=20, difficulty='demo')
         assert first_m == first and set(masks) == set(synthetic.REGIONS)
         assert all(m.shape == images.shape and m.dtype == bool for m in masks.values())
         areas[name] = {region: m.mean() for region, m in masks.items()}
         # the masks use no random numbers: rendering after computing them gives the same pixels
-        np.testing.assert_array_equal(render_patient(7, severity, 20, 'demo')[1], images)
+        np.testing.assert_array_equal(render_scan(7, severity, 20, 'demo')[1], images)
         # the medial temporal lobes show only in the lower slices of the slab
         assert masks['medial_temporal'][0].any() and not masks['medial_temporal'][-1].any()
     for region in ('ventricles', 'sulci'):

@@ -385,7 +385,7 @@ def test_a_best_export_lost_to_a_kill_is_redone_on_resume(tmp_path):
 def test_three_classes_validate_ad_against_the_rest(tmp_path):
     data_dir = tmp_path / 'AD_NC'
     generate(
-        data_dir, train_patients=3, test_patients=1, slices=4, seed=0, classes=('NC', 'MCI', 'AD')
+        data_dir, train_subjects=3, test_subjects=1, slices=4, seed=0, classes=('NC', 'MCI', 'AD')
     )
     run = tmp_path / 'run3'
     run_train(

@@ -623,7 +623,7 @@ def _synthetic_atrophy(data_dir, split: str):
         return None
     from ..synthetic import slices as synthetic
 
-    return synthetic.atrophy_masks(**{**generator, 'splits': (split,)})
+    return synthetic.atrophy_masks(**synthetic.recorded_arguments(generator), splits=(split,))
 
 
 def _figure_context(model: LoadedModel, result: dict, slices) -> plots.FigureContext:

@@ -406,9 +406,9 @@ def network_data_format(
 def example_image(size: tuple[int, int] | None = None, seed: int = 0) -> Image.Image:
     """A SYNTHETIC slice (adni_timm.synthetic, never a training image) for the card and the Hub
     widget, at ``size`` (width, height; default the generator's 256 x 240)."""
-    from ..synthetic.slices import render_patient
+    from ..synthetic.slices import render_scan
 
-    _, images = render_patient(np.random.default_rng(seed), 0.5, slices=20, difficulty='default')
+    _, images = render_scan(np.random.default_rng(seed), 0.5, slices=20, difficulty='default')
     image = Image.fromarray(images[len(images) // 2], 'L')  # a mid-ventricle level
     if size is not None and tuple(size) != image.size:
         image = image.resize(tuple(int(v) for v in size), Image.Resampling.BILINEAR)

@@ -33,7 +33,10 @@ carries atrophy (ground truth for Grad-CAM). CLI (``adni_timm.cli.synthetic``)::
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import logging
+import warnings
 import os
 import shutil
 import tempfile
@@ -59,10 +62,13 @@ __all__ = [
     'SYNTHETIC_COMMENT',
     'generate',
     'demo_dataset',
+    'render_scan',
     'render_patient',
     'REGIONS',
+    'scan_atrophy_masks',
     'patient_atrophy_masks',
     'atrophy_masks',
+    'recorded_arguments',
     'is_synthetic_image',
 ]
 
@@ -71,18 +77,16 @@ _logger = logging.getLogger(__name__)
 WIDTH, HEIGHT = 256, 240
 GENERATOR_VERSION = 2  # bump when the images change, so cached demo sets are regenerated
 SYNTHETIC_COMMENT = b'SYNTHETIC image from adni_timm.synthetic: not MRI, not a real patient'
-FIRST_SLICE = 60  # ADNI-like slice numbering; each patient's slab starts near here
+FIRST_SLICE = 60  # ADNI-like slice numbering; each scan's slab starts near here
 JPEG_QUALITY = 92
 
 # Demo set: small enough for ConvNeXt-T at 64 px on 2 CPU cores in a few minutes.
-DEMO_PARAMS = dict(train_patients=24, test_patients=16, slices=12, seed=0, difficulty='demo')
+DEMO_PARAMS = dict(train_subjects=24, test_subjects=16, slices=12, seed=0, difficulty='demo')
 
 _VISIT_STREAM = 1_000_003  # rng key entries that set visits' and windows' draws apart
 _WINDOW_STREAM = 1_000_033
 _N_THETA = 720  # angular resolution of the per-direction tables (brain outline, sulci)
-_NOISE_PAD = (
-    48  # per-patient noise block is this much larger than a slice; slices take shifted windows
-)
+_NOISE_PAD = 48  # a scan's noise block is this much larger than a slice; slices take windows
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,7 @@ class Difficulty:
     """How separable the classes are.
 
     severity: class name -> (mean, sd) of the atrophy severity (clipped to [0, 1]);
-    jitter: scales the anatomy / intensity variation between patients (nuisance);
+    jitter: scales the anatomy / intensity variation between subjects and scans (nuisance);
     noise: range of the Rician noise sigma, relative to white matter ~0.75.
     """
 
@@ -239,7 +243,7 @@ class _Head:
         self.gain = 1.0 + rng.normal(0, 0.07 * j)
         self.noise = rng.uniform(*difficulty.noise)
         bias = rng.normal(0, 0.04 * j, size=3)
-        # Slab position: consecutive slices around the ventricles, start jittered per patient
+        # Slab position: consecutive slices around the ventricles, start jittered per scan
         self.first_slice = FIRST_SLICE + int(rng.integers(-4, 5))
         if visit is not None:  # the new session; every draw above is kept, so the anatomy is too
             self.cx, self.cy = self.cx + visit.shift[0], self.cy + visit.shift[1]
@@ -268,12 +272,12 @@ class _Head:
         yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
         c, s = np.cos(self.phi), np.sin(self.phi)
         dx, dy = xx - self.cx, yy - self.cy
-        self.x = (c * dx + s * dy).astype(np.float32)  # lateral, patient frame
+        self.x = (c * dx + s * dy).astype(np.float32)  # lateral, the head's own frame
         self.y = (-s * dx + c * dy).astype(np.float32)  # antero-posterior (anterior = up)
         self.r = np.hypot(self.x, self.y)
         theta = np.arctan2(self.y, self.x)
         self.tidx = ((theta + np.pi) * (_N_THETA / (2 * np.pi))).astype(np.intp) % _N_THETA
-        # Brain outline: an ellipse with a few low-frequency bumps of this patient's own
+        # Brain outline: an ellipse with a few low-frequency bumps of this subject's own
         t = (np.arange(_N_THETA) + 0.5) * (2 * np.pi / _N_THETA) - np.pi
         radius = ax * ay / np.sqrt((ay * np.cos(t)) ** 2 + (ax * np.sin(t)) ** 2)
         k = np.arange(2, 6)[:, None]
@@ -373,7 +377,7 @@ class _Head:
             * np.float32(self.gain)
         )
         # Rician noise, as in magnitude MR images (dark background stays noisy but positive); a
-        # window at a random offset into this patient's noise block (drawing fresh noise costs more
+        # window at a random offset into this scan's noise block (drawing fresh noise costs more
         # than the rest of the slice)
         dy, dx = self.rng.integers(0, _NOISE_PAD, size=2)
         noise = self.noise_block[:, dy : dy + HEIGHT, dx : dx + WIDTH]
@@ -381,7 +385,7 @@ class _Head:
         return np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
 
     def _paint_ellipse(self, img, value, x0, y0, ax, ay, angle=0.0):
-        """Paint an ellipse given in the patient frame, touching only its bounding box (fast)."""
+        """Paint an ellipse given in the head's frame, touching only its bounding box (fast)."""
         if min(ax, ay) < 0.3:
             return
         c, s = np.cos(self.phi), np.sin(self.phi)
@@ -395,7 +399,7 @@ class _Head:
 
     def _centre_shapes(self, z):
         """Ellipses of the slice centre in paint order: (value, atrophy region or None, x0, y0,
-        ax, ay, angle) in the patient frame. Deep grey matter, lateral ventricles and the medial
+        ax, ay, angle) in the head's frame. Deep grey matter, lateral ventricles and the medial
         temporal lobes (CSF rim first, the hippocampus over it).
         """
         shapes = []
@@ -476,23 +480,27 @@ class _Head:
         return masks
 
 
-def render_patient(seed, severity: float, slices: int = 20, difficulty: str = 'default'):
-    """(first slice index, uint8 array [slices, HEIGHT, WIDTH]) for one synthetic patient."""
+def render_scan(seed, severity: float, slices: int = 20, difficulty: str = 'default'):
+    """(first slice index, uint8 array [slices, HEIGHT, WIDTH]): one synthetic scan of one head
+    (the head drawn from ``seed`` with atrophy ``severity``)."""
     head = _Head(np.random.default_rng(seed), severity, difficulty_level(difficulty))
     images = np.stack([head.render(head.first_slice + i) for i in range(slices)])
     return head.first_slice, images
 
 
+render_patient = render_scan  # old name, kept for callers of 0.2
+
+
 REGIONS = ('ventricles', 'sulci', 'cortex', 'medial_temporal')
 
 
-def patient_atrophy_masks(
+def scan_atrophy_masks(
     seed, severity: float, slices: int = 20, difficulty: str = 'default'
 ) -> tuple[int, dict[str, np.ndarray]]:
-    """Where ``render_patient`` with the same arguments draws atrophy.
+    """Where ``render_scan`` with the same arguments draws atrophy.
 
     (first slice index, ``{region: bool [slices, HEIGHT, WIDTH]}``) for the regions in
-    ``REGIONS`` (see ``_Head.atrophy_masks``); ``seed`` as in ``render_patient`` (an int, or a
+    ``REGIONS`` (see ``_Head.atrophy_masks``); ``seed`` as in ``render_scan`` (an int, or a
     fresh Generator in the same state).
     """
     head = _Head(np.random.default_rng(seed), severity, difficulty_level(difficulty))
@@ -500,9 +508,58 @@ def patient_atrophy_masks(
     return head.first_slice, {r: np.stack([m[r] for m in per_slice]) for r in REGIONS}
 
 
+patient_atrophy_masks = scan_atrophy_masks  # old name, kept for callers of 0.2
+
+
+# Keyword names of 0.2 (they counted subjects, not patients); accepted for one more release.
+_OLD_COUNT_NAMES = {'train_patients': 'train_subjects', 'test_patients': 'test_subjects'}
+
+
+def _old_count_names(fn):
+    """Let ``fn`` take ``train_patients=`` / ``test_patients=`` (keyword only) for
+    ``train_subjects`` / ``test_subjects``, with a DeprecationWarning; both names at once is a
+    TypeError."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        for old, new in _OLD_COUNT_NAMES.items():
+            if old not in kwargs:
+                continue
+            if new in kwargs or new in signature.bind_partial(*args).arguments:
+                raise TypeError(
+                    f'{fn.__name__}() got both {new} and {old} (its old name): give only {new}='
+                )
+            warnings.warn(
+                f'{fn.__name__}({old}=...) is the old name of {new}=, kept for one release: '
+                f'give {new}=',
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            kwargs[new] = kwargs.pop(old)
+        return fn(*args, **kwargs)
+
+    return call
+
+
+# dataset.json's ``generator`` record keeps the key names sets on disk already carry (a file
+# format: readers and cached sets stay as they are); the arguments are named for what they count.
+def _recorded(arguments: dict) -> dict:
+    """``generate``'s arguments as dataset.json records them."""
+    old = {new: old for old, new in _OLD_COUNT_NAMES.items()}
+    return {old.get(k, k): v for k, v in arguments.items()}
+
+
+def recorded_arguments(generator: dict) -> dict:
+    """The keyword arguments of ``generate`` / ``atrophy_masks`` from a set's dataset.json
+    ``generator`` record (``DataNote.generator``)."""
+    return {_OLD_COUNT_NAMES.get(k, k): v for k, v in generator.items()}
+
+
+@_old_count_names
 def atrophy_masks(
-    train_patients: int,
-    test_patients: int,
+    train_subjects: int,
+    test_subjects: int,
     slices: int = 20,
     seed: int = 0,
     difficulty: str = 'default',
@@ -515,11 +572,11 @@ def atrophy_masks(
 ) -> dict[str, np.ndarray]:
     """The atrophy regions of every slice of the set ``generate`` writes with these arguments.
 
-    ``{'<split>/<class>/<patient>_<slice>.jpeg': bool [HEIGHT, WIDTH]}`` (the keys are
+    ``{'<split>/<class>/<scan>_<slice>.jpeg': bool [HEIGHT, WIDTH]}`` (the keys are
     ``adni_timm.data.slice_key`` of the written files), each the union of ``regions``, for the
     ``splits`` asked for. Computed from the same anatomy as the images, without rendering them
     (about 0.1 s and 60 KB per slice); ``atrophy_masks(**DEMO_PARAMS)`` gives the demo set's.
-    NC patients have the regions too, only smaller: the class difference is their size.
+    NC scans have the regions too, only smaller: the class difference is their size.
     """
     level = difficulty_level(difficulty)
     unknown = sorted(set(regions) - set(REGIONS))
@@ -527,8 +584,8 @@ def atrophy_masks(
         raise SyntheticError(f'unknown atrophy region(s) {unknown}: choose from {REGIONS}')
     out = {}
     scans = _scans(
-        train_patients,
-        test_patients,
+        train_subjects,
+        test_subjects,
         seed,
         classes,
         scans_per_subject,
@@ -558,7 +615,7 @@ def difficulty_level(name: str) -> Difficulty:
 
 
 def check_classes(classes: Sequence[str], level: Difficulty) -> None:
-    """Refuse an unknown, repeated or missing class: ``NC,NC`` would write every patient into
+    """Refuse an unknown, repeated or missing class: ``NC,NC`` would write every subject into
     one folder under one label and still report two classes' worth."""
     unknown = [c for c in classes if c not in level.severity]
     if unknown:
@@ -580,14 +637,15 @@ def _check_out_dir(out_dir: Path) -> None:
         if (out_dir / split).exists() and any((out_dir / split).iterdir()):
             raise SyntheticError(
                 f'{out_dir / split} already holds files: write the synthetic set into an empty or '
-                f'new folder (mixing two sets would mix patients)'
+                f'new folder (mixing two sets would mix subjects)'
             )
 
 
+@_old_count_names
 def generate(
     out_dir,
-    train_patients: int,
-    test_patients: int,
+    train_subjects: int,
+    test_subjects: int,
     slices: int = 20,
     seed: int = 0,
     difficulty: str = 'default',
@@ -599,11 +657,12 @@ def generate(
 ) -> Path:
     """Write a SYNTHETIC ADNI-layout set to ``out_dir`` and return its path.
 
-    ``train_patients`` / ``test_patients`` are per class. Classes may be any of NC, MCI, AD
-    (MCI gets a severity between NC's and AD's). Patient ``i`` of a split and class always
-    gets the same anatomy for a seed, whatever the other counts; patient ids are drawn
-    for the whole set, so they are unique across splits. ``workers`` > 1 renders patients
-    in that many processes; the files are identical either way.
+    ``train_subjects`` / ``test_subjects`` are the subjects drawn for each split, per class (each
+    with ``scans_per_subject`` scans). Classes may be any of NC, MCI, AD (MCI gets a severity
+    between NC's and AD's). Subject ``i`` of a split and class always gets the same anatomy for a
+    seed, whatever the other counts; scan ids are drawn for the whole set, so they are unique
+    across splits. ``workers`` > 1 renders scans in that many processes; the files are identical
+    either way. ``train_patients=`` / ``test_patients=``, the names of 0.2, still work for now.
 
     ``scans_per_subject`` > 1 scans each head again at later visits (``draw_visit``: mild
     progression, another pose, intensity, noise, maybe another slice window), each scan with its
@@ -615,8 +674,8 @@ def generate(
     """
     level = difficulty_level(difficulty)
     check_classes(classes, level)
-    if min(train_patients, test_patients) < 0 or slices < 1:
-        raise SyntheticError('patient counts must be >= 0 and --slices >= 1')
+    if min(train_subjects, test_subjects) < 0 or slices < 1:
+        raise SyntheticError('subject counts must be >= 0 and --slices >= 1')
     if scans_per_subject < 1:
         raise SyntheticError('--scans-per-subject must be >= 1')
     if not 0 <= shared_subjects <= 1 or (shared_subjects and scans_per_subject < 2):
@@ -629,8 +688,8 @@ def generate(
     # one per scan: (scan, severity params, output stem), independent of the worker count
     jobs, subjects = [], []
     scans = _scans(
-        train_patients,
-        test_patients,
+        train_subjects,
+        test_subjects,
         seed,
         classes,
         scans_per_subject,
@@ -650,13 +709,15 @@ def generate(
         for job in jobs:
             write(job)
     note = synthetic_note(difficulty, seed)
-    generator = dict(
-        train_patients=train_patients,
-        test_patients=test_patients,
-        slices=slices,
-        seed=seed,
-        difficulty=difficulty,
-        classes=list(classes),
+    generator = _recorded(
+        dict(
+            train_subjects=train_subjects,
+            test_subjects=test_subjects,
+            slices=slices,
+            seed=seed,
+            difficulty=difficulty,
+            classes=list(classes),
+        )
     )
     # only what differs from a plain set, so a plain set's dataset.json stays as it always was
     if scans_per_subject > 1:
@@ -708,8 +769,8 @@ class _Scan:
 
 
 def _scans(
-    train_patients: int,
-    test_patients: int,
+    train_subjects: int,
+    test_subjects: int,
     seed: int,
     classes,
     scans_per_subject: int = 1,
@@ -722,7 +783,7 @@ def _scans(
     ``i`` of a split and class the same anatomy whatever the other counts. With one scan per
     subject this is the set the generator always wrote (the same ids, keys and order).
     """
-    counts = {'train': train_patients, 'test': test_patients}
+    counts = {'train': train_subjects, 'test': test_subjects}  # subjects per class
     total = sum(counts.values()) * len(classes)
     k = scans_per_subject
     ids = np.random.default_rng(seed).choice(900_000, size=total * k, replace=False) + 100_000
@@ -796,6 +857,15 @@ def _cache_root(cache_root=None) -> Path:
     return Path.home() / '.cache' / 'adni_timm'
 
 
+def _demo_folder_name(p: dict) -> str:
+    """The demo cache's folder: the generator version and the set's arguments (the same name
+    as 0.2's, so a set cached then is reused)."""
+    return (
+        f'synthetic-demo-v{GENERATOR_VERSION}-{p["difficulty"]}-{p["train_subjects"]}x'
+        f'{p["test_subjects"]}x{p["slices"]}-seed{p["seed"]}'
+    )
+
+
 def demo_dataset(cache_root=None) -> Path:
     """The SYNTHETIC set ``train.py --demo`` trains on: generated once, then reused from the cache.
 
@@ -805,17 +875,14 @@ def demo_dataset(cache_root=None) -> Path:
     """
     p = DEMO_PARAMS
     root = _cache_root(cache_root)
-    target = root / (
-        f'synthetic-demo-v{GENERATOR_VERSION}-{p["difficulty"]}-{p["train_patients"]}x'
-        f'{p["test_patients"]}x{p["slices"]}-seed{p["seed"]}'
-    )
+    target = root / _demo_folder_name(p)
     if target.is_dir():
         if not (target / DATASET_NOTE).is_file():  # cached by a version that left no note
             write_data_note(
                 target,
                 dataclasses.replace(
                     synthetic_note(p['difficulty'], p['seed']),
-                    generator={**p, 'classes': ['NC', 'AD']},
+                    generator=_recorded({**p, 'classes': ['NC', 'AD']}),
                 ),
             )
         return target
