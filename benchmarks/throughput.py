@@ -9,8 +9,9 @@ default precision and compile setting), (b) end-to-end training img/s through tr
 real path (adni_timm.train.loop.train: its loader, cache, transforms and Accelerate loop)
 with 16 and 4 loader workers, and with the data on the device (``data_on_device: true``:
 no loader), (c) the reference project's loop (fp32, 3 channels, torchvision transforms,
-plain PyTorch) on the same files, (d) evaluate.py's inference img/s, (e) peak GPU memory,
-(f) the projected wall time of a 100-epoch ADNI-size run and (g) the CPU seconds each
+plain PyTorch) on the same files and architecture (the stock timm twin of ``--model``: the
+reference's own convnext_tiny for the default), (d) evaluate.py's inference img/s, (e) peak GPU
+memory, (f) the projected wall time of a 100-epoch ADNI-size run and (g) the CPU seconds each
 training-data path spends per 1,000 images outside the model (process CPU time of this
 process and its loader workers, batches drawn without a model step). JSON keys of the
 device path hold ``device``. Prints a table and writes JSON. All images are SYNTHETIC.
@@ -38,6 +39,7 @@ from adni_timm.synthetic import slices as synthetic
 from adni_timm.config import load_config  # noqa: E402
 from adni_timm.data.note import DataNote  # noqa: E402
 from adni_timm.inference import load_model, predict_slices  # noqa: E402
+from adni_timm.models import STOCK_ARCHITECTURES  # noqa: E402
 from adni_timm.run import RunRecord  # noqa: E402
 from adni_timm.data.device import device_batches  # noqa: E402
 from adni_timm.train.loop import create_model, make_accelerator, train  # noqa: E402
@@ -209,11 +211,15 @@ def data_cost(cfg, data_dir: Path, workers: int | None, images: int) -> dict:
 
 
 def reference_loop(
-    data_dir: Path, img_size: int, batch_size: int, workers: int, steps: int
+    data_dir: Path, img_size: int, batch_size: int, workers: int, steps: int, model_name: str
 ) -> dict:
     """(c): the reference project's style: ImageFolder,
     torchvision transforms to 3 channels, fp32, NCHW.
+
+    ``model_name`` is train.py's model; the loop trains its stock timm twin (3 channels), so that
+    b / c compares the two loops on one architecture (convnext_tiny, the reference's, by default).
     """
+    arch = STOCK_ARCHITECTURES.get(model_name, model_name)
     from torchvision import datasets, transforms
 
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
@@ -230,7 +236,7 @@ def reference_loop(
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True
     )
-    model = timm.create_model('convnext_tiny', num_classes=2).to(device)
+    model = timm.create_model(arch, num_classes=2).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss_fn = torch.nn.CrossEntropyLoss()
     seen, t0 = 0, None
@@ -253,7 +259,7 @@ def reference_loop(
         elif i > 1:
             seen += x.shape[0]
     sync(device)
-    return {'img_per_s': seen / (time.perf_counter() - t0), 'workers': workers}
+    return {'img_per_s': seen / (time.perf_counter() - t0), 'workers': workers, 'model': arch}
 
 
 def inference(run_dir: Path, data_dir: Path, batch_size: int, workers: int, repeats: int) -> dict:
@@ -384,7 +390,7 @@ def main(argv=None) -> int:
         dataclasses.replace(cfg), data_dir, 0, work, on_device=True
     )
     results['c_reference'] = reference_loop(
-        data_dir, p['img_size'], p['batch_size'], p['workers'][0], p['ref_steps']
+        data_dir, p['img_size'], p['batch_size'], p['workers'][0], p['ref_steps'], cfg.model
     )
     results['d_inference'] = inference(
         work / f'run-w{p["workers"][0]}',

@@ -44,6 +44,7 @@ def test_quick_benchmark_measures_everything(tmp_path):
     assert r['d_inference']['slices'] == 3 * 2 * 8  # 3 test scans per class x 8 slices
     assert r['f_projected_100_epochs_min'] > 0
     assert r['ratios']['b_over_c'] > 0
+    assert r['c_reference']['model'] == 'convnext_atto'  # the reference loop on --model's twin
     # the data on the device, beside the loader paths: its rate and every path's CPU cost
     assert r['b_end_to_end_device']['data_on_device'] is True
     assert r['ratios']['b_device_over_a'] > 0 and r['f_projected_100_epochs_min_device'] > 0
