@@ -240,6 +240,7 @@ def test_app_cli_reports_a_missing_model_in_one_line(tmp_path):
     assert 'Traceback' not in proc.stderr
 
 
+@pytest.mark.slow
 def test_served_app_gives_evaluate_probability_and_refuses_bad_input(
     served_app, demo_files, expected_p_ad
 ):

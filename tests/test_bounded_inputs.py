@@ -75,6 +75,7 @@ def test_open_image_refuses_from_the_header(png_bomb, tmp_path):
         assert im.size == (256, 240)
 
 
+@pytest.mark.slow
 def test_check_data_refuses_a_huge_slice_from_its_header(png_bomb, tmp_path):
     from adni_timm.synthetic.slices import generate
 
@@ -92,6 +93,7 @@ def test_check_data_refuses_a_huge_slice_from_its_header(png_bomb, tmp_path):
     _assert_bounded(hostile, baseline, 'adni-check-data')
 
 
+@pytest.mark.slow
 def test_evaluate_images_refuses_a_huge_slice_with_bounded_memory(png_bomb, small_export, tmp_path):
     bad = tmp_path / 'bad'
     bad.mkdir()
@@ -160,6 +162,7 @@ def test_read_volume_refuses_a_large_dicom_series_before_reading_it(tmp_path, mo
     assert executed == []  # refused from the headers, before GDCM read a pixel
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_a_huge_nifti_with_bounded_memory(small_export, tmp_path):
     bad = _not_a_nifti = tmp_path / 'bad.nii.gz'
     bad.write_bytes(b'\x1f\x8b' + b'\0' * 64)  # a gzip signature, then nothing readable
@@ -211,6 +214,7 @@ def test_load_export_checks_model_args_before_building(small_export, tmp_path, m
     load_model(small_export)  # the export as written still loads
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_hostile_model_args_with_bounded_memory(small_export, tmp_path):
     slices = tmp_path / 'slices'
     slices.mkdir()

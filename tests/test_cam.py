@@ -371,6 +371,7 @@ def _record_montages(monkeypatch):
     return calls
 
 
+@pytest.mark.slow
 def test_write_cam_report_labelled(test_slices, tmp_path, monkeypatch):
     slices = test_slices  # scan order: NC scans, then AD scans, slices in order
     scans = list(dict.fromkeys(s.scan for s in slices))

@@ -228,6 +228,7 @@ def test_evaluate_offers_the_cam_methods_of_adni_timm_cam():
     )
 
 
+@pytest.mark.slow
 def test_evaluate_cam_options_reach_the_report(tiny_run, tiny_data, tmp_path, capsys):
     from adni_timm.cli.evaluate import main
 

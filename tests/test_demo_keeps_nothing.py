@@ -96,6 +96,7 @@ def _assert_nothing_kept(temp: Path, names):
     assert empty == [], f'empty temporary files left: {empty}'
 
 
+@pytest.mark.slow
 def test_uploads_are_removed_after_each_response_and_no_path_is_shown(served):
     from gradio_client import handle_file
 

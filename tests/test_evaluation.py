@@ -561,6 +561,7 @@ def test_cli_bad_model_is_one_line_without_traceback(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_non_default_evaluations_get_their_own_folder_and_never_overwrite_eval(
     run_dir, data_dir, capsys, tmp_path
 ):

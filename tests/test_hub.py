@@ -347,6 +347,7 @@ def test_slice_level_split_is_flagged_as_leaky(run_dir, tmp_path):
 # loading back
 
 
+@pytest.mark.slow
 def test_stock_timm_loads_the_hub_repo_in_a_fresh_process_without_adni_timm(trained, tmp_path):
     cache = tmp_path / 'hub_cache'
     populate_hub_cache(cache, REPO_ID, trained['export'])
@@ -647,6 +648,7 @@ def test_the_cards_code_reads_p_ad_at_the_position_of_ad(tmp_path):
     assert 'not** the stored operating point' in how_to
 
 
+@pytest.mark.slow
 def test_the_readme_order_evaluate_then_publish_puts_these_results_in_the_card(
     tiny_run, tiny_data, tmp_path, capsys
 ):

@@ -166,6 +166,7 @@ def test_export_refuses_the_one_channel_training_model(tiny_run, tmp_path):
     assert not (tmp_path / ONNX_NAME).exists()
 
 
+@pytest.mark.slow
 def test_evaluate_and_publish_with_onnx(tiny_run, tiny_data, tmp_path, capsys):
     """evaluate.py --backend onnxruntime gives the torch evaluation's P(AD) (in its own folder);
     push_to_hub.py --onnx publishes model.onnx with the input check of the same weights."""
