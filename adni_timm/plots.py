@@ -161,7 +161,8 @@ def plot_curves(
         ax.legend(fontsize=7, framealpha=0.7)
     if context is not None:
         val = next((row['val_slices'] for row in reversed(history) if row.get('val_slices')), None)
-        n = f'validation n={val} slices' if val else None
+        said = context.split == 'validation'  # 'validation split | n=...', not said twice
+        n = (f'n={val} slices' if said else f'validation n={val} slices') if val else None
         fig.suptitle(_title(None, context, n, 40 * ncols), fontsize=9)
     fig.tight_layout()
     return _save(fig, path)

@@ -318,3 +318,14 @@ def test_the_cv_compare_figure_shows_per_fold_and_pooled_differences(tmp_path, m
     comparison['valid'] = False
     plots.plot_cv_comparison(comparison, tmp_path / 'cmp2.png', context=SYN)
     assert 'INVALID: different folds' in _all_text(figures[-1])
+
+
+def test_the_curves_title_names_the_validation_split_once(tmp_path, monkeypatch):
+    figures = _figures(monkeypatch)
+    plot_curves(
+        [{'epoch': 1, 'train_loss': 0.7, 'val_loss': 0.8, 'val_slices': 96}],
+        tmp_path / 'c.png',
+        context=FigureContext('adni_convnext_atto', 'validation', True),
+    )
+    text = _all_text(figures[-1])
+    assert 'validation split | n=96 slices' in text and text.count('validation n=') == 0
