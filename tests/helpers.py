@@ -60,6 +60,7 @@ class _ScriptServer:
 
     def __init__(self):
         self.environ = dict(os.environ)  # what its imports read
+        self.current: Forked | None = None  # the script it runs or ran last (one at a time)
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / 'tests/script_server.py')],
             stdin=subprocess.PIPE,
@@ -87,41 +88,89 @@ class _ScriptServer:
         }
         return not any(k.startswith(IMPORT_TIME_ENV) for k in changed)
 
-    def _reply(self, deadline: float | None = None) -> dict:
+    def _reply(self, deadline: float | None = None) -> dict | None:
+        """The server's next line; None when ``deadline`` (time.monotonic) passes first."""
         import json
         import select
         import time
 
         wait = None if deadline is None else max(0.0, deadline - time.monotonic())
         if not select.select([self.proc.stdout], [], [], wait)[0]:
-            raise TimeoutError
+            return None
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f'tests/script_server.py ended ({self.proc.poll()})')
         return json.loads(line)
 
-    def run(self, command, environ, timeout) -> subprocess.CompletedProcess:
+    def start(self, command, environ, stdout, stderr) -> 'Forked':
+        """``command`` (``[python, script, *args]``) forked, its output into the two files."""
         import json
-        import signal
+
+        if self.current is not None and self.current.returncode is None:
+            self.current.kill()  # a test that failed before waiting for its script: end it here
+        request = dict(script=command[1], args=command[2:], cwd=str(ROOT), env=environ,
+                       stdout=str(stdout), stderr=str(stderr))  # fmt: skip
+        self.proc.stdin.write(json.dumps(request) + '\n')
+        self.proc.stdin.flush()
+        self.current = Forked(self, self._reply()['pid'])
+        return self.current
+
+    def run(self, command, environ, timeout) -> subprocess.CompletedProcess:
         import tempfile
-        import time
 
         with tempfile.TemporaryDirectory(prefix='adni-timm-run-') as tmp:
             out, err = Path(tmp) / 'stdout', Path(tmp) / 'stderr'
-            request = dict(script=command[1], args=command[2:], cwd=str(ROOT), env=environ,
-                           stdout=str(out), stderr=str(err))  # fmt: skip
-            self.proc.stdin.write(json.dumps(request) + '\n')
-            self.proc.stdin.flush()
-            pid = self._reply()['pid']
+            forked = self.start(command, environ, out, err)
             try:
-                code = self._reply(time.monotonic() + timeout)['code']
-            except TimeoutError:  # a hang guard, as subprocess.run's timeout
-                os.kill(pid, signal.SIGKILL)
-                self._reply()
+                code = forked.wait(timeout)
+            except subprocess.TimeoutExpired:  # a hang guard, as subprocess.run's timeout
+                forked.kill()
                 raise subprocess.TimeoutExpired(command, timeout) from None
             return subprocess.CompletedProcess(
                 command, code, out.read_text(errors='replace'), err.read_text(errors='replace')
             )
+
+
+class Forked:
+    """A script forked by the server, with the part of Popen's interface the tests use."""
+
+    def __init__(self, server: _ScriptServer, pid: int):
+        self.server, self.pid, self.returncode = server, pid, None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            reply = self.server._reply(0)
+            self.returncode = None if reply is None else reply['code']
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        import time
+
+        if self.returncode is None:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            reply = self.server._reply(deadline)
+            if reply is None:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            self.returncode = reply['code']
+        return self.returncode
+
+    def kill(self) -> None:
+        import signal
+
+        if self.returncode is None:
+            os.kill(self.pid, signal.SIGKILL)
+            self.wait()
+
+
+def popen_script(script, *args, stdout=os.devnull, stderr=os.devnull):
+    """``python SCRIPT ARGS`` started (not waited for), forked as ``run_script`` forks it when it
+    can: an object with ``poll()``, ``wait()``, ``kill()`` and ``pid``, as ``subprocess.Popen``."""
+    command = [sys.executable, str(ROOT / script), *map(str, args)]
+    server = _server() if os.environ.get('ADNI_TIMM_TEST_FORK', '1') != '0' else None
+    if server is not None and server.can_take(dict(os.environ)):
+        return server.start(command, dict(os.environ), stdout, stderr)
+    with open(stdout, 'wb') as out, open(stderr, 'wb') as err:
+        return subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=err)
 
 
 def _server() -> _ScriptServer | None:
@@ -180,20 +229,14 @@ def train_and_kill(run_dir: Path, args, state_file: Path, after_epoch: int = 1) 
     """Start train.py into ``run_dir`` and SIGKILL it once ``state_file`` records ``after_epoch``:
     a run killed midway (the test fails if the run ends before that)."""
     import json
-    import signal
     import time
 
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / 'train.py'), '--output-dir', str(run_dir), *map(str, args)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = popen_script('train.py', '--output-dir', run_dir, *args)
     deadline = time.time() + 900  # a hang guard, never a speed check
     while time.time() < deadline and proc.poll() is None:
         if state_file.is_file() and json.loads(state_file.read_text())['epoch'] >= after_epoch:
             break
         time.sleep(0.05)
     assert proc.poll() is None, f'the run ended before it could be killed midway ({state_file})'
-    proc.send_signal(signal.SIGKILL)
+    proc.kill()
     proc.wait()

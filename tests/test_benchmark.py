@@ -1,35 +1,19 @@
 """Smoke test of benchmarks/throughput.py --quick (CPU): every measurement is taken and written."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import run_script
 
 
 @pytest.mark.slow
 def test_quick_benchmark_measures_everything(tmp_path):
     out = tmp_path / 'throughput.json'
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / 'benchmarks/throughput.py'),
-            '--quick',
-            '--model',
-            'adni_convnext_atto',
-            '--work-dir',
-            str(tmp_path),
-            '--json',
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=ROOT,
-    )
+    proc = run_script(
+        'benchmarks/throughput.py', '--quick', '--model', 'adni_convnext_atto',
+        '--work-dir', tmp_path, '--json', out, check=False,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     for key in (

@@ -8,8 +8,6 @@ import importlib.util
 import json
 import logging
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ import torch
 from accelerate import Accelerator
 from PIL import Image
 
+from helpers import run_script
 from adni_timm import data, inference, run
 from adni_timm.export import format as export
 from adni_timm.synthetic import slices as synthetic
@@ -541,18 +540,8 @@ def test_cli_images_and_usage_errors(run_dir, data_dir, tmp_path, capsys):
 
 
 def test_cli_bad_model_is_one_line_without_traceback(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / 'evaluate.py'),
-            '--model',
-            str(tmp_path / 'nope'),
-            '--data-dir',
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
+    proc = run_script(
+        'evaluate.py', '--model', tmp_path / 'nope', '--data-dir', tmp_path, check=False
     )
     assert proc.returncode == 2  # a refused input (adni_timm.cli: exit codes)
     assert 'Traceback' not in proc.stderr

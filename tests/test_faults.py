@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, TINY, cli_in_process, train_in_process
+from helpers import TINY, cli_in_process, run_script, train_in_process
 
 HANG_GUARD = 900  # seconds: a time-out here is for hangs, never a speed check
 
@@ -66,13 +66,7 @@ sys.exit(cli.main(sys.argv[1:], prog='train.py'))
 def _train_killed_at_first_checkpoint(tmp_path, *args):
     script = tmp_path / 'killed_train.py'
     script.write_text(KILL_AT_CHECKPOINT)
-    return subprocess.run(
-        [sys.executable, str(script), *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD,
-        cwd=ROOT,
-    )
+    return run_script(script, *args, check=False, timeout=HANG_GUARD)
 
 
 @pytest.mark.slow
@@ -89,10 +83,9 @@ def test_overwrite_killed_twice_keeps_the_finished_run_byte_for_byte(tiny_run, t
         # the finished run is whole, aside, byte for byte
         assert {p: _sha(aside / p) for p in weights} == weights, f'attempt {attempt}'
     # any train command on the folder restores it: the replacement never got anywhere
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / 'train.py'), '--data-dir', str(tiny_data),
-         '--output-dir', str(run), *TINY],
-        capture_output=True, text=True, timeout=HANG_GUARD, cwd=ROOT,
+    proc = run_script(
+        'train.py', '--data-dir', tiny_data, '--output-dir', run, *TINY,
+        check=False, timeout=HANG_GUARD,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr  # then refused: the folder holds a run again
     assert 'restored' in proc.stderr and str(aside) in proc.stderr, proc.stderr
@@ -122,10 +115,9 @@ def test_resume_falls_back_to_the_previous_checkpoint_and_warns_of_lost_rng(tiny
     shutil.copytree(ckpt / 'last', ckpt / '.last.old')
     (ckpt / 'last' / 'trainer_state.json').write_text('{"epoch": 2, "hist')  # torn write
     (ckpt / '.last.old' / 'random_states_0.pkl').unlink()
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / 'train.py'), '--output-dir', str(run), '--resume',
-         '--epochs', '3'],
-        capture_output=True, text=True, timeout=HANG_GUARD, cwd=ROOT,
+    proc = run_script(
+        'train.py', '--output-dir', run, '--resume', '--epochs', '3',
+        check=False, timeout=HANG_GUARD,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert 'Traceback' not in proc.stderr

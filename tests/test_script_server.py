@@ -41,3 +41,12 @@ def test_a_hung_script_is_killed_at_its_time_out_and_the_server_goes_on(tmp_path
     done.write_text('import os, sys\nprint(os.getcwd(), os.environ["PROBE"])\nsys.exit(3)\n')
     proc = server.run([sys.executable, str(done)], {**server.environ, 'PROBE': 'x'}, 900)
     assert proc.returncode == 3 and proc.stdout.split() == [str(helpers.ROOT), 'x']
+
+
+def test_a_started_script_polls_and_dies_as_a_popen_does(tmp_path):
+    hang = tmp_path / 'hang.py'
+    hang.write_text('import time\ntime.sleep(600)\n')
+    started = helpers.popen_script(hang)
+    assert isinstance(started, helpers.Forked) and started.poll() is None
+    started.kill()
+    assert started.wait() == started.poll() == -9  # what subprocess.Popen says of a SIGKILL
