@@ -16,8 +16,10 @@ WORKERS = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
 os.environ.setdefault('OMP_NUM_THREADS', str(max(1, min(2, (os.cpu_count() or 1) // WORKERS))))
 
 
-# pytest-xdist (--dist loadfile) hands out test files in collection order; the longest files go
-# first so that neither worker starts a long file when the other is nearly done. Seconds per file
+# pytest-xdist (--dist loadfile --no-loadscope-reorder, pyproject) hands out test files in
+# collection order (its default order, most tests first, put the three one-test files of 70-120 s
+# last); the longest files go first so that neither worker starts a long file when the other is
+# nearly done. Seconds per file
 # in a 2-worker run on the 2-core VM (2026-12-07); files not named keep their place after these.
 LONGEST_FIRST = {
     'test_training.py': 167, 'test_cv_null.py': 121, 'test_benchmark.py': 120, 'test_runs.py': 101,

@@ -195,6 +195,7 @@ def served_app(app_process, expected_p_ad):
         time.sleep(0.3)
 
 
+@pytest.mark.slow
 def test_core_package_does_not_import_gradio():
     code = (
         'import sys, adni_timm, adni_timm.evaluation, adni_timm.train.loop, adni_timm.app.demo; '
@@ -224,6 +225,7 @@ def test_check_image_refuses_bad_files_with_a_reason(demo_files, tmp_path):
     assert '3000 x 40 px' in check_image(tmp_path / 'huge.png')
 
 
+@pytest.mark.slow
 def test_app_cli_reports_a_missing_model_in_one_line(tmp_path):
     pytest.importorskip('gradio', reason=NO_GRADIO)
     # no --model: app.py reads ADNI_MODEL, as a Space does

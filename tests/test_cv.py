@@ -301,6 +301,7 @@ def test_cli_compare_and_one_line_errors(tmp_path, capsys):
         assert err.count('\n') == 1 and message in err and 'Traceback' not in err
 
 
+@pytest.mark.slow
 def test_cli_as_a_module_exits_2_without_traceback(tmp_path):
     command = [
         sys.executable,

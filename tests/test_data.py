@@ -578,6 +578,7 @@ def test_check_cli_errors(tmp_path, capsys):
     assert 'two distinct' in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_rooms_public_names_load_on_first_use_and_unknown_names_fail_as_python_says():
     import subprocess
     import sys

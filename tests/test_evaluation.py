@@ -596,6 +596,7 @@ def test_images_name_every_unusable_file_and_skip_them_on_request(run_dir, data_
     assert [Path(r['path']).name for r in result['slices']] == [good.name]
 
 
+@pytest.mark.slow
 def test_evidence_maps_of_a_synthetic_split_are_scored_against_the_drawn_atrophy(
     loaded, data_dir, tmp_path
 ):

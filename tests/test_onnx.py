@@ -41,6 +41,7 @@ def torch_published(export_dir):
     return model, timm.data.create_transform(**timm.data.resolve_data_config(model=model))
 
 
+@pytest.mark.slow
 def test_onnx_p_ad_equals_the_torch_export(onnx_export, tiny_data):
     paths = [s.path for s in data.scan_split(tiny_data, 'test')]
     model, transform = torch_published(onnx_export)
@@ -212,6 +213,7 @@ def test_evaluate_and_publish_with_onnx(tiny_run, tiny_data, tmp_path, capsys):
     )
 
 
+@pytest.mark.slow
 def test_the_demo_scores_with_onnxruntime_as_with_torch(tiny_run, tiny_data, tmp_path, monkeypatch):
     """adni-app --backend onnxruntime: the page's P(AD) and decisions are the torch page's; the
     model.onnx is written at start-up, and a missing onnxruntime is one line naming the extra."""

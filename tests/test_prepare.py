@@ -121,6 +121,7 @@ def test_group_mapping_skips_classes_not_asked_for(volumes, tmp_path):
 # ------------------------------------------------------------------------------------ the run
 
 
+@pytest.mark.slow
 def test_prepare_writes_the_layout_manifest_and_qc(prepared):
     out, result = prepared
     assert not result.problems and result.merged.counts == {

@@ -49,6 +49,7 @@ def prepared(tmp_path_factory):
     return src, out, result
 
 
+@pytest.mark.slow
 def test_dataset_description_is_a_valid_derivative_description(prepared):
     src, out, _ = prepared
     found = json.loads((out / 'dataset_description.json').read_text())

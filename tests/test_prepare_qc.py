@@ -155,6 +155,7 @@ def test_flagging_that_empties_a_split_exits_1_and_says_what_to_change(prepared,
     assert len(scan_split(out, 'test', ('NC', 'AD'))) == 2 * 4
 
 
+@pytest.mark.slow
 def test_a_full_disk_names_the_path_and_what_was_kept(volumes, tmp_path, monkeypatch, capsys):
     from adni_timm.cli.prepare import main
 

@@ -116,6 +116,7 @@ def test_progress_picks_a_bar_on_a_terminal_and_lines_elsewhere(caplog):
 # ----------------------------------------------------- evaluation, maps and the decode say so too
 
 
+@pytest.mark.slow
 def test_an_evaluation_in_a_log_says_what_it_predicted_and_mapped(
     tiny_run, tiny_data, tmp_path, capsys, caplog
 ):

@@ -60,6 +60,7 @@ def test_split_is_by_scan_and_counts_every_val_slice(tiny_run, tiny_data):
             assert key in row, key
 
 
+@pytest.mark.slow
 def test_best_export_loads_in_plain_timm_with_the_same_logits(tiny_run, tmp_path):
     run, _ = tiny_run
     cfg = json.loads((run / 'best/config.json').read_text())
