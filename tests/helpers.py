@@ -35,8 +35,8 @@ def run_script(script, *args, env=None, check=True, timeout=900):
     an environment the server cannot take, starts a fresh interpreter instead."""
     command = [sys.executable, str(ROOT / script), *map(str, args)]
     environ = {**os.environ, **(env or {})}
-    server = _server() if os.environ.get('ADNI_TIMM_TEST_FORK', '1') != '0' else None
-    if server is not None and server.can_take(environ):
+    server = _server_for(environ)
+    if server is not None:
         proc = server.run(command, environ, timeout)
     else:
         proc = subprocess.run(
@@ -166,11 +166,20 @@ def popen_script(script, *args, stdout=os.devnull, stderr=os.devnull):
     """``python SCRIPT ARGS`` started (not waited for), forked as ``run_script`` forks it when it
     can: an object with ``poll()``, ``wait()``, ``kill()`` and ``pid``, as ``subprocess.Popen``."""
     command = [sys.executable, str(ROOT / script), *map(str, args)]
-    server = _server() if os.environ.get('ADNI_TIMM_TEST_FORK', '1') != '0' else None
-    if server is not None and server.can_take(dict(os.environ)):
+    server = _server_for(os.environ)
+    if server is not None:
         return server.start(command, dict(os.environ), stdout, stderr)
     with open(stdout, 'wb') as out, open(stderr, 'wb') as err:
         return subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=err)
+
+
+def _server_for(environ) -> _ScriptServer | None:
+    """The server, when forking is on (``ADNI_TIMM_TEST_FORK``) and it can take ``environ``;
+    None: start a fresh interpreter."""
+    if os.environ.get('ADNI_TIMM_TEST_FORK', '1') == '0':
+        return None
+    server = _server()
+    return server if server is not None and server.can_take(environ) else None
 
 
 def _server() -> _ScriptServer | None:

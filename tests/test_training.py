@@ -17,6 +17,15 @@ from adni_timm.synthetic.slices import generate
 from helpers import LAUNCH, ROOT, TINY, run_train, train_and_kill, train_in_process, with_option
 
 
+def _tiny_config():
+    """The TINY recipe as a TrainConfig, for runs inside the test process."""
+    from adni_timm.config import load_config
+
+    return load_config(
+        None, dict(zip([a.lstrip('-').replace('-', '_') for a in TINY[::2]], TINY[1::2]))
+    )
+
+
 def test_run_folder_has_the_contract_files(tiny_run):
     run, proc = tiny_run
     for name in (
@@ -163,12 +172,9 @@ def test_resume_refuses_to_change_the_recipe(tiny_run, capsys):
 
 def test_non_finite_loss_stops_with_the_last_checkpoint_intact(tiny_data, tmp_path, monkeypatch):
     from adni_timm.train import loop as training
-    from adni_timm.config import load_config
     from adni_timm.run import RunRecord
 
-    cfg = load_config(
-        None, dict(zip([a.lstrip('-').replace('-', '_') for a in TINY[::2]], TINY[1::2]))
-    )
+    cfg = _tiny_config()
     cfg.epochs, cfg.smoothing = 3, 0.0
     calls = {'n': 0}
     original = torch.nn.CrossEntropyLoss.forward
@@ -194,7 +200,6 @@ def test_curves_are_redrawn_only_after_the_interval_and_always_after_the_last_ep
     tiny_data, tmp_path, monkeypatch, every_s, drawn_after
 ):
     from adni_timm import plots
-    from adni_timm.config import load_config
     from adni_timm.run import RunRecord
     from adni_timm.train import loop as training
 
@@ -206,9 +211,7 @@ def test_curves_are_redrawn_only_after_the_interval_and_always_after_the_last_ep
 
     monkeypatch.setattr(plots, 'plot_curves', counting)
     monkeypatch.setattr(training, 'CURVES_EVERY_S', every_s)
-    cfg = load_config(
-        None, dict(zip([a.lstrip('-').replace('-', '_') for a in TINY[::2]], TINY[1::2]))
-    )
+    cfg = _tiny_config()
     training.train(RunRecord.new(cfg, tiny_data), tmp_path / 'run')
     assert drawn == drawn_after
     assert (tmp_path / 'run/curves.png').is_file()
