@@ -76,6 +76,8 @@ class _ScriptServer:
     def close(self) -> None:
         """End of the test process: the server reads EOF and exits; wait for it (no zombie)."""
         if self.proc.poll() is None:
+            if self.current is not None and self.current.returncode is None:
+                self.current.kill()  # a script a failed test left running: not an orphan
             self.proc.stdin.close()
             try:
                 self.proc.wait(timeout=60)

@@ -1,5 +1,6 @@
 """tests/script_server.py: a script forked from the server answers as a fresh interpreter does."""
 
+import os
 import subprocess
 import sys
 
@@ -50,3 +51,20 @@ def test_a_started_script_polls_and_dies_as_a_popen_does(tmp_path):
     assert isinstance(started, helpers.Forked) and started.poll() is None
     started.kill()
     assert started.wait() == started.poll() == -9  # what subprocess.Popen says of a SIGKILL
+
+
+@pytest.mark.slow
+def test_a_script_a_test_left_running_ends_with_the_test_process(tmp_path):
+    hang = tmp_path / 'hang.py'
+    hang.write_text('import time\ntime.sleep(600)\n')
+    code = (
+        'import sys; sys.path.insert(0, sys.argv[1]); import helpers\n'
+        'print(helpers.popen_script(sys.argv[2]).pid)\n'  # never waited for: a failed test
+    )
+    proc = subprocess.run(
+        [sys.executable, '-c', code, str(helpers.ROOT / 'tests'), str(hang)],
+        capture_output=True, text=True, timeout=900, env={**os.environ, 'ADNI_TIMM_TEST_FORK': '1'},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    with pytest.raises(ProcessLookupError):  # killed and reaped at exit, not an orphan
+        os.kill(int(proc.stdout.split()[-1]), 0)
