@@ -195,9 +195,8 @@ def test_non_finite_loss_stops_with_the_last_checkpoint_intact(tiny_data, tmp_pa
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
-@pytest.mark.parametrize('every_s, drawn_after', [(float('inf'), [2]), (0.0, [1, 2])])
-def test_curves_are_redrawn_only_after_the_interval_and_always_after_the_last_epoch(
-    tiny_data, tmp_path, monkeypatch, every_s, drawn_after
+def test_curves_are_redrawn_only_after_the_last_epoch_within_the_interval(
+    tiny_data, tmp_path, monkeypatch
 ):
     from adni_timm import plots
     from adni_timm.run import RunRecord
@@ -210,12 +209,21 @@ def test_curves_are_redrawn_only_after_the_interval_and_always_after_the_last_ep
         return plot_curves(history, *args, **kwargs)
 
     monkeypatch.setattr(plots, 'plot_curves', counting)
-    monkeypatch.setattr(training, 'CURVES_EVERY_S', every_s)
-    cfg = _tiny_config()
-    training.train(RunRecord.new(cfg, tiny_data), tmp_path / 'run')
-    assert drawn == drawn_after
+    monkeypatch.setattr(training, 'CURVES_EVERY_S', float('inf'))
+    training.train(RunRecord.new(_tiny_config(), tiny_data), tmp_path / 'run')
+    assert drawn == [2]  # epoch 1 of 2 is not drawn; the last always is
     assert (tmp_path / 'run/curves.png').is_file()
     assert len((tmp_path / 'run/metrics.jsonl').read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize(
+    'epoch, since_s, due',
+    [(0, 29.9, False), (0, 30.0, True), (1, 0.0, False), (2, 0.0, True), (2, 1e9, True)],
+)
+def test_curves_are_due_after_the_interval_or_the_last_epoch(epoch, since_s, due):
+    from adni_timm.train.loop import curves_due
+
+    assert curves_due(epoch, 3, since_s, every_s=30.0) is due
 
 
 @pytest.mark.slow
@@ -255,21 +263,29 @@ def test_two_processes_count_each_val_slice_once_write_from_main_and_agree(tiny_
     assert (proc.stdout + proc.stderr).count('epoch 2/2 | loss') == 1
 
 
+def test_the_demo_trains_at_64_px_on_a_cpu_unless_told_otherwise(tiny_data, tmp_path, monkeypatch):
+    from adni_timm.cli import train as cli
+    from adni_timm.synthetic import slices
+
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setattr(slices, 'demo_dataset', lambda cache_root=None: tiny_data)
+    monkeypatch.setattr(cli, '_train', lambda record, run_dir, **kw: record)  # no training
+    started = [
+        cli.run(['--demo', '--output-dir', str(tmp_path / 'a')], 'adni-train'),
+        cli.run(['--demo', '--output-dir', str(tmp_path / 'b'), '--img-size', '96'], 'adni-train'),
+    ]
+    assert [r.config.img_size for r in started] == [64, 96]  # ConvNeXt-T: ~5 img/s at 224 px
+    assert all(r.synthetic and r.eval_test for r in started)
+    assert {r.data_dir for r in started} == {str(tiny_data.resolve())}
+
+
 @pytest.mark.slow
 def test_demo_runs_without_data_and_evaluates_on_the_synthetic_test_split(tmp_path):
     run = tmp_path / 'demo'
+    # 32 px: the same run as the CPU's 64 px (test above) at a quarter of the model's work
     proc = run_train(
-        '--demo',
-        '--output-dir',
-        run,
-        '--model',
-        'adni_convnext_atto',
-        '--epochs',
-        '1',
-        '--warmup-epochs',
-        '0',
-        '--num-workers',
-        '0',
+        *('--demo', '--output-dir', run, '--model', 'adni_convnext_atto', '--img-size', '32'),
+        *('--epochs', '1', '--warmup-epochs', '0', '--num-workers', '0'),
         env={'ADNI_TIMM_CACHE': str(tmp_path / 'cache')},
     )
     metrics = json.loads((run / 'eval/metrics.json').read_text())
@@ -277,8 +293,7 @@ def test_demo_runs_without_data_and_evaluates_on_the_synthetic_test_split(tmp_pa
     assert metrics['split'] == 'test' and metrics['scan']['n'] == 32
     assert metrics['threshold_source'] == 'validation'
     record = yaml.safe_load((run / 'train_config.yaml').read_text())
-    # CPU: reduced size
-    assert 'synthetic' in record['data'].lower() and record['config']['img_size'] == 64
+    assert 'synthetic' in record['data'].lower() and record['config']['img_size'] == 32
     assert f'run folder   {run}' in proc.stdout and f'evaluation   {run / "eval"}' in proc.stdout
     assert any((tmp_path / 'cache').glob('synthetic-demo-*/train/AD/*.jpeg'))
     # resuming the demo keeps what it is: synthetic data, evaluated on its test split

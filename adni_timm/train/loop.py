@@ -65,6 +65,13 @@ _logger = logging.getLogger(__name__)
 # smoke run) would spend more on than on training; metrics.jsonl is written every epoch.
 CURVES_EVERY_S = 30.0
 
+
+def curves_due(epoch: int, epochs: int, seconds_since_drawn: float, every_s: float) -> bool:
+    """Whether RUN/curves.png is redrawn after ``epoch`` (0-based) of ``epochs``: always after the
+    last one, otherwise once ``every_s`` seconds have passed since the last drawing."""
+    return epoch + 1 == epochs or seconds_since_drawn >= every_s
+
+
 __all__ = [
     'TrainingError',
     'BestEpoch',
@@ -463,7 +470,7 @@ def _loop(
             raise TrainingError(str(e)) from None
         aside.release()  # the new run has a checkpoint of its own: the replaced run can go
         weights = ema.module if chosen == 'ema' else base_model
-        curves = epoch + 1 == cfg.epochs or time.perf_counter() - curves_drawn >= CURVES_EVERY_S
+        curves = curves_due(epoch, cfg.epochs, time.perf_counter() - curves_drawn, CURVES_EVERY_S)
         curves_drawn = time.perf_counter() if curves else curves_drawn
         # the main process writes; its error stops every process, not just itself
         stop_if(
