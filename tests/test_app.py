@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import ROOT
+from helpers import ROOT, popen_script, run_script
 
 THRESHOLD, TEMPERATURE = 0.4, 1.3
 # docs/app.png was taken by this test:
@@ -112,28 +112,14 @@ def demo_files(tmp_path_factory):
 @pytest.fixture(scope='module')
 def app_process(demo_files, tmp_path_factory):
     """(process, URL, log path) of ``python app.py --model EXPORT`` on a free loopback port, started
-    (not yet serving): as a user runs it, in a subprocess. Stopped at the end of the module."""
+    (not yet serving): as a user runs it, in a subprocess (forked from the tests' script server:
+    helpers.popen_script). Stopped at the end of the module."""
     pytest.importorskip('gradio', reason=NO_GRADIO)
     export, _, _ = demo_files
     port = _free_port()
     log_path = tmp_path_factory.mktemp('app-log') / 'app.log'
-    with log_path.open('w') as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / 'app.py'),
-                '--model',
-                str(export),
-                '--host',
-                '127.0.0.1',
-                '--port',
-                str(port),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env={**os.environ, **LOCAL_ENV},
-        )
+    args = ('--model', export, '--host', '127.0.0.1', '--port', port)
+    proc = popen_script('app.py', *args, stdout=log_path, stderr=subprocess.STDOUT, env=LOCAL_ENV)
     try:
         yield proc, f'http://127.0.0.1:{port}/', log_path
     finally:
@@ -229,14 +215,8 @@ def test_check_image_refuses_bad_files_with_a_reason(demo_files, tmp_path):
 def test_app_cli_reports_a_missing_model_in_one_line(tmp_path):
     pytest.importorskip('gradio', reason=NO_GRADIO)
     # no --model: app.py reads ADNI_MODEL, as a Space does
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / 'app.py')],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=900,
-        env={**os.environ, **LOCAL_ENV, 'ADNI_MODEL': str(tmp_path / 'nowhere')},
-    )
+    env = {**LOCAL_ENV, 'ADNI_MODEL': str(tmp_path / 'nowhere')}
+    proc = run_script('app.py', env=env, check=False)
     assert proc.returncode == 2  # a refused input (adni_timm.cli: exit codes)
     assert proc.stderr.startswith('app.py: error:') and 'does not exist' in proc.stderr
     assert 'Traceback' not in proc.stderr
