@@ -73,6 +73,14 @@ def test_a_forked_script_reports_its_own_peak_memory():
     assert 280 * 1024**2 <= runs['300 MiB'] - runs['idle'] <= 400 * 1024**2, runs
 
 
+def test_a_forked_script_finds_the_servers_imports_frozen():
+    """gc.freeze() before each fork: the script's collections leave the imports' pages alone."""
+    server = helpers._server()
+    code = 'import gc; print(gc.get_freeze_count())'
+    proc = server.run([sys.executable, '-c', code], dict(server.environ), 900)
+    assert proc.returncode == 0 and int(proc.stdout) > 100_000, proc.stdout + proc.stderr  # ~180k
+
+
 def test_a_dataset_variable_is_read_by_the_forked_script_itself(tmp_path):
     """HF_DATASETS_* is read when ``datasets`` is imported, which the server never does: a forked
     script that imports it reads its own value (tests/test_hub_datasets.py relies on it)."""
