@@ -78,11 +78,11 @@ def run_measured(code: str, *args, env=None, timeout=900) -> Measured:
     process alone). ``timeout`` is a hang guard, not a speed check.
 
     Forked from the tests' script server when it can take the environment (``helpers.run_script``;
-    ~5 s of CPU saved per run): then the footprint is the server's preloaded imports (torch, timm,
-    Accelerate, adni_timm: ~0.8 GB, which a fork's ru_maxrss counts) plus what the command itself
-    touched; a fresh interpreter (``ADNI_TIMM_TEST_FORK=0``) counts only what it imported. Either
-    way the tests compare two runs of one kind, a harmless bad file against a hostile one, so the
-    difference is what the hostile file cost."""
+    ~5 s of CPU saved per run): then the footprint is the heap of the server's preloaded imports
+    (torch, timm, Accelerate, adni_timm: ~0.5 GB, which a fork's ru_maxrss counts from the start)
+    plus what the command itself touched; a fresh interpreter (``ADNI_TIMM_TEST_FORK=0``) counts
+    only what it imported. Either way the tests compare two runs of one kind, a harmless bad file
+    against a hostile one, so the difference is what the hostile file cost."""
     import tempfile
 
     from helpers import _server_for

@@ -15,8 +15,8 @@ variable that a preloaded library reads at import time (``IMPORT_TIME_ENV``).
 Protocol (one request at a time, JSON lines): in ``{"script" or "module" or "code", "args", "cwd",
 "env", "stdout", "stderr"}`` (stderr the same path as stdout: one file, as ``2>&1``); out
 ``{"pid": N}`` at once, then ``{"code": N, "maxrss": BYTES}`` when the script has ended: its exit
-code and its peak resident set (``wait4``'s ru_maxrss, which counts the pages it inherited from
-this server: ~0.8 GB of imports, in every run alike).
+code and its peak resident set (``wait4``'s ru_maxrss, which counts the heap it inherited from
+this server, ~0.5 GB of imports, in every run alike; mapped library files once it touches them).
 """
 
 import atexit
