@@ -184,15 +184,6 @@ class Forked:
             self._ended(reply)
         return self.returncode
 
-    def send_signal(self, sig: int) -> None:
-        if self.returncode is None:
-            os.kill(self.pid, sig)
-
-    def terminate(self) -> None:
-        import signal
-
-        self.send_signal(signal.SIGTERM)
-
     def kill(self) -> None:
         import signal
 
@@ -203,8 +194,8 @@ class Forked:
 
 def popen_script(script, *args, stdout=os.devnull, stderr=os.devnull, env=None):
     """``python SCRIPT ARGS`` started (not waited for), forked as ``run_script`` forks it when it
-    can: an object with ``poll()``, ``wait()``, ``send_signal()``, ``terminate()``, ``kill()`` and
-    ``pid``, as ``subprocess.Popen``. ``stderr=subprocess.STDOUT``: both into ``stdout``."""
+    can: an object with ``poll()``, ``wait()``, ``kill()`` and ``pid``, as ``subprocess.Popen``.
+    ``stderr=subprocess.STDOUT``: both into ``stdout``."""
     return popen_python(str(ROOT / script), *args, stdout=stdout, stderr=stderr, env=env)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import ROOT, popen_script, run_script
+from helpers import ROOT, run_script
 
 THRESHOLD, TEMPERATURE = 0.4, 1.3
 # docs/app.png was taken by this test:
@@ -112,14 +112,28 @@ def demo_files(tmp_path_factory):
 @pytest.fixture(scope='module')
 def app_process(demo_files, tmp_path_factory):
     """(process, URL, log path) of ``python app.py --model EXPORT`` on a free loopback port, started
-    (not yet serving): as a user runs it, in a subprocess (forked from the tests' script server:
-    helpers.popen_script). Stopped at the end of the module."""
+    (not yet serving): as a user runs it, in a subprocess. Stopped at the end of the module."""
     pytest.importorskip('gradio', reason=NO_GRADIO)
     export, _, _ = demo_files
     port = _free_port()
     log_path = tmp_path_factory.mktemp('app-log') / 'app.log'
-    args = ('--model', export, '--host', '127.0.0.1', '--port', port)
-    proc = popen_script('app.py', *args, stdout=log_path, stderr=subprocess.STDOUT, env=LOCAL_ENV)
+    with log_path.open('w') as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / 'app.py'),
+                '--model',
+                str(export),
+                '--host',
+                '127.0.0.1',
+                '--port',
+                str(port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, **LOCAL_ENV},
+        )
     try:
         yield proc, f'http://127.0.0.1:{port}/', log_path
     finally:

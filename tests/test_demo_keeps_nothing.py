@@ -1,13 +1,14 @@
 """Issue 29: the web demo keeps nothing and shows no server path; hostile uploads are refused
-with bounded memory. The demo is served for real (``app.py`` in a subprocess forked from the
-tests' script server, GRADIO_TEMP_DIR a tmp folder) and driven by gradio_client, through Gradio's
-real upload route."""
+with bounded memory. The demo is served for real (``app.py`` in a subprocess, GRADIO_TEMP_DIR a
+tmp folder) and driven by gradio_client, through Gradio's real upload route."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import popen_script
+from helpers import ROOT
 from hostile_files import MAX_EXTRA_RSS, export_with_input_check, write_nifti_bomb
 
 LOCAL_ENV = {
@@ -55,16 +56,20 @@ def served(tmp_path_factory):
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
-    log = root / 'app.log'
-    args = ('--model', export, '--port', port)
-    env = {**LOCAL_ENV, 'GRADIO_TEMP_DIR': str(temp)}
-    proc = popen_script('app.py', *args, stdout=log, stderr=subprocess.STDOUT, env=env)
+    log = (root / 'app.log').open('w')
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / 'app.py'), '--model', str(export), '--port', str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env={**os.environ, **LOCAL_ENV, 'GRADIO_TEMP_DIR': str(temp)},
+    )
     url = f'http://127.0.0.1:{port}/'
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     deadline = time.monotonic() + 900  # a hang guard
     while True:
         if proc.poll() is not None:
-            pytest.fail(f'app.py exited ({proc.returncode}):\n{log.read_text()}')
+            pytest.fail(f'app.py exited ({proc.returncode}):\n{(root / "app.log").read_text()}')
         try:
             with opener.open(url, timeout=2):
                 break
@@ -81,6 +86,7 @@ def served(tmp_path_factory):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        log.close()
 
 
 def _assert_nothing_kept(temp: Path, names):
