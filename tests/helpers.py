@@ -33,7 +33,18 @@ def run_script(script, *args, env=None, check=True, timeout=900):
     its exit code, stdout and stderr. The process is forked from a server that imported torch and
     timm once (tests/script_server.py: ~5 s of CPU saved per run); ``ADNI_TIMM_TEST_FORK=0``, or
     an environment the server cannot take, starts a fresh interpreter instead."""
-    command = [sys.executable, str(ROOT / script), *map(str, args)]
+    return run_python(str(ROOT / script), *args, env=env, check=check, timeout=timeout)
+
+
+def run_module(module, *args, env=None, check=True, timeout=900):
+    """``python -m MODULE ARGS`` from the repository root, forked as ``run_script`` forks."""
+    return run_python('-m', module, *args, env=env, check=check, timeout=timeout)
+
+
+def run_python(*argv, env=None, check=True, timeout=900):
+    """``python ARGV`` (a script, ``-m module`` or ``-c code``, then its arguments) from the
+    repository root, forked as ``run_script`` forks when it can."""
+    command = [sys.executable, *map(str, argv)]
     environ = {**os.environ, **(env or {})}
     server = _server_for(environ)
     if server is not None:
@@ -43,7 +54,7 @@ def run_script(script, *args, env=None, check=True, timeout=900):
             command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=environ
         )
     if check and proc.returncode != 0:
-        raise AssertionError(f'{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}')
+        raise AssertionError(f'{argv[0]} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}')
     return proc
 
 
@@ -52,6 +63,10 @@ def run_script(script, *args, env=None, check=True, timeout=900):
 # one of them gets a fresh interpreter, which reads them as a user's process would
 IMPORT_TIME_ENV = ('HF_', 'HUGGINGFACE', 'TRANSFORMERS', 'TORCH', 'PYTORCH', 'CUDA', 'OMP_', 'MKL',
                    'PYTHON', 'MPL', 'XDG_', 'TMPDIR', 'HOME', 'PATH', 'LD_')  # fmt: skip
+# ... except these: read only by a library the server does not import (``datasets`` reads
+# HF_DATASETS_* in datasets.config; huggingface_hub, timm and Accelerate do not), so the forked
+# script's own import reads them (tests/test_script_server.py checks it)
+NOT_PRELOADED_ENV = ('HF_DATASETS_',)
 _SERVER = None
 
 
@@ -88,7 +103,9 @@ class _ScriptServer:
         changed = {
             k for k in set(environ) | set(self.environ) if environ.get(k) != self.environ.get(k)
         }
-        return not any(k.startswith(IMPORT_TIME_ENV) for k in changed)
+        return not any(
+            k.startswith(IMPORT_TIME_ENV) and not k.startswith(NOT_PRELOADED_ENV) for k in changed
+        )
 
     def _reply(self, deadline: float | None = None) -> dict | None:
         """The server's next line; None when ``deadline`` (time.monotonic) passes first."""
@@ -105,13 +122,19 @@ class _ScriptServer:
         return json.loads(line)
 
     def start(self, command, environ, stdout, stderr) -> 'Forked':
-        """``command`` (``[python, script, *args]``) forked, its output into the two files."""
+        """``command`` (``[python, script, *args]``, ``[python, '-m', module, *args]`` or
+        ``[python, '-c', code, *args]``) forked, its output into the two files (the same path
+        twice: one file, as ``2>&1``)."""
         import json
 
         if self.current is not None and self.current.returncode is None:
             self.current.kill()  # a test that failed before waiting for its script: end it here
-        request = dict(script=command[1], args=command[2:], cwd=str(ROOT), env=environ,
-                       stdout=str(stdout), stderr=str(stderr))  # fmt: skip
+        if command[1] in ('-m', '-c'):
+            main = {'-m': 'module', '-c': 'code'}[command[1]]
+            request = {main: command[2], 'args': command[3:]}
+        else:
+            request = {'script': command[1], 'args': command[2:]}
+        request.update(cwd=str(ROOT), env=environ, stdout=str(stdout), stderr=str(stderr))
         self.proc.stdin.write(json.dumps(request) + '\n')
         self.proc.stdin.flush()
         self.current = Forked(self, self._reply()['pid'])
@@ -138,11 +161,16 @@ class Forked:
 
     def __init__(self, server: _ScriptServer, pid: int):
         self.server, self.pid, self.returncode = server, pid, None
+        self.maxrss: int | None = None  # bytes, once it has ended (wait4: see script_server.py)
+
+    def _ended(self, reply: dict) -> None:
+        self.returncode, self.maxrss = reply['code'], reply['maxrss']
 
     def poll(self) -> int | None:
         if self.returncode is None:
             reply = self.server._reply(0)
-            self.returncode = None if reply is None else reply['code']
+            if reply is not None:
+                self._ended(reply)
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
@@ -153,7 +181,7 @@ class Forked:
             reply = self.server._reply(deadline)
             if reply is None:
                 raise subprocess.TimeoutExpired(str(self.pid), timeout)
-            self.returncode = reply['code']
+            self._ended(reply)
         return self.returncode
 
     def kill(self) -> None:
@@ -164,15 +192,30 @@ class Forked:
             self.wait()
 
 
-def popen_script(script, *args, stdout=os.devnull, stderr=os.devnull):
+def popen_script(script, *args, stdout=os.devnull, stderr=os.devnull, env=None):
     """``python SCRIPT ARGS`` started (not waited for), forked as ``run_script`` forks it when it
-    can: an object with ``poll()``, ``wait()``, ``kill()`` and ``pid``, as ``subprocess.Popen``."""
-    command = [sys.executable, str(ROOT / script), *map(str, args)]
-    server = _server_for(os.environ)
+    can: an object with ``poll()``, ``wait()``, ``kill()`` and ``pid``, as ``subprocess.Popen``.
+    ``stderr=subprocess.STDOUT``: both into ``stdout``."""
+    return popen_python(str(ROOT / script), *args, stdout=stdout, stderr=stderr, env=env)
+
+
+def popen_python(*argv, stdout=os.devnull, stderr=os.devnull, env=None):
+    """``python ARGV`` (a script, ``-m module`` or ``-c code``, then its arguments) started, as
+    ``popen_script`` starts a script."""
+    command = [sys.executable, *map(str, argv)]
+    environ = {**os.environ, **(env or {})}
+    if stderr == subprocess.STDOUT:
+        stderr = stdout
+    server = _server_for(environ)
     if server is not None:
-        return server.start(command, dict(os.environ), stdout, stderr)
-    with open(stdout, 'wb') as out, open(stderr, 'wb') as err:
-        return subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=err)
+        return server.start(command, environ, stdout, stderr)
+    with open(stdout, 'wb') as out:
+        if stderr == stdout:
+            return subprocess.Popen(
+                command, cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT
+            )
+        with open(stderr, 'wb') as err:
+            return subprocess.Popen(command, cwd=ROOT, env=environ, stdout=out, stderr=err)
 
 
 def _server_for(environ) -> _ScriptServer | None:

@@ -74,21 +74,44 @@ class Measured:
 
 
 def run_measured(code: str, *args, env=None, timeout=900) -> Measured:
-    """``python -c code args...`` in a fresh interpreter, with its own peak RSS (``wait4`` on the
-    child: ru_maxrss of that process alone). ``timeout`` is a hang guard, not a speed check."""
+    """``python -c code args...`` with its own peak RSS (``wait4`` on the child: ru_maxrss of that
+    process alone). ``timeout`` is a hang guard, not a speed check.
+
+    Forked from the tests' script server when it can take the environment (``helpers.run_script``;
+    ~5 s of CPU saved per run): then the footprint is the heap of the server's preloaded imports
+    (torch, timm, Accelerate, adni_timm: ~0.5 GB, which a fork's ru_maxrss counts from the start)
+    plus what the command itself touched; a fresh interpreter (``ADNI_TIMM_TEST_FORK=0``) counts
+    only what it imported. Either way the tests compare two runs of one kind, a harmless bad file
+    against a hostile one, so the difference is what the hostile file cost."""
+    import tempfile
+
+    from helpers import _server_for
+
+    command = [sys.executable, '-c', code, *map(str, args)]
+    environ = {**os.environ, **(env or {})}
+    server = _server_for(environ)
+    if server is None:
+        return _run_fresh_measured(command, environ, timeout)
+    with tempfile.TemporaryDirectory(prefix='adni-timm-measured-') as tmp:
+        out, err = Path(tmp) / 'stdout', Path(tmp) / 'stderr'
+        start = time.perf_counter()
+        forked = server.start(command, environ, out, err)
+        try:
+            code = forked.wait(timeout)
+        except subprocess.TimeoutExpired:
+            forked.kill()
+            raise
+        seconds = time.perf_counter() - start
+        return Measured(code, out.read_text(), err.read_text(), forked.maxrss, seconds)
+
+
+def _run_fresh_measured(command, environ, timeout) -> Measured:
     import tempfile
     import threading
 
     with tempfile.TemporaryFile('w+') as out, tempfile.TemporaryFile('w+') as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(
-            [sys.executable, '-c', code, *map(str, args)],
-            stdout=out,
-            stderr=err,
-            text=True,
-            cwd=ROOT,
-            env={**os.environ, **(env or {})},
-        )
+        proc = subprocess.Popen(command, stdout=out, stderr=err, text=True, cwd=ROOT, env=environ)
         guard = threading.Timer(timeout, proc.kill)
         guard.start()
         try:

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import ROOT
+from helpers import ROOT, run_script
 
 THRESHOLD, TEMPERATURE = 0.4, 1.3
 # docs/app.png was taken by this test:
@@ -229,14 +229,8 @@ def test_check_image_refuses_bad_files_with_a_reason(demo_files, tmp_path):
 def test_app_cli_reports_a_missing_model_in_one_line(tmp_path):
     pytest.importorskip('gradio', reason=NO_GRADIO)
     # no --model: app.py reads ADNI_MODEL, as a Space does
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / 'app.py')],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=900,
-        env={**os.environ, **LOCAL_ENV, 'ADNI_MODEL': str(tmp_path / 'nowhere')},
-    )
+    env = {**LOCAL_ENV, 'ADNI_MODEL': str(tmp_path / 'nowhere')}
+    proc = run_script('app.py', env=env, check=False)
     assert proc.returncode == 2  # a refused input (adni_timm.cli: exit codes)
     assert proc.stderr.startswith('app.py: error:') and 'does not exist' in proc.stderr
     assert 'Traceback' not in proc.stderr

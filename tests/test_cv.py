@@ -3,8 +3,6 @@ comparing runs. (Folds: tests/test_splits.py.)"""
 
 import json
 import statistics
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -23,6 +21,7 @@ from adni_timm.cv.summary import (
 from adni_timm.cli.cv import main
 from adni_timm.cv.compare import compare, format_comparison, paired_bootstrap_difference
 from adni_timm.metrics import resample_scan_counts, slice_and_scan_metrics, youden_threshold
+from helpers import run_module
 from adni_timm.data.splits import make_folds
 
 # 23 AD and 27 NC scans; ids of mixed widths so that sorting is by string, not insertion order
@@ -303,15 +302,7 @@ def test_cli_compare_and_one_line_errors(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cli_as_a_module_exits_2_without_traceback(tmp_path):
-    command = [
-        sys.executable,
-        '-m',
-        'adni_timm.cv',
-        'compare',
-        str(tmp_path),
-        str(tmp_path),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    done = run_module('adni_timm.cv', 'compare', tmp_path, tmp_path, check=False)
     assert done.returncode == 2
     assert done.stderr.strip().count('\n') == 0 and 'is not a cross-validation run' in done.stderr
     assert 'Traceback' not in done.stderr

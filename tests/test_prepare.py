@@ -8,11 +8,8 @@ N4, 2 mm working resolution, 4 slices); the full recipe is tested in test_prepro
 import filecmp
 import csv
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +20,7 @@ import pytest
 pytest.importorskip('SimpleITK')
 pytest.importorskip('nilearn')
 
-from helpers import cli_in_process, ROOT, run_train  # noqa: E402
+from helpers import cli_in_process, popen_python, run_python, run_train  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from adni_timm import data  # noqa: E402
@@ -363,7 +360,7 @@ def test_cli_refuses_bad_usage(tmp_path, capsys):
 
 
 def _prepare_cli(*args):
-    return [sys.executable, '-m', 'adni_timm.prepare', *map(str, args)]
+    return ['-m', 'adni_timm.prepare', *args]  # python -m adni_timm.prepare ARGS
 
 
 @pytest.mark.slow
@@ -383,10 +380,7 @@ def test_killed_run_resumes_without_redoing_finished_subjects(prepared, volumes,
         '--progress',
         'lines',
     )
-    env = {**os.environ, 'PYTHONPATH': str(ROOT)}
-    proc = subprocess.Popen(
-        args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    proc = popen_python(*args)  # forked from the tests' script server (helpers.run_script)
     deadline = time.time() + 900  # a hang guard, never a speed check
     while time.time() < deadline and proc.poll() is None:
         if len(list((out / 'records').glob('*.json'))) >= 2:
@@ -397,7 +391,7 @@ def test_killed_run_resumes_without_redoing_finished_subjects(prepared, volumes,
     proc.wait()
     finished = {p.name: p.read_bytes() for p in (out / 'records').glob('*.json')}
     assert 2 <= len(finished) < 6 and not (out / 'manifest.csv').exists()
-    rerun = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    rerun = run_python(*args, check=False)
     assert rerun.returncode == 0, rerun.stderr
     assert f'{len(finished)} subject(s) already prepared with this recipe: skipped' in rerun.stdout
     assert rerun.stdout.count('] 000_S_') == 6 - len(finished)

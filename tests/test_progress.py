@@ -5,13 +5,12 @@ short epoch line, a summary with the next commands.
 import io
 import re
 import subprocess
-import sys
 
 import pytest
 
 from adni_timm.utils.progress import Progress, resolve_mode
 from adni_timm.train.loop import epoch_line
-from helpers import ROOT, TINY, with_option
+from helpers import TINY, popen_script, with_option
 
 EPOCH_LINE = re.compile(r'^epoch \d+/\d+ \|')
 PROGRESS_LINE = re.compile(r'^  epoch \d+/\d+ +\d+% ')
@@ -22,23 +21,19 @@ def test_a_redirected_run_writes_plain_lines_and_short_epoch_lines(tiny_data, tm
     log = tmp_path / 'train.log'
     run = tmp_path / 'run'
     args = with_option(TINY, '--batch-size', '4')
-    with log.open('wb') as out:  # as under SLURM or nohup: stdout and stderr into one file, no TTY
-        proc = subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / 'tests/progress_probe.py'),
-                '--data-dir',
-                str(tiny_data),
-                '--output-dir',
-                str(run),
-                *args,
-                '--eval-test',
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            timeout=900,
-        )
+    # as under SLURM or nohup: stdout and stderr into one file, no TTY
+    proc = popen_script(
+        'tests/progress_probe.py',
+        '--data-dir',
+        tiny_data,
+        '--output-dir',
+        run,
+        *args,
+        '--eval-test',
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    proc.wait(900)  # a hang guard
     text = log.read_text()
     assert proc.returncode == 0, text[-3000:]
     assert '\r' not in text  # no carriage-return bar updates in a log file

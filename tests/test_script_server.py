@@ -23,6 +23,79 @@ def test_a_forked_script_answers_as_a_fresh_interpreter_does(tmp_path, monkeypat
     assert not (tmp_path / 'run').exists()
 
 
+PROBE_CODE = (
+    'import sys; print(__name__, sys.argv, repr(sys.path[0])); '
+    'print("to stderr", file=sys.stderr); sys.exit(int(sys.argv[1]))'
+)
+
+
+@pytest.mark.parametrize(
+    'main, code',
+    [(('-m', 'tests.module_probe'), 3), (('-c', PROBE_CODE), 4), (('tests/module_probe.py',), 5)],
+    ids=['module', 'code', 'script'],
+)
+def test_a_module_code_or_script_runs_forked_as_python_runs_it(main, code, monkeypatch):
+    argv = (*main, code, 'a b')
+    forked = helpers.run_python(*argv, check=False)
+    assert helpers._SERVER is not None and helpers._SERVER.current.returncode == code  # forked
+    monkeypatch.setenv('ADNI_TIMM_TEST_FORK', '0')
+    fresh = helpers.run_python(*argv, check=False)
+    assert forked.returncode == fresh.returncode == code
+    assert (forked.stdout, forked.stderr) == (fresh.stdout, fresh.stderr)
+    assert fresh.stdout.startswith('__main__') and 'a b' in fresh.stdout  # it ran, with its args
+
+
+def test_stderr_into_stdout_is_one_file_as_2_and_1_is(tmp_path, monkeypatch):
+    code = 'import sys; print("out", flush=True); print("err", file=sys.stderr); print("end")'
+    logs = []
+    for fork in ('1', '0'):
+        monkeypatch.setenv('ADNI_TIMM_TEST_FORK', fork)
+        log = tmp_path / f'log-{fork}'
+        log.write_text('something older and longer than the output\n')  # truncated, as > does
+        proc = helpers.popen_python('-c', code, stdout=log, stderr=subprocess.STDOUT)
+        assert proc.wait(900) == 0  # a hang guard
+        logs.append(log.read_text())
+    assert logs[0] == logs[1] == 'out\nerr\nend\n'
+
+
+def test_a_forked_script_reports_its_own_peak_memory():
+    """``maxrss``: what hostile_files.run_measured compares. A fork's counts the server's pages
+    it inherited, so a script that touches 300 MiB more reports ~300 MiB more, not less."""
+    server = helpers._server()
+    runs = {}
+    for name, code in (('idle', 'pass'), ('300 MiB', 'x = b"1" * (300 * 1024**2)')):
+        forked = server.start([sys.executable, '-c', code], dict(server.environ), *2 * [os.devnull])
+        assert forked.wait(900) == 0  # a hang guard
+        runs[name] = forked.maxrss
+    status = open(f'/proc/{server.proc.pid}/status').read()
+    anonymous = int(status.split('RssAnon:')[1].split()[0]) * 1024  # the server's own heap
+    assert runs['idle'] >= 0.9 * anonymous  # the imports' memory it inherited counts
+    assert 280 * 1024**2 <= runs['300 MiB'] - runs['idle'] <= 400 * 1024**2, runs
+
+
+def test_a_forked_script_finds_the_servers_imports_frozen():
+    """gc.freeze() before each fork: the script's collections leave the imports' pages alone."""
+    server = helpers._server()
+    code = 'import gc; print(gc.get_freeze_count())'
+    proc = server.run([sys.executable, '-c', code], dict(server.environ), 900)
+    assert proc.returncode == 0 and int(proc.stdout) > 100_000, proc.stdout + proc.stderr  # ~180k
+
+
+def test_a_dataset_variable_is_read_by_the_forked_script_itself(tmp_path):
+    """HF_DATASETS_* is read when ``datasets`` is imported, which the server never does: a forked
+    script that imports it reads its own value (tests/test_hub_datasets.py relies on it)."""
+    server = helpers._server()
+    environ = {**server.environ, 'HF_DATASETS_CACHE': str(tmp_path / 'hf')}
+    assert server.can_take(environ)
+    code = (
+        'import sys; print("datasets" in sys.modules); import datasets.config; '
+        'print(datasets.config.HF_DATASETS_CACHE)'
+    )
+    proc = server.run([sys.executable, '-c', code], environ, 900)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ['False', str(tmp_path / 'hf')]
+
+
 def test_an_import_time_variable_gets_a_fresh_interpreter(monkeypatch):
     server = helpers._server()
     assert server.can_take({**server.environ, 'ADNI_TIMM_CACHE': '/elsewhere'})
