@@ -17,12 +17,13 @@ from adni_timm.train.cv import refit_epochs, refit_weights
 from adni_timm.inference import load_model
 from adni_timm.run import Run
 from adni_timm.data.splits import make_folds, scan_labels
-from helpers import TINY, cli_in_process, run_train, train_and_kill
+from helpers import TINY, cli_in_process, run_train, train_and_kill, with_option
 
 # a 2-fold CV run with a refit: end to end, a minute of CPU
 pytestmark = pytest.mark.slow
 
-CV_ARGS = [*TINY, '--folds', '2']  # 2 epochs per fold
+# 2 epochs per fold; 32 px: nothing here depends on the size, and a CV run trains three times
+CV_ARGS = [*with_option(TINY, '--img-size', '32'), '--folds', '2']
 
 
 @pytest.fixture(scope='module')

@@ -9,7 +9,6 @@ import filecmp
 import csv
 import json
 import shutil
-import signal
 import tempfile
 import time
 from pathlib import Path
@@ -387,7 +386,7 @@ def test_killed_run_resumes_without_redoing_finished_subjects(prepared, volumes,
             break
         time.sleep(0.05)
     assert proc.poll() is None, 'the run ended before it could be killed midway'
-    proc.send_signal(signal.SIGKILL)
+    proc.kill()  # SIGKILL
     proc.wait()
     finished = {p.name: p.read_bytes() for p in (out / 'records').glob('*.json')}
     assert 2 <= len(finished) < 6 and not (out / 'manifest.csv').exists()

@@ -1,39 +1,21 @@
 """Smoke test of benchmarks/prepare_throughput.py --quick: rates and per-step times are reported."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-pytest.importorskip('SimpleITK')
+from helpers import run_script
 
-ROOT = Path(__file__).resolve().parent.parent
+pytest.importorskip('SimpleITK')
 
 
 @pytest.mark.slow
 def test_prepare_benchmark_quick_reports_rates_and_steps(tmp_path):
     out = tmp_path / 'prepare.json'
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / 'benchmarks/prepare_throughput.py'),
-            '--quick',
-            '--workers',
-            '1',
-            '--work-dir',
-            str(tmp_path),
-            '--json',
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=ROOT,
-        env={**os.environ, 'PYTHONPATH': str(ROOT)},
-    )
+    proc = run_script(
+        'benchmarks/prepare_throughput.py', '--quick', '--workers', '1', '--work-dir', tmp_path,
+        '--json', out, check=False,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r['volumes'] == 2 and r['failed'] == 0 and r['volumes_per_min'] > 0
