@@ -19,13 +19,14 @@ os.environ.setdefault('OMP_NUM_THREADS', str(max(1, min(2, (os.cpu_count() or 1)
 # pytest-xdist (--dist loadfile --no-loadscope-reorder, pyproject) hands out test files in
 # collection order (its default order, most tests first, put the three one-test files of 70-120 s
 # last); the longest files go first so that neither worker starts a long file when the other is
-# nearly done. Seconds per file
-# in a 2-worker run on the 2-core VM (2026-12-07); files not named keep their place after these.
+# nearly done. Seconds per file in a 2-worker run on the 2-core VM (2026-12-07, after the 32 px
+# and fork-server cuts); files not named keep their place after these.
 LONGEST_FIRST = {
-    'test_training.py': 167, 'test_cv_null.py': 121, 'test_benchmark.py': 120, 'test_runs.py': 101,
-    'test_cv_run.py': 99, 'test_faults.py': 82, 'test_bounded_inputs.py': 82, 'test_cam.py': 80,
-    'test_data_on_device.py': 75, 'test_prepare.py': 75, 'test_install.py': 71,
-    'test_evaluation.py': 59, 'test_subjects.py': 55, 'test_hub.py': 51, 'test_onnx.py': 42,
+    'test_training.py': 145, 'test_runs.py': 73, 'test_cam.py': 69, 'test_cv_null.py': 58,
+    'test_benchmark.py': 54, 'test_prepare.py': 53, 'test_cv_run.py': 50,
+    'test_data_on_device.py': 50, 'test_install.py': 47, 'test_onnx.py': 35,
+    'test_evaluation.py': 34, 'test_loading_paths.py': 33, 'test_app.py': 32, 'test_ddp.py': 31,
+    'test_faults.py': 30,
 }  # fmt: skip
 
 
