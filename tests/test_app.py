@@ -333,6 +333,7 @@ def browser_tools():
     return chromium, chromedriver
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 def test_page_in_a_real_browser_shows_p_ad_and_grad_cam(
     browser_tools, served_app, demo_files, expected_p_ad, tmp_path

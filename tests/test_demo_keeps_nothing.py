@@ -120,6 +120,7 @@ def test_uploads_are_removed_after_each_response_and_no_path_is_shown(served):
     _assert_nothing_kept(temp, names + ['broken.nii.gz'])
 
 
+@pytest.mark.slow
 def test_the_upload_limit_is_set(served):
     from adni_timm.app.demo import MAX_UPLOAD_MB
 
@@ -127,6 +128,7 @@ def test_the_upload_limit_is_set(served):
     assert client.config['max_file_size'] == MAX_UPLOAD_MB * 1024**2
 
 
+@pytest.mark.slow
 def test_a_huge_scan_is_refused_with_bounded_server_memory(served):
     from gradio_client import handle_file
 
@@ -142,6 +144,7 @@ def test_a_huge_scan_is_refused_with_bounded_server_memory(served):
     _assert_nothing_kept(temp, ['head.nii.gz'])
 
 
+@pytest.mark.slow
 def test_nothing_is_left_after_the_server_stops(served):
     from gradio_client import handle_file
 

@@ -283,6 +283,7 @@ def test_ctrl_c_while_torch_imports_exits_130_without_traceback(tool, tmp_path):
     assert 'Traceback' not in err and 'interrupted' in err, err
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_training_names_the_path_and_what_was_kept(
     tiny_data, tmp_path, monkeypatch, capsys
 ):

@@ -10,6 +10,7 @@ import helpers
 from helpers import run_script
 
 
+@pytest.mark.slow
 def test_a_forked_script_answers_as_a_fresh_interpreter_does(tmp_path, monkeypatch):
     args = ('--data-dir', tmp_path / 'nope', '--output-dir', tmp_path / 'run', '--epochs', '1')
     forked = run_script('train.py', *args, check=False)
