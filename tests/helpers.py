@@ -64,14 +64,16 @@ def accelerate_launch(*argv, port, env=None, timeout=900):
     (a script or ``-m module``, then its arguments) from the repository root: a CompletedProcess
     of the launch, its ranks' output interleaved in stdout and stderr as the launcher's.
 
-    The two ranks are forked from the script server (~13 s of CPU saved: the launcher's and two
-    workers' imports) with the environment the real launcher gives each (``launched_workers``)
-    and end as torchrun ends them (tests/script_server.py). What differs: no launcher process
-    (no agent TCPStore: rank 0 hosts the group's, ``TORCHELASTIC_USE_AGENT_STORE=False``), no
-    ``TORCHELASTIC_ERROR_FILE``, no ChildFailedError report; ``returncode`` is 1 when a rank
-    failed, as the launcher's. ``ADNI_TIMM_TEST_FORK=0``, an environment the server cannot
-    take, or a launch torchrun would run otherwise (a port in use) runs the real launcher;
-    tests/test_training.py always does, for one real proof."""
+    The two ranks are forked from the script server (14-16 s of CPU saved per launch: the
+    launcher's and two workers' imports) with the environment the real launcher gives each
+    (``launched_workers``: tests/test_script_server.py compares every variable) and end as
+    torchrun ends them (tests/script_server.py). What differs: no launcher process, so no agent
+    TCPStore (rank 0 hosts the group's: ``TORCHELASTIC_USE_AGENT_STORE=False``), no
+    ``TORCHELASTIC_ERROR_FILE`` and a one-line report in place of ChildFailedError's;
+    ``returncode`` is 1 when a rank failed, as the launcher's (``rank_codes``: each rank's).
+    ``ADNI_TIMM_TEST_FORK=0``, an environment the server cannot take, or a launch torchrun would
+    run otherwise (a port in use) runs the real launcher; tests/test_training.py always does,
+    for one real proof."""
     command = [*LAUNCH, '--main_process_port', str(port), *map(str, argv)]
     environ = {**os.environ, **(env or {})}
     server = _server_for(environ)
