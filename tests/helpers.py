@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = (
@@ -58,6 +59,126 @@ def run_python(*argv, env=None, check=True, timeout=900):
     return proc
 
 
+def accelerate_launch(*argv, port, env=None, timeout=900):
+    """``accelerate launch`` with ``LAUNCH``'s options and ``--main_process_port PORT`` of ``argv``
+    (a script or ``-m module``, then its arguments) from the repository root: a CompletedProcess
+    of the launch, its ranks' output interleaved in stdout and stderr as the launcher's.
+
+    The two ranks are forked from the script server (14-16 s of CPU saved per launch: the
+    launcher's and two workers' imports) with the environment the real launcher gives each
+    (``launched_workers``: tests/test_script_server.py compares every variable) and end as
+    torchrun ends them (tests/script_server.py). What differs: no launcher process, so no agent
+    TCPStore (rank 0 hosts the group's: ``TORCHELASTIC_USE_AGENT_STORE=False``), no
+    ``TORCHELASTIC_ERROR_FILE`` and a one-line report in place of ChildFailedError's;
+    ``returncode`` is 1 when a rank failed, as the launcher's (``rank_codes``: each rank's).
+    ``ADNI_TIMM_TEST_FORK=0``, an environment the server cannot take, or a launch torchrun would
+    run otherwise (a port in use) runs the real launcher; tests/test_training.py always does,
+    for one real proof."""
+    command = [*LAUNCH, '--main_process_port', str(port), *map(str, argv)]
+    environ = {**os.environ, **(env or {})}
+    server = _server_for(environ)
+    workers = None if server is None else launched_workers(command[1:], environ)
+    if workers is not None and all(server.can_take(e) for e in workers.environs):
+        return server.run_ranks(command, workers, timeout)
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=environ
+    )
+
+
+class LaunchedWorkers(NamedTuple):
+    """What torchrun would start for a launch: each worker's ``[python, script | -m module,
+    *args]`` and environment, how often its agent looks at them and how long it lets them end."""
+
+    argvs: list[list[str]]
+    environs: list[dict[str, str]]
+    monitor_s: float
+    shutdown_s: float
+
+
+def launched_workers(launch_argv, environ) -> LaunchedWorkers | None:
+    """The workers ``python LAUNCH_ARGV`` (``-m accelerate.commands.launch --multi_gpu ...``) would
+    start with ``environ``, found by Accelerate's and torchrun's own code: Accelerate's
+    ``launch_command_parser``, ``_validate_launch_command`` and ``multi_gpu_launcher`` (which calls
+    ``prepare_multi_gpu_env``) up to where it hands over to torchrun, then torchrun's
+    ``config_from_args``; per worker the variables LocalElasticAgent._start_workers sets. None
+    for a launch this does not reproduce (another launcher, several machines, torchrun's own
+    rendezvous on a free port when the given one is in use)."""
+    from unittest import mock
+
+    import accelerate.commands.launch as accelerate_launcher
+    import torch.distributed.run as torchrun
+    from accelerate.utils.launch import _filter_args
+
+    if list(launch_argv[:2]) != ['-m', 'accelerate.commands.launch']:
+        return None
+    handed_over = {}
+
+    def run_torchrun(args):  # multi_gpu_launcher's last step, in the environment it has set
+        args = _filter_args(
+            args,
+            torchrun.get_args_parser(),
+            ['--training_script', args.training_script,
+             '--training_script_args', args.training_script_args],
+        )  # fmt: skip
+        if args.standalone or args.rdzv_backend != 'static' or args.rdzv_endpoint:
+            return  # torchrun.run would rendezvous through its agent's store (on a free port)
+        if args.master_port is None:
+            return
+        config, cmd, cmd_args = torchrun.config_from_args(args)  # may set OMP_NUM_THREADS
+        if not args.log_dir:  # the empty folder it made for the agent's logs: no agent here
+            os.rmdir(config.logs_specs.root_log_dir)
+        os.environ['TORCHELASTIC_SIGNALS_TO_HANDLE'] = config.signals_to_handle  # launch_agent
+        handed_over.update(args=args, config=config, cmd=cmd, cmd_args=cmd_args)
+        handed_over['environ'] = dict(os.environ)
+
+    with (
+        mock.patch.dict(os.environ, environ, clear=True),
+        mock.patch.object(accelerate_launcher, '_run_torchrun', run_torchrun),
+    ):
+        args = accelerate_launcher.launch_command_parser().parse_args(launch_argv[2:])
+        args, _, _ = accelerate_launcher._validate_launch_command(args)
+        # launch_command's choice: this reproduces only its multi_gpu_launcher
+        if not args.multi_gpu or args.cpu or args.use_deepspeed or args.use_fsdp:
+            return None
+        if args.use_megatron_lm:
+            return None
+        accelerate_launcher.multi_gpu_launcher(args)
+    if not handed_over:
+        return None
+    return _torchrun_workers(**handed_over)
+
+
+def _torchrun_workers(args, config, cmd, cmd_args, environ) -> LaunchedWorkers | None:
+    """torchrun's workers on one machine (LocalElasticAgent._start_workers, static rendezvous)."""
+    from torch.distributed.elastic.utils import macros
+
+    if (config.min_nodes, config.max_nodes) != (1, 1) or config.virtual_local_rank:
+        return None
+    if cmd != sys.executable or not cmd_args or cmd_args[0] != '-u':
+        return None  # a run_path or no-python launch: not a ``python -u`` worker
+    size = config.nproc_per_node
+    shutdown_s = args.shutdown_timeout or float(environ.get('TORCH_ELASTIC_SHUTDOWN_TIMEOUT', 30))
+    argvs, environs = [], []
+    for rank in range(size):  # one machine: global, local and role ranks are one number
+        argvs.append([sys.executable, *macros.substitute(list(cmd_args[1:]), str(rank))])
+        worker = {
+            'RANK': str(rank), 'GROUP_RANK': str(args.node_rank), 'ROLE_RANK': str(rank),
+            'ROLE_NAME': config.role, 'LOCAL_WORLD_SIZE': str(size), 'WORLD_SIZE': str(size),
+            'GROUP_WORLD_SIZE': '1', 'ROLE_WORLD_SIZE': str(size),
+            'MASTER_ADDR': args.master_addr, 'MASTER_PORT': str(args.master_port),
+            'TORCHELASTIC_RESTART_COUNT': '0',
+            'TORCHELASTIC_MAX_RESTARTS': str(config.max_restarts),
+            'TORCHELASTIC_RUN_ID': config.run_id,
+            # no agent here to host the group's TCPStore: rank 0 hosts it (torch.distributed's
+            # env:// rendezvous), as under a plain ``torch.distributed`` launch without torchrun
+            'TORCHELASTIC_USE_AGENT_STORE': 'False',
+            'TORCH_NCCL_ASYNC_ERROR_HANDLING': environ.get('TORCH_NCCL_ASYNC_ERROR_HANDLING', '1'),
+            'LOCAL_RANK': str(rank),
+        }  # fmt: skip
+        environs.append({**environ, **worker})
+    return LaunchedWorkers(argvs, environs, config.monitor_interval, shutdown_s)
+
+
 # variables a preloaded library reads when it is imported (huggingface_hub's cache and offline
 # switch, torch's and OpenMP's threads, matplotlib's config, Python's own): a request that changes
 # one of them gets a fresh interpreter, which reads them as a user's process would
@@ -67,6 +188,10 @@ IMPORT_TIME_ENV = ('HF_', 'HUGGINGFACE', 'TRANSFORMERS', 'TORCH', 'PYTORCH', 'CU
 # HF_DATASETS_* in datasets.config; huggingface_hub, timm and Accelerate do not), so the forked
 # script's own import reads them (tests/test_script_server.py checks it)
 NOT_PRELOADED_ENV = ('HF_DATASETS_',)
+# ... nor these, which torchrun's agent gives each worker (``accelerate_launch``): torch.distributed
+# reads them when a process group forms or an error is recorded, never at import (checked by
+# tests/test_script_server.py), so each forked rank reads its own
+RUNTIME_ONLY_ENV = ('TORCHELASTIC_', 'TORCH_NCCL_ASYNC_ERROR_HANDLING')
 _SERVER = None
 
 
@@ -75,7 +200,8 @@ class _ScriptServer:
 
     def __init__(self):
         self.environ = dict(os.environ)  # what its imports read
-        self.current: Forked | None = None  # the script it runs or ran last (one at a time)
+        # the script (or a launch's ranks) it runs or ran last: one request at a time
+        self.current: Forked | ForkedRanks | None = None
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / 'tests/script_server.py')],
             stdin=subprocess.PIPE,
@@ -103,8 +229,9 @@ class _ScriptServer:
         changed = {
             k for k in set(environ) | set(self.environ) if environ.get(k) != self.environ.get(k)
         }
+        not_at_import = NOT_PRELOADED_ENV + RUNTIME_ONLY_ENV
         return not any(
-            k.startswith(IMPORT_TIME_ENV) and not k.startswith(NOT_PRELOADED_ENV) for k in changed
+            k.startswith(IMPORT_TIME_ENV) and not k.startswith(not_at_import) for k in changed
         )
 
     def _reply(self, deadline: float | None = None) -> dict | None:
@@ -121,24 +248,53 @@ class _ScriptServer:
             raise RuntimeError(f'tests/script_server.py ended ({self.proc.poll()})')
         return json.loads(line)
 
-    def start(self, command, environ, stdout, stderr) -> 'Forked':
-        """``command`` (``[python, script, *args]``, ``[python, '-m', module, *args]`` or
-        ``[python, '-c', code, *args]``) forked, its output into the two files (the same path
-        twice: one file, as ``2>&1``)."""
+    def _request(self, request: dict) -> dict:
+        """``request`` sent; the server's first reply (the pids it forked)."""
         import json
 
         if self.current is not None and self.current.returncode is None:
             self.current.kill()  # a test that failed before waiting for its script: end it here
-        if command[1] in ('-m', '-c'):
-            main = {'-m': 'module', '-c': 'code'}[command[1]]
-            request = {main: command[2], 'args': command[3:]}
-        else:
-            request = {'script': command[1], 'args': command[2:]}
-        request.update(cwd=str(ROOT), env=environ, stdout=str(stdout), stderr=str(stderr))
         self.proc.stdin.write(json.dumps(request) + '\n')
         self.proc.stdin.flush()
-        self.current = Forked(self, self._reply()['pid'])
+        return self._reply()
+
+    def start(self, command, environ, stdout, stderr) -> 'Forked':
+        """``command`` (``[python, script, *args]``, ``[python, '-m', module, *args]`` or
+        ``[python, '-c', code, *args]``) forked, its output into the two files (the same path
+        twice: one file, as ``2>&1``)."""
+        request = _script_request(command, environ, stdout, stderr)
+        self.current = Forked(self, self._request(request)['pid'])
         return self.current
+
+    def run_ranks(
+        self, command, workers: 'LaunchedWorkers', timeout
+    ) -> subprocess.CompletedProcess:
+        """The launch ``command``'s workers forked at once, their output into one stdout and one
+        stderr as a launch's is: a CompletedProcess of the launch (``returncode`` 1, as
+        ``accelerate launch`` exits, when any rank failed; ``rank_codes``: each rank's code)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix='adni-timm-launch-') as tmp:
+            out, err = Path(tmp) / 'stdout', Path(tmp) / 'stderr'
+            ranks = [
+                {**_script_request(argv, env, out, err), 'append': True, 'unbuffered': True}
+                for argv, env in zip(workers.argvs, workers.environs, strict=True)
+            ]
+            request = dict(ranks=ranks, monitor_s=workers.monitor_s, shutdown_s=workers.shutdown_s)
+            forked = self.current = ForkedRanks(self, self._request(request)['pids'])
+            try:
+                codes = forked.wait(timeout)
+            except subprocess.TimeoutExpired:  # a hang guard, as subprocess.run's timeout
+                forked.kill()
+                raise subprocess.TimeoutExpired(command, timeout) from None
+            stderr = err.read_text(errors='replace')
+            if any(codes):  # what the launcher's ChildFailedError report says, in one line
+                stderr += f'accelerate_launch: the forked ranks exited with {codes}\n'
+            proc = subprocess.CompletedProcess(
+                command, int(any(codes)), out.read_text(errors='replace'), stderr
+            )
+            proc.rank_codes = codes
+            return proc
 
     def run(self, command, environ, timeout) -> subprocess.CompletedProcess:
         import tempfile
@@ -190,6 +346,47 @@ class Forked:
         if self.returncode is None:
             os.kill(self.pid, signal.SIGKILL)
             self.wait()
+
+
+class ForkedRanks:
+    """The ranks of one launch, forked by the server together: ``returncode`` is each rank's exit
+    code once all have ended."""
+
+    def __init__(self, server: _ScriptServer, pids: list[int]):
+        self.server, self.pids, self.returncode = server, pids, None
+
+    def wait(self, timeout: float | None = None) -> list[int]:
+        import time
+
+        if self.returncode is None:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            reply = self.server._reply(deadline)
+            if reply is None:
+                raise subprocess.TimeoutExpired(str(self.pids), timeout)
+            self.returncode = reply['codes']
+        return self.returncode
+
+    def kill(self) -> None:
+        import signal
+
+        if self.returncode is None:
+            for pid in self.pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:  # reaped already: the server is replying
+                    pass
+            self.wait()
+
+
+def _script_request(command, environ, stdout, stderr) -> dict:
+    """The server's request for ``command`` (``[python, script | -m module | -c code, *args]``)."""
+    if command[1] in ('-m', '-c'):
+        main = {'-m': 'module', '-c': 'code'}[command[1]]
+        request = {main: command[2], 'args': command[3:]}
+    else:
+        request = {'script': command[1], 'args': command[2:]}
+    paths = {'stdout': str(stdout), 'stderr': str(stderr)}
+    return {**request, 'cwd': str(ROOT), 'env': environ, **paths}
 
 
 def popen_script(script, *args, stdout=os.devnull, stderr=os.devnull, env=None):

@@ -379,25 +379,16 @@ def test_data_on_device_true_refuses_an_auto_augment_policy(tiny_data, tmp_path,
 
 @pytest.mark.slow
 def test_two_processes_draw_their_own_shards_and_count_each_val_slice_once(tiny_data, tmp_path):
-    import os
-    import subprocess
-
-    from helpers import LAUNCH, ROOT, TINY, with_option
+    from helpers import ROOT, TINY, accelerate_launch, with_option
 
     probe, run = tmp_path / 'probe', tmp_path / 'run'
     probe.mkdir()
-    cmd = [
-        *LAUNCH, '--main_process_port', '29523', str(ROOT / 'tests/ddp_probe.py'),
-        '--data-dir', str(tiny_data), '--output-dir', str(run),
+    args = [
+        '--data-dir', tiny_data, '--output-dir', run,
         *with_option(TINY, '--batch-size', '3'), '--data-on-device', 'true',
     ]  # fmt: skip
-    env = {
-        **os.environ,
-        'ACCELERATE_USE_CPU': '1',
-        'ADNI_TIMM_PROBE_DIR': str(probe),
-        'OMP_NUM_THREADS': '1',
-    }
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+    env = {'ACCELERATE_USE_CPU': '1', 'ADNI_TIMM_PROBE_DIR': str(probe), 'OMP_NUM_THREADS': '1'}
+    proc = accelerate_launch(ROOT / 'tests/ddp_probe.py', *args, port=29523, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((probe / f'rank{r}.json').read_text()) for r in (0, 1)]
     assert ranks[0]['weights_sha256'] == ranks[1]['weights_sha256']  # one model, kept in sync

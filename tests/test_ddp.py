@@ -4,7 +4,6 @@ counts each slice once, failures stop everyone.
 
 import os
 import re
-import subprocess
 import time
 
 import numpy as np
@@ -15,7 +14,7 @@ import torch
 from adni_timm import data
 from adni_timm.export import format as export
 from adni_timm.inference import load_model, predict_slices
-from helpers import LAUNCH, ROOT, TINY
+from helpers import ROOT, TINY, accelerate_launch
 
 ENV = {**os.environ, 'ACCELERATE_USE_CPU': '1', 'OMP_NUM_THREADS': '1'}
 
@@ -32,17 +31,8 @@ def test_two_process_predict_returns_every_test_slice_once_in_order(tiny_data, t
     out = tmp_path / 'probs.npy'
     # 24 slices; batches of 5 over 2 processes pad the last one
     slices = data.scan_split(tiny_data, 'test')
-    cmd = [
-        *LAUNCH,
-        '--main_process_port',
-        '29517',
-        str(ROOT / 'tests/ddp_predict_probe.py'),
-        str(exported),
-        str(tiny_data),
-        str(out),
-        '5',
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=ENV)
+    probe = ROOT / 'tests/ddp_predict_probe.py'
+    proc = accelerate_launch(probe, exported, tiny_data, out, '5', port=29517, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     gathered = np.load(out)
     single = predict_slices(load_model(exported).net, slices, batch_size=5)
@@ -55,19 +45,9 @@ def test_two_process_predict_returns_every_test_slice_once_in_order(tiny_data, t
 @pytest.mark.slow
 def test_a_failed_checkpoint_on_the_main_process_stops_every_process_promptly(tiny_data, tmp_path):
     run = tmp_path / 'run'
-    cmd = [
-        *LAUNCH,
-        '--main_process_port',
-        '29519',
-        str(ROOT / 'tests/ddp_fault_probe.py'),
-        '--data-dir',
-        str(tiny_data),
-        '--output-dir',
-        str(run),
-        *TINY,
-    ]
+    args = ['--data-dir', tiny_data, '--output-dir', run, *TINY]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=ENV)
+    proc = accelerate_launch(ROOT / 'tests/ddp_fault_probe.py', *args, port=29519, env=ENV)
     elapsed = time.perf_counter() - start
     assert proc.returncode != 0
     # the two processes write to one stderr at the same moment: their lines can interleave
