@@ -97,12 +97,12 @@ def run_measured(code: str, *args, env=None, timeout=900) -> Measured:
         start = time.perf_counter()
         forked = server.start(command, environ, out, err)
         try:
-            code = forked.wait(timeout)
+            returncode = forked.wait(timeout)
         except subprocess.TimeoutExpired:
             forked.kill()
             raise
         seconds = time.perf_counter() - start
-        return Measured(code, out.read_text(), err.read_text(), forked.maxrss, seconds)
+        return Measured(returncode, out.read_text(), err.read_text(), forked.maxrss, seconds)
 
 
 def _run_fresh_measured(command, environ, timeout) -> Measured:
